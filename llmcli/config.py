@@ -1,0 +1,117 @@
+"""The user directory and the small files in it: keys, the default model, logging on/off."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+from llmcli.errors import ConfigError
+
+__all__ = ["user_dir", "keys_path", "load_keys", "set_key", "get_key", "default_model",
+           "set_default_model", "logging_enabled", "set_logging"]
+
+
+def user_dir() -> Path:
+    """``LLMCLI_USER_PATH`` if set, else the platform's application-data directory."""
+    env = os.environ.get("LLMCLI_USER_PATH")
+    if env:
+        path = Path(env)
+    elif sys.platform == "darwin":
+        path = Path.home() / "Library" / "Application Support" / "llmcli"
+    elif os.name == "nt":
+        path = Path(os.environ.get("APPDATA", Path.home())) / "llmcli"
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        path = Path(base) / "llmcli"
+    return path
+
+
+def ensure_user_dir() -> Path:
+    path = user_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Cannot create the user directory {path}: {exc.strerror}") from exc
+    return path
+
+
+def keys_path() -> Path:
+    return user_dir() / "keys.json"
+
+
+def load_keys() -> dict[str, str]:
+    path = keys_path()
+    if not path.exists():
+        return {}
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            # Looser than 0600: tighten it before reading secrets from it.
+            path.chmod(0o600)
+        data = json.loads(path.read_text())
+    except PermissionError as exc:
+        raise ConfigError(f"Cannot read the keys file {path}: permission denied") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"The keys file {path} is not valid JSON; fix or remove it") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"The keys file {path} must be a JSON object of strings")
+    return data
+
+
+def set_key(name: str, value: str) -> None:
+    keys = load_keys()
+    keys[name] = value
+    ensure_user_dir()
+    path = keys_path()
+    # Create with 0600 from the start so the secret is never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(keys, f, indent=2)
+    path.chmod(0o600)
+
+
+def get_key(name: str, env_var: str | None, explicit: str | None = None) -> str | None:
+    """An explicit key wins, then the provider's environment variable, then the keys file.
+
+    ``explicit`` may also name a stored key (``--key work``) instead of holding one."""
+    keys: dict[str, str] | None = None
+    if explicit:
+        keys = load_keys()
+        return keys.get(explicit, explicit)
+    if env_var and os.environ.get(env_var):
+        return os.environ[env_var]
+    keys = load_keys()
+    return keys.get(name)
+
+
+def _setting_path(name: str) -> Path:
+    return user_dir() / name
+
+
+def default_model() -> str | None:
+    path = _setting_path("default_model.txt")
+    if path.exists():
+        value = path.read_text().strip()
+        return value or None
+    return None
+
+
+def set_default_model(model_id: str) -> None:
+    ensure_user_dir()
+    _setting_path("default_model.txt").write_text(model_id + "\n")
+
+
+def logging_enabled() -> bool:
+    return not _setting_path("logs-off").exists()
+
+
+def set_logging(enabled: bool) -> None:
+    ensure_user_dir()
+    path = _setting_path("logs-off")
+    if enabled:
+        path.unlink(missing_ok=True)
+    else:
+        path.touch()

@@ -1,0 +1,82 @@
+"""The exception tree. Every error a user can cause or meet has a class and a one-line message.
+
+    LLMCLIError
+     ├── UnknownModelError        no model by that name (message lists close matches)
+     ├── KeyNeededError           the model needs an API key and none was found
+     ├── PrefillUnsupportedError  a prefill was asked of a model that cannot honour it
+     ├── OptionsError             an -o option the model does not know, or a bad value
+     ├── ConversationError        no such conversation, or none to continue
+     ├── LogError                 the log database cannot be opened or written
+     ├── ConfigError              a user configuration file is malformed
+     └── ProviderError            the backend failed (HTTP status, timeout, broken stream)
+          └── PartialResponseError  the stream broke after some text arrived
+"""
+
+from __future__ import annotations
+
+
+class LLMCLIError(Exception):
+    """Base class; ``str(error)`` is a single line a user can act on."""
+
+
+class UnknownModelError(LLMCLIError):
+    def __init__(self, name: str, suggestions: list[str] | None = None) -> None:
+        self.name = name
+        self.suggestions = suggestions or []
+        message = f"Unknown model: {name!r}"
+        if self.suggestions:
+            message += " (did you mean: " + ", ".join(self.suggestions) + "?)"
+        message += ". Run 'llmcli models' to list them."
+        super().__init__(message)
+
+
+class KeyNeededError(LLMCLIError):
+    def __init__(self, model_id: str, key_name: str, env_var: str | None) -> None:
+        self.model_id = model_id
+        self.key_name = key_name
+        self.env_var = env_var
+        how = f"'llmcli keys set {key_name}'"
+        if env_var:
+            how += f" or set {env_var}"
+        super().__init__(f"Model {model_id!r} needs an API key: run {how}, or pass --key.")
+
+
+class PrefillUnsupportedError(LLMCLIError):
+    def __init__(self, model_id: str, reason: str = "", alternatives: list[str] | None = None):
+        self.model_id = model_id
+        self.alternatives = alternatives or []
+        message = f"Model {model_id!r} does not support prefill"
+        if reason:
+            message += f" ({reason})"
+        if self.alternatives:
+            message += "; models that do: " + ", ".join(self.alternatives)
+        super().__init__(message + ".")
+
+
+class OptionsError(LLMCLIError):
+    pass
+
+
+class ConversationError(LLMCLIError):
+    pass
+
+
+class LogError(LLMCLIError):
+    pass
+
+
+class ConfigError(LLMCLIError):
+    pass
+
+
+class ProviderError(LLMCLIError):
+    """A backend failed. ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None, provider: str = "") -> None:
+        self.status = status
+        self.provider = provider
+        super().__init__(message)
+
+
+class PartialResponseError(ProviderError):
+    """The response broke off after some text had arrived; that text is logged as partial."""

@@ -1,0 +1,379 @@
+"""The model contract that every backend implements, and the objects a prompt produces.
+
+A backend subclasses :class:`Model`, declares what it can do (prefill capability, streaming,
+the key it needs, its ``Options``) and implements :meth:`Model.execute`, a generator that
+yields text chunks and, when it knows them, :class:`Usage` and :class:`PrefillSent` events.
+Everything else (capability checks, keys, normalization, logging) happens in the core.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmcli.capabilities import PrefillSupport
+from llmcli.errors import LLMCLIError, PartialResponseError, ProviderError
+from llmcli.normalize import PrefillNormalizer
+
+if TYPE_CHECKING:
+    from llmcli.api import Logger
+
+__all__ = [
+    "Chunk",
+    "Conversation",
+    "KeySpec",
+    "Message",
+    "Model",
+    "Options",
+    "PrefillSent",
+    "Request",
+    "Response",
+    "Usage",
+    "emulation_instruction",
+]
+
+
+class Options(BaseModel):
+    """Base for a model's ``-o`` options. Unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The API key a model needs: its name in ``llmcli keys`` and its environment variable."""
+
+    name: str
+    env_var: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class PrefillSent:
+    """Yielded by a backend, before any text, when the prefill it sent differs from the
+    user's (e.g. trailing whitespace removed). The normalizer reconciles the two."""
+
+    text: str
+
+
+@dataclass
+class Usage:
+    """Yielded by a backend at the end of a response, with what it knows."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    stop_reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Chunk = str | Usage | PrefillSent
+
+
+@dataclass
+class Request:
+    """Everything a backend needs to make one call."""
+
+    model_id: str
+    prompt: str
+    system: str | None
+    history: list[Message]
+    #: The user's prefill, exactly ("" for none).
+    prefill: str
+    #: The capability in force for this request (it may depend on the options).
+    prefill_support: PrefillSupport
+    options: Options
+    stream: bool
+    key: str | None = None
+
+    def messages(self) -> list[Message]:
+        """The conversation so far plus this prompt (the prefill is not included)."""
+        return [*self.history, Message("user", self.prompt)]
+
+
+def emulation_instruction(prefill: str) -> str:
+    """The instruction an emulating backend adds so the model starts with ``prefill``."""
+    return (
+        "Begin your reply with exactly the following text, character for character, "
+        "then continue it naturally. Do not add anything before it.\n"
+        f"<reply_prefix>{prefill}</reply_prefix>"
+    )
+
+
+class Model:
+    """Base class for every model. Subclasses set the class attributes and ``execute``."""
+
+    #: The canonical id, used with ``-m`` and stored in the log.
+    model_id: str = ""
+    #: Other names accepted by ``-m``.
+    aliases: tuple[str, ...] = ()
+    #: What the API does with a prefill (see :class:`PrefillSupport`).
+    prefill_support: PrefillSupport = PrefillSupport.EATS_PREFIX
+    #: Whether ``execute`` can stream chunks as they arrive.
+    can_stream: bool = True
+    #: The API key this model needs, or None.
+    needs_key: KeySpec | None = None
+
+    class Options(Options):
+        pass
+
+    #: Where this model comes from (set by plugin loading).
+    plugin: ClassVar[str | None] = None
+
+    def get_prefill_support(self, options: Options) -> PrefillSupport:
+        """The capability for a request with these options (override when it depends)."""
+        return self.prefill_support
+
+    def prefill_note(self) -> str:
+        """A short explanation shown by ``llmcli models`` (override to explain options)."""
+        return ""
+
+    def execute(self, request: Request) -> Iterator[Chunk]:
+        """Call the backend; yield text chunks, then optionally a :class:`Usage`.
+
+        Raise :class:`llmcli.errors.ProviderError` (with the provider's own message) on
+        failure. Never touch the prefill beyond sending it: the core normalizes the text.
+        """
+        raise NotImplementedError
+
+    # -- user API ------------------------------------------------------------------------
+
+    def prompt(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        prefill: str | None = None,
+        stream: bool = True,
+        key: str | None = None,
+        log: bool = True,
+        conversation: Conversation | None = None,
+        **options: Any,
+    ) -> Response:
+        from llmcli import api
+
+        return api.prompt(
+            self,
+            prompt,
+            system=system,
+            prefill=prefill,
+            stream=stream,
+            key=key,
+            log=log,
+            conversation=conversation,
+            options=options,
+        )
+
+    def conversation(self) -> Conversation:
+        return Conversation(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_id!r}>"
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Conversation:
+    """A sequence of exchanges with one model; each prompt carries the earlier turns."""
+
+    def __init__(
+        self, model: Model, id: str | None = None, name: str | None = None,
+        history: list[Message] | None = None,
+    ) -> None:
+        self.model = model
+        self.id = id or _new_id()
+        self.name = name
+        self.responses: list[Response] = []
+        #: Turns loaded from the log (for ``-c``/``--cid``) before this session's responses.
+        self._loaded_history = list(history or [])
+
+    def history(self) -> list[Message]:
+        messages = list(self._loaded_history)
+        for response in self.responses:
+            messages.append(Message("user", response.prompt))
+            # A prefilled turn is stored as its full normalized text.
+            messages.append(Message("assistant", response.text()))
+        return messages
+
+    def prompt(self, prompt: str, **kwargs: Any) -> Response:
+        return self.model.prompt(prompt, conversation=self, **kwargs)
+
+
+class Response:
+    """One exchange. Iterate it for normalized chunks; ``text()`` drains and joins them.
+
+    The text always begins with ``prefill``. The response is logged once, when it ends:
+    ``complete``, ``partial`` (interrupted or broken after some text) or ``error``.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        request: Request,
+        *,
+        conversation: Conversation | None = None,
+        logger: Logger | None = None,
+    ) -> None:
+        self.model = model
+        self.request = request
+        self.conversation = conversation
+        self.id = _new_id()
+        self.datetime_utc = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.status: Literal["pending", "complete", "partial", "error"] = "pending"
+        self.error: str | None = None
+        self.duration_ms: int | None = None
+        self._logger = logger
+        self._chunks: list[str] = []
+        self._usage = Usage()
+        self._iterator: Iterator[str] | None = None
+
+    # Convenience views of the request.
+    @property
+    def prompt(self) -> str:
+        return self.request.prompt
+
+    @property
+    def system(self) -> str | None:
+        return self.request.system
+
+    @property
+    def prefill(self) -> str:
+        return self.request.prefill
+
+    @property
+    def prefill_support(self) -> PrefillSupport:
+        return self.request.prefill_support
+
+    @property
+    def options(self) -> Options:
+        return self.request.options
+
+    @property
+    def done(self) -> bool:
+        return self.status != "pending"
+
+    def __iter__(self) -> Iterator[str]:
+        if self.done:
+            yield from list(self._chunks)
+            return
+        if self._iterator is None:
+            self._iterator = self._run()
+        yield from self._iterator
+
+    def text(self) -> str:
+        for _ in self:
+            pass
+        return "".join(self._chunks)
+
+    def text_so_far(self) -> str:
+        return "".join(self._chunks)
+
+    @property
+    def continuation(self) -> str:
+        """The text after the prefill."""
+        return self.text()[len(self.prefill) :]
+
+    def usage(self) -> Usage:
+        self.text()
+        return self._usage
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.usage().stop_reason
+
+    def _run(self) -> Iterator[str]:
+        normalizer = PrefillNormalizer(self.prefill, self.prefill_support)
+        started = time.monotonic()
+        raw_seen = False
+        try:
+            for event in self.model.execute(self.request):
+                if isinstance(event, str):
+                    raw_seen = raw_seen or bool(event)
+                    out = normalizer.feed(event)
+                    if out:
+                        self._chunks.append(out)
+                        yield out
+                elif isinstance(event, PrefillSent):
+                    normalizer.set_sent_prefill(event.text)
+                elif isinstance(event, Usage):
+                    self._usage = event
+            tail = normalizer.finish()
+            if tail:
+                self._chunks.append(tail)
+                yield tail
+            self.status = "complete"
+        except BaseException as exc:
+            # Interrupted (Ctrl-C, the consumer stopped iterating) or failed: keep what arrived.
+            tail = normalizer.finish() if raw_seen else ""
+            if tail:
+                self._chunks.append(tail)
+            self.status = "partial" if raw_seen else "error"
+            if isinstance(exc, GeneratorExit | KeyboardInterrupt):
+                self.error = "interrupted"
+                raise
+            error = self._as_llmcli_error(exc, raw_seen)
+            self.error = str(error)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            self.duration_ms = int((time.monotonic() - started) * 1000)
+            self._log()
+
+    def _as_llmcli_error(self, exc: BaseException, partial: bool) -> BaseException:
+        if partial and isinstance(exc, ProviderError) and not isinstance(
+            exc, PartialResponseError
+        ):
+            return PartialResponseError(
+                f"{exc} (the response broke off; what arrived is logged as partial)",
+                status=exc.status, provider=exc.provider,
+            )
+        if isinstance(exc, LLMCLIError) or not isinstance(exc, Exception):
+            return exc
+        message = f"{self.model.model_id}: {type(exc).__name__}: {exc}".splitlines()[0]
+        cls = PartialResponseError if partial else ProviderError
+        return cls(message)
+
+    def _log(self) -> None:
+        if self._logger is not None:
+            logger, self._logger = self._logger, None
+            logger(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        usage = self._usage
+        return {
+            "id": self.id,
+            "model": self.model.model_id,
+            "prompt": self.prompt,
+            "system": self.system,
+            "prefill": self.prefill,
+            "prefill_support": self.prefill_support.value,
+            "text": self.text_so_far(),
+            "continuation": self.text_so_far()[len(self.prefill) :],
+            "usage": {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "stop_reason": usage.stop_reason,
+            },
+            "status": self.status,
+            "conversation_id": self.conversation.id if self.conversation else None,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Response {self.model.model_id!r} {self.status}>"
+
+
+# A hook type for the API's logger (kept here so plugins can type-check against it).
+LoggerCallable = Callable[[Response], None]
