@@ -94,6 +94,7 @@ def resolve_key(model: Model, explicit: str | None = None) -> str | None:
     key = config.get_key(spec.name, spec.env_var, explicit)
     if not key:
         raise KeyNeededError(model.model_id, spec.name, spec.env_var)
+    config.remember_secret(key)
     return key
 
 

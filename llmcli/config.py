@@ -115,3 +115,35 @@ def set_logging(enabled: bool) -> None:
         path.unlink(missing_ok=True)
     else:
         path.touch()
+
+
+# -- secrets scrubbing -----------------------------------------------------------------------
+
+_runtime_secrets: set[str] = set()
+REDACTED = "[REDACTED]"
+
+
+def remember_secret(value: str | None) -> None:
+    """Remember a key used in this process so it can be scrubbed from any message."""
+    if value and len(value) >= 4:
+        _runtime_secrets.add(value)
+
+
+def _known_secrets() -> set[str]:
+    secrets = set(_runtime_secrets)
+    try:
+        secrets.update(v for v in load_keys().values() if len(v) >= 4)
+    except ConfigError:
+        pass
+    for name, value in os.environ.items():
+        if (name.endswith(("_API_KEY", "_TOKEN", "_KEY"))) and len(value) >= 4:
+            secrets.add(value)
+    return secrets
+
+
+def scrub(text: str) -> str:
+    """Replace every known key in ``text`` with [REDACTED]."""
+    for secret in sorted(_known_secrets(), key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text

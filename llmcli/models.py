@@ -277,6 +277,11 @@ class Response:
             pass
         return "".join(self._chunks)
 
+    def close(self) -> None:
+        """Stop a response mid-stream; what arrived is kept and logged as partial."""
+        if self._iterator is not None and not self.done:
+            self._iterator.close()
+
     def text_so_far(self) -> str:
         return "".join(self._chunks)
 
@@ -316,11 +321,12 @@ class Response:
             self.status = "complete"
         except BaseException as exc:
             # Interrupted (Ctrl-C, the consumer stopped iterating) or failed: keep what arrived.
-            tail = normalizer.finish() if raw_seen else ""
+            interrupted = isinstance(exc, GeneratorExit | KeyboardInterrupt)
+            tail = normalizer.finish() if raw_seen or interrupted else ""
             if tail:
                 self._chunks.append(tail)
-            self.status = "partial" if raw_seen else "error"
-            if isinstance(exc, GeneratorExit | KeyboardInterrupt):
+            self.status = "partial" if raw_seen or interrupted else "error"
+            if interrupted:
                 self.error = "interrupted"
                 raise
             error = self._as_llmcli_error(exc, raw_seen)
@@ -342,7 +348,9 @@ class Response:
             )
         if isinstance(exc, LLMCLIError) or not isinstance(exc, Exception):
             return exc
-        message = f"{self.model.model_id}: {type(exc).__name__}: {exc}".splitlines()[0]
+        from llmcli.config import scrub
+
+        message = scrub(f"{self.model.model_id}: {type(exc).__name__}: {exc}".splitlines()[0])
         cls = PartialResponseError if partial else ProviderError
         return cls(message)
 

@@ -32,3 +32,15 @@ def load_plugins(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         plugins.reset()
 
     return load
+
+
+@pytest.fixture
+def test_models(load_plugins: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> type:
+    """Load the test-only models (test-eats, test-echoes, ...); returns the TestModel class."""
+    from llmcli_testmodels import TestModel
+
+    monkeypatch.setenv("LLMCLI_TEST_MODELS", "1")
+    load_plugins("llmcli-testmodels")
+    TestModel.queue.clear()
+    TestModel.requests.clear()
+    return TestModel

@@ -1,0 +1,115 @@
+"""The ``llmcli`` command: a thin shell over :mod:`llmcli.api`.
+
+``prompt`` is the default command, so ``llmcli "question" --prefill '["'`` works. Plugins add
+commands through ``register_commands(cli)``; those are collected on demand so that
+``llmcli --help`` stays fast and tests can load plugins per test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+from click_default_group import DefaultGroup
+
+from llmcli.errors import LLMCLIError
+
+__all__ = ["cli", "main"]
+
+
+def _debug() -> bool:
+    return os.environ.get("LLMCLI_DEBUG", "") not in ("", "0")
+
+
+class LLMCLIGroup(DefaultGroup):
+    """Default-command group that turns every error into one line on stderr."""
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        from llmcli.plugins import load_plugins
+
+        plugins = load_plugins()
+        cache = getattr(self, "_plugin_cache", None)
+        if cache is not None and cache[0] is plugins:
+            return cache[1]
+        collector = click.Group()
+        for plugin in plugins:
+            register = getattr(plugin.module, "register_commands", None)
+            if register is not None:
+                register(collector)
+        self._plugin_cache = (plugins, dict(collector.commands))
+        return self._plugin_cache[1]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugin_commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            command = self._plugin_commands().get(cmd_name)
+        return command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        # DefaultGroup only falls back to the default command for names it does not know;
+        # make plugin commands known before it decides.
+        if args and args[0] in self._plugin_commands():
+            return args[0], self._plugin_commands()[args[0]], args[1:]
+        return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except LLMCLIError as exc:
+            _fail(exc)
+        except Exception as exc:  # anything unexpected: still one line unless debugging
+            _fail(exc, unexpected=True)
+
+
+def _fail(exc: BaseException, unexpected: bool = False) -> None:
+    from llmcli.config import scrub
+
+    if _debug():
+        sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    if unexpected:
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    raise click.ClickException(scrub(message)) from None
+
+
+@click.group(
+    cls=LLMCLIGroup,
+    default="prompt",
+    default_if_no_args=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(package_name="llmcli")
+def cli() -> None:
+    """Prompt language models from the terminal; with --prefill the reply always begins
+    with your text, exactly once.
+
+    \b
+    llmcli "JSON list of US states" --prefill '["'
+    llmcli models            # every model and its prefill capability
+    llmcli logs -n 3         # recent exchanges from the SQLite log
+    """
+
+
+def _register() -> None:
+    from llmcli.cli import keys, logs, models, plugins_cmd, prompt
+
+    cli.add_command(prompt.prompt)
+    cli.add_command(models.models)
+    cli.add_command(logs.logs)
+    cli.add_command(keys.keys)
+    cli.add_command(plugins_cmd.plugins)
+
+
+_register()
+
+
+def main() -> None:
+    cli()

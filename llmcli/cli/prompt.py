@@ -1,0 +1,173 @@
+"""``llmcli prompt`` — the default command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing
+from typing import Any
+
+import click
+
+from llmcli import api, config
+from llmcli.errors import LLMCLIError, OptionsError
+from llmcli.models import Conversation, Model
+
+
+class InputError(LLMCLIError):
+    pass
+
+
+def read_stdin() -> str:
+    stream = click.get_binary_stream("stdin")
+    try:
+        if stream.isatty():
+            return ""
+        data = stream.read()
+    except (OSError, ValueError):
+        return ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("Standard input is not UTF-8 text; pipe text, not binary data") from None
+
+
+def _is_list_field(model: Model, name: str) -> bool:
+    field = model.Options.model_fields.get(name)
+    if field is None:
+        return False
+    annotation = field.annotation
+    args = [annotation, *typing.get_args(annotation)]
+    return any(typing.get_origin(a) is list or a is list for a in args)
+
+
+def parse_options(model: Model, pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if _is_list_field(model, key):
+            if value.startswith("["):
+                try:
+                    items = json.loads(value)
+                except ValueError:
+                    raise OptionsError(f"Option {key!r}: {value!r} is not a JSON list") from None
+            else:
+                items = [value]
+            options.setdefault(key, []).extend(items)
+        elif key in options:
+            raise OptionsError(f"Option {key!r} was given twice")
+        else:
+            options[key] = value
+    return options
+
+
+@click.command(name="prompt")
+@click.argument("prompt", required=False)
+@click.option("-m", "--model", "model_name", help="Model id or alias (see 'llmcli models').")
+@click.option("-s", "--system", help="System prompt.")
+@click.option("--prefill", help="The first characters of the reply; it always starts with them.")
+@click.option("--hide-prefill", is_flag=True,
+              help="Print only the continuation (the log still stores the full text).")
+@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
+              help="A model option, validated by the model (repeat for several).")
+@click.option("--no-stream", is_flag=True, help="Wait for the whole reply instead of streaming.")
+@click.option("-c", "--continue", "continue_", is_flag=True,
+              help="Continue the most recent conversation.")
+@click.option("--cid", "--conversation", "conversation_id", help="Continue this conversation.")
+@click.option("-n", "--no-log", is_flag=True, help="Do not log this exchange.")
+@click.option("--key", help="API key to use, or the name of a stored key.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: model, prefill, text, continuation, usage, ids.")
+def prompt(
+    prompt: str | None,
+    model_name: str | None,
+    system: str | None,
+    prefill: str | None,
+    hide_prefill: bool,
+    options: tuple[tuple[str, str], ...],
+    no_stream: bool,
+    continue_: bool,
+    conversation_id: str | None,
+    no_log: bool,
+    key: str | None,
+    as_json: bool,
+) -> None:
+    """Send PROMPT (and any piped standard input) to a model.
+
+    \b
+    llmcli "Name three US states." --prefill "1."
+    echo "def add(a, b):" | llmcli "Explain this code" -m claude-haiku-4-5
+    llmcli -c "And two more?"          # continue the last conversation
+    """
+    from llmcli.log import LogStore
+
+    stdin_text = read_stdin()
+    text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
+    if not text.strip():
+        raise InputError("Empty prompt: pass PROMPT or pipe text on standard input")
+
+    store = None
+    if not no_log and config.logging_enabled():
+        store = LogStore()  # fail before any request if the log cannot be written
+
+    conversation: Conversation | None = None
+    history_model: str | None = None
+    history = []
+    if continue_ or conversation_id:
+        reader = store or LogStore()
+        cid = conversation_id or reader.last_conversation_id()
+        row, history = reader.conversation(cid)
+        history_model = row["model"]
+        conversation_id = cid
+
+    model = api.get_model(model_name or history_model)
+    conversation = Conversation(model, id=conversation_id, history=history)
+    response = api.prompt(
+        model,
+        text,
+        system=system,
+        prefill=prefill,
+        stream=not no_stream and not as_json,
+        key=key,
+        log=store.log if store is not None else False,
+        conversation=conversation,
+        options=parse_options(model, options),
+    )
+
+    if as_json:
+        try:
+            response.text()
+        except KeyboardInterrupt:
+            _interrupted(response)
+        data = response.to_dict()
+        click.echo(json.dumps(data, ensure_ascii=False))
+        return
+
+    skip = len(response.prefill) if hide_prefill else 0
+    wrote_newline = True
+    out = sys.stdout
+    try:
+        for chunk in response:
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                wrote_newline = chunk.endswith("\n")
+    except KeyboardInterrupt:
+        _interrupted(response)
+    except LLMCLIError:
+        if not wrote_newline:
+            out.write("\n")
+        raise
+    if not wrote_newline:
+        out.write("\n")
+    out.flush()
+
+
+def _interrupted(response: Any) -> None:
+    response.close()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    click.echo("Interrupted: the partial response was logged.", err=True)
+    sys.exit(130)

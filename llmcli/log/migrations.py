@@ -1,0 +1,50 @@
+"""Schema migrations: functions applied in order, each recorded in ``_llmcli_migrations``
+within the same transaction, so a crash never leaves a half-applied step behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+Migration = Callable[[Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(db: Database) -> None:
+    db["conversations"].create(
+        {"id": str, "name": str, "model": str, "datetime_utc": str}, pk="id"
+    )
+    db["responses"].create(
+        {
+            "id": str,
+            "conversation_id": str,
+            "model": str,
+            "prompt": str,
+            "system": str,
+            "prefill": str,
+            "prefill_support": str,
+            "text": str,
+            "continuation": str,
+            "options_json": str,
+            "input_tokens": int,
+            "output_tokens": int,
+            "stop_reason": str,
+            "duration_ms": int,
+            "datetime_utc": str,
+            "status": str,
+            "error": str,
+        },
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+        not_null=["model", "prompt", "text", "status", "datetime_utc"],
+    )
+    db["responses"].create_index(["conversation_id"])
+    db["responses"].create_index(["datetime_utc"])
+    db["responses"].enable_fts(["prompt", "text"], create_triggers=True)

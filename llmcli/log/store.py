@@ -1,0 +1,226 @@
+"""The SQLite log: open (and migrate) ``logs.db``, write responses, read them back.
+
+Several processes may log at once: WAL mode, a generous busy timeout, and migrations taken
+under ``BEGIN IMMEDIATE`` so two first runs cannot both create the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database
+
+from llmcli import config
+from llmcli.errors import ConversationError, LogError
+from llmcli.log.migrations import MIGRATIONS
+from llmcli.models import Message
+
+if TYPE_CHECKING:
+    from llmcli.models import Response
+
+MIGRATIONS_TABLE = "_llmcli_migrations"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def logs_path() -> Path:
+    return config.user_dir() / "logs.db"
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextmanager
+def _db_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        message = _one_line(exc)
+        if "not a database" in message or "malformed" in message:
+            raise LogError(
+                f"The log database {path} is corrupt ({message}); move it aside to start a "
+                "new one, or run 'llmcli logs off'"
+            ) from exc
+        if "readonly" in message or "unable to open" in message:
+            raise LogError(
+                f"Cannot write the log database {path} ({message}); check permissions "
+                "or run 'llmcli logs off'"
+            ) from exc
+        raise LogError(f"Log database {path}: {message}") from exc
+
+
+def migrate(db: Database) -> None:
+    applied_names = set()
+    if db[MIGRATIONS_TABLE].exists():
+        applied_names = {row["name"] for row in db[MIGRATIONS_TABLE].rows}
+    known = [name for name, _ in MIGRATIONS]
+    unknown = applied_names - set(known)
+    if unknown:
+        raise LogError(
+            f"The log database was written by a newer llmcli (unknown schema step "
+            f"{sorted(unknown)[0]}); upgrade llmcli or use another LLMCLI_USER_PATH"
+        )
+    if applied_names >= set(known):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name",
+                                     if_not_exists=True)
+        done = {row["name"] for row in db[MIGRATIONS_TABLE].rows}
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            fn(db)
+            db[MIGRATIONS_TABLE].insert(
+                {"name": name, "applied_at": _now()}
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def open_db(path: Path | None = None, *, create: bool = True) -> Database:
+    path = path or logs_path()
+    if not create and not path.exists():
+        raise LogError(f"No log database yet at {path}")
+    if create:
+        config.ensure_user_dir()
+    with _db_errors(path):
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db = Database(conn, execute_plugins=False)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if db.journal_mode != "wal":
+            db.enable_wal()
+        migrate(db)
+    return db
+
+
+class LogStore:
+    def __init__(self, db: Database | None = None, path: Path | None = None) -> None:
+        self.path = path or logs_path()
+        self.db = db if db is not None else open_db(self.path)
+
+    def log(self, response: Response) -> None:
+        usage = response._usage
+        text = response.text_so_far()
+        record: dict[str, Any] = {
+            "id": response.id,
+            "conversation_id": response.conversation.id if response.conversation else None,
+            "model": response.model.model_id,
+            "prompt": response.prompt,
+            "system": response.system,
+            "prefill": response.prefill,
+            "prefill_support": response.prefill_support.value,
+            "text": text,
+            "continuation": text[len(response.prefill):] if text else "",
+            "options_json": json.dumps(response.options.model_dump(exclude_none=True),
+                                       default=str),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "stop_reason": usage.stop_reason,
+            "duration_ms": response.duration_ms,
+            "datetime_utc": response.datetime_utc,
+            "status": response.status,
+            "error": config.scrub(response.error) if response.error else None,
+        }
+        with _db_errors(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if response.conversation is not None:
+                    conversation = response.conversation
+                    self.db["conversations"].insert(
+                        {
+                            "id": conversation.id,
+                            "name": conversation.name or _title(response.prompt),
+                            "model": response.model.model_id,
+                            "datetime_utc": response.datetime_utc,
+                        },
+                        ignore=True,
+                    )
+                self.db["responses"].insert(record)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    # -- reading -------------------------------------------------------------------------
+
+    def recent(
+        self,
+        count: int | None = 10,
+        query: str | None = None,
+        conversation_id: str | None = None,
+        model: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest last, like a transcript."""
+        where, args = [], []
+        if conversation_id:
+            where.append("responses.conversation_id = ?")
+            args.append(conversation_id)
+        if model:
+            where.append("responses.model = ?")
+            args.append(model)
+        if query:
+            where.append(
+                "responses.rowid in (select rowid from responses_fts "
+                "where responses_fts match ?)"
+            )
+            args.append(self.db.quote_fts(query))
+        sql = "select * from responses"
+        if where:
+            sql += " where " + " and ".join(where)
+        sql += " order by datetime_utc desc, rowid desc"
+        if count:
+            sql += f" limit {int(count)}"
+        with _db_errors(self.path):
+            rows = list(self.db.query(sql, args))
+        return list(reversed(rows))
+
+    def last_conversation_id(self) -> str:
+        with _db_errors(self.path):
+            rows = list(self.db.query(
+                "select conversation_id from responses where conversation_id is not null "
+                "order by datetime_utc desc, rowid desc limit 1"
+            ))
+        if not rows:
+            raise ConversationError("No conversation to continue: none has been logged yet")
+        return str(rows[0]["conversation_id"])
+
+    def conversation(self, conversation_id: str) -> tuple[dict[str, Any], list[Message]]:
+        with _db_errors(self.path):
+            rows = list(self.db.query("select * from conversations where id = ?",
+                                      [conversation_id]))
+            if not rows:
+                raise ConversationError(f"No conversation with id {conversation_id!r}")
+            responses = self.recent(None, conversation_id=conversation_id)
+        history: list[Message] = []
+        for row in responses:
+            if row["status"] == "error" or not row["text"]:
+                continue
+            history.append(Message("user", row["prompt"]))
+            history.append(Message("assistant", row["text"]))
+        return rows[0], history
+
+    def counts(self) -> dict[str, int]:
+        with _db_errors(self.path):
+            return {
+                "conversations": self.db["conversations"].count,
+                "responses": self.db["responses"].count,
+            }
+
+
+def _title(prompt: str) -> str:
+    line = " ".join(prompt.split())
+    return line[:60] + ("…" if len(line) > 60 else "")

@@ -1,0 +1,115 @@
+"""Scriptable test models, one per prefill capability. Test-only: never shipped.
+
+Each model answers with ``-o reply TEXT`` (default: a reply derived from the prompt), split
+into chunks of ``-o chunk_size N``; ``-o fail_after N`` raises a provider error after N chunks
+and ``-o delay S`` sleeps between chunks (for interrupt tests). What comes back on the "wire"
+imitates the capability:
+
+* test-eats: the continuation only;
+* test-echoes: the prefill, then the continuation (``-o echo 0`` to forget the echo);
+* test-emulated: ``-o style repeat|skip|preamble`` — repeat the prefill, start after it, or
+  write "Sure, here it is:" first;
+* test-unsupported: refuses prefills (the core stops them before ``execute``);
+* test-keyed: eats, and needs the key ``testkey`` (env ``TESTKEY_API_KEY``).
+
+In-process tests can also queue exact wire replies: ``TestModel.queue.append([...chunks])``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from llmcli import KeySpec, Model, Options, PrefillSupport, ProviderError, Request, Usage
+from llmcli.models import Chunk, PrefillSent
+
+
+class TestOptions(Options):
+    reply: str | None = None
+    chunk_size: int = Field(default=4, ge=1)
+    fail_after: int | None = Field(default=None, ge=0)
+    delay: float = Field(default=0.0, ge=0, le=10)
+    echo: bool = True
+    style: Literal["repeat", "skip", "preamble"] = "repeat"
+    #: Imitate a backend that must send the prefill without trailing whitespace.
+    trim_prefill: bool = False
+    max_tokens: int = Field(default=100, ge=1, le=10_000)
+
+
+class TestModel(Model):
+    __test__ = False  # not a pytest class
+    Options = TestOptions
+    #: Exact wire replies (lists of chunks) served before any scripted reply.
+    queue: ClassVar[list[list[str]]] = []
+    #: Every request executed, for assertions.
+    requests: ClassVar[list[Request]] = []
+
+    def __init__(self, model_id: str, support: PrefillSupport, key: KeySpec | None = None):
+        self.model_id = model_id
+        self.aliases = (model_id.replace("test-", "t-"),)
+        self.prefill_support = support
+        self.needs_key = key
+
+    def wire_text(self, request: Request, sent: str) -> str:
+        options = request.options
+        assert isinstance(options, TestOptions)
+        continuation = options.reply
+        if continuation is None:
+            continuation = f"reply to: {request.prompt}"
+        if self.prefill_support is PrefillSupport.ECHOES_PREFIX and options.echo:
+            return sent + continuation
+        if self.prefill_support is PrefillSupport.EMULATED and request.prefill:
+            if options.style == "repeat":
+                return request.prefill + continuation
+            if options.style == "preamble":
+                return "Sure, here it is:\n" + request.prefill + continuation
+        return continuation
+
+    def execute(self, request: Request) -> Iterator[Chunk]:
+        TestModel.requests.append(request)
+        options = request.options
+        assert isinstance(options, TestOptions)
+        sent = request.prefill
+        if options.trim_prefill and sent != sent.rstrip():
+            sent = sent.rstrip()
+            yield PrefillSent(sent)
+        if TestModel.queue:
+            chunks = TestModel.queue.pop(0)
+        else:
+            text = self.wire_text(request, sent)
+            size = options.chunk_size
+            chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        produced = 0
+        for i, chunk in enumerate(chunks):
+            if options.fail_after is not None and i >= options.fail_after:
+                raise ProviderError("test provider: connection reset mid-stream", status=None,
+                                    provider="test")
+            if options.delay:
+                time.sleep(options.delay)
+            produced += 1
+            yield chunk
+        yield Usage(input_tokens=len(request.prompt.split()), output_tokens=produced,
+                    stop_reason="end_turn")
+
+
+def all_models() -> list[TestModel]:
+    return [
+        TestModel("test-eats", PrefillSupport.EATS_PREFIX),
+        TestModel("test-echoes", PrefillSupport.ECHOES_PREFIX),
+        TestModel("test-emulated", PrefillSupport.EMULATED),
+        TestModel("test-unsupported", PrefillSupport.UNSUPPORTED),
+        TestModel("test-keyed", PrefillSupport.EATS_PREFIX, KeySpec("testkey", "TESTKEY_API_KEY")),
+    ]
+
+
+def register_models(register: Callable[[Model], None]) -> None:
+    # Installed by the test command into the development venv; stay invisible to a user
+    # running that venv unless a test asks for these models.
+    if not os.environ.get("LLMCLI_TEST_MODELS"):
+        return
+    for model in all_models():
+        register(model)
