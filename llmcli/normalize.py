@@ -137,10 +137,14 @@ class PrefillNormalizer:
 
     def _emulated(self, buf: str, final: bool) -> str | None:
         prefill = self.prefill
+        # The model may drop leading whitespace when it repeats the prefill.
+        core = prefill.lstrip() or prefill
         body = buf.lstrip()
-        if body.startswith(prefill):
-            return prefill + body[len(prefill) :]
-        if not final and prefill.startswith(body):
+        if buf.startswith(prefill):
+            return prefill + buf[len(prefill) :]
+        if body.startswith(core):
+            return prefill + body[len(core) :]
+        if not final and (prefill.startswith(buf) or core.startswith(body)):
             return None
         newline = body.find("\n")
         if newline == -1:
@@ -148,9 +152,9 @@ class PrefillNormalizer:
                 return None  # the first line may still turn out to be a preamble
         elif newline <= PREAMBLE_MAX_CHARS and _looks_like_preamble(body[:newline]):
             after = body[newline + 1 :].lstrip()
-            if after.startswith(prefill):
-                return prefill + after[len(prefill) :]
-            if not final and prefill.startswith(after):
+            if after.startswith(core):
+                return prefill + after[len(core) :]
+            if not final and core.startswith(after):
                 return None
         # The reply starts after the prefill.
         if prefill[-1].isspace():

@@ -19,7 +19,9 @@ class InputError(LLMCLIError):
 
 
 def read_stdin() -> str:
-    stream = click.get_binary_stream("stdin")
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        return ""
     try:
         if stream.isatty():
             return ""
