@@ -1,0 +1,82 @@
+"""llmcli plugin: OpenAI models and OpenAI-compatible servers.
+
+* OpenAI chat and reasoning models (``gpt-4o``, ``gpt-5``, ...; any other as ``openai/<id>``):
+  prefill emulated through the system/developer message.
+* Servers listed in ``openai-servers.json`` (``llmcli openai-servers add/list/remove``), each
+  with its native prefill style, and ``<preset>/<model>`` names (``ollama/qwen2.5:7b``) for
+  the presets.
+
+Importing this module, registering and listing models never imports ``openai``: the SDK is
+imported when a model runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llmcli.errors import ConfigError
+from llmcli.models import Model
+
+from ._models import (
+    CHAT_MODELS,
+    REASONING_MODELS,
+    UNSUPPORTED_MODELS,
+    CompatibleModel,
+    openai_model,
+)
+from ._servers import PRESETS, ServerEntry, load_servers, raw_mentions, servers_path
+
+__all__ = ["register_commands", "register_models", "resolve_model"]
+
+
+def _server_model(entry: ServerEntry) -> CompatibleModel:
+    return CompatibleModel(
+        entry.id,
+        model_name=entry.model_name,
+        base_url=entry.base_url,
+        prefill_style=entry.prefill_style,
+        echoes=entry.echoes,
+        key_name=entry.key_name,
+        key_env=entry.key_env,
+        aliases=tuple(entry.aliases),
+    )
+
+
+def register_models(register: Callable[[Model], None]) -> None:
+    for name in (*CHAT_MODELS, *REASONING_MODELS, *UNSUPPORTED_MODELS):
+        register(openai_model(name))
+    try:
+        servers = load_servers()
+    except ConfigError:
+        # One broken file must not take every other model down; resolve_model reports it
+        # when a name from that file is asked for, and 'openai-servers list' always does.
+        return
+    for entry in servers.servers:
+        register(_server_model(entry))
+
+
+def resolve_model(name: str) -> Model | None:
+    """``openai/<id>``, ``<preset>/<model name>``; and the servers-file error, when the
+    file is malformed and mentions ``name``."""
+    prefix, sep, rest = name.partition("/")
+    if sep and rest:
+        if prefix == "openai":
+            return openai_model(rest, model_id=name)
+        preset = PRESETS.get(prefix)
+        if preset is not None:
+            return CompatibleModel(
+                name, model_name=rest, base_url=preset.base_url,
+                prefill_style=preset.prefill_style, echoes=preset.echoes,
+                key_name=preset.key_name, key_env=preset.key_env,
+            )
+        return None
+    if servers_path().exists() and raw_mentions(name):
+        load_servers()  # raises the ConfigError that made register_models skip the file
+    return None
+
+
+def register_commands(cli: Any) -> None:
+    from ._commands import openai_servers
+
+    cli.add_command(openai_servers)

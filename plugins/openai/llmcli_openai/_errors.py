@@ -1,0 +1,113 @@
+"""Turn whatever the openai SDK raises into one :class:`ProviderError` line a user can act on.
+
+Pure: the mapping reads the exception's class and attributes and never does I/O. The
+provider's own message is kept (it usually says what is wrong); keys are scrubbed from it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmcli.errors import ProviderError
+
+__all__ = ["ErrorContext", "map_error", "scrub"]
+
+# OpenAI-style secret keys, also when a server echoes them partly masked ("sk-ab***cd").
+_KEY_PATTERN = re.compile(r"\b(sk|sk-proj|sk-or-v1)-[A-Za-z0-9_*\-]{4,}")
+_MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True)
+class ErrorContext:
+    provider: str
+    api_model: str
+    base_url: str
+    key_hint: str = ""
+    timeout: float | None = None
+    max_retries: int = 2
+    secrets: tuple[str, ...] = field(default=())
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text)
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+def _provider_message(exc: Any) -> str:
+    """The server's own words: ``error.message`` from the JSON body, or the raw body text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message
+        detail = body.get("detail")  # some compatible servers answer FastAPI-style
+        if detail:
+            return str(detail)
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    message = getattr(exc, "message", None) or str(exc)
+    # The SDK's own text for a status error is "Error code: 401 - <message>"; drop the prefix.
+    return re.sub(r"^Error code: \d+( - )?", "", message) or message
+
+
+def _retries(ctx: ErrorContext) -> str:
+    n = ctx.max_retries
+    return f"after {n} {'retry' if n == 1 else 'retries'}"
+
+
+def map_error(exc: BaseException, ctx: ErrorContext, mid_stream: bool = False) -> ProviderError:
+    """The :class:`ProviderError` for an SDK (or JSON decoding) exception; ``mid_stream``
+    when the stream had started (the SDK does not retry then)."""
+    import openai  # only ever called after the SDK has run, so this import is free
+
+    p = ctx.provider
+    status: int | None = None
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        said = _provider_message(exc)
+        if status == 401:
+            text = f"{p}: authentication failed (401): {said}. {ctx.key_hint}"
+        elif status == 403:
+            text = f"{p}: permission denied (403): {said}. Check the key ({ctx.key_hint})"
+        elif status == 404:
+            text = (f"{p}: not found (404): {said}. Check the model name {ctx.api_model!r} "
+                    f"and the base URL {ctx.base_url}")
+        elif status == 429:
+            text = f"{p}: rate limited (429), gave up {_retries(ctx)}: {said}"
+        elif status >= 500:
+            text = f"{p}: server error ({status}), gave up {_retries(ctx)}: {said}"
+        else:
+            text = f"{p}: request rejected ({status}): {said}"
+    elif mid_stream and isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        reason = f": {cause}" if cause is not None and str(cause) else ""
+        what = "stalled" if isinstance(exc, openai.APITimeoutError) else "broke off"
+        text = f"{p}: the stream {what} mid-way{reason}"
+    elif isinstance(exc, openai.APITimeoutError):
+        limit = f"{ctx.timeout:g}s" if ctx.timeout is not None else "the default timeout"
+        text = (f"{p}: no response within {limit} ({_retries(ctx)}); "
+                "allow longer with -o timeout SECONDS")
+    elif isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        reason = f": {cause}" if cause is not None and str(cause) else ""
+        text = f"{p}: connection to {ctx.base_url} failed ({_retries(ctx)}){reason}"
+    elif isinstance(exc, openai.APIResponseValidationError):
+        text = f"{p}: the server's response is not valid: {_provider_message(exc)}"
+    elif isinstance(exc, openai.APIError):
+        # No status: an error event inside a stream that had started fine.
+        text = f"{p}: the server reported an error mid-stream: {_provider_message(exc)}"
+    elif isinstance(exc, ValueError):
+        # json.JSONDecodeError from the SDK: a "data:" line or a body that is not JSON.
+        text = f"{p}: malformed response from the server (invalid JSON: {exc})"
+    else:
+        text = f"{p}: {type(exc).__name__}: {exc}"
+    return ProviderError(_one_line(scrub(text, ctx.secrets)), status=status, provider=p)

@@ -1,0 +1,171 @@
+"""User-configured OpenAI-compatible servers: ``openai-servers.json`` in the user directory,
+and the ready-made presets.
+
+The file::
+
+    {
+      "servers": [
+        {"id": "qwen", "model_name": "qwen2.5:7b", "base_url": "http://localhost:11434/v1",
+         "prefill_style": "trailing_assistant"}
+      ]
+    }
+
+Validated with pydantic (unknown fields are errors, so typos fail loudly); a malformed file
+raises a one-line :class:`ConfigError` naming the file and the first problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmcli import config
+from llmcli.errors import ConfigError
+
+from ._wire import PrefillStyle
+
+__all__ = [
+    "FILE_NAME",
+    "PRESETS",
+    "Preset",
+    "ServerEntry",
+    "ServersFile",
+    "load_servers",
+    "save_servers",
+    "servers_path",
+]
+
+FILE_NAME = "openai-servers.json"
+# No "/" in ids: "<preset>/<model>" names are resolved on demand and must not collide.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+
+
+class ServerEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: The name used with -m.
+    id: str = Field(pattern=ID_PATTERN)
+    #: The model's name on the server.
+    model_name: str = Field(min_length=1)
+    base_url: str
+    prefill_style: PrefillStyle
+    #: Only with prefill_style "prefix": the server returns prefill + continuation.
+    echoes: bool = False
+    #: The key's name in 'llmcli keys'.
+    key_name: str | None = None
+    #: An environment variable holding the key (wins over the keys file).
+    key_env: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ServersFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    servers: list[ServerEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ServersFile:
+        seen: set[str] = set()
+        for entry in self.servers:
+            for name in (entry.id, *entry.aliases):
+                if name in seen:
+                    raise ValueError(f"the name {name!r} is used twice")
+                seen.add(name)
+        return self
+
+    def get(self, server_id: str) -> ServerEntry | None:
+        return next((s for s in self.servers if s.id == server_id), None)
+
+
+@dataclass(frozen=True)
+class Preset:
+    base_url: str
+    prefill_style: PrefillStyle
+    echoes: bool = False
+    key_name: str | None = None
+    key_env: str | None = None
+    note: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "vllm": Preset("http://localhost:8000/v1", "continue_final_message",
+                   note="vLLM: continue_final_message + add_generation_prompt=false"),
+    "llama-server": Preset("http://localhost:8080/v1", "trailing_assistant",
+                           note="llama.cpp llama-server: continues a trailing assistant turn"),
+    "ollama": Preset("http://localhost:11434/v1", "trailing_assistant",
+                     note="Ollama: continues a trailing assistant turn (template-dependent)"),
+    "deepseek": Preset("https://api.deepseek.com/beta", "prefix", key_name="deepseek",
+                       key_env="DEEPSEEK_API_KEY",
+                       note="DeepSeek: prefix=true, only on the /beta base URL"),
+    "openrouter": Preset("https://openrouter.ai/api/v1", "none", key_name="openrouter",
+                         key_env="OPENROUTER_API_KEY",
+                         note="OpenRouter: echo or eat depends on the upstream model, so "
+                              "emulated; use --prefill-style trailing_assistant per model"),
+}
+
+
+def servers_path() -> Path:
+    return config.user_dir() / FILE_NAME
+
+
+def _problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def load_servers(path: Path | None = None) -> ServersFile:
+    path = path or servers_path()
+    if not path.exists():
+        return ServersFile()
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column "
+                          f"{exc.colno}); fix or remove it") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        return ServersFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_problem(exc)}; fix or remove it") from None
+
+
+def save_servers(servers: ServersFile, path: Path | None = None) -> Path:
+    path = path or servers_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Cannot create {path.parent}: {exc.strerror}") from None
+    data = servers.model_dump(exclude_defaults=True)
+    data.setdefault("servers", [])
+    # Write then rename: an interrupted write never leaves a half file behind.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".openai-servers.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def raw_mentions(name: str, path: Path | None = None) -> bool:
+    """Whether a (possibly malformed) servers file mentions ``name`` as a JSON string."""
+    path = path or servers_path()
+    try:
+        return json.dumps(name) in path.read_text(encoding="utf-8")
+    except OSError:
+        return False

@@ -1,0 +1,174 @@
+"""Pure translation between an llmcli :class:`Request` and the Chat Completions wire format.
+
+No I/O and no ``openai`` import here: request building is a function of the request and the
+backend description, and response parsing works on the SDK's objects by attribute, so both
+are testable without a server and the plugin stays cheap to import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llmcli.capabilities import PrefillSupport
+from llmcli.errors import ProviderError
+from llmcli.models import Request, Usage, emulation_instruction
+
+__all__ = [
+    "PREFILL_STYLES",
+    "Backend",
+    "PrefillStyle",
+    "build_create_kwargs",
+    "capability_for",
+    "completion_events",
+    "openai_emulation_instruction",
+    "stream_events",
+]
+
+PrefillStyle = Literal["continue_final_message", "prefix", "trailing_assistant", "none"]
+PREFILL_STYLES: tuple[str, ...] = ("continue_final_message", "prefix", "trailing_assistant",
+                                   "none")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a model is served and how it takes a prefill."""
+
+    #: Names the service in error messages: "OpenAI", "openai-compatible server 'qwen'".
+    provider: str
+    #: The model name sent on the wire.
+    api_model: str
+    #: None: ``OPENAI_BASE_URL`` or the SDK's default (api.openai.com).
+    base_url: str | None = None
+    style: PrefillStyle = "none"
+    #: Only for ``prefix``: the server returns the prefill followed by the continuation.
+    echoes: bool = False
+    #: OpenAI reasoning models: ``developer`` role, ``max_completion_tokens``.
+    reasoning: bool = False
+    #: How to supply the key, for 401/403 messages ("run 'llmcli keys set openai' ...").
+    key_hint: str = ""
+
+
+def capability_for(style: PrefillStyle, echoes: bool = False) -> PrefillSupport:
+    if style == "none":
+        return PrefillSupport.EMULATED
+    if style == "prefix" and echoes:
+        return PrefillSupport.ECHOES_PREFIX
+    return PrefillSupport.EATS_PREFIX
+
+
+def openai_emulation_instruction(prefill: str) -> str:
+    """The core instruction plus what GPT models otherwise get wrong.
+
+    Asking for the prefix itself to be written out makes the echoed reply the common case,
+    which the normalizer recognises exactly; without it the models alternate between
+    echoing and continuing, and quote or fence the prefix now and then.
+    """
+    return (
+        emulation_instruction(prefill)
+        + "\nWrite that text itself as the very start of your reply (not in quotes, not in a "
+        "code block, without the tags), and do not mention this instruction."
+    )
+
+
+def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
+    system = request.system
+    if request.prefill and backend.style == "none":
+        instruction = openai_emulation_instruction(request.prefill)
+        # Appended after the user's own system prompt: the last instruction wins ties.
+        system = f"{system}\n\n{instruction}" if system else instruction
+    messages: list[dict[str, Any]] = []
+    if system:
+        # OpenAI reasoning models take instructions as "developer"; compatible servers and
+        # chat models expect "system".
+        messages.append({"role": "developer" if backend.reasoning else "system",
+                         "content": system})
+    messages.extend({"role": m.role, "content": m.content} for m in request.messages())
+    if request.prefill and backend.style != "none":
+        final: dict[str, Any] = {"role": "assistant", "content": request.prefill}
+        if backend.style == "prefix":
+            final["prefix"] = True
+        messages.append(final)
+    return messages
+
+
+def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
+    """Keyword arguments for ``client.chat.completions.create`` (timeout/retries excluded:
+    they configure the client)."""
+    kwargs: dict[str, Any] = {
+        "model": backend.api_model,
+        "messages": _messages(request, backend),
+        "stream": request.stream,
+    }
+    if request.stream:
+        kwargs["stream_options"] = {"include_usage": True}
+    opts = request.options
+    max_tokens = getattr(opts, "max_tokens", None)
+    if max_tokens is not None:
+        # Reasoning models reject max_tokens; compatible servers mostly only know max_tokens.
+        kwargs["max_completion_tokens" if backend.reasoning else "max_tokens"] = max_tokens
+    for name in ("temperature", "top_p", "stop", "seed", "reasoning_effort"):
+        value = getattr(opts, name, None)
+        if value is not None:
+            kwargs[name] = value
+    if request.prefill and backend.style == "continue_final_message":
+        # vLLM defaults add_generation_prompt to true and 400s when both are true.
+        kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+    return kwargs
+
+
+def _usage(raw: Any, stop_reason: str | None) -> Usage:
+    usage = Usage(stop_reason=stop_reason)
+    if raw is None:
+        return usage
+    usage.input_tokens = getattr(raw, "prompt_tokens", None)
+    usage.output_tokens = getattr(raw, "completion_tokens", None)
+    for group in ("prompt_tokens_details", "completion_tokens_details"):
+        details = getattr(raw, group, None)
+        for name in ("cached_tokens", "reasoning_tokens"):
+            value = getattr(details, name, None) if details is not None else None
+            if value:
+                usage.details[name] = value
+    return usage
+
+
+def stream_events(chunks: Iterable[Any], provider: str) -> Iterator[str | Usage]:
+    """Text deltas of choice 0, then one :class:`Usage`.
+
+    A stream that ends without a finish_reason was cut short (a proxy closing the connection
+    cleanly, for instance); that is an error, not a complete reply.
+    """
+    stop_reason: str | None = None
+    raw_usage: Any = None
+    for chunk in chunks:
+        if getattr(chunk, "usage", None) is not None:
+            raw_usage = chunk.usage
+        for choice in getattr(chunk, "choices", None) or []:
+            if getattr(choice, "index", 0) != 0:
+                continue
+            delta = getattr(choice, "delta", None)
+            content = getattr(delta, "content", None) if delta is not None else None
+            if content:
+                yield content
+            if choice.finish_reason:
+                stop_reason = choice.finish_reason
+    if stop_reason is None:
+        raise ProviderError(
+            f"{provider}: the stream ended before the model finished (no finish_reason)",
+            provider=provider,
+        )
+    yield _usage(raw_usage, stop_reason)
+
+
+def completion_events(completion: Any, provider: str) -> Iterator[str | Usage]:
+    choices = getattr(completion, "choices", None) or []
+    if not choices:
+        raise ProviderError(f"{provider}: the response has no choices", provider=provider)
+    choice = choices[0]
+    message = choice.message
+    # A refusal arrives in its own field with content null; show it rather than nothing.
+    text = message.content if message.content is not None else getattr(message, "refusal", "")
+    if text:
+        yield text
+    yield _usage(getattr(completion, "usage", None), choice.finish_reason)

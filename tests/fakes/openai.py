@@ -1,0 +1,200 @@
+"""A fake Chat Completions server: OpenAI, or an OpenAI-compatible server with its own prefill
+behaviour (``mode``), spoken over real HTTP so the real openai SDK is exercised end to end.
+
+Modes, modelled on what the real servers do (see docs/PREFILL notes in /work/shared):
+
+* ``openai``: no prefill. The "model" follows the emulation instruction found in the system
+  or developer message (``<reply_prefix>...</reply_prefix>``) as scripted by ``echo``:
+  ``"echo"`` repeats the prefill, ``"no_echo"`` starts right after it, ``"preamble"`` says
+  "Sure, here it is:" on a line of its own first. A trailing assistant message is a finished
+  turn: the reply is a fresh one.
+* ``vllm``: ``continue_final_message`` continues the trailing assistant message (eats);
+  400 when ``add_generation_prompt`` is also true (vLLM's default is true).
+* ``deepseek``: ``prefix: true`` on the final assistant message continues it (eats, or
+  echoes with ``echoes=True``); 400 unless the path is under ``/beta``.
+* ``llama``: llama-server/Ollama: a trailing assistant message is continued (eats).
+
+Queued replies (``enqueue``) are served first, one per request, for error scripts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any
+
+from tests.fakes.base import FakeServer, RecordedRequest, Reply, sse
+
+__all__ = ["FRESH_TURN", "PREAMBLE", "FakeOpenAI", "error_body", "error_reply"]
+
+PREAMBLE = "Sure, here it is:\n"
+#: What a server says when it starts a new turn instead of continuing the prefill.
+FRESH_TURN = "[a fresh turn that ignores the prefill]"
+
+_PREFIX_TAG = re.compile(r"<reply_prefix>(.*?)</reply_prefix>", re.DOTALL)
+
+
+def error_body(message: str, type_: str = "invalid_request_error",
+               code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_reply(status: int, message: str, type_: str = "invalid_request_error",
+                code: str | None = None, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status=status, json_body=error_body(message, type_, code),
+                 headers=headers or {})
+
+
+class FakeOpenAI(FakeServer):
+    def __init__(
+        self,
+        mode: str = "openai",
+        *,
+        continuation: str = " and the rest of the reply.",
+        echo: str = "echo",
+        echoes: bool = False,
+        api_key: str | None = None,
+        models: tuple[str, ...] | None = None,
+        chunk_size: int = 4,
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.continuation = continuation
+        self.echo = echo
+        self.echoes = echoes
+        self.api_key = api_key
+        self.models = models
+        self.chunk_size = chunk_size
+        self.queue: deque[Reply] = deque()
+        #: Stream tweaks for the default reply.
+        self.cut_after: int | None = None
+        self.malformed_after: int | None = None
+        self.delay = 0.0
+        #: A 200 whose body is not JSON (non-streaming).
+        self.invalid_json = False
+
+    def enqueue(self, *replies: Reply) -> None:
+        self.queue.extend(replies)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    # -- behaviour -----------------------------------------------------------------------
+
+    def handle(self, request: RecordedRequest) -> Reply:
+        if self.queue:
+            return self.queue.popleft()
+        if request.method != "POST" or not request.path.endswith("/chat/completions"):
+            return error_reply(404, f"Invalid URL ({request.method} {request.path})")
+        if self.api_key is not None and request.headers.get("authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            given = request.headers.get("authorization", "").removeprefix("Bearer ")
+            masked = given[:3] + "*" * 6 + given[-4:] if given else ""
+            return error_reply(401, f"Incorrect API key provided: {masked}. You can find your "
+                               "API key at https://platform.openai.com/account/api-keys.",
+                               code="invalid_api_key")
+        body = request.body
+        if not isinstance(body, dict):
+            return error_reply(400, "We could not parse the JSON body of your request.")
+        model = body.get("model")
+        if self.models is not None and model not in self.models:
+            return error_reply(404, f"The model `{model}` does not exist or you do not have "
+                               "access to it.", code="model_not_found")
+        result = self._answer(request.path, body)
+        if isinstance(result, Reply):
+            return result
+        if self.invalid_json and not body.get("stream"):
+            return Reply(raw_body=b'{"id": "chatcmpl-1", "choices": [', delay=self.delay)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return Reply(events=self._events(str(model), result, include_usage),
+                         cut_after=self.cut_after, delay=self.delay)
+        return Reply(json_body=self._completion(str(model), result), delay=self.delay)
+
+    def _answer(self, path: str, body: dict[str, Any]) -> str | Reply:
+        messages = body.get("messages") or []
+        last = messages[-1] if messages else {}
+        trailing = last.get("content", "") if last.get("role") == "assistant" else None
+        if self.mode == "openai":
+            return self._emulated(messages)
+        if self.mode == "vllm":
+            continue_final = bool(body.get("continue_final_message"))
+            add_generation = body.get("add_generation_prompt", True)
+            if continue_final and add_generation:
+                return error_reply(400, "Cannot set both continue_final_message and "
+                                   "add_generation_prompt to True.", type_="BadRequestError")
+            if continue_final and trailing is None:
+                return error_reply(400, "continue_final_message is set but the final "
+                                   "message is not from the assistant.",
+                                   type_="BadRequestError")
+            return self.continuation if continue_final else FRESH_TURN
+        if self.mode == "deepseek":
+            if last.get("prefix"):
+                if "/beta/" not in path:
+                    return error_reply(400, "prefix is only available when using beta api")
+                return (trailing or "") + self.continuation if self.echoes else (
+                    self.continuation)
+            return FRESH_TURN
+        if self.mode == "llama":
+            return self.continuation if trailing is not None else FRESH_TURN
+        raise AssertionError(f"unknown mode {self.mode}")
+
+    def _emulated(self, messages: list[dict[str, Any]]) -> str:
+        instructions = " ".join(str(m.get("content", "")) for m in messages
+                                if m.get("role") in ("system", "developer"))
+        found = _PREFIX_TAG.search(instructions)
+        if not found:
+            return FRESH_TURN if messages and messages[-1].get("role") == "assistant" else (
+                self.continuation.lstrip())
+        prefill = found.group(1)
+        if self.echo == "no_echo":
+            return self.continuation
+        if self.echo == "preamble":
+            return PREAMBLE + prefill + self.continuation
+        return prefill + self.continuation
+
+    # -- wire format ---------------------------------------------------------------------
+
+    @staticmethod
+    def _usage() -> dict[str, Any]:
+        return {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
+                "completion_tokens_details": {"reasoning_tokens": 0}}
+
+    def _completion(self, model: str, text: str) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
+            "model": model, "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": text, "refusal": None}}],
+            "usage": self._usage(),
+        }
+
+    def _chunk(self, model: str, delta: dict[str, Any], finish: str | None,
+               include_usage: bool) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": model, "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}],
+        }
+        if include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _events(self, model: str, text: str, include_usage: bool) -> list[str]:
+        events = [sse(self._chunk(model, {"role": "assistant", "content": ""}, None,
+                                  include_usage))]
+        pieces = [text[i : i + self.chunk_size] for i in range(0, len(text), self.chunk_size)]
+        for n, piece in enumerate(pieces):
+            if self.malformed_after is not None and n == self.malformed_after:
+                events.append('data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')
+            events.append(sse(self._chunk(model, {"content": piece}, None, include_usage)))
+        events.append(sse(self._chunk(model, {}, "stop", include_usage)))
+        if include_usage:
+            events.append(sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                               "created": 1700000000, "model": model, "choices": [],
+                               "usage": self._usage()}))
+        events.append(sse("[DONE]"))
+        return events
