@@ -150,3 +150,32 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- helpers shared by provider fakes (additive) ---------------------------------------------
+
+
+def split_text(text: str, size: int) -> list[str]:
+    """Cut ``text`` into pieces of ``size`` characters, the way a fake streams its reply.
+
+    Small pieces make the SDK and the normalizer see prefixes split across chunks."""
+    if size <= 0:
+        return [text]
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+class ScriptedServer(FakeServer):
+    """A fake that serves ``queued`` replies first (errors, rate limits: one per request), then
+    the provider's normal behaviour from :meth:`respond`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[Reply] = []
+
+    def handle(self, request: RecordedRequest) -> Reply:
+        if self.queued:
+            return self.queued.pop(0)
+        return self.respond(request)
+
+    def respond(self, request: RecordedRequest) -> Reply:  # pragma: no cover - abstract
+        raise NotImplementedError

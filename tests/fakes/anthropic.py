@@ -1,0 +1,161 @@
+"""A fake Anthropic Messages API (``POST /v1/messages``) that behaves like the real one where
+prefill is concerned:
+
+* a trailing assistant message is continued and *not* repeated (the prefill is eaten);
+* a final assistant message ending in whitespace is a 400;
+* Claude 4.6 and later reject any trailing assistant message with a 400;
+* with extended thinking on, a trailing text assistant message is a 400;
+* streaming speaks the documented SSE events (message_start, content_block_start, ping,
+  content_block_delta/text_delta, content_block_stop, message_delta, message_stop, error).
+
+The model's text is scripted per test with ``fake.reply``; queued replies (``fake.queued``,
+see :func:`error`) are served first, one per request.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.fakes.base import RecordedRequest, Reply, ScriptedServer, split_text, sse
+
+#: The fake's own notion of which models reject prefill (deliberately not the plugin's code).
+_REJECTS_PREFILL = re.compile(r"^claude-(opus|sonnet|haiku)-(4-([6-9]|\d\d)|[5-9])")
+
+TRAILING_WHITESPACE = "messages: final assistant content cannot end with trailing whitespace"
+NO_PREFILL = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+THINKING_PREFILL = (
+    "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `text`. "
+    "When `thinking` is enabled, a final `assistant` message must start with a thinking block."
+)
+
+
+def error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None
+          ) -> Reply:
+    """An Anthropic error response: ``{"type": "error", "error": {"type", "message"}}``."""
+    body = {"type": "error", "error": {"type": error_type, "message": message},
+            "request_id": "req_fake"}
+    return Reply(status=status, json_body=body, headers={"request-id": "req_fake",
+                                                         **(headers or {})})
+
+
+def error_event(error_type: str, message: str) -> str:
+    return sse({"type": "error", "error": {"type": error_type, "message": message}}, "error")
+
+
+class FakeAnthropic(ScriptedServer):
+    def __init__(self, api_key: str = "sk-ant-test-key") -> None:
+        super().__init__()
+        self.api_key = api_key
+        #: What the model writes (after the prefill, when the API eats it).
+        self.reply = "Hello from Claude."
+        self.thinking_text = "Let me think."
+        #: Characters per text_delta when streaming.
+        self.chunk_size = 3
+        #: Streaming: close the connection after this many SSE events.
+        self.cut_after: int | None = None
+        #: Streaming: send an ``error`` event after this many text deltas.
+        self.error_after_deltas: int | None = None
+        self.delay = 0.0
+
+    @property
+    def last_body(self) -> dict[str, Any]:
+        return self.requests[-1].body
+
+    def respond(self, request: RecordedRequest) -> Reply:
+        if not request.path.startswith("/v1/messages"):
+            return error(404, "not_found_error", f"Not found: {request.path}")
+        # The API takes the key as x-api-key or as a bearer token (newer SDKs send the latter).
+        sent_key = request.headers.get("x-api-key") or request.headers.get(
+            "authorization", "").removeprefix("Bearer ")
+        if sent_key != self.api_key:
+            return error(401, "authentication_error", "invalid x-api-key")
+        body = request.body
+        if not isinstance(body, dict) or "max_tokens" not in body or not body.get("messages"):
+            return error(400, "invalid_request_error", "messages: Field required")
+        model = body.get("model", "")
+        messages = body["messages"]
+        last = messages[-1]
+        thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+        if last["role"] == "assistant":
+            content = last["content"]
+            text = content if isinstance(content, str) else "".join(
+                block.get("text", "") for block in content)
+            if _REJECTS_PREFILL.match(model):
+                return error(400, "invalid_request_error", NO_PREFILL)
+            if thinking:
+                return error(400, "invalid_request_error", THINKING_PREFILL)
+            if text != text.rstrip():
+                return error(400, "invalid_request_error", TRAILING_WHITESPACE)
+        text, stop_reason, stop_sequence = self._generate(body)
+        usage_in = sum(len(str(m["content"]).split()) for m in messages) + 3
+        usage_out = max(1, len(text.split()))
+        if body.get("stream"):
+            return Reply(events=self._events(model, text, thinking, stop_reason, stop_sequence,
+                                             usage_in, usage_out),
+                         cut_after=self.cut_after, delay=self.delay)
+        content_blocks: list[dict[str, Any]] = []
+        if thinking:
+            content_blocks.append({"type": "thinking", "thinking": self.thinking_text,
+                                   "signature": "sig"})
+        content_blocks.append({"type": "text", "text": text})
+        return Reply(json_body={
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": content_blocks, "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
+        }, delay=self.delay)
+
+    def _generate(self, body: dict[str, Any]) -> tuple[str, str, str | None]:
+        text = self.reply
+        for stop in body.get("stop_sequences") or []:
+            at = text.find(stop)
+            if at != -1:
+                # The API does not include the stop sequence in the text.
+                return text[:at], "stop_sequence", stop
+        return text, "end_turn", None
+
+    def _events(self, model: str, text: str, thinking: bool, stop_reason: str,
+                stop_sequence: str | None, usage_in: int, usage_out: int) -> list[str]:
+        events = [sse({"type": "message_start", "message": {
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": usage_in, "output_tokens": 1}}}, "message_start")]
+        index = 0
+        if thinking:
+            events += [
+                sse({"type": "content_block_start", "index": 0,
+                     "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+                    "content_block_start"),
+                sse({"type": "content_block_delta", "index": 0,
+                     "delta": {"type": "thinking_delta", "thinking": self.thinking_text}},
+                    "content_block_delta"),
+                sse({"type": "content_block_delta", "index": 0,
+                     "delta": {"type": "signature_delta", "signature": "sig"}},
+                    "content_block_delta"),
+                sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            ]
+            index = 1
+        events += [
+            sse({"type": "content_block_start", "index": index,
+                 "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+            sse({"type": "ping"}, "ping"),
+        ]
+        for n, piece in enumerate(split_text(text, self.chunk_size)):
+            if self.error_after_deltas is not None and n == self.error_after_deltas:
+                events.append(error_event("overloaded_error", "Overloaded"))
+                return events
+            events.append(sse({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "text_delta", "text": piece}},
+                              "content_block_delta"))
+        events += [
+            sse({"type": "content_block_stop", "index": index}, "content_block_stop"),
+            sse({"type": "message_delta",
+                 "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                 "usage": {"output_tokens": usage_out}}, "message_delta"),
+            sse({"type": "message_stop"}, "message_stop"),
+        ]
+        return events
