@@ -1,0 +1,240 @@
+"""Loading weights: GGUF files are dequantized once into a safetensors cache, then every load
+reads that cache; loaded models stay in memory for the life of the process.
+
+torch and transformers are imported inside the functions, never at module import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmcli.errors import ConfigError
+from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
+from llmcli_local.sources import ModelSource, cache_root
+
+__all__ = ["Loaded", "cache_dir_for", "convert_gguf", "load", "loaded_models", "unload_all"]
+
+#: Written last into a cache directory; without it the directory is an interrupted conversion.
+_MARKER = "llmcli-local.json"
+#: Names of tokens that end an assistant turn in common chat templates.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
+
+
+@dataclass
+class Loaded:
+    """A model ready to run, plus what the runtime precomputes once per tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    vocab: Vocab
+    eos_ids: set[int]
+    device: str
+    dtype: Any
+    directory: Path
+    #: Compiled decode steps (CUDA graphs), keyed by static cache length.
+    compiled: dict[int, Any] = field(default_factory=dict)
+
+
+_loaded: dict[tuple[str, str], Loaded] = {}
+_lock = threading.Lock()
+
+
+def loaded_models() -> dict[tuple[str, str], Loaded]:
+    return _loaded
+
+
+def unload_all() -> None:
+    _loaded.clear()
+
+
+def cache_dir_for(path: Path) -> Path:
+    """One cache directory per GGUF file version: keyed by its path, size and mtime."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return cache_root() / f"{path.stem}-{key.hexdigest()[:16]}"
+
+
+def _offline() -> None:
+    # Never reach for the model hub: every file we load is local.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def convert_gguf(path: Path, show_progress: bool = True) -> Path:
+    """Dequantize ``path`` into its cache directory (once) and return that directory."""
+    target = cache_dir_for(path)
+    if (target / _MARKER).is_file():
+        return target
+    _offline()
+    from tqdm import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary sibling, then rename: a crash never leaves a half-written cache.
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    steps = ["tokenizer", "dequantize weights", "write safetensors"]
+    bar = tqdm(
+        total=len(steps), desc=f"Converting {path.name} (once)", file=sys.stderr,
+        disable=not show_progress, unit="step",
+    )
+    try:
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        bar.set_postfix_str(steps[0])
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        bar.update()
+        bar.set_postfix_str(steps[1])
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
+        bar.update()
+        bar.set_postfix_str(steps[2])
+        # save_pretrained refuses GGUF-loaded models; save the pieces ourselves.
+        model_config = model.config
+        if hasattr(model_config, "quantization_config"):
+            del model_config.quantization_config
+        model_config.save_pretrained(work)
+        model.generation_config.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        state = model.state_dict()
+        if getattr(model_config, "tie_word_embeddings", False):
+            # Shared storage cannot be saved twice; from_pretrained re-ties it.
+            state.pop("lm_head.weight", None)
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(work / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        stat = path.stat()
+        (work / _MARKER).write_text(json.dumps(
+            {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        ))
+        bar.update()
+        del model
+        try:
+            os.replace(work, target)
+        except OSError:
+            # Another process finished the same conversion first; keep theirs.
+            if not (target / _MARKER).is_file():
+                raise
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"Could not convert {path}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
+    finally:
+        bar.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for but no CUDA GPU is available")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _set_cpu_threads() -> None:
+    """torch defaults to one thread per physical core, which suits decoding; the user may
+    override it with LLMCLI_LOCAL_THREADS (OMP_NUM_THREADS is honoured by torch itself)."""
+    import torch
+
+    wanted = os.environ.get("LLMCLI_LOCAL_THREADS", "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        torch.set_num_threads(int(wanted))
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    ids: set[int] = set()
+    for candidate in (
+        getattr(model.generation_config, "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+    ):
+        if isinstance(candidate, int):
+            ids.add(candidate)
+        elif isinstance(candidate, list | tuple):
+            ids.update(int(c) for c in candidate)
+    vocab = tokenizer.get_vocab()
+    for name in _END_OF_TURN:
+        if name in vocab:
+            ids.add(vocab[name])
+    return ids
+
+
+def load(source: ModelSource, device: str = "auto", show_progress: bool = True) -> Loaded:
+    """The model for ``source`` on ``device``, loaded once per process."""
+    with _lock:
+        _offline()
+        import torch
+
+        resolved = pick_device(device)
+        key = (str(source.path), resolved)
+        if key in _loaded:
+            return _loaded[key]
+        directory = (
+            convert_gguf(source.path, show_progress) if source.format == "gguf" else source.path
+        )
+        if resolved == "cpu":
+            _set_cpu_threads()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        # bf16 on GPUs (fast and exact enough); fp32 on CPU, where bf16 matmuls are slow
+        # on most machines and numerics matter more than memory for small models.
+        dtype = torch.bfloat16 if resolved == "cuda" else torch.float32
+        try:
+            with _quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(str(directory))
+                model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
+        except Exception as exc:
+            raise ConfigError(
+                f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
+            ) from exc
+        model.to(resolved)
+        model.eval()
+        token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+        loaded = Loaded(
+            model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
+            eos_ids=_eos_ids(tokenizer, model), device=resolved, dtype=dtype,
+            directory=directory,
+        )
+        # Keep one model per device in memory: a conversation reuses it, while switching
+        # models does not pile up gigabytes.
+        for other in [k for k in _loaded if k[1] == resolved]:
+            del _loaded[other]
+        _loaded[key] = loaded
+        return loaded

