@@ -54,10 +54,10 @@ def get_model(name: str | None = None) -> Model:
             return model
     for plugin in load_plugins():
         if plugin.resolver is not None:
-            model = plugin.resolver(name)
-            if model is not None:
-                model.plugin = plugin.name
-                return model
+            resolved = plugin.resolver(name)
+            if resolved is not None:
+                resolved.plugin = plugin.name
+                return resolved
     all_names = [n for model in models for n in _names(model)]
     suggestions = difflib.get_close_matches(name, all_names, n=3, cutoff=0.5)
     if not suggestions:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class PrefillSupport(str, Enum):
+class PrefillSupport(StrEnum):
     """How a model's API treats the first characters of the reply supplied by the user."""
 
     #: Native prefill; the API returns only the continuation.

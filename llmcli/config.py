@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -131,10 +132,8 @@ def remember_secret(value: str | None) -> None:
 
 def _known_secrets() -> set[str]:
     secrets = set(_runtime_secrets)
-    try:
+    with contextlib.suppress(ConfigError):
         secrets.update(v for v in load_keys().values() if len(v) >= 4)
-    except ConfigError:
-        pass
     for name, value in os.environ.items():
         if (name.endswith(("_API_KEY", "_TOKEN", "_KEY"))) and len(value) >= 4:
             secrets.add(value)

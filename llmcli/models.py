@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from llmcli.capabilities import PrefillSupport
 from llmcli.errors import LLMCLIError, PartialResponseError, ProviderError
@@ -110,6 +110,9 @@ def emulation_instruction(prefill: str) -> str:
     )
 
 
+BaseOptions = Options
+
+
 class Model:
     """Base class for every model. Subclasses set the class attributes and ``execute``."""
 
@@ -127,10 +130,10 @@ class Model:
     class Options(Options):
         pass
 
-    #: Where this model comes from (set by plugin loading).
-    plugin: ClassVar[str | None] = None
+    #: The plugin this model comes from (set by plugin loading).
+    plugin: str | None = None
 
-    def get_prefill_support(self, options: Options) -> PrefillSupport:
+    def get_prefill_support(self, options: BaseOptions) -> PrefillSupport:
         """The capability for a request with these options (override when it depends)."""
         return self.prefill_support
 
@@ -237,7 +240,7 @@ class Response:
         self._logger = logger
         self._chunks: list[str] = []
         self._usage = Usage()
-        self._iterator: Iterator[str] | None = None
+        self._iterator: Generator[str, None, None] | None = None
 
     # Convenience views of the request.
     @property
@@ -298,7 +301,7 @@ class Response:
     def stop_reason(self) -> str | None:
         return self.usage().stop_reason
 
-    def _run(self) -> Iterator[str]:
+    def _run(self) -> Generator[str, None, None]:
         normalizer = PrefillNormalizer(self.prefill, self.prefill_support)
         started = time.monotonic()
         raw_seen = False

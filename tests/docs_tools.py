@@ -19,28 +19,29 @@ MARKER = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(.*?)(<!-- end gene
                     re.DOTALL)
 
 
-def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
-    found = [(path, command)]
+def _walk(command: click.Command, path: list[str], parent: click.Context | None
+          ) -> list[tuple[list[str], click.Command, click.Context]]:
+    # Contexts are nested as at run time so that settings such as help_option_names
+    # (-h) are inherited exactly as a user sees them.
+    settings = {"terminal_width": 88, "max_content_width": 88, **command.context_settings}
+    ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
+    found = [(path, command, ctx)]
     if isinstance(command, click.Group):
-        ctx = click.Context(command, info_name=" ".join(path))
         for name in sorted(command.list_commands(ctx)):
             sub = command.get_command(ctx, name)
             if sub is not None and not sub.hidden:
-                found += _walk(sub, [*path, name])
+                found += _walk(sub, [*path, name], ctx)
     return found
 
 
 def cli_commands(cli: click.Group) -> list[tuple[list[str], click.Command]]:
-    return _walk(cli, ["llmcli"])
+    return [(path, command) for path, command, _ in _walk(cli, ["llmcli"], None)]
 
 
 def render_cli_help(cli: click.Group) -> str:
     parts = []
-    for path, command in cli_commands(cli):
-        ctx = click.Context(command, info_name=" ".join(path), terminal_width=88,
-                            max_content_width=88)
-        title = " ".join(path)
-        parts.append(f"### `{title}`\n\n```\n{command.get_help(ctx)}\n```\n")
+    for path, command, ctx in _walk(cli, ["llmcli"], None):
+        parts.append(f"### `{' '.join(path)}`\n\n```\n{command.get_help(ctx)}\n```\n")
     return "\n".join(parts)
 
 

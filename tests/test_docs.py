@@ -4,7 +4,6 @@ and the Python examples run."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

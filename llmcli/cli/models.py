@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -42,10 +43,8 @@ def list_models(as_json: bool, show_options: bool) -> None:
         click.echo(json.dumps(described, indent=2))
         return
     default = None
-    try:
+    with contextlib.suppress(Exception):
         default = api.get_default_model().model_id
-    except Exception:
-        pass
     rows = []
     for d in described:
         key = "-" if d["needs_key"] is None else ("set" if d["key_set"] else

@@ -27,4 +27,5 @@ def plugins(as_json: bool) -> None:
         click.echo("No plugins installed.", err=True)
         return
     table(["plugin", "version", "models"],
-          [[d["name"], d["version"] or "-", ", ".join(d["models"])] for d in data])  # type: ignore[arg-type]
+          [[p.name, p.version or "-", ", ".join(m.model_id for m in p.models)]
+           for p in load_plugins()])

@@ -11,7 +11,7 @@ import click
 
 from llmcli import api, config
 from llmcli.errors import LLMCLIError, OptionsError
-from llmcli.models import Conversation, Model
+from llmcli.models import Conversation, Message, Model
 
 
 class InputError(LLMCLIError):
@@ -113,7 +113,7 @@ def prompt(
 
     conversation: Conversation | None = None
     history_model: str | None = None
-    history = []
+    history: list[Message] = []
     if continue_ or conversation_id:
         reader = store or LogStore()
         cid = conversation_id or reader.last_conversation_id()

@@ -18,10 +18,10 @@ def migration(fn: Migration) -> Migration:
 
 @migration
 def m001_initial(db: Database) -> None:
-    db["conversations"].create(
+    db.table("conversations").create(
         {"id": str, "name": str, "model": str, "datetime_utc": str}, pk="id"
     )
-    db["responses"].create(
+    db.table("responses").create(
         {
             "id": str,
             "conversation_id": str,
@@ -45,6 +45,6 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("conversation_id", "conversations", "id")],
         not_null=["model", "prompt", "text", "status", "datetime_utc"],
     )
-    db["responses"].create_index(["conversation_id"])
-    db["responses"].create_index(["datetime_utc"])
-    db["responses"].enable_fts(["prompt", "text"], create_triggers=True)
+    db.table("responses").create_index(["conversation_id"])
+    db.table("responses").create_index(["datetime_utc"])
+    db.table("responses").enable_fts(["prompt", "text"], create_triggers=True)

@@ -56,8 +56,8 @@ def _db_errors(path: Path) -> Iterator[None]:
 
 def migrate(db: Database) -> None:
     applied_names = set()
-    if db[MIGRATIONS_TABLE].exists():
-        applied_names = {row["name"] for row in db[MIGRATIONS_TABLE].rows}
+    if db.table(MIGRATIONS_TABLE).exists():
+        applied_names = {row["name"] for row in db.table(MIGRATIONS_TABLE).rows}
     known = [name for name, _ in MIGRATIONS]
     unknown = applied_names - set(known)
     if unknown:
@@ -69,14 +69,14 @@ def migrate(db: Database) -> None:
         return
     db.execute("BEGIN IMMEDIATE")
     try:
-        db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name",
+        db.table(MIGRATIONS_TABLE).create({"name": str, "applied_at": str}, pk="name",
                                      if_not_exists=True)
-        done = {row["name"] for row in db[MIGRATIONS_TABLE].rows}
+        done = {row["name"] for row in db.table(MIGRATIONS_TABLE).rows}
         for name, fn in MIGRATIONS:
             if name in done:
                 continue
             fn(db)
-            db[MIGRATIONS_TABLE].insert(
+            db.table(MIGRATIONS_TABLE).insert(
                 {"name": name, "applied_at": _now()}
             )
         db.execute("COMMIT")
@@ -140,7 +140,7 @@ class LogStore:
             try:
                 if response.conversation is not None:
                     conversation = response.conversation
-                    self.db["conversations"].insert(
+                    self.db.table("conversations").insert(
                         {
                             "id": conversation.id,
                             "name": conversation.name or _title(response.prompt),
@@ -149,7 +149,7 @@ class LogStore:
                         },
                         ignore=True,
                     )
-                self.db["responses"].insert(record)
+                self.db.table("responses").insert(record)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -216,8 +216,8 @@ class LogStore:
     def counts(self) -> dict[str, int]:
         with _db_errors(self.path):
             return {
-                "conversations": self.db["conversations"].count,
-                "responses": self.db["responses"].count,
+                "conversations": self.db.table("conversations").count,
+                "responses": self.db.table("responses").count,
             }
 
 
