@@ -20,6 +20,7 @@ Queued replies (``enqueue``) are served first, one per request, for error script
 from __future__ import annotations
 
 import re
+import sys
 from collections import deque
 from typing import Any
 
@@ -72,6 +73,23 @@ class FakeOpenAI(FakeServer):
         self.delay = 0.0
         #: A 200 whose body is not JSON (non-streaming).
         self.invalid_json = False
+
+    def start(self) -> FakeOpenAI:
+        super().start()
+        httpd = self._httpd
+        assert httpd is not None
+        report = httpd.handle_error
+
+        def handle_error(request: Any, client_address: Any) -> None:
+            # The SDK closes a stream's connection right after [DONE]; the idle keep-alive
+            # read then sees a reset. That is normal client behaviour, not a server failure
+            # worth a traceback (which would land in CliRunner's captured output).
+            if isinstance(sys.exc_info()[1], ConnectionError):
+                return
+            report(request, client_address)
+
+        httpd.handle_error = handle_error  # type: ignore[method-assign]
+        return self
 
     def enqueue(self, *replies: Reply) -> None:
         self.queue.extend(replies)

@@ -15,7 +15,7 @@ from llmcli.errors import ProviderError
 __all__ = ["ErrorContext", "map_error", "scrub"]
 
 # OpenAI-style secret keys, also when a server echoes them partly masked ("sk-ab***cd").
-_KEY_PATTERN = re.compile(r"\b(sk|sk-proj|sk-or-v1)-[A-Za-z0-9_*\-]{4,}")
+_KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_*\-]{4,}")
 _MAX_MESSAGE = 300
 
 
@@ -34,7 +34,7 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text)
+    return _KEY_PATTERN.sub("sk-***", text)
 
 
 def _one_line(text: str) -> str:
