@@ -78,6 +78,7 @@ class ClaudeModel(Model):
         if options.timeout is not None:
             client_args["timeout"] = options.timeout
         convert = _ErrorConverter(anthropic, request.key, options, base_url)
+        client = None
         try:
             client = anthropic.Anthropic(**client_args)
             if request.stream:
@@ -88,6 +89,9 @@ class ClaudeModel(Model):
             raise
         except Exception as exc:
             raise convert(exc) from exc
+        finally:
+            if client is not None:
+                client.close()  # one client per request: release its connection pool
 
 
 def _complete(client: Any, params: dict[str, Any]) -> Iterator[Chunk]:

@@ -34,6 +34,7 @@ __all__ = [
 
 PROVIDER = "anthropic"
 DEFAULT_MAX_TOKENS = 4096
+SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k")
 #: Anthropic's minimum thinking budget is 1024 tokens; 2048 leaves room under the default
 #: max_tokens for the answer itself.
 DEFAULT_THINKING_BUDGET = 2048
@@ -101,8 +102,6 @@ def _as_str_list(value: Any) -> Any:
 
 class ClaudeOptions(Options):
     max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, description="Most tokens to generate")
-    temperature: float | None = Field(None, ge=0, le=1, description="Sampling temperature")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling")
     stop_sequences: list[str] | None = Field(
         None, description="Stop at any of these (a string or a JSON list)"
     )
@@ -118,6 +117,20 @@ class ClaudeOptions(Options):
     timeout: float | None = Field(None, gt=0, description="Seconds to wait for the API")
     max_retries: int = Field(2, ge=0, description="Retries on 429/5xx/529 and connection errors")
     base_url: str | None = Field(None, description="API base URL (default ANTHROPIC_BASE_URL)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_sampling_parameters(cls, data: Any) -> Any:
+        # The API version the anthropic SDK pins (2026-10-21) rejects temperature, top_p and
+        # top_k on every model; say so instead of a bare "unknown option".
+        if isinstance(data, dict):
+            given = [name for name in SAMPLING_PARAMETERS if name in data]
+            if given:
+                raise ValueError(
+                    f"{given[0]} is not accepted: the Anthropic API (version 2026-10-21) "
+                    "rejects sampling parameters (temperature, top_p, top_k) on every model"
+                )
+        return data
 
     @field_validator("stop_sequences", mode="before")
     @classmethod
@@ -191,10 +204,6 @@ def build_request(request: Request) -> WireRequest:
     }
     if system:
         params["system"] = system
-    if options.temperature is not None:
-        params["temperature"] = options.temperature
-    if options.top_p is not None:
-        params["top_p"] = options.top_p
     if options.stop_sequences:
         params["stop_sequences"] = list(options.stop_sequences)
     if options.thinking_on:

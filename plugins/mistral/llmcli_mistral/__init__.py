@@ -48,6 +48,7 @@ class MistralModel(Model):
         params = build_request(request)
         server_url = options.base_url or os.environ.get("MISTRAL_BASE_URL") or DEFAULT_SERVER_URL
         convert = _ErrorConverter(sdk, request.key, options, server_url)
+        client = None
         try:
             client = sdk.Mistral(
                 api_key=request.key,
@@ -63,6 +64,9 @@ class MistralModel(Model):
             raise
         except Exception as exc:
             raise convert(exc) from exc
+        finally:
+            if client is not None:
+                _close(client)
 
 
 class _SDK:
@@ -88,6 +92,14 @@ class _SDK:
 
 def _import_sdk() -> _SDK:
     return _SDK()
+
+
+def _close(client: Any) -> None:
+    """Release the client's connection pool (one client per request)."""
+    http = getattr(getattr(client, "sdk_configuration", None), "client", None)
+    close = getattr(http, "close", None)
+    if callable(close):
+        close()
 
 
 def _retry_config(sdk: _SDK, max_retries: int) -> Any:
