@@ -25,7 +25,7 @@ from ._models import (
     CompatibleModel,
     openai_model,
 )
-from ._servers import PRESETS, ServerEntry, load_servers, raw_mentions, servers_path
+from ._servers import PRESETS, ServerEntry, load_servers, raw_mentions
 
 __all__ = ["register_commands", "register_models", "resolve_model"]
 
@@ -57,8 +57,8 @@ def register_models(register: Callable[[Model], None]) -> None:
 
 
 def resolve_model(name: str) -> Model | None:
-    """``openai/<id>``, ``<preset>/<model name>``; and the servers-file error, when the
-    file is malformed and mentions ``name``."""
+    """``openai/<id>``, ``<preset>/<model name>``, servers added since loading; and the
+    servers-file error when the file is malformed and mentions ``name``."""
     prefix, sep, rest = name.partition("/")
     if sep and rest:
         if prefix == "openai":
@@ -71,8 +71,17 @@ def resolve_model(name: str) -> Model | None:
                 key_name=preset.key_name, key_env=preset.key_env,
             )
         return None
-    if servers_path().exists() and raw_mentions(name):
-        load_servers()  # raises the ConfigError that made register_models skip the file
+    # Servers added after the plugins were loaded (same process) are found here too.
+    try:
+        servers = load_servers()
+    except ConfigError:
+        # The error register_models skipped: report it when the name is from that file.
+        if raw_mentions(name):
+            raise
+        return None
+    for entry in servers.servers:
+        if name == entry.id or name in entry.aliases:
+            return _server_model(entry)
     return None
 
 
