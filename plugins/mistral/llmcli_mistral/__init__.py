@@ -102,8 +102,12 @@ def _close(client: Any) -> None:
         close()
 
 
+#: Keyword arguments for :func:`retry_plan` (tests shrink the delays).
+RETRY_TUNING: dict[str, int] = {}
+
+
 def _retry_config(sdk: _SDK, max_retries: int) -> Any:
-    plan = retry_plan(max_retries)
+    plan = retry_plan(max_retries, **RETRY_TUNING)
     if plan is None:
         return sdk.RetryConfig("none", sdk.BackoffStrategy(0, 0, 1.0, 0), False)
     backoff = sdk.BackoffStrategy(

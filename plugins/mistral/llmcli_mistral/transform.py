@@ -104,18 +104,18 @@ class RetryPlan:
 
 
 def retry_plan(max_retries: int, initial_ms: int = 500, max_ms: int = 8000,
-               jitter_ms: int = 250) -> RetryPlan | None:
-    """The SDK's backoff for about ``max_retries`` retries, or None for no retrying.
+               jitter_ms: int = 250, slack_ms: int = 1000) -> RetryPlan | None:
+    """The SDK's backoff sized for about ``max_retries`` retries, or None for no retrying.
 
-    mistralai bounds retries by elapsed time, not by count: the window is the sum of the
-    first ``max_retries`` backoff delays (plus jitter), so that many retries fit in it. A
-    ``Retry-After`` from the server is waited out as asked (and the first retry always
-    happens); once the window is spent the last error response is returned.
+    mistralai bounds retries by elapsed time, not by count. The window is the sum of the
+    first ``max_retries`` backoff delays (with jitter) plus ``slack_ms`` per attempt for the
+    requests themselves; a ``Retry-After`` from the server is waited out as asked. Once the
+    window is spent, the last error response is what the caller gets.
     """
     if max_retries <= 0:
         return None
-    window = sum(min(initial_ms * 2**n, max_ms) + jitter_ms for n in range(max_retries))
-    return RetryPlan(initial_ms, max_ms, 2.0, window, jitter_ms)
+    delays = sum(min(initial_ms * 2**n, max_ms) + jitter_ms for n in range(max_retries))
+    return RetryPlan(initial_ms, max_ms, 2.0, delays + slack_ms * max_retries, jitter_ms)
 
 
 # -- errors -----------------------------------------------------------------------------
