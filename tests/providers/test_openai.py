@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -484,3 +485,14 @@ def test_cli_models_lists_openai(openai_env: FakeOpenAI) -> None:
     result = run_cli("models")
     assert result.exit_code == 0, result.output
     assert "gpt-4o" in result.output and "o1-mini" in result.output
+
+
+def test_docs_python_example_runs(openai_env: FakeOpenAI) -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "providers" / "openai.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.DOTALL)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), {})
+    assert sent(openai_env)["model"] == "gpt-4o-mini"

@@ -374,3 +374,20 @@ def test_cli_models_shows_configured_server(server: FakeOpenAI) -> None:
     result = run_cli("models")
     assert result.exit_code == 0, result.output
     assert "local" in result.output
+
+
+def test_docs_python_example_runs(load_plugins: Callable[..., None],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from llmcli_openai._servers import PRESETS, Preset
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "providers" / "openai-compatible.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.DOTALL)
+    assert blocks
+    with FakeOpenAI("llama", continuation=CONTINUATION) as fake:
+        monkeypatch.setitem(PRESETS, "ollama", Preset(fake.url + "/v1", "trailing_assistant"))
+        load_plugins("llmcli-openai")
+        for block in blocks:
+            exec(compile(block, str(doc), "exec"), {})
+        assert body_of(fake)["messages"][-1] == {"role": "assistant", "content": '["'}
