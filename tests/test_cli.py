@@ -212,3 +212,29 @@ def test_help_for_every_command(run) -> None:
         result = run(*args)
         assert result.exit_code == 0 and "Usage:" in result.stdout
     assert "--prefill" in run("prompt", "--help").stdout
+
+
+def test_help_lists_plugin_commands_from_a_cache(user_dir: Path) -> None:
+    import types
+
+    import click
+
+    from llmcli import plugins
+
+    module = types.ModuleType("llmcli_hello")
+
+    def register_commands(group: click.Group) -> None:
+        @group.command()
+        def hello() -> None:
+            """Say hello from a plugin."""
+            click.echo("hello!")
+
+    module.register_commands = register_commands  # type: ignore[attr-defined]
+    plugins.register_plugin_module("llmcli-hello", module)
+    first = CliRunner().invoke(cli, ["--help"])
+    assert "hello     Say hello from a plugin." in first.stdout.replace("  ", " ") or \
+        "Say hello from a plugin." in first.stdout
+    assert (user_dir / ".plugin-commands.json").exists()
+    second = CliRunner().invoke(cli, ["--help"])  # served from the cache
+    assert second.stdout == first.stdout
+    assert CliRunner().invoke(cli, ["hello"]).stdout == "hello!\n"

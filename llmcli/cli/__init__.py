@@ -24,10 +24,83 @@ def _debug() -> bool:
     return os.environ.get("LLMCLI_DEBUG", "") not in ("", "0")
 
 
+HELP_CACHE = ".plugin-commands.json"
+
+
+def _fingerprint(files: list[str]) -> list[list[Any]]:
+    """What must be unchanged for cached plugin help to hold: the import path directories
+    (installing or removing a distribution touches them), the plugin modules' files, and
+    the plugin allow-list."""
+    entries: list[list[Any]] = [["LLMCLI_LOAD_PLUGINS", os.environ.get("LLMCLI_LOAD_PLUGINS")]]
+    for path in [*filter(None, sys.path), *files]:  # "" is the working directory: skip
+        try:
+            entries.append([path, os.stat(path).st_mtime_ns])
+        except OSError:
+            entries.append([path, None])
+    return entries
+
+
 class LLMCLIGroup(DefaultGroup):
-    """Default-command group that turns every error into one line on stderr."""
+    """Default-command group that turns every error into one line on stderr.
+
+    ``llmcli --help`` lists plugin commands from a small cache in the user directory, so it
+    does not load every plugin (and pydantic) just to print their one-line help."""
+
+    _help_placeholders: dict[str, click.Command] | None = None
+
+    def _cache_path(self) -> str:
+        from llmcli.config import user_dir
+
+        return str(user_dir() / HELP_CACHE)
+
+    def _cached_plugin_help(self) -> dict[str, str] | None:
+        import json
+
+        try:
+            with open(self._cache_path()) as f:
+                data = json.load(f)
+            if data["fingerprint"] == _fingerprint(data["files"]):
+                return dict(data["commands"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def _write_plugin_help(self, commands: dict[str, click.Command]) -> None:
+        import json
+
+        from llmcli.plugins import load_plugins
+
+        files = sorted({str(getattr(p.module, "__file__", "") or "") for p in load_plugins()})
+        data = {
+            "fingerprint": _fingerprint(files),
+            "files": files,
+            "commands": {name: cmd.short_help or cmd.help or "" for name, cmd in commands.items()},
+        }
+        try:
+            from llmcli.config import ensure_user_dir
+
+            ensure_user_dir()
+            with open(self._cache_path(), "w") as f:
+                json.dump(data, f)
+        except (OSError, LLMCLIError):
+            pass  # only a cache: a read-only user directory costs speed, nothing else
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        cached = self._cached_plugin_help()
+        if cached is None:
+            self._write_plugin_help(self._plugin_commands())
+        else:
+            self._help_placeholders = {
+                name: click.Command(name, help=text) for name, text in cached.items()
+            }
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._help_placeholders = None
 
     def _plugin_commands(self) -> dict[str, click.Command]:
+        if self._help_placeholders is not None:
+            return self._help_placeholders
         from llmcli.plugins import load_plugins
 
         plugins = load_plugins()
@@ -46,10 +119,10 @@ class LLMCLIGroup(DefaultGroup):
         return sorted({*super().list_commands(ctx), *self._plugin_commands()})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = super().get_command(ctx, cmd_name)
-        if command is None:
-            command = self._plugin_commands().get(cmd_name)
-        return command
+        # DefaultGroup answers an unknown name with the default command: ask plugins first.
+        if cmd_name not in self.commands and cmd_name in self._plugin_commands():
+            return self._plugin_commands()[cmd_name]
+        return super().get_command(ctx, cmd_name)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         # DefaultGroup only falls back to the default command for names it does not know;

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+from typing import TYPE_CHECKING
 
 import click
 from click_default_group import DefaultGroup
 
-from llmcli import api, config
 from llmcli.cli.render import table
-from llmcli.models import Model
+
+if TYPE_CHECKING:
+    from llmcli.models import Model
 
 
 def _describe(model: Model) -> dict[str, object]:
+    from llmcli import api
+
     support = model.get_prefill_support(model.Options())
     return {
         "model_id": model.model_id,
@@ -38,6 +42,8 @@ def models() -> None:
 @click.option("--options", "show_options", is_flag=True, help="Show each model's options.")
 def list_models(as_json: bool, show_options: bool) -> None:
     """Every model with its prefill capability, aliases and whether its key is set."""
+    from llmcli import api
+
     described = [_describe(m) for m in api.get_models()]
     if as_json:
         click.echo(json.dumps(described, indent=2))
@@ -65,6 +71,8 @@ def list_models(as_json: bool, show_options: bool) -> None:
 @click.argument("model", required=False)
 def default_model(model: str | None) -> None:
     """Show the default model, or set it to MODEL."""
+    from llmcli import api, config
+
     if model is None:
         click.echo(api.get_default_model().model_id)
         return

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from llmcli import api, config
 from llmcli.errors import LLMCLIError, OptionsError
-from llmcli.models import Conversation, Message, Model
+
+if TYPE_CHECKING:
+    from llmcli.models import Message, Model
 
 
 class InputError(LLMCLIError):
@@ -100,7 +101,9 @@ def prompt(
     echo "def add(a, b):" | llmcli "Explain this code" -m claude-haiku-4-5
     llmcli -c "And two more?"          # continue the last conversation
     """
+    from llmcli import api, config
     from llmcli.log import LogStore
+    from llmcli.models import Conversation
 
     stdin_text = read_stdin()
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
@@ -111,7 +114,6 @@ def prompt(
     if not no_log and config.logging_enabled():
         store = LogStore()  # fail before any request if the log cannot be written
 
-    conversation: Conversation | None = None
     history_model: str | None = None
     history: list[Message] = []
     if continue_ or conversation_id:
