@@ -99,9 +99,13 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
     # Build in a temporary sibling, then rename: a crash never leaves a half-written cache.
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     steps = ["tokenizer", "dequantize weights", "write safetensors"]
+    interactive = show_progress and sys.stderr.isatty()
+    if show_progress and not interactive:
+        # Logs and pipes get one line instead of carriage-return redraws.
+        print(f"Converting {path.name} into the local cache (once)...", file=sys.stderr)
     bar = tqdm(
         total=len(steps), desc=f"Converting {path.name} (once)", file=sys.stderr,
-        disable=not show_progress, unit="step",
+        disable=not interactive, unit="step",
     )
     try:
         import torch

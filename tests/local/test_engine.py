@@ -1,0 +1,161 @@
+"""The decode loop on a tiny random-weight Llama: one forward pass for the prompt, KV-cache
+decoding equal to full recomputation, healing constraints, stops, seeds, streaming."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from llmcli_local import engine  # noqa: E402
+
+from llmcli.models import Usage  # noqa: E402
+
+MESSAGES = [{"role": "user", "content": "Say something."}]
+
+
+def run(tiny: Any, prefill: str = "", **settings: Any) -> tuple[list[str], Usage]:
+    chunks: list[str] = []
+    usage: Usage | None = None
+    for event in engine.generate(tiny, MESSAGES, prefill, engine.GenerationSettings(**settings)):
+        if isinstance(event, Usage):
+            usage = event
+        else:
+            chunks.append(event)
+    assert usage is not None
+    return chunks, usage
+
+
+@pytest.fixture
+def forward_calls(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of input tokens of each forward call the runtime makes."""
+    calls: list[int] = []
+    model = tiny.model
+    original = model.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(int(kwargs["input_ids"].shape[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    return calls
+
+
+def test_the_whole_prompt_and_a_long_prefill_take_one_forward_pass(
+    tiny: Any, forward_calls: list[int]
+) -> None:
+    prefill = "This is a test. " * 60
+    _, usage = run(tiny, prefill, max_tokens=5, token_healing=False)
+    prompt_ids = engine.build_prompt(
+        tiny, MESSAGES, prefill, engine.GenerationSettings(token_healing=False)
+    ).ids
+    assert len(prompt_ids) > 200
+    assert forward_calls[0] == len(prompt_ids) == usage.input_tokens
+    # Then exactly one single-token step per further generated token.
+    assert forward_calls[1:] == [1] * (len(forward_calls) - 1)
+    assert len(forward_calls) == usage.details["forward_passes"]
+
+
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_incremental_kv_cache_decode_equals_full_recompute(tiny: Any, kv_cache: str) -> None:
+    settings = engine.GenerationSettings(kv_cache=kv_cache)
+    ids = engine.build_prompt(tiny, MESSAGES, "California", settings).ids
+    continuation = [5, 17, 42, 99, 123, 7]
+    with torch.inference_mode():
+        forward = engine._Forward(tiny, settings, max_len=len(ids) + len(continuation) + 1)
+        step_logits = [forward(ids)]
+        for token in continuation:
+            step_logits.append(forward([token]))
+        full = tiny.model(input_ids=torch.tensor([ids + continuation])).logits[0]
+    expected = full[len(ids) - 1 :]
+    assert torch.allclose(torch.stack(step_logits), expected.float(), atol=1e-4, rtol=1e-4)
+
+
+def _recorded_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    tokens: list[int] = []
+    original = engine.sample_next
+
+    def recording(*args: Any, **kwargs: Any) -> int:
+        token = original(*args, **kwargs)
+        tokens.append(token)
+        return token
+
+    monkeypatch.setattr(engine, "sample_next", recording)
+    return tokens
+
+
+@pytest.mark.parametrize("prefill", ["The URL is http:", '["Cal', "def quicksor", "This is a "])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_healing_constraint_regenerates_the_removed_text(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch, prefill: str, seed: int
+) -> None:
+    tokens = _recorded_tokens(monkeypatch)
+    chunks, usage = run(tiny, prefill, max_tokens=8, temperature=1.5, seed=seed)
+    removed = usage.details["healed"].encode()
+    assert removed, "the tiny vocabulary has longer tokens for each of these tails"
+    assert prefill.encode().endswith(removed)
+    generated = b"".join(tiny.vocab.bytes_of(t) for t in tokens if t not in tiny.eos_ids)
+    assert generated.startswith(removed)
+    # The reported text is relative to the user's exact prefill.
+    assert "".join(chunks) == generated[len(removed) :].decode("utf-8", errors="replace")
+
+
+def test_healing_off_feeds_the_prefill_as_is(tiny: Any) -> None:
+    _, healed = run(tiny, "The URL is http:", max_tokens=2)
+    _, plain = run(tiny, "The URL is http:", max_tokens=2, token_healing=False)
+    assert plain.details["healed"] == ""
+    assert plain.input_tokens > healed.input_tokens
+
+
+def test_stop_sequence_ends_the_text_before_it(tiny: Any) -> None:
+    chunks, usage = run(tiny, "Answer:", max_tokens=30, token_healing=False)
+    text = "".join(chunks)
+    assert usage.stop_reason == "max_tokens" and len(text) > 12
+    stop = text[8:11]
+    chunks, usage = run(tiny, "Answer:", max_tokens=30, token_healing=False, stop=[stop])
+    assert "".join(chunks) == text[: text.find(stop)]
+    assert usage.stop_reason == "stop_sequence"
+    assert not any(stop in c for c in chunks)
+
+
+def test_same_seed_same_text_and_greedy_is_deterministic(tiny: Any) -> None:
+    def text(**kw: Any) -> str:
+        return "".join(run(tiny, "Call", max_tokens=20, **kw)[0])
+
+    assert text(temperature=1.0, seed=7) == text(temperature=1.0, seed=7)
+    assert len({text(temperature=1.0, seed=s) for s in range(4)}) > 1
+    assert text() == text()
+    assert text(temperature=1.0, top_k=1, seed=3) == text()
+
+
+def test_top_p_and_top_k_restrict_the_draw() -> None:
+    logits = torch.tensor([5.0, 4.0, 0.0, -1.0])
+    generator = torch.Generator().manual_seed(0)
+    settings = engine.GenerationSettings(temperature=1.0, top_p=0.5)
+    assert {engine.sample_next(logits, settings, generator) for _ in range(50)} == {0}
+    settings = engine.GenerationSettings(temperature=5.0, top_k=2)
+    assert {engine.sample_next(logits, settings, generator) for _ in range(200)} == {0, 1}
+
+
+def test_max_tokens_and_usage(tiny: Any) -> None:
+    _, usage = run(tiny, "", max_tokens=3)
+    assert usage.output_tokens <= 3
+    assert usage.stop_reason in ("max_tokens", "stop")
+    assert usage.input_tokens and usage.input_tokens > 5
+
+
+def test_streaming_equals_decoding_the_whole_output_at_once(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = _recorded_tokens(monkeypatch)
+    for seed in range(3):
+        tokens.clear()
+        chunks, _ = run(tiny, "日本", max_tokens=40, temperature=1.0, seed=seed,
+                        token_healing=False)
+        whole = b"".join(tiny.vocab.bytes_of(t) for t in tokens if t not in tiny.eos_ids)
+        # Chunk boundaries never split a character: streaming changes nothing.
+        assert "".join(chunks) == whole.decode("utf-8", errors="replace")
+        if "\ufffd" not in "".join(chunks):
+            assert not any("\ufffd" in c for c in chunks)
