@@ -207,6 +207,14 @@ def test_resolver_passes_any_model_id(openai_env: FakeOpenAI) -> None:
     assert sent(openai_env)["model"] == "gpt-4o-2024-08-06"
 
 
+def test_resolver_classifies_by_family(openai_env: FakeOpenAI) -> None:
+    from llmcli_openai._models import OpenAIChat, OpenAIReasoning
+
+    assert type(llmcli.get_model("openai/o3-2025-04-16")) is OpenAIReasoning
+    assert type(llmcli.get_model("openai/gpt-5-chat-latest")) is OpenAIChat
+    assert type(llmcli.get_model("openai/gpt-3.5-turbo")) is OpenAIChat
+
+
 def test_fresh_turn_without_instruction_is_what_a_trailing_message_gets(
     openai_env: FakeOpenAI,
 ) -> None:

@@ -270,6 +270,8 @@ def test_invalid_entry_names_the_field(servers_file: Path,
      "servers.0.id"),
     ({"id": "a", "model_name": "m", "base_url": "http://x", "prefill_style": "none",
       "api_key": "x"}, "api_key: Extra inputs are not permitted"),
+    ({"id": "a", "model_name": "m", "base_url": "http://x", "prefill_style": "none",
+      "echoes": True}, "echoes applies only to prefill_style 'prefix'"),
 ])
 def test_validation_problems(servers_file: Path, entry: dict[str, Any], problem: str) -> None:
     from llmcli_openai._servers import load_servers

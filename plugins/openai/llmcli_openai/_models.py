@@ -68,7 +68,7 @@ class ReasoningOptions(BaseOptions):
         "(sent as max_completion_tokens)")
     stop: str | list[str] | None = Field(None, description="Stop sequence(s)")
     seed: int | None = Field(None, description="Best-effort deterministic sampling")
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = Field(
         None, description="How much the model thinks before answering")
     timeout: float | None = Field(None, gt=0, description="Seconds to wait for the server")
     max_retries: int | None = Field(
@@ -138,8 +138,7 @@ class OpenAIChat(_ChatCompletionsModel):
                                key_hint=OPENAI_KEY_HINT)
 
     def prefill_note(self) -> str:
-        return ("emulated: the system message asks the model to start with the prefill; "
-                "the reply is normalized")
+        return "the system message asks the model to start with the prefill"
 
 
 class OpenAIReasoning(OpenAIChat):
@@ -149,8 +148,7 @@ class OpenAIReasoning(OpenAIChat):
     reasoning = True
 
     def prefill_note(self) -> str:
-        return ("emulated: the developer message asks the model to start with the prefill; "
-                "the reply is normalized")
+        return "the developer message asks the model to start with the prefill"
 
 
 class OpenAIUnsupported(OpenAIReasoning):
@@ -170,7 +168,8 @@ def openai_model(api_model: str, model_id: str | None = None) -> OpenAIChat:
     model_id = model_id or api_model
     if api_model.startswith(UNSUPPORTED_MODELS):
         return OpenAIUnsupported(model_id, api_model)
-    if api_model.startswith(("o1", "o3", "o4", "gpt-5")):
+    # gpt-5-chat-latest and the like are chat models despite the family name.
+    if api_model.startswith(("o1", "o3", "o4", "gpt-5")) and "-chat" not in api_model:
         return OpenAIReasoning(model_id, api_model)
     return OpenAIChat(model_id, api_model)
 
@@ -218,9 +217,9 @@ class CompatibleModel(_ChatCompletionsModel):
 
     def prefill_note(self) -> str:
         notes = {
-            "continue_final_message": "native: continue_final_message (vLLM style)",
-            "prefix": "native: prefix=true on the final assistant message",
-            "trailing_assistant": "native: the server continues a trailing assistant message",
-            "none": "emulated: the system message asks for the prefill",
+            "continue_final_message": "continue_final_message on a trailing assistant message",
+            "prefix": "prefix=true on the final assistant message",
+            "trailing_assistant": "the server continues a trailing assistant message",
+            "none": "the system message asks the model to start with the prefill",
         }
         return notes[self.prefill_style]

@@ -70,6 +70,12 @@ class ServerEntry(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _echoes_needs_prefix(self) -> ServerEntry:
+        if self.echoes and self.prefill_style != "prefix":
+            raise ValueError("echoes applies only to prefill_style 'prefix'")
+        return self
+
 
 class ServersFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
