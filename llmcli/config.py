@@ -53,9 +53,9 @@ def load_keys() -> dict[str, str]:
             # Looser than 0600: tighten it before reading secrets from it.
             path.chmod(0o600)
         data = json.loads(path.read_text())
-    except PermissionError as exc:
-        raise ConfigError(f"Cannot read the keys file {path}: permission denied") from exc
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the keys file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
         raise ConfigError(f"The keys file {path} is not valid JSON; fix or remove it") from exc
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ConfigError(f"The keys file {path} must be a JSON object of strings")

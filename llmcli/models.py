@@ -342,6 +342,11 @@ class Response:
             self._log()
 
     def _as_llmcli_error(self, exc: BaseException, partial: bool) -> BaseException:
+        from llmcli.config import scrub
+
+        if isinstance(exc, LLMCLIError) and exc.args:
+            # A provider may repeat the key in its error; never let it out of here.
+            exc.args = (scrub(str(exc.args[0])), *exc.args[1:])
         if partial and isinstance(exc, ProviderError) and not isinstance(
             exc, PartialResponseError
         ):
@@ -351,8 +356,6 @@ class Response:
             )
         if isinstance(exc, LLMCLIError) or not isinstance(exc, Exception):
             return exc
-        from llmcli.config import scrub
-
         message = scrub(f"{self.model.model_id}: {type(exc).__name__}: {exc}".splitlines()[0])
         cls = PartialResponseError if partial else ProviderError
         return cls(message)

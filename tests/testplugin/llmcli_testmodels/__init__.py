@@ -38,6 +38,8 @@ class TestOptions(Options):
     #: Imitate a backend that must send the prefill without trailing whitespace.
     trim_prefill: bool = False
     max_tokens: int = Field(default=100, ge=1, le=10_000)
+    #: Fail like a careless provider that repeats the key in its error message.
+    leak_key: bool = False
 
 
 class TestModel(Model):
@@ -73,6 +75,9 @@ class TestModel(Model):
         TestModel.requests.append(request)
         options = request.options
         assert isinstance(options, TestOptions)
+        if options.leak_key:
+            raise ProviderError(f"test provider: 401 invalid key {request.key!r}", status=401,
+                                provider="test")
         sent = request.prefill
         if options.trim_prefill and sent != sent.rstrip():
             sent = sent.rstrip()

@@ -1,0 +1,69 @@
+"""Eight processes logging at once into one logs.db lose nothing; a reader never fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(sys.executable).parent / "llmcli"
+WRITERS = 8
+PER_WRITER = 200
+
+# Each writer is a separate Python process running the installed CLI's entry point 200
+# times; every call opens its own connection, migrates if needed and logs, exactly as 200
+# separate `llmcli` processes would (which would take minutes on two cores).
+WRITER = """
+import sys
+from llmcli.cli import cli
+worker = sys.argv[1]
+for i in range({n}):
+    cli.main(["-m", "test-eats", f"worker {{worker}} prompt {{i}}", "--prefill", "P:",
+              "-o", "reply", f" reply {{worker}}-{{i}}"], standalone_mode=False)
+"""
+
+
+@pytest.mark.slow
+def test_eight_writers_and_a_reader(user_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCLI_")}
+    env.update(LLMCLI_USER_PATH=str(user_dir), LLMCLI_TEST_MODELS="1",
+               LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    code = WRITER.format(n=PER_WRITER)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", code, str(w)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for w in range(WRITERS)
+    ]
+    reads, failures = 0, []
+    deadline = time.monotonic() + 600
+    while any(w.poll() is None for w in writers) and time.monotonic() < deadline:
+        result = subprocess.run([str(SCRIPT), "logs", "-n", "5", "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        reads += 1
+        if result.returncode != 0:
+            failures.append(result.stderr)
+        else:
+            json.loads(result.stdout)
+    for w in writers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err.decode()[-2000:]
+    assert reads > 0 and failures == []
+
+    conn = sqlite3.connect(user_dir / "logs.db")
+    assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+    total, distinct_ids, distinct_prompts = conn.execute(
+        "select count(*), count(distinct id), count(distinct prompt) from responses").fetchone()
+    assert total == distinct_ids == distinct_prompts == WRITERS * PER_WRITER
+    assert conn.execute("select count(*) from responses where status != 'complete'"
+                        ).fetchone()[0] == 0
+    assert conn.execute("select count(*) from responses where text not like 'P: reply %'"
+                        ).fetchone()[0] == 0
+    # Full-text index kept in step with every row.
+    assert conn.execute("select count(*) from responses_fts where responses_fts match 'worker'"
+                        ).fetchone()[0] == WRITERS * PER_WRITER
