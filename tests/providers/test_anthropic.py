@@ -586,3 +586,16 @@ def test_fake_reply_helper_types() -> None:
     assert reply.json_body["type"] == "error"
     assert reply.json_body["error"] == {"type": "authentication_error",
                                         "message": "invalid x-api-key"}
+
+
+def test_docs_examples_run(claude: FakeAnthropic, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "providers" / "anthropic.md"
+    blocks = doc.read_text().split("```python\n")[1:]
+    assert blocks
+    claude.reply = '2, 3]'
+    for i, block in enumerate(blocks):
+        exec(compile(block.split("```")[0], f"{doc.name}[{i}]", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.splitlines()[:4] == ["[2, 3]", "end_turn", "emulated", "unsupported"]

@@ -392,3 +392,15 @@ def test_cli_bad_key_is_one_line(mistral: FakeMistral) -> None:
     assert "Mistral rejected the API key (401)" in result.output
     assert KEY not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_docs_examples_run(mistral: FakeMistral, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "providers" / "mistral.md"
+    blocks = doc.read_text().split("```python\n")[1:]
+    assert blocks
+    mistral.reply = "2, 3]"
+    for i, block in enumerate(blocks):
+        exec(compile(block.split("```")[0], f"{doc.name}[{i}]", "exec"), {})
+    assert capsys.readouterr().out.startswith("[2, 3]\n")
