@@ -206,6 +206,25 @@ def test_keyless_server_ignores_openai_base_url(servers_file: Path,
         assert model.prompt("Hi", prefill="A", log=False).text() == "A" + CONTINUATION
 
 
+def test_openai_account_headers_stay_with_openai(servers_file: Path,
+                                                 load_plugins: Callable[..., None],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-private")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-private")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000000000")
+    with FakeOpenAI("llama", continuation=CONTINUATION) as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+        write_servers(servers_file, {"id": "third", "model_name": "m",
+                                     "base_url": fake.url + "/v1",
+                                     "prefill_style": "trailing_assistant"})
+        load_plugins("llmcli-openai")
+        llmcli.get_model("third").prompt("Hi", prefill="A", log=False).text()
+        assert "openai-organization" not in fake.chat_requests[-1].headers
+        assert "openai-project" not in fake.chat_requests[-1].headers
+        llmcli.get_model("gpt-4o").prompt("Hi", log=False).text()
+        assert fake.chat_requests[-1].headers["openai-organization"] == "org-private"
+
+
 # -- presets resolved by name -------------------------------------------------------------------
 
 
@@ -393,3 +412,32 @@ def test_docs_python_example_runs(load_plugins: Callable[..., None],
         for block in blocks:
             exec(compile(block, str(doc), "exec"), {})
         assert body_of(fake)["messages"][-1] == {"role": "assistant", "content": '["'}
+
+
+# -- pure request building --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("style", "final", "extra_body"), [
+    ("continue_final_message", {"role": "assistant", "content": "P "},
+     {"continue_final_message": True, "add_generation_prompt": False}),
+    ("prefix", {"role": "assistant", "content": "P ", "prefix": True}, None),
+    ("trailing_assistant", {"role": "assistant", "content": "P "}, None),
+    ("none", {"role": "user", "content": "Q"}, None),
+])
+def test_build_create_kwargs(style: Any, final: dict[str, Any],
+                             extra_body: dict[str, Any] | None) -> None:
+    from llmcli.models import Message, Request
+    from llmcli_openai._models import ChatOptions
+    from llmcli_openai._wire import Backend, build_create_kwargs, capability_for
+
+    request = Request(model_id="x", prompt="Q", system="S", history=[Message("user", "H")],
+                      prefill="P ", prefill_support=capability_for(style),
+                      options=ChatOptions(max_tokens=5), stream=False)
+    kwargs = build_create_kwargs(request, Backend("p", "served", "http://h/v1", style))
+    assert kwargs["messages"][-1] == final
+    assert kwargs["messages"][1] == {"role": "user", "content": "H"}
+    assert kwargs.get("extra_body") == extra_body
+    assert kwargs["max_tokens"] == 5 and "stream_options" not in kwargs
+    system = kwargs["messages"][0]
+    assert system["role"] == "system" and system["content"].startswith("S")
+    assert ("<reply_prefix>P </reply_prefix>" in system["content"]) is (style == "none")

@@ -6,6 +6,7 @@ provider's own message is kept (it usually says what is wrong); keys are scrubbe
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,8 +106,8 @@ def map_error(exc: BaseException, ctx: ErrorContext, mid_stream: bool = False) -
     elif isinstance(exc, openai.APIError):
         # No status: an error event inside a stream that had started fine.
         text = f"{p}: the server reported an error mid-stream: {_provider_message(exc)}"
-    elif isinstance(exc, ValueError):
-        # json.JSONDecodeError from the SDK: a "data:" line or a body that is not JSON.
+    elif isinstance(exc, json.JSONDecodeError):
+        # From the SDK: a "data:" line or a response body that is not JSON.
         text = f"{p}: malformed response from the server (invalid JSON: {exc})"
     else:
         text = f"{p}: {type(exc).__name__}: {exc}"

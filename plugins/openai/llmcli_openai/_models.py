@@ -7,6 +7,7 @@ turn its objects into chunks, and turn every SDK exception into a ProviderError
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -110,13 +111,18 @@ class _ChatCompletionsModel(Model):
         started = False
         try:
             with openai.OpenAI(**client_args) as client:
+                if backend.base_url is not None:
+                    # The SDK picks up OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment;
+                    # those identify an OpenAI account and are not for third-party servers.
+                    client.organization = None
+                    client.project = None
                 result = client.chat.completions.create(**kwargs)
                 started = True
                 if request.stream:
                     yield from stream_events(result, backend.provider)
                 else:
                     yield from completion_events(result, backend.provider)
-        except (openai.OpenAIError, ValueError) as exc:
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
             # from None: the SDK's exception chain can carry request headers (the key).
             raise map_error(exc, ctx, mid_stream=started and request.stream) from None
 
