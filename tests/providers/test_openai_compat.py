@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import llmcli
 from llmcli import PrefillSupport
 from llmcli.errors import ConfigError, KeyNeededError, ProviderError
+from llmcli.models import Message, Request
 from tests.fakes.openai import FRESH_TURN, FakeOpenAI
 
 CONTINUATION = " and the rest of the reply."
@@ -414,7 +415,7 @@ def test_docs_python_example_runs(load_plugins: Callable[..., None],
         assert body_of(fake)["messages"][-1] == {"role": "assistant", "content": '["'}
 
 
-# -- pure request building --------------------------------------------------------------------------
+# -- pure request building ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("style", "final", "extra_body"), [
@@ -426,7 +427,6 @@ def test_docs_python_example_runs(load_plugins: Callable[..., None],
 ])
 def test_build_create_kwargs(style: Any, final: dict[str, Any],
                              extra_body: dict[str, Any] | None) -> None:
-    from llmcli.models import Message, Request
     from llmcli_openai._models import ChatOptions
     from llmcli_openai._wire import Backend, build_create_kwargs, capability_for
 
