@@ -238,3 +238,15 @@ def test_help_lists_plugin_commands_from_a_cache(user_dir: Path) -> None:
     second = CliRunner().invoke(cli, ["--help"])  # served from the cache
     assert second.stdout == first.stdout
     assert CliRunner().invoke(cli, ["hello"]).stdout == "hello!\n"
+
+
+def test_terminal_output_uses_rich_tables(run, monkeypatch) -> None:
+    from llmcli.cli import render
+
+    monkeypatch.setattr(render, "is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "120")
+    run("-m", "test-eats", "about tables", "-o", "reply", "rows and columns")
+    models = run("models").stdout
+    assert "┃ model" in models and "test-echoes" in models and "\t" not in models
+    logs = run("logs").stdout
+    assert "┃ when (UTC)" in logs and "about tables" in logs

@@ -9,7 +9,8 @@ import click
 from click_default_group import DefaultGroup
 
 from llmcli import config
-from llmcli.cli.render import is_terminal, table
+from llmcli.cli import render
+from llmcli.cli.render import table
 
 
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
@@ -48,7 +49,7 @@ def list_logs(count: int, query: str | None, model: str | None, current: bool,
     if not rows:
         click.echo("No responses logged yet." if not query else "No matches.", err=True)
         return
-    if is_terminal():
+    if render.is_terminal():
         table(
             ["when (UTC)", "model", "status", "prefill", "prompt", "text"],
             [[r["datetime_utc"][:19], r["model"], r["status"], _short(r["prefill"] or "", 12),
