@@ -141,7 +141,7 @@ def test_the_fake_rejects_a_trailing_assistant_without_prefix(mistral: FakeMistr
     """The fake is faithful: the request the plugin avoids really fails on it."""
     from mistralai.client import Mistral, errors
 
-    client = Mistral(api_key=KEY, server_url=mistral.url)
+    client: Any = Mistral(api_key=KEY, server_url=mistral.url)
     with pytest.raises(errors.SDKError) as info:
         client.chat.complete(model=MODEL, messages=[
             {"role": "user", "content": "q"}, {"role": "assistant", "content": "A"}])

@@ -13,7 +13,8 @@ from typing import Any
 
 from llmcli.capabilities import PrefillSupport
 from llmcli.errors import ProviderError
-from llmcli.models import Chunk, KeySpec, Model, Options, PrefillSent, Request, Usage
+from llmcli.models import Chunk, KeySpec, Model, PrefillSent, Request, Usage
+from llmcli.models import Options as BaseOptions
 from llmcli_anthropic.transform import (
     KNOWN_MODELS,
     PROVIDER,
@@ -43,21 +44,16 @@ class ClaudeModel(Model):
         self.aliases = aliases
         self.prefill_support = prefill_support(model_id, ClaudeOptions())
 
-    def get_prefill_support(self, options: Options) -> PrefillSupport:
+    def get_prefill_support(self, options: BaseOptions) -> PrefillSupport:
         if not isinstance(options, ClaudeOptions):
             options = ClaudeOptions()
         return prefill_support(self.model_id, options)
 
     def prefill_note(self) -> str:
+        # Shown by `llmcli models`, and as the reason when a strict prefill is refused.
         if native_prefill(self.model_id):
-            return (
-                "native prefill; with -o thinking 1 it is emulated instead, because the API "
-                "does not allow prefill with extended thinking"
-            )
-        return (
-            "Claude 4.6 and later reject assistant prefill, so llmcli asks for it in the "
-            "system prompt (emulated); -o prefill_strict 1 refuses a prefill instead"
-        )
+            return "emulated with -o thinking 1: the API forbids prefill with extended thinking"
+        return "Claude 4.6+ reject assistant prefill; llmcli emulates it unless -o prefill_strict 1"
 
     # -- I/O -----------------------------------------------------------------------------
 
@@ -106,7 +102,7 @@ def _complete(client: Any, params: dict[str, Any]) -> Iterator[Chunk]:
 
 
 def _stream(
-    client: Any, params: dict[str, Any], convert: Callable[[BaseException], ProviderError]
+    client: Any, params: dict[str, Any], convert: Callable[..., ProviderError]
 ) -> Iterator[Chunk]:
     usage = Usage()
     finished = False
@@ -127,7 +123,7 @@ def _stream(
         except Exception as exc:
             # Raised mid-stream (a dropped connection, an SSE error event): the core keeps
             # what arrived and logs it as partial.
-            raise convert(exc) from exc
+            raise convert(exc, mid_stream=True) from exc
     if not finished:
         raise ProviderError(
             "Anthropic stream ended before message_stop (the connection was cut)",
@@ -145,11 +141,12 @@ class _ErrorConverter:
         self.options = options
         self.base_url = base_url
 
-    def __call__(self, exc: BaseException) -> ProviderError:
+    def __call__(self, exc: BaseException, mid_stream: bool = False) -> ProviderError:
         sdk, retries = self.sdk, self.options.max_retries
         if isinstance(exc, sdk.APIStatusError):
             status = exc.status_code
-            retried = status in _RETRIED_STATUSES or status >= 500
+            # An error event inside a stream arrives after the SDK's retries are over.
+            retried = not mid_stream and (status in _RETRIED_STATUSES or status >= 500)
             return map_status_error(
                 status, exc.body, fallback=exc.message, key=self.key,
                 retries=retries if retried else 0,
@@ -161,9 +158,11 @@ class _ErrorConverter:
         elif isinstance(exc, sdk.APIConnectionError):
             cause = exc.__cause__ or exc
             message = f"Could not connect to Anthropic at {self.base_url}{after}: {cause}"
-        else:
+        elif mid_stream:
             # Transport errors raised while reading a stream are not wrapped by the SDK.
             message = f"Anthropic stream broke off: {type(exc).__name__}: {exc}"
+        else:
+            message = f"Anthropic request failed: {type(exc).__name__}: {exc}"
         message = " ".join(scrub(message, self.key).split())
         return ProviderError(message, provider=PROVIDER)
 

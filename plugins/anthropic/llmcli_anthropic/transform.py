@@ -53,8 +53,8 @@ KNOWN_MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("claude-opus-5-5", ("opus", "opus-5.5", "claude-opus-5.5")),
     ModelInfo("claude-sonnet-5-5", ("sonnet", "sonnet-5.5", "claude-sonnet-5.5")),
     ModelInfo("claude-haiku-5-5", ("haiku", "haiku-5.5", "claude-haiku-5.5")),
-    ModelInfo("claude-opus-5", ("opus-5", "claude-opus-5.0")),
-    ModelInfo("claude-sonnet-5", ("sonnet-5", "claude-sonnet-5.0")),
+    ModelInfo("claude-opus-5", ("opus-5",)),
+    ModelInfo("claude-sonnet-5", ("sonnet-5",)),
     ModelInfo("claude-opus-4-8", ("opus-4.8", "claude-opus-4.8")),
     ModelInfo("claude-opus-4-7", ("opus-4.7", "claude-opus-4.7")),
     ModelInfo("claude-sonnet-4-6", ("sonnet-4.6", "claude-sonnet-4.6")),
@@ -101,22 +101,28 @@ def _as_str_list(value: Any) -> Any:
 
 
 class ClaudeOptions(Options):
-    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, description="Most tokens to generate")
+    max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS, ge=1, description="Most tokens to generate"
+    )
     stop_sequences: list[str] | None = Field(
-        None, description="Stop at any of these (a string or a JSON list)"
+        default=None, description="Stop at any of these (a string or a JSON list)"
     )
     thinking: bool = Field(
-        False, description="Extended thinking (prefill is then emulated: the API forbids it)"
+        default=False, description="Extended thinking (prefill is then emulated)"
     )
     thinking_budget: int | None = Field(
-        None, ge=1024, description="Thinking token budget, Claude <= 4.5 (implies thinking)"
+        default=None, ge=1024, description="Thinking token budget, Claude <= 4.5 (implies thinking)"
     )
     prefill_strict: bool = Field(
-        False, description="Refuse a prefill rather than emulate it when native prefill is off"
+        default=False, description="Refuse a prefill rather than emulate it"
     )
-    timeout: float | None = Field(None, gt=0, description="Seconds to wait for the API")
-    max_retries: int = Field(2, ge=0, description="Retries on 429/5xx/529 and connection errors")
-    base_url: str | None = Field(None, description="API base URL (default ANTHROPIC_BASE_URL)")
+    timeout: float | None = Field(default=None, gt=0, description="Seconds to wait for the API")
+    max_retries: int = Field(
+        default=2, ge=0, description="Retries on 408/409/429/5xx/529 and connection errors"
+    )
+    base_url: str | None = Field(
+        default=None, description="API base URL (default ANTHROPIC_BASE_URL)"
+    )
 
     @model_validator(mode="before")
     @classmethod

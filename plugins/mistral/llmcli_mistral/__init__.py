@@ -39,7 +39,7 @@ class MistralModel(Model):
         self.aliases = aliases
 
     def prefill_note(self) -> str:
-        return "native (prefix: true); the API echoes the prefill and llmcli strips the echo"
+        return "prefix: true; the API echoes the prefill, llmcli keeps one copy"
 
     def execute(self, request: Request) -> Iterator[Chunk]:
         sdk = _import_sdk()  # lazily: importing the SDK costs start-up time
@@ -77,9 +77,12 @@ class _SDK:
             from mistralai.client import Mistral, errors
             from mistralai.client.utils import BackoffStrategy, RetryConfig
         except ImportError:  # pragma: no cover - mistralai 1.x
-            from mistralai import Mistral  # type: ignore[no-redef]
-            from mistralai import models as errors
-            from mistralai.utils import BackoffStrategy, RetryConfig  # type: ignore[no-redef]
+            from mistralai import Mistral  # type: ignore[attr-defined,no-redef]
+            from mistralai import models as errors  # type: ignore[attr-defined,no-redef]
+            from mistralai.utils import (  # type: ignore[no-redef]
+                BackoffStrategy,
+                RetryConfig,
+            )
         self.Mistral = Mistral
         self.BackoffStrategy = BackoffStrategy
         self.RetryConfig = RetryConfig
@@ -149,7 +152,7 @@ def _complete(client: Any, params: dict[str, Any]) -> Iterator[Chunk]:
 
 
 def _stream(
-    client: Any, params: dict[str, Any], convert: Callable[[BaseException], ProviderError]
+    client: Any, params: dict[str, Any], convert: Callable[..., ProviderError]
 ) -> Iterator[Chunk]:
     usage_info: Any = None
     finish_reason: Any = None
@@ -171,7 +174,7 @@ def _stream(
         except Exception as exc:
             # Raised mid-stream (a dropped connection): the core keeps what arrived and logs
             # it as partial.
-            raise convert(exc) from exc
+            raise convert(exc, mid_stream=True) from exc
     if finish_reason is None:
         raise ProviderError(
             "Mistral stream ended before a finish_reason (the connection was cut)",
@@ -189,7 +192,7 @@ class _ErrorConverter:
         self.options = options
         self.server_url = server_url
 
-    def __call__(self, exc: BaseException) -> ProviderError:
+    def __call__(self, exc: BaseException, mid_stream: bool = False) -> ProviderError:
         retries = self.options.max_retries
         if isinstance(exc, self.sdk.status_errors):
             status = getattr(exc, "status_code", None)
@@ -204,8 +207,10 @@ class _ErrorConverter:
             message = f"Mistral did not answer within {limit}{after}; raise -o timeout"
         elif names & {"ConnectError", "ConnectTimeout", "NoResponseError"}:
             message = f"Could not connect to Mistral at {self.server_url}{after}: {exc}"
-        else:
+        elif mid_stream:
             message = f"Mistral stream broke off: {type(exc).__name__}: {exc}"
+        else:
+            message = f"Mistral request failed: {type(exc).__name__}: {exc}"
         message = " ".join(scrub(message, self.key).split())
         return ProviderError(message, provider=PROVIDER)
 

@@ -53,16 +53,24 @@ def _as_str_list(value: Any) -> Any:
 
 
 class MistralOptions(Options):
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate")
-    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling")
-    stop: list[str] | None = Field(None, description="Stop at any of these (string or list)")
-    random_seed: int | None = Field(None, ge=0, description="Seed for reproducible sampling")
-    timeout: float | None = Field(None, gt=0, description="Seconds to wait for the API")
-    max_retries: int = Field(
-        2, ge=0, description="Retries on 429/5xx and connection errors (0: none)"
+    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens to generate")
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature"
     )
-    base_url: str | None = Field(None, description="API server URL (default MISTRAL_BASE_URL)")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling")
+    stop: list[str] | None = Field(
+        default=None, description="Stop at any of these (a string or a JSON list)"
+    )
+    random_seed: int | None = Field(
+        default=None, ge=0, description="Seed for reproducible sampling"
+    )
+    timeout: float | None = Field(default=None, gt=0, description="Seconds to wait for the API")
+    max_retries: int = Field(
+        default=2, ge=0, description="Sizes the retry window on 429/5xx (0: no retries)"
+    )
+    base_url: str | None = Field(
+        default=None, description="API server URL (default MISTRAL_BASE_URL)"
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
