@@ -17,6 +17,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that reset idle keep-alive connections (closing an SDK client, a test
+    timing out) are normal here, not errors worth a traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -133,7 +145,7 @@ class FakeServer:
 
             do_GET = do_POST = do_DELETE = _serve
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         # A short poll interval keeps stop() (and so each test) from waiting up to 0.5 s.
         httpd = self._httpd

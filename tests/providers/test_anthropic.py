@@ -574,10 +574,27 @@ def test_cli_broken_stream_keeps_partial_output(claude: FakeAnthropic) -> None:
     assert "broke off" in result.output
 
 
-def test_cli_models_lists_capabilities_without_importing_sdk(claude: FakeAnthropic) -> None:
-    result = run_cli("models")
-    assert result.exit_code == 0, result.output
-    assert "claude-sonnet-4-5" in result.output and "claude-opus-4-7" in result.output
+def test_cli_models_lists_capabilities_without_importing_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fresh interpreter: in this one the SDKs are already imported by other tests.
+    monkeypatch.setenv("LLMCLI_LOAD_PLUGINS", "llmcli-anthropic,llmcli-mistral")
+    code = (
+        "import sys\n"
+        "from llmcli.cli import cli\n"
+        "try:\n"
+        "    cli(['models'])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "sdks = [m for m in sys.modules if m.split('.')[0] in ('anthropic', 'mistralai')]\n"
+        "assert not sdks, sdks\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "eats" in lines["claude-sonnet-4-5"]
+    assert "emulated" in lines["claude-opus-4-7"]
+    assert "echoes" in lines["mistral-small-latest"]
 
 
 def test_fake_reply_helper_types() -> None:
@@ -600,3 +617,47 @@ def test_docs_examples_run(claude: FakeAnthropic, capsys: pytest.CaptureFixture[
         exec(compile(block.split("```")[0], f"{doc.name}[{i}]", "exec"), {})
     out = capsys.readouterr().out
     assert out.splitlines()[:4] == ["[2, 3]", "end_turn", "emulated", "unsupported"]
+
+
+# -- pure transforms (no network) ------------------------------------------------------------
+
+
+def test_map_status_error_pure() -> None:
+    from llmcli_anthropic.transform import map_status_error
+
+    body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    # An error event inside a 200 stream gets the status the same error has as a response.
+    err = map_status_error(200, body, fallback="x", key=None, retries=0)
+    assert (err.status, str(err)) == (529, "Anthropic is overloaded (529): Overloaded. Try "
+                                           "again later.")
+    err = map_status_error(502, "<html>\nBad gateway\n</html>", fallback="x", key=None,
+                           retries=2)
+    assert str(err) == "Anthropic server error (502) after 2 retries: <html> Bad gateway </html>"
+    err = map_status_error(404, None, fallback="Error code: 404", key=None, retries=0)
+    assert str(err) == "Anthropic rejected the request (404): Error code: 404"
+    leaked = map_status_error(400, {"error": {"message": "sk-ant-api03-abcdefghijkl bad"}},
+                              fallback="x", key="other", retries=0)
+    assert "sk-ant-api03" not in str(leaked)
+
+
+def test_build_request_pure() -> None:
+    from llmcli_anthropic.transform import build_request
+
+    from llmcli.models import Message, Request
+
+    def request(model_id: str, prefill: str, **options: Any) -> Request:
+        opts = ClaudeOptions(**options)
+        return Request(model_id=model_id, prompt="q", system=None,
+                       history=[Message("user", "a"), Message("assistant", "b ")],
+                       prefill=prefill, prefill_support=prefill_support(model_id, opts),
+                       options=opts, stream=False)
+
+    wire = build_request(request(NATIVE, "Answer:\t "))
+    assert wire.sent_prefill == "Answer:"
+    assert wire.params["messages"][-1] == {"role": "assistant", "content": "Answer:"}
+    assert wire.params["messages"][1] == {"role": "assistant", "content": "b "}  # not final
+    wire = build_request(request(NATIVE, "Answer:"))
+    assert wire.sent_prefill is None
+    wire = build_request(request(NO_NATIVE, "{"))
+    assert wire.params["messages"][-1]["role"] == "user"
+    assert wire.params["system"] == emulation_instruction("{")

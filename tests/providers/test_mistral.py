@@ -404,3 +404,23 @@ def test_docs_examples_run(mistral: FakeMistral, capsys: pytest.CaptureFixture[s
     for i, block in enumerate(blocks):
         exec(compile(block.split("```")[0], f"{doc.name}[{i}]", "exec"), {})
     assert capsys.readouterr().out.startswith("[2, 3]\n")
+
+
+# -- pure transforms (no network) ----------------------------------------------------------
+
+
+def test_error_bodies_pure() -> None:
+    from llmcli_mistral.transform import error_message_from_body, map_status_error
+
+    assert error_message_from_body('{"object": "error", "message": "m", "code": "3230"}') == (
+        "3230", "m")
+    assert error_message_from_body(b"upstream connect error") == (
+        None, "upstream connect error")
+    code, message = error_message_from_body({"detail": [{"msg": "Field required"}]})
+    assert code is None and message is not None and "Field required" in message
+    err = map_status_error(401, '{"message": "Unauthorized"}', fallback="x",
+                           key="k-123", retries=2)
+    assert (err.status, err.provider) == (401, "mistral")
+    err = map_status_error(400, {"message": "Bearer abc.def is bad"}, fallback="x", key=None,
+                           retries=0)
+    assert "abc.def" not in str(err)
