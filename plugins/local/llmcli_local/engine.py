@@ -35,6 +35,8 @@ class GenerationSettings:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     kv_cache: str = "dynamic"
     cuda_graphs: bool = False
+    #: Benchmarks only: generate exactly ``max_tokens`` tokens.
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -179,7 +181,7 @@ def generate(loaded: Loaded, messages: list[dict[str, str]], prefill: str,
                 logits = _constrain(logits, vocab.allowed(pending))
             token = sample_next(logits, settings, generator)
             produced += 1
-            if token in loaded.eos_ids and not pending:
+            if token in loaded.eos_ids and not pending and not settings.ignore_eos:
                 stop_reason = "stop"
                 break
             piece = vocab.bytes_of(token)

@@ -1,0 +1,250 @@
+"""Local-runtime benchmark: our decode loop against transformers' ``model.generate`` on the
+same weights and prompt, plus the cost of a long prefill and the CLI end to end.
+
+    python tests/bench/bench_local.py [--prompt-tokens 500] [--decode-tokens 64] [--runs 3]
+
+Each engine runs in its own subprocess so that peak memory (RSS on CPU, allocated memory on
+CUDA) is its own. On CUDA it adds our static-KV-cache + CUDA-graph path and generate's static
+cache compiled with ``torch.compile(mode="reduce-overhead")``. Not a pytest test.
+
+Methodology (identical for both engines): time to first token = a 1-token generation,
+prompt tok/s = prompt tokens / that time, decode tok/s = (N - 1) / (time for N tokens - time
+for 1 token); N tokens are forced (EOS ignored); greedy; medians over ``--runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SENTENCE = ("The quick brown fox jumps over the lazy dog while the committee reviews the "
+            "quarterly report on regional rainfall. ")
+QUESTION = "Summarise the text above in one sentence."
+
+
+def _messages(tokenizer: Any, prompt_tokens: int) -> list[dict[str, str]]:
+    per = len(tokenizer(SENTENCE, add_special_tokens=False)["input_ids"])
+    body = SENTENCE * max(1, (prompt_tokens - 40) // per)
+    return [{"role": "user", "content": body + "\n\n" + QUESTION}]
+
+
+def _median_time(fn: Any, runs: int) -> float:
+    fn()  # warm-up: allocator, kernels, lazy initialisation
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from llmcli_local import engine, loader
+    from llmcli_local.model import SmolLM2
+
+    loaded = loader.load(SmolLM2().source(), device=args.device, show_progress=True)
+    device = loaded.device
+    messages = _messages(loaded.tokenizer, args.prompt_tokens)
+    n = args.decode_tokens
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    if engine_name.startswith("ours"):
+        graphs = engine_name == "ours-cuda-graphs"
+
+        def ours(tokens: int) -> None:
+            settings = engine.GenerationSettings(
+                max_tokens=tokens, ignore_eos=True, token_healing=False,
+                kv_cache="static" if graphs else "dynamic", cuda_graphs=graphs,
+            )
+            for _ in engine.generate(loaded, messages, "", settings):
+                pass
+            sync()
+
+        prompt_len = len(engine.build_prompt(
+            loaded, messages, "", engine.GenerationSettings(token_healing=False)).ids)
+        run = ours
+    else:
+        static = engine_name == "generate-static-compiled"
+        text = loaded.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                    add_generation_prompt=True)
+        ids = torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]],
+                           device=device)
+        prompt_len = ids.shape[1]
+        extra: dict[str, Any] = {}
+        if static:
+            extra["cache_implementation"] = "static"
+            loaded.model.forward = torch.compile(loaded.model.forward, mode="reduce-overhead")
+
+        def baseline(tokens: int) -> None:
+            with torch.inference_mode():
+                loaded.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                    min_new_tokens=tokens, do_sample=False, pad_token_id=0, **extra,
+                )
+            sync()
+
+        run = baseline
+
+    ttft = _median_time(lambda: run(1), args.runs)
+    total = _median_time(lambda: run(n), args.runs)
+    result: dict[str, Any] = {
+        "engine": engine_name, "device": device, "threads": torch.get_num_threads(),
+        "prompt_tokens": prompt_len, "decode_tokens": n,
+        "ttft_s": ttft, "prompt_tok_s": prompt_len / ttft,
+        "decode_tok_s": (n - 1) / max(total - ttft, 1e-9),
+        "peak_mb": _peak_memory_mb(device),
+    }
+    if engine_name == "ours":
+        result.update(_prefill_cost(loaded, args))
+        # Reloading from the converted cache, imports already done (a process's second load
+        # pays only this; the first also pays ~3 s of torch/transformers imports).
+        loader.unload_all()
+        start = time.perf_counter()
+        loader.load(SmolLM2().source(), device=args.device)
+        result["cached_load_s"] = time.perf_counter() - start
+    return result
+
+
+def _prefill_cost(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """A long prefill in one forward pass vs forcing it token by token through the cache
+    (what a runtime without native prefill, or grammar-forcing, would do)."""
+    import torch
+    from llmcli_local import engine
+
+    prefill = SENTENCE * 60
+    prefill_ids = loaded.tokenizer(prefill, add_special_tokens=False)["input_ids"]
+    prefill_ids = prefill_ids[: args.prefill_tokens]
+    prefill = loaded.tokenizer.decode(prefill_ids)
+    messages = [{"role": "user", "content": "Continue the text."}]
+    settings = engine.GenerationSettings(token_healing=False)
+    full = engine.build_prompt(loaded, messages, prefill, settings).ids
+    head = engine.build_prompt(loaded, messages, "", settings).ids
+    forced = full[len(head):]
+
+    def one_pass() -> None:
+        with torch.inference_mode():
+            engine._Forward(loaded, settings, len(full) + 1)(full)
+
+    def token_by_token() -> None:
+        with torch.inference_mode():
+            forward = engine._Forward(loaded, settings, len(full) + 1)
+            forward(head)
+            for token in forced:
+                forward([token])
+
+    single = _median_time(one_pass, 3)
+    # The model is warm by now; one run of the slow path is enough (and takes ~30 s).
+    start = time.perf_counter()
+    token_by_token()
+    stepped = time.perf_counter() - start
+    return {"prefill_tokens": len(forced), "prefill_one_pass_s": single,
+            "prefill_token_by_token_s": stepped}
+
+
+def _spawn(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", engine_name,
+           "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens),
+           "--prefill-tokens", str(args.prefill_tokens), "--runs", str(args.runs),
+           "--device", args.device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cli_end_to_end(runs: int) -> float | None:
+    """Wall time of the real command, converted cache already in place, logging on."""
+    llmcli = Path(sys.executable).parent / "llmcli"
+    if not llmcli.exists():
+        return None
+    cmd = [str(llmcli), "-m", "smollm2", "Name three US states.", "--prefill", "1."]
+    with tempfile.TemporaryDirectory() as user:
+        env = {**os.environ, "LLMCLI_USER_PATH": user}
+        env.pop("LLMCLI_LOAD_PLUGINS", None)
+        times = []
+        for _ in range(runs + 1):
+            start = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            times.append(time.perf_counter() - start)
+            if done.returncode != 0:
+                raise SystemExit(f"CLI failed: {done.stderr.strip()}")
+        print(f"  CLI output: {done.stdout.strip()!r}")
+        return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt-tokens", type=int, default=500)
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--prefill-tokens", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--no-cli", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return
+
+    # Convert once up front so no engine's timing includes it.
+    from llmcli_local import loader
+    from llmcli_local.model import SmolLM2
+
+    loader.convert_gguf(SmolLM2().source().path)
+    import torch
+
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    engines = ["ours", "generate"]
+    if cuda:
+        engines += ["ours-cuda-graphs", "generate-static-compiled"]
+    results = {name: _spawn(name, args) for name in engines}
+    base = results["generate"]
+    print(f"SmolLM2-135M-Instruct on {base['device']} ({base['threads']} threads), "
+          f"{base['prompt_tokens']}-token prompt, {args.decode_tokens} decoded tokens, "
+          f"median of {args.runs}")
+    print(f"{'engine':26} {'prompt tok/s':>12} {'decode tok/s':>12} {'TTFT s':>8} "
+          f"{'peak MB':>8} {'decode ×':>9}")
+    for name, r in results.items():
+        ref = results["generate-static-compiled"] if name == "ours-cuda-graphs" else base
+        speedup = r["decode_tok_s"] / ref["decode_tok_s"]
+        print(f"{name:26} {r['prompt_tok_s']:12.0f} {r['decode_tok_s']:12.1f} "
+              f"{r['ttft_s']:8.3f} {r['peak_mb']:8.0f} {speedup:9.2f}")
+    ours = results["ours"]
+    print(f"ratios ours/generate: prompt {ours['prompt_tok_s'] / base['prompt_tok_s']:.2f}×, "
+          f"decode {ours['decode_tok_s'] / base['decode_tok_s']:.2f}×, "
+          f"TTFT {ours['ttft_s'] / base['ttft_s']:.2f}×, "
+          f"peak memory {ours['peak_mb'] / base['peak_mb']:.2f}×")
+    print(f"{ours['prefill_tokens']}-token prefill: one forward pass "
+          f"{ours['prefill_one_pass_s']:.2f} s vs token by token "
+          f"{ours['prefill_token_by_token_s']:.2f} s "
+          f"({ours['prefill_token_by_token_s'] / ours['prefill_one_pass_s']:.0f}× slower)")
+    print(f"load from the converted cache (imports warm): {ours['cached_load_s']:.2f} s")
+    if not args.no_cli:
+        cli = _cli_end_to_end(args.runs)
+        if cli is not None:
+            print(f"llmcli -m smollm2 \"Name three US states.\" --prefill \"1.\": "
+                  f"{cli:.2f} s end to end (median of {args.runs}, cache warm)")
+
+
+if __name__ == "__main__":
+    main()
