@@ -80,3 +80,42 @@ class ProviderError(LLMCLIError):
 
 class PartialResponseError(ProviderError):
     """The response broke off after some text had arrived; that text is logged as partial."""
+
+
+def http_status_error(
+    provider: str,
+    status: int | None,
+    detail: str,
+    *,
+    key_hint: str = "",
+    retried: str = "",
+    kind: str = "",
+    not_found_hint: str = "",
+    provider_id: str | None = None,
+) -> ProviderError:
+    """The one-line error for an HTTP status, worded the same for every provider.
+
+    ``detail`` is the provider's own message (usually the most useful part); ``key_hint``
+    says how to set the key (401/403); ``retried`` is e.g. " after 2 retries"; ``kind`` an
+    error type or code for other 4xx. ``provider`` is the display name, ``provider_id`` the
+    plugin's short name (default: ``provider`` lower-cased). Plugins scrub keys from
+    ``detail`` before calling."""
+    detail = detail.strip().rstrip(".") or "no details given"
+    if status == 401:
+        text = f"{provider} rejected the API key (401): {detail}. {key_hint}"
+    elif status == 403:
+        text = f"{provider} refused the request (403): {detail}. Check the key: {key_hint}"
+    elif status == 404:
+        text = f"{provider} found nothing there (404): {detail}"
+        text += f". {not_found_hint}" if not_found_hint else ""
+    elif status == 429:
+        text = f"{provider} rate limit (429){retried}: {detail}. Wait, or raise -o max_retries."
+    elif status == 529:
+        text = f"{provider} is overloaded (529){retried}: {detail}. Try again later."
+    elif status is not None and status >= 500:
+        text = f"{provider} server error ({status}){retried}: {detail}"
+    else:
+        kind = f", {kind}" if kind else ""
+        text = f"{provider} rejected the request ({status}{kind}): {detail}"
+    return ProviderError(" ".join(text.split()), status=status,
+                         provider=provider_id or provider.lower())

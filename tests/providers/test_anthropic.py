@@ -634,7 +634,7 @@ def test_map_status_error_pure() -> None:
                            retries=2)
     assert str(err) == "Anthropic server error (502) after 2 retries: <html> Bad gateway </html>"
     err = map_status_error(404, None, fallback="Error code: 404", key=None, retries=0)
-    assert str(err) == "Anthropic rejected the request (404): Error code: 404"
+    assert str(err) == "Anthropic found nothing there (404): Error code: 404"
     leaked = map_status_error(400, {"error": {"message": "sk-ant-api03-abcdefghijkl bad"}},
                               fallback="x", key="other", retries=0)
     assert "sk-ant-api03" not in str(leaked)

@@ -249,7 +249,7 @@ def test_401_names_the_provider_and_the_key_setting(openai_env: FakeOpenAI,
 def test_403(openai_env: FakeOpenAI) -> None:
     openai_env.enqueue(error_reply(403, "Project does not have access to model gpt-4o",
                                    code="model_not_allowed"))
-    with pytest.raises(ProviderError, match=r"permission denied \(403\).*does not have access"
+    with pytest.raises(ProviderError, match=r"refused the request \(403\).*does not have access"
                        ) as info:
         ask().text()
     assert info.value.status == 403 and info.value.provider == "OpenAI"
@@ -257,7 +257,7 @@ def test_403(openai_env: FakeOpenAI) -> None:
 
 def test_404_unknown_model(openai_env: FakeOpenAI) -> None:
     openai_env.models = ("gpt-4o",)
-    with pytest.raises(ProviderError, match=r"not found \(404\).*gpt-4\.1-nano") as info:
+    with pytest.raises(ProviderError, match=r"found nothing there \(404\).*gpt-4\.1-nano") as info:
         ask("gpt-4.1-nano").text()
     assert info.value.status == 404
 
@@ -265,7 +265,7 @@ def test_404_unknown_model(openai_env: FakeOpenAI) -> None:
 def test_400_shows_the_providers_message(openai_env: FakeOpenAI) -> None:
     openai_env.enqueue(error_reply(400, "Invalid value for 'top_p': must be <= 1.",
                                    code="invalid_value"))
-    with pytest.raises(ProviderError, match=r"request rejected \(400\): Invalid value") as info:
+    with pytest.raises(ProviderError, match=r"rejected the request \(400\): Invalid value") as info:
         ask(stream=False).text()
     assert info.value.status == 400
     assert len(openai_env.chat_requests) == 1  # a 400 is not retried
@@ -298,7 +298,7 @@ def test_429_without_retry_after_then_success(openai_env: FakeOpenAI,
 def test_429_gives_up_with_a_clear_error(openai_env: FakeOpenAI, fast_retries: None) -> None:
     openai_env.enqueue(*[error_reply(429, "You exceeded your current quota",
                                      code="insufficient_quota")] * 2)
-    with pytest.raises(ProviderError, match=r"rate limited \(429\), gave up after 1 retry: "
+    with pytest.raises(ProviderError, match=r"rate limit \(429\) after 1 retry: "
                        "You exceeded") as info:
         ask(max_retries=1).text()
     assert info.value.status == 429
@@ -310,7 +310,7 @@ def test_server_errors_are_retried_then_reported(openai_env: FakeOpenAI, fast_re
                                                  status: int) -> None:
     openai_env.enqueue(*[error_reply(status, "The server had an error", type_="server_error")]
                        * 3)
-    with pytest.raises(ProviderError, match=rf"server error \({status}\), gave up after 2 "
+    with pytest.raises(ProviderError, match=rf"server error \({status}\) after 2 "
                        "retries: The server had an error") as info:
         ask().text()
     assert info.value.status == status
@@ -478,7 +478,7 @@ def test_cli_401_is_one_line(openai_env: FakeOpenAI) -> None:
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
-    assert "authentication failed (401)" in lines[0] and "llmcli keys set openai" in lines[0]
+    assert "rejected the API key (401)" in lines[0] and "llmcli keys set openai" in lines[0]
     assert "sk-bad-0000000000" not in result.output
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from llmcli.capabilities import PrefillSupport
-from llmcli.errors import ProviderError
+from llmcli.errors import ProviderError, http_status_error
 from llmcli.models import Options, Request, emulation_instruction
 
 __all__ = [
@@ -276,22 +276,9 @@ def map_status_error(
     error_type, message = error_message_from_body(body)
     if status == 200 and error_type in _TYPE_STATUS:
         status = _TYPE_STATUS[error_type]  # an error event inside a stream
-    # Trailing periods dropped so that the sentence that follows reads cleanly.
-    detail = (message or fallback).strip().rstrip(".") or fallback
     after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
-    how_key = "Run 'llmcli keys set anthropic' or set ANTHROPIC_API_KEY."
-    if status == 401:
-        text = f"Anthropic rejected the API key (401): {detail}. {how_key}"
-    elif status == 403:
-        text = f"Anthropic refused the request (403): {detail}. Check the key: {how_key}"
-    elif status == 429:
-        text = f"Anthropic rate limit (429){after}: {detail}. Wait, or raise -o max_retries."
-    elif status == 529:
-        text = f"Anthropic is overloaded (529){after}: {detail}. Try again later."
-    elif status is not None and status >= 500:
-        text = f"Anthropic server error ({status}){after}: {detail}"
-    else:
-        kind = f", {error_type}" if error_type else ""
-        text = f"Anthropic rejected the request ({status}{kind}): {detail}"
-    text = " ".join(scrub(text, key).split())  # one line
-    return ProviderError(text, status=status, provider=PROVIDER)
+    return http_status_error(
+        "Anthropic", status, scrub(message or fallback, key),
+        key_hint="Run 'llmcli keys set anthropic' or set ANTHROPIC_API_KEY.",
+        retried=after, kind=error_type or "",
+    )

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from llmcli.errors import ProviderError
+from llmcli.errors import ProviderError, http_status_error
 from llmcli.models import Options, Request
 
 __all__ = [
@@ -165,22 +165,11 @@ def map_status_error(
     status: int | None, body: Any, *, fallback: str, key: str | None, retries: int
 ) -> ProviderError:
     code, message = error_message_from_body(body)
-    # Trailing periods dropped so that the sentence that follows reads cleanly.
-    detail = (message or fallback).strip().rstrip(".") or fallback
     # The SDK retries within a time window, so the exact count is not known here.
     after = " after retrying" if retries and status in RETRIED_STATUSES else ""
-    how_key = "Run 'llmcli keys set mistral' or set MISTRAL_API_KEY."
-    if status == 401:
-        text = f"Mistral rejected the API key (401): {detail}. {how_key}"
-    elif status == 403:
-        text = f"Mistral refused the request (403): {detail}. Check the key: {how_key}"
-    elif status == 429:
-        text = f"Mistral rate limit (429){after}: {detail}. Wait, or raise -o max_retries."
-    elif status is not None and status >= 500:
-        text = f"Mistral server error ({status}){after}: {detail}"
-    else:
-        kind = f", code {code}" if code else ""
-        text = f"Mistral rejected the request ({status}{kind}): {detail}"
-    text = " ".join(scrub(text, key).split())
-    return ProviderError(text, status=status, provider=PROVIDER)
+    return http_status_error(
+        "Mistral", status, scrub(message or fallback, key),
+        key_hint="Run 'llmcli keys set mistral' or set MISTRAL_API_KEY.",
+        retried=after, kind=f"code {code}" if code else "",
+    )
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmcli.errors import ProviderError
+from llmcli.errors import ProviderError, http_status_error
 
 __all__ = ["ErrorContext", "map_error", "scrub"]
 
@@ -74,20 +74,15 @@ def map_error(exc: BaseException, ctx: ErrorContext, mid_stream: bool = False) -
     status: int | None = None
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        said = _provider_message(exc)
-        if status == 401:
-            text = f"{p}: authentication failed (401): {said}. {ctx.key_hint}"
-        elif status == 403:
-            text = f"{p}: permission denied (403): {said}. Check the key ({ctx.key_hint})"
-        elif status == 404:
-            text = (f"{p}: not found (404): {said}. Check the model name {ctx.api_model!r} "
-                    f"and the base URL {ctx.base_url}")
-        elif status == 429:
-            text = f"{p}: rate limited (429), gave up {_retries(ctx)}: {said}"
-        elif status >= 500:
-            text = f"{p}: server error ({status}), gave up {_retries(ctx)}: {said}"
-        else:
-            text = f"{p}: request rejected ({status}): {said}"
+        error = http_status_error(
+            p, status, _one_line(scrub(_provider_message(exc), ctx.secrets)),
+            key_hint=ctx.key_hint + ".", retried=f" {_retries(ctx)}" if ctx.max_retries else "",
+            not_found_hint=(f"Check the model name {ctx.api_model!r} and the base URL "
+                            f"{ctx.base_url}"),
+            provider_id=p,
+        )
+        error.args = (scrub(str(error), ctx.secrets),)
+        return error
     elif mid_stream and isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
         reason = f": {cause}" if cause is not None and str(cause) else ""
