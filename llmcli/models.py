@@ -8,14 +8,15 @@ Everything else (capability checks, keys, normalization, logging) happens in the
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from llmcli.capabilities import PrefillSupport
 from llmcli.errors import LLMCLIError, PartialResponseError, ProviderError
@@ -33,6 +34,7 @@ __all__ = [
     "Options",
     "PrefillSent",
     "Request",
+    "StrList",
     "Response",
     "Usage",
     "emulation_instruction",
@@ -43,6 +45,24 @@ class Options(BaseModel):
     """Base for a model's ``-o`` options. Unknown keys are an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _as_str_list(value: Any) -> Any:
+    # "###" from Python or "-o stop '###'" is one item; '["a", "b"]' is a JSON list.
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                return json.loads(stripped)
+            except ValueError:
+                pass
+        return [value]
+    return value
+
+
+#: An option type for lists of strings (stop sequences): accepts one string, a JSON list
+#: or a list, so ``-o stop '###'``, ``-o stop '["a","b"]'`` and ``stop=["a"]`` all work.
+StrList = Annotated[list[str], BeforeValidator(_as_str_list)]
 
 
 @dataclass(frozen=True)

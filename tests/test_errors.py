@@ -34,3 +34,15 @@ def test_http_status_error_wording(status: int, expected: str) -> None:
         not_found_hint="Check the model name")
     assert str(error) == " ".join(expected.split())  # always one line
     assert error.status == status and error.provider == "acme"
+
+
+def test_str_list_option_type() -> None:
+    from llmcli.models import Options, StrList
+
+    class O(Options):
+        stop: StrList | None = None
+
+    assert O(stop="###").stop == ["###"]
+    assert O(stop='["a", "b"]').stop == ["a", "b"]
+    assert O(stop=["x"]).stop == ["x"]
+    assert O(stop="[not json").stop == ["[not json"]

@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from llmcli.capabilities import PrefillSupport
 from llmcli.errors import ProviderError, http_status_error
-from llmcli.models import Options, Request, emulation_instruction
+from llmcli.models import Options, Request, StrList, emulation_instruction
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -87,24 +87,11 @@ def native_prefill(model_id: str) -> bool:
     return version < _FIRST_WITHOUT_PREFILL
 
 
-def _as_str_list(value: Any) -> Any:
-    """``-o stop_sequences '###'`` or ``-o stop_sequences '["a", "b"]'`` from the CLI."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("["):
-            try:
-                return json.loads(stripped)
-            except ValueError:
-                pass
-        return [value]
-    return value
-
-
 class ClaudeOptions(Options):
     max_tokens: int = Field(
         default=DEFAULT_MAX_TOKENS, ge=1, description="Most tokens to generate"
     )
-    stop_sequences: list[str] | None = Field(
+    stop_sequences: StrList | None = Field(
         default=None, description="Stop at any of these (a string or a JSON list)"
     )
     thinking: bool = Field(
@@ -137,11 +124,6 @@ class ClaudeOptions(Options):
                     "rejects sampling parameters (temperature, top_p, top_k) on every model"
                 )
         return data
-
-    @field_validator("stop_sequences", mode="before")
-    @classmethod
-    def _normalize_stops(cls, value: Any) -> Any:
-        return _as_str_list(value)
 
     @property
     def thinking_on(self) -> bool:

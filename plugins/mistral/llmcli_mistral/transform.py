@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from llmcli.errors import ProviderError, http_status_error
-from llmcli.models import Options, Request
+from llmcli.models import Options, Request, StrList
 
 __all__ = [
     "KNOWN_MODELS",
@@ -40,25 +40,13 @@ KNOWN_MODELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-def _as_str_list(value: Any) -> Any:
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("["):
-            try:
-                return json.loads(stripped)
-            except ValueError:
-                pass
-        return [value]
-    return value
-
-
 class MistralOptions(Options):
     max_tokens: int | None = Field(default=None, ge=1, description="Most tokens to generate")
     temperature: float | None = Field(
         default=None, ge=0, le=2, description="Sampling temperature"
     )
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling")
-    stop: list[str] | None = Field(
+    stop: StrList | None = Field(
         default=None, description="Stop at any of these (a string or a JSON list)"
     )
     random_seed: int | None = Field(
@@ -71,11 +59,6 @@ class MistralOptions(Options):
     base_url: str | None = Field(
         default=None, description="API server URL (default MISTRAL_BASE_URL)"
     )
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _normalize_stop(cls, value: Any) -> Any:
-        return _as_str_list(value)
 
 
 def build_request(request: Request) -> dict[str, Any]:
