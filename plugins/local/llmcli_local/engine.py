@@ -124,8 +124,7 @@ class _Forward:
                 # One compiled step per static length, reused across requests.
                 self.step_fn = loaded.compiled.get(max_len)
                 if self.step_fn is None:
-                    self.step_fn = torch.compile(model.forward, mode="reduce-overhead",
-                                                 fullgraph=True)
+                    self.step_fn = torch.compile(model.forward, mode="reduce-overhead")
                     loaded.compiled[max_len] = self.step_fn
         else:
             self.cache = DynamicCache(config=model.config)
@@ -172,7 +171,12 @@ def generate(loaded: Loaded, messages: list[dict[str, str]], prefill: str,
     started = time.perf_counter()
     first_token_at: float | None = None
     with torch.inference_mode():
-        forward = _Forward(loaded, settings, len(prompt.ids) + budget)
+        needed = len(prompt.ids) + budget
+        if settings.kv_cache == "static" or settings.cuda_graphs:
+            # Round the preallocated length up so that compiled graphs are reused across
+            # requests of similar size instead of recompiled for each exact length.
+            needed = min(-(-needed // 256) * 256, context)
+        forward = _Forward(loaded, settings, needed)
         # The whole prompt, prefill included, in one forward pass.
         logits = forward(prompt.ids)
         prompt_seconds = time.perf_counter() - started

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 import llmcli
 from llmcli.capabilities import PrefillSupport
-from llmcli.models import Chunk, Request
+from llmcli.models import Chunk, Request, StrList
 from llmcli_local.sources import ModelSource, smollm2_path
 
 __all__ = ["LocalModel", "LocalOptions", "SmolLM2"]
@@ -27,7 +26,7 @@ class LocalOptions(llmcli.Options):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens (0 = all)")
     seed: int | None = Field(None, description="Seed for sampling: same seed, same text")
-    stop: list[str] = Field(
+    stop: StrList = Field(
         default_factory=list, description="Stop sequences (never included in the output)"
     )
     token_healing: bool = Field(
@@ -43,20 +42,6 @@ class LocalOptions(llmcli.Options):
     cuda_graphs: bool = Field(
         False, description="CUDA only: compile the decode step into a CUDA graph"
     )
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_list(cls, value: Any) -> Any:
-        # From the command line ``-o stop '###'`` arrives as one string; a JSON list works too.
-        if isinstance(value, str):
-            if value.startswith("["):
-                try:
-                    parsed = json.loads(value)
-                except ValueError:
-                    return [value]
-                return parsed
-            return [value]
-        return value
 
 
 class LocalModel(llmcli.Model):
