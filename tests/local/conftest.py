@@ -25,9 +25,20 @@ CORPUS = [
     "This is a test. This is another test. Answer: yes.",
 ] * 4
 
+#: A Qwen3-style template: a thinking switch, and <think> as an added (non-special) token.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
+)
 
-def make_tiny_model(directory: Path) -> Path:
-    """A 2-layer Llama with a 400-token byte-level BPE and a ChatML template."""
+
+def make_tiny_model(directory: Path, thinking: bool = False) -> Path:
+    """A 2-layer Llama with a 400-token byte-level BPE and a ChatML template (with
+    ``thinking``: <think> tokens and a template with an ``enable_thinking`` switch)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -45,6 +56,9 @@ def make_tiny_model(directory: Path) -> Path:
         pad_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHATML
+    if thinking:
+        tokenizer.add_tokens(["<think>", "</think>"])
+        tokenizer.chat_template = THINKING_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
@@ -61,6 +75,11 @@ def make_tiny_model(directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-thinking"), thinking=True)
 
 
 @pytest.fixture

@@ -159,3 +159,29 @@ def test_streaming_equals_decoding_the_whole_output_at_once(
         assert "".join(chunks) == whole.decode("utf-8", errors="replace")
         if "\ufffd" not in "".join(chunks):
             assert not any("\ufffd" in c for c in chunks)
+
+
+def test_thinking_switch_and_think_prefill(thinking_model_dir: Any) -> None:
+    from llmcli_local import loader
+    from llmcli_local.sources import ModelSource
+
+    model = loader.load(ModelSource("hf", thinking_model_dir), device="cpu")
+    think = model.tokenizer.convert_tokens_to_ids("<think>")
+    rendered = engine.render(model, MESSAGES, "", {"enable_thinking": False})
+    assert rendered.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # A prefill that opens the thinking block: <think> stays one atomic token, never healed.
+    prompt = engine.build_prompt(model, MESSAGES, "<think>", engine.GenerationSettings())
+    assert prompt.ids[-1] == think and prompt.heal.backed_off == 0
+    prompt = engine.build_prompt(model, MESSAGES, "<think>\nOK.\n</think>\n\n",
+                                 engine.GenerationSettings())
+    assert think in prompt.ids
+    assert b"think" not in prompt.heal.removed
+    chunks, usage = run(model, "<think>\n", max_tokens=4)
+    assert usage.input_tokens
+
+
+def test_template_without_the_switch_is_a_clear_error(tiny: Any) -> None:
+    from llmcli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no 'enable_thinking' switch"):
+        run(tiny, "", template_kwargs={"enable_thinking": False})
