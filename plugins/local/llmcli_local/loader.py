@@ -223,7 +223,7 @@ def load(source: ModelSource, device: str = "auto", show_progress: bool = True) 
         try:
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(directory))
-                model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
+                model: Any = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
         except Exception as exc:
             raise ConfigError(
                 f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
