@@ -87,6 +87,35 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _tensor_progress(bar: Any) -> Iterator[None]:
+    """transformers' GGUF loader draws its own per-tensor tqdm bar (ignoring its progress-bar
+    switch); route it into ours so a conversion shows one bar, and none off a terminal."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def tensors(iterable: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        items = list(iterable)
+        bar.total += len(items)
+        bar.refresh()
+        for item in items:
+            yield item
+            bar.update()
+
+    gguf_utils.tqdm = tensors
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def convert_gguf(path: Path, show_progress: bool = True) -> Path:
     """Dequantize ``path`` into its cache directory (once) and return that directory."""
     target = cache_dir_for(path)
@@ -98,31 +127,25 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build in a temporary sibling, then rename: a crash never leaves a half-written cache.
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    steps = ["tokenizer", "dequantize weights", "write safetensors"]
     interactive = show_progress and sys.stderr.isatty()
     if show_progress and not interactive:
         # Logs and pipes get one line instead of carriage-return redraws.
         print(f"Converting {path.name} into the local cache (once)...", file=sys.stderr)
-    bar = tqdm(
-        total=len(steps), desc=f"Converting {path.name} (once)", file=sys.stderr,
-        disable=not interactive, unit="step",
-    )
+    # One bar: the tokenizer, each dequantized tensor, then writing the cache.
+    bar = tqdm(total=2, desc=f"Converting {path.name} (once)", file=sys.stderr,
+               disable=not interactive, unit="step")
     try:
         import torch
         from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        bar.set_postfix_str(steps[0])
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         bar.update()
-        bar.set_postfix_str(steps[1])
-        with _quiet_transformers():
+        with _quiet_transformers(), _tensor_progress(bar):
             model = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=torch.float32
             )
-        bar.update()
-        bar.set_postfix_str(steps[2])
         # save_pretrained refuses GGUF-loaded models; save the pieces ourselves.
         model_config = model.config
         if hasattr(model_config, "quantization_config"):
@@ -144,6 +167,8 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
         ))
         bar.update()
         del model
+        if target.exists() and not (target / _MARKER).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # debris without its marker
         try:
             os.replace(work, target)
         except OSError:
