@@ -66,9 +66,10 @@ def cache_dir_for(path: Path) -> Path:
 
 
 def _offline() -> None:
-    # Never reach for the model hub: every file we load is local.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Never reach for the model hub: every file we load is local. (huggingface_hub reads
+    # this when first imported; ``local_files_only=True`` below covers a hub imported earlier.)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 @contextlib.contextmanager
@@ -140,11 +141,14 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path.parent), gguf_file=path.name, local_files_only=True
+            )
         bar.update()
         with _quiet_transformers(), _tensor_progress(bar):
             model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32
+                str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                local_files_only=True,
             )
         # save_pretrained refuses GGUF-loaded models; save the pieces ourselves.
         model_config = model.config
@@ -247,8 +251,10 @@ def load(source: ModelSource, device: str = "auto", show_progress: bool = True) 
         dtype = torch.bfloat16 if resolved == "cuda" else torch.float32
         try:
             with _quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(str(directory))
-                model: Any = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
+                tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    str(directory), dtype=dtype, local_files_only=True
+                )
         except Exception as exc:
             raise ConfigError(
                 f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
