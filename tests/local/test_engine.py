@@ -43,34 +43,75 @@ def forward_calls(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.parametrize("fast_decode", [True, False])
 def test_the_whole_prompt_and_a_long_prefill_take_one_forward_pass(
-    tiny: Any, forward_calls: list[int]
+    tiny: Any, forward_calls: list[int], fast_decode: bool
 ) -> None:
     prefill = "This is a test. " * 60
-    _, usage = run(tiny, prefill, max_tokens=5, token_healing=False)
+    _, usage = run(tiny, prefill, max_tokens=5, token_healing=False, fast_decode=fast_decode)
     prompt_ids = engine.build_prompt(
         tiny, MESSAGES, prefill, engine.GenerationSettings(token_healing=False)
     ).ids
     assert len(prompt_ids) > 200
     assert forward_calls[0] == len(prompt_ids) == usage.input_tokens
-    # Then exactly one single-token step per further generated token.
-    assert forward_calls[1:] == [1] * (len(forward_calls) - 1)
-    assert len(forward_calls) == usage.details["forward_passes"]
+    # Then one single-token step per further generated token (through the lean decode step,
+    # which does not call model.forward, or through transformers').
+    assert usage.details["forward_passes"] == usage.output_tokens
+    if fast_decode:
+        assert forward_calls == [len(prompt_ids)]
+    else:
+        assert forward_calls[1:] == [1] * (usage.output_tokens - 1)
 
 
-@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
-def test_incremental_kv_cache_decode_equals_full_recompute(tiny: Any, kv_cache: str) -> None:
-    settings = engine.GenerationSettings(kv_cache=kv_cache)
-    ids = engine.build_prompt(tiny, MESSAGES, "California", settings).ids
-    continuation = [5, 17, 42, 99, 123, 7]
+def _step_logits(loaded: Any, settings: Any, ids: list[int], continuation: list[int]) -> Any:
     with torch.inference_mode():
-        forward = engine._Forward(tiny, settings, max_len=len(ids) + len(continuation) + 1)
-        step_logits = [forward(ids)]
+        forward = engine._Forward(loaded, settings, max_len=len(ids) + len(continuation) + 1)
+        steps = [forward(ids)]
         for token in continuation:
-            step_logits.append(forward([token]))
-        full = tiny.model(input_ids=torch.tensor([ids + continuation])).logits[0]
-    expected = full[len(ids) - 1 :]
-    assert torch.allclose(torch.stack(step_logits), expected.float(), atol=1e-4, rtol=1e-4)
+            steps.append(forward([token]))
+        full = loaded.model(input_ids=torch.tensor([ids + continuation])).logits[0]
+    return torch.stack(steps), full[len(ids) - 1 :].float()
+
+
+@pytest.mark.parametrize(("kv_cache", "fast_decode"),
+                         [("dynamic", True), ("dynamic", False), ("static", False)])
+def test_incremental_kv_cache_decode_equals_full_recompute(
+    tiny: Any, kv_cache: str, fast_decode: bool
+) -> None:
+    settings = engine.GenerationSettings(kv_cache=kv_cache, fast_decode=fast_decode)
+    ids = engine.build_prompt(tiny, MESSAGES, "California", settings).ids
+    steps, expected = _step_logits(tiny, settings, ids, [5, 17, 42, 99, 123, 7])
+    assert torch.allclose(steps, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_lean_decode_step_matches_qwen2_with_qkv_bias(tiny_qwen2_dir: Any) -> None:
+    from llmcli_local import fastpath, loader
+    from llmcli_local.sources import ModelSource
+
+    qwen = loader.load(ModelSource("hf", tiny_qwen2_dir), device="cpu")
+    assert qwen.model.model.layers[0].self_attn.q_proj.bias is not None
+    assert fastpath.supports(qwen.model)
+    settings = engine.GenerationSettings()
+    ids = engine.build_prompt(qwen, MESSAGES, "Call", settings).ids
+    steps, expected = _step_logits(qwen, settings, ids, [3, 30, 300, 33])
+    assert qwen.fast  # the lean step was used
+    assert torch.allclose(steps, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_lean_decode_step_declines_what_it_does_not_implement(tiny: Any) -> None:
+    from types import SimpleNamespace
+
+    from llmcli_local import fastpath
+
+    def fake(**config: Any) -> Any:
+        return SimpleNamespace(config=SimpleNamespace(**config), model=tiny.model.model)
+
+    assert fastpath.supports(fake(model_type="llama"))
+    assert not fastpath.supports(fake(model_type="gemma2"))
+    assert not fastpath.supports(fake(model_type="mistral", sliding_window=4096))
+    assert not fastpath.supports(fake(model_type="llama", hidden_act="gelu"))
+    assert not fastpath.supports(
+        fake(model_type="qwen2", layer_types=["full_attention", "sliding_attention"]))
 
 
 def _recorded_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -37,6 +37,8 @@ class GenerationSettings:
     cuda_graphs: bool = False
     #: Benchmarks only: generate exactly ``max_tokens`` tokens.
     ignore_eos: bool = False
+    #: Use the lean decode step where the architecture allows (tests compare both paths).
+    fast_decode: bool = True
 
 
 @dataclass
@@ -97,6 +99,15 @@ def _constrain(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
     return logits + mask
 
 
+def _fast_decoder(loaded: Loaded) -> Any:
+    if loaded.fast is None:
+        from llmcli_local import fastpath
+
+        loaded.fast = fastpath.FastDecoder(loaded.model) if fastpath.supports(loaded.model) \
+            else False
+    return loaded.fast or None
+
+
 class _Forward:
     """Runs the model on new tokens against a KV cache and returns last-position logits.
 
@@ -115,7 +126,10 @@ class _Forward:
         self.device = loaded.device
         self.calls = 0
         self.position = 0
+        self.max_len = max_len
         self.step_fn: Any = None
+        self.fast: Any = None
+        self.buffers: Any = None
         if settings.kv_cache == "static" or settings.cuda_graphs:
             self.cache: Any = StaticCache(config=model.config, max_cache_len=max_len)
             if settings.cuda_graphs:
@@ -128,9 +142,21 @@ class _Forward:
                     loaded.compiled[max_len] = self.step_fn
         else:
             self.cache = DynamicCache(config=model.config)
+            if settings.fast_decode:
+                self.fast = _fast_decoder(loaded)
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
         self.calls += 1
+        if self.fast is not None and len(ids) == 1 and self.position > 0:
+            if self.position >= self.max_len:
+                raise RuntimeError("decode ran past the KV buffer")
+            if self.buffers is None:
+                # The prompt's keys/values move from transformers' cache into our buffer.
+                self.buffers = self.fast.start(self.cache, self.position, self.max_len)
+                self.cache = None
+            logits = self.fast.step(self.buffers, ids[0], self.position)
+            self.position += 1
+            return logits.float()
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         positions = torch.arange(
             self.position, self.position + len(ids), device=self.device, dtype=torch.long

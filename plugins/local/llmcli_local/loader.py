@@ -44,6 +44,8 @@ class Loaded:
     directory: Path
     #: Compiled decode steps (CUDA graphs), keyed by static cache length.
     compiled: dict[int, Any] = field(default_factory=dict)
+    #: The lean decode step (fastpath.FastDecoder), False when unsupported, None: not built.
+    fast: Any = None
 
 
 _loaded: dict[tuple[str, str], Loaded] = {}
