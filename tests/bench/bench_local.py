@@ -2,10 +2,13 @@
 same weights and prompt, plus the cost of a long prefill and the CLI end to end.
 
     python tests/bench/bench_local.py [--prompt-tokens 500] [--decode-tokens 64] [--runs 3]
+                                      [--rounds 2] [--device auto|cpu|cuda] [--no-cli]
 
 Each engine runs in its own subprocess so that peak memory (RSS on CPU, allocated memory on
 CUDA) is its own. On CUDA it adds our static-KV-cache + CUDA-graph path and generate's static
-cache compiled with ``torch.compile(mode="reduce-overhead")``. Not a pytest test.
+cache compiled with ``torch.compile(mode="reduce-overhead")``. ``ours`` is the default path
+(the lean decode step of ``llmcli_local.fastpath``); ``ours-hf-step`` is the same loop calling
+transformers' forward for every step. Not a pytest test.
 
 Methodology (identical for both engines): time to first token = a 1-token generation,
 prompt tok/s = prompt tokens / that time, decode tok/s = (N - 1) / (time for N tokens - time
@@ -75,11 +78,14 @@ def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     if engine_name.startswith("ours"):
         graphs = engine_name == "ours-cuda-graphs"
+        # "ours-hf-step": our loop around transformers' own forward for each decode step.
+        lean = engine_name == "ours"
 
         def ours(tokens: int) -> None:
             settings = engine.GenerationSettings(
                 max_tokens=tokens, ignore_eos=True, token_healing=False,
                 kv_cache="static" if graphs else "dynamic", cuda_graphs=graphs,
+                fast_decode=lean,
             )
             for _ in engine.generate(loaded, messages, "", settings):
                 pass
@@ -219,7 +225,7 @@ def main() -> None:
     import torch
 
     cuda = args.device != "cpu" and torch.cuda.is_available()
-    engines = ["ours", "generate"]
+    engines = ["ours", "ours-hf-step", "generate"]
     if cuda:
         engines += ["ours-cuda-graphs", "generate-static-compiled"]
     # Alternate the engines over several rounds and keep each one's best round, so that a

@@ -1,11 +1,12 @@
 """A lean one-token decode step for llama-family models (llama, mistral, qwen2).
 
-transformers' model code spends a third of a CPU decode step outside the matrix
-multiplications (module calls, mask building, cache concatenation). This step works on the
-same weights directly: fused QKV and gate/up projections (the module weights become views of
-the fused tensors, so no memory is duplicated), a preallocated KV buffer written in place, and
-grouped-query attention as two small matmuls. The prompt still runs through transformers'
-forward (one pass, matmul-bound); its KV cache is then copied into the buffer.
+transformers' model code spends about a third of a CPU decode step outside the matrix
+multiplications (module calls, mask building, cache concatenation). This step runs the same
+weights (the very same tensors: no copy, no extra memory) as a flat sequence of operations,
+with a preallocated KV buffer written in place and grouped-query attention as two small
+matmuls. The prompt still runs through transformers' forward (one pass, matmul-bound); its KV
+cache is then copied into the buffer. (Fusing QKV and gate/up into single matmuls was tried:
+no faster here, and the copies cost memory.)
 
 Used automatically when :func:`supports` says so; anything else (sliding windows, other
 architectures, unusual activations) takes transformers' path. The tests check both paths
@@ -47,31 +48,22 @@ class _Layer:
     norm_post: torch.Tensor
     eps_in: float
     eps_post: float
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_bias: torch.Tensor | None
+    k_bias: torch.Tensor | None
+    v_bias: torch.Tensor | None
     out: torch.Tensor
     out_bias: torch.Tensor | None
-    gate_up: torch.Tensor
+    gate: torch.Tensor
+    up: torch.Tensor
     down: torch.Tensor
     scaling: float
 
 
-def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenate the weights (rows) and rebind each module's weight to its slice."""
-    fused = torch.cat([m.weight.data for m in linears], dim=0).contiguous()
-    start = 0
-    for m in linears:
-        rows = m.weight.shape[0]
-        # A row slice of a row-major matrix is contiguous: the HF path keeps working on views.
-        m.weight.data = fused[start : start + rows]
-        start += rows
-    biases = [m.bias for m in linears]
-    if all(b is None for b in biases):
-        return fused, None
-    parts = [b.data if b is not None else torch.zeros(m.weight.shape[0], dtype=fused.dtype,
-                                                       device=fused.device)
-             for b, m in zip(biases, linears, strict=True)]
-    return fused, torch.cat(parts)
+def _bias(linear: Any) -> torch.Tensor | None:
+    return linear.bias.data if getattr(linear, "bias", None) is not None else None
 
 
 def _eps(norm: Any) -> float:
@@ -79,7 +71,8 @@ def _eps(norm: Any) -> float:
 
 
 class FastDecoder:
-    """Prepared once per loaded model; :meth:`start` makes a per-request state."""
+    """Prepared once per loaded model (references to its weights); :meth:`start` makes the
+    per-request KV buffers."""
 
     def __init__(self, model: Any) -> None:
         config = model.config
@@ -96,16 +89,14 @@ class FastDecoder:
         self.layers: list[_Layer] = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
-            out_bias = attn.o_proj.bias
             self.layers.append(_Layer(
                 norm_in=layer.input_layernorm.weight,
                 norm_post=layer.post_attention_layernorm.weight,
                 eps_in=_eps(layer.input_layernorm), eps_post=_eps(layer.post_attention_layernorm),
-                qkv=qkv, qkv_bias=qkv_bias, out=attn.o_proj.weight,
-                out_bias=out_bias.data if out_bias is not None else None,
-                gate_up=gate_up, down=mlp.down_proj.weight,
+                q=attn.q_proj.weight, k=attn.k_proj.weight, v=attn.v_proj.weight,
+                q_bias=_bias(attn.q_proj), k_bias=_bias(attn.k_proj), v_bias=_bias(attn.v_proj),
+                out=attn.o_proj.weight, out_bias=_bias(attn.o_proj),
+                gate=mlp.gate_proj.weight, up=mlp.up_proj.weight, down=mlp.down_proj.weight,
                 scaling=float(getattr(attn, "scaling", self.head_dim ** -0.5)),
             ))
 
@@ -134,7 +125,7 @@ class FastDecoder:
         """Logits for ``token`` at ``position``; its K/V are written at that position."""
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         group = heads // kv_heads
-        q_size, kv_size = heads * dim, kv_heads * dim
+        q_size = heads * dim
         x = self.embed[token].unsqueeze(0)  # (1, hidden)
         positions = torch.tensor([[position]], device=x.device)
         cos, sin = self.rotary(x.unsqueeze(0), positions)
@@ -143,10 +134,9 @@ class FastDecoder:
         end = position + 1
         for layer, buffer in zip(self.layers, buffers, strict=True):
             h = self._rms(x, layer.norm_in, layer.eps_in)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)[0]
-            q = qkv[:q_size].view(heads, dim)
-            k = qkv[q_size : q_size + kv_size].view(kv_heads, dim)
-            v = qkv[q_size + kv_size :].view(kv_heads, dim)
+            q = F.linear(h, layer.q, layer.q_bias).view(heads, dim)
+            k = F.linear(h, layer.k, layer.k_bias).view(kv_heads, dim)
+            v = F.linear(h, layer.v, layer.v_bias).view(kv_heads, dim)
             q = q * cos + torch.cat((-q[:, half:], q[:, :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[:, half:], k[:, :half]), dim=-1) * sin
             buffer[0, :, position] = k
@@ -158,7 +148,6 @@ class FastDecoder:
             attended = torch.matmul(weights, values).reshape(1, q_size)
             x = x + F.linear(attended, layer.out, layer.out_bias)
             h = self._rms(x, layer.norm_post, layer.eps_post)
-            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
         x = self._rms(x, self.norm, self.norm_eps)
         return F.linear(x, self.lm_head)[0]
