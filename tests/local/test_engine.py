@@ -226,3 +226,9 @@ def test_template_without_the_switch_is_a_clear_error(tiny: Any) -> None:
 
     with pytest.raises(ConfigError, match="no 'enable_thinking' switch"):
         run(tiny, "", template_kwargs={"enable_thinking": False})
+
+
+def test_consumer_code_never_runs_in_inference_mode(tiny: Any) -> None:
+    settings = engine.GenerationSettings(max_tokens=5, ignore_eos=True)
+    for _ in engine.generate(tiny, MESSAGES, "Call", settings):
+        assert not torch.is_inference_mode_enabled()

@@ -146,6 +146,10 @@ class _Forward:
                 self.fast = _fast_decoder(loaded)
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._run(ids)
+
+    def _run(self, ids: list[int]) -> torch.Tensor:
         self.calls += 1
         if self.fast is not None and len(ids) == 1 and self.position > 0:
             if self.position >= self.max_len:
@@ -196,38 +200,40 @@ def generate(loaded: Loaded, messages: list[dict[str, str]], prefill: str,
     produced = 0
     started = time.perf_counter()
     first_token_at: float | None = None
-    with torch.inference_mode():
-        needed = len(prompt.ids) + budget
-        if settings.kv_cache == "static" or settings.cuda_graphs:
-            # Round the preallocated length up so that compiled graphs are reused across
-            # requests of similar size instead of recompiled for each exact length.
-            needed = min(-(-needed // 256) * 256, context)
-        forward = _Forward(loaded, settings, needed)
-        # The whole prompt, prefill included, in one forward pass.
-        logits = forward(prompt.ids)
-        prompt_seconds = time.perf_counter() - started
-        while produced < budget:
+    needed = len(prompt.ids) + budget
+    if settings.kv_cache == "static" or settings.cuda_graphs:
+        # Round the preallocated length up so that compiled graphs are reused across
+        # requests of similar size instead of recompiled for each exact length.
+        needed = min(-(-needed // 256) * 256, context)
+    forward = _Forward(loaded, settings, needed)
+    # The whole prompt, prefill included, in one forward pass.
+    logits = forward(prompt.ids)
+    prompt_seconds = time.perf_counter() - started
+    while produced < budget:
+        # Inference mode only around tensor work, never across a yield: grad mode is
+        # thread-local, and the consumer's code runs while this generator is suspended.
+        with torch.inference_mode():
             if pending:
                 logits = _constrain(logits, vocab.allowed(pending))
             token = sample_next(logits, settings, generator)
-            produced += 1
-            if token in loaded.eos_ids and not pending and not settings.ignore_eos:
-                stop_reason = "stop"
-                break
-            piece = vocab.bytes_of(token)
-            if pending:
-                pending = b"" if piece.startswith(pending) else pending[len(piece):]
-            text = stream.feed(piece)
-            if text:
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                yield text
-            if stream.stopped:
-                stop_reason = "stop_sequence"
-                break
-            if produced >= budget:
-                break
-            logits = forward([token])
+        produced += 1
+        if token in loaded.eos_ids and not pending and not settings.ignore_eos:
+            stop_reason = "stop"
+            break
+        piece = vocab.bytes_of(token)
+        if pending:
+            pending = b"" if piece.startswith(pending) else pending[len(piece):]
+        text = stream.feed(piece)
+        if text:
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            yield text
+        if stream.stopped:
+            stop_reason = "stop_sequence"
+            break
+        if produced >= budget:
+            break
+        logits = forward([token])
     tail = stream.finish()
     if tail:
         yield tail
@@ -241,6 +247,9 @@ def generate(loaded: Loaded, messages: list[dict[str, str]], prefill: str,
             "healed": prompt.heal.removed.decode("utf-8", errors="replace"),
             "forward_passes": forward.calls,
             "prompt_seconds": round(prompt_seconds, 4),
+            "first_text_seconds": (
+                round(first_token_at - started, 4) if first_token_at is not None else None
+            ),
             "decode_tokens_per_second": round(max(produced - 1, 0) / decode_seconds, 2),
             "device": loaded.device,
         },
