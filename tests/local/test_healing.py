@@ -70,3 +70,37 @@ def test_token_bytes_round_trip_the_text(tiny: Any) -> None:
         ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
         assert b"".join(token_bytes[i] or b"" for i in ids) == text.encode()
     assert token_bytes[tiny.tokenizer.eos_token_id] is None
+
+
+def _sentencepiece_style_tokenizer() -> Any:
+    """A Llama-2-style tokenizer: ▁ for spaces, <0xXX> byte fallback in the vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    pieces += ["▁", *"abcdefghijklmnopqrstuvwxyzTURL:/.", "ht", "htt", "http", ":/", "://",
+               "▁T", "he", "▁The"]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    merges = [("h", "t"), ("ht", "t"), ("htt", "p"), (":", "/"), (":/", "/"), ("▁", "T"),
+              ("h", "e"), ("▁T", "he")]
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True,
+                               unk_token="<unk>"))
+    raw.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def test_sentencepiece_style_token_bytes_and_healing() -> None:
+    tokenizer = _sentencepiece_style_tokenizer()
+    token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+    vocab = Vocab(token_bytes, atomic)
+    for text in ["The URL is http:", "café 🙂 x"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # ▁ is a space and <0xXX> a raw byte; the tokenizer prepends one ▁ to the text.
+        assert b"".join(token_bytes[i] or b"" for i in ids) == b" " + text.encode()
+    ids = tokenizer("The URL is http:", add_special_tokens=False)["input_ids"]
+    assert plan_healing(ids, "The URL is http:", vocab).removed == b":"
+    assert token_bytes[tokenizer.eos_token_id] is None

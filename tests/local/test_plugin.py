@@ -138,3 +138,14 @@ def test_registered_model_runs_through_the_api_and_cli(
                                     "-o", "max_tokens", "5", "-o", "token_healing", "0"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("def quicksor")
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tiny_model_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from llmcli_local import loader
+    from llmcli_local.sources import ModelSource
+
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        loader.load(ModelSource("hf", tiny_model_dir), device="cuda")
