@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlite_utils import Database
+from llmcli.log._sqlite_utils import Database
 
 Migration = Callable[[Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []

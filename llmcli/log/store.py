@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
+from llmcli.log._sqlite_utils import Database
 
 from llmcli import config
 from llmcli.errors import ConversationError, LogError

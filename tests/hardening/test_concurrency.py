@@ -16,16 +16,15 @@ SCRIPT = Path(sys.executable).parent / "llmcli"
 WRITERS = 8
 PER_WRITER = 200
 
-# Each writer is a separate Python process running the installed CLI's entry point 200
-# times; every call opens its own connection, migrates if needed and logs, exactly as 200
-# separate `llmcli` processes would (which would take minutes on two cores).
+# Each writer is a shell loop launching the installed `llmcli` script 200 times, one real
+# process per response: every launch opens its own connection, migrates if needed and logs.
 WRITER = """
-import sys
-from llmcli.cli import cli
-worker = sys.argv[1]
-for i in range({n}):
-    cli.main(["-m", "test-eats", f"worker {{worker}} prompt {{i}}", "--prefill", "P:",
-              "-o", "reply", f" reply {{worker}}-{{i}}"], standalone_mode=False)
+i=0
+while [ "$i" -lt {n} ]; do
+    "$LLMCLI" -m test-eats "worker $WORKER prompt $i" --prefill "P:" \\
+        -o reply " reply $WORKER-$i" > /dev/null || exit 1
+    i=$((i + 1))
+done
 """
 
 
@@ -36,7 +35,7 @@ def test_eight_writers_and_a_reader(user_dir: Path) -> None:
                LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
     code = WRITER.format(n=PER_WRITER)
     writers = [
-        subprocess.Popen([sys.executable, "-c", code, str(w)], env=env,
+        subprocess.Popen(["sh", "-c", code], env={**env, "LLMCLI": str(SCRIPT), "WORKER": str(w)},
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for w in range(WRITERS)
     ]
