@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,54 @@ def test_help_for_every_command(run) -> None:
         result = run(*args)
         assert result.exit_code == 0 and "Usage:" in result.stdout
     assert "--prefill" in run("prompt", "--help").stdout
+
+
+def test_builtin_help_lines_match_the_commands() -> None:
+    """`llmcli --help` prints the built-in commands' help from llmcli.cli.BUILTINS without
+    importing them; those lines must say what the commands themselves say."""
+    import click
+
+    from llmcli.cli import BUILTINS
+
+    for name, (_, text) in BUILTINS.items():
+        real = cli.commands[name]
+        assert real.name == name
+        for width in (45, 80, 200):
+            assert click.Command(name, help=text).get_short_help_str(width) == \
+                real.get_short_help_str(width), name
+
+
+def test_help_lists_every_command_without_importing_them() -> None:
+    code = (
+        "import sys\n"
+        "from llmcli.cli import cli\n"
+        "try:\n"
+        "    cli.main(['--help'], prog_name='llmcli')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('llmcli.cli.')), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "LLMCLI_LOAD_PLUGINS": ""}, check=True)
+    for line in ("prompt*", "models ", "logs ", "keys ", "plugins "):
+        assert line in result.stdout
+    assert "Send PROMPT (and any piped standard input) to a model." in result.stdout
+    assert result.stderr.strip() == "[]"
+
+
+def test_lazy_commands_mapping() -> None:
+    import click
+
+    from llmcli.cli import LazyCommands
+
+    commands = LazyCommands({"plugins": "llmcli.cli.plugins_cmd"})
+    assert "plugins" in commands and len(commands) == 1 and list(commands) == ["plugins"]
+    assert commands["plugins"].name == "plugins"
+    extra = click.Command("extra")
+    commands["extra"] = extra
+    assert commands.get("extra") is extra and sorted(commands) == ["extra", "plugins"]
+    del commands["plugins"]
+    assert "plugins" not in commands and commands.get("plugins") is None
 
 
 def test_help_lists_plugin_commands_from_a_cache(user_dir: Path) -> None:

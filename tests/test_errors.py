@@ -39,10 +39,10 @@ def test_http_status_error_wording(status: int, expected: str) -> None:
 def test_str_list_option_type() -> None:
     from llmcli.models import Options, StrList
 
-    class O(Options):
+    class StopOptions(Options):
         stop: StrList | None = None
 
-    assert O(stop="###").stop == ["###"]
-    assert O(stop='["a", "b"]').stop == ["a", "b"]
-    assert O(stop=["x"]).stop == ["x"]
-    assert O(stop="[not json").stop == ["[not json"]
+    assert StopOptions(stop="###").stop == ["###"]
+    assert StopOptions(stop='["a", "b"]').stop == ["a", "b"]
+    assert StopOptions(stop=["x"]).stop == ["x"]
+    assert StopOptions(stop="[not json").stop == ["[not json"]

@@ -7,9 +7,10 @@ commands through ``register_commands(cli)``; those are collected on demand so th
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-import traceback
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import click
@@ -25,6 +26,51 @@ def _debug() -> bool:
 
 
 HELP_CACHE = ".plugin-commands.json"
+
+#: The built-in commands: where each lives and its one-line help for ``llmcli --help``, so
+#: that neither ``--help`` nor one command imports the modules of all the others.
+#: tests/test_cli.py checks these lines against the commands' own help.
+BUILTINS: dict[str, tuple[str, str]] = {
+    "prompt": ("llmcli.cli.prompt", "Send PROMPT (and any piped standard input) to a model."),
+    "models": ("llmcli.cli.models", "List models (the default) or choose the default model."),
+    "logs": ("llmcli.cli.logs", "Show recent responses (the default), or manage the log."),
+    "keys": ("llmcli.cli.keys", "Manage stored API keys (environment variables work too)."),
+    "plugins": ("llmcli.cli.plugins_cmd", "Installed plugins, their versions and models."),
+}
+
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """A group's ``commands``: built-in commands are imported the first time they are
+    looked up; commands added later (plugins) are stored as usual."""
+
+    def __init__(self, lazy: dict[str, str]) -> None:
+        self._lazy = dict(lazy)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded and name in self._lazy:
+            command = getattr(importlib.import_module(self._lazy[name]), name)
+            self._loaded[name] = command
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._lazy.pop(name, None)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._lazy and name not in self._loaded:
+            raise KeyError(name)
+        self._lazy.pop(name, None)
+        self._loaded.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._lazy or name in self._loaded
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self._lazy), **dict.fromkeys(self._loaded)})
+
+    def __len__(self) -> int:
+        return len(self._lazy.keys() | self._loaded.keys())
 
 
 def _fingerprint(files: list[str]) -> list[list[Any]]:
@@ -47,6 +93,11 @@ class LLMCLIGroup(DefaultGroup):
     does not load every plugin (and pydantic) just to print their one-line help."""
 
     _help_placeholders: dict[str, click.Command] | None = None
+    _builtin_placeholders: dict[str, click.Command] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = LazyCommands({name: module for name, (module, _) in BUILTINS.items()})
 
     def _cache_path(self) -> str:
         from llmcli.config import user_dir
@@ -93,10 +144,13 @@ class LLMCLIGroup(DefaultGroup):
             self._help_placeholders = {
                 name: click.Command(name, help=text) for name, text in cached.items()
             }
+        self._builtin_placeholders = {
+            name: click.Command(name, help=text) for name, (_, text) in BUILTINS.items()
+        }
         try:
             super().format_commands(ctx, formatter)
         finally:
-            self._help_placeholders = None
+            self._help_placeholders = self._builtin_placeholders = None
 
     def _plugin_commands(self) -> dict[str, click.Command]:
         if self._help_placeholders is not None:
@@ -119,6 +173,8 @@ class LLMCLIGroup(DefaultGroup):
         return sorted({*super().list_commands(ctx), *self._plugin_commands()})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if self._builtin_placeholders and cmd_name in self._builtin_placeholders:
+            return self._builtin_placeholders[cmd_name]  # while formatting --help only
         # DefaultGroup answers an unknown name with the default command: ask plugins first.
         if cmd_name not in self.commands and cmd_name in self._plugin_commands():
             return self._plugin_commands()[cmd_name]
@@ -146,6 +202,8 @@ def _fail(exc: BaseException, unexpected: bool = False) -> None:
     from llmcli.config import scrub
 
     if _debug():
+        import traceback
+
         sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
     message = str(exc).splitlines()[0] if str(exc) else ""
     if unexpected:
@@ -170,18 +228,6 @@ def cli() -> None:
     llmcli logs -n 3         # recent exchanges from the SQLite log
     """
 
-
-def _register() -> None:
-    from llmcli.cli import keys, logs, models, plugins_cmd, prompt
-
-    cli.add_command(prompt.prompt)
-    cli.add_command(models.models)
-    cli.add_command(logs.logs)
-    cli.add_command(keys.keys)
-    cli.add_command(plugins_cmd.plugins)
-
-
-_register()
 
 
 def main() -> None:

@@ -13,10 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmcli.log._sqlite_utils import Database
-
 from llmcli import config
 from llmcli.errors import ConversationError, LogError
+from llmcli.log._sqlite_utils import Database
 from llmcli.log.migrations import MIGRATIONS
 from llmcli.models import Message
 

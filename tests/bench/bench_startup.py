@@ -19,14 +19,18 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def timed(cmd: list[str], env: dict[str, str], runs: int) -> float:
-    subprocess.run(cmd, env=env, capture_output=True, check=True)  # warm the page cache
-    times = []
+def timed(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall time of each command; the commands take turns, run after run, so that
+    load from elsewhere on the machine falls on all of them alike."""
+    for cmd in commands.values():
+        subprocess.run(cmd, env=env, capture_output=True, check=True)  # warm the page cache
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, cmd in commands.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, capture_output=True, check=True)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def ensure_llm(venv: Path) -> Path | None:
@@ -43,6 +47,22 @@ def ensure_llm(venv: Path) -> Path | None:
     return llm if llm.exists() else None
 
 
+def log_one_response() -> None:
+    from collections.abc import Iterator
+
+    from llmcli import Model, PrefillSupport
+    from llmcli.models import Chunk, Request
+
+    class Echo(Model):
+        model_id = "bench-echo"
+        prefill_support = PrefillSupport.EATS_PREFIX
+
+        def execute(self, request: Request) -> Iterator[Chunk]:
+            yield " world"
+
+    assert Echo().prompt("Say hello", prefill="Hello").text() == "Hello world"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
@@ -54,21 +74,20 @@ def main() -> None:
     env.pop("LLMCLI_LOAD_PLUGINS", None)  # every installed plugin loads, as for a user
     llmcli = str(BIN / "llmcli")
     subprocess.run([llmcli, "logs", "on"], env=env, capture_output=True, check=True)
-    # One logged response so `logs -n 1` reads a real database.
-    from llmcli.log import open_db
-
+    # A migrated database with one logged response, so that `logs -n 1` reads real data.
     os.environ["LLMCLI_USER_PATH"] = user
-    open_db()
+    log_one_response()
 
-    rows: list[tuple[str, float]] = [
-        ("python -c pass", timed([sys.executable, "-c", "pass"], env, args.runs)),
-        ("llmcli --help", timed([llmcli, "--help"], env, args.runs)),
-        ("llmcli models", timed([llmcli, "models"], env, args.runs)),
-        ("llmcli logs -n 1", timed([llmcli, "logs", "-n", "1"], env, args.runs)),
-    ]
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "llmcli --help": [llmcli, "--help"],
+        "llmcli models": [llmcli, "models"],
+        "llmcli logs -n 1": [llmcli, "logs", "-n", "1"],
+    }
     llm = ensure_llm(Path(args.llm_venv))
     if llm is not None:
-        rows.append(("llm --help", timed([str(llm), "--help"], env, args.runs)))
+        commands["llm --help"] = [str(llm), "--help"]
+    rows = list(timed(commands, env, args.runs).items())
 
     floor = rows[0][1]
     llm_help = dict(rows).get("llm --help")
