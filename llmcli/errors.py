@@ -119,3 +119,36 @@ def http_status_error(
         text = f"{provider} rejected the request ({status}{kind}): {detail}"
     return ProviderError(" ".join(text.split()), status=status,
                          provider=provider_id or provider.lower())
+
+
+def transport_error(
+    provider: str,
+    kind: str,
+    *,
+    detail: str = "",
+    limit: float | None = None,
+    url: str = "",
+    retried: str = "",
+    provider_id: str | None = None,
+) -> ProviderError:
+    """The one-line error for a failure below HTTP, worded the same for every provider.
+
+    ``kind`` is ``timeout`` (no answer within ``limit`` seconds), ``connect`` (``url`` could
+    not be reached), ``stream`` (a started stream broke off), ``stalled`` (a started stream
+    went silent past the timeout) or ``other``. ``detail`` is the underlying reason,
+    ``retried`` e.g. " after 2 retries". Plugins scrub keys from ``detail`` before calling."""
+    detail = " ".join(detail.split())
+    reason = f": {detail}" if detail else ""
+    if kind == "timeout":
+        within = f"{limit:g}s" if limit else "the time limit"
+        text = f"{provider} did not answer within {within}{retried}; raise -o timeout"
+    elif kind == "connect":
+        where = f" at {url}" if url and url not in provider else ""
+        text = f"Could not connect to {provider}{where}{retried}{reason}"
+    elif kind == "stream":
+        text = f"{provider} stream broke off{reason}"
+    elif kind == "stalled":
+        text = f"{provider} stream stalled past the time limit{reason}; raise -o timeout"
+    else:
+        text = f"{provider} request failed{reason}"
+    return ProviderError(" ".join(text.split()), provider=provider_id or provider.lower())

@@ -46,3 +46,29 @@ def test_str_list_option_type() -> None:
     assert StopOptions(stop='["a", "b"]').stop == ["a", "b"]
     assert StopOptions(stop=["x"]).stop == ["x"]
     assert StopOptions(stop="[not json").stop == ["[not json"]
+
+
+@pytest.mark.parametrize(("kind", "kwargs", "expected"), [
+    ("timeout", {"limit": 30, "retried": " after 2 retries"},
+     "Acme did not answer within 30s after 2 retries; raise -o timeout"),
+    ("timeout", {}, "Acme did not answer within the time limit; raise -o timeout"),
+    ("connect", {"url": "http://127.0.0.1:9/v1", "detail": "Connection refused"},
+     "Could not connect to Acme at http://127.0.0.1:9/v1: Connection refused"),
+    ("stream", {"detail": "RemoteProtocolError: peer closed\nconnection"},
+     "Acme stream broke off: RemoteProtocolError: peer closed connection"),
+    ("stalled", {}, "Acme stream stalled past the time limit; raise -o timeout"),
+    ("other", {"detail": "ValueError: odd"}, "Acme request failed: ValueError: odd"),
+])
+def test_transport_error_wording(kind: str, kwargs: dict, expected: str) -> None:
+    from llmcli.errors import transport_error
+
+    error = transport_error("Acme", kind, **kwargs)
+    assert str(error) == expected and error.provider == "acme" and error.status is None
+
+
+def test_transport_error_does_not_repeat_a_url_the_provider_label_holds() -> None:
+    from llmcli.errors import transport_error
+
+    error = transport_error("qwen (http://localhost:11434/v1)", "connect",
+                            url="http://localhost:11434/v1", detail="refused", provider_id="qwen")
+    assert str(error) == "Could not connect to qwen (http://localhost:11434/v1): refused"

@@ -391,8 +391,9 @@ def test_error_event_inside_a_stream(openai_env: FakeOpenAI) -> None:
 def test_timeout(openai_env: FakeOpenAI) -> None:
     openai_env.delay = 1.0
     started = time.monotonic()
-    with pytest.raises(ProviderError, match=r"no response within 0\.2s.*-o timeout"):
+    with pytest.raises(ProviderError) as info:
         ask(timeout=0.2, max_retries=0).text()
+    assert str(info.value) == "OpenAI did not answer within 0.2s; raise -o timeout"
     assert time.monotonic() - started < 0.9
 
 
@@ -404,9 +405,10 @@ def test_connection_refused(load_plugins: Callable[..., None],
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     load_plugins("llmcli-openai")
-    with pytest.raises(ProviderError, match=rf"connection to http://127.0.0.1:{port}/v1 failed"
-                       ) as info:
+    with pytest.raises(ProviderError) as info:
         ask(max_retries=0).text()
+    assert str(info.value).startswith(
+        f"Could not connect to OpenAI at http://127.0.0.1:{port}/v1: ")
     assert info.value.status is None
 
 

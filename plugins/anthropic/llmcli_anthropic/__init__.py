@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmcli.capabilities import PrefillSupport
-from llmcli.errors import ProviderError
+from llmcli.errors import ProviderError, transport_error
 from llmcli.models import Chunk, KeySpec, Model, PrefillSent, Request, Usage
 from llmcli.models import Options as BaseOptions
 from llmcli_anthropic.transform import (
@@ -153,18 +153,16 @@ class _ErrorConverter:
             )
         after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
         if isinstance(exc, sdk.APITimeoutError):
-            limit = f"{self.options.timeout:g}s" if self.options.timeout else "the time limit"
-            message = f"Anthropic did not answer within {limit}{after}; raise -o timeout"
+            kind, detail = "timeout", ""
         elif isinstance(exc, sdk.APIConnectionError):
-            cause = exc.__cause__ or exc
-            message = f"Could not connect to Anthropic at {self.base_url}{after}: {cause}"
-        elif mid_stream:
-            # Transport errors raised while reading a stream are not wrapped by the SDK.
-            message = f"Anthropic stream broke off: {type(exc).__name__}: {exc}"
+            kind, detail = "connect", str(exc.__cause__ or exc)
         else:
-            message = f"Anthropic request failed: {type(exc).__name__}: {exc}"
-        message = " ".join(scrub(message, self.key).split())
-        return ProviderError(message, provider=PROVIDER)
+            # Transport errors raised while reading a stream are not wrapped by the SDK.
+            kind, detail = ("stream" if mid_stream else "other"), f"{type(exc).__name__}: {exc}"
+        return transport_error(
+            "Anthropic", kind, detail=scrub(detail, self.key), limit=self.options.timeout,
+            url=scrub(self.base_url, self.key), retried=after, provider_id=PROVIDER,
+        )
 
 
 def register_models(register: Callable[[Model], None]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmcli.capabilities import PrefillSupport
-from llmcli.errors import ProviderError
+from llmcli.errors import ProviderError, transport_error
 from llmcli.models import Chunk, KeySpec, Model, Request, Usage
 from llmcli_mistral.transform import (
     DEFAULT_SERVER_URL,
@@ -201,18 +201,17 @@ class _ErrorConverter:
             return map_status_error(status, body, fallback=fallback, key=self.key,
                                     retries=retries)
         names = {cls.__name__ for cls in type(exc).__mro__}
-        after = " after retrying" if retries else ""
         if "TimeoutException" in names:
-            limit = f"{self.options.timeout:g}s" if self.options.timeout else "the time limit"
-            message = f"Mistral did not answer within {limit}{after}; raise -o timeout"
+            kind, detail = "timeout", ""
         elif names & {"ConnectError", "ConnectTimeout", "NoResponseError"}:
-            message = f"Could not connect to Mistral at {self.server_url}{after}: {exc}"
-        elif mid_stream:
-            message = f"Mistral stream broke off: {type(exc).__name__}: {exc}"
+            kind, detail = "connect", str(exc)
         else:
-            message = f"Mistral request failed: {type(exc).__name__}: {exc}"
-        message = " ".join(scrub(message, self.key).split())
-        return ProviderError(message, provider=PROVIDER)
+            kind, detail = ("stream" if mid_stream else "other"), f"{type(exc).__name__}: {exc}"
+        return transport_error(
+            "Mistral", kind, detail=scrub(detail, self.key), limit=self.options.timeout,
+            url=scrub(self.server_url, self.key), retried=" after retrying" if retries else "",
+            provider_id=PROVIDER,
+        )
 
 
 def register_models(register: Callable[[Model], None]) -> None:

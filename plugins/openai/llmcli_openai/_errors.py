@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmcli.errors import ProviderError, http_status_error
+from llmcli.errors import ProviderError, http_status_error, transport_error
 
 __all__ = ["ErrorContext", "map_error", "scrub"]
 
@@ -83,19 +83,21 @@ def map_error(exc: BaseException, ctx: ErrorContext, mid_stream: bool = False) -
         )
         error.args = (scrub(str(error), ctx.secrets),)
         return error
-    elif mid_stream and isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__
-        reason = f": {cause}" if cause is not None and str(cause) else ""
-        what = "stalled" if isinstance(exc, openai.APITimeoutError) else "broke off"
-        text = f"{p}: the stream {what} mid-way{reason}"
-    elif isinstance(exc, openai.APITimeoutError):
-        limit = f"{ctx.timeout:g}s" if ctx.timeout is not None else "the default timeout"
-        text = (f"{p}: no response within {limit} ({_retries(ctx)}); "
-                "allow longer with -o timeout SECONDS")
     elif isinstance(exc, openai.APIConnectionError):
+        # APITimeoutError is a kind of APIConnectionError. Once a stream has started the
+        # SDK does not retry; before that it has retried max_retries times.
         cause = exc.__cause__
-        reason = f": {cause}" if cause is not None and str(cause) else ""
-        text = f"{p}: connection to {ctx.base_url} failed ({_retries(ctx)}){reason}"
+        timed_out = isinstance(exc, openai.APITimeoutError)
+        if mid_stream:
+            kind = "stalled" if timed_out else "stream"
+        else:
+            kind = "timeout" if timed_out else "connect"
+        retried = f" {_retries(ctx)}" if ctx.max_retries and not mid_stream else ""
+        error = transport_error(
+            p, kind, detail=str(cause) if cause is not None else "", limit=ctx.timeout,
+            url=ctx.base_url, retried=retried, provider_id=p,
+        )
+        return ProviderError(_one_line(scrub(str(error), ctx.secrets)), provider=p)
     elif isinstance(exc, openai.APIResponseValidationError):
         text = f"{p}: the server's response is not valid: {_provider_message(exc)}"
     elif isinstance(exc, openai.APIError):
