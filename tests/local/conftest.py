@@ -113,11 +113,28 @@ def tiny_qwen2_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def tiny(tiny_model_dir: Path) -> Any:
-    """The tiny model loaded on CPU (kept in memory across tests by the loader)."""
+    """The tiny model loaded on CPU by the default engine: the lean path (no transformers)."""
     from llmcli_local import loader
     from llmcli_local.sources import ModelSource
 
-    return loader.load(ModelSource("hf", tiny_model_dir), device="cpu")
+    loaded = loader.load(ModelSource("hf", tiny_model_dir), device="cpu")
+    assert loaded.engine == "lean"
+    return loaded
+
+
+@pytest.fixture
+def tiny_hf(tiny_model_dir: Path) -> Any:
+    """The tiny model loaded on CPU through transformers (``engine="transformers"``)."""
+    from llmcli_local import loader
+    from llmcli_local.sources import ModelSource
+
+    return loader.load(ModelSource("hf", tiny_model_dir), device="cpu", engine="transformers")
+
+
+@pytest.fixture(params=["lean", "transformers"])
+def tiny_any(request: pytest.FixtureRequest) -> Any:
+    """The tiny model on each engine in turn."""
+    return request.getfixturevalue("tiny" if request.param == "lean" else "tiny_hf")
 
 
 @pytest.fixture(scope="session")

@@ -70,3 +70,59 @@ def test_cli_with_prefill_is_logged(smollm2: Any) -> None:
     assert rows and rows[0]["model"] == "smollm2" and rows[0]["prefill"] == "1."
     assert rows[0]["text"] == result.stdout.rstrip("\n")
     assert rows[0]["status"] == "complete"
+
+
+def test_lean_engine_matches_transformers_on_smollm2(
+    smollm2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default (lean) engine and transformers' path: same prompt, token ids, token bytes,
+    end-of-turn ids, close logits and the same greedy tokens."""
+    import torch
+    from llmcli_local import engine, loader
+
+    from llmcli.models import Usage
+
+    tokens: list[int] = []
+    original = engine.sample_next
+
+    def recording(*args: Any, **kwargs: Any) -> int:
+        tokens.append(original(*args, **kwargs))
+        return tokens[-1]
+
+    monkeypatch.setattr(engine, "sample_next", recording)
+    source = smollm2.source()
+    reference = loader.load(source, device="cpu", engine="transformers")
+    fast = loader.load(source, device="cpu")
+    assert fast.engine == "lean" and reference.engine == "transformers"
+    assert fast.vocab.token_bytes == reference.vocab.token_bytes
+    assert fast.vocab.atomic == reference.vocab.atomic
+    assert fast.eos_ids == reference.eos_ids
+    cases = [
+        ([{"role": "user", "content": "Name three US states."}], "1."),
+        ([{"role": "system", "content": "You are terse."},
+          {"role": "user", "content": "What is the URL of Google's homepage?"}],
+         "The URL is http:"),
+        ([{"role": "user", "content": "Write a quicksort in Python."}], "```python\ndef quack"),
+        ([{"role": "user", "content": "Écris une phrase en français. 日本語も。"}], ""),
+    ]
+    for messages, prefill in cases:
+        settings = engine.GenerationSettings(max_tokens=30)
+        assert engine.render(fast, messages, prefill, {}) == \
+            engine.render(reference, messages, prefill, {})
+        prompt = engine.build_prompt(fast, messages, prefill, settings)
+        assert prompt == engine.build_prompt(reference, messages, prefill, settings)
+        with torch.inference_mode():
+            ours = engine._Forward(fast, settings, len(prompt.ids) + 1)(prompt.ids)
+            theirs = reference.model(input_ids=torch.tensor([prompt.ids])).logits[0, -1]
+        assert torch.allclose(ours, theirs.float(), atol=1e-3, rtol=1e-3)
+
+        def greedy(loaded: Any, messages: Any = messages, prefill: str = prefill,
+                   settings: Any = settings) -> tuple[list[int], str, Any]:
+            tokens.clear()
+            events = list(engine.generate(loaded, messages, prefill, settings))
+            usage = events[-1]
+            assert isinstance(usage, Usage)
+            return list(tokens), "".join(e for e in events[:-1] if isinstance(e, str)), \
+                (usage.output_tokens, usage.stop_reason, usage.details["healed"])
+
+        assert greedy(fast) == greedy(reference)

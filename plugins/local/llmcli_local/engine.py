@@ -116,13 +116,8 @@ class _Forward:
     ``torch.compile(mode="reduce-overhead")``, which captures it as a CUDA graph."""
 
     def __init__(self, loaded: Loaded, settings: GenerationSettings, max_len: int) -> None:
-        from transformers import DynamicCache, StaticCache
-
         model = loaded.model
         self.model = model
-        # transformers 5.x renamed ``past_key_values`` to ``cache``; accept either.
-        params = inspect.signature(model.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.device = loaded.device
         self.calls = 0
         self.position = 0
@@ -130,8 +125,22 @@ class _Forward:
         self.step_fn: Any = None
         self.fast: Any = None
         self.buffers: Any = None
+        self.lean = loaded.engine == "lean"
+        if self.lean:
+            # No transformers: the prompt and every step run on the lean decoder's buffers.
+            if settings.kv_cache == "static" or settings.cuda_graphs:
+                raise ConfigError("kv_cache=static and cuda_graphs need engine=transformers")
+            self.fast = loaded.fast
+            self.buffers = self.fast.new_buffers(max_len)
+            self.cache: Any = None
+            return
+        from transformers import DynamicCache, StaticCache
+
+        # transformers 5.x renamed ``past_key_values`` to ``cache``; accept either.
+        params = inspect.signature(model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
         if settings.kv_cache == "static" or settings.cuda_graphs:
-            self.cache: Any = StaticCache(config=model.config, max_cache_len=max_len)
+            self.cache = StaticCache(config=model.config, max_cache_len=max_len)
             if settings.cuda_graphs:
                 if loaded.device != "cuda":
                     raise ConfigError("cuda_graphs needs a CUDA GPU (device=cuda)")
@@ -151,6 +160,15 @@ class _Forward:
 
     def _run(self, ids: list[int]) -> torch.Tensor:
         self.calls += 1
+        if self.lean:
+            if self.position + len(ids) > self.max_len:
+                raise RuntimeError("decode ran past the KV buffer")
+            if len(ids) == 1 and self.position > 0:
+                logits = self.fast.step(self.buffers, ids[0], self.position)
+            else:
+                logits = self.fast.prompt(self.buffers, ids, self.position)
+            self.position += len(ids)
+            return logits.float()
         if self.fast is not None and len(ids) == 1 and self.position > 0:
             if self.position >= self.max_len:
                 raise RuntimeError("decode ran past the KV buffer")

@@ -4,9 +4,11 @@ transformers' model code spends about a third of a CPU decode step outside the m
 multiplications (module calls, mask building, cache concatenation). This step runs the same
 weights (the very same tensors: no copy, no extra memory) as a flat sequence of operations,
 with a preallocated KV buffer written in place and grouped-query attention as two small
-matmuls. The prompt still runs through transformers' forward (one pass, matmul-bound); its KV
-cache is then copied into the buffer. (Fusing QKV and gate/up into single matmuls was tried:
-no faster here, and the copies cost memory.)
+matmuls. On transformers' path the prompt runs through transformers' forward (one pass,
+matmul-bound) and its KV cache is then copied into the buffer; on the lean path
+(:mod:`llmcli_local.lean`, no transformers at all) :meth:`FastDecoder.prompt` runs the prompt
+in one pass with ``scaled_dot_product_attention`` straight into the buffer. (Fusing QKV and
+gate/up into single matmuls was tried: no faster here, and the copies cost memory.)
 
 Used automatically when :func:`supports` says so; anything else (sliding windows, other
 architectures, unusual activations) takes transformers' path. The tests check both paths
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FastDecoder", "supports"]
+__all__ = ["FastDecoder", "Layer", "Rotary", "supports"]
 
 _FAMILIES = {"llama", "mistral", "qwen2"}
 
@@ -43,7 +45,7 @@ def supports(model: Any) -> bool:
 
 
 @dataclass
-class _Layer:
+class Layer:
     norm_in: torch.Tensor
     norm_post: torch.Tensor
     eps_in: float
@@ -70,9 +72,50 @@ def _eps(norm: Any) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
+class Rotary:
+    """RoPE cos/sin as transformers' default rotary embedding computes them (fp32 angles,
+    then cast to the activations' dtype); same call signature as its module."""
+
+    def __init__(self, inv_freq: torch.Tensor, scaling: float = 1.0) -> None:
+        self.inv_freq = inv_freq
+        self.scaling = scaling
+
+    def __call__(self, x: torch.Tensor, position_ids: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device,
+                                                                   dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.scaling
+        sin = emb.sin() * self.scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
 class FastDecoder:
     """Prepared once per loaded model (references to its weights); :meth:`start` makes the
     per-request KV buffers."""
+
+    model: Any
+    heads: int
+    kv_heads: int
+    head_dim: int
+    embed: torch.Tensor
+    norm: torch.Tensor
+    norm_eps: float
+    rotary: Any
+    lm_head: torch.Tensor
+    layers: list[Layer]
+
+    @classmethod
+    def from_parts(cls, *, heads: int, kv_heads: int, head_dim: int, embed: torch.Tensor,
+                   norm: torch.Tensor, norm_eps: float, rotary: Any, lm_head: torch.Tensor,
+                   layers: list[Layer]) -> FastDecoder:
+        """A decoder over plain tensors (the lean path: no transformers model behind it)."""
+        self = cls.__new__(cls)
+        self.model = None
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.embed, self.norm, self.norm_eps = embed, norm, norm_eps
+        self.rotary, self.lm_head, self.layers = rotary, lm_head, layers
+        return self
 
     def __init__(self, model: Any) -> None:
         config = model.config
@@ -86,10 +129,10 @@ class FastDecoder:
         self.norm_eps = _eps(inner.norm)
         self.rotary = inner.rotary_emb
         self.lm_head = model.get_output_embeddings().weight
-        self.layers: list[_Layer] = []
+        self.layers: list[Layer] = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append(_Layer(
+            self.layers.append(Layer(
                 norm_in=layer.input_layernorm.weight,
                 norm_post=layer.post_attention_layernorm.weight,
                 eps_in=_eps(layer.input_layernorm), eps_post=_eps(layer.post_attention_layernorm),
@@ -120,6 +163,47 @@ class FastDecoder:
             buffer[1, :, :length] = values[:, :length]
             buffers.append(buffer)
         return buffers
+
+    def new_buffers(self, capacity: int) -> list[torch.Tensor]:
+        """Empty per-layer [keys, values] buffers of ``capacity`` positions."""
+        return [torch.empty((2, self.kv_heads, capacity, self.head_dim), dtype=self.embed.dtype,
+                            device=self.embed.device) for _ in self.layers]
+
+    def prompt(self, buffers: list[torch.Tensor], ids: list[int], start: int) -> torch.Tensor:
+        """Last-position logits for ``ids`` at positions ``start``.. in one causal pass (as
+        transformers' forward computes them); their K/V are written into ``buffers``."""
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        count = len(ids)
+        end = start + count
+        index = torch.tensor(ids, dtype=torch.long, device=self.embed.device)
+        x = self.embed[index].unsqueeze(0)  # (1, count, hidden)
+        positions = torch.arange(start, end, device=x.device).unsqueeze(0)
+        cos, sin = self.rotary(x, positions)  # (1, count, dim)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        half = dim // 2
+        mask = None
+        if start > 0 and count > 1:
+            mask = torch.ones((count, end), dtype=torch.bool, device=x.device).tril(start)
+        for layer, buffer in zip(self.layers, buffers, strict=True):
+            h = self._rms(x, layer.norm_in, layer.eps_in)
+            q = F.linear(h, layer.q, layer.q_bias).view(1, count, heads, dim).transpose(1, 2)
+            k = F.linear(h, layer.k, layer.k_bias).view(1, count, kv_heads, dim).transpose(1, 2)
+            v = F.linear(h, layer.v, layer.v_bias).view(1, count, kv_heads, dim).transpose(1, 2)
+            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
+            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            buffer[0, :, start:end] = k[0]
+            buffer[1, :, start:end] = v[0]
+            attended = F.scaled_dot_product_attention(
+                q, buffer[0, :, :end].unsqueeze(0), buffer[1, :, :end].unsqueeze(0),
+                attn_mask=mask, is_causal=mask is None and count > 1, scale=layer.scaling,
+                enable_gqa=heads != kv_heads,
+            )
+            attended = attended.transpose(1, 2).reshape(1, count, heads * dim)
+            x = x + F.linear(attended, layer.out, layer.out_bias)
+            h = self._rms(x, layer.norm_post, layer.eps_post)
+            x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
+        x = self._rms(x[:, -1], self.norm, self.norm_eps)
+        return F.linear(x, self.lm_head)[0]
 
     def step(self, buffers: list[torch.Tensor], token: int, position: int) -> torch.Tensor:
         """Logits for ``token`` at ``position``; its K/V are written at that position."""

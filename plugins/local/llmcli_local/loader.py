@@ -1,7 +1,10 @@
 """Loading weights: GGUF files are dequantized once into a safetensors cache, then every load
 reads that cache; loaded models stay in memory for the life of the process.
 
-torch and transformers are imported inside the functions, never at module import.
+torch and transformers are imported inside the functions, never at module import. On CPU,
+llama-family models whose config the lean path implements (:mod:`llmcli_local.lean`) load
+without transformers at all; ``engine="transformers"`` (``-o engine transformers``, or
+``LLMCLI_LOCAL_ENGINE=transformers``) forces transformers.
 """
 
 from __future__ import annotations
@@ -46,13 +49,16 @@ class Loaded:
     compiled: dict[int, Any] = field(default_factory=dict)
     #: The lean decode step (fastpath.FastDecoder), False when unsupported, None: not built.
     fast: Any = None
+    #: "lean" (no transformers: ``model`` is a lean.LeanModel, ``fast`` its decoder) or
+    #: "transformers".
+    engine: str = "transformers"
 
 
-_loaded: dict[tuple[str, str], Loaded] = {}
+_loaded: dict[tuple[str, str, str], Loaded] = {}
 _lock = threading.Lock()
 
 
-def loaded_models() -> dict[tuple[str, str], Loaded]:
+def loaded_models() -> dict[tuple[str, str, str], Loaded]:
     return _loaded
 
 
@@ -215,11 +221,15 @@ def _set_cpu_threads() -> None:
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     ids: set[int] = set()
-    for candidate in (
-        getattr(model.generation_config, "eos_token_id", None),
-        getattr(model.config, "eos_token_id", None),
-        tokenizer.eos_token_id,
-    ):
+    candidates: tuple[Any, ...]
+    if hasattr(model, "generation_config"):
+        candidates = (
+            getattr(model.generation_config, "eos_token_id", None),
+            getattr(model.config, "eos_token_id", None),
+        )
+    else:  # a lean model
+        candidates = (list(model.eos_token_id),)
+    for candidate in (*candidates, tokenizer.eos_token_id):
         if isinstance(candidate, int):
             ids.add(candidate)
         elif isinstance(candidate, list | tuple):
@@ -231,47 +241,95 @@ def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     return ids
 
 
-def load(source: ModelSource, device: str = "auto", show_progress: bool = True) -> Loaded:
-    """The model for ``source`` on ``device``, loaded once per process."""
+ENGINES = ("auto", "lean", "transformers")
+
+
+def _pick_engine(requested: str, device: str, directory: Path) -> str:
+    if requested == "auto":
+        requested = os.environ.get("LLMCLI_LOCAL_ENGINE", "").strip().lower() or "auto"
+    if requested not in ENGINES:
+        raise ConfigError(f"Unknown local engine {requested!r} (choose from: {', '.join(ENGINES)})")
+    if requested == "transformers":
+        return "transformers"
+    from llmcli_local import lean
+
+    reason = "the lean engine runs on CPU only" if device != "cpu" else lean.why_not(directory)
+    if reason is None:
+        return "lean"
+    if requested == "lean":
+        raise ConfigError(f"engine=lean cannot run {directory.name}: {reason}")
+    return "transformers"
+
+
+def load(source: ModelSource, device: str = "auto", show_progress: bool = True,
+         engine: str = "auto") -> Loaded:
+    """The model for ``source`` on ``device``, loaded once per process. ``engine``: "auto"
+    (the lean path where it applies, else transformers), "lean" or "transformers"."""
     with _lock:
         _offline()
         import torch
 
         resolved = pick_device(device)
-        key = (str(source.path), resolved)
-        if key in _loaded:
-            return _loaded[key]
         directory = (
             convert_gguf(source.path, show_progress) if source.format == "gguf" else source.path
         )
+        chosen = _pick_engine(engine, resolved, directory)
+        key = (str(source.path), resolved, chosen)
+        if key in _loaded:
+            return _loaded[key]
         if resolved == "cpu":
             _set_cpu_threads()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         # bf16 on GPUs (fast and exact enough); fp32 on CPU, where bf16 matmuls are slow
         # on most machines and numerics matter more than memory for small models.
         dtype = torch.bfloat16 if resolved == "cuda" else torch.float32
-        try:
-            with _quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-                model: Any = AutoModelForCausalLM.from_pretrained(
-                    str(directory), dtype=dtype, local_files_only=True
-                )
-        except Exception as exc:
-            raise ConfigError(
-                f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
-            ) from exc
-        model.to(resolved)
-        model.eval()
-        token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
-        loaded = Loaded(
-            model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
-            eos_ids=_eos_ids(tokenizer, model), device=resolved, dtype=dtype,
-            directory=directory,
-        )
+        if chosen == "lean":
+            loaded = _load_lean(directory, resolved, dtype)
+        else:
+            loaded = _load_transformers(directory, resolved, dtype)
         # Keep one model per device in memory: a conversation reuses it, while switching
         # models does not pile up gigabytes.
         for other in [k for k in _loaded if k[1] == resolved]:
             del _loaded[other]
         _loaded[key] = loaded
         return loaded
+
+
+def _load_lean(directory: Path, device: str, dtype: Any) -> Loaded:
+    from llmcli_local import lean
+
+    try:
+        tokenizer = lean.load_tokenizer(directory)
+        model = lean.load_model(directory, dtype, device)
+    except Exception as exc:
+        raise ConfigError(
+            f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
+    token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+    return Loaded(
+        model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
+        eos_ids=_eos_ids(tokenizer, model), device=device, dtype=dtype, directory=directory,
+        fast=model.decoder, engine="lean",
+    )
+
+
+def _load_transformers(directory: Path, resolved: str, dtype: Any) -> Loaded:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(directory), dtype=dtype, local_files_only=True
+            )
+    except Exception as exc:
+        raise ConfigError(
+            f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
+    model.to(resolved)
+    model.eval()
+    token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+    return Loaded(
+        model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
+        eos_ids=_eos_ids(tokenizer, model), device=resolved, dtype=dtype,
+        directory=directory,
+    )

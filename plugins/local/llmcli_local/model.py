@@ -9,6 +9,7 @@ from pydantic import Field
 
 import llmcli
 from llmcli.capabilities import PrefillSupport
+from llmcli.errors import ConfigError
 from llmcli.models import Chunk, Request, StrList
 from llmcli_local.sources import ModelSource, smollm2_path
 
@@ -42,6 +43,10 @@ class LocalOptions(llmcli.Options):
     cuda_graphs: bool = Field(
         False, description="CUDA only: compile the decode step into a CUDA graph"
     )
+    engine: Literal["auto", "lean", "transformers"] = Field(
+        "auto",
+        description="auto: without transformers where the model allows (CPU, llama family)",
+    )
 
 
 class LocalModel(llmcli.Model):
@@ -50,7 +55,7 @@ class LocalModel(llmcli.Model):
     prefill_support = PrefillSupport.EATS_PREFIX
     can_stream = True
     needs_key = None
-    Options = LocalOptions  # type: ignore[assignment]
+    Options = LocalOptions
 
     def __init__(self, model_id: str, source: ModelSource | None,
                  aliases: tuple[str, ...] = ()) -> None:
@@ -71,7 +76,12 @@ class LocalModel(llmcli.Model):
 
         options = request.options
         assert isinstance(options, LocalOptions)
-        loaded = loader.load(self.source(), device=options.device)
+        engine_name = options.engine
+        if options.kv_cache == "static" or options.cuda_graphs:
+            if engine_name == "lean":
+                raise ConfigError("kv_cache=static and cuda_graphs need engine=transformers")
+            engine_name = "transformers"
+        loaded = loader.load(self.source(), device=options.device, engine=engine_name)
         messages: list[dict[str, str]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
