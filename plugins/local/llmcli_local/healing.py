@@ -26,7 +26,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["HealPlan", "Vocab", "plan_healing", "token_bytes_from_tokenizer"]
 
@@ -49,6 +49,17 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
+@lru_cache(maxsize=1)
+def _byte_table() -> tuple[dict[int, int], re.Pattern[str]]:
+    """str.translate table from GPT-2's alphabet to the latin-1 characters of the same
+    bytes, and a pattern for characters outside that alphabet (which translate would keep
+    as they are)."""
+    decoder = _byte_decoder()
+    table = {ord(ch): b for ch, b in decoder.items()}
+    outside = "".join(re.escape(chr(c)) for c in range(256) if chr(c) not in decoder)
+    return table, re.compile(f"[{outside}]")
+
+
 _SPM_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -67,7 +78,7 @@ def token_bytes_from_tokenizer(tokenizer: Any) -> tuple[list[bytes | None], set[
     size = len(tokenizer)
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
     kind = _decoder_kind(tokenizer)
-    decoder = _byte_decoder()
+    table, outside = _byte_table()
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     out: list[bytes | None] = []
@@ -76,11 +87,16 @@ def token_bytes_from_tokenizer(tokenizer: Any) -> tuple[list[bytes | None], set[
             out.append(None)
             continue
         if kind == "bytelevel":
-            try:
-                out.append(bytes(decoder[ch] for ch in piece))
-            except KeyError:
-                # Not in the byte alphabet: an added token stored as plain text.
-                out.append(piece.encode("utf-8"))
+            # bytes(decoder[ch] for ch in piece), at C speed: translate each character to
+            # the latin-1 character of its byte, then encode.
+            if not outside.search(piece):
+                try:
+                    out.append(piece.translate(table).encode("latin-1"))
+                    continue
+                except UnicodeEncodeError:
+                    pass
+            # Not in the byte alphabet: an added token stored as plain text.
+            out.append(piece.encode("utf-8"))
         else:
             match = _SPM_BYTE.match(piece)
             if match:
@@ -108,14 +124,25 @@ class Vocab:
     def __init__(self, token_bytes: Sequence[bytes | None], atomic: set[int] | None = None):
         self.token_bytes = list(token_bytes)
         self.atomic = set(atomic or ())
-        pairs = sorted(
-            (b, i) for i, b in enumerate(self.token_bytes) if b and i not in self.atomic
+        # Only ids with bytes are sorted: treat the table as bytes-only for the key.
+        table = cast("list[bytes]", self.token_bytes)
+        # Ids sorted by their bytes, ties by id (a stable sort of ascending ids).
+        self._ids = sorted(
+            (i for i, b in enumerate(table) if b and i not in self.atomic),
+            key=table.__getitem__,
         )
-        self._keys = [b for b, _ in pairs]
-        self._ids = [i for _, i in pairs]
-        self._exact: dict[bytes, list[int]] = {}
-        for b, i in pairs:
-            self._exact.setdefault(b, []).append(i)
+        self._keys = [table[i] for i in self._ids]
+        self._exact_map: dict[bytes, list[int]] | None = None
+
+    @property
+    def _exact(self) -> dict[bytes, list[int]]:
+        """Ids by their exact bytes (built on first use: only healing needs it)."""
+        if self._exact_map is None:
+            exact: dict[bytes, list[int]] = {}
+            for b, i in zip(self._keys, self._ids, strict=True):
+                exact.setdefault(b, []).append(i)
+            self._exact_map = exact
+        return self._exact_map
 
     def __len__(self) -> int:
         return len(self.token_bytes)
