@@ -137,9 +137,10 @@ def _variant(source: Path, tmp_path: Path, config: dict[str, Any] | None = None,
 
 
 @pytest.mark.parametrize(("config", "tokenizer_config", "reason"), [
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
-                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0,
                           "original_max_position_embeddings": 8192}}, None, "rope type"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, None,
+     "incomplete llama3"),
     ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
                           "partial_rotary_factor": 0.5}}, None, "partial rotary"),
     ({"model_type": "gemma2"}, None, "architecture 'gemma2'"),
@@ -220,3 +221,36 @@ def test_a_cli_run_on_the_lean_engine_never_imports_transformers(
         "assert not heavy, heavy[:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64}},
+    # The older layout: rope_theta beside rope_scaling.
+    {"rope_theta": 2e4, "rope_scaling": {"type": "llama3", "factor": 4.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 2.0,
+                                         "original_max_position_embeddings": 32}},
+    {"rope_theta": 2e4, "rope_scaling": None},
+])
+def test_llama3_and_older_rope_configs_match_transformers(
+    tiny_model_dir: Path, tmp_path: Path, rope: dict[str, Any]
+) -> None:
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    directory = _variant(tiny_model_dir, tmp_path)
+    (directory / "config.json").write_text(json.dumps({**config, **rope}))
+    assert lean.why_not(directory) is None
+    fast, reference = _both(directory)
+    assert fast.engine == "lean"
+    messages = CONVERSATIONS[1]
+    prompt = engine.build_prompt(fast, messages, "This is a ", engine.GenerationSettings())
+    with torch.inference_mode():
+        # A long prompt, so that positions reach the low and medium frequencies.
+        ids = prompt.ids * 6
+        ours = engine._Forward(fast, engine.GenerationSettings(), len(ids) + 1)(ids)
+        theirs = reference.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert torch.allclose(fast.fast.rotary.inv_freq,
+                              reference.model.model.rotary_emb.inv_freq)
+    assert torch.allclose(ours, theirs.float(), atol=1e-4, rtol=1e-4)
+    assert _greedy(fast, messages, "Call") == _greedy(reference, messages, "Call")

@@ -40,8 +40,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _rope(config: dict[str, Any]) -> tuple[float, str] | str:
-    """(theta, type) from ``rope_parameters`` (transformers 5) or ``rope_theta`` and
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                "original_max_position_embeddings")
+
+
+def _rope(config: dict[str, Any]) -> tuple[float, dict[str, Any]] | str:
+    """(theta, parameters) from ``rope_parameters`` (transformers 5) or ``rope_theta`` and
     ``rope_scaling`` (older files); a reason string when we do not implement it."""
     params = config.get("rope_parameters")
     if isinstance(params, dict):
@@ -52,7 +56,10 @@ def _rope(config: dict[str, Any]) -> tuple[float, str] | str:
         theta = config.get("rope_theta")
         kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
         extra = scaling
-    if kind != "default":
+    if kind == "llama3":
+        if not all(isinstance(extra.get(k), int | float) for k in _LLAMA3_KEYS):
+            return "incomplete llama3 rope parameters"
+    elif kind != "default":
         return f"rope type {kind!r}"
     if float(extra.get("partial_rotary_factor", 1.0) or 1.0) != 1.0:
         return "partial rotary embeddings"
@@ -60,7 +67,33 @@ def _rope(config: dict[str, Any]) -> tuple[float, str] | str:
         return "partial rotary embeddings"
     if not isinstance(theta, int | float):
         return "no rope_theta in config.json"
-    return float(theta), kind
+    return float(theta), {**extra, "rope_type": kind}
+
+
+def _inv_freq(theta: float, rope: dict[str, Any], head_dim: int) -> Any:
+    """RoPE inverse frequencies as transformers computes them (default, or llama 3.1's
+    ``_compute_llama3_parameters``)."""
+    import math
+
+    import torch
+
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(
+        dtype=torch.float) / head_dim))
+    if rope["rope_type"] != "llama3":
+        return inv_freq
+    factor = rope["factor"]
+    low_freq_factor = rope["low_freq_factor"]
+    high_freq_factor = rope["high_freq_factor"]
+    old_context_len = rope["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (
+        high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium_freq, smoothed, inv_freq_llama)
 
 
 def why_not(directory: Path) -> str | None:
@@ -130,14 +163,13 @@ def _state_dict(directory: Path) -> dict[str, Any]:
 
 
 def load_model(directory: Path, dtype: Any, device: str) -> LeanModel:
-    import torch
 
     from llmcli_local.fastpath import FastDecoder, Layer, Rotary
 
     config = _read_json(directory / "config.json")
     rope = _rope(config)
     assert not isinstance(rope, str), rope
-    theta, _ = rope
+    theta, rope_parameters = rope
     state = _state_dict(directory)
 
     def weight(name: str, required: bool = True) -> Any:
@@ -173,7 +205,7 @@ def load_model(directory: Path, dtype: Any, device: str) -> LeanModel:
             down=weight(p + "mlp.down_proj.weight"),
             scaling=head_dim ** -0.5,
         ))
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    inv_freq = _inv_freq(theta, rope_parameters, head_dim)
     decoder = FastDecoder.from_parts(
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, embed=embed,
         norm=weight("model.norm.weight"), norm_eps=eps, rotary=Rotary(inv_freq.to(device)),
