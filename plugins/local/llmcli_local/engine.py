@@ -38,6 +38,7 @@ class GenerationSettings:
     #: Benchmarks only: generate exactly ``max_tokens`` tokens.
     ignore_eos: bool = False
     #: Use the lean decode step where the architecture allows (tests compare both paths).
+    #: Applies to the transformers engine; the lean engine always runs the lean step.
     fast_decode: bool = True
 
 
@@ -110,6 +111,9 @@ def _fast_decoder(loaded: Loaded) -> Any:
 
 class _Forward:
     """Runs the model on new tokens against a KV cache and returns last-position logits.
+
+    On the lean engine: the lean decoder's one-pass prompt, then its decode step, on its own
+    KV buffers (no transformers). On the transformers engine:
 
     ``dynamic``: transformers' DynamicCache grows as we go. ``static``: a preallocated
     StaticCache; on CUDA with ``cuda_graphs`` the one-token decode step is compiled with
