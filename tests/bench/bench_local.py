@@ -7,8 +7,9 @@ same weights and prompt, plus the cost of a long prefill and the CLI end to end.
 Each engine runs in its own subprocess so that peak memory (RSS on CPU, allocated memory on
 CUDA) is its own. On CUDA it adds our static-KV-cache + CUDA-graph path and generate's static
 cache compiled with ``torch.compile(mode="reduce-overhead")``. ``ours`` is the default path
-(the lean decode step of ``llmcli_local.fastpath``); ``ours-hf-step`` is the same loop calling
-transformers' forward for every step. Not a pytest test.
+(on CPU the lean engine: ``llmcli_local.lean`` loading, one SDPA prompt pass and the lean decode
+step of ``llmcli_local.fastpath``); ``ours-hf-step`` is the same loop on a model loaded through
+transformers, calling transformers' forward for every step. Not a pytest test.
 
 Methodology (identical for both engines): time to first token = a 1-token generation,
 prompt tok/s = prompt tokens / that time, decode tok/s = (N - 1) / (time for N tokens - time
@@ -58,8 +59,15 @@ def _peak_memory_mb(device: str) -> float:
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak RSS. ru_maxrss would also count the parent's peak at
+    # fork time (Linux keeps it across exec), e.g. a GGUF conversion the parent just did.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +75,11 @@ def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
     from llmcli_local import engine, loader
     from llmcli_local.model import SmolLM2
 
-    loaded = loader.load(SmolLM2().source(), device=args.device, show_progress=True)
+    # "ours" is what a user gets (the lean engine on CPU); every other row loads through
+    # transformers, which model.generate and transformers' own decode step need.
+    loaded = loader.load(SmolLM2().source(), device=args.device, show_progress=True,
+                         engine="auto" if engine_name in ("ours", "ours-cuda-graphs")
+                         else "transformers")
     device = loaded.device
     messages = _messages(loaded.tokenizer, args.prompt_tokens)
     n = args.decode_tokens
