@@ -282,10 +282,21 @@ def load(source: ModelSource, device: str = "auto", show_progress: bool = True,
         # bf16 on GPUs (fast and exact enough); fp32 on CPU, where bf16 matmuls are slow
         # on most machines and numerics matter more than memory for small models.
         dtype = torch.bfloat16 if resolved == "cuda" else torch.float32
-        if chosen == "lean":
-            loaded = _load_lean(directory, resolved, dtype)
-        else:
-            loaded = _load_transformers(directory, resolved, dtype)
+        read = _read_lean if chosen == "lean" else _read_transformers
+        try:
+            tokenizer, model = read(directory, resolved, dtype)
+        except Exception as exc:
+            raise ConfigError(
+                f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
+            ) from exc
+        token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+        loaded = Loaded(
+            model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
+            eos_ids=_eos_ids(tokenizer, model), device=resolved, dtype=dtype,
+            directory=directory, engine=chosen,
+            # The lean engine's decoder is built with the model; transformers' on first use.
+            fast=model.decoder if chosen == "lean" else None,
+        )
         # Keep one model per device in memory: a conversation reuses it, while switching
         # models does not pile up gigabytes.
         for other in [k for k in _loaded if k[1] == resolved]:
@@ -294,42 +305,20 @@ def load(source: ModelSource, device: str = "auto", show_progress: bool = True,
         return loaded
 
 
-def _load_lean(directory: Path, device: str, dtype: Any) -> Loaded:
+def _read_lean(directory: Path, device: str, dtype: Any) -> tuple[Any, Any]:
     from llmcli_local import lean
 
-    try:
-        tokenizer = lean.load_tokenizer(directory)
-        model = lean.load_model(directory, dtype, device)
-    except Exception as exc:
-        raise ConfigError(
-            f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
-        ) from exc
-    token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
-    return Loaded(
-        model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
-        eos_ids=_eos_ids(tokenizer, model), device=device, dtype=dtype, directory=directory,
-        fast=model.decoder, engine="lean",
-    )
+    return lean.load_tokenizer(directory), lean.load_model(directory, dtype, device)
 
 
-def _load_transformers(directory: Path, resolved: str, dtype: Any) -> Loaded:
+def _read_transformers(directory: Path, device: str, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                str(directory), dtype=dtype, local_files_only=True
-            )
-    except Exception as exc:
-        raise ConfigError(
-            f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
-        ) from exc
-    model.to(resolved)
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(directory), dtype=dtype, local_files_only=True
+        )
+    model.to(device)
     model.eval()
-    token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
-    return Loaded(
-        model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
-        eos_ids=_eos_ids(tokenizer, model), device=resolved, dtype=dtype,
-        directory=directory,
-    )
+    return tokenizer, model
