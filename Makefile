@@ -6,7 +6,7 @@ PIP     := $(PY) -m pip --disable-pip-version-check
 # plain `torch` requirement from pulling a multi-GB CUDA build. Override on a GPU machine.
 TORCH   ?= torch==2.13.0
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
-PROMPT  ?= Give a JSON array of 5 US states. Reply with the JSON only.
+PROMPT  ?= Reply with a JSON array of three US state names.
 PREFILL ?= ["
 
 .PHONY: setup run test test-setup lint bench clean

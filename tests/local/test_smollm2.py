@@ -13,6 +13,32 @@ from click.testing import CliRunner
 pytestmark = pytest.mark.slow
 
 
+US_STATES = {
+    "Alabama", "Alaska", "Arizona", "Arkansas", "California", "Colorado", "Connecticut",
+    "Delaware", "Florida", "Georgia", "Hawaii", "Idaho", "Illinois", "Indiana", "Iowa", "Kansas",
+    "Kentucky", "Louisiana", "Maine", "Maryland", "Massachusetts", "Michigan", "Minnesota",
+    "Mississippi", "Missouri", "Montana", "Nebraska", "Nevada", "New Hampshire", "New Jersey",
+    "New Mexico", "New York", "North Carolina", "North Dakota", "Ohio", "Oklahoma", "Oregon",
+    "Pennsylvania", "Rhode Island", "South Carolina", "South Dakota", "Tennessee", "Texas", "Utah",
+    "Vermont", "Virginia", "Washington", "West Virginia", "Wisconsin", "Wyoming",
+}
+
+
+def test_readme_main_job_gives_state_names(smollm2: Any) -> None:
+    """The README's `make run` question (the Makefile's PROMPT): a complete JSON array of
+    US state names, starting with the prefill."""
+    import re
+    from pathlib import Path
+
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    question = re.search(r"^PROMPT\s*\?=\s*(.+)$", makefile, re.M).group(1)  # type: ignore[union-attr]
+    response = smollm2.prompt(question, prefill='["', log=False)
+    text = response.text()
+    assert text.startswith('["')
+    states = json.loads(text)
+    assert len(states) == 3 and set(states) <= US_STATES, states
+
+
 def test_json_list_prefill(smollm2: Any) -> None:
     response = smollm2.prompt(
         "Give a JSON array of 5 US states. Reply with the JSON only.", prefill='["',
