@@ -249,6 +249,23 @@ def test_help_lists_every_command_without_importing_them() -> None:
     assert result.stderr.strip() == "[]"
 
 
+@pytest.mark.parametrize("columns", ["200", "100", "60", "30", "junk", ""])
+def test_help_width_follows_clicks_rule(monkeypatch, columns: str) -> None:
+    """llmcli computes the help width itself (to spare --help the shutil import); it must be
+    the width click would have picked: COLUMNS or the terminal, capped at 80, minus 2, >= 50."""
+    import shutil
+
+    import click
+
+    from llmcli.cli import _help_width
+
+    monkeypatch.setenv("COLUMNS", columns)
+    expected = max(min(shutil.get_terminal_size().columns, 80) - 2, 50)
+    assert _help_width() == expected
+    monkeypatch.setattr(click.formatting, "FORCED_WIDTH", 80)
+    assert _help_width() is None  # click's test runner forces its own width: leave it be
+
+
 def test_lazy_commands_mapping() -> None:
     import click
 
