@@ -72,6 +72,23 @@ def make_tiny_model(directory: Path, thinking: bool = False) -> Path:
     return directory
 
 
+@pytest.fixture
+def recorded_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every token ``engine.sample_next`` picks during the test, in order."""
+    from llmcli_local import engine
+
+    tokens: list[int] = []
+    original = engine.sample_next
+
+    def recording(*args: Any, **kwargs: Any) -> int:
+        token = original(*args, **kwargs)
+        tokens.append(token)
+        return token
+
+    monkeypatch.setattr(engine, "sample_next", recording)
+    return tokens
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -157,26 +157,12 @@ def test_lean_decode_step_declines_what_it_does_not_implement(tiny_hf: Any) -> N
         fake(model_type="qwen2", layer_types=["full_attention", "sliding_attention"]))
 
 
-def _recorded_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    tokens: list[int] = []
-    original = engine.sample_next
-
-    def recording(*args: Any, **kwargs: Any) -> int:
-        token = original(*args, **kwargs)
-        tokens.append(token)
-        return token
-
-    monkeypatch.setattr(engine, "sample_next", recording)
-    return tokens
-
-
 @pytest.mark.parametrize("prefill", ["The URL is http:", '["Cal', "def quicksor", "This is a "])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_healing_constraint_regenerates_the_removed_text(
-    tiny_any: Any, monkeypatch: pytest.MonkeyPatch, prefill: str, seed: int
+    tiny_any: Any, recorded_tokens: list[int], prefill: str, seed: int
 ) -> None:
-    tiny = tiny_any
-    tokens = _recorded_tokens(monkeypatch)
+    tiny, tokens = tiny_any, recorded_tokens
     chunks, usage = run(tiny, prefill, max_tokens=8, temperature=1.5, seed=seed)
     removed = usage.details["healed"].encode()
     assert removed, "the tiny vocabulary has longer tokens for each of these tails"
@@ -236,10 +222,9 @@ def test_max_tokens_and_usage(tiny_any: Any) -> None:
 
 
 def test_streaming_equals_decoding_the_whole_output_at_once(
-    tiny_any: Any, monkeypatch: pytest.MonkeyPatch
+    tiny_any: Any, recorded_tokens: list[int]
 ) -> None:
-    tiny = tiny_any
-    tokens = _recorded_tokens(monkeypatch)
+    tiny, tokens = tiny_any, recorded_tokens
     for seed in range(3):
         tokens.clear()
         chunks, _ = run(tiny, "日本", max_tokens=40, temperature=1.0, seed=seed,

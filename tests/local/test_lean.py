@@ -53,28 +53,20 @@ def _both(directory: Path) -> tuple[Any, Any]:
     return lean_model, transformers_model
 
 
-def _greedy(loaded: Any, messages: list[dict[str, str]], prefill: str) -> tuple[list[int], str]:
-    tokens: list[int] = []
-    original = engine.sample_next
-
-    def recording(*args: Any, **kwargs: Any) -> int:
-        token = original(*args, **kwargs)
-        tokens.append(token)
-        return token
-
-    engine.sample_next = recording  # type: ignore[assignment]
-    try:
-        text = "".join(e for e in engine.generate(
-            loaded, messages, prefill, engine.GenerationSettings(max_tokens=24, ignore_eos=True)
-        ) if not isinstance(e, Usage))
-    finally:
-        engine.sample_next = original  # type: ignore[assignment]
-    return tokens, text
+def _greedy(loaded: Any, messages: list[dict[str, str]], prefill: str,
+            recorded: list[int]) -> tuple[list[int], str]:
+    """Greedy tokens and text; ``recorded`` is the ``recorded_tokens`` fixture's list."""
+    recorded.clear()
+    text = "".join(e for e in engine.generate(
+        loaded, messages, prefill, engine.GenerationSettings(max_tokens=24, ignore_eos=True)
+    ) if not isinstance(e, Usage))
+    assert recorded, "the fixture saw no sampled tokens"
+    return list(recorded), text
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "thinking_model_dir", "tiny_qwen2_dir"])
 def test_same_prompt_tokens_and_greedy_output_as_transformers(
-    fixture: str, request: pytest.FixtureRequest
+    fixture: str, request: pytest.FixtureRequest, recorded_tokens: list[int]
 ) -> None:
     directory = request.getfixturevalue(fixture)
     assert lean.why_not(directory) is None
@@ -100,7 +92,8 @@ def test_same_prompt_tokens_and_greedy_output_as_transformers(
                 assert a == b
     for messages in CONVERSATIONS:
         for prefill in ("", '["Cal', "The URL is http:"):
-            assert _greedy(fast, messages, prefill) == _greedy(reference, messages, prefill)
+            assert _greedy(fast, messages, prefill, recorded_tokens) == \
+                _greedy(reference, messages, prefill, recorded_tokens)
 
 
 def test_template_features_render_as_in_transformers(tiny_model_dir: Path,
@@ -234,7 +227,7 @@ def test_a_cli_run_on_the_lean_engine_never_imports_transformers(
     {"rope_theta": 2e4, "rope_scaling": None},
 ])
 def test_llama3_and_older_rope_configs_match_transformers(
-    tiny_model_dir: Path, tmp_path: Path, rope: dict[str, Any]
+    tiny_model_dir: Path, tmp_path: Path, rope: dict[str, Any], recorded_tokens: list[int]
 ) -> None:
     config = json.loads((tiny_model_dir / "config.json").read_text())
     config.pop("rope_parameters", None)
@@ -253,4 +246,5 @@ def test_llama3_and_older_rope_configs_match_transformers(
         assert torch.allclose(fast.fast.rotary.inv_freq,
                               reference.model.model.rotary_emb.inv_freq)
     assert torch.allclose(ours, theirs.float(), atol=1e-4, rtol=1e-4)
-    assert _greedy(fast, messages, "Call") == _greedy(reference, messages, "Call")
+    assert _greedy(fast, messages, "Call", recorded_tokens) == \
+        _greedy(reference, messages, "Call", recorded_tokens)
