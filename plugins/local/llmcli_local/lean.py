@@ -134,20 +134,13 @@ def why_not(directory: Path) -> str | None:
 
 @dataclass
 class LeanModel:
-    """What the engine needs of a model: its config (``max_position_embeddings``,
-    ``model_type``) and the lean decoder over its weights."""
+    """What the engine and loader read of a model, named as on a transformers model:
+    ``config`` (``model_type``, ``max_position_embeddings``, ``eos_token_id``),
+    ``generation_config`` (``eos_token_id``), and the lean decoder over its weights."""
 
     config: Any
+    generation_config: Any
     decoder: Any
-    eos_token_id: list[int]
-
-
-def _eos(value: Any) -> list[int]:
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [int(v) for v in value]
-    return []
 
 
 def _state_dict(directory: Path) -> dict[str, Any]:
@@ -163,7 +156,6 @@ def _state_dict(directory: Path) -> dict[str, Any]:
 
 
 def load_model(directory: Path, dtype: Any, device: str) -> LeanModel:
-
     from llmcli_local.fastpath import FastDecoder, Layer, Rotary
 
     config = _read_json(directory / "config.json")
@@ -212,12 +204,15 @@ def load_model(directory: Path, dtype: Any, device: str) -> LeanModel:
         lm_head=lm_head, layers=layers,
     )
     generation = _read_json(directory / "generation_config.json")
-    eos = _eos(generation.get("eos_token_id")) + _eos(config.get("eos_token_id"))
-    namespace = SimpleNamespace(
-        model_type=config["model_type"],
-        max_position_embeddings=config.get("max_position_embeddings"),
+    return LeanModel(
+        config=SimpleNamespace(
+            model_type=config["model_type"],
+            max_position_embeddings=config.get("max_position_embeddings"),
+            eos_token_id=config.get("eos_token_id"),
+        ),
+        generation_config=SimpleNamespace(eos_token_id=generation.get("eos_token_id")),
+        decoder=decoder,
     )
-    return LeanModel(config=namespace, decoder=decoder, eos_token_id=eos)
 
 
 # -- the tokenizer --------------------------------------------------------------------------

@@ -221,15 +221,11 @@ def _set_cpu_threads() -> None:
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     ids: set[int] = set()
-    candidates: tuple[Any, ...]
-    if hasattr(model, "generation_config"):
-        candidates = (
-            getattr(model.generation_config, "eos_token_id", None),
-            getattr(model.config, "eos_token_id", None),
-        )
-    else:  # a lean model
-        candidates = (list(model.eos_token_id),)
-    for candidate in (*candidates, tokenizer.eos_token_id):
+    for candidate in (
+        getattr(model.generation_config, "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+    ):
         if isinstance(candidate, int):
             ids.add(candidate)
         elif isinstance(candidate, list | tuple):
