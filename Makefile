@@ -41,6 +41,7 @@ lint: test-setup
 bench: setup
 	$(PY) tests/bench/bench_startup.py
 	$(PY) tests/bench/bench_local.py
+	$(PY) tests/bench/bench_e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -16,7 +16,7 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("LLMCLI_USER_PATH", str(path))
     monkeypatch.setenv("LLMCLI_LOAD_PLUGINS", "")
     for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MISTRAL_API_KEY", "ANTHROPIC_BASE_URL",
-                "OPENAI_BASE_URL", "MISTRAL_BASE_URL", "LLMCLI_DEBUG"):
+                "OPENAI_BASE_URL", "MISTRAL_BASE_URL", "LLMCLI_DEBUG", "LLMCLI_LOCAL_KEEP_ALIVE"):
         monkeypatch.delenv(var, raising=False)
     plugins.reset(clear_extra=True)
     yield path

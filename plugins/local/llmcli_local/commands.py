@@ -116,3 +116,14 @@ def register(cli: click.Group) -> None:
             removed += 1
         suffix = f" and its cache ({removed} dir)" if removed else ""
         click.echo(f"Removed {entry.name}{suffix}")
+
+    @local.command(name="stop")
+    def stop() -> None:
+        """Stop the keep-alive workers (-o keep_alive) that hold local models loaded."""
+        from llmcli_local.worker import stop_all
+
+        stopped = stop_all()
+        for info in stopped:
+            click.echo(f"Stopped the worker for {info['model']} (pid {info['pid']})")
+        if not stopped:
+            click.echo("No keep-alive workers are running")

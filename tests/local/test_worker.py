@@ -1,0 +1,325 @@
+"""Keep-alive workers (``-o keep_alive``): a later call is answered by a background process
+that keeps the model loaded, with the same text, no torch in the caller, and every failure
+of the worker either invisible (the call runs in process) or a one-line error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmcli
+from llmcli.errors import ConfigError, OptionsError, PartialResponseError
+
+SCRIPT = Path(sys.executable).parent / "llmcli"
+PREFILL = "def quicksor"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A worker that has exited but whose parent (sh) is gone is reaped by init; a zombie
+    # would still answer kill(0), so look at its state too.
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" not in status.read_text()
+
+
+def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+class Workers:
+    """The run directory of one test, and helpers to drive the installed script there."""
+
+    def __init__(self, runtime: Path, user_dir: Path, model_dir: Path) -> None:
+        self.runtime = runtime
+        self.user_dir = user_dir
+        self.model_dir = model_dir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCLI_")}
+        self.env.update(LLMCLI_USER_PATH=str(user_dir), XDG_RUNTIME_DIR=str(runtime),
+                        LLMCLI_LOAD_PLUGINS="llmcli-local")
+
+    @property
+    def directory(self) -> Path:
+        return self.runtime / "llmcli"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(SCRIPT), *args], env=self.env, capture_output=True,
+                                text=True, timeout=120)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def ask(self, *extra: str) -> str:
+        return self.cli("-m", "tiny", "Hi", "--prefill", PREFILL, "-o", "max_tokens", "8",
+                        *extra).stdout
+
+    def sockets(self) -> list[Path]:
+        return sorted(self.directory.glob("*.sock")) if self.directory.is_dir() else []
+
+    def ping(self) -> dict[str, Any]:
+        """The one running worker's own description of itself (waits for it to listen)."""
+        from llmcli_local import worker
+
+        path = _wait(self.sockets, 60, "the worker's socket")[0]
+        answer = _wait(lambda: worker._ask(path, "ping"), 10, "the worker's answer")
+        info: dict[str, Any] = answer["worker"]
+        return info
+
+    def logged(self) -> list[tuple[str, str]]:
+        with sqlite3.connect(self.user_dir / "logs.db") as db:
+            return db.execute("select status, text from responses order by datetime_utc"
+                              ).fetchall()
+
+
+@pytest.fixture
+def workers(tiny_model_dir: Path, user_dir: Path, load_plugins: Any,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Workers]:
+    # Short on purpose: a Unix socket's path must fit in 107 bytes.
+    runtime = Path(tempfile.mkdtemp(prefix="llw", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("LLMCLI_LOCAL_KEEP_ALIVE", raising=False)
+    load_plugins("llmcli-local")
+    from llmcli_local import loader
+
+    loader.unload_all()  # a model loaded here by another test would run in this process
+    helper = Workers(runtime, user_dir, tiny_model_dir)
+    helper.cli("local", "add", str(tiny_model_dir), "--name", "tiny")
+    llmcli.plugins.reset()
+    yield helper
+    from llmcli_local import worker
+
+    pids = []
+    for path in helper.sockets():
+        answer = worker._ask(path, "ping")
+        if answer and "worker" in answer:  # (a FakeWorker answers anything else)
+            pids.append(answer["worker"]["pid"])
+    worker.stop_all()
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    loader.unload_all()
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_the_next_call_is_served_by_the_worker_with_the_same_text(workers: Workers) -> None:
+    first = workers.ask("-o", "keep_alive", "60")
+    assert first.startswith(PREFILL) and len(first) > len(PREFILL) + 1
+    info = workers.ping()
+    assert info["model"] == "tiny" and info["keep_alive"] == 60 and _alive(info["pid"])
+    assert stat_mode(workers.directory) == 0o700
+    assert stat_mode(workers.sockets()[0]) == 0o600
+
+    # Through the API in a fresh process: the worker answers, and torch is never imported.
+    code = (
+        "import json, sys, llmcli\n"
+        f"r = llmcli.get_model('tiny').prompt('Hi', prefill={PREFILL!r}, max_tokens=8,"
+        " keep_alive='1m')\n"
+        "text = r.text()\n"
+        "print(json.dumps({'text': text, 'pid': r.usage().details.get('worker_pid'),"
+        " 'tokens': r.usage().output_tokens, 'torch': 'torch' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=workers.env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    served = json.loads(result.stdout)
+    assert served["text"] + "\n" == first
+    assert served["pid"] == info["pid"] and served["tokens"] == 8
+    assert served["torch"] is False
+    assert workers.ask("-o", "keep_alive", "60") == first
+    # The caller still logs every exchange, whoever ran it.
+    assert workers.logged() == [("complete", first.rstrip("\n"))] * 3
+
+    stopped = workers.cli("local", "stop").stdout
+    assert stopped == f"Stopped the worker for tiny (pid {info['pid']})\n"
+    _wait(lambda: not _alive(info["pid"]), 10, "the worker to exit")
+    assert workers.sockets() == []
+    assert workers.cli("local", "stop").stdout == "No keep-alive workers are running\n"
+    # Without keep-alive nothing is started.
+    workers.ask()
+    time.sleep(0.5)
+    assert workers.sockets() == []
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_an_idle_worker_exits_after_the_keep_alive_time(workers: Workers) -> None:
+    workers.ask("-o", "keep_alive", "2s")
+    info = workers.ping()
+    assert info["keep_alive"] == 2
+    _wait(lambda: not _alive(info["pid"]), 20, "the idle worker to exit")
+    assert workers.sockets() == []
+
+
+def test_a_killed_worker_is_replaced_and_the_call_runs_in_process(workers: Workers) -> None:
+    first = workers.ask("-o", "keep_alive", "60")
+    old = workers.ping()["pid"]
+    os.kill(old, signal.SIGKILL)
+    _wait(lambda: not _alive(old), 10, "the worker to die")
+    assert workers.sockets()  # its socket file is left behind, refusing connections
+    assert workers.ask("-o", "keep_alive", "60") == first
+    new = _wait(lambda: _fresh_pid(workers, old), 60, "a new worker")
+    assert new != old and _alive(new)
+
+
+def _fresh_pid(workers: Workers, old: int) -> int | None:
+    from llmcli_local import worker
+
+    for path in workers.sockets():
+        answer = worker._ask(path, "ping")
+        if answer and answer["worker"]["pid"] != old:
+            return int(answer["worker"]["pid"])
+    return None
+
+
+def _job(workers: Workers) -> Any:
+    from llmcli_local.sources import ModelSource
+    from llmcli_local.worker import Job
+
+    job = Job.for_model("tiny", ModelSource("hf", workers.model_dir), "auto", "auto")
+    assert job is not None
+    return job
+
+
+def test_a_client_that_goes_away_does_not_stop_the_worker(workers: Workers) -> None:
+    workers.ask("-o", "keep_alive", "60")
+    pid = workers.ping()["pid"]
+    job = _job(workers)
+    settings = {"max_tokens": 500, "ignore_eos": True}
+    messages = [{"role": "user", "content": "Hi"}]
+    chunks = job.request(messages, PREFILL, settings, 60)
+    assert chunks is not None
+    assert isinstance(next(chunks), str)
+    chunks.close()  # Ctrl-C in the caller: the socket closes mid-reply
+    again = job.request(messages, PREFILL, {"max_tokens": 4}, 60)
+    assert again is not None
+    usage = [c for c in again if not isinstance(c, str)][0]
+    assert usage.output_tokens == 4 and usage.details["worker_pid"] == pid
+
+
+class FakeWorker:
+    """Listens on a job's socket and answers each request with fixed lines, then hangs up."""
+
+    def __init__(self, path: Path, lines: list[dict[str, Any]]) -> None:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.lines = lines
+        self.requests: list[dict[str, Any]] = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as reader:
+                self.requests.append(json.loads(reader.readline()))
+                for line in self.lines:
+                    conn.sendall(json.dumps(line).encode() + b"\n")
+
+
+@pytest.fixture
+def fake_worker(workers: Workers) -> Iterator[Callable[[list[dict[str, Any]]], FakeWorker]]:
+    made: list[FakeWorker] = []
+
+    def make(lines: list[dict[str, Any]]) -> FakeWorker:
+        made.append(FakeWorker(_job(workers).socket_path, lines))
+        return made[-1]
+
+    yield make
+    for fake in made:
+        fake.close()
+
+
+def test_a_worker_dying_mid_reply_is_a_partial_response(
+    workers: Workers, fake_worker: Callable[[list[dict[str, Any]]], FakeWorker]
+) -> None:
+    fake = fake_worker([{"t": "t(arr):"}, {"t": "\n"}])
+    response = llmcli.get_model("tiny").prompt("Hi", prefill=PREFILL, keep_alive=60)
+    with pytest.raises(PartialResponseError, match="worker stopped before the reply"):
+        response.text()
+    assert response.status == "partial"
+    assert workers.logged() == [("partial", PREFILL + "t(arr):\n")]
+    request = fake.requests[0]
+    assert request["prefill"] == PREFILL and request["messages"][-1]["content"] == "Hi"
+    assert request["settings"]["max_tokens"] == 256 and request["keep_alive"] == 60
+
+
+def test_a_worker_error_is_the_same_one_line_error(
+    fake_worker: Callable[[list[dict[str, Any]]], FakeWorker]
+) -> None:
+    fake_worker([{"e": {"type": "ConfigError", "message": "The prompt is 9 tokens; ..."}}])
+    with pytest.raises(ConfigError, match="The prompt is 9 tokens"):
+        llmcli.get_model("tiny").prompt("Hi", keep_alive=60).text()
+
+
+def test_a_run_directory_others_can_read_is_never_used(workers: Workers) -> None:
+    from llmcli_local.worker import run_dir
+
+    workers.directory.mkdir(mode=0o755)
+    workers.directory.chmod(0o755)
+    assert run_dir() is None
+    text = workers.ask("-o", "keep_alive", "60")
+    assert text.startswith(PREFILL)  # ran in process
+    time.sleep(1)
+    assert workers.sockets() == []
+
+
+def test_the_worker_key_follows_the_weights(workers: Workers, tmp_path: Path) -> None:
+    from llmcli_local.sources import ModelSource
+    from llmcli_local.worker import Job
+
+    model = tmp_path / "model"
+    shutil.copytree(workers.model_dir, model)
+    key = Job.for_model("m", ModelSource("hf", model), "auto", "auto").key  # type: ignore[union-attr]
+    assert key == Job.for_model("m", ModelSource("hf", model), "auto", "auto").key  # type: ignore[union-attr]
+    assert key != Job.for_model("m", ModelSource("hf", model), "cpu", "auto").key  # type: ignore[union-attr]
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert key != Job.for_model("m", ModelSource("hf", model), "auto", "auto").key  # type: ignore[union-attr]
+
+
+def test_keep_alive_durations(load_plugins: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    load_plugins("llmcli-local")
+    model = llmcli.get_model("smollm2")
+    for given, seconds in (("5m", 300), ("90s", 90), ("1h", 3600), ("0", 0), (30, 30),
+                           ("2.5", 2.5)):
+        assert model.Options(keep_alive=given).keep_alive == seconds
+    assert model.Options().keep_alive == 0
+    for bad in ("soon", "-1", "9999h", True):
+        with pytest.raises(OptionsError, match="keep_alive"):
+            model.prompt("hi", keep_alive=bad)
+    monkeypatch.setenv("LLMCLI_LOCAL_KEEP_ALIVE", "2m")
+    assert model.Options().keep_alive == 120
+    monkeypatch.setenv("LLMCLI_LOCAL_KEEP_ALIVE", "later")
+    with pytest.raises(OptionsError, match="keep_alive"):
+        model.prompt("hi")
