@@ -4,6 +4,7 @@ of the worker either invisible (the call runs in process) or a one-line error.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -226,6 +227,7 @@ class FakeWorker:
     def __init__(self, path: Path, lines: list[dict[str, Any]]) -> None:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.path = path
         self.server.bind(str(path))
         self.server.listen(1)
         self.lines = lines
@@ -233,7 +235,12 @@ class FakeWorker:
         threading.Thread(target=self.serve, daemon=True).start()
 
     def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+        # socket listening until that accept returned.
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
+        self.path.unlink(missing_ok=True)
 
     def serve(self) -> None:
         while True:
@@ -241,7 +248,7 @@ class FakeWorker:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            with conn, conn.makefile("rb") as reader:
+            with contextlib.suppress(OSError), conn, conn.makefile("rb") as reader:
                 self.requests.append(json.loads(reader.readline()))
                 for line in self.lines:
                     conn.sendall(json.dumps(line).encode() + b"\n")
