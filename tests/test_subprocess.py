@@ -80,6 +80,9 @@ def test_sigint_logs_partial_and_exits_promptly(user_dir: Path) -> None:
          "-o", "reply", " one two three four five six seven eight nine ten" * 5,
          "-o", "chunk_size", "4", "-o", "delay", "0.05"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        # A shell's background job (`.ci/run &`) starts with SIGINT ignored, and ignored
+        # signals are inherited: give the CLI the Ctrl-C a terminal user has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     first = proc.stdout.read(12)  # some text has streamed

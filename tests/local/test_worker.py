@@ -330,3 +330,21 @@ def test_keep_alive_durations(load_plugins: Any, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LLMCLI_LOCAL_KEEP_ALIVE", "later")
     with pytest.raises(OptionsError, match="keep_alive"):
         model.prompt("hi")
+
+
+def test_a_run_directory_too_deep_for_a_socket_is_not_used(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmcli_local.sources import ModelSource
+    from llmcli_local.worker import Job
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    assert Job.for_model("tiny", ModelSource("hf", tiny_model_dir), "auto", "auto") is None
+    short = tempfile.mkdtemp(prefix="llw", dir="/tmp")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short)
+    try:
+        assert Job.for_model("tiny", ModelSource("hf", tiny_model_dir), "auto", "auto")
+    finally:
+        shutil.rmtree(short)

@@ -137,7 +137,9 @@ class Job:
             key = _key(source, device, engine)
         except OSError:
             return None  # the weights are gone: the in-process load says so clearly
-        return cls(name, source, device, engine, key, directory)
+        job = cls(name, source, device, engine, key, directory)
+        # A socket's path must fit in sun_path (104 bytes on macOS, 108 on Linux).
+        return job if len(os.fsencode(job.socket_path)) < 100 else None
 
     @property
     def socket_path(self) -> Path:
@@ -147,17 +149,16 @@ class Job:
                 keep_alive: float) -> Iterator[Chunk] | None:
         """The worker's reply as chunks, or None when no worker answered (run in process)."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        reader = conn.makefile("rb")
         try:
             conn.connect(str(self.socket_path))
             _send(conn, {"op": "generate", "v": PROTOCOL, "messages": messages,
                          "prefill": prefill, "settings": settings, "keep_alive": keep_alive})
-            reader = conn.makefile("rb")
             # Blocks through the prompt pass. Nothing at all back: the worker was exiting
             # (idle) as we connected, and nothing has been generated for us.
             first = reader.readline()
         except OSError:
-            conn.close()
-            return None
+            first = b""
         if not first:
             reader.close()
             conn.close()
