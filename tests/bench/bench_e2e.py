@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,8 @@ def main() -> None:
                    for name, cmd in commands.items()}
     finally:
         subprocess.run([llmcli, "local", "stop"], env=env, capture_output=True)
+        for directory in (user, runtime, env["LLM_USER_PATH"]):
+            shutil.rmtree(directory, ignore_errors=True)
 
     baseline = medians.get("llm -m SmolLM2")
     print(f"{'command':<26} {'median s':>9} {'× llm':>7}  output")
