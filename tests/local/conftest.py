@@ -176,9 +176,9 @@ def smollm2(shared_local_cache: Path, load_plugins: Any,
     yield llmcli.get_model("smollm2")
 
 
-def write_tiny_gguf(hf_dir: Path, path: Path) -> Path:
-    """The tiny model as an fp32 llama GGUF (tokenizer and chat template included), to
-    exercise the real dequantize-and-cache path in milliseconds."""
+def write_tiny_gguf(hf_dir: Path, path: Path, arch: str = "llama") -> Path:
+    """A tiny HF model as an fp32 GGUF of architecture ``arch`` (tokenizer and chat template
+    included), to exercise the real dequantize-and-cache path in milliseconds."""
     import json
 
     import gguf
@@ -187,7 +187,7 @@ def write_tiny_gguf(hf_dir: Path, path: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     config = AutoConfig.from_pretrained(str(hf_dir))
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny")
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -209,8 +209,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path) -> Path:
     writer.add_bos_token_id(tokenizer.bos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
     writer.add_chat_template(tokenizer.chat_template)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     names = {"model.embed_tokens.weight": "token_embd.weight",
-             "model.norm.weight": "output_norm.weight"}
+             "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
     parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
@@ -218,8 +219,19 @@ def write_tiny_gguf(hf_dir: Path, path: Path) -> Path:
     for i in range(config.num_hidden_layers):
         for hf, gg in parts.items():
             names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
+            names[f"model.layers.{i}.{hf}.bias"] = f"blk.{i}.{gg}.bias"  # qwen2's q/k/v
+    def permute(weight: Any, heads: int) -> Any:
+        # llama.cpp stores llama q/k rows interleaved for its RoPE; readers undo it.
+        return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+                .swapaxes(1, 2).reshape(weight.shape))
+
     for name, tensor in load_file(str(hf_dir / "model.safetensors")).items():
-        writer.add_tensor(names[name], tensor.float().numpy())
+        array = tensor.float().numpy()
+        if arch == "llama" and name.endswith("q_proj.weight"):
+            array = permute(array, config.num_attention_heads)
+        elif arch == "llama" and name.endswith("k_proj.weight"):
+            array = permute(array, config.num_key_value_heads)
+        writer.add_tensor(names[name], array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -62,3 +62,58 @@ def test_a_registered_gguf_runs_and_remove_deletes_its_cache(
     result = runner.invoke(cli, ["local", "remove", "tiny-gguf"])
     assert result.exit_code == 0 and "cache" in result.stdout
     assert not list(cache.glob("*/llmcli-local.json"))
+
+
+@pytest.mark.parametrize(("arch", "fixture", "engine_name"), [
+    ("llama", "tiny_model_dir", "lean"),
+    # Converted qwen2 tokenizers are Qwen2Tokenizer, which transformers rebuilds on load:
+    # the lean engine leaves them to transformers (docs/local.md, "Engines").
+    ("qwen2", "tiny_qwen2_dir", "transformers"),
+])
+def test_a_converted_gguf_is_the_same_model(
+    arch: str, fixture: str, engine_name: str, cache: Path, tmp_path: Path,
+    request: pytest.FixtureRequest
+) -> None:
+    import torch
+    from llmcli_local import engine, loader
+    from llmcli_local.sources import ModelSource, inspect_path
+
+    from tests.local.conftest import write_tiny_gguf
+
+    original = request.getfixturevalue(fixture)
+    gguf = write_tiny_gguf(original, tmp_path / f"tiny-{arch}.gguf", arch)
+    assert inspect_path(str(gguf)).format == "gguf"
+    converted = loader.load(ModelSource("gguf", gguf), device="cpu", engine="transformers")
+    reference = loader.load(ModelSource("hf", original), device="cpu", engine="transformers")
+    ids = torch.tensor([list(range(3, 60))])
+    with torch.no_grad():
+        # Dequantized fp32 weights, q/k un-permuted from llama.cpp's layout: the same model.
+        assert torch.allclose(converted.model(ids).logits, reference.model(ids).logits,
+                              atol=1e-5)
+    texts = ["Hello world", "  two  spaces\n\nand lines", "héllo 日本語 🙂",
+             "def quicksort(arr):\n    return"]
+    for text in texts:
+        assert converted.tokenizer(text)["input_ids"] == reference.tokenizer(text)["input_ids"]
+
+    chosen = loader.load(ModelSource("gguf", gguf), device="cpu")
+    assert chosen.engine == engine_name
+    messages = [{"role": "user", "content": "Write quicksort."}]
+    settings = engine.GenerationSettings(max_tokens=12, ignore_eos=True)
+    texts_out = [
+        "".join(c for c in engine.generate(loaded, messages, "def quicksor", settings)
+                if isinstance(c, str))
+        for loaded in (chosen, reference)
+    ]
+    assert texts_out[0] == texts_out[1] and texts_out[0]
+
+
+def test_a_gguf_claiming_the_mistral_architecture_is_refused(tmp_path: Path,
+                                                             tiny_model_dir: Path) -> None:
+    from llmcli_local.sources import inspect_path
+
+    from llmcli.errors import ConfigError
+    from tests.local.conftest import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tiny_model_dir, tmp_path / "m.gguf", "mistral")
+    with pytest.raises(ConfigError, match="unsupported GGUF architecture 'mistral'"):
+        inspect_path(str(gguf))

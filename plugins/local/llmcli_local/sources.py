@@ -26,7 +26,9 @@ __all__ = [
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: GGUF architectures whose weights transformers can dequantize into our runtime's models.
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
+#: Mistral-family models are written by llama.cpp as "llama"; gguf-py has no "mistral"
+#: architecture, so a file claiming one could be registered but never converted.
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
 
 Format = Literal["gguf", "hf"]
 
