@@ -3,6 +3,10 @@ same weights and prompt, plus the cost of a long prefill and the CLI end to end.
 
     python tests/bench/bench_local.py [--prompt-tokens 500] [--decode-tokens 64] [--runs 3]
                                       [--rounds 2] [--device auto|cpu|cuda] [--no-cli]
+                                      [--model PATH]
+
+``--model``: a GGUF file or Hugging Face model directory instead of SmolLM2 (e.g. one made by
+``shaped_model.py``: SmolLM2's shape with random weights, where the weights cannot travel).
 
 Each engine runs in its own subprocess so that peak memory (RSS on CPU, allocated memory on
 CUDA) is its own. On CUDA it adds our static-KV-cache + CUDA-graph path and generate's static
@@ -70,14 +74,20 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _source(args: argparse.Namespace) -> Any:
+    from llmcli_local.model import SmolLM2
+    from llmcli_local.sources import inspect_path
+
+    return inspect_path(args.model) if args.model else SmolLM2().source()
+
+
 def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from llmcli_local import engine, loader
-    from llmcli_local.model import SmolLM2
 
     # "ours" is what a user gets (the lean engine on CPU); every other row loads through
     # transformers, which model.generate and transformers' own decode step need.
-    loaded = loader.load(SmolLM2().source(), device=args.device, show_progress=True,
+    loaded = loader.load(_source(args), device=args.device, show_progress=True,
                          engine="auto" if engine_name in ("ours", "ours-cuda-graphs")
                          else "transformers")
     device = loaded.device
@@ -143,7 +153,7 @@ def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
         # pays only this; the first also pays ~3 s of torch/transformers imports).
         loader.unload_all()
         start = time.perf_counter()
-        loader.load(SmolLM2().source(), device=args.device)
+        loader.load(_source(args), device=args.device)
         result["cached_load_s"] = time.perf_counter() - start
     return result
 
@@ -188,7 +198,8 @@ def _spawn(engine_name: str, args: argparse.Namespace, extras: bool) -> dict[str
     cmd = [sys.executable, __file__, "--worker", engine_name,
            "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens),
            "--prefill-tokens", str(args.prefill_tokens), "--runs", str(args.runs),
-           "--device", args.device, *(["--extras"] if extras else [])]
+           "--device", args.device, *(["--model", args.model] if args.model else []),
+           *(["--extras"] if extras else [])]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -222,6 +233,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-cli", action="store_true")
+    parser.add_argument("--model", help="a GGUF file or HF model directory (default: SmolLM2)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--extras", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,9 +243,10 @@ def main() -> None:
 
     # Convert once up front so no engine's timing includes it.
     from llmcli_local import loader
-    from llmcli_local.model import SmolLM2
 
-    loader.convert_gguf(SmolLM2().source().path)
+    source = _source(args)
+    if source.format == "gguf":
+        loader.convert_gguf(source.path)
     import torch
 
     cuda = args.device != "cpu" and torch.cuda.is_available()
@@ -257,7 +270,8 @@ def main() -> None:
                 best["ttft_s"] = min(r["ttft_s"], best["ttft_s"])
                 best["prompt_tok_s"] = max(r["prompt_tok_s"], best["prompt_tok_s"])
     base = results["generate"]
-    print(f"SmolLM2-135M-Instruct on {base['device']} ({base['threads']} threads), "
+    title = Path(args.model).name if args.model else "SmolLM2-135M-Instruct"
+    print(f"{title} on {base['device']} ({base['threads']} threads), "
           f"{base['prompt_tokens']}-token prompt, {args.decode_tokens} decoded tokens, "
           f"best of {args.runs} runs x {args.rounds} rounds")
     print(f"{'engine':26} {'prompt tok/s':>12} {'decode tok/s':>12} {'TTFT s':>8} "
@@ -277,7 +291,7 @@ def main() -> None:
           f"{ours['prefill_token_by_token_s']:.2f} s "
           f"({ours['prefill_token_by_token_s'] / ours['prefill_one_pass_s']:.0f}× slower)")
     print(f"load from the converted cache (imports warm): {ours['cached_load_s']:.2f} s")
-    if not args.no_cli:
+    if not args.no_cli and not args.model:
         cli = _cli_end_to_end(args.runs)
         if cli is not None:
             print(f"llmcli -m smollm2 \"Name three US states.\" --prefill \"1.\": "

@@ -1,0 +1,27 @@
+#!/bin/bash
+# The device check, run on the GPU machine with .gpu/ carried (made by prepare.sh):
+#   run(command="bash tests/bench/gpu/check.sh", carry=[".gpu"], timeout_s=540)
+# Installs the carried wheels beside the image's torch, runs the CUDA tests, then the local
+# benchmark on SmolLM2's shape with random weights. Everything it prints is also in $OUT.
+# DEVICE=cpu runs the same steps without a GPU (a rehearsal of the script itself).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/../../.."
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/llmcli-site .gpu/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/llmcli-site PYTHONUNBUFFERED=1
+export LLMCLI_USER_PATH=/tmp/llmcli-user LLMCLI_LOCAL_CACHE=/tmp/llmcli-cache
+{
+    nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+    "$PY" -c 'import sys, torch, transformers
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda",
+      torch.cuda.is_available(), "transformers", transformers.__version__)'
+} 2>&1 | tee "$OUT/env.txt"
+"$PY" tests/bench/shaped_model.py /tmp/smollm2-shaped --shape .gpu/smollm2-shape \
+    2>&1 | tee "$OUT/shaped.txt"
+"$PY" -m pytest -q -p no:cacheprovider -m cuda tests/local 2>&1 | tee "$OUT/cuda_tests.txt"
+"$PY" tests/bench/bench_local.py --device "$DEVICE" --model /tmp/smollm2-shaped --no-cli \
+    --rounds 1 --runs 3 2>&1 | tee "$OUT/bench.txt"
