@@ -152,11 +152,16 @@ def test_the_next_call_is_served_by_the_worker_with_the_same_text(workers: Worke
     # The caller still logs every exchange, whoever ran it.
     assert workers.logged() == [("complete", first.rstrip("\n"))] * 3
 
+    listed = workers.cli("local", "workers").stdout
+    assert listed == (f"tiny: pid {info['pid']}, cpu, lean engine, exits after 60 s idle\n")
+    assert json.loads(workers.cli("local", "workers", "--json").stdout) == [info]
     stopped = workers.cli("local", "stop").stdout
     assert stopped == f"Stopped the worker for tiny (pid {info['pid']})\n"
     _wait(lambda: not _alive(info["pid"]), 10, "the worker to exit")
     assert workers.sockets() == []
     assert workers.cli("local", "stop").stdout == "No keep-alive workers are running\n"
+    assert workers.cli("local", "workers").stdout == "No keep-alive workers are running\n"
+    assert json.loads(workers.cli("local", "workers", "--json").stdout) == []
     # Without keep-alive nothing is started.
     workers.ask()
     time.sleep(0.5)

@@ -117,6 +117,21 @@ def register(cli: click.Group) -> None:
         suffix = f" and its cache ({removed} dir)" if removed else ""
         click.echo(f"Removed {entry.name}{suffix}")
 
+    @local.command(name="workers")
+    @click.option("--json", "as_json", is_flag=True, help="Output JSON")
+    def workers(as_json: bool) -> None:
+        """List the keep-alive workers (-o keep_alive) holding local models loaded."""
+        from llmcli_local.worker import running
+
+        found = running()
+        if as_json:
+            click.echo(json.dumps(found, indent=2))
+        elif not found:
+            click.echo("No keep-alive workers are running")
+        for info in [] if as_json else found:
+            click.echo(f"{info['model']}: pid {info['pid']}, {info['device']}, "
+                       f"{info['engine']} engine, exits after {info['keep_alive']:g} s idle")
+
     @local.command(name="stop")
     def stop() -> None:
         """Stop the keep-alive workers (-o keep_alive) that hold local models loaded."""

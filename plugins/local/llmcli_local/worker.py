@@ -38,7 +38,7 @@ from llmcli.errors import ConfigError, LLMCLIError, PartialResponseError, Provid
 from llmcli.models import Chunk, Usage
 from llmcli_local.sources import ModelSource, cache_root
 
-__all__ = ["Job", "main", "parse_duration", "run_dir", "stop_all"]
+__all__ = ["Job", "main", "parse_duration", "run_dir", "running", "stop_all"]
 
 PROTOCOL = 1
 _PACKAGE = Path(__file__).resolve().parent
@@ -234,17 +234,26 @@ def _ask(path: Path, op: str) -> dict[str, Any] | None:
         conn.close()
 
 
-def stop_all() -> list[dict[str, Any]]:
-    """Ask every running worker of this user to exit; what they were serving."""
+def _each(op: str) -> list[dict[str, Any]]:
     directory = run_dir(create=False)
     if directory is None:
         return []
-    stopped = []
+    found = []
     for path in sorted(directory.glob("*.sock")):
-        answer = _ask(path, "stop")
+        answer = _ask(path, op)
         if answer is not None and "worker" in answer:
-            stopped.append(answer["worker"])
-    return stopped
+            found.append(answer["worker"])
+    return found
+
+
+def running() -> list[dict[str, Any]]:
+    """What every running worker of this user says of itself (pid, model, device, ...)."""
+    return _each("ping")
+
+
+def stop_all() -> list[dict[str, Any]]:
+    """Ask every running worker of this user to exit; what they were serving."""
+    return _each("stop")
 
 
 # -- the worker process -------------------------------------------------------------------
