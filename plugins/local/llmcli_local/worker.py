@@ -173,8 +173,11 @@ class Job:
         spec = {"name": self.name, "format": self.source.format,
                 "path": str(self.source.path.resolve()), "device": self.device,
                 "engine": self.engine, "key": self.key, "keep_alive": keep_alive}
-        log = os.open(directory / f"{self.key}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                      0o600)
+        try:
+            log = os.open(directory / f"{self.key}.log",
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError:
+            return  # keep-alive is an optimisation: the call itself has already succeeded
         try:
             # sh puts the worker in the background and exits: the worker is nobody's child
             # (no zombie in a long-lived caller), in its own session (Ctrl-C in this terminal
@@ -186,7 +189,7 @@ class Job:
                 start_new_session=True, check=False, timeout=10,
             )
         except (OSError, subprocess.SubprocessError):
-            pass  # keep-alive is an optimisation: the call itself has already succeeded
+            pass  # as above: never fail a call that has succeeded
         finally:
             os.close(log)
 
