@@ -14,8 +14,10 @@ rm -rf .gpu
 mkdir -p .gpu/whl
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 "$PY" -m pip wheel -q --no-deps -w .gpu/whl . plugins/local tests/testplugin
-NAMES="pydantic pydantic-core annotated-types typing-inspection click-default-group sqlite-utils
-       sqlite-fts4 gguf transformers"
+# Pure-Python or cp312 wheels; the image's own torch, tokenizers, safetensors, numpy,
+# huggingface-hub, jinja2, httpx, rich, pytest and hypothesis are used as they are.
+NAMES="pydantic pydantic-core annotated-types typing-inspection typing-extensions click
+       click-default-group sqlite-utils sqlite-fts4 gguf transformers regex"
 PINS=$("$PY" -c 'import importlib.metadata as m, sys
 print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $NAMES)
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" \
