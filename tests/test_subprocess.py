@@ -4,7 +4,6 @@ start-up (no provider SDK or torch imported for --help and models), and Ctrl-C."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -14,15 +13,10 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(sys.executable).parent / "llmcli"
+from tests.script import SCRIPT, env_for
+
 HEAVY = ["anthropic", "openai", "mistralai", "torch", "transformers", "tokenizers", "gguf",
          "numpy", "httpx", "rich", "sqlite_utils"]
-
-
-def env_for(user_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCLI_")}
-    env.update(LLMCLI_USER_PATH=str(user_dir), LLMCLI_TEST_MODELS="1", **extra)
-    return env
 
 
 def test_installed_script_prefilled_prompt(user_dir: Path) -> None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(sys.executable).parent / "llmcli"
+from tests.script import SCRIPT, env_for
+
 WRITERS = 8
 PER_WRITER = 200
 
@@ -30,9 +29,7 @@ done
 
 @pytest.mark.slow
 def test_eight_writers_and_a_reader(user_dir: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCLI_")}
-    env.update(LLMCLI_USER_PATH=str(user_dir), LLMCLI_TEST_MODELS="1",
-               LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    env = env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
     code = WRITER.format(n=PER_WRITER)
     writers = [
         subprocess.Popen(["sh", "-c", code], env={**env, "LLMCLI": str(SCRIPT), "WORKER": str(w)},

@@ -24,8 +24,8 @@ import pytest
 
 import llmcli
 from llmcli.errors import ConfigError, OptionsError, PartialResponseError
+from tests.script import SCRIPT, env_for
 
-SCRIPT = Path(sys.executable).parent / "llmcli"
 PREFILL = "def quicksor"
 
 
@@ -57,9 +57,8 @@ class Workers:
         self.runtime = runtime
         self.user_dir = user_dir
         self.model_dir = model_dir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCLI_")}
-        self.env.update(LLMCLI_USER_PATH=str(user_dir), XDG_RUNTIME_DIR=str(runtime),
-                        LLMCLI_LOAD_PLUGINS="llmcli-local")
+        self.env = env_for(user_dir, XDG_RUNTIME_DIR=str(runtime),
+                           LLMCLI_LOAD_PLUGINS="llmcli-local")
 
     @property
     def directory(self) -> Path:
