@@ -84,24 +84,26 @@ def run_dir(create: bool = True) -> Path | None:
     return path
 
 
-def _stat_fields(path: Path) -> list[str]:
-    entries = [path, *sorted(path.iterdir())] if path.is_dir() else [path]
+def _stamps(paths: list[Path]) -> list[str]:
+    """Name, size and modification time of each path: what changes when a file does."""
     out = []
-    for entry in entries:
-        info = entry.stat()
-        out.append(f"{entry.name}:{info.st_size}:{info.st_mtime_ns}")
+    for path in paths:
+        info = path.stat()
+        out.append(f"{path.name}:{info.st_size}:{info.st_mtime_ns}")
     return out
 
 
 def _key(source: ModelSource, device: str, engine: str) -> str:
+    weights = source.path
     code = [_PACKAGE, Path(llmcli.__file__).resolve().parent]
     fields = [
-        str(PROTOCOL), source.format, str(source.path.resolve()), *_stat_fields(source.path),
+        str(PROTOCOL), source.format, str(weights.resolve()),
+        *_stamps([weights, *sorted(weights.iterdir())] if weights.is_dir() else [weights]),
         device, engine, os.environ.get("LLMCLI_LOCAL_ENGINE", ""),
         os.environ.get("LLMCLI_LOCAL_THREADS", ""), str(cache_root().resolve()),
         # The environment, not the name it was started by (python, python3.11, a script).
         sys.prefix, os.path.realpath(sys.executable),
-        *(f for d in code for f in _stat_fields(d) if f.split(":")[0].endswith(".py")),
+        *_stamps([f for d in code for f in sorted(d.glob("*.py"))]),
     ]
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:20]
 
