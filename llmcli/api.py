@@ -145,7 +145,8 @@ def prompt(
 
     Every check that can fail without the network fails here, before any request."""
     validated = validate_options(model, options or {})
-    support = model.get_prefill_support(validated)
+    stream = stream and model.can_stream
+    support = model.get_prefill_support(validated, stream=stream)
     prefill = prefill or ""
     if prefill and support is PrefillSupport.UNSUPPORTED:
         raise PrefillUnsupportedError(model.model_id, model.prefill_note(), _alternatives(model))
@@ -161,7 +162,7 @@ def prompt(
         prefill=prefill,
         prefill_support=support,
         options=validated,
-        stream=stream and model.can_stream,
+        stream=stream,
         key=resolved_key,
     )
     logger: Logger | None

@@ -153,8 +153,9 @@ class Model:
     #: The plugin this model comes from (set by plugin loading).
     plugin: str | None = None
 
-    def get_prefill_support(self, options: BaseOptions) -> PrefillSupport:
-        """The capability for a request with these options (override when it depends)."""
+    def get_prefill_support(self, options: BaseOptions, stream: bool = True) -> PrefillSupport:
+        """The capability for a request with these options, streamed or not (override when
+        it depends: some servers echo the prefill in one mode and not the other)."""
         return self.prefill_support
 
     def prefill_note(self) -> str:

@@ -44,7 +44,7 @@ class ClaudeModel(Model):
         self.aliases = aliases
         self.prefill_support = prefill_support(model_id, ClaudeOptions())
 
-    def get_prefill_support(self, options: BaseOptions) -> PrefillSupport:
+    def get_prefill_support(self, options: BaseOptions, stream: bool = True) -> PrefillSupport:
         if not isinstance(options, ClaudeOptions):
             options = ClaudeOptions()
         return prefill_support(self.model_id, options)
