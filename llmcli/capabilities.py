@@ -19,3 +19,25 @@ class PrefillSupport(StrEnum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class StopReason(StrEnum):
+    """Why a reply ended, in one vocabulary for every backend (the log and ``--json`` store
+    these). Plugins translate their provider's words; a reason with no equivalent here is
+    passed through as the provider wrote it."""
+
+    #: The model finished its turn (OpenAI's and Mistral's "stop", the local end-of-turn).
+    END_TURN = "end_turn"
+    #: The token limit was reached (OpenAI's and Mistral's "length").
+    MAX_TOKENS = "max_tokens"
+    #: One of the request's stop sequences was generated.
+    STOP_SEQUENCE = "stop_sequence"
+    #: The model called a tool (OpenAI's "tool_calls").
+    TOOL_USE = "tool_use"
+    #: The provider's filter cut the reply.
+    CONTENT_FILTER = "content_filter"
+    #: The model declined to answer.
+    REFUSAL = "refusal"
+
+    def __str__(self) -> str:
+        return self.value
