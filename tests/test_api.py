@@ -184,3 +184,18 @@ def test_public_api_is_locked() -> None:
     ])
     for name in llmcli.__all__:
         assert hasattr(llmcli, name)
+
+
+def test_conversation_continued_after_a_failed_turn_skips_it(test_models) -> None:
+    """A turn that failed before any text is not history: neither in-process nor from the
+    log (one rule), so no empty assistant message is ever sent."""
+    model = llmcli.get_model("test-eats")
+    conversation = model.conversation()
+    conversation.prompt("first", reply="one").text()
+    failed = conversation.prompt("broken", fail_after=0)
+    with pytest.raises(llmcli.ProviderError):
+        failed.text()
+    conversation.prompt("third", reply="three").text()
+    in_process = [(m.role, m.content) for m in test_models.requests[-1].history]
+    assert in_process == [("user", "first"), ("assistant", "one")]
+    assert all(m.content for m in test_models.requests[-1].history)
