@@ -1,113 +1,48 @@
 """llmcli: prompt any model with a prefill; the reply always begins with it, exactly once.
 
 The public names are imported on first use (PEP 562), so ``import llmcli.cli`` for
-``llmcli --help`` does not pay for pydantic and the API.
+``llmcli --help`` does not pay for pydantic and the API. They are listed once, as the
+imports of ``__init__.pyi``: type checkers read that stub, and the index below is built from
+it the first time a public name (or ``__all__``) is asked for.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "get_default_model": "llmcli.api",
-    "get_model": "llmcli.api",
-    "get_models": "llmcli.api",
-    "PrefillSupport": "llmcli.capabilities",
-    "ConfigError": "llmcli.errors",
-    "ConversationError": "llmcli.errors",
-    "KeyNeededError": "llmcli.errors",
-    "LLMCLIError": "llmcli.errors",
-    "LogError": "llmcli.errors",
-    "OptionsError": "llmcli.errors",
-    "PartialResponseError": "llmcli.errors",
-    "PrefillUnsupportedError": "llmcli.errors",
-    "ProviderError": "llmcli.errors",
-    "UnknownModelError": "llmcli.errors",
-    "Conversation": "llmcli.models",
-    "KeySpec": "llmcli.models",
-    "Message": "llmcli.models",
-    "Model": "llmcli.models",
-    "Options": "llmcli.models",
-    "PrefillSent": "llmcli.models",
-    "Request": "llmcli.models",
-    "Response": "llmcli.models",
-    "Usage": "llmcli.models",
-    "emulation_instruction": "llmcli.models",
-    "normalize_stream": "llmcli.normalize",
-    "normalize_text": "llmcli.normalize",
-}
+_exports: dict[str, str] | None = None
 
-__all__ = [
-    "ConfigError",
-    "Conversation",
-    "ConversationError",
-    "KeyNeededError",
-    "KeySpec",
-    "LLMCLIError",
-    "LogError",
-    "Message",
-    "Model",
-    "Options",
-    "OptionsError",
-    "PartialResponseError",
-    "PrefillSent",
-    "PrefillSupport",
-    "PrefillUnsupportedError",
-    "ProviderError",
-    "Request",
-    "Response",
-    "UnknownModelError",
-    "Usage",
-    "emulation_instruction",
-    "get_default_model",
-    "get_model",
-    "get_models",
-    "normalize_stream",
-    "normalize_text",
-]
+
+def _index() -> dict[str, str]:
+    """Public name → defining module, read from the stub's ``from M import N as N`` lines."""
+    global _exports
+    if _exports is None:
+        import ast
+
+        stub = ast.parse((Path(__file__).parent / "__init__.pyi").read_text())
+        _exports = {
+            alias.asname or alias.name: node.module
+            for node in stub.body
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names
+        }
+    return _exports
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name == "__all__":
+        value: Any = sorted(_index())
+    elif name.startswith("__") or name not in _index():
         raise AttributeError(f"module 'llmcli' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    else:
+        value = getattr(importlib.import_module(_index()[name]), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
-if TYPE_CHECKING:
-    from llmcli.api import get_default_model, get_model, get_models
-    from llmcli.capabilities import PrefillSupport
-    from llmcli.errors import (
-        ConfigError,
-        ConversationError,
-        KeyNeededError,
-        LLMCLIError,
-        LogError,
-        OptionsError,
-        PartialResponseError,
-        PrefillUnsupportedError,
-        ProviderError,
-        UnknownModelError,
-    )
-    from llmcli.models import (
-        Conversation,
-        KeySpec,
-        Message,
-        Model,
-        Options,
-        PrefillSent,
-        Request,
-        Response,
-        Usage,
-        emulation_instruction,
-    )
-    from llmcli.normalize import normalize_stream, normalize_text
+    return sorted([*globals(), *_index()])

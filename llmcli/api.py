@@ -1,39 +1,39 @@
-"""The library's front door: find models, prompt them, log the exchange.
+"""The library's front door: find models, prompt them, continue logged conversations.
 
-    resolve the model → validate options → check the prefill capability → resolve the key
-    → model.execute() → normalizer (in Response) → log
+    resolve the model (here) → prepare_response: options, prefill capability, key, log
+    (llmcli.models) → model.execute() → normalizer (in Response) → record → log
+
+The CLI calls this module (and reads the log to browse it); nothing in the core imports it.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from llmcli import config
-from llmcli.capabilities import PrefillSupport
-from llmcli.errors import (
-    KeyNeededError,
-    OptionsError,
-    PrefillUnsupportedError,
-    UnknownModelError,
+from llmcli.errors import UnknownModelError
+from llmcli.models import (
+    Conversation,
+    Logger,
+    Model,
+    Response,
+    prepare_response,
+    resolve_key,
+    validate_options,
 )
-from llmcli.models import Conversation, Model, Options, Request, Response
-from llmcli.plugins import load_plugins
+from llmcli.plugins import load_plugins, registered_models
+from llmcli.record import history
 
 __all__ = ["get_models", "get_model", "get_default_model", "prompt", "validate_options",
-           "resolve_key", "key_is_set", "Logger"]
-
-Logger = Callable[[Response], None]
+           "resolve_key", "key_is_set", "load_conversation", "Logger"]
 
 #: Preferred default when the user has not chosen one: the offline local model.
 FALLBACK_DEFAULT = "smollm2"
 
 
 def get_models() -> list[Model]:
-    return [model for plugin in load_plugins() for model in plugin.models]
+    return registered_models()
 
 
 def _names(model: Model) -> list[str]:
@@ -53,8 +53,8 @@ def get_model(name: str | None = None) -> Model:
         if lowered in (n.lower() for n in _names(model)):
             return model
     for plugin in load_plugins():
-        if plugin.resolver is not None:
-            resolved = plugin.resolver(name)
+        if plugin.resolve_model is not None:
+            resolved = plugin.resolve_model(name)
             if resolved is not None:
                 resolved.plugin = plugin.name
                 return resolved
@@ -87,46 +87,21 @@ def key_is_set(model: Model) -> bool:
     return config.get_key(model.needs_key.name, model.needs_key.env_var) is not None
 
 
-def resolve_key(model: Model, explicit: str | None = None) -> str | None:
-    spec = model.needs_key
-    if spec is None:
-        return None
-    key = config.get_key(spec.name, spec.env_var, explicit)
-    if not key:
-        raise KeyNeededError(model.model_id, spec.name, spec.env_var)
-    config.remember_secret(key)
-    return key
+def load_conversation(conversation_id: str | None = None, *,
+                      model: str | Model | None = None) -> Conversation:
+    """A logged conversation, ready to continue: this id, or the most recent one.
 
+    Its earlier turns come from the log by the same rule as for a conversation held in
+    memory (:func:`llmcli.record.history`). It continues with ``model`` when given (an id,
+    an alias or a Model), else with the model it was held with."""
+    from llmcli.log import LogStore
 
-def validate_options(model: Model, options: dict[str, Any]) -> Options:
-    try:
-        return model.Options(**options)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "options"
-        if error["type"] == "extra_forbidden":
-            known = ", ".join(model.Options.model_fields) or "none"
-            message = f"Unknown option {where!r} for {model.model_id} (known: {known})"
-        else:
-            message = f"Option {where!r} for {model.model_id}: {error['msg']}"
-        raise OptionsError(message) from None
-
-
-def _alternatives(exclude: Model) -> list[str]:
-    names = []
-    for model in get_models():
-        if model is exclude:
-            continue
-        support = model.get_prefill_support(model.Options())
-        if support is not PrefillSupport.UNSUPPORTED:
-            names.append(model.model_id)
-    return names[:5]
-
-
-def _store_logger() -> Logger:
-    from llmcli.log import log_response
-
-    return log_response
+    store = LogStore()
+    cid = conversation_id or store.last_conversation_id()
+    row, records = store.conversation(cid)
+    if not isinstance(model, Model):
+        model = get_model(model or row["model"])
+    return Conversation(model, id=cid, name=row["name"], history=history(records))
 
 
 def prompt(
@@ -141,38 +116,8 @@ def prompt(
     conversation: Conversation | None = None,
     options: dict[str, Any] | None = None,
 ) -> Response:
-    """Prepare a response; nothing is sent until it is iterated or ``text()`` is called.
-
-    Every check that can fail without the network fails here, before any request."""
-    validated = validate_options(model, options or {})
-    stream = stream and model.can_stream
-    support = model.get_prefill_support(validated, stream=stream)
-    prefill = prefill or ""
-    if prefill and support is PrefillSupport.UNSUPPORTED:
-        raise PrefillUnsupportedError(model.model_id, model.prefill_note(), _alternatives(model))
-    resolved_key = resolve_key(model, key)
-    if conversation is not None and conversation.model is not model:
-        # A conversation continued with another model keeps its history.
-        conversation.model = model
-    request = Request(
-        model_id=model.model_id,
-        prompt=prompt,
-        system=system,
-        history=conversation.history() if conversation is not None else [],
-        prefill=prefill,
-        prefill_support=support,
-        options=validated,
-        stream=stream,
-        key=resolved_key,
-    )
-    logger: Logger | None
-    if callable(log):
-        logger = log
-    elif log and config.logging_enabled():
-        logger = _store_logger()
-    else:
-        logger = None
-    response = Response(model, request, conversation=conversation, logger=logger)
-    if conversation is not None:
-        conversation.responses.append(response)
-    return response
+    """``model.prompt(...)`` with the options as a dict (so no option name can clash with
+    these arguments). Nothing is sent until the response is iterated or ``text()`` is
+    called; every check that needs no network fails here, before any request."""
+    return prepare_response(model, prompt, system=system, prefill=prefill, stream=stream,
+                            key=key, log=log, conversation=conversation, options=options)

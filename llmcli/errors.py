@@ -8,6 +8,7 @@
      ├── ConversationError        no such conversation, or none to continue
      ├── LogError                 the log database cannot be opened or written
      ├── ConfigError              a user configuration file is malformed
+     ├── PluginError              an installed plugin defines an unknown or malformed hook
      └── ProviderError            the backend failed (HTTP status, timeout, broken stream)
           └── PartialResponseError  the stream broke after some text arrived
 """
@@ -67,6 +68,11 @@ class LogError(LLMCLIError):
 
 class ConfigError(LLMCLIError):
     pass
+
+
+class PluginError(LLMCLIError):
+    """A plugin cannot be loaded as written: an unknown or misspelled hook, or a hook with
+    the wrong signature. The message names the plugin, the module and the fix."""
 
 
 class ProviderError(LLMCLIError):

@@ -3,7 +3,13 @@
 A backend subclasses :class:`Model`, declares what it can do (prefill capability, streaming,
 the key it needs, its ``Options``) and implements :meth:`Model.execute`, a generator that
 yields text chunks and, when it knows them, :class:`Usage` and :class:`PrefillSent` events.
-Everything else (capability checks, keys, normalization, logging) happens in the core.
+Everything else (capability checks, keys, normalization, logging) happens in the core:
+:func:`prepare_response` makes every check that needs no network, then a :class:`Response`
+runs ``execute`` through the normalizer and hands its :class:`ResponseRecord` to the log.
+
+Imports point down only: this module never imports :mod:`llmcli.api` or the CLI. It asks the
+plugin registry for other models only to name alternatives in an error, and opens the log
+(which knows records, not models) only when a prompt is to be logged.
 """
 
 from __future__ import annotations
@@ -11,34 +17,49 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from llmcli import config
 from llmcli.capabilities import PrefillSupport
-from llmcli.errors import LLMCLIError, PartialResponseError, ProviderError
+from llmcli.errors import (
+    KeyNeededError,
+    LLMCLIError,
+    OptionsError,
+    PartialResponseError,
+    PrefillUnsupportedError,
+    ProviderError,
+)
 from llmcli.normalize import PrefillNormalizer
-
-if TYPE_CHECKING:
-    from llmcli.api import Logger
+from llmcli.record import Message, ResponseRecord, Status, history
+from llmcli.record import continuation as continuation_of
 
 __all__ = [
     "Chunk",
     "Conversation",
     "KeySpec",
+    "Logger",
     "Message",
     "Model",
     "Options",
     "PrefillSent",
     "Request",
+    "ResponseRecord",
     "StrList",
     "Response",
     "Usage",
     "emulation_instruction",
+    "prepare_response",
+    "resolve_key",
+    "validate_options",
 ]
+
+#: What ``log=`` accepts besides True/False: called once with each finished Response.
+Logger = Callable[["Response"], None]
 
 
 class Options(BaseModel):
@@ -71,12 +92,6 @@ class KeySpec:
 
     name: str
     env_var: str | None = None
-
-
-@dataclass(frozen=True)
-class Message:
-    role: Literal["user", "assistant"]
-    content: str
 
 
 @dataclass(frozen=True)
@@ -114,7 +129,8 @@ class Request:
     prefill_support: PrefillSupport
     options: Options
     stream: bool
-    key: str | None = None
+    #: Kept out of repr(): printing or logging a request must never show the key.
+    key: str | None = field(default=None, repr=False)
 
     def messages(self) -> list[Message]:
         """The conversation so far plus this prompt (the prefill is not included)."""
@@ -180,13 +196,12 @@ class Model:
         prefill: str | None = None,
         stream: bool = True,
         key: str | None = None,
-        log: bool = True,
+        log: bool | Logger = True,
         conversation: Conversation | None = None,
         **options: Any,
     ) -> Response:
-        from llmcli import api
-
-        return api.prompt(
+        """Prepare a response (see :func:`prepare_response`); nothing is sent yet."""
+        return prepare_response(
             self,
             prompt,
             system=system,
@@ -224,12 +239,11 @@ class Conversation:
         self._loaded_history = list(history or [])
 
     def history(self) -> list[Message]:
-        messages = list(self._loaded_history)
+        """The turns the next prompt carries: those loaded from the log, then this
+        session's, by the same rule (:func:`llmcli.record.history`)."""
         for response in self.responses:
-            messages.append(Message("user", response.prompt))
-            # A prefilled turn is stored as its full normalized text.
-            messages.append(Message("assistant", response.text()))
-        return messages
+            response.text()  # a response never read is run now: its reply is a turn
+        return [*self._loaded_history, *history(r.record() for r in self.responses)]
 
     def prompt(self, prompt: str, **kwargs: Any) -> Response:
         return self.model.prompt(prompt, conversation=self, **kwargs)
@@ -255,7 +269,7 @@ class Response:
         self.conversation = conversation
         self.id = _new_id()
         self.datetime_utc = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self.status: Literal["pending", "complete", "partial", "error"] = "pending"
+        self.status: Status = "pending"
         self.error: str | None = None
         self.duration_ms: int | None = None
         self._logger = logger
@@ -312,7 +326,7 @@ class Response:
     @property
     def continuation(self) -> str:
         """The text after the prefill."""
-        return self.text()[len(self.prefill) :]
+        return continuation_of(self.text(), self.prefill)
 
     def usage(self) -> Usage:
         self.text()
@@ -363,8 +377,7 @@ class Response:
             self._log()
 
     def _as_llmcli_error(self, exc: BaseException, partial: bool) -> BaseException:
-        from llmcli.config import scrub
-
+        scrub = config.scrub
         if isinstance(exc, LLMCLIError) and exc.args:
             # A provider may repeat the key in its error; never let it out of here.
             exc.args = (scrub(str(exc.args[0])), *exc.args[1:])
@@ -386,29 +399,132 @@ class Response:
             logger, self._logger = self._logger, None
             logger(self)
 
-    def to_dict(self) -> dict[str, Any]:
+    def record(self) -> ResponseRecord:
+        """This response as it stands, frozen: what the log writes and ``to_dict`` shows."""
         usage = self._usage
-        return {
-            "id": self.id,
-            "model": self.model.model_id,
-            "prompt": self.prompt,
-            "system": self.system,
-            "prefill": self.prefill,
-            "prefill_support": self.prefill_support.value,
-            "text": self.text_so_far(),
-            "continuation": self.text_so_far()[len(self.prefill) :],
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "stop_reason": usage.stop_reason,
-            },
-            "status": self.status,
-            "conversation_id": self.conversation.id if self.conversation else None,
-        }
+        conversation = self.conversation
+        return ResponseRecord(
+            id=self.id,
+            model=self.model.model_id,
+            prompt=self.prompt,
+            system=self.system,
+            prefill=self.prefill,
+            prefill_support=self.prefill_support.value,
+            text=self.text_so_far(),
+            status=self.status,
+            datetime_utc=self.datetime_utc,
+            conversation_id=conversation.id if conversation else None,
+            conversation_name=conversation.name if conversation else None,
+            options_json=json.dumps(self.options.model_dump(exclude_none=True), default=str),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            stop_reason=usage.stop_reason,
+            duration_ms=self.duration_ms,
+            error=self.error,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``llmcli --json`` prints (the text so far; it does not run the response)."""
+        return self.record().to_dict()
 
     def __repr__(self) -> str:
         return f"<Response {self.model.model_id!r} {self.status}>"
 
 
-# A hook type for the API's logger (kept here so plugins can type-check against it).
-LoggerCallable = Callable[[Response], None]
+# -- preparing a prompt: every check that needs no network, before any request ------------
+
+
+def validate_options(model: Model, options: Mapping[str, Any]) -> Options:
+    try:
+        return model.Options(**options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "options"
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(model.Options.model_fields) or "none"
+            message = f"Unknown option {where!r} for {model.model_id} (known: {known})"
+        else:
+            message = f"Option {where!r} for {model.model_id}: {error['msg']}"
+        raise OptionsError(message) from None
+
+
+def resolve_key(model: Model, explicit: str | None = None) -> str | None:
+    spec = model.needs_key
+    if spec is None:
+        return None
+    key = config.get_key(spec.name, spec.env_var, explicit)
+    if not key:
+        raise KeyNeededError(model.model_id, spec.name, spec.env_var)
+    config.remember_secret(key)
+    return key
+
+
+def _alternatives(exclude: Model) -> list[str]:
+    """Models that would take a prefill, for the error that refuses one."""
+    from llmcli.plugins import registered_models
+
+    names = []
+    for model in registered_models():
+        if model is exclude:
+            continue
+        if model.get_prefill_support(model.Options()) is not PrefillSupport.UNSUPPORTED:
+            names.append(model.model_id)
+    return names[:5]
+
+
+def _open_log() -> Logger:
+    # Opened now, not when the response ends: a prompt that cannot be logged fails before
+    # its request is sent. The log package imports sqlite-utils, so only when logging.
+    from llmcli.log import LogStore
+
+    return LogStore().log
+
+
+def prepare_response(
+    model: Model,
+    prompt: str,
+    *,
+    system: str | None = None,
+    prefill: str | None = None,
+    stream: bool = True,
+    key: str | None = None,
+    log: bool | Logger = True,
+    conversation: Conversation | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Response:
+    """Prepare a response; nothing is sent until it is iterated or ``text()`` is called.
+
+    Every check that can fail without the network fails here, before any request: options,
+    prefill capability, key, and (when logging) that the log can be opened."""
+    validated = validate_options(model, options or {})
+    stream = stream and model.can_stream
+    support = model.get_prefill_support(validated, stream=stream)
+    prefill = prefill or ""
+    if prefill and support is PrefillSupport.UNSUPPORTED:
+        raise PrefillUnsupportedError(model.model_id, model.prefill_note(), _alternatives(model))
+    resolved_key = resolve_key(model, key)
+    if conversation is not None and conversation.model is not model:
+        # A conversation continued with another model keeps its history.
+        conversation.model = model
+    request = Request(
+        model_id=model.model_id,
+        prompt=prompt,
+        system=system,
+        history=conversation.history() if conversation is not None else [],
+        prefill=prefill,
+        prefill_support=support,
+        options=validated,
+        stream=stream,
+        key=resolved_key,
+    )
+    logger: Logger | None
+    if callable(log):
+        logger = log
+    elif log and config.logging_enabled():
+        logger = _open_log()
+    else:
+        logger = None
+    response = Response(model, request, conversation=conversation, logger=logger)
+    if conversation is not None:
+        conversation.responses.append(response)
+    return response

@@ -3,6 +3,7 @@ errors raised before any request, and what lands in the log."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -177,10 +178,11 @@ def test_public_api_is_locked() -> None:
     assert sorted(llmcli.__all__) == sorted([
         "ConfigError", "Conversation", "ConversationError", "KeyNeededError", "KeySpec",
         "LLMCLIError", "LogError", "Message", "Model", "Options", "OptionsError",
-        "PartialResponseError", "PrefillSent", "PrefillSupport", "PrefillUnsupportedError",
+        "PartialResponseError", "PluginError", "PrefillSent", "PrefillSupport",
+        "PrefillUnsupportedError",
         "ProviderError", "Request", "Response", "UnknownModelError", "Usage",
         "emulation_instruction", "get_default_model", "get_model", "get_models",
-        "normalize_stream", "normalize_text",
+        "load_conversation", "normalize_stream", "normalize_text",
     ])
     for name in llmcli.__all__:
         assert hasattr(llmcli, name)
@@ -199,3 +201,46 @@ def test_conversation_continued_after_a_failed_turn_skips_it(test_models) -> Non
     in_process = [(m.role, m.content) for m in test_models.requests[-1].history]
     assert in_process == [("user", "first"), ("assistant", "one")]
     assert all(m.content for m in test_models.requests[-1].history)
+
+
+def test_a_conversation_loaded_from_the_log_has_the_same_turns(test_models) -> None:
+    model = llmcli.get_model("test-eats")
+    conversation = model.conversation()
+    conversation.prompt("first", prefill="1.", reply=" one").text()
+    with pytest.raises(llmcli.ProviderError):
+        conversation.prompt("broken", fail_after=0).text()
+    loaded = llmcli.load_conversation(conversation.id)
+    assert loaded.id == conversation.id and loaded.model is model
+    assert loaded.history() == conversation.history() == [
+        llmcli.Message("user", "first"), llmcli.Message("assistant", "1. one")]
+    assert llmcli.load_conversation().id == conversation.id  # the most recent
+    assert llmcli.load_conversation(model="t-echoes").model.model_id == "test-echoes"
+    with pytest.raises(llmcli.ConversationError, match="No conversation with id"):
+        llmcli.load_conversation("missing")
+
+
+def test_to_dict_and_the_log_share_one_record(test_models, user_dir) -> None:
+    from llmcli.log import LogStore
+
+    conversation = llmcli.get_model("test-echoes").conversation()
+    response = conversation.prompt("x", prefill="P:", reply=" yes", max_tokens=5)
+    response.text()
+    record = response.record()
+    assert response.to_dict() == record.to_dict()
+    assert record.continuation == response.continuation == " yes"
+    (row,) = rows(user_dir)
+    assert {k: row[k] for k in record.row()} == record.row()
+    _, (logged,) = LogStore().conversation(conversation.id)
+    assert dataclasses.replace(record, conversation_name=None) == logged
+
+
+def test_request_repr_never_shows_the_key(test_models, monkeypatch) -> None:
+    secret = "sk-SECRET-0123456789"
+    monkeypatch.setenv("TESTKEY_API_KEY", secret)
+    response = llmcli.get_model("test-keyed").prompt("x", prefill="P")
+    response.text()
+    request = test_models.requests[-1]
+    assert request.key == secret  # the backend gets it...
+    for shown in (repr(request), str(request), repr(test_models.requests), repr(response),
+                  str(response.to_dict()), str(response.record())):
+        assert secret not in shown  # ...printing never shows it

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator, MutableMapping
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from click_default_group import DefaultGroup
@@ -158,7 +158,10 @@ class LLMCLIGroup(DefaultGroup):
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
         if parent is None and extra.get("terminal_width") is None:
             extra["terminal_width"] = _help_width()  # subcommands' contexts inherit it
-        return super().make_context(info_name, args, parent, **extra)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except LLMCLIError as exc:  # e.g. a broken plugin met while printing --help
+            _fail(exc)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         cached = self._cached_plugin_help()
@@ -187,9 +190,8 @@ class LLMCLIGroup(DefaultGroup):
             return cache[1]
         collector = click.Group()
         for plugin in plugins:
-            register = getattr(plugin.module, "register_commands", None)
-            if register is not None:
-                register(collector)
+            if plugin.register_commands is not None:
+                plugin.register_commands(collector)
         self._plugin_cache = (plugins, dict(collector.commands))
         return self._plugin_cache[1]
 
@@ -222,7 +224,7 @@ class LLMCLIGroup(DefaultGroup):
             _fail(exc, unexpected=True)
 
 
-def _fail(exc: BaseException, unexpected: bool = False) -> None:
+def _fail(exc: BaseException, unexpected: bool = False) -> NoReturn:
     from llmcli.config import scrub
 
     if _debug():

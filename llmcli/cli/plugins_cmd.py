@@ -17,7 +17,7 @@ def plugins(as_json: bool) -> None:
 
     data = [
         {"name": p.name, "version": p.version, "models": [m.model_id for m in p.models],
-         "commands": hasattr(p.module, "register_commands")}
+         "commands": p.register_commands is not None}
         for p in load_plugins()
     ]
     if as_json:

@@ -12,7 +12,7 @@ import click
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
-    from llmcli.models import Message, Model
+    from llmcli.models import Model
 
 
 class InputError(LLMCLIError):
@@ -101,30 +101,19 @@ def prompt(
     echo "def add(a, b):" | llmcli "Explain this code" -m claude-haiku-4-5
     llmcli -c "And two more?"          # continue the last conversation
     """
-    from llmcli import api, config
-    from llmcli.log import LogStore
-    from llmcli.models import Conversation
+    from llmcli import api
 
     stdin_text = read_stdin()
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
     if not text.strip():
         raise InputError("Empty prompt: pass PROMPT or pipe text on standard input")
 
-    store = None
-    if not no_log and config.logging_enabled():
-        store = LogStore()  # fail before any request if the log cannot be written
-
-    history_model: str | None = None
-    history: list[Message] = []
     if continue_ or conversation_id:
-        reader = store or LogStore()
-        cid = conversation_id or reader.last_conversation_id()
-        row, history = reader.conversation(cid)
-        history_model = row["model"]
-        conversation_id = cid
-
-    model = api.get_model(model_name or history_model)
-    conversation = Conversation(model, id=conversation_id, history=history)
+        conversation = api.load_conversation(conversation_id, model=model_name)
+        model = conversation.model
+    else:
+        model = api.get_model(model_name)
+        conversation = model.conversation()
     response = api.prompt(
         model,
         text,
@@ -132,7 +121,7 @@ def prompt(
         prefill=prefill,
         stream=not no_stream and not as_json,
         key=key,
-        log=store.log if store is not None else False,
+        log=not no_log,  # the API opens the log now: one that cannot be written fails here
         conversation=conversation,
         options=parse_options(model, options),
     )

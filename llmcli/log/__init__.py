@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from llmcli.log.store import LogStore, Recordable, logs_path, open_db
 
-from llmcli.log.store import LogStore, logs_path, open_db
-
-if TYPE_CHECKING:
-    from llmcli.models import Response
-
-__all__ = ["LogStore", "log_response", "logs_path", "open_db"]
+__all__ = ["LogStore", "Recordable", "log_response", "logs_path", "open_db"]
 
 
-def log_response(response: Response) -> None:
-    """The API's default logger: write one response to ``logs.db`` in the user directory."""
+def log_response(response: Recordable) -> None:
+    """Write one response to ``logs.db`` in the user directory."""
     LogStore().log(response)

@@ -1,29 +1,35 @@
 """The SQLite log: open (and migrate) ``logs.db``, write responses, read them back.
 
+The log knows :class:`~llmcli.record.ResponseRecord`, never a model or a Response: it writes
+the record a finished response hands it and reads records back, so it imports nothing above
+:mod:`llmcli.record`.
+
 Several processes may log at once: WAL mode, a generous busy timeout, and migrations taken
 under ``BEGIN IMMEDIATE`` so two first runs cannot both create the tables.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from llmcli import config
 from llmcli.errors import ConversationError, LogError
 from llmcli.log._sqlite_utils import Database
 from llmcli.log.migrations import MIGRATIONS
-from llmcli.models import Message
-
-if TYPE_CHECKING:
-    from llmcli.models import Response
+from llmcli.record import ResponseRecord
 
 MIGRATIONS_TABLE = "_llmcli_migrations"
 BUSY_TIMEOUT_MS = 30_000
+
+
+class Recordable(Protocol):
+    """Anything that can hand over its record: a :class:`llmcli.Response`."""
+
+    def record(self) -> ResponseRecord: ...
 
 
 def logs_path() -> Path:
@@ -111,44 +117,26 @@ class LogStore:
         self.path = path or logs_path()
         self.db = db if db is not None else open_db(self.path)
 
-    def log(self, response: Response) -> None:
-        usage = response._usage
-        text = response.text_so_far()
-        record: dict[str, Any] = {
-            "id": response.id,
-            "conversation_id": response.conversation.id if response.conversation else None,
-            "model": response.model.model_id,
-            "prompt": response.prompt,
-            "system": response.system,
-            "prefill": response.prefill,
-            "prefill_support": response.prefill_support.value,
-            "text": text,
-            "continuation": text[len(response.prefill):] if text else "",
-            "options_json": json.dumps(response.options.model_dump(exclude_none=True),
-                                       default=str),
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "stop_reason": usage.stop_reason,
-            "duration_ms": response.duration_ms,
-            "datetime_utc": response.datetime_utc,
-            "status": response.status,
-            "error": config.scrub(response.error) if response.error else None,
-        }
+    def log(self, response: ResponseRecord | Recordable) -> None:
+        """Write one response (a finished Response is a valid logger: ``log=store.log``)."""
+        record = response if isinstance(response, ResponseRecord) else response.record()
+        row = record.row()
+        # Keys are scrubbed where messages are made; this is the last gate before disk.
+        row["error"] = config.scrub(record.error) if record.error else None
         with _db_errors(self.path):
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                if response.conversation is not None:
-                    conversation = response.conversation
+                if record.conversation_id is not None:
                     self.db.table("conversations").insert(
                         {
-                            "id": conversation.id,
-                            "name": conversation.name or _title(response.prompt),
-                            "model": response.model.model_id,
-                            "datetime_utc": response.datetime_utc,
+                            "id": record.conversation_id,
+                            "name": record.conversation_name or _title(record.prompt),
+                            "model": record.model,
+                            "datetime_utc": record.datetime_utc,
                         },
                         ignore=True,
                     )
-                self.db.table("responses").insert(record)
+                self.db.table("responses").insert(row)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -197,20 +185,17 @@ class LogStore:
             raise ConversationError("No conversation to continue: none has been logged yet")
         return str(rows[0]["conversation_id"])
 
-    def conversation(self, conversation_id: str) -> tuple[dict[str, Any], list[Message]]:
+    def conversation(self, conversation_id: str
+                     ) -> tuple[dict[str, Any], list[ResponseRecord]]:
+        """The conversation's row and its responses, oldest first (every one, failed ones
+        included: :func:`llmcli.record.history` decides what is a turn)."""
         with _db_errors(self.path):
             rows = list(self.db.query("select * from conversations where id = ?",
                                       [conversation_id]))
             if not rows:
                 raise ConversationError(f"No conversation with id {conversation_id!r}")
             responses = self.recent(None, conversation_id=conversation_id)
-        history: list[Message] = []
-        for row in responses:
-            if row["status"] == "error" or not row["text"]:
-                continue
-            history.append(Message("user", row["prompt"]))
-            history.append(Message("assistant", row["text"]))
-        return rows[0], history
+        return rows[0], [ResponseRecord.from_row(row) for row in responses]
 
     def counts(self) -> dict[str, int]:
         with _db_errors(self.path):

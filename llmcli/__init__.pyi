@@ -1,0 +1,33 @@
+# The public API, in one place: type checkers read these imports, and llmcli/__init__.py
+# builds its lazy exports and __all__ from them (PEP 562). Add a public name here only.
+from llmcli.api import get_default_model as get_default_model
+from llmcli.api import get_model as get_model
+from llmcli.api import get_models as get_models
+from llmcli.api import load_conversation as load_conversation
+from llmcli.capabilities import PrefillSupport as PrefillSupport
+from llmcli.errors import ConfigError as ConfigError
+from llmcli.errors import ConversationError as ConversationError
+from llmcli.errors import KeyNeededError as KeyNeededError
+from llmcli.errors import LLMCLIError as LLMCLIError
+from llmcli.errors import LogError as LogError
+from llmcli.errors import OptionsError as OptionsError
+from llmcli.errors import PartialResponseError as PartialResponseError
+from llmcli.errors import PluginError as PluginError
+from llmcli.errors import PrefillUnsupportedError as PrefillUnsupportedError
+from llmcli.errors import ProviderError as ProviderError
+from llmcli.errors import UnknownModelError as UnknownModelError
+from llmcli.models import Conversation as Conversation
+from llmcli.models import KeySpec as KeySpec
+from llmcli.models import Model as Model
+from llmcli.models import Options as Options
+from llmcli.models import PrefillSent as PrefillSent
+from llmcli.models import Request as Request
+from llmcli.models import Response as Response
+from llmcli.models import Usage as Usage
+from llmcli.models import emulation_instruction as emulation_instruction
+from llmcli.normalize import normalize_stream as normalize_stream
+from llmcli.normalize import normalize_text as normalize_text
+from llmcli.record import Message as Message
+
+__version__: str
+__all__: list[str]

@@ -1,0 +1,107 @@
+"""One exchange as data, and the one rule that turns exchanges into conversation history.
+
+A :class:`ResponseRecord` is a frozen snapshot of a :class:`llmcli.Response`. The same record
+is what ``Response.to_dict()`` (``llmcli --json``) prints and what the log writes and reads
+back, so both compute ``continuation`` (and everything else) the same way. Imports nothing
+from llmcli: the log and the models both build on it without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["Message", "ResponseRecord", "Status", "continuation", "history"]
+
+Status = Literal["pending", "complete", "partial", "error"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+def continuation(text: str, prefill: str) -> str:
+    """The text after the prefill (the normalizer guarantees the text starts with it)."""
+    return text[len(prefill) :]
+
+
+@dataclass(frozen=True)
+class ResponseRecord:
+    """One response as the log stores it: the ``responses`` table's columns, ``continuation``
+    derived, and the conversation's name (for the ``conversations`` table)."""
+
+    id: str
+    model: str
+    prompt: str
+    system: str | None
+    prefill: str
+    prefill_support: str
+    text: str
+    status: Status
+    datetime_utc: str
+    conversation_id: str | None = None
+    options_json: str = "{}"
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    stop_reason: str | None = None
+    duration_ms: int | None = None
+    error: str | None = None
+    #: Not a column of ``responses``: the name a new conversation is logged under.
+    conversation_name: str | None = None
+
+    @property
+    def continuation(self) -> str:
+        return continuation(self.text, self.prefill)
+
+    def row(self) -> dict[str, Any]:
+        """The row of the ``responses`` table."""
+        row = asdict(self)
+        del row["conversation_name"]
+        row["continuation"] = self.continuation
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ResponseRecord:
+        """A record read back from the log (``continuation`` is derived, not read)."""
+        values = {f.name: row[f.name] for f in fields(cls) if f.name in row}
+        values["prefill"] = values.get("prefill") or ""
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``llmcli --json`` prints and ``Response.to_dict()`` returns."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "prompt": self.prompt,
+            "system": self.system,
+            "prefill": self.prefill,
+            "prefill_support": self.prefill_support,
+            "text": self.text,
+            "continuation": self.continuation,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "stop_reason": self.stop_reason,
+            },
+            "status": self.status,
+            "conversation_id": self.conversation_id,
+        }
+
+
+def history(records: Iterable[ResponseRecord]) -> list[Message]:
+    """The turns a continued conversation sends, from its earlier responses in order.
+
+    The one rule, for a conversation held in memory and one loaded from the log alike: a
+    response that produced no text (it failed before any arrived) is not a turn, so no
+    empty assistant message is ever sent; a partial one counts with what arrived. A
+    prefilled turn is its full text, prefill included."""
+    messages: list[Message] = []
+    for record in records:
+        if record.status == "error" or not record.text:
+            continue
+        messages.append(Message("user", record.prompt))
+        messages.append(Message("assistant", record.text))
+    return messages
