@@ -67,3 +67,20 @@ def test_python_api_examples_run(load_plugins) -> None:
     load_plugins("llmcli-local")
     for i, block in enumerate(PY_BLOCK.findall((DOCS / "python-api.md").read_text())):
         exec(compile(block, f"docs/python-api.md[{i}]", "exec"), {})
+
+
+def test_every_plugin_hook_is_documented_and_the_error_example_is_real(monkeypatch) -> None:
+    import types
+
+    from llmcli import plugins
+    from llmcli.errors import PluginError
+
+    guide = (DOCS / "plugins.md").read_text()
+    for spec in plugins.HOOKS.values():
+        assert f"`{spec.signature}`" in guide, spec.signature
+    module = types.ModuleType("llmcli_echo")
+    module.register_model = lambda register: None  # type: ignore[attr-defined]
+    plugins.register_plugin_module("llmcli-echo", module)
+    with pytest.raises(PluginError) as info:
+        plugins.load_plugins()
+    assert f"Error: {info.value}\n" in guide
