@@ -477,7 +477,7 @@ def _open_log() -> Logger:
     # its request is sent. The log package imports sqlite-utils, so only when logging.
     from llmcli.log import LogStore
 
-    return LogStore().log
+    return LogStore().log_once
 
 
 def prepare_response(

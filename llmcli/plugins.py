@@ -7,9 +7,10 @@ in group ``llmcli`` whose target module defines any of the hooks in :data:`HOOKS
 
 Hooks are checked when the plugin loads, so a mistake fails loudly instead of leaving a
 hook silently unused: every public callable of the module named like a hook (``register_…``,
-``resolve_…``) or close to one must be one of these, and each hook must accept its one
-argument. Anything else fails with :class:`llmcli.errors.PluginError`; a helper that only
-looks like a hook takes a leading underscore.
+``resolve_…``) or close to one must be one of these (functions imported from llmcli or the
+standard library are not looked at), and each hook must accept its one argument. Anything
+else fails with :class:`llmcli.errors.PluginError`; a helper that only looks like a hook
+takes a leading underscore.
 
 Loading a plugin must stay cheap: provider SDKs and torch are imported only when a model runs.
 ``LLMCLI_LOAD_PLUGINS`` (comma-separated distribution or entry-point names; empty for none)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -106,6 +108,12 @@ def _check_hook(plugin: str, module: ModuleType, spec: HookSpec, value: object) 
         pass  # no signature to inspect (a builtin): trust it
 
 
+def _imported_from_core_or_stdlib(value: object) -> bool:
+    # `from llmcli.models import resolve_key` is not a misspelled hook.
+    top = (getattr(value, "__module__", None) or "").partition(".")[0]
+    return top == "llmcli" or top in sys.stdlib_module_names
+
+
 def _hooks(plugin: str, module: ModuleType) -> dict[str, Callable[..., Any]]:
     """The module's hooks, after checking that it defines no unknown or misspelled one."""
     hooks: dict[str, Callable[..., Any]] = {}
@@ -114,7 +122,8 @@ def _hooks(plugin: str, module: ModuleType) -> dict[str, Callable[..., Any]]:
             _check_hook(plugin, module, HOOKS[attr], value)
             hooks[attr] = value
             continue
-        if attr.startswith("_") or not callable(value) or isinstance(value, type):
+        if (attr.startswith("_") or not callable(value) or isinstance(value, type)
+                or _imported_from_core_or_stdlib(value)):
             continue
         close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.8)
         if close or attr.startswith(_HOOK_PREFIXES):

@@ -132,6 +132,18 @@ def test_continue_conversation(run, test_models) -> None:
     assert len(logged(run, "--cid", cid)) == 3
 
 
+def test_continue_after_a_failed_turn_and_with_another_model(run, test_models) -> None:
+    run("-m", "test-eats", "first", "-o", "reply", "one")
+    assert run("-c", "broken", "-o", "fail_after", "0").exit_code == 1
+    result = run("-c", "-m", "t-echoes", "third", "-o", "reply", "three")
+    assert result.exit_code == 0, result.output
+    request = test_models.requests[-1]
+    assert request.model_id == "test-echoes"
+    assert [(m.role, m.content) for m in request.history] == [
+        ("user", "first"), ("assistant", "one")]  # the failed turn is not sent
+    assert len({r["conversation_id"] for r in logged(run)}) == 1
+
+
 def test_no_log(run, user_dir: Path) -> None:
     run("-m", "test-eats", "x", "-n")
     assert not (user_dir / "logs.db").exists()

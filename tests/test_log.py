@@ -97,3 +97,24 @@ def test_search_matches_prompt_and_text(test_models) -> None:
     assert [r["prompt"] for r in store.recent(query="giraffes")] == ["tell me about giraffes"]
     assert [r["text"] for r in store.recent(query="hoot")] == ["they hoot"]
     assert store.recent(query='"unbalanced') == []  # user text is quoted, never a syntax error
+
+
+def test_a_response_prepared_in_one_thread_logs_from_another(test_models, user_dir) -> None:
+    # The log is opened when the prompt is prepared (so it fails before the request); the
+    # response may be read, and so logged, by another thread (a worker pool, a web app).
+    import threading
+
+    response = llmcli.get_model("test-eats").prompt("x", reply="from a thread")
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            response.text()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert errors == []
+    assert [r["text"] for r in LogStore().recent()] == ["from a thread"]

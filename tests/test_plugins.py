@@ -30,6 +30,10 @@ def register_one(register: Callable[..., None]) -> None:
 
 
 def test_hooks_are_found_and_helpers_ignored() -> None:
+    import codecs
+
+    from llmcli.models import resolve_key
+
     def resolve_model(name: str) -> None:
         return None
 
@@ -38,7 +42,9 @@ def test_hooks_are_found_and_helpers_ignored() -> None:
 
     plugin_module(register_models=register_one, resolve_model=resolve_model,
                   register_commands=register_commands, _register_helper=lambda: None,
-                  helper=lambda a, b: None, CONSTANT=1)
+                  helper=lambda a, b: None, CONSTANT=1,
+                  # imported from the core or the standard library: not hooks
+                  resolve_key=resolve_key, register_error=codecs.register_error)
     (plugin,) = plugins.load_plugins()
     assert [m.model_id for m in plugin.models] == ["probe-model"]
     assert plugin.models[0].plugin == "llmcli-probe"

@@ -103,7 +103,10 @@ def open_db(path: Path | None = None, *, create: bool = True) -> Database:
     if create:
         config.ensure_user_dir()
     with _db_errors(path):
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        # A response's log is opened when the prompt is prepared and written by whichever
+        # thread reads the response; one thread at a time, and sqlite3 serializes anyway.
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
         db = Database(conn, execute_plugins=False)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if db.journal_mode != "wal":
@@ -116,6 +119,16 @@ class LogStore:
     def __init__(self, db: Database | None = None, path: Path | None = None) -> None:
         self.path = path or logs_path()
         self.db = db if db is not None else open_db(self.path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def log_once(self, response: ResponseRecord | Recordable) -> None:
+        """Write one response, then close: the logger of a single prompt."""
+        try:
+            self.log(response)
+        finally:
+            self.close()
 
     def log(self, response: ResponseRecord | Recordable) -> None:
         """Write one response (a finished Response is a valid logger: ``log=store.log``)."""
