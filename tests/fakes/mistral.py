@@ -89,6 +89,9 @@ class FakeMistral(ScriptedServer):
             at = text.find(stop)
             if at != -1:
                 return text[:at], "stop"
+        limit = body.get("max_tokens")
+        if limit is not None and len(text.split(" ")) > limit:  # a word a token
+            return " ".join(text.split(" ")[:limit]), "length"
         return text, "stop"
 
     def _events(self, base: dict[str, Any], text: str, finish: str,

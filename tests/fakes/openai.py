@@ -12,7 +12,18 @@ Modes, modelled on what the real servers do (see docs/PREFILL notes in /work/sha
   400 when ``add_generation_prompt`` is also true (vLLM's default is true).
 * ``deepseek``: ``prefix: true`` on the final assistant message continues it (eats, or
   echoes with ``echoes=True``); 400 unless the path is under ``/beta``.
-* ``llama``: llama-server/Ollama: a trailing assistant message is continued (eats).
+* ``llama``: older llama-server builds, Ollama: a trailing assistant message is continued
+  (eats).
+* ``llama-server``: what llama-server 0c1e570 (the build vendored in llama-cpp-python 0.3.36)
+  was measured to do: a trailing assistant message is continued and **echoed**, streamed or
+  not (``prefix`` is ignored); ``continue_final_message`` with ``add_generation_prompt: false``
+  echoes when not streaming and returns only the continuation when streaming; both flags
+  true (or ``continue_final_message`` alone: the generation prompt defaults to true) is a 400.
+* ``fresh``: llama-cpp-python's own server: a trailing assistant turn is closed and a new
+  one answered, whatever the flags (the prefill does nothing).
+
+The "model" continues a prefill ending in "Thursday," with " Friday" (what a probe asks), any
+other prefill with ``continuation``.
 
 Queued replies (``enqueue``) are served first, one per request, for error scripts.
 """
@@ -73,6 +84,8 @@ class FakeOpenAI(FakeServer):
         self.delay = 0.0
         #: A 200 whose body is not JSON (non-streaming).
         self.invalid_json = False
+        #: The finish_reason of every reply.
+        self.finish_reason = "stop"
 
     def start(self) -> FakeOpenAI:
         super().start()
@@ -120,7 +133,7 @@ class FakeOpenAI(FakeServer):
         if self.models is not None and model not in self.models:
             return error_reply(404, f"The model `{model}` does not exist or you do not have "
                                "access to it.", code="model_not_found")
-        result = self._answer(request.path, body)
+        result = self._answer(request.path, body, stream=bool(body.get("stream")))
         if isinstance(result, Reply):
             return result
         if self.invalid_json and not body.get("stream"):
@@ -131,12 +144,29 @@ class FakeOpenAI(FakeServer):
                          cut_after=self.cut_after, delay=self.delay)
         return Reply(json_body=self._completion(str(model), result), delay=self.delay)
 
-    def _answer(self, path: str, body: dict[str, Any]) -> str | Reply:
+    def _continue(self, prefill: str | None) -> str:
+        if prefill is not None and prefill.rstrip().endswith("Thursday,"):
+            return " Friday"
+        return self.continuation
+
+    def _answer(self, path: str, body: dict[str, Any], stream: bool) -> str | Reply:
         messages = body.get("messages") or []
         last = messages[-1] if messages else {}
         trailing = last.get("content", "") if last.get("role") == "assistant" else None
+        continuation = self._continue(trailing)
         if self.mode == "openai":
             return self._emulated(messages)
+        if self.mode == "fresh":
+            return FRESH_TURN
+        if self.mode == "llama-server":
+            if body.get("continue_final_message"):
+                if body.get("add_generation_prompt", True):
+                    return error_reply(400, "Cannot set both add_generation_prompt and "
+                                       "continue_final_message to true.")
+                if trailing is None:
+                    return FRESH_TURN
+                return continuation if stream else trailing + continuation
+            return FRESH_TURN if trailing is None else trailing + continuation
         if self.mode == "vllm":
             continue_final = bool(body.get("continue_final_message"))
             add_generation = body.get("add_generation_prompt", True)
@@ -147,16 +177,15 @@ class FakeOpenAI(FakeServer):
                 return error_reply(400, "continue_final_message is set but the final "
                                    "message is not from the assistant.",
                                    type_="BadRequestError")
-            return self.continuation if continue_final else FRESH_TURN
+            return continuation if continue_final else FRESH_TURN
         if self.mode == "deepseek":
             if last.get("prefix"):
                 if "/beta/" not in path:
                     return error_reply(400, "prefix is only available when using beta api")
-                return (trailing or "") + self.continuation if self.echoes else (
-                    self.continuation)
+                return (trailing or "") + continuation if self.echoes else continuation
             return FRESH_TURN
         if self.mode == "llama":
-            return self.continuation if trailing is not None else FRESH_TURN
+            return continuation if trailing is not None else FRESH_TURN
         raise AssertionError(f"unknown mode {self.mode}")
 
     def _emulated(self, messages: list[dict[str, Any]]) -> str:
@@ -184,7 +213,7 @@ class FakeOpenAI(FakeServer):
         return {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
             "model": model, "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+            "choices": [{"index": 0, "finish_reason": self.finish_reason, "logprobs": None,
                          "message": {"role": "assistant", "content": text, "refusal": None}}],
             "usage": self._usage(),
         }
@@ -209,7 +238,7 @@ class FakeOpenAI(FakeServer):
             if self.malformed_after is not None and n == self.malformed_after:
                 events.append('data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')
             events.append(sse(self._chunk(model, {"content": piece}, None, include_usage)))
-        events.append(sse(self._chunk(model, {}, "stop", include_usage)))
+        events.append(sse(self._chunk(model, {}, self.finish_reason, include_usage)))
         if include_usage:
             events.append(sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                "created": 1700000000, "model": model, "choices": [],

@@ -106,7 +106,15 @@ def test_prefix_is_sent_and_echo_stripped(mistral: FakeMistral, stream: bool,
     assert mistral.last_body["stream"] is stream
     usage = r.usage()
     assert usage.input_tokens and usage.output_tokens
-    assert usage.stop_reason == "stop"
+    assert usage.stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_token_limit_is_max_tokens(mistral: FakeMistral, stream: bool) -> None:
+    mistral.reply = "one two three four"
+    r = ask(prefill="P: ", stream=stream, max_tokens=2)
+    assert r.text() == "P: one two"
+    assert r.stop_reason == "max_tokens"
 
 
 def test_echo_split_across_stream_chunks(mistral: FakeMistral) -> None:
@@ -347,7 +355,7 @@ def test_complete_response_is_logged(mistral: FakeMistral) -> None:
     assert (row["model"], row["prefill"], row["text"], row["continuation"]) == (
         MODEL, "Answer: ", "Answer: 42.", "42.")
     assert (row["status"], row["prefill_support"], row["stop_reason"]) == (
-        "complete", "echoes", "stop")
+        "complete", "echoes", "end_turn")
 
 
 # -- the command line ----------------------------------------------------------------------

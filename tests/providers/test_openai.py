@@ -133,7 +133,7 @@ def test_streaming_asks_for_usage_and_reports_it(openai_env: FakeOpenAI) -> None
     response.text()
     assert sent(openai_env)["stream_options"] == {"include_usage": True}
     usage = response.usage()
-    assert (usage.input_tokens, usage.output_tokens, usage.stop_reason) == (12, 7, "stop")
+    assert (usage.input_tokens, usage.output_tokens, usage.stop_reason) == (12, 7, "end_turn")
 
 
 def test_bearer_key_is_sent(openai_env: FakeOpenAI) -> None:

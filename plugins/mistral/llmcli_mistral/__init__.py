@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from llmcli.capabilities import PrefillSupport
+from llmcli.capabilities import PrefillSupport, StopReason
 from llmcli.errors import ProviderError, transport_error
 from llmcli.models import Chunk, KeySpec, Model, Request, Usage
 from llmcli_mistral.transform import (
@@ -136,8 +136,20 @@ def _text_of(content: Any) -> str:
     return ""  # Unset
 
 
+#: Mistral's finish reasons in llmcli's vocabulary; others ("error") pass through.
+_STOP_REASONS = {
+    "stop": StopReason.END_TURN,
+    "length": StopReason.MAX_TOKENS,
+    "model_length": StopReason.MAX_TOKENS,
+    "tool_calls": StopReason.TOOL_USE,
+}
+
+
 def _usage(usage: Any, finish_reason: Any) -> Usage:
-    result = Usage(stop_reason=finish_reason if isinstance(finish_reason, str) else None)
+    reason = finish_reason if isinstance(finish_reason, str) else None
+    if reason is not None and reason in _STOP_REASONS:
+        reason = _STOP_REASONS[reason].value
+    result = Usage(stop_reason=reason)
     if usage is not None and hasattr(usage, "prompt_tokens"):
         result.input_tokens = usage.prompt_tokens
         result.output_tokens = usage.completion_tokens

@@ -25,7 +25,7 @@ from ._models import (
     CompatibleModel,
     openai_model,
 )
-from ._servers import PRESETS, ServerEntry, load_servers, raw_mentions
+from ._servers import PRESETS, ServerEntry, load_servers, preset_echo, raw_mentions
 
 __all__ = ["register_commands", "register_models", "resolve_model"]
 
@@ -36,7 +36,8 @@ def _server_model(entry: ServerEntry) -> CompatibleModel:
         model_name=entry.model_name,
         base_url=entry.base_url,
         prefill_style=entry.prefill_style,
-        echoes=entry.echoes,
+        echo_stream=entry.echo(stream=True),
+        echo_complete=entry.echo(stream=False),
         key_name=entry.key_name,
         key_env=entry.key_env,
         aliases=tuple(entry.aliases),
@@ -65,9 +66,10 @@ def resolve_model(name: str) -> Model | None:
             return openai_model(rest, model_id=name)
         preset = PRESETS.get(prefix)
         if preset is not None:
+            echo = preset_echo(preset)
             return CompatibleModel(
                 name, model_name=rest, base_url=preset.base_url,
-                prefill_style=preset.prefill_style, echoes=preset.echoes,
+                prefill_style=preset.prefill_style, echo_stream=echo, echo_complete=echo,
                 key_name=preset.key_name, key_env=preset.key_env,
             )
         return None

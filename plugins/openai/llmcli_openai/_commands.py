@@ -1,8 +1,9 @@
-"""``llmcli openai-servers add|list|remove|presets``: manage openai-servers.json."""
+"""``llmcli openai-servers add|list|probe|remove|presets``: manage openai-servers.json."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -10,13 +11,15 @@ from llmcli.errors import ConfigError
 
 from ._servers import (
     PRESETS,
+    ProbeRecord,
     ServerEntry,
     ServersFile,
     load_servers,
+    preset_echo,
     save_servers,
     servers_path,
 )
-from ._wire import PREFILL_STYLES, capability_for
+from ._wire import PREFILL_STYLES, EchoMode, PrefillStyle, capability_for
 
 __all__ = ["openai_servers"]
 
@@ -26,6 +29,78 @@ def _load() -> ServersFile:
         return load_servers()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _validation_problem(exc: Any) -> tuple[str, str]:
+    """(where, message) of a pydantic ValidationError's first problem."""
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"])
+    return where, str(error["msg"]).removeprefix("Value error, ")
+
+
+#: Entry fields and the options that set them, for errors that name what the user typed.
+_OPTION_FOR = {"id": "ID", "model_name": "--model-name", "base_url": "--base-url",
+               "prefill_style": "--prefill-style", "key_name": "--key-name",
+               "key_env": "--key-env", "aliases": "--alias", "echoes": "--echoes/--eats"}
+
+
+def _entry(values: dict[str, Any]) -> ServerEntry:
+    from pydantic import ValidationError
+
+    try:
+        return ServerEntry.model_validate(values)
+    except ValidationError as exc:
+        where, message = _validation_problem(exc)
+        option = _OPTION_FOR.get(where.split(".")[0])
+        if option is None:
+            raise click.UsageError(message) from None
+        raise click.BadParameter(message, param_hint=option) from None
+
+
+def _key_for(entry: ServerEntry) -> str | None:
+    from llmcli import config
+
+    if not (entry.key_name or entry.key_env):
+        return None
+    key = config.get_key(entry.key_name or entry.id, entry.key_env)
+    config.remember_secret(key)
+    return key
+
+
+def _probe(entry: ServerEntry) -> ProbeRecord:
+    """Probe, or a ClickException that says why it could not (nothing is recorded then)."""
+    from llmcli.config import scrub
+
+    from ._probe import ProbeError, probe_server
+
+    click.echo(f"Probing {entry.base_url} ({entry.model_name}) for its prefill behaviour...",
+               err=True)
+    try:
+        return probe_server(entry.base_url, entry.model_name, _key_for(entry))
+    except ProbeError as exc:
+        raise click.ClickException(
+            scrub(f"Cannot probe {entry.base_url}: {exc}")) from None
+
+
+def _describe_probe(record: ProbeRecord) -> str:
+    parts = [f"{style}: stream {p.stream}, complete {p.complete}"
+             for style, p in record.styles.items()]
+    return "; ".join(parts) + f" (probed {record.at})"
+
+
+def _support(entry: ServerEntry) -> str:
+    return _support_text(entry.prefill_style, entry.echo(stream=True), entry.echo(stream=False))
+
+
+def _support_text(style: PrefillStyle, echo_stream: EchoMode, echo_complete: EchoMode) -> str:
+    """How the normalizer treats the server, per stream mode when they differ."""
+    streamed = capability_for(style, echo_stream)
+    whole = capability_for(style, echo_complete)
+    if style != "none" and echo_stream == echo_complete == "auto":
+        return f"{streamed}, detected per reply"
+    if streamed == whole:
+        return str(streamed)
+    return f"stream {streamed}, complete {whole}"
 
 
 @click.group(name="openai-servers")
@@ -45,61 +120,103 @@ def openai_servers() -> None:
               help="Fill in base URL, prefill style and key settings for a known server.")
 @click.option("--base-url", help="e.g. http://localhost:8000/v1 (default: the preset's).")
 @click.option("--prefill-style", type=click.Choice(PREFILL_STYLES),
-              help="How the server takes a prefill (default: the preset's).")
+              help="How the server takes a prefill. Given: no probe is sent. "
+                   "Default: probe the server and pick the best style that works.")
 @click.option("--echoes/--eats", default=None,
-              help="prefix style only: whether the server returns the prefill too.")
+              help="The server returns the prefill too / only the continuation, streamed "
+                   "or not. Default: what the probe saw, else detected per reply.")
+@click.option("--probe/--no-probe", "do_probe", default=True,
+              help="Without --prefill-style: ask the server (default), or take the "
+                   "preset's style unprobed.")
 @click.option("--key-name", help="The key's name in 'llmcli keys'.")
 @click.option("--key-env", help="An environment variable that holds the key.")
 @click.option("--alias", "aliases", multiple=True, help="Another name for -m (repeatable).")
 @click.option("--replace", is_flag=True, help="Overwrite an entry with the same ID.")
 def add(server_id: str, model_name: str, preset: str | None, base_url: str | None,
-        prefill_style: str | None, echoes: bool | None, key_name: str | None,
+        prefill_style: str | None, echoes: bool | None, do_probe: bool, key_name: str | None,
         key_env: str | None, aliases: tuple[str, ...], replace: bool) -> None:
-    """Add a model served by an OpenAI-compatible server, usable as -m ID."""
+    """Add a model served by an OpenAI-compatible server, usable as -m ID.
+
+    Without --prefill-style the server is probed: two tiny requests per style (streamed
+    and not, 3 tokens) show whether it continues a prefill and whether it echoes it."""
     chosen = PRESETS.get(preset) if preset else None
-    values = {
+    if base_url is None and chosen is None:
+        raise click.UsageError("--base-url is required without --preset")
+    if prefill_style is None and chosen is None and not do_probe:
+        raise click.UsageError("--prefill-style is required with --no-probe and no --preset")
+    values: dict[str, Any] = {
         "id": server_id,
         "model_name": model_name,
         "base_url": base_url or (chosen.base_url if chosen else None),
-        "prefill_style": prefill_style or (chosen.prefill_style if chosen else None),
-        "echoes": echoes if echoes is not None else (chosen.echoes if chosen else False),
+        # Validated now with a placeholder style; the probe may choose another.
+        "prefill_style": prefill_style or (chosen.prefill_style if chosen else "none"),
+        "echoes": echoes if echoes is not None else (chosen.echoes if chosen else None),
         "key_name": key_name or (chosen.key_name if chosen else None),
         "key_env": key_env or (chosen.key_env if chosen else None),
         "aliases": list(aliases),
     }
-    for option, field in (("--base-url", "base_url"), ("--prefill-style", "prefill_style")):
-        if values[field] is None:
-            raise click.UsageError(f"{option} is required without --preset")
+    entry = _entry(values)
+    servers = _load()
+    if servers.get(server_id) is not None and not replace:
+        raise click.ClickException(
+            f"A server named {server_id!r} exists; use --replace or 'openai-servers remove'")
+    if prefill_style is None and do_probe:
+        entry = _with_probe(entry, required=chosen is None)
+    kept = [s for s in servers.servers if s.id != server_id]
     from pydantic import ValidationError
 
     try:
-        entry = ServerEntry.model_validate(values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise click.BadParameter(error["msg"].removeprefix("Value error, "),
-                                 param_hint=where) from None
-    servers = _load()
-    existing = servers.get(server_id)
-    if existing is not None and not replace:
-        raise click.ClickException(
-            f"A server named {server_id!r} exists; use --replace or 'openai-servers remove'")
-    kept = [s for s in servers.servers if s.id != server_id]
-    try:
         updated = ServersFile.model_validate({"servers": [*kept, entry]})
     except ValidationError as exc:
-        problem = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-        raise click.ClickException(problem) from None
+        raise click.ClickException(_validation_problem(exc)[1]) from None
     path = save_servers(updated)
-    support = capability_for(entry.prefill_style, entry.echoes)
     click.echo(f"Added {server_id!r} ({entry.model_name} at {entry.base_url}, "
-               f"prefill {entry.prefill_style}: {support}) to {path}")
+               f"prefill {entry.prefill_style}: {_support(entry)}) to {path}")
+
+
+def _with_probe(entry: ServerEntry, required: bool) -> ServerEntry:
+    """The entry with a probe's record and chosen style. When the server cannot be asked,
+    a preset's style is kept (with a warning) and no style is an error."""
+    try:
+        record = _probe(entry)
+    except click.ClickException as exc:
+        if required:
+            raise click.ClickException(
+                f"{exc.message}; start the server, or give --prefill-style") from None
+        click.echo(f"Warning: {exc.message}; keeping the preset's style "
+                   f"{entry.prefill_style} (run 'llmcli openai-servers probe {entry.id}' "
+                   "later)", err=True)
+        return entry
+    click.echo(f"Probe: {_describe_probe(record)}", err=True)
+    return entry.model_copy(update={"probe": record, "prefill_style": record.chosen})
+
+
+@openai_servers.command(name="probe")
+@click.argument("server_id", metavar="ID")
+def probe(server_id: str) -> None:
+    """Ask a configured server again what it does with a prefill, and record it.
+
+    The best style that works streamed and not is chosen; a --echoes/--eats given at
+    'add' is dropped in favour of what the server does now."""
+    servers = _load()
+    entry = servers.get(server_id)
+    if entry is None:
+        raise click.ClickException(f"No server named {server_id!r} in {servers_path()}")
+    record = _probe(entry)
+    updated = entry.model_copy(update={"probe": record, "prefill_style": record.chosen,
+                                       "echoes": None})
+    servers.servers = [updated if s.id == server_id else s for s in servers.servers]
+    save_servers(servers)
+    click.echo(f"{server_id}: {_describe_probe(record)}")
+    for style, result in record.styles.items():
+        click.echo(f"  {style}: {result.seen}")
+    click.echo(f"{server_id}: prefill {updated.prefill_style} ({_support(updated)})")
 
 
 @openai_servers.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def list_(as_json: bool) -> None:
-    """List the configured servers."""
+    """List the configured servers, with what a probe saw."""
     servers = _load()
     entries = servers.servers
     if as_json:
@@ -110,12 +227,13 @@ def list_(as_json: bool) -> None:
                    "'llmcli openai-servers add ID --preset ollama --model-name NAME'.")
         return
     for e in entries:
-        support = capability_for(e.prefill_style, e.echoes)
         key = e.key_env or e.key_name or "none"
         if e.key_env and e.key_name:
             key = f"{e.key_name} / ${e.key_env}"
         click.echo(f"{e.id}: {e.model_name} at {e.base_url}  "
-                   f"prefill={e.prefill_style} ({support})  key={key}")
+                   f"prefill={e.prefill_style} ({_support(e)})  key={key}")
+        if e.probe is not None:
+            click.echo(f"  probe: {_describe_probe(e.probe)}")
 
 
 @openai_servers.command(name="remove")
@@ -133,6 +251,12 @@ def remove(server_id: str) -> None:
 @openai_servers.command(name="presets")
 def presets() -> None:
     """Show the presets (also usable directly: -m ollama/qwen2.5:7b)."""
+    from llmcli.cli.render import table
+
+    rows = []
     for name, p in PRESETS.items():
-        key = f"  key=${p.key_env}" if p.key_env else ""
-        click.echo(f"{name}: {p.base_url}  prefill={p.prefill_style}{key}  - {p.note}")
+        echo = preset_echo(p)
+        key = f"{p.key_name} / ${p.key_env}" if p.key_env else "none"
+        rows.append([name, p.base_url, p.prefill_style,
+                     _support_text(p.prefill_style, echo, echo), key, p.note])
+    table(["preset", "base URL", "prefill style", "capability", "key", "note"], rows)

@@ -21,6 +21,7 @@ from llmcli.models import Options as BaseOptions
 from ._errors import ErrorContext, map_error
 from ._wire import (
     Backend,
+    EchoMode,
     PrefillStyle,
     build_create_kwargs,
     capability_for,
@@ -192,7 +193,8 @@ class CompatibleModel(_ChatCompletionsModel):
         model_name: str,
         base_url: str,
         prefill_style: PrefillStyle,
-        echoes: bool = False,
+        echo_stream: EchoMode = "auto",
+        echo_complete: EchoMode = "auto",
         key_name: str | None = None,
         key_env: str | None = None,
         aliases: tuple[str, ...] = (),
@@ -200,7 +202,7 @@ class CompatibleModel(_ChatCompletionsModel):
         self.model_id = model_id
         self.aliases = aliases
         self.prefill_style = prefill_style
-        self.prefill_support = capability_for(prefill_style, echoes)
+        self.prefill_support = capability_for(prefill_style, echo_stream)
         hint = ""
         if key_name or key_env:
             name = key_name or model_id
@@ -217,9 +219,13 @@ class CompatibleModel(_ChatCompletionsModel):
             api_model=model_name,
             base_url=base_url,
             style=prefill_style,
-            echoes=echoes,
+            echo_stream=echo_stream,
+            echo_complete=echo_complete,
             key_hint=hint,
         )
+
+    def get_prefill_support(self, options: BaseOptions, stream: bool = True) -> PrefillSupport:
+        return capability_for(self.prefill_style, self.backend.echo(stream))
 
     def prefill_note(self) -> str:
         notes = {
@@ -228,4 +234,13 @@ class CompatibleModel(_ChatCompletionsModel):
             "trailing_assistant": "the server continues a trailing assistant message",
             "none": "the system message asks the model to start with the prefill",
         }
-        return notes[self.prefill_style]
+        note = notes[self.prefill_style]
+        if self.prefill_style == "none":
+            return note
+        backend = self.backend
+        if backend.echo_stream == backend.echo_complete == "auto":
+            return note + "; an echoed prefill is recognised reply by reply"
+        if backend.echo_stream == backend.echo_complete:
+            return f"{note}; the server {backend.echo_stream} it"
+        return (f"{note}; the server {backend.echo_stream} it streaming, "
+                f"{backend.echo_complete} it otherwise")

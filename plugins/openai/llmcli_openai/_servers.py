@@ -6,9 +6,16 @@ The file::
     {
       "servers": [
         {"id": "qwen", "model_name": "qwen2.5:7b", "base_url": "http://localhost:11434/v1",
-         "prefill_style": "trailing_assistant"}
+         "prefill_style": "trailing_assistant",
+         "probe": {"at": "2026-11-26T23:50:00Z", "chosen": "trailing_assistant",
+                   "styles": {"trailing_assistant": {"stream": "echoes", "complete": "echoes",
+                                                     "seen": "Monday, ... Friday"}}}}
       ]
     }
+
+``echoes`` (true or false, for every style) is the user's word on what the server returns
+and wins over a probe; without it a probed server's recorded behaviour is used per stream
+mode, and an unprobed one is "auto" (see :data:`._wire.EchoMode`).
 
 Validated with pydantic (unknown fields are errors, so typos fail loudly); a malformed file
 raises a one-line :class:`ConfigError` naming the file and the first problem.
@@ -21,22 +28,26 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmcli import config
 from llmcli.errors import ConfigError
 
-from ._wire import PrefillStyle
+from ._wire import EchoMode, PrefillStyle
 
 __all__ = [
     "FILE_NAME",
     "PRESETS",
+    "ModeOutcome",
     "Preset",
+    "ProbeRecord",
     "ServerEntry",
+    "StyleProbe",
     "ServersFile",
     "load_servers",
+    "preset_echo",
     "save_servers",
     "servers_path",
 ]
@@ -44,6 +55,35 @@ __all__ = [
 FILE_NAME = "openai-servers.json"
 # No "/" in ids: "<preset>/<model>" names are resolved on demand and must not collide.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+
+
+#: What a probe saw a server do with one prefill style in one stream mode: return only the
+#: continuation, return prefill + continuation, answer with a new turn that ignores the
+#: prefill, or refuse the request (an HTTP error).
+ModeOutcome = Literal["eats", "echoes", "ignores", "rejects"]
+
+
+class StyleProbe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream: ModeOutcome
+    complete: ModeOutcome
+    #: What came back, shortened (the start of each reply, or the server's error), so the
+    #: user can check the verdict.
+    seen: str = ""
+
+    def works(self) -> bool:
+        return self.stream in ("eats", "echoes") and self.complete in ("eats", "echoes")
+
+
+class ProbeRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: When it ran (UTC, ISO 8601).
+    at: str
+    #: The style it picked ("none" when no native style worked).
+    chosen: PrefillStyle
+    styles: dict[PrefillStyle, StyleProbe] = Field(default_factory=dict)
 
 
 class ServerEntry(BaseModel):
@@ -55,13 +95,27 @@ class ServerEntry(BaseModel):
     model_name: str = Field(min_length=1)
     base_url: str
     prefill_style: PrefillStyle
-    #: Only with prefill_style "prefix": the server returns prefill + continuation.
-    echoes: bool = False
+    #: The user's word: the server returns prefill + continuation (true) or only the
+    #: continuation (false), streamed or not. None: the probe's record, else "auto".
+    echoes: bool | None = None
     #: The key's name in 'llmcli keys'.
     key_name: str | None = None
     #: An environment variable holding the key (wins over the keys file).
     key_env: str | None = None
     aliases: list[str] = Field(default_factory=list)
+    #: What ``openai-servers probe`` saw (absent when never probed).
+    probe: ProbeRecord | None = None
+
+    def echo(self, stream: bool) -> EchoMode:
+        """What this server returns with a native prefill in one stream mode."""
+        if self.echoes is not None:
+            return "echoes" if self.echoes else "eats"
+        seen = self.probe.styles.get(self.prefill_style) if self.probe else None
+        if seen is not None:
+            outcome = seen.stream if stream else seen.complete
+            if outcome in ("eats", "echoes"):
+                return outcome
+        return "auto"
 
     @field_validator("base_url")
     @classmethod
@@ -69,12 +123,6 @@ class ServerEntry(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _echoes_needs_prefix(self) -> ServerEntry:
-        if self.echoes and self.prefill_style != "prefix":
-            raise ValueError("echoes applies only to prefill_style 'prefix'")
-        return self
 
 
 class ServersFile(BaseModel):
@@ -100,7 +148,8 @@ class ServersFile(BaseModel):
 class Preset:
     base_url: str
     prefill_style: PrefillStyle
-    echoes: bool = False
+    #: None: "auto", as the servers differ by build (see :data:`._wire.EchoMode`).
+    echoes: bool | None = None
     key_name: str | None = None
     key_env: str | None = None
     note: str = ""
@@ -121,6 +170,12 @@ PRESETS: dict[str, Preset] = {
                          note="OpenRouter: echo or eat depends on the upstream model, so "
                               "emulated; use --prefill-style trailing_assistant per model"),
 }
+
+
+def preset_echo(preset: Preset) -> EchoMode:
+    if preset.echoes is None:
+        return "auto"
+    return "echoes" if preset.echoes else "eats"
 
 
 def servers_path() -> Path:

@@ -11,24 +11,35 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmcli.capabilities import PrefillSupport
+from llmcli.capabilities import PrefillSupport, StopReason
 from llmcli.errors import ProviderError
 from llmcli.models import Request, Usage, emulation_instruction
 
 __all__ = [
+    "ECHO_MODES",
     "PREFILL_STYLES",
     "Backend",
+    "EchoMode",
     "PrefillStyle",
     "build_create_kwargs",
     "capability_for",
     "completion_events",
     "openai_emulation_instruction",
+    "stop_reason",
     "stream_events",
 ]
 
 PrefillStyle = Literal["continue_final_message", "prefix", "trailing_assistant", "none"]
 PREFILL_STYLES: tuple[str, ...] = ("continue_final_message", "prefix", "trailing_assistant",
                                    "none")
+
+#: What a server sends back for a native prefill, in one stream mode: only the continuation
+#: ("eats"), the prefill and then the continuation ("echoes"), or not known ("auto": a
+#: leading copy of the prefill is recognised and dropped, reply by reply). Real servers
+#: differ by build and by stream mode (llama-server 0c1e570 echoes with
+#: continue_final_message only when not streaming), so "auto" is the default.
+EchoMode = Literal["eats", "echoes", "auto"]
+ECHO_MODES: tuple[str, ...] = ("eats", "echoes", "auto")
 
 
 @dataclass(frozen=True)
@@ -42,20 +53,28 @@ class Backend:
     #: None: ``OPENAI_BASE_URL`` or the SDK's default (api.openai.com).
     base_url: str | None = None
     style: PrefillStyle = "none"
-    #: Only for ``prefix``: the server returns the prefill followed by the continuation.
-    echoes: bool = False
+    #: What the server returns with a native prefill, streamed and not (see :data:`EchoMode`).
+    echo_stream: EchoMode = "auto"
+    echo_complete: EchoMode = "auto"
     #: OpenAI reasoning models: ``developer`` role, ``max_completion_tokens``.
     reasoning: bool = False
     #: How to supply the key, for 401/403 messages ("run 'llmcli keys set openai' ...").
     key_hint: str = ""
 
 
-def capability_for(style: PrefillStyle, echoes: bool = False) -> PrefillSupport:
+    def echo(self, stream: bool) -> EchoMode:
+        return self.echo_stream if stream else self.echo_complete
+
+
+def capability_for(style: PrefillStyle, echo: EchoMode = "auto") -> PrefillSupport:
+    """The normalizer's view of a style: "auto" is "echoes", whose normalizer strips a
+    leading copy of the prefill when there is one and takes the reply as the continuation
+    when there is not."""
     if style == "none":
         return PrefillSupport.EMULATED
-    if style == "prefix" and echoes:
-        return PrefillSupport.ECHOES_PREFIX
-    return PrefillSupport.EATS_PREFIX
+    if echo == "eats":
+        return PrefillSupport.EATS_PREFIX
+    return PrefillSupport.ECHOES_PREFIX
 
 
 def openai_emulation_instruction(prefill: str) -> str:
@@ -118,8 +137,30 @@ def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
     return kwargs
 
 
-def _usage(raw: Any, stop_reason: str | None) -> Usage:
-    usage = Usage(stop_reason=stop_reason)
+_STOP_REASONS = {
+    "stop": StopReason.END_TURN,
+    "length": StopReason.MAX_TOKENS,
+    "content_filter": StopReason.CONTENT_FILTER,
+    "tool_calls": StopReason.TOOL_USE,
+    "function_call": StopReason.TOOL_USE,
+}
+
+
+def stop_reason(choice: Any) -> str | None:
+    """A choice's finish_reason in llmcli's vocabulary. vLLM says which stop string ended
+    the reply in ``stop_reason``; other servers say "stop" for that and for the end of the
+    turn alike."""
+    finish = getattr(choice, "finish_reason", None)
+    if not finish:
+        return None
+    if finish == "stop" and isinstance(getattr(choice, "stop_reason", None), str):
+        return StopReason.STOP_SEQUENCE.value
+    known = _STOP_REASONS.get(finish)
+    return known.value if known is not None else str(finish)
+
+
+def _usage(raw: Any, reason: str | None) -> Usage:
+    usage = Usage(stop_reason=reason)
     if raw is None:
         return usage
     usage.input_tokens = getattr(raw, "prompt_tokens", None)
@@ -139,7 +180,7 @@ def stream_events(chunks: Iterable[Any], provider: str) -> Iterator[str | Usage]
     A stream that ends without a finish_reason was cut short (a proxy closing the connection
     cleanly, for instance); that is an error, not a complete reply.
     """
-    stop_reason: str | None = None
+    reason: str | None = None
     raw_usage: Any = None
     for chunk in chunks:
         if getattr(chunk, "usage", None) is not None:
@@ -152,13 +193,13 @@ def stream_events(chunks: Iterable[Any], provider: str) -> Iterator[str | Usage]
             if content:
                 yield content
             if choice.finish_reason:
-                stop_reason = choice.finish_reason
-    if stop_reason is None:
+                reason = stop_reason(choice)
+    if reason is None:
         raise ProviderError(
             f"{provider}: the stream ended before the model finished (no finish_reason)",
             provider=provider,
         )
-    yield _usage(raw_usage, stop_reason)
+    yield _usage(raw_usage, reason)
 
 
 def completion_events(completion: Any, provider: str) -> Iterator[str | Usage]:
@@ -171,4 +212,4 @@ def completion_events(completion: Any, provider: str) -> Iterator[str | Usage]:
     text = message.content if message.content is not None else getattr(message, "refusal", "")
     if text:
         yield text
-    yield _usage(getattr(completion, "usage", None), choice.finish_reason)
+    yield _usage(getattr(completion, "usage", None), stop_reason(choice))

@@ -1,0 +1,151 @@
+"""Find out what an OpenAI-compatible server does with a prefill, by asking it.
+
+Servers disagree, and one server can disagree with itself between builds and between
+streaming and not (llama-server 0c1e570 returns prefill + continuation for
+``continue_final_message`` when not streaming, only the continuation when streaming). A probe
+sends, per prefill style, two tiny deterministic requests (streamed and not, temperature 0,
+``max_tokens`` 3) whose prefill has one obvious next word, and reads each reply:
+
+* it starts with the prefill: **echoes**;
+* it starts with the next word: **eats** (only the continuation came back);
+* anything else: **ignores** (the server answered a new turn; the prefill did nothing);
+* an HTTP error: **rejects** (the server refuses the form).
+
+Styles are tried in order until one works in both modes; that one is chosen, or ``none``
+(emulated) when none works. Transport failures (no server, timeout, 401) are not verdicts:
+they raise :class:`ProbeError` and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from llmcli.capabilities import PrefillSupport
+from llmcli.errors import LLMCLIError
+from llmcli.models import Request
+
+from ._models import ChatOptions
+from ._servers import ModeOutcome, ProbeRecord, StyleProbe
+from ._wire import Backend, PrefillStyle, build_create_kwargs
+
+__all__ = ["PROBE_NEXT_WORD", "PROBE_PREFILL", "PROBE_PROMPT", "ProbeError", "STYLE_ORDER",
+           "classify", "probe_server"]
+
+#: A request the model would never answer with this text on its own (so an echo is
+#: unmistakable), and whose continuation is one obvious word (so a continuation is told
+#: apart from a new turn).
+PROBE_PROMPT = "Reply with the single word OK."
+PROBE_PREFILL = "Monday, Tuesday, Wednesday, Thursday,"
+PROBE_NEXT_WORD = "Friday"
+PROBE_MAX_TOKENS = 3
+
+#: Native styles, most explicit first: a server that honours ``continue_final_message`` says
+#: so on the wire; ``trailing_assistant`` relies on the server's default.
+STYLE_ORDER: tuple[PrefillStyle, ...] = ("continue_final_message", "trailing_assistant",
+                                         "prefix")
+
+
+class ProbeError(LLMCLIError):
+    """The server could not be asked (unreachable, timed out, refused the key)."""
+
+
+def classify(text: str) -> ModeOutcome:
+    """The verdict on one reply to the probe request."""
+    if text.startswith(PROBE_PREFILL):
+        return "echoes"
+    # A few tokens may cut the word short ("Fri"), and a server may keep the space.
+    start = text.lstrip()
+    if start and (start.startswith(PROBE_NEXT_WORD) or PROBE_NEXT_WORD.startswith(start)):
+        return "eats"
+    return "ignores"
+
+
+def _request(stream: bool) -> Request:
+    options = ChatOptions.model_validate(
+        {"max_tokens": PROBE_MAX_TOKENS, "temperature": 0, "seed": 0})
+    return Request(model_id="probe", prompt=PROBE_PROMPT, system=None, history=[],
+                   prefill=PROBE_PREFILL, prefill_support=PrefillSupport.EATS_PREFIX,
+                   options=options, stream=stream)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ask(client: Any, backend: Backend, stream: bool) -> str:
+    kwargs = build_create_kwargs(_request(stream), backend)
+    kwargs.pop("stream_options", None)  # not every server knows it; usage is not needed
+    result = client.chat.completions.create(**kwargs)
+    if not stream:
+        choices = result.choices or []
+        return (choices[0].message.content or "") if choices else ""
+    parts = []
+    for chunk in result:
+        for choice in chunk.choices or []:
+            content = getattr(choice.delta, "content", None)
+            if content:
+                parts.append(content)
+    return "".join(parts)
+
+
+def probe_style(client: Any, model_name: str, style: PrefillStyle) -> StyleProbe:
+    """Both stream modes of one style."""
+    import openai
+
+    backend = Backend(provider="probe", api_model=model_name, base_url="-", style=style)
+    outcomes: dict[str, ModeOutcome] = {}
+    seen: list[str] = []
+    for stream in (True, False):
+        mode = "stream" if stream else "complete"
+        try:
+            text = _ask(client, backend, stream)
+        except (openai.AuthenticationError, openai.PermissionDeniedError,
+                openai.NotFoundError) as exc:
+            # Not about the prefill: the key, or the model's name, is wrong.
+            raise ProbeError(f"{exc.status_code} {_status_message(exc)}") from None
+        except openai.APIStatusError as exc:
+            outcomes[mode] = "rejects"
+            seen.append(f"{mode}: {exc.status_code} {_short(_status_message(exc), 100)}")
+            continue
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise ProbeError(f"cannot reach the server ({type(exc).__name__})") from None
+        outcomes[mode] = classify(text)
+        seen.append(f"{mode}: {_short(text)!r}")
+    return StyleProbe(stream=outcomes["stream"], complete=outcomes["complete"],
+                      seen="; ".join(seen))
+
+
+def _status_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else error
+        if message:
+            return str(message)
+    return str(getattr(exc, "message", exc))
+
+
+def probe_server(base_url: str, model_name: str, key: str | None = None,
+                 styles: Sequence[PrefillStyle] = STYLE_ORDER,
+                 timeout: float = 60.0) -> ProbeRecord:
+    """Try ``styles`` in order; stop at the first that works streamed and not."""
+    import openai
+
+    record = ProbeRecord(at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), chosen="none")
+    with openai.OpenAI(api_key=key or "no-key-needed", base_url=base_url, max_retries=1,
+                       timeout=timeout) as client:
+        # Like the model's own client: an OpenAI account's ids are not for other servers.
+        client.organization = None
+        client.project = None
+        for style in styles:
+            if style == "none":
+                continue
+            result = probe_style(client, model_name, style)
+            record.styles[style] = result
+            if result.works():
+                record.chosen = style
+                break
+    return record
