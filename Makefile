@@ -9,7 +9,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 PROMPT  ?= Reply with a JSON array of three US state names.
 PREFILL ?= ["
 
-.PHONY: setup run test test-setup lint bench clean
+.PHONY: setup run test test-setup lint bench clean llama-server
 
 $(VENV)/.setup: pyproject.toml $(PLUGINS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,10 +30,17 @@ $(VENV)/.test-setup: $(VENV)/.setup tests/testplugin/pyproject.toml
 
 test-setup: $(VENV)/.test-setup
 
+# llama.cpp's llama-server, built once per machine from the source vendored in the pinned
+# llama-cpp-python sdist (about 7 minutes on 2 cores), cached outside the clone; the
+# conformance tests in tests/realserver/ run llmcli against it.
+llama-server:
+	bash tests/realserver/build_llama_server.sh
+
 # The linters run first and fail the build on any finding (CI runs `make test`).
 # pytest exits 5 when it collects no tests: that is not a failure of the code under test.
-test: lint
-	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+# LLMCLI_REQUIRE_REAL_SERVER makes a missing llama-server a failure rather than a skip.
+test: lint llama-server
+	LLMCLI_REQUIRE_REAL_SERVER=1 $(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: test-setup
 	$(VENV)/bin/ruff check .
