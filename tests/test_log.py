@@ -118,3 +118,16 @@ def test_a_response_prepared_in_one_thread_logs_from_another(test_models, user_d
     thread.join()
     assert errors == []
     assert [r["text"] for r in LogStore().recent()] == ["from a thread"]
+
+
+def test_old_stop_reasons_are_migrated_to_the_one_vocabulary(user_dir: Path) -> None:
+    db = open_db()
+    base = {"model": "m", "prompt": "p", "text": "t", "status": "complete",
+            "datetime_utc": "2026-01-01T00:00:00"}
+    for n, reason in enumerate(["stop", "length", "end_turn", "stop_sequence", "error"]):
+        db["responses"].insert({"id": str(n), "stop_reason": reason, **base})
+    # As a log written before m002 was applied.
+    db.execute("delete from _llmcli_migrations where name = 'm002_one_stop_reason_vocabulary'")
+    db.conn.commit()
+    migrated = [r["stop_reason"] for r in open_db()["responses"].rows_where(order_by="id")]
+    assert migrated == ["end_turn", "max_tokens", "end_turn", "stop_sequence", "error"]

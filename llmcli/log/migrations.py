@@ -48,3 +48,13 @@ def m001_initial(db: Database) -> None:
     db.table("responses").create_index(["conversation_id"])
     db.table("responses").create_index(["datetime_utc"])
     db.table("responses").enable_fts(["prompt", "text"], create_triggers=True)
+
+
+@migration
+def m002_one_stop_reason_vocabulary(db: Database) -> None:
+    """Rows logged before stop reasons had one vocabulary (``llmcli.capabilities.StopReason``)
+    kept OpenAI's and Mistral's words, and the local runtime's "stop"."""
+    for old, new in (("stop", "end_turn"), ("length", "max_tokens"),
+                     ("model_length", "max_tokens"), ("tool_calls", "tool_use"),
+                     ("function_call", "tool_use")):
+        db.execute("update responses set stop_reason = ? where stop_reason = ?", [new, old])
