@@ -49,6 +49,8 @@ class ResponseRecord:
     stop_reason: str | None = None
     duration_ms: int | None = None
     error: str | None = None
+    #: The ``llmcli batch`` run this exchange belongs to (None outside a batch).
+    batch_id: str | None = None
     #: Not a column of ``responses``: the name a new conversation is logged under.
     conversation_name: str | None = None
 

@@ -18,6 +18,7 @@ CORE = ROOT / "llmcli"
 #: A module may import only modules of a lower rank (or its own package's modules).
 RANKS = {
     "llmcli.cli": 6,
+    "llmcli.batch": 5.5,  # the batch command's logic: runs prompts through the API
     "llmcli.api": 5,
     "llmcli.models": 4,
     "llmcli.plugins": 3,  # the registry: loads plugins, imports no model code

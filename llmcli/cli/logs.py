@@ -25,9 +25,10 @@ def logs() -> None:
 @click.option("-m", "--model", help="Only this model's responses.")
 @click.option("-c", "--current", is_flag=True, help="Only the most recent conversation.")
 @click.option("--cid", "--conversation", "conversation_id", help="Only this conversation.")
+@click.option("--batch", "batch_id", help="Only the exchanges of this 'llmcli batch' run.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows.")
 def list_logs(count: int, query: str | None, model: str | None, current: bool,
-              conversation_id: str | None, as_json: bool) -> None:
+              conversation_id: str | None, batch_id: str | None, as_json: bool) -> None:
     """Recent responses, oldest first."""
     from llmcli.log import LogStore, logs_path
 
@@ -42,7 +43,7 @@ def list_logs(count: int, query: str | None, model: str | None, current: bool,
 
             model = api.get_model(model).model_id
         rows = store.recent(count or None, query=query, conversation_id=conversation_id,
-                            model=model)
+                            model=model, batch_id=batch_id)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return

@@ -58,3 +58,11 @@ def m002_one_stop_reason_vocabulary(db: Database) -> None:
                      ("model_length", "max_tokens"), ("tool_calls", "tool_use"),
                      ("function_call", "tool_use")):
         db.execute("update responses set stop_reason = ? where stop_reason = ?", [new, old])
+
+
+@migration
+def m003_batch_id(db: Database) -> None:
+    """``llmcli batch`` tags every exchange it makes with the batch's id (``llmcli logs
+    --batch ID``); other rows keep NULL."""
+    db.table("responses").add_column("batch_id", str)
+    db.table("responses").create_index(["batch_id"])

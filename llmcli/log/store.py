@@ -163,9 +163,13 @@ class LogStore:
         query: str | None = None,
         conversation_id: str | None = None,
         model: str | None = None,
+        batch_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Newest last, like a transcript."""
         where, args = [], []
+        if batch_id:
+            where.append("responses.batch_id = ?")
+            args.append(batch_id)
         if conversation_id:
             where.append("responses.conversation_id = ?")
             args.append(conversation_id)

@@ -1,0 +1,634 @@
+"""``llmcli batch``: a file of prompts through any model, concurrently, resumably.
+
+    read_input (JSON Lines or CSV) → Line → plan: resolve each line's model group, merge its
+    options, make the checks that need no network (an error row naming the line otherwise)
+    → worker threads: Endpoints picks the least busy model of the group (round-robin on
+    ties), the response is read chunk by chunk (a stop flag is checked between chunks),
+    retryable failures back off and go to the next endpoint → Result, handed to the caller
+    (who writes the output file) as each line ends.
+
+Every exchange goes through :func:`llmcli.api.prompt`, so the prefill contract, option
+checks and logging are the single-prompt ones; the log rows carry the batch's id.
+
+Concurrency: ``jobs`` requests at once in all; a model may cap its own share with a
+``batch_concurrency`` class attribute. The local runtime's models run one sequence at a time
+(cap 1) until its batched engine exists: that engine will declare ``batch_concurrency`` and
+gather the concurrent ``execute`` calls into batches itself, with no change here.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import os
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from llmcli import api, config
+from llmcli.errors import LLMCLIError, ProviderError
+from llmcli.models import Model, Response
+
+__all__ = ["FIELDS", "Batch", "Endpoints", "Line", "Result", "Summary", "model_limit",
+           "new_batch_id", "parse_group", "read_input", "resume_output"]
+
+#: The fields of an input line; others are ignored (HumanEval files carry ``test``, ...).
+FIELDS = ("id", "prompt", "prefill", "system", "model", "options")
+#: ``-j`` when not given, for models that declare no limit of their own (remote APIs).
+DEFAULT_JOBS = 8
+#: HTTP statuses worth asking again (after a pause): rate limits, overload, gateway trouble.
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+#: Attempts per line: rate limits back off patiently; a server that is down is given up on
+#: sooner (its other lines fail over to the group's other endpoints meanwhile).
+RATE_LIMIT_ATTEMPTS = 8
+FAILURE_ATTEMPTS = 3
+MAX_BACKOFF_S = 30.0
+
+
+class InputError(LLMCLIError):
+    """The input as a whole cannot be read (a CSV without a prompt column, not UTF-8)."""
+
+
+# -- input ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Line:
+    """One input line. ``error`` says why it cannot run (bad JSON, no prompt, ...)."""
+
+    number: int
+    id: Any
+    prompt: str = ""
+    prefill: str | None = None
+    system: str | None = None
+    model: str | list[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The id as resume compares it (``1`` and ``"1"`` are the same line)."""
+        return str(self.id)
+
+
+def _line_from(number: int, data: Any) -> Line:
+    line = Line(number, number)
+    if not isinstance(data, dict):
+        line.error = f"line {number}: expected a JSON object with a \"prompt\""
+        return line
+    if "id" in data:
+        if isinstance(data["id"], bool) or not isinstance(data["id"], str | int):
+            line.error = f"line {number}: \"id\" must be a string or an integer"
+            return line
+        line.id = data["id"]
+    for name in data:
+        close = difflib.get_close_matches(str(name), FIELDS, n=1, cutoff=0.75)
+        if name not in FIELDS and close:
+            line.error = f"line {number}: unknown field {name!r} (did you mean {close[0]!r}?)"
+            return line
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        line.error = (f"line {number}: missing \"prompt\"" if prompt is None or prompt == ""
+                      else f"line {number}: \"prompt\" must be a non-empty string")
+        return line
+    line.prompt = prompt
+    for name in ("prefill", "system"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            line.error = f"line {number}: {name!r} must be a string"
+            return line
+        setattr(line, name, value)
+    model = data.get("model")
+    if model is not None and not (isinstance(model, str) or (
+            isinstance(model, list) and model and all(isinstance(m, str) for m in model))):
+        line.error = f"line {number}: \"model\" must be a model name or a list of them"
+        return line
+    line.model = model
+    options = data.get("options")
+    if options is not None and not isinstance(options, dict):
+        line.error = f"line {number}: \"options\" must be a JSON object"
+        return line
+    line.options = dict(options or {})
+    return line
+
+
+def read_input(stream: IO[str], fmt: Literal["jsonl", "csv"] = "jsonl") -> list[Line]:
+    """Every line of a JSON Lines file (blank lines skipped), or every row of a CSV file
+    with a ``prompt`` column; unreadable lines come back with ``error`` set."""
+    try:
+        if fmt == "csv":
+            return _read_csv(stream)
+        lines = []
+        for number, raw in enumerate(stream, 1):
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                reason = getattr(exc, "msg", str(exc))
+                lines.append(Line(number, number, error=f"line {number}: invalid JSON "
+                                                        f"({reason})"))
+                continue
+            lines.append(_line_from(number, data))
+        return lines
+    except UnicodeDecodeError:
+        raise InputError("The input is not UTF-8 text") from None
+
+
+def _read_csv(stream: IO[str]) -> list[Line]:
+    reader = csv.DictReader(stream)
+    if "prompt" not in (reader.fieldnames or []):
+        raise InputError("CSV input needs a 'prompt' column (found: "
+                         + ", ".join(reader.fieldnames or ["nothing"]) + ")")
+    lines = []
+    for row in reader:
+        number = reader.line_num
+        data: dict[str, Any] = {k: v for k, v in row.items()
+                                if k in FIELDS and v not in (None, "")}
+        if "options" in data:
+            try:
+                data["options"] = json.loads(data["options"])
+            except ValueError:
+                lines.append(Line(number, data.get("id", number),
+                                  error=f"line {number}: \"options\" is not a JSON object"))
+                continue
+        lines.append(_line_from(number, data))
+    return lines
+
+
+def parse_group(spec: str | Iterable[str] | None) -> list[str]:
+    """``"a,b"``, ``["a", "b"]`` or repeated ``-m``: the names of one group of endpoints."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else list(spec)
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
+
+
+# -- output and resume ----------------------------------------------------------------------
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def resume_output(path: Path) -> tuple[set[str], str | None, int]:
+    """Prepare ``path`` for a run: keep the rows already ``ok`` (rewritten atomically, so
+    rows that will be retried disappear), and return their ids, the batch id they were
+    written with, and how many rows were dropped for a retry."""
+    if not path.exists():
+        return set(), None, 0
+    kept: dict[str, str] = {}
+    batch_id = None
+    dropped = 0
+    with path.open(encoding="utf-8") as f:
+        for raw in f:
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                dropped += bool(raw.strip())  # a row cut off by a crash: run it again
+                continue
+            if not isinstance(row, dict) or "id" not in row:
+                continue
+            batch_id = batch_id or row.get("batch_id")
+            if row.get("status") == "ok":
+                kept[str(row["id"])] = raw if raw.endswith("\n") else raw + "\n"
+            else:
+                dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept.values()), encoding="utf-8")
+    os.replace(tmp, path)
+    return set(kept), batch_id, dropped
+
+
+@dataclass
+class Result:
+    """How one line ended."""
+
+    line: Line
+    status: Literal["ok", "error"]
+    model: str | None = None
+    prefill: str = ""
+    text: str | None = None
+    error: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    stop_reason: str | None = None
+    response_id: str | None = None
+    duration_ms: int | None = None
+    attempts: int = 0
+
+    def row(self, batch_id: str) -> dict[str, Any]:
+        """The line of the output file."""
+        return {
+            "id": self.line.id,
+            "line": self.line.number,
+            "status": self.status,
+            "model": self.model,
+            "prefill": self.prefill,
+            "text": self.text,
+            "error": self.error,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                      "stop_reason": self.stop_reason},
+            "attempts": self.attempts,
+            "duration_ms": self.duration_ms,
+            "response_id": self.response_id,
+            "batch_id": batch_id,
+        }
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    output_tokens: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def not_run(self) -> int:
+        return self.total - self.ok - self.failed
+
+    def line(self) -> str:
+        text = f"{self.ok} ok, {self.failed} failed in {self.seconds:.1f} s"
+        if self.skipped:
+            text += f" ({self.skipped} already ok, skipped)"
+        if self.interrupted:
+            text += f"; {self.not_run} not finished"
+        return text
+
+
+# -- endpoints: which model answers, how many at once, back-off -----------------------------
+
+
+def model_limit(model: Model) -> int | None:
+    """How many requests to ``model`` may run at once (None: no limit beyond ``-j``).
+
+    A plugin declares it with a ``batch_concurrency`` class attribute. The local runtime
+    runs one sequence at a time until its batched engine declares more."""
+    declared = getattr(model, "batch_concurrency", None)
+    if isinstance(declared, int) and declared >= 1:
+        return declared
+    if type(model).__module__.split(".")[0] == "llmcli_local":
+        return 1
+    return None
+
+
+def default_jobs(models: Iterable[Model]) -> int:
+    """``-j`` when not given: the most any model of the batch takes, 8 for remote ones."""
+    return max((model_limit(m) or DEFAULT_JOBS for m in models), default=1)
+
+
+class Endpoints:
+    """Hands out the model (endpoint) of a group that should take the next request: one
+    with room under its limit and not paused, the least busy first, round-robin on ties.
+    A rate limit or a failure pauses an endpoint for everyone (that is the back-off)."""
+
+    def __init__(self, jobs: int) -> None:
+        self._jobs = jobs
+        self._cond = threading.Condition()
+        self._busy: dict[int, int] = {}
+        self._paused_until: dict[int, float] = {}
+        self._next: dict[tuple[int, ...], int] = {}
+        #: Requests sent to each endpoint (by model object id), for the summary and tests.
+        self.sent: dict[int, int] = {}
+
+    def _limit(self, model: Model) -> int:
+        return min(self._jobs, model_limit(model) or self._jobs)
+
+    def acquire(self, group: list[Model], stop: threading.Event) -> Model | None:
+        key = tuple(id(m) for m in group)
+        with self._cond:
+            while not stop.is_set():
+                now = time.monotonic()
+                start = self._next.get(key, 0)
+                order = group[start:] + group[:start]
+                ready = [m for m in order if self._busy.get(id(m), 0) < self._limit(m)
+                         and self._paused_until.get(id(m), 0.0) <= now]
+                if ready:
+                    chosen = min(ready, key=lambda m: self._busy.get(id(m), 0))
+                    self._next[key] = (group.index(chosen) + 1) % len(group)
+                    self._busy[id(chosen)] = self._busy.get(id(chosen), 0) + 1
+                    self.sent[id(chosen)] = self.sent.get(id(chosen), 0) + 1
+                    return chosen
+                waits = [until - now for m in group
+                         if (until := self._paused_until.get(id(m), 0.0)) > now]
+                self._cond.wait(min([0.2, *waits]))
+        return None
+
+    def release(self, model: Model) -> None:
+        with self._cond:
+            self._busy[id(model)] -= 1
+            self._cond.notify_all()
+
+    def pause(self, model: Model, seconds: float) -> None:
+        with self._cond:
+            until = time.monotonic() + seconds
+            self._paused_until[id(model)] = max(self._paused_until.get(id(model), 0.0), until)
+            self._cond.notify_all()
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in found and len(found) < 8:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The server's ``Retry-After`` (or ``retry-after-ms``), when an SDK error in the chain
+    still holds the HTTP response (no SDK is imported: any ``.response.headers`` will do)."""
+    for cause in _causes(exc):
+        headers = getattr(getattr(cause, "response", None), "headers", None)
+        if headers is None:
+            continue
+        try:
+            if headers.get("retry-after-ms") is not None:
+                return float(headers["retry-after-ms"]) / 1000
+            if headers.get("retry-after") is not None:
+                return float(headers["retry-after"])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def retry_delay(exc: BaseException, attempt: int) -> float | None:
+    """Seconds to wait before asking again after ``exc`` (the ``attempt``-th failure), or
+    None when asking again cannot help (a bad option, a 400, a missing key)."""
+    provider = [c for c in _causes(exc) if isinstance(c, ProviderError)]
+    if not provider:
+        return None
+    statuses = {c.status for c in provider if c.status is not None}
+    rate_limited = 429 in statuses
+    # A provider error with no HTTP status is the transport: refused, reset, timed out.
+    transient = rate_limited or bool(statuses & RETRY_STATUSES) or not statuses
+    limit = RATE_LIMIT_ATTEMPTS if rate_limited else FAILURE_ATTEMPTS
+    if not transient or attempt >= limit:
+        return None
+    told = _retry_after(exc) if rate_limited else None
+    backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+    return min(MAX_BACKOFF_S, told) if told is not None else backoff
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Planned:
+    line: Line
+    group: list[Model]
+    options: dict[int, dict[str, Any]]  # per endpoint (by model object id)
+
+
+class _Logger:
+    """Logs each exchange once, tagged with the batch id, through one connection (a lock
+    keeps the worker threads' transactions apart)."""
+
+    def __init__(self, batch_id: str) -> None:
+        from llmcli.log import LogStore
+
+        self.batch_id = batch_id
+        self._store = LogStore()  # opened now: a log that cannot be written fails first
+        self._lock = threading.Lock()
+        self._logged: set[str] = set()
+
+    def __call__(self, response: Response, **changes: Any) -> None:
+        with self._lock:
+            if response.id in self._logged:
+                return
+            self._logged.add(response.id)
+            self._store.log(replace(response.record(), batch_id=self.batch_id, **changes))
+
+    def close(self) -> None:
+        with self._lock:
+            self._store.close()
+
+
+class Batch:
+    """One run over ``lines``. ``options_for(model)`` gives the command's options for a
+    model (the CLI parses ``-o`` pairs per model); a line's own options override them."""
+
+    def __init__(
+        self,
+        lines: list[Line],
+        *,
+        model: str | list[str] | None = None,
+        system: str | None = None,
+        prefill: str | None = None,
+        options_for: Callable[[Model], Mapping[str, Any]] = lambda model: {},
+        jobs: int | None = None,
+        done: set[str] | None = None,
+        batch_id: str | None = None,
+        log: bool = True,
+        key: str | None = None,
+    ) -> None:
+        self.lines = lines
+        self.default_group = parse_group(model)
+        self.system = system
+        self.prefill = prefill
+        self.options_for = options_for
+        self.done = done or set()
+        self.batch_id = batch_id or new_batch_id()
+        self.key = key
+        self.stop = threading.Event()
+        self._models: dict[str, Model] = {}
+        self._errors: list[Result] = []
+        self._planned: list[_Planned] = []
+        self.skipped = 0
+        self._plan()
+        used = {id(m): m for p in self._planned for m in p.group}
+        self.jobs = max(1, jobs) if jobs else default_jobs(used.values())
+        self.endpoints = Endpoints(self.jobs)
+        self._logger = _Logger(self.batch_id) if log and config.logging_enabled() else None
+        self._in_flight: dict[str, Response] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        """Lines this run will report on (those already done are not counted)."""
+        return len(self._errors) + len(self._planned)
+
+    # -- planning: every check that needs no network, per line ------------------------------
+
+    def _model(self, name: str | None) -> Model:
+        cache_key = name or ""
+        if cache_key not in self._models:
+            self._models[cache_key] = api.get_model(name)
+        return self._models[cache_key]
+
+    def _plan(self) -> None:
+        seen: dict[str, int] = {}
+        for line in self.lines:
+            if line.error is None and line.key in seen:
+                line.error = (f"line {line.number}: duplicate id {line.id!r} (first on line "
+                              f"{seen[line.key]})")
+            if line.error is None:
+                seen[line.key] = line.number
+            if line.key in self.done and line.error is None:
+                self.skipped += 1
+                continue
+            if line.error is not None:
+                self._errors.append(Result(line, "error", error=line.error,
+                                           prefill=line.prefill or self.prefill or ""))
+                continue
+            try:
+                self._planned.append(self._plan_line(line))
+            except LLMCLIError as exc:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._errors.append(Result(line, "error", error=f"line {line.number}: "
+                                           f"{message}", prefill=line.prefill or self.prefill
+                                           or ""))
+
+    def _plan_line(self, line: Line) -> _Planned:
+        names: list[str | None] = [
+            *(parse_group(line.model) if line.model is not None else self.default_group)]
+        group: list[Model] = []
+        for name in names or [None]:
+            model = self._model(name)
+            if model not in group:
+                group.append(model)
+        options: dict[int, dict[str, Any]] = {}
+        for model in group:
+            merged = {**self.options_for(model), **line.options}
+            # Options, prefill capability and key: the same checks as a single prompt,
+            # without sending anything.
+            api.prompt(model, line.prompt, system=self._system(line),
+                       prefill=self._prefill(line), key=self.key, log=False, options=merged)
+            options[id(model)] = merged
+        return _Planned(line, group, options)
+
+    def _system(self, line: Line) -> str | None:
+        return line.system if line.system is not None else self.system
+
+    def _prefill(self, line: Line) -> str | None:
+        return line.prefill if line.prefill is not None else self.prefill
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, on_result: Callable[[Result], None],
+            on_start: Callable[[Result], None] | None = None) -> Summary:
+        """Run every planned line; ``on_result`` is called in this thread as each ends.
+        KeyboardInterrupt (the CLI maps SIGTERM to it) stops the run: what completed is
+        reported, responses in flight are logged as partial, and nothing else starts."""
+        summary = Summary(total=self.total, skipped=self.skipped)
+        started = time.monotonic()
+        results: queue.Queue[Result] = queue.Queue()
+        todo: queue.Queue[_Planned] = queue.Queue()
+        for planned in self._planned:
+            todo.put(planned)
+        workers = [threading.Thread(target=self._work, args=(todo, results), daemon=True,
+                                    name=f"llmcli-batch-{i}")
+                   for i in range(min(self.jobs, len(self._planned)))]
+
+        def report(result: Result) -> None:
+            if result.status == "ok":
+                summary.ok += 1
+            else:
+                summary.failed += 1
+            summary.output_tokens += result.output_tokens or 0
+            on_result(result)
+
+        try:
+            for result in self._errors:
+                report(result)
+            for worker in workers:
+                worker.start()
+            while summary.ok + summary.failed < summary.total:
+                try:
+                    report(results.get(timeout=0.1))
+                except queue.Empty:
+                    if not any(w.is_alive() for w in workers) and results.empty():
+                        break
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            self.stop.set()
+            # Workers stop reading at their next chunk; give them a moment to log and to
+            # hand back what completed, then log whatever is still stuck waiting.
+            deadline = time.monotonic() + 3.0
+            while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            while not results.empty():
+                report(results.get())
+            self._log_stuck()
+        finally:
+            summary.seconds = time.monotonic() - started
+            if self._logger is not None and not any(w.is_alive() for w in workers):
+                self._logger.close()
+        return summary
+
+    def _log_stuck(self) -> None:
+        if self._logger is None:
+            return
+        with self._lock:
+            stuck = list(self._in_flight.values())
+        for response in stuck:
+            self._logger(response, status="partial", error="interrupted")
+
+    def _work(self, todo: queue.Queue[_Planned], results: queue.Queue[Result]) -> None:
+        while not self.stop.is_set():
+            try:
+                planned = todo.get_nowait()
+            except queue.Empty:
+                return
+            result = self._run_line(planned)
+            if result is not None:
+                results.put(result)
+
+    def _run_line(self, planned: _Planned) -> Result | None:
+        line = planned.line
+        prefill = self._prefill(line) or ""
+        attempt = 0
+        while True:
+            model = self.endpoints.acquire(planned.group, self.stop)
+            if model is None:
+                return None  # stopped before it started: resume runs it
+            attempt += 1
+            response: Response | None = None
+            try:
+                response = api.prompt(
+                    model, line.prompt, system=self._system(line), prefill=prefill,
+                    key=self.key, log=self._logger or False, options=planned.options[id(model)],
+                )
+                with self._lock:
+                    self._in_flight[response.id] = response
+                for _ in response:
+                    if self.stop.is_set():
+                        break
+                if self.stop.is_set() and not response.done:
+                    response.close()  # logged as partial, "interrupted"
+                    return None
+                usage = response.usage()
+                return Result(line, "ok", model=model.model_id, prefill=prefill,
+                              text=response.text(), input_tokens=usage.input_tokens,
+                              output_tokens=usage.output_tokens,
+                              stop_reason=usage.stop_reason, response_id=response.id,
+                              duration_ms=response.duration_ms, attempts=attempt)
+            except Exception as exc:  # a plugin's bug must not take the other lines down
+                delay = retry_delay(exc, attempt)
+                if delay is not None and not self.stop.is_set():
+                    self.endpoints.pause(model, delay)
+                    continue
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if not isinstance(exc, LLMCLIError):
+                    message = config.scrub(f"{type(exc).__name__}: {message}")
+                text = response.text_so_far() if response is not None else None
+                return Result(line, "error", model=model.model_id, prefill=prefill,
+                              text=text or None, error=f"line {line.number}: {message}",
+                              response_id=response.id if response is not None else None,
+                              duration_ms=response.duration_ms if response else None,
+                              attempts=attempt)
+            finally:
+                self.endpoints.release(model)
+                if response is not None:
+                    with self._lock:
+                        self._in_flight.pop(response.id, None)
