@@ -19,6 +19,7 @@ CORE = ROOT / "llmcli"
 RANKS = {
     "llmcli.cli": 6,
     "llmcli.batch": 5.5,  # the batch command's logic: runs prompts through the API
+    "llmcli.serve": 5.5,  # llmcli serve: the HTTP server over the API
     "llmcli.api": 5,
     "llmcli.models": 4,
     "llmcli.plugins": 3,  # the registry: loads plugins, imports no model code

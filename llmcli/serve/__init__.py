@@ -1,0 +1,17 @@
+"""``llmcli serve``: every llmcli model behind OpenAI- and Anthropic-compatible HTTP.
+
+    protocol.py   the wire formats (pydantic) → one Chat; the prefill rules of each dialect
+    app.py        the FastAPI routes: authenticate, prepare through llmcli.api, render
+    exchange.py   a Response run on its own thread; cancellation; the local model's lock
+    errors.py     llmcli's errors as HTTP statuses, in each wire's error shape
+    server.py     uvicorn on a bound socket; clean shutdown
+
+Imported only by the ``serve`` command: FastAPI and uvicorn never load for other commands.
+"""
+
+from __future__ import annotations
+
+from llmcli.serve.app import ServeSettings, create_app
+from llmcli.serve.server import serve
+
+__all__ = ["ServeSettings", "create_app", "serve"]

@@ -1,0 +1,100 @@
+"""Errors as each wire shows them, and llmcli's errors mapped to HTTP statuses.
+
+A response never carries a traceback or a key: messages are llmcli's one-line messages, passed
+through :func:`llmcli.config.scrub`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmcli.config import scrub
+from llmcli.errors import (
+    KeyNeededError,
+    LLMCLIError,
+    OptionsError,
+    PrefillUnsupportedError,
+    ProviderError,
+    UnknownModelError,
+)
+
+__all__ = ["WireError", "anthropic_body", "from_exception", "openai_body"]
+
+
+@dataclass
+class WireError(Exception):
+    """An error to answer with: HTTP status, one-line message, and OpenAI's ``type``/``code``."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _provider_status(exc: ProviderError) -> tuple[int, str, str]:
+    """The status a client should see for an upstream failure.
+
+    The upstream's 401/403 is not the client's fault (it is this server's key for the
+    provider), so it is a 502, not a 401 that an SDK would read as "your key is wrong"."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    cause = exc.__cause__
+    if cause is not None:
+        names |= {cls.__name__ for cls in type(cause).__mro__}
+    status = exc.status
+    if status is None and isinstance(cause, ProviderError):
+        status = cause.status
+    if "ProviderTimeoutError" in names or status == 408:
+        return 504, "upstream_timeout", "timeout"
+    if status == 429:
+        return 429, "rate_limit_error", "rate_limit_exceeded"
+    if status in (401, 403):
+        return 502, "upstream_error", "upstream_authentication_failed"
+    if status in (400, 404, 413, 422):
+        return status, "invalid_request_error", "upstream_rejected_request"
+    if status in (503, 529):
+        return 503, "upstream_error", "upstream_overloaded"
+    return 502, "upstream_error", "upstream_failed"
+
+
+def from_exception(exc: BaseException) -> WireError:
+    """The answer for anything raised while preparing or running a response."""
+    if isinstance(exc, WireError):
+        return exc
+    message = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if isinstance(exc, UnknownModelError):
+        return WireError(404, message, "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, PrefillUnsupportedError):
+        return WireError(400, message, "invalid_request_error", "prefill_unsupported",
+                         "messages")
+    if isinstance(exc, OptionsError):
+        return WireError(400, message, "invalid_request_error", "unsupported_parameter")
+    if isinstance(exc, KeyNeededError):
+        # The operator has not set the provider's key: the server, not the client, must act.
+        return WireError(503, message, "server_error", "upstream_key_missing")
+    if isinstance(exc, ProviderError):
+        status, type_, code = _provider_status(exc)
+        return WireError(status, message, type_, code)
+    if isinstance(exc, LLMCLIError):
+        return WireError(500, message, "server_error", "internal_error")
+    return WireError(500, scrub(f"Internal error: {type(exc).__name__}"), "server_error",
+                     "internal_error")
+
+
+def openai_body(error: WireError) -> dict[str, Any]:
+    return {"error": {"message": error.message, "type": error.type, "param": error.param,
+                      "code": error.code}}
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def anthropic_body(error: WireError) -> dict[str, Any]:
+    type_ = _ANTHROPIC_TYPES.get(error.status, "api_error")
+    return {"type": "error", "error": {"type": type_, "message": error.message}}

@@ -1,0 +1,115 @@
+"""One :class:`llmcli.Response` run on its own thread, its chunks handed to the event loop.
+
+Backends are synchronous generators; running each on a thread lets remote requests proceed
+concurrently and never blocks the event loop. Models that must not run two generations at
+once (the local runtime, until its batched engine exists) take a per-model lock on that
+thread, so they queue behind each other without holding up anything else.
+
+Cancelling (a client that went away, or shutdown) stops the response at its next chunk; the
+Response then logs what arrived as ``partial``, as Ctrl-C does in the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from llmcli.models import Model, Response
+
+__all__ = ["SEQUENTIAL_PLUGINS", "Exchange", "model_lock"]
+
+#: Plugins whose models run one generation at a time in this process. The local runtime
+#: holds one set of weights and one KV cache; its batched engine will lift this.
+SEQUENTIAL_PLUGINS = frozenset({"llmcli-local"})
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: Model) -> threading.Lock | None:
+    if model.plugin not in SEQUENTIAL_PLUGINS:
+        return None
+    with _locks_guard:
+        return _locks.setdefault(model.model_id, threading.Lock())
+
+
+class Exchange:
+    """Iterate ``response`` on a thread; ``chunks()`` yields its normalized chunks."""
+
+    def __init__(self, response: Response, lock: threading.Lock | None = None,
+                 on_done: Callable[[Exchange], None] | None = None) -> None:
+        self.response = response
+        self._lock = lock
+        #: Called on the exchange's thread once the response has ended (and been logged).
+        self._on_done = on_done
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self.thread = threading.Thread(target=self._pump, daemon=False,
+                                       name=f"llmcli-serve-{response.id[:8]}")
+
+    def start(self) -> Exchange:
+        self.thread.start()
+        return self
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _put(self, kind: str, value: Any = None) -> None:
+        # A closed event loop (shutdown) raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+
+    def _pump(self) -> None:
+        try:
+            if self._lock is None:
+                self._iterate()
+            else:
+                while not self._lock.acquire(timeout=0.1):
+                    if self.cancelled:
+                        self._put("end")
+                        return
+                try:
+                    self._iterate()
+                finally:
+                    self._lock.release()
+        except BaseException as exc:  # handed to the event loop, which answers with it
+            self._put("error", exc)
+        else:
+            self._put("end")
+        finally:
+            if self._on_done is not None:
+                self._on_done(self)
+
+    def _iterate(self) -> None:
+        if self.cancelled:
+            return
+        chunks = iter(self.response)
+        try:
+            for chunk in chunks:
+                self._put("chunk", chunk)
+                if self.cancelled:
+                    break
+        finally:
+            # Closing the iterator mid-stream makes the Response log what arrived as partial.
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    async def chunks(self) -> AsyncIterator[str]:
+        """Normalized chunks as they arrive; raises what the response raised."""
+        while True:
+            kind, value = await self._queue.get()
+            if kind == "chunk":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return

@@ -1,0 +1,251 @@
+"""The two wire formats as pydantic models, and their translation into one :class:`Chat`.
+
+Each wire's request becomes the same neutral shape (system prompt, earlier turns, the user
+prompt, the prefill, the sampling fields), so the rest of the server knows no dialect. The
+prefill rules live here, in one place per wire:
+
+* OpenAI: the final assistant message is the prefill, whether it is marked ``"prefix": true``
+  (Mistral, DeepSeek), sent with ``continue_final_message: true`` and
+  ``add_generation_prompt: false`` (vLLM; both true is a 400, as vLLM does), or simply last
+  (llama.cpp since PR 13174).
+* Anthropic: a trailing assistant message is the prefill (Anthropic's own semantics).
+
+Unknown request fields are ignored, as OpenAI-compatible servers do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmcli.record import Message
+from llmcli.serve.errors import WireError
+
+__all__ = [
+    "AnthropicRequest",
+    "Chat",
+    "OpenAIRequest",
+    "WireOption",
+    "anthropic_chat",
+    "openai_chat",
+    "parse",
+]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Wire):
+    type: str
+    text: str | None = None
+
+
+class OpenAIMessage(_Wire):
+    role: str
+    content: str | list[TextPart] | None = None
+    #: Mistral's and DeepSeek's marker of a final assistant message to continue.
+    prefix: bool = False
+
+
+class StreamOptions(_Wire):
+    include_usage: bool = False
+
+
+class OpenAIRequest(_Wire):
+    """``POST /v1/chat/completions``: OpenAI's fields plus vLLM's prefill extensions."""
+
+    model: str | None = None
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = None
+    tools: list[Any] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extensions.
+    echo: bool = False
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
+
+
+class AnthropicMessage(_Wire):
+    role: Literal["user", "assistant"]
+    content: str | list[TextPart]
+
+
+class AnthropicRequest(_Wire):
+    """``POST /v1/messages``."""
+
+    model: str | None = None
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    system: str | list[TextPart] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class WireOption:
+    """A sampling field as the client named it, and the llmcli option names it may map to
+    (the first one the model has wins: Mistral calls the seed ``random_seed``)."""
+
+    wire_name: str
+    candidates: tuple[str, ...]
+    value: Any
+    #: Drop it silently when the model has no such option (Anthropic's ``max_tokens`` is
+    #: required by its API, so every client sends it).
+    optional: bool = False
+
+
+@dataclass
+class Chat:
+    """One request, whatever wire it came in on."""
+
+    model: str | None
+    system: str | None
+    history: list[Message]
+    prompt: str
+    prefill: str
+    options: list[WireOption] = field(default_factory=list)
+    stream: bool = False
+    #: The reply carries prefill + continuation (vLLM's ``echo``), not the continuation.
+    echo: bool = False
+    include_usage: bool = False
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse(cls: type[T], body: bytes) -> T:
+    """The request body as ``cls``; malformed JSON or a wrong field type is a 400 that names
+    the field."""
+    try:
+        return cls.model_validate_json(body or b"")
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":
+            raise WireError(400, f"The request body is not valid JSON: {error['msg']}") from None
+        where = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "model_type" and not where:
+            raise WireError(400, "The request body must be a JSON object") from None
+        raise WireError(400, f"Invalid field {where!r}: {error['msg']}", param=where) from None
+
+
+def _text(content: str | list[TextPart] | None, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for i, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise WireError(400, f"{where}.content[{i}]: only text content is supported "
+                            f"(got {part.type!r})", param=f"{where}.content")
+        texts.append(part.text)
+    return "".join(texts)
+
+
+def _turns(messages: list[tuple[str, str]], what: str) -> tuple[list[Message], str]:
+    """Earlier turns and the user prompt, from (role, text) pairs without the prefill."""
+    if not messages or messages[-1][0] != "user":
+        raise WireError(400, f"The {what} must end with a user message, or with an assistant "
+                        "message (the prefill) right after one", param="messages")
+    history = [Message("user" if role == "user" else "assistant", text)
+               for role, text in messages[:-1]]
+    return history, messages[-1][1]
+
+
+def _options(*fields: tuple[str, tuple[str, ...], Any]) -> list[WireOption]:
+    return [WireOption(name, names, value) for name, names, value in fields if value is not None]
+
+
+MAX_TOKENS = ("max_tokens",)
+SEED = ("seed", "random_seed")
+STOP = ("stop", "stop_sequences")
+
+
+def openai_chat(request: OpenAIRequest) -> Chat:
+    if request.continue_final_message and request.add_generation_prompt:
+        raise WireError(400, "Cannot set both continue_final_message and add_generation_prompt "
+                        "to true", param="continue_final_message")
+    if request.n not in (None, 1):
+        raise WireError(400, "Only n=1 is supported", param="n")
+    if request.tools:
+        raise WireError(400, "Tools are not supported by llmcli serve", param="tools")
+    system: list[str] = []
+    turns: list[tuple[str, str]] = []
+    last = len(request.messages) - 1
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}]"
+        text = _text(message.content, where)
+        if message.role in ("system", "developer"):
+            system.append(text)
+        elif message.role in ("user", "assistant"):
+            turns.append((message.role, text))
+        else:
+            raise WireError(400, f"{where}.role: {message.role!r} messages are not supported "
+                            "(use system, user or assistant)", param=f"{where}.role")
+        if message.prefix and (i != last or message.role != "assistant"):
+            raise WireError(400, f"{where}: only the final assistant message may have "
+                            '"prefix": true', param=f"{where}.prefix")
+    final = request.messages[-1]
+    if request.continue_final_message and final.role != "assistant":
+        raise WireError(400, "continue_final_message is set but the final message is not from "
+                        "the assistant", param="continue_final_message")
+    # Any trailing assistant message is the prefill: marked with "prefix", flagged with
+    # continue_final_message, or simply last (llama.cpp); all three mean the same here.
+    prefill = ""
+    if turns and turns[-1][0] == "assistant" and final.role == "assistant":
+        prefill = turns.pop()[1]
+    history, prompt = _turns(turns, "conversation")
+    max_tokens = request.max_completion_tokens
+    max_name = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, max_name = request.max_tokens, "max_tokens"
+    return Chat(
+        model=request.model,
+        system="\n\n".join(system) if system else None,
+        history=history,
+        prompt=prompt,
+        prefill=prefill,
+        options=_options(
+            (max_name, MAX_TOKENS, max_tokens),
+            ("temperature", ("temperature",), request.temperature),
+            ("top_p", ("top_p",), request.top_p),
+            ("stop", STOP, [request.stop] if isinstance(request.stop, str) else request.stop),
+            ("seed", SEED, request.seed),
+        ),
+        stream=request.stream,
+        echo=request.echo,
+        include_usage=bool(request.stream_options and request.stream_options.include_usage),
+    )
+
+
+def anthropic_chat(request: AnthropicRequest) -> Chat:
+    turns: list[tuple[str, str]] = [(m.role, _text(m.content, f"messages[{i}]"))
+             for i, m in enumerate(request.messages)]
+    prefill = turns.pop()[1] if turns[-1][0] == "assistant" else ""
+    history, prompt = _turns(turns, "messages")
+    system = None
+    if request.system is not None:
+        system = _text(request.system, "system") or None
+    options = _options(
+        ("temperature", ("temperature",), request.temperature),
+        ("top_p", ("top_p",), request.top_p),
+        ("top_k", ("top_k",), request.top_k),
+        ("stop_sequences", STOP, request.stop_sequences),
+    )
+    if request.max_tokens is not None:
+        options.insert(0, WireOption("max_tokens", MAX_TOKENS, request.max_tokens, True))
+    return Chat(model=request.model, system=system, history=history, prompt=prompt,
+                prefill=prefill, options=options, stream=request.stream)

@@ -1,0 +1,72 @@
+"""``llmcli serve`` as a real process on a free port, for the tests to drive over HTTP."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.script import SCRIPT, env_for
+
+API_KEY = "serve-secret-key-0123456789"
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    url: str  # http://127.0.0.1:PORT
+    user_dir: Path
+    stderr: str = ""
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str, str]:
+        """Stop the server; its exit status, remaining stdout and stderr."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stderr += err
+        return self.proc.returncode, out, self.stderr
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The log's responses, oldest first."""
+        path = self.user_dir / "logs.db"
+        if not path.exists():
+            return []
+        with sqlite3.connect(path) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("select * from responses order by rowid")]
+
+
+def start_server(user_dir: Path, *args: str, plugins: str = "llmcli-testmodels",
+                 **env: str) -> Server:
+    environment = env_for(user_dir, LLMCLI_LOAD_PLUGINS=plugins, PYTHONUNBUFFERED="1", **env)
+    proc = subprocess.Popen([str(SCRIPT), "serve", "--port", "0", *args], env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", line)
+    if not found:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"serve did not start: {line!r} {out!r} {err!r}")
+    return Server(proc, found.group(1), user_dir)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server over the test models, with an API key, for a whole module."""
+    running = start_server(tmp_path_factory.mktemp("serve") / "user", "--api-key", API_KEY,
+                           "-m", "test-eats")
+    yield running
+    running.stop()
