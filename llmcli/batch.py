@@ -37,7 +37,7 @@ from llmcli.errors import LLMCLIError, ProviderError
 from llmcli.models import Model, Response
 
 __all__ = ["FIELDS", "Batch", "Endpoints", "Line", "Result", "Summary", "model_limit",
-           "new_batch_id", "parse_group", "read_input", "resume_output"]
+           "new_batch_id", "parse_group", "read_input", "resume_output", "retryable"]
 
 #: The fields of an input line; others are ignored (HumanEval files carry ``test``, ...).
 FIELDS = ("id", "prompt", "prefill", "system", "model", "options")
@@ -297,6 +297,7 @@ class Endpoints:
         self._cond = threading.Condition()
         self._busy: dict[int, int] = {}
         self._paused_until: dict[int, float] = {}
+        self._fails: dict[int, int] = {}
         self._next: dict[tuple[int, ...], int] = {}
         #: Requests sent to each endpoint (by model object id), for the summary and tests.
         self.sent: dict[int, int] = {}
@@ -329,11 +330,22 @@ class Endpoints:
             self._busy[id(model)] -= 1
             self._cond.notify_all()
 
-    def pause(self, model: Model, seconds: float) -> None:
+    def failed(self, model: Model, told: float | None = None) -> float:
+        """A retryable failure at ``model``: pause it for everyone, for what the server
+        said (``Retry-After``) or for a back-off that doubles with each failure in a row
+        (so a dead endpoint is tried less and less often). Returns the pause."""
         with self._cond:
+            fails = self._fails[id(model)] = self._fails.get(id(model), 0) + 1
+            backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (fails - 1)) * random.uniform(0.8, 1.2)
+            seconds = min(MAX_BACKOFF_S, told) if told is not None else backoff
             until = time.monotonic() + seconds
             self._paused_until[id(model)] = max(self._paused_until.get(id(model), 0.0), until)
             self._cond.notify_all()
+            return seconds
+
+    def succeeded(self, model: Model) -> None:
+        with self._cond:
+            self._fails[id(model)] = 0
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -362,22 +374,21 @@ def _retry_after(exc: BaseException) -> float | None:
     return None
 
 
-def retry_delay(exc: BaseException, attempt: int) -> float | None:
-    """Seconds to wait before asking again after ``exc`` (the ``attempt``-th failure), or
-    None when asking again cannot help (a bad option, a 400, a missing key)."""
+def retryable(exc: BaseException, attempt: int) -> tuple[bool, float | None]:
+    """Whether to ask again after ``exc`` (this line's ``attempt``-th failure), and the
+    server's ``Retry-After`` when it sent one. Asking again cannot help after a bad option,
+    a 400 or a missing key; it can after a rate limit, an overload or a transport failure."""
     provider = [c for c in _causes(exc) if isinstance(c, ProviderError)]
     if not provider:
-        return None
+        return False, None
     statuses = {c.status for c in provider if c.status is not None}
     rate_limited = 429 in statuses
     # A provider error with no HTTP status is the transport: refused, reset, timed out.
     transient = rate_limited or bool(statuses & RETRY_STATUSES) or not statuses
     limit = RATE_LIMIT_ATTEMPTS if rate_limited else FAILURE_ATTEMPTS
     if not transient or attempt >= limit:
-        return None
-    told = _retry_after(exc) if rate_limited else None
-    backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
-    return min(MAX_BACKOFF_S, told) if told is not None else backoff
+        return False, None
+    return True, _retry_after(exc) if rate_limited else None
 
 
 # -- running --------------------------------------------------------------------------------
@@ -604,19 +615,22 @@ class Batch:
                 for _ in response:
                     if self.stop.is_set():
                         break
-                if self.stop.is_set() and not response.done:
-                    response.close()  # logged as partial, "interrupted"
+                if response.status != "complete":
+                    # Stopped mid-stream: leaving the loop closed the stream (or this does),
+                    # which logs what arrived as partial, "interrupted". Resume runs it.
+                    response.close()
                     return None
                 usage = response.usage()
+                self.endpoints.succeeded(model)
                 return Result(line, "ok", model=model.model_id, prefill=prefill,
                               text=response.text(), input_tokens=usage.input_tokens,
                               output_tokens=usage.output_tokens,
                               stop_reason=usage.stop_reason, response_id=response.id,
                               duration_ms=response.duration_ms, attempts=attempt)
             except Exception as exc:  # a plugin's bug must not take the other lines down
-                delay = retry_delay(exc, attempt)
-                if delay is not None and not self.stop.is_set():
-                    self.endpoints.pause(model, delay)
+                again, told = retryable(exc, attempt)
+                if again and not self.stop.is_set():
+                    self.endpoints.failed(model, told)
                     continue
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if not isinstance(exc, LLMCLIError):
