@@ -93,14 +93,15 @@ def load_conversation(conversation_id: str | None = None, *,
 
     Its earlier turns come from the log by the same rule as for a conversation held in
     memory (:func:`llmcli.record.history`). It continues with ``model`` when given (an id,
-    an alias or a Model), else with the model it was held with."""
+    an alias or a Model), else with the model of its latest turn (a chat may have switched
+    models with ``!model``)."""
     from llmcli.log import LogStore
 
     store = LogStore()
     cid = conversation_id or store.last_conversation_id()
     row, records = store.conversation(cid)
     if not isinstance(model, Model):
-        model = get_model(model or row["model"])
+        model = get_model(model or (records[-1].model if records else row["model"]))
     return Conversation(model, id=cid, name=row["name"], history=history(records))
 
 

@@ -36,6 +36,7 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "logs": ("llmcli.cli.logs", "Show recent responses (the default), or manage the log."),
     "keys": ("llmcli.cli.keys", "Manage stored API keys (environment variables work too)."),
     "plugins": ("llmcli.cli.plugins_cmd", "Installed plugins, their versions and models."),
+    "chat": ("llmcli.cli.chat", "Chat with a model; each turn is logged in one conversation."),
     "serve": ("llmcli.cli.serve",
               "Serve every model over OpenAI- and Anthropic-compatible HTTP."),
     "batch": ("llmcli.cli.batch",

@@ -1,0 +1,247 @@
+"""``llmcli chat`` — an interactive conversation, with a prefill per turn.
+
+Every turn goes through :func:`llmcli.api.prompt` with one :class:`~llmcli.Conversation`, so
+each is logged in that conversation exactly as ``llmcli -c`` would log it. Lines starting with
+``!`` are chat commands (see :data:`HELP`); nothing else is interpreted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
+
+from llmcli.cli.prompt import parse_options
+from llmcli.errors import LLMCLIError, OptionsError
+
+if TYPE_CHECKING:
+    from llmcli.models import Conversation, Model
+
+HELP = """\
+Type 'exit' or 'quit' (or press Ctrl-D) to leave; Ctrl-C stops a reply.
+  !prefill TEXT   the next reply starts with TEXT (!prefill alone clears it)
+  !multi … !end   send several lines as one message
+  !edit           write the next message in $EDITOR
+  !model NAME     continue the conversation with another model
+  !help           this list"""
+
+EXIT_WORDS = ("exit", "quit")
+
+
+@dataclass
+class ChatState:
+    """What the next turn will use; the chat commands change it."""
+
+    conversation: Conversation
+    system: str | None
+    #: ``--prefill``: every turn starts with it unless a ``!prefill`` overrides one turn.
+    prefill: str | None
+    #: ``!prefill TEXT``: the next turn only.
+    next_prefill: str | None = None
+    option_pairs: tuple[tuple[str, str], ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    log: bool = True
+
+    @property
+    def model(self) -> Model:
+        return self.conversation.model
+
+    def prompt_line(self) -> str:
+        if self.next_prefill is not None:
+            return f"prefill {self.next_prefill!r} > "
+        return "> "
+
+    def turn_prefill(self) -> str | None:
+        prefill = self.next_prefill if self.next_prefill is not None else self.prefill
+        self.next_prefill = None
+        return prefill
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line from the user (readline gives history and editing); None at end of input."""
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+def _enable_history() -> None:
+    # Arrow-key history and line editing for input(); not available on every platform.
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401
+
+
+def _read_multi(terminator: str) -> str | None:
+    lines: list[str] = []
+    while True:
+        line = _read_line("")
+        if line is None:
+            return None
+        if line.strip() == terminator:
+            return "\n".join(lines)
+        lines.append(line)
+
+
+def _switch_model(state: ChatState, name: str) -> None:
+    from llmcli import api
+
+    model = api.get_model(name)
+    options: dict[str, Any] = {}
+    if state.option_pairs:
+        try:
+            options = parse_options(model, state.option_pairs)
+            api.validate_options(model, options)
+        except OptionsError as exc:
+            click.echo(f"The -o options do not apply to {model.model_id} ({exc}); "
+                       "continuing without them.", err=True)
+            options = {}
+    state.conversation.model = model
+    state.options = options
+    click.echo(f"Model: {model.model_id} (prefill: {model.prefill_support.value})", err=True)
+
+
+def _command(state: ChatState, line: str) -> str | None:
+    """Run a ``!`` command; returns the message to send, if the command produced one."""
+    word, _, rest = line.partition(" ")
+    if word == "!prefill":
+        state.next_prefill = rest if rest.strip() else None
+    elif word == "!multi":
+        terminator = f"!end {rest.strip()}".strip()
+        text = _read_multi(terminator)
+        if text is None:
+            raise EOFError
+        return text
+    elif word == "!edit":
+        text = click.edit("")
+        if text is None or not text.strip():
+            click.echo("Nothing to send.", err=True)
+            return None
+        return text.rstrip("\n")
+    elif word == "!model":
+        if not rest.strip():
+            click.echo(f"Model: {state.model.model_id}", err=True)
+        else:
+            _switch_model(state, rest.strip())
+    elif word == "!help":
+        click.echo(HELP, err=True)
+    else:
+        click.echo(f"Unknown chat command {word!r}; !help lists them.", err=True)
+    return None
+
+
+def _turn(state: ChatState, text: str, out: TextIO) -> None:
+    """Send one message and stream the reply; Ctrl-C stops the reply, not the chat."""
+    from llmcli import api
+
+    response = api.prompt(
+        state.model,
+        text,
+        system=state.system,
+        prefill=state.turn_prefill(),
+        key=state.key,
+        log=state.log,
+        conversation=state.conversation,
+        options=state.options,
+    )
+    wrote_newline = True
+    try:
+        for chunk in response:
+            out.write(chunk)
+            out.flush()
+            wrote_newline = chunk.endswith("\n")
+    except KeyboardInterrupt:
+        response.close()
+        out.write("\n")
+        out.flush()
+        what = "logged as partial" if state.log else "kept in this chat"
+        click.echo(f"Interrupted: the reply so far is {what}.", err=True)
+        return
+    finally:
+        if not wrote_newline:
+            out.write("\n")
+            out.flush()
+
+
+@click.command(name="chat")
+@click.option("-m", "--model", "model_name", help="Model id or alias (see 'llmcli models').")
+@click.option("-s", "--system", help="System prompt, sent with every turn.")
+@click.option("--prefill", help="Every reply starts with this (!prefill changes one turn).")
+@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
+              help="A model option, validated by the model (repeat for several).")
+@click.option("-c", "--continue", "continue_", is_flag=True,
+              help="Continue the most recent conversation.")
+@click.option("--cid", "--conversation", "conversation_id", help="Continue this conversation.")
+@click.option("-n", "--no-log", is_flag=True, help="Do not log the turns.")
+@click.option("--key", help="API key to use, or the name of a stored key.")
+def chat(
+    model_name: str | None,
+    system: str | None,
+    prefill: str | None,
+    options: tuple[tuple[str, str], ...],
+    continue_: bool,
+    conversation_id: str | None,
+    no_log: bool,
+    key: str | None,
+) -> None:
+    """Chat with a model; each turn is logged in one conversation.
+
+    \b
+    llmcli chat -m claude-haiku-4-5
+    llmcli chat -c                 # continue the last conversation, with its model
+    > !prefill ```python           # the next reply starts with ```python
+    """
+    from llmcli import api
+
+    if continue_ or conversation_id:
+        conversation = api.load_conversation(conversation_id, model=model_name)
+    else:
+        conversation = api.get_model(model_name).conversation()
+    model = conversation.model
+    parsed = parse_options(model, options)
+    api.validate_options(model, parsed)  # a typo fails now, not at the first turn
+    from llmcli import config
+
+    if not no_log and config.logging_enabled():
+        from llmcli.log import open_db
+
+        open_db().close()  # a log that cannot be written fails now, not after a message
+    state = ChatState(conversation, system, prefill, option_pairs=options, options=parsed,
+                      key=key, log=not no_log)
+    _enable_history()
+    click.echo(f"Chatting with {model.model_id} (prefill: "
+               f"{model.get_prefill_support(api.validate_options(model, parsed)).value})",
+               err=True)
+    click.echo(HELP, err=True)
+    out = sys.stdout
+    while True:
+        try:
+            line = _read_line(state.prompt_line())
+            if line is None:
+                break
+            if line.strip() in EXIT_WORDS:
+                break
+            if not line.strip():
+                continue
+            text: str | None = line
+            if line.startswith("!"):
+                try:
+                    text = _command(state, line.rstrip("\n"))
+                except EOFError:
+                    break
+            if text is None or not text.strip():
+                continue
+            _turn(state, text, out)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh line, as in a shell
+            out.write("\n")
+            out.flush()
+        except LLMCLIError as exc:  # one turn failed; the chat goes on
+            from llmcli.config import scrub
+
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            click.echo(f"Error: {scrub(message)}", err=True)
+    out.write("\n")  # leave the shell's prompt on a line of its own
+    out.flush()
