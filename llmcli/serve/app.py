@@ -62,6 +62,10 @@ def _stderr(line: str) -> None:
     sys.stderr.flush()
 
 
+#: What a request still running when the server stops (after its grace period) gets.
+SHUTTING_DOWN = WireError(503, "llmcli serve is stopping; the reply was cut short",
+                          "server_error", "shutting_down")
+
 # -- stop reasons ---------------------------------------------------------------------------
 
 _OPENAI_FINISH = {"end_turn": "stop", "stop": "stop", "stop_sequence": "stop",
@@ -208,6 +212,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         try:
             authorize(request, anthropic)
             return await body(request)
+        except asyncio.CancelledError:
+            # The server is stopping and the grace period is over: answer, do not crash.
+            error = SHUTTING_DOWN
+            content = anthropic_body(error) if anthropic else openai_body(error)
+            return JSONResponse(content, status_code=error.status)
         except Exception as exc:
             error = from_exception(exc)
             if error.status >= 500 and os.environ.get("LLMCLI_DEBUG", "") not in ("", "0"):
@@ -368,8 +377,9 @@ async def _openai_events(run: _Run, first: str | None) -> AsyncIterator[str]:
             piece = run.content(chunk, strip)
             if piece:
                 yield frame({"content": piece})
-    except Exception as exc:
-        yield _data(openai_body(from_exception(exc)))
+    except (Exception, asyncio.CancelledError) as exc:
+        error = SHUTTING_DOWN if isinstance(exc, asyncio.CancelledError) else from_exception(exc)
+        yield _data(openai_body(error))
         yield "data: [DONE]\n\n"
         return
     finally:
@@ -406,8 +416,9 @@ async def _anthropic_events(run: _Run, first: str | None) -> AsyncIterator[str]:
         async for chunk in run.chunks:
             if piece := strip(chunk):
                 yield delta(piece)
-    except Exception as exc:
-        yield _event("error", {"error": anthropic_body(from_exception(exc))["error"]})
+    except (Exception, asyncio.CancelledError) as exc:
+        error = SHUTTING_DOWN if isinstance(exc, asyncio.CancelledError) else from_exception(exc)
+        yield _event("error", {"error": anthropic_body(error)["error"]})
         return
     finally:
         run.close()
