@@ -168,6 +168,13 @@ class LLMCLIGroup(DefaultGroup):
         except LLMCLIError as exc:  # e.g. a broken plugin met while printing --help
             _fail(exc)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and ctx.parent is None and not _stdin_is_terminal():
+            # Piped input and no arguments is a prompt (empty input fails as one), not a
+            # request for help.
+            args = [str(self.default_cmd_name)]
+        return super().parse_args(ctx, args)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         cached = self._cached_plugin_help()
         if cached is None:
@@ -216,6 +223,10 @@ class LLMCLIGroup(DefaultGroup):
         # make plugin commands known before it decides.
         if args and args[0] in self._plugin_commands():
             return args[0], self._plugin_commands()[args[0]], args[1:]
+        if args and args[0] not in self.commands:
+            from llmcli.cli.prompt import refuse_command_word
+
+            refuse_command_word(args, [*self.commands, *self._plugin_commands()])
         return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -227,6 +238,13 @@ class LLMCLIGroup(DefaultGroup):
             _fail(exc)
         except Exception as exc:  # anything unexpected: still one line unless debugging
             _fail(exc, unexpected=True)
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is None or sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return True
 
 
 def _fail(exc: BaseException, unexpected: bool = False) -> NoReturn:

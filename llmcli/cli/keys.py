@@ -26,6 +26,18 @@ def set_key(name: str, value: str | None) -> None:
     click.echo(f"Stored key {name!r} in {config.keys_path()}", err=True)
 
 
+@keys.command(name="get")
+@click.argument("name")
+def get_key(name: str) -> None:
+    """Print the stored key NAME (not one from the environment)."""
+    stored = config.load_keys()
+    if name not in stored:
+        known = ", ".join(sorted(stored)) or "none"
+        raise click.ClickException(f"No key named {name!r} is stored (stored: {known}); "
+                                   f"run 'llmcli keys set {name}'")
+    click.echo(stored[name])
+
+
 @keys.command(name="list")
 def list_keys() -> None:
     """The names of the stored keys (never their values)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING
+import types
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import click
 from click_default_group import DefaultGroup
@@ -13,6 +15,52 @@ from llmcli.cli.render import table
 
 if TYPE_CHECKING:
     from llmcli.models import Model
+
+
+def _type_name(annotation: Any) -> str:
+    """An option's type as a user reads it: int, float, str, bool, list[str], 'a' | 'b'."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " | ".join(names) + (" | none" if type(None) in args else "")
+    if origin is list:
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation)
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def describe_options(model: Model) -> list[dict[str, Any]]:
+    """Each option's name, type, bounds, default and description."""
+    from pydantic_core import PydanticUndefined
+
+    described = []
+    for name, field in model.Options.model_fields.items():
+        bounds = [f"{sign} {getattr(m, attr)}" for m in field.metadata
+                  for attr, sign in _BOUNDS if getattr(m, attr, None) is not None]
+        item: dict[str, Any] = {"name": name, "type": _type_name(field.annotation),
+                                "bounds": bounds, "description": field.description or ""}
+        if field.default is not PydanticUndefined and field.default_factory is None:
+            item["default"] = field.default
+        described.append(item)
+    return described
+
+
+def _option_line(option: dict[str, Any]) -> str:
+    details = [option["type"], *option["bounds"]]
+    if option.get("default") is not None:
+        details.append(f"default {option['default']!r}")
+    line = f"  {option['name']}: {', '.join(details)}"
+    if option["description"]:
+        line += f"\n    {option['description']}"
+    return line
 
 
 def _describe(model: Model) -> dict[str, object]:
@@ -29,6 +77,7 @@ def _describe(model: Model) -> dict[str, object]:
         "key_env_var": model.needs_key.env_var if model.needs_key else None,
         "key_set": api.key_is_set(model) if model.needs_key else None,
         "options": list(model.Options.model_fields),
+        "option_details": describe_options(model),
     }
 
 
@@ -39,14 +88,21 @@ def models() -> None:
 
 @models.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@click.option("--options", "show_options", is_flag=True, help="Show each model's options.")
+@click.option("--options", "show_options", is_flag=True,
+              help="Each model's options: type, bounds, default and description.")
 def list_models(as_json: bool, show_options: bool) -> None:
     """Every model with its prefill capability, aliases and whether its key is set."""
     from llmcli import api
 
     described = [_describe(m) for m in api.get_models()]
     if as_json:
-        click.echo(json.dumps(described, indent=2))
+        click.echo(json.dumps(described, indent=2, default=str))
+        return
+    if show_options:
+        for d in described:
+            click.echo(f"{d['model_id']} (prefill: {d['prefill_support']})")
+            lines = [_option_line(o) for o in d["option_details"]]  # type: ignore[attr-defined]
+            click.echo("\n".join(lines) if lines else "  (no options)")
         return
     default = None
     with contextlib.suppress(Exception):
@@ -59,12 +115,8 @@ def list_models(as_json: bool, show_options: bool) -> None:
         if d["prefill_note"]:
             prefill += f" ({d['prefill_note']})"
         name = str(d["model_id"]) + (" *" if d["model_id"] == default else "")
-        row = [name, prefill, ", ".join(d["aliases"]), key]  # type: ignore[arg-type]
-        if show_options:
-            row.append(", ".join(d["options"]))  # type: ignore[arg-type]
-        rows.append(row)
-    headers = ["model", "prefill", "aliases", "key"] + (["options"] if show_options else [])
-    table(headers, rows)
+        rows.append([name, prefill, ", ".join(d["aliases"]), key])  # type: ignore[arg-type]
+    table(["model", "prefill", "aliases", "key"], rows)
 
 
 @models.command(name="default")

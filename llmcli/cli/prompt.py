@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 import sys
 import typing
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,48 @@ def read_stdin() -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("Standard input is not UTF-8 text; pipe text, not binary data") from None
+
+
+#: Commands of simonw/llm that llmcli does not have: ``llmcli embed`` must not become a
+#: prompt sent to the default model.
+LLM_COMMANDS = ("aliases", "collections", "embed", "embed-models", "embed-multi", "fragments",
+                "install", "openai", "schemas", "similar", "templates", "tools", "uninstall")
+
+_COMMAND_LIKE = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+def refuse_command_word(args: list[str], commands: list[str]) -> None:
+    """Refuse a first argument that is meant as a command, not a prompt: one of llm's
+    commands, or (with nothing after it) a near miss of a command's name."""
+    word = args[0]
+    if not _COMMAND_LIKE.fullmatch(word):
+        return
+    hint = f"to send it as a prompt, run: llmcli prompt {word}"
+    if word in LLM_COMMANDS:
+        raise InputError(f"'{word}' is an llm command that llmcli does not have; {hint}")
+    if len(args) == 1:
+        close = difflib.get_close_matches(word, [*commands, *LLM_COMMANDS], n=3, cutoff=0.75)
+        if close:
+            raise InputError(f"Unknown command '{word}' (did you mean: {', '.join(close)}?); "
+                             f"{hint}")
+
+
+def extract_code_block(text: str) -> str | None:
+    """The contents of the first fenced code block; a fence left open (the reply was cut
+    short) runs to the end."""
+    match = _FENCE.search(text)
+    if match is None:
+        return None
+    body = match.group("body")
+    fence = match.group("fence")
+    closing = re.search(rf"^[ \t]*{re.escape(fence)}{re.escape(fence[0])}*[ \t]*$", body,
+                        re.MULTILINE)
+    if closing:
+        body = body[: closing.start()]
+    return body.rstrip("\n") + "\n" if body.strip() else ""
+
+
+_FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[^\n`]*\n(?P<body>.*)", re.MULTILINE | re.DOTALL)
 
 
 def _is_list_field(model: Model, name: str) -> bool:
@@ -80,6 +124,10 @@ def parse_options(model: Model, pairs: tuple[tuple[str, str], ...]) -> dict[str,
 @click.option("--key", help="API key to use, or the name of a stored key.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: model, prefill, text, continuation, usage, ids.")
+@click.option("-x", "--extract", is_flag=True,
+              help="Print only the first fenced code block of the reply (all of it if none).")
+@click.option("-u", "--usage", "show_usage", is_flag=True,
+              help="Print token usage to standard error.")
 def prompt(
     prompt: str | None,
     model_name: str | None,
@@ -93,6 +141,8 @@ def prompt(
     no_log: bool,
     key: str | None,
     as_json: bool,
+    extract: bool,
+    show_usage: bool,
 ) -> None:
     """Send PROMPT (and any piped standard input) to a model.
 
@@ -100,9 +150,12 @@ def prompt(
     llmcli "Name three US states." --prefill "1."
     echo "def add(a, b):" | llmcli "Explain this code" -m claude-haiku-4-5
     llmcli -c "And two more?"          # continue the last conversation
+    llmcli "Reverse a string" --prefill '```python' -x   # just the code
     """
     from llmcli import api
 
+    if extract and as_json:
+        raise InputError("--extract prints text; it cannot be combined with --json")
     stdin_text = read_stdin()
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
     if not text.strip():
@@ -119,7 +172,7 @@ def prompt(
         text,
         system=system,
         prefill=prefill,
-        stream=not no_stream and not as_json,
+        stream=not no_stream and not as_json and not extract,
         key=key,
         log=not no_log,  # the API opens the log now: one that cannot be written fails here
         conversation=conversation,
@@ -130,9 +183,26 @@ def prompt(
         try:
             response.text()
         except KeyboardInterrupt:
-            _interrupted(response)
+            response.close()
+            click.echo(json.dumps(response.to_dict(), ensure_ascii=False))
+            _interrupted(response, newline=False)
         data = response.to_dict()
         click.echo(json.dumps(data, ensure_ascii=False))
+        _print_usage(response, show_usage)
+        return
+
+    if extract:
+        try:
+            text = response.text()
+        except KeyboardInterrupt:
+            _interrupted(response)
+        if hide_prefill:
+            text = response.continuation
+        block = extract_code_block(text)
+        sys.stdout.write(block if block is not None else text if text.endswith("\n")
+                         else text + "\n")
+        sys.stdout.flush()
+        _print_usage(response, show_usage)
         return
 
     skip = len(response.prefill) if hide_prefill else 0
@@ -156,11 +226,24 @@ def prompt(
     if not wrote_newline:
         out.write("\n")
     out.flush()
+    _print_usage(response, show_usage)
 
 
-def _interrupted(response: Any) -> None:
+def _print_usage(response: Any, show: bool) -> None:
+    if not show:
+        return
+    usage = response.usage()
+    parts = [f"{usage.input_tokens if usage.input_tokens is not None else '?'} input",
+             f"{usage.output_tokens if usage.output_tokens is not None else '?'} output"]
+    if usage.stop_reason:
+        parts.append(f"stop: {usage.stop_reason}")
+    click.echo("Token usage: " + ", ".join(parts), err=True)
+
+
+def _interrupted(response: Any, newline: bool = True) -> None:
     response.close()
-    sys.stdout.write("\n")
+    if newline:
+        sys.stdout.write("\n")
     sys.stdout.flush()
     click.echo("Interrupted: the partial response was logged.", err=True)
     sys.exit(130)
