@@ -12,7 +12,7 @@ import difflib
 from typing import Any
 
 from llmcli import config
-from llmcli.errors import UnknownModelError
+from llmcli.errors import ConfigError, UnknownModelError
 from llmcli.models import (
     Conversation,
     Logger,
@@ -82,9 +82,14 @@ def get_default_model() -> Model:
 
 
 def key_is_set(model: Model) -> bool:
+    """Whether the model's key is available; False while the keys file is broken (only
+    the models that need a stored key are affected by it)."""
     if model.needs_key is None:
         return True
-    return config.get_key(model.needs_key.name, model.needs_key.env_var) is not None
+    try:
+        return config.get_key(model.needs_key.name, model.needs_key.env_var) is not None
+    except ConfigError:
+        return False
 
 
 def load_conversation(conversation_id: str | None = None, *,

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from llmcli.errors import ConfigError
@@ -62,16 +63,26 @@ def load_keys() -> dict[str, str]:
     return data
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """One plain line naming the file when it cannot be written (a read-only directory)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"Cannot write {path}: {exc.strerror or exc}") from exc
+
+
 def set_key(name: str, value: str) -> None:
     keys = load_keys()
     keys[name] = value
     ensure_user_dir()
     path = keys_path()
-    # Create with 0600 from the start so the secret is never readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(keys, f, indent=2)
-    path.chmod(0o600)
+    with _writing(path):
+        # Create with 0600 from the start so the secret is never readable by others.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f, indent=2)
+        path.chmod(0o600)
 
 
 def get_key(name: str, env_var: str | None, explicit: str | None = None) -> str | None:
@@ -94,15 +105,21 @@ def _setting_path(name: str) -> Path:
 
 def default_model() -> str | None:
     path = _setting_path("default_model.txt")
-    if path.exists():
+    try:
         value = path.read_text().strip()
-        return value or None
-    return None
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+                          ) from exc
+    return value or None
 
 
 def set_default_model(model_id: str) -> None:
     ensure_user_dir()
-    _setting_path("default_model.txt").write_text(model_id + "\n")
+    path = _setting_path("default_model.txt")
+    with _writing(path):
+        path.write_text(model_id + "\n")
 
 
 def logging_enabled() -> bool:
@@ -112,10 +129,11 @@ def logging_enabled() -> bool:
 def set_logging(enabled: bool) -> None:
     ensure_user_dir()
     path = _setting_path("logs-off")
-    if enabled:
-        path.unlink(missing_ok=True)
-    else:
-        path.touch()
+    with _writing(path):
+        if enabled:
+            path.unlink(missing_ok=True)
+        else:
+            path.touch()
 
 
 # -- secrets scrubbing -----------------------------------------------------------------------

@@ -439,12 +439,19 @@ def validate_options(model: Model, options: Mapping[str, Any]) -> Options:
         return model.Options(**options)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "options"
+        where = ".".join(str(p) for p in error["loc"])
+        # A model's own validator says "Value error, temperature is not accepted…": keep
+        # its words, not pydantic's prefix.
+        reason = str(error["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):
+            reason = reason.removeprefix(prefix)
         if error["type"] == "extra_forbidden":
             known = ", ".join(model.Options.model_fields) or "none"
             message = f"Unknown option {where!r} for {model.model_id} (known: {known})"
-        else:
-            message = f"Option {where!r} for {model.model_id}: {error['msg']}"
+        elif where:
+            message = f"Option {where!r} for {model.model_id}: {reason}"
+        else:  # a check across options: its message names them
+            message = f"Options for {model.model_id}: {reason}"
         raise OptionsError(message) from None
 
 
@@ -459,17 +466,28 @@ def resolve_key(model: Model, explicit: str | None = None) -> str | None:
     return key
 
 
+def _usable_now(model: Model) -> bool:
+    if model.needs_key is None:
+        return True
+    try:
+        return config.get_key(model.needs_key.name, model.needs_key.env_var) is not None
+    except LLMCLIError:  # a broken keys file: not usable until it is fixed
+        return False
+
+
+NATIVE_PREFILL = (PrefillSupport.EATS_PREFIX, PrefillSupport.ECHOES_PREFIX)
+
+
 def _alternatives(exclude: Model) -> list[str]:
-    """Models that would take a prefill, for the error that refuses one."""
+    """Models that take a prefill natively (eats or echoes; emulation is what a strict
+    refusal avoids), for the error that refuses one: those usable now (local, or with a
+    key set) first."""
     from llmcli.plugins import registered_models
 
-    names = []
-    for model in registered_models():
-        if model is exclude:
-            continue
-        if model.get_prefill_support(model.Options()) is not PrefillSupport.UNSUPPORTED:
-            names.append(model.model_id)
-    return names[:5]
+    native = [m for m in registered_models() if m is not exclude
+              and m.get_prefill_support(m.Options()) in NATIVE_PREFILL]
+    native.sort(key=lambda m: not _usable_now(m))  # stable: registration order otherwise
+    return [m.model_id for m in native[:5]]
 
 
 def _open_log() -> Logger:
@@ -496,6 +514,9 @@ def prepare_response(
 
     Every check that can fail without the network fails here, before any request: options,
     prefill capability, key, and (when logging) that the log can be opened."""
+    if not prompt.strip():
+        # The same rule as the command line's: nothing to send is an error, not a request.
+        raise LLMCLIError("Empty prompt: the prompt has no text")
     validated = validate_options(model, options or {})
     stream = stream and model.can_stream
     support = model.get_prefill_support(validated, stream=stream)
@@ -524,7 +545,10 @@ def prepare_response(
         logger = _open_log()
     else:
         logger = None
+    if conversation is None:
+        # Every response belongs to a conversation, as on the command line: a plain
+        # model.prompt() starts a new one.
+        conversation = Conversation(model)
     response = Response(model, request, conversation=conversation, logger=logger)
-    if conversation is not None:
-        conversation.responses.append(response)
+    conversation.responses.append(response)
     return response

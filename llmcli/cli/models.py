@@ -39,15 +39,13 @@ _BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 def describe_options(model: Model) -> list[dict[str, Any]]:
     """Each option's name, type, bounds, default and description."""
-    from pydantic_core import PydanticUndefined
-
     described = []
     for name, field in model.Options.model_fields.items():
         bounds = [f"{sign} {getattr(m, attr)}" for m in field.metadata
                   for attr, sign in _BOUNDS if getattr(m, attr, None) is not None]
         item: dict[str, Any] = {"name": name, "type": _type_name(field.annotation),
                                 "bounds": bounds, "description": field.description or ""}
-        if field.default is not PydanticUndefined and field.default_factory is None:
+        if not field.is_required() and field.default_factory is None:
             item["default"] = field.default
         described.append(item)
     return described
@@ -92,8 +90,13 @@ def models() -> None:
               help="Each model's options: type, bounds, default and description.")
 def list_models(as_json: bool, show_options: bool) -> None:
     """Every model with its prefill capability, aliases and whether its key is set."""
-    from llmcli import api
+    from llmcli import api, config
+    from llmcli.errors import ConfigError
 
+    try:
+        config.load_keys()
+    except ConfigError as exc:  # it affects only the models that need a stored key
+        click.echo(f"Warning: {exc}", err=True)
     described = [_describe(m) for m in api.get_models()]
     if as_json:
         click.echo(json.dumps(described, indent=2, default=str))
