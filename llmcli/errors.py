@@ -9,8 +9,16 @@
      ├── LogError                 the log database cannot be opened or written
      ├── ConfigError              a user configuration file is malformed
      ├── PluginError              an installed plugin defines an unknown or malformed hook
-     └── ProviderError            the backend failed (HTTP status, timeout, broken stream)
-          └── PartialResponseError  the stream broke after some text arrived
+     └── ProviderError            the backend failed
+          ├── ProviderStatusError       the API answered with an HTTP error status
+          ├── ProviderTimeoutError      no answer within the time limit
+          ├── ProviderConnectionError   the server could not be reached
+          ├── BrokenStreamError         a started stream broke off, stalled or ended early
+          └── PartialResponseError      the reply broke off after some text arrived (the
+                                        failure that ended it is its ``__cause__``)
+
+The wording of provider failures lives with the code that knows the options it can suggest
+(:mod:`llmcli.remote` for plugins built on it); this module names no option.
 """
 
 from __future__ import annotations
@@ -84,77 +92,23 @@ class ProviderError(LLMCLIError):
         super().__init__(message)
 
 
+class ProviderStatusError(ProviderError):
+    """The provider answered with an HTTP error status (``status``); its message is kept."""
+
+
+class ProviderTimeoutError(ProviderError):
+    """The provider did not answer within the time limit (retries included)."""
+
+
+class ProviderConnectionError(ProviderError):
+    """The provider's server could not be reached."""
+
+
+class BrokenStreamError(ProviderError):
+    """A stream that had started broke off, went silent, or ended before the model
+    finished. When some text had arrived the caller sees :class:`PartialResponseError`,
+    whose ``__cause__`` is this error."""
+
+
 class PartialResponseError(ProviderError):
     """The response broke off after some text had arrived; that text is logged as partial."""
-
-
-def http_status_error(
-    provider: str,
-    status: int | None,
-    detail: str,
-    *,
-    key_hint: str = "",
-    retried: str = "",
-    kind: str = "",
-    not_found_hint: str = "",
-    provider_id: str | None = None,
-) -> ProviderError:
-    """The one-line error for an HTTP status, worded the same for every provider.
-
-    ``detail`` is the provider's own message (usually the most useful part); ``key_hint``
-    says how to set the key (401/403); ``retried`` is e.g. " after 2 retries"; ``kind`` an
-    error type or code for other 4xx. ``provider`` is the display name, ``provider_id`` the
-    plugin's short name (default: ``provider`` lower-cased). Plugins scrub keys from
-    ``detail`` before calling."""
-    detail = detail.strip().rstrip(".") or "no details given"
-    if status == 401:
-        text = f"{provider} rejected the API key (401): {detail}. {key_hint}"
-    elif status == 403:
-        text = f"{provider} refused the request (403): {detail}. Check the key: {key_hint}"
-    elif status == 404:
-        text = f"{provider} found nothing there (404): {detail}"
-        text += f". {not_found_hint}" if not_found_hint else ""
-    elif status == 429:
-        text = f"{provider} rate limit (429){retried}: {detail}. Wait, or raise -o max_retries."
-    elif status == 529:
-        text = f"{provider} is overloaded (529){retried}: {detail}. Try again later."
-    elif status is not None and status >= 500:
-        text = f"{provider} server error ({status}){retried}: {detail}"
-    else:
-        kind = f", {kind}" if kind else ""
-        text = f"{provider} rejected the request ({status}{kind}): {detail}"
-    return ProviderError(" ".join(text.split()), status=status,
-                         provider=provider_id or provider.lower())
-
-
-def transport_error(
-    provider: str,
-    kind: str,
-    *,
-    detail: str = "",
-    limit: float | None = None,
-    url: str = "",
-    retried: str = "",
-    provider_id: str | None = None,
-) -> ProviderError:
-    """The one-line error for a failure below HTTP, worded the same for every provider.
-
-    ``kind`` is ``timeout`` (no answer within ``limit`` seconds), ``connect`` (``url`` could
-    not be reached), ``stream`` (a started stream broke off), ``stalled`` (a started stream
-    went silent past the timeout) or ``other``. ``detail`` is the underlying reason,
-    ``retried`` e.g. " after 2 retries". Plugins scrub keys from ``detail`` before calling."""
-    detail = " ".join(detail.split())
-    reason = f": {detail}" if detail else ""
-    if kind == "timeout":
-        within = f"{limit:g}s" if limit else "the time limit"
-        text = f"{provider} did not answer within {within}{retried}; raise -o timeout"
-    elif kind == "connect":
-        where = f" at {url}" if url and url not in provider else ""
-        text = f"Could not connect to {provider}{where}{retried}{reason}"
-    elif kind == "stream":
-        text = f"{provider} stream broke off{reason}"
-    elif kind == "stalled":
-        text = f"{provider} stream stalled past the time limit{reason}; raise -o timeout"
-    else:
-        text = f"{provider} request failed{reason}"
-    return ProviderError(" ".join(text.split()), provider=provider_id or provider.lower())

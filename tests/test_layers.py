@@ -21,6 +21,7 @@ RANKS = {
     "llmcli.batch": 5.5,  # the batch command's logic: runs prompts through the API
     "llmcli.serve": 5.5,  # llmcli serve: the HTTP server over the API
     "llmcli.api": 5,
+    "llmcli.remote": 5,  # the provider kit: plugins build on it, the core never imports it
     "llmcli.models": 4,
     "llmcli.plugins": 3,  # the registry: loads plugins, imports no model code
     "llmcli.normalize": 3,

@@ -59,6 +59,8 @@ class FakeAnthropic(ScriptedServer):
         self.cut_after: int | None = None
         #: Streaming: send an ``error`` event after this many text deltas.
         self.error_after_deltas: int | None = None
+        #: Streaming: end the stream cleanly without ``message_stop`` (a proxy cut it short).
+        self.unfinished = False
         self.delay = 0.0
 
     @property
@@ -156,6 +158,7 @@ class FakeAnthropic(ScriptedServer):
             sse({"type": "message_delta",
                  "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                  "usage": {"output_tokens": usage_out}}, "message_delta"),
-            sse({"type": "message_stop"}, "message_stop"),
         ]
+        if not self.unfinished:
+            events.append(sse({"type": "message_stop"}, "message_stop"))
         return events

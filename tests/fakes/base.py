@@ -188,6 +188,10 @@ class ScriptedServer(FakeServer):
         super().__init__()
         self.queued: list[Reply] = []
 
+    def enqueue(self, *replies: Reply) -> None:
+        """Serve these first, one per request (every fake has this)."""
+        self.queued.extend(replies)
+
     def handle(self, request: RecordedRequest) -> Reply:
         if self.queued:
             return self.queued.pop(0)

@@ -42,6 +42,8 @@ class FakeMistral(ScriptedServer):
         self.reply = "Bonjour from Mistral."
         self.chunk_size = 3
         self.cut_after: int | None = None
+        #: Streaming: end with [DONE] but no chunk carrying a finish_reason.
+        self.unfinished = False
         self.delay = 0.0
 
     @property
@@ -103,6 +105,7 @@ class FakeMistral(ScriptedServer):
 
         events = [chunk({"role": "assistant", "content": ""})]
         events += [chunk({"content": piece}) for piece in split_text(text, self.chunk_size)]
-        events.append(chunk({"content": ""}, finish, usage=usage))
+        if not self.unfinished:
+            events.append(chunk({"content": ""}, finish, usage=usage))
         events.append(sse("[DONE]"))
         return events

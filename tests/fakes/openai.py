@@ -86,6 +86,8 @@ class FakeOpenAI(FakeServer):
         self.invalid_json = False
         #: The finish_reason of every reply.
         self.finish_reason = "stop"
+        #: Streaming: end with [DONE] but no chunk carrying a finish_reason.
+        self.unfinished = False
 
     def start(self) -> FakeOpenAI:
         super().start()
@@ -238,7 +240,8 @@ class FakeOpenAI(FakeServer):
             if self.malformed_after is not None and n == self.malformed_after:
                 events.append('data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')
             events.append(sse(self._chunk(model, {"content": piece}, None, include_usage)))
-        events.append(sse(self._chunk(model, {}, self.finish_reason, include_usage)))
+        if not self.unfinished:
+            events.append(sse(self._chunk(model, {}, self.finish_reason, include_usage)))
         if include_usage:
             events.append(sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                "created": 1700000000, "model": model, "choices": [],

@@ -1,24 +1,23 @@
 """The Model classes: OpenAI's own models and models on OpenAI-compatible servers.
 
-Both run through the same ``execute``: build the request (pure, :mod:`._wire`), call the SDK,
-turn its objects into chunks, and turn every SDK exception into a ProviderError
-(:mod:`._errors`). The ``openai`` package is imported inside ``execute`` only.
+Both are :class:`llmcli.remote.RemoteModel`: the kit runs ``execute`` (client, request,
+reply or stream, typed errors, close); the hooks here make the SDK calls, and the
+translation is in :mod:`._wire`. The ``openai`` package is imported inside ``execute`` only.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field
 
 from llmcli.capabilities import PrefillSupport
-from llmcli.models import Chunk, KeySpec, Model, Request
+from llmcli.errors import ProviderError
+from llmcli.models import Chunk, KeySpec, Request
 from llmcli.models import Options as BaseOptions
+from llmcli.remote import Call, HTTPFault, RemoteModel, RemoteOptions, WireRequest
 
-from ._errors import ErrorContext, map_error
 from ._wire import (
     Backend,
     EchoMode,
@@ -26,6 +25,7 @@ from ._wire import (
     build_create_kwargs,
     capability_for,
     completion_events,
+    provider_message,
     stream_events,
 )
 
@@ -34,35 +34,31 @@ __all__ = [
     "OPENAI_KEY",
     "REASONING_MODELS",
     "UNSUPPORTED_MODELS",
+    "ChatOptions",
     "CompatibleModel",
     "OpenAIChat",
     "OpenAIReasoning",
+    "ReasoningOptions",
     "openai_model",
 ]
 
 OPENAI_KEY = KeySpec("openai", "OPENAI_API_KEY")
-OPENAI_KEY_HINT = "Set it with 'llmcli keys set openai' or the OPENAI_API_KEY variable"
 
 CHAT_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano")
 REASONING_MODELS = ("gpt-5", "gpt-5-mini", "gpt-5-nano", "o1", "o3", "o3-mini", "o4-mini")
 #: Reasoning models that take no system or developer message (see ``prefill_note``).
 UNSUPPORTED_MODELS = ("o1-mini", "o1-preview")
 
-DEFAULT_MAX_RETRIES = 2
 
-
-class ChatOptions(BaseOptions):
+class ChatOptions(RemoteOptions):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass")
     stop: str | list[str] | None = Field(None, description="Stop sequence(s)")
     seed: int | None = Field(None, description="Best-effort deterministic sampling")
-    timeout: float | None = Field(None, gt=0, description="Seconds to wait for the server")
-    max_retries: int | None = Field(
-        None, ge=0, le=10, description="Retries on 408/409/429/5xx and connection errors")
 
 
-class ReasoningOptions(BaseOptions):
+class ReasoningOptions(RemoteOptions):
     # No temperature/top_p: OpenAI's reasoning models reject them; failing at -o time is
     # clearer than a 400 after the request.
     max_tokens: int | None = Field(
@@ -72,60 +68,70 @@ class ReasoningOptions(BaseOptions):
     seed: int | None = Field(None, description="Best-effort deterministic sampling")
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = Field(
         None, description="How much the model thinks before answering")
-    timeout: float | None = Field(None, gt=0, description="Seconds to wait for the server")
-    max_retries: int | None = Field(
-        None, ge=0, le=10, description="Retries on 408/409/429/5xx and connection errors")
 
 
-class _ChatCompletionsModel(Model):
-    """Shared machinery; subclasses set ``backend`` and the key in ``__init__``."""
+class _ChatCompletionsModel(RemoteModel):
+    """Shared machinery; subclasses set ``backend`` (and ``provider_name``) in ``__init__``."""
 
     backend: Backend
+    base_url_env = "OPENAI_BASE_URL"
+    default_base_url = "https://api.openai.com/v1"
 
-    def execute(self, request: Request) -> Iterator[Chunk]:
+    def endpoint(self, request: Request) -> str:
+        # A configured server has its own URL; OPENAI_BASE_URL is for OpenAI's models.
+        return self.backend.base_url or super().endpoint(request)
+
+    def import_sdk(self) -> Any:
         import openai  # lazy: listing models must not pay for the SDK
 
-        backend = self.backend
-        options: Any = request.options
-        timeout = getattr(options, "timeout", None)
-        retries = getattr(options, "max_retries", None)
-        max_retries = DEFAULT_MAX_RETRIES if retries is None else retries
-        base_url = backend.base_url or os.environ.get("OPENAI_BASE_URL") or None
-        ctx = ErrorContext(
-            provider=backend.provider,
-            api_model=backend.api_model,
-            base_url=base_url or "https://api.openai.com/v1",
-            key_hint=backend.key_hint,
-            timeout=timeout,
-            max_retries=max_retries,
-            secrets=(request.key,) if request.key else (),
-        )
-        kwargs = build_create_kwargs(request, backend)
-        client_args: dict[str, Any] = {
+        return openai
+
+    def build(self, request: Request) -> WireRequest:
+        return WireRequest(build_create_kwargs(request, self.backend))
+
+    def connect(self, call: Call) -> Any:
+        args: dict[str, Any] = {
             # Keyless local servers still need some bearer value for the SDK to start.
-            "api_key": request.key or "no-key-needed",
-            "base_url": base_url,
-            "max_retries": max_retries,
+            "api_key": call.request.key or "no-key-needed",
+            "base_url": call.base_url,
+            "max_retries": call.max_retries,
         }
-        if timeout is not None:
-            client_args["timeout"] = timeout
-        started = False
-        try:
-            with openai.OpenAI(**client_args) as client:
-                if backend.base_url is not None:
-                    # The SDK picks up OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment;
-                    # those identify an OpenAI account and are not for third-party servers.
-                    client.organization = None
-                    client.project = None
-                result = client.chat.completions.create(**kwargs)
-                started = True
-                if request.stream:
-                    yield from stream_events(result, backend.provider)
-                else:
-                    yield from completion_events(result, backend.provider)
-        except (openai.OpenAIError, json.JSONDecodeError) as exc:
-            # from None: the SDK's exception chain can carry request headers (the key).
-            raise map_error(exc, ctx, mid_stream=started and request.stream) from None
+        if call.timeout is not None:
+            args["timeout"] = call.timeout
+        client = call.sdk.OpenAI(**args)
+        if self.backend.base_url is not None:
+            # The SDK picks up OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment;
+            # those identify an OpenAI account and are not for third-party servers.
+            client.organization = None
+            client.project = None
+        return client
+
+    def send(self, client: Any, wire: WireRequest, call: Call) -> Any:
+        return client.chat.completions.create(**wire.params)
+
+    def read_complete(self, reply: Any, call: Call) -> Iterator[Chunk]:
+        return completion_events(reply, self.provider_name)
+
+    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
+        return stream_events(stream)
+
+    def http_fault(self, exc: BaseException, call: Call) -> HTTPFault | ProviderError | None:
+        openai, name = call.sdk, self.provider_name
+        if isinstance(exc, openai.APIStatusError):
+            return HTTPFault(exc.status_code, provider_message(exc))
+        if isinstance(exc, openai.APIConnectionError):
+            return None  # a timeout or a lost connection: the kit words it
+        if isinstance(exc, openai.APIResponseValidationError):
+            return ProviderError(f"{name}: the server's response is not valid: "
+                                 f"{provider_message(exc)}", provider=self.provider_id)
+        if isinstance(exc, openai.APIError):
+            # No status: an error event inside a stream that had started fine.
+            return ProviderError(f"{name}: the server reported an error mid-stream: "
+                                 f"{provider_message(exc)}", provider=self.provider_id)
+        return None
+
+    def not_found_hint(self, call: Call) -> str:
+        return f"Check the model name {self.backend.api_model!r} and the base URL {call.base_url}"
 
 
 class OpenAIChat(_ChatCompletionsModel):
@@ -136,13 +142,14 @@ class OpenAIChat(_ChatCompletionsModel):
     Options = ChatOptions  # type: ignore[assignment]
     reasoning = False
 
+    provider_name = provider_id = "OpenAI"
+
     def __init__(self, model_id: str, api_model: str | None = None,
                  aliases: tuple[str, ...] = ()) -> None:
         self.model_id = model_id
         self.aliases = aliases
-        self.backend = Backend(provider="OpenAI", api_model=api_model or model_id,
-                               style="none", reasoning=self.reasoning,
-                               key_hint=OPENAI_KEY_HINT)
+        self.backend = Backend(provider=self.provider_name, api_model=api_model or model_id,
+                               style="none", reasoning=self.reasoning)
 
     def prefill_note(self) -> str:
         return "the system message asks the model to start with the prefill"
@@ -203,26 +210,22 @@ class CompatibleModel(_ChatCompletionsModel):
         self.aliases = aliases
         self.prefill_style = prefill_style
         self.prefill_support = capability_for(prefill_style, echo_stream)
-        hint = ""
-        if key_name or key_env:
-            name = key_name or model_id
-            self.needs_key = KeySpec(name, key_env)
-            hint = f"Set it with 'llmcli keys set {name}'"
-            if key_env:
-                hint += f" or the {key_env} variable"
-        else:
-            self.needs_key = None
-            hint = ("no key is configured for this server; add one with 'llmcli "
-                    "openai-servers add ID ... --key-name NAME --replace'")
+        self.needs_key = KeySpec(key_name or model_id, key_env) if key_name or key_env else None
+        self.provider_name = self.provider_id = f"{model_id} ({base_url})"
         self.backend = Backend(
-            provider=f"{model_id} ({base_url})",
+            provider=self.provider_name,
             api_model=model_name,
             base_url=base_url,
             style=prefill_style,
             echo_stream=echo_stream,
             echo_complete=echo_complete,
-            key_hint=hint,
         )
+
+    def key_hint(self) -> str:
+        if self.needs_key is None:
+            return ("no key is configured for this server; add one with 'llmcli "
+                    "openai-servers add ID ... --key-name NAME --replace'.")
+        return super().key_hint()
 
     def get_prefill_support(self, options: BaseOptions, stream: bool = True) -> PrefillSupport:
         return capability_for(self.prefill_style, self.backend.echo(stream))

@@ -1,12 +1,13 @@
 """Pure translation between an llmcli :class:`Request` and the Chat Completions wire format.
 
 No I/O and no ``openai`` import here: request building is a function of the request and the
-backend description, and response parsing works on the SDK's objects by attribute, so both
-are testable without a server and the plugin stays cheap to import.
+backend description, and response and error parsing work on the SDK's objects by attribute,
+so all of it is testable without a server and the plugin stays cheap to import.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,7 @@ __all__ = [
     "capability_for",
     "completion_events",
     "openai_emulation_instruction",
+    "provider_message",
     "stop_reason",
     "stream_events",
 ]
@@ -58,9 +60,6 @@ class Backend:
     echo_complete: EchoMode = "auto"
     #: OpenAI reasoning models: ``developer`` role, ``max_completion_tokens``.
     reasoning: bool = False
-    #: How to supply the key, for 401/403 messages ("run 'llmcli keys set openai' ...").
-    key_hint: str = ""
-
 
     def echo(self, stream: bool) -> EchoMode:
         return self.echo_stream if stream else self.echo_complete
@@ -174,11 +173,11 @@ def _usage(raw: Any, reason: str | None) -> Usage:
     return usage
 
 
-def stream_events(chunks: Iterable[Any], provider: str) -> Iterator[str | Usage]:
-    """Text deltas of choice 0, then one :class:`Usage`.
+def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage]:
+    """Text deltas of choice 0, then one :class:`Usage` once a finish_reason has arrived.
 
-    A stream that ends without a finish_reason was cut short (a proxy closing the connection
-    cleanly, for instance); that is an error, not a complete reply.
+    A stream that ends without one was cut short (a proxy closing the connection cleanly,
+    for instance): no Usage then, and the kit reports the stream as broken.
     """
     reason: str | None = None
     raw_usage: Any = None
@@ -194,12 +193,8 @@ def stream_events(chunks: Iterable[Any], provider: str) -> Iterator[str | Usage]
                 yield content
             if choice.finish_reason:
                 reason = stop_reason(choice)
-    if reason is None:
-        raise ProviderError(
-            f"{provider}: the stream ended before the model finished (no finish_reason)",
-            provider=provider,
-        )
-    yield _usage(raw_usage, reason)
+    if reason is not None:
+        yield _usage(raw_usage, reason)
 
 
 def completion_events(completion: Any, provider: str) -> Iterator[str | Usage]:
@@ -213,3 +208,21 @@ def completion_events(completion: Any, provider: str) -> Iterator[str | Usage]:
     if text:
         yield text
     yield _usage(getattr(completion, "usage", None), stop_reason(choice))
+
+
+def provider_message(exc: Any) -> str:
+    """The server's own words in an SDK error: ``error.message`` from the JSON body, or the
+    raw body text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message
+        detail = body.get("detail")  # some compatible servers answer FastAPI-style
+        if detail:
+            return str(detail)
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    message = getattr(exc, "message", None) or str(exc)
+    # The SDK's own text for a status error is "Error code: 401 - <message>"; drop the prefix.
+    return re.sub(r"^Error code: \d+( - )?", "", message) or message

@@ -1,0 +1,158 @@
+"""The Anthropic Messages API on the wire: which ids take a prefill, request building, reading
+replies and stream events, error bodies. Pure: no I/O, no SDK import (SDK objects are read by
+attribute), so it is cheap to import and testable without a network."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from llmcli.capabilities import PrefillSupport
+from llmcli.models import Chunk, Request, Usage, emulation_instruction
+from llmcli.remote import HTTPFault, WireRequest
+
+if TYPE_CHECKING:
+    from llmcli_anthropic._models import ClaudeOptions
+
+__all__ = ["build_request", "error_message_from_body", "native_prefill", "read_events",
+           "read_message", "status_fault"]
+
+# claude-<family>-<major>[-<minor>][-<yyyymmdd>] (Claude 4 and later) or the older
+# claude-<major>[-<minor>]-<family>[-<date>] (Claude 3.x). A minor version is one or two
+# digits; an eight-digit group is a snapshot date, not a version.
+_NEW_STYLE = re.compile(r"^claude-[a-z]+-(\d+)(?:-(\d{1,2}))?(?:-\d{8})?(?:-.*)?$")
+_OLD_STYLE = re.compile(r"^claude-(\d+)(?:-(\d{1,2}))?-[a-z]+")
+#: The first version that rejects assistant prefill (400 "does not support assistant message
+#: prefill").
+_FIRST_WITHOUT_PREFILL = (4, 6)
+
+
+def native_prefill(model_id: str) -> bool:
+    """Whether the API accepts a trailing assistant message (prefill) for this model.
+
+    Unrecognised ids are treated as new models: emulation never produces a 400, while
+    a native prefill sent to a model that rejects it always does.
+    """
+    match = _NEW_STYLE.match(model_id) or _OLD_STYLE.match(model_id)
+    if match is None:
+        return False
+    version = (int(match.group(1)), int(match.group(2) or 0))
+    return version < _FIRST_WITHOUT_PREFILL
+
+
+def _join_system(system: str | None, extra: str) -> str:
+    return f"{system}\n\n{extra}" if system else extra
+
+
+def build_request(request: Request) -> WireRequest:
+    """Keyword arguments for ``client.messages.create``, and the prefill as sent."""
+    options: ClaudeOptions = request.options  # type: ignore[assignment]
+    messages: list[dict[str, Any]] = [
+        {"role": m.role, "content": m.content} for m in request.messages()
+    ]
+    system = request.system
+    sent_prefill: str | None = None
+    prefill = request.prefill
+    if prefill and request.prefill_support is PrefillSupport.EATS_PREFIX:
+        # The API 400s on a final assistant message that ends in whitespace, and on an empty
+        # one; send it trimmed (or not at all) and let the core reconcile the difference.
+        trimmed = prefill.rstrip()
+        if trimmed:
+            messages.append({"role": "assistant", "content": trimmed})
+        if trimmed != prefill:
+            sent_prefill = trimmed
+    elif prefill and request.prefill_support is PrefillSupport.EMULATED:
+        system = _join_system(system, emulation_instruction(prefill))
+    params: dict[str, Any] = {
+        "model": request.model_id,
+        "max_tokens": options.max_tokens,
+        "messages": messages,
+    }
+    if system:
+        params["system"] = system
+    if options.stop_sequences:
+        params["stop_sequences"] = list(options.stop_sequences)
+    if options.thinking_on:
+        if native_prefill(request.model_id):
+            params["thinking"] = {"type": "enabled", "budget_tokens": options.budget}
+        else:
+            # Claude 4.6 and later size their thinking themselves; a fixed budget is
+            # deprecated there (Opus 4.7 has adaptive thinking only).
+            params["thinking"] = {"type": "adaptive"}
+    return WireRequest(params, sent_prefill)
+
+
+# -- replies ----------------------------------------------------------------------------------
+
+
+def read_message(message: Any) -> Iterator[Chunk]:
+    # With thinking on, the content also holds thinking blocks; only text is the reply.
+    yield "".join(block.text for block in message.content if block.type == "text")
+    yield Usage(
+        input_tokens=message.usage.input_tokens,
+        output_tokens=message.usage.output_tokens,
+        stop_reason=message.stop_reason,
+    )
+
+
+def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
+    """Text deltas, then the usage once ``message_stop`` has arrived (only then)."""
+    usage = Usage()
+    finished = False
+    for event in events:
+        if event.type == "message_start":
+            usage.input_tokens = event.message.usage.input_tokens
+        elif event.type == "content_block_delta":
+            if event.delta.type == "text_delta":
+                yield event.delta.text
+        elif event.type == "message_delta":
+            usage.stop_reason = event.delta.stop_reason
+            usage.output_tokens = event.usage.output_tokens
+        elif event.type == "message_stop":
+            finished = True
+    if finished:
+        yield usage
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+#: Error types that arrive inside a 200 stream (an SSE ``error`` event) mapped to the status
+#: the same error has as an HTTP response.
+_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def error_message_from_body(body: Any) -> tuple[str | None, str | None]:
+    """(error type, message) from an Anthropic error body, either part None when absent."""
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return None, body.strip() or None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+            return error.get("type"), str(message) if message is not None else None
+        if isinstance(body.get("message"), str):
+            return None, body["message"]
+    return None, None
+
+
+def status_fault(status: int | None, body: Any, fallback: str) -> HTTPFault:
+    """An HTTP error (or an ``error`` event inside a 200 stream) as the kit reads it."""
+    error_type, message = error_message_from_body(body)
+    if status == 200 and error_type in _TYPE_STATUS:
+        status = _TYPE_STATUS[error_type]  # an error event inside a stream
+    return HTTPFault(status, message or fallback, error_type or "")
