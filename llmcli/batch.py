@@ -529,8 +529,10 @@ class Batch:
     def run(self, on_result: Callable[[Result], None],
             on_start: Callable[[Result], None] | None = None) -> Summary:
         """Run every planned line; ``on_result`` is called in this thread as each ends.
-        KeyboardInterrupt (the CLI maps SIGTERM to it) stops the run: what completed is
-        reported, responses in flight are logged as partial, and nothing else starts."""
+        ``stop.set()`` (the CLI's SIGINT and SIGTERM handlers; a signal handler that only
+        sets a flag cannot cut a row in half) or KeyboardInterrupt stops the run: what
+        completed is reported, responses in flight are logged as partial, and nothing else
+        starts."""
         summary = Summary(total=self.total, skipped=self.skipped)
         started = time.monotonic()
         results: queue.Queue[Result] = queue.Queue()
@@ -555,6 +557,8 @@ class Batch:
             for worker in workers:
                 worker.start()
             while summary.ok + summary.failed < summary.total:
+                if self.stop.is_set():  # set by the caller's signal handler
+                    raise KeyboardInterrupt
                 try:
                     report(results.get(timeout=0.1))
                 except queue.Empty:

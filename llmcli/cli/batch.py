@@ -94,7 +94,16 @@ def batch(
     out: IO[str] = sys.stdout if output_path == "-" else open(  # noqa: SIM115
         output_path, "a", encoding="utf-8")
     progress = _Progress(run.total) if sys.stderr.isatty() else None
-    previous = signal.signal(signal.SIGTERM, _sigterm)
+    def stop(signum: int, frame: Any) -> None:
+        run.stop.set()
+
+    # Ctrl-C and SIGTERM only raise a flag that the run checks between results, so a row
+    # is never half written nor a finished line left unreported. A SIGINT ignored by the
+    # shell (a background job) stays ignored.
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, stop) for signum in handled}
     try:
         def write(result: Any) -> None:
             out.write(json.dumps(result.row(run.batch_id), ensure_ascii=False) + "\n")
@@ -104,7 +113,8 @@ def batch(
 
         summary = run.run(write)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if progress is not None:
             progress.stop()
         if out is not sys.stdout:
@@ -120,10 +130,6 @@ def batch(
         sys.exit(130)
     if summary.failed:
         sys.exit(1)
-
-
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 class _Progress:
