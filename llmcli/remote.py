@@ -66,6 +66,10 @@ MAX_DETAIL = 300
 # -- options ---------------------------------------------------------------------------------
 
 
+#: The kit's options, listed after a model's own (``llmcli models --options``, "known: ...").
+_SHARED_OPTIONS = ("timeout", "max_retries", "base_url")
+
+
 class RemoteOptions(Options):
     """``timeout`` and ``max_retries``, which every remote model takes. Subclass it (with
     :class:`BaseURLOption` when the endpoint may be moved) and add the model's own."""
@@ -75,6 +79,18 @@ class RemoteOptions(Options):
     max_retries: int = Field(
         default=2, ge=0, le=10,
         description="Retries on rate limits, server errors and lost connections")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # Inherited fields come first; a user looking for an option wants the model's own
+        # first. Only the listing order changes (validation is already built).
+        fields = cls.__pydantic_fields__
+        own = [name for name in fields if name not in _SHARED_OPTIONS]
+        shared = [name for name in _SHARED_OPTIONS if name in fields]
+        reordered = {name: fields[name] for name in own + shared}
+        fields.clear()
+        fields.update(reordered)
 
 
 class BaseURLOption(Options):

@@ -212,6 +212,17 @@ def test_the_docs_plugin_runs(acme: types.ModuleType, stream: bool) -> None:
     assert llmcli.get_model("acme/acme-2").model_id == "acme-2"
 
 
+def test_a_models_own_options_are_listed_first(acme: types.ModuleType) -> None:
+    from llmcli.remote import BaseURLOption, RemoteOptions
+
+    class Both(RemoteOptions, BaseURLOption):
+        effort: int = 1
+
+    assert list(acme.AcmeOptions.model_fields) == ["max_tokens", "timeout", "max_retries"]
+    assert list(Both.model_fields) == ["effort", "timeout", "max_retries", "base_url"]
+    assert Both(effort=2, base_url="http://x").base_url == "http://x"
+
+
 def test_the_endpoint_variable(acme: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACME_BASE_URL", "http://proxy.example/acme")
     llmcli.get_model("acme-1").prompt("Go on", log=False).text()
@@ -257,6 +268,17 @@ def test_a_broken_stream_is_partial(acme: types.ModuleType, action: str, message
     assert isinstance(info.value.__cause__, BrokenStreamError)
     assert response.text_so_far().startswith("It conti")
     assert Client.closed == 1
+
+
+def test_the_errors_md_example_catches_each_type(acme: types.ModuleType) -> None:
+    text = (DOCS / "errors.md").read_text().split("### Catching provider failures", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", text, re.DOTALL)[0]
+    for failure in (TimeoutException(), StatusError(429, "slow down"), "cut"):
+        Client.script = [failure]
+        namespace = {"model": llmcli.get_model("acme-1")}
+        exec(compile(code, "docs/errors.md", "exec"), namespace)
+        assert "text" not in namespace  # it failed, and was caught
+    assert isinstance(namespace["cause"], BrokenStreamError)
 
 
 def test_options_the_model_lacks_are_not_suggested(acme: types.ModuleType) -> None:
