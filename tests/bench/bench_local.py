@@ -11,9 +11,9 @@ same weights and prompt, plus the cost of a long prefill and the CLI end to end.
 Each engine runs in its own subprocess so that peak memory (RSS on CPU, allocated memory on
 CUDA) is its own. On CUDA it adds our static-KV-cache + CUDA-graph path and generate's static
 cache compiled with ``torch.compile(mode="reduce-overhead")``. ``ours`` is the default path
-(on CPU the lean engine: ``llmcli_local.lean`` loading, one SDPA prompt pass and the lean decode
-step of ``llmcli_local.fastpath``); ``ours-hf-step`` is the same loop on a model loaded through
-transformers, calling transformers' forward for every step. Not a pytest test.
+(on CPU and CUDA the lean backend, ``llmcli_local/lean/``: its own loading, one SDPA prompt
+pass and its decode step); ``ours-hf-step`` is the same decode loop over the transformers
+backend, calling transformers' forward for every step. Not a pytest test.
 
 Methodology (identical for both engines): time to first token = a 1-token generation,
 prompt tok/s = prompt tokens / that time, decode tok/s = (N - 1) / (time for N tokens - time
@@ -24,6 +24,7 @@ best worker over ``--rounds`` (engines alternate).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -40,8 +41,8 @@ SENTENCE = ("The quick brown fox jumps over the lazy dog while the committee rev
 QUESTION = "Summarise the text above in one sentence."
 
 
-def _messages(tokenizer: Any, prompt_tokens: int) -> list[dict[str, str]]:
-    per = len(tokenizer(SENTENCE, add_special_tokens=False)["input_ids"])
+def _messages(backend: Any, prompt_tokens: int) -> list[dict[str, str]]:
+    per = len(backend.encode(SENTENCE))
     body = SENTENCE * max(1, (prompt_tokens - 40) // per)
     return [{"role": "user", "content": body + "\n\n" + QUESTION}]
 
@@ -81,17 +82,27 @@ def _source(args: argparse.Namespace) -> Any:
     return inspect_path(args.model) if args.model else SmolLM2().source()
 
 
+def _forced(backend: Any) -> Any:
+    """The backend without end-of-turn ids: every run decodes exactly the tokens asked for."""
+    return dataclasses.replace(backend, eos_ids=frozenset())
+
+
 def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from llmcli_local import engine, loader
+    from llmcli_local import decode, loader
+    from llmcli_local.backend import BackendOptions
 
-    # "ours" is what a user gets (the lean engine on CPU); every other row loads through
-    # transformers, which model.generate and transformers' own decode step need.
-    loaded = loader.load(_source(args), device=args.device, show_progress=True,
-                         engine="auto" if engine_name in ("ours", "ours-cuda-graphs")
-                         else "transformers")
+    # "ours" is what a user gets (the lean backend); "ours-cuda-graphs" the transformers
+    # backend's static cache and CUDA graphs; every other row loads through transformers,
+    # which model.generate and transformers' own decode step need.
+    options = {
+        "ours": BackendOptions(),
+        "ours-cuda-graphs": BackendOptions(kv_cache="static", cuda_graphs=True),
+    }.get(engine_name, BackendOptions(engine="transformers"))
+    loaded = loader.load(_source(args), device=args.device, options=options,
+                         show_progress=True)
     device = loaded.device
-    messages = _messages(loaded.tokenizer, args.prompt_tokens)
+    messages = _messages(loaded, args.prompt_tokens)
     n = args.decode_tokens
 
     def sync() -> None:
@@ -99,29 +110,21 @@ def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.synchronize()
 
     if engine_name.startswith("ours"):
-        graphs = engine_name == "ours-cuda-graphs"
         # "ours-hf-step": our loop around transformers' own forward for each decode step.
-        lean = engine_name == "ours"
+        forced = _forced(loaded)
 
         def ours(tokens: int) -> None:
-            settings = engine.GenerationSettings(
-                max_tokens=tokens, ignore_eos=True, token_healing=False,
-                kv_cache="static" if graphs else "dynamic", cuda_graphs=graphs,
-                fast_decode=lean,
-            )
-            for _ in engine.generate(loaded, messages, "", settings):
+            settings = decode.GenerationSettings(max_tokens=tokens, token_healing=False)
+            for _ in decode.generate(forced, messages, "", settings):
                 pass
             sync()
 
-        prompt_len = len(engine.build_prompt(
-            loaded, messages, "", engine.GenerationSettings(token_healing=False)).ids)
+        prompt_len = len(decode.build_prompt(
+            loaded, messages, "", decode.GenerationSettings(token_healing=False)).ids)
         run = ours
     else:
         static = engine_name == "generate-static-compiled"
-        text = loaded.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                    add_generation_prompt=True)
-        ids = torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]],
-                           device=device)
+        ids = torch.tensor([loaded.encode(loaded.render(messages))], device=device)
         prompt_len = ids.shape[1]
         extra: dict[str, Any] = {}
         if static:
@@ -161,29 +164,23 @@ def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
 def _prefill_cost(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     """A long prefill in one forward pass vs forcing it token by token through the cache
     (what a runtime without native prefill, or grammar-forcing, would do)."""
-    import torch
-    from llmcli_local import engine
+    from llmcli_local import decode
 
-    prefill = SENTENCE * 60
-    prefill_ids = loaded.tokenizer(prefill, add_special_tokens=False)["input_ids"]
-    prefill_ids = prefill_ids[: args.prefill_tokens]
-    prefill = loaded.tokenizer.decode(prefill_ids)
+    prefill_ids = loaded.encode(SENTENCE * 60)[: args.prefill_tokens]
+    prefill = b"".join(loaded.vocab.bytes_of(i) for i in prefill_ids).decode()
     messages = [{"role": "user", "content": "Continue the text."}]
-    settings = engine.GenerationSettings(token_healing=False)
-    full = engine.build_prompt(loaded, messages, prefill, settings).ids
-    head = engine.build_prompt(loaded, messages, "", settings).ids
+    settings = decode.GenerationSettings(token_healing=False)
+    full = decode.build_prompt(loaded, messages, prefill, settings).ids
+    head = decode.build_prompt(loaded, messages, "", settings).ids
     forced = full[len(head):]
 
     def one_pass() -> None:
-        with torch.inference_mode():
-            engine._Forward(loaded, settings, len(full) + 1)(full)
+        loaded.prompt(full, len(full) + 1)
 
     def token_by_token() -> None:
-        with torch.inference_mode():
-            forward = engine._Forward(loaded, settings, len(full) + 1)
-            forward(head)
-            for token in forced:
-                forward([token])
+        _, cache = loaded.prompt(head, len(full) + 1)
+        for token in forced:
+            loaded.step(cache, token)
 
     single = _best_time(one_pass, 3)
     # The model is warm by now; one run of the slow path is enough (and takes ~30 s).

@@ -72,20 +72,38 @@ def make_tiny_model(directory: Path, thinking: bool = False) -> Path:
     return directory
 
 
+def without_eos(backend: Any) -> Any:
+    """The same loaded backend with no end-of-turn ids: generation runs to ``max_tokens``
+    (tests and benchmarks that need an exact number of tokens)."""
+    import dataclasses
+
+    return dataclasses.replace(backend, eos_ids=frozenset())
+
+
+def load(directory: Path, device: str = "cpu", **options: Any) -> Any:
+    """``loader.load`` of a Hugging Face model directory with these backend options."""
+    from llmcli_local import loader
+    from llmcli_local.backend import BackendOptions
+    from llmcli_local.sources import ModelSource
+
+    return loader.load(ModelSource("hf", directory), device=device,
+                       options=BackendOptions(**options))
+
+
 @pytest.fixture
 def recorded_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every token ``engine.sample_next`` picks during the test, in order."""
-    from llmcli_local import engine
+    """Every token ``decode.sample_next`` picks during the test, in order."""
+    from llmcli_local import decode
 
     tokens: list[int] = []
-    original = engine.sample_next
+    original = decode.sample_next
 
     def recording(*args: Any, **kwargs: Any) -> int:
         token = original(*args, **kwargs)
         tokens.append(token)
         return token
 
-    monkeypatch.setattr(engine, "sample_next", recording)
+    monkeypatch.setattr(decode, "sample_next", recording)
     return tokens
 
 
@@ -130,27 +148,21 @@ def tiny_qwen2_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def tiny(tiny_model_dir: Path) -> Any:
-    """The tiny model loaded on CPU by the default engine: the lean path (no transformers)."""
-    from llmcli_local import loader
-    from llmcli_local.sources import ModelSource
-
-    loaded = loader.load(ModelSource("hf", tiny_model_dir), device="cpu")
-    assert loaded.engine == "lean"
+    """The tiny model loaded on CPU by the default backend: the lean one (no transformers)."""
+    loaded = load(tiny_model_dir)
+    assert loaded.name == "lean"
     return loaded
 
 
 @pytest.fixture
 def tiny_hf(tiny_model_dir: Path) -> Any:
-    """The tiny model loaded on CPU through transformers (``engine="transformers"``)."""
-    from llmcli_local import loader
-    from llmcli_local.sources import ModelSource
-
-    return loader.load(ModelSource("hf", tiny_model_dir), device="cpu", engine="transformers")
+    """The tiny model loaded on CPU by the transformers backend (``engine="transformers"``)."""
+    return load(tiny_model_dir, engine="transformers")
 
 
 @pytest.fixture(params=["lean", "transformers"])
 def tiny_any(request: pytest.FixtureRequest) -> Any:
-    """The tiny model on each engine in turn."""
+    """The tiny model on each backend in turn."""
     return request.getfixturevalue("tiny" if request.param == "lean" else "tiny_hf")
 
 

@@ -67,7 +67,7 @@ def test_a_registered_gguf_runs_and_remove_deletes_its_cache(
 @pytest.mark.parametrize(("arch", "fixture", "engine_name"), [
     ("llama", "tiny_model_dir", "lean"),
     # Converted qwen2 tokenizers are Qwen2Tokenizer, which transformers rebuilds on load:
-    # the lean engine leaves them to transformers (docs/local.md, "Engines").
+    # the lean backend leaves them to transformers (docs/local.md, "Backends").
     ("qwen2", "tiny_qwen2_dir", "transformers"),
 ])
 def test_a_converted_gguf_is_the_same_model(
@@ -75,16 +75,18 @@ def test_a_converted_gguf_is_the_same_model(
     request: pytest.FixtureRequest
 ) -> None:
     import torch
-    from llmcli_local import engine, loader
+    from llmcli_local import decode, loader
+    from llmcli_local.backend import BackendOptions
     from llmcli_local.sources import ModelSource, inspect_path
 
-    from tests.local.conftest import write_tiny_gguf
+    from tests.local.conftest import load, without_eos, write_tiny_gguf
 
     original = request.getfixturevalue(fixture)
     gguf = write_tiny_gguf(original, tmp_path / f"tiny-{arch}.gguf", arch)
     assert inspect_path(str(gguf)).format == "gguf"
-    converted = loader.load(ModelSource("gguf", gguf), device="cpu", engine="transformers")
-    reference = loader.load(ModelSource("hf", original), device="cpu", engine="transformers")
+    transformers = BackendOptions(engine="transformers")
+    converted = loader.load(ModelSource("gguf", gguf), device="cpu", options=transformers)
+    reference = load(original, engine="transformers")
     ids = torch.tensor([list(range(3, 60))])
     with torch.no_grad():
         # Dequantized fp32 weights, q/k un-permuted from llama.cpp's layout: the same model.
@@ -96,11 +98,12 @@ def test_a_converted_gguf_is_the_same_model(
         assert converted.tokenizer(text)["input_ids"] == reference.tokenizer(text)["input_ids"]
 
     chosen = loader.load(ModelSource("gguf", gguf), device="cpu")
-    assert chosen.engine == engine_name
+    assert chosen.name == engine_name
     messages = [{"role": "user", "content": "Write quicksort."}]
-    settings = engine.GenerationSettings(max_tokens=12, ignore_eos=True)
+    settings = decode.GenerationSettings(max_tokens=12)
     texts_out = [
-        "".join(c for c in engine.generate(loaded, messages, "def quicksor", settings)
+        "".join(c for c in decode.generate(without_eos(loaded), messages, "def quicksor",
+                                           settings)
                 if isinstance(c, str))
         for loaded in (chosen, reference)
     ]

@@ -1,4 +1,5 @@
-"""CUDA paths (bf16, static KV cache, CUDA graphs); skipped without a GPU."""
+"""CUDA paths (bf16; the lean backend; the transformers backend with its dynamic and static
+KV caches and CUDA graphs); skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -17,19 +18,19 @@ pytestmark = [
 
 @pytest.fixture
 def tiny_cuda(tiny_model_dir: Path) -> Any:
-    from llmcli_local import loader
-    from llmcli_local.sources import ModelSource
+    """The tiny model on CUDA on the default backend (the lean one)."""
+    from tests.local.conftest import load
 
-    return loader.load(ModelSource("hf", tiny_model_dir), device="cuda")
+    return load(tiny_model_dir, device="cuda")
 
 
-def _text(loaded: Any, **settings: Any) -> tuple[str, Any]:
-    from llmcli_local import engine
+def _text(backend: Any) -> tuple[str, Any]:
+    from llmcli_local import decode
 
     from llmcli.models import Usage
 
-    events = list(engine.generate(loaded, [{"role": "user", "content": "Hi"}], '["Cal',
-                                  engine.GenerationSettings(max_tokens=12, **settings)))
+    events = list(decode.generate(backend, [{"role": "user", "content": "Hi"}], '["Cal',
+                                  decode.GenerationSettings(max_tokens=12)))
     usage = events[-1]
     assert isinstance(usage, Usage)
     return "".join(e for e in events if isinstance(e, str)), usage
@@ -37,32 +38,37 @@ def _text(loaded: Any, **settings: Any) -> tuple[str, Any]:
 
 def test_cuda_runs_in_bf16_with_one_prompt_pass(tiny_cuda: Any) -> None:
     assert tiny_cuda.device == "cuda" and tiny_cuda.dtype == torch.bfloat16
+    assert tiny_cuda.name == "lean"
     _, usage = _text(tiny_cuda)
     assert usage.details["device"] == "cuda"
     assert usage.details["forward_passes"] == usage.output_tokens
 
 
-@pytest.mark.parametrize("settings", [
-    {"kv_cache": "dynamic"},                          # the lean decode step
-    {"kv_cache": "dynamic", "fast_decode": False},    # transformers' step
+@pytest.mark.parametrize("options", [
+    {},                                                # the lean backend
+    {"engine": "transformers"},                        # transformers' dynamic cache
     {"kv_cache": "static"},
     {"kv_cache": "static", "cuda_graphs": True},
 ])
 def test_every_decode_path_matches_full_recompute_in_bf16(
-    tiny_cuda: Any, settings: dict[str, Any]
+    tiny_model_dir: Path, options: dict[str, Any]
 ) -> None:
-    from llmcli_local import engine
+    from llmcli_local import decode
 
-    config = engine.GenerationSettings(**settings)
+    from tests.local.conftest import load
+
+    reference = load(tiny_model_dir, device="cuda", engine="transformers")
+    backend = load(tiny_model_dir, device="cuda", **options)
+    assert backend.name == ("lean" if not options else "transformers")
     messages = [{"role": "user", "content": "Hi"}]
-    ids = engine.build_prompt(tiny_cuda, messages, "California", config).ids
+    ids = decode.build_prompt(backend, messages, "California", decode.GenerationSettings()).ids
     continuation = [5, 17, 42, 99]
+    logits, cache = backend.prompt(ids, 256)
+    steps = [logits] + [backend.step(cache, t) for t in continuation]
     with torch.inference_mode():
-        forward = engine._Forward(tiny_cuda, config, max_len=256)
-        steps = [forward(ids)] + [forward([t]) for t in continuation]
-        full = tiny_cuda.model(input_ids=torch.tensor([ids + continuation], device="cuda"))
+        full = reference.model(input_ids=torch.tensor([ids + continuation], device="cuda"))
     expected = full.logits[0, len(ids) - 1 :].float()
     # bf16 rounding differs between paths: compare loosely.
     assert torch.allclose(torch.stack(steps), expected, atol=5e-2, rtol=5e-2)
-    text, usage = _text(tiny_cuda, **settings)
+    text, usage = _text(backend)
     assert usage.output_tokens

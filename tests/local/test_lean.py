@@ -1,6 +1,6 @@
-"""The lean engine (no transformers) against transformers' path: the same rendered prompt,
-token ids, token bytes and end-of-turn ids, the same greedy tokens; what it declines goes
-to transformers; and a whole run never imports transformers."""
+"""The lean backend (no transformers) against the transformers backend: the same rendered
+prompt, token ids, token bytes and end-of-turn ids, the same greedy tokens; what it declines
+goes to transformers; and a whole run never imports transformers."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llmcli_local import engine, lean, loader  # noqa: E402
-from llmcli_local.sources import ModelSource  # noqa: E402
+from llmcli_local import decode, lean, loader  # noqa: E402
 
 import llmcli  # noqa: E402
 from llmcli.errors import ConfigError  # noqa: E402
 from llmcli.models import Usage  # noqa: E402
+from tests.local.conftest import load, without_eos  # noqa: E402
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Say something."}],
@@ -47,9 +47,8 @@ FEATURE_TEMPLATE = """{{ bos_token }}
 
 
 def _both(directory: Path) -> tuple[Any, Any]:
-    source = ModelSource("hf", directory)
-    transformers_model = loader.load(source, device="cpu", engine="transformers")
-    lean_model = loader.load(source, device="cpu", engine="lean")
+    transformers_model = load(directory, engine="transformers")
+    lean_model = load(directory, engine="lean")
     return lean_model, transformers_model
 
 
@@ -57,8 +56,8 @@ def _greedy(loaded: Any, messages: list[dict[str, str]], prefill: str,
             recorded: list[int]) -> tuple[list[int], str]:
     """Greedy tokens and text; ``recorded`` is the ``recorded_tokens`` fixture's list."""
     recorded.clear()
-    text = "".join(e for e in engine.generate(
-        loaded, messages, prefill, engine.GenerationSettings(max_tokens=24, ignore_eos=True)
+    text = "".join(e for e in decode.generate(
+        without_eos(loaded), messages, prefill, decode.GenerationSettings(max_tokens=24)
     ) if not isinstance(e, Usage))
     assert recorded, "the fixture saw no sampled tokens"
     return list(recorded), text
@@ -71,24 +70,23 @@ def test_same_prompt_tokens_and_greedy_output_as_transformers(
     directory = request.getfixturevalue(fixture)
     assert lean.why_not(directory) is None
     fast, reference = _both(directory)
-    assert fast.engine == "lean" and reference.engine == "transformers"
+    assert fast.name == "lean" and reference.name == "transformers"
     assert fast.vocab.token_bytes == reference.vocab.token_bytes
     assert fast.vocab.atomic == reference.vocab.atomic
     assert fast.eos_ids == reference.eos_ids
     assert len(fast.tokenizer) == len(reference.tokenizer)
-    assert fast.model.config.max_position_embeddings == \
-        reference.model.config.max_position_embeddings
+    assert fast.context_length == reference.model.config.max_position_embeddings
     kwargs = [{}]
     if fixture == "thinking_model_dir":
         kwargs += [{"enable_thinking": False}, {"enable_thinking": True}]
     for messages in CONVERSATIONS:
         for template_kwargs in kwargs:
             for prefill in PREFILLS:
-                settings = engine.GenerationSettings(template_kwargs=template_kwargs)
-                assert engine.render(fast, messages, prefill, template_kwargs) == \
-                    engine.render(reference, messages, prefill, template_kwargs)
-                a = engine.build_prompt(fast, messages, prefill, settings)
-                b = engine.build_prompt(reference, messages, prefill, settings)
+                settings = decode.GenerationSettings(template_kwargs=template_kwargs)
+                assert decode.render(fast, messages, prefill, template_kwargs) == \
+                    decode.render(reference, messages, prefill, template_kwargs)
+                a = decode.build_prompt(fast, messages, prefill, settings)
+                b = decode.build_prompt(reference, messages, prefill, settings)
                 assert a == b
     for messages in CONVERSATIONS:
         for prefill in ("", '["Cal', "The URL is http:"):
@@ -148,15 +146,15 @@ def test_what_the_lean_path_does_not_implement_goes_to_transformers(
     directory = _variant(tiny_model_dir, tmp_path, config, tokenizer_config)
     assert reason in (lean.why_not(directory) or "")
     with pytest.raises(ConfigError, match="engine=lean cannot run"):
-        loader.load(ModelSource("hf", directory), device="cpu", engine="lean")
+        load(directory, engine="lean")
 
 
 def test_unsupported_rope_loads_through_transformers(tiny_model_dir: Path,
                                                      tmp_path: Path) -> None:
     directory = _variant(tiny_model_dir, tmp_path, {"rope_parameters": {
         "rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}})
-    loaded = loader.load(ModelSource("hf", directory), device="cpu")
-    assert loaded.engine == "transformers"
+    loaded = load(directory)
+    assert loaded.name == "transformers"
 
 
 def test_engine_option_and_environment_force_transformers(
@@ -177,7 +175,7 @@ def test_engine_option_and_environment_force_transformers(
         loader.unload_all()
         model.prompt("Hi", max_tokens=2, log=False, **options).text()
         (loaded,) = loader.loaded_models().values()
-        return loaded.engine
+        return loaded.name
 
     assert engine_used() == "lean"
     assert engine_used(engine="transformers") == "transformers"
@@ -235,15 +233,15 @@ def test_llama3_and_older_rope_configs_match_transformers(
     (directory / "config.json").write_text(json.dumps({**config, **rope}))
     assert lean.why_not(directory) is None
     fast, reference = _both(directory)
-    assert fast.engine == "lean"
+    assert fast.name == "lean"
     messages = CONVERSATIONS[1]
-    prompt = engine.build_prompt(fast, messages, "This is a ", engine.GenerationSettings())
+    prompt = decode.build_prompt(fast, messages, "This is a ", decode.GenerationSettings())
     with torch.inference_mode():
         # A long prompt, so that positions reach the low and medium frequencies.
         ids = prompt.ids * 6
-        ours = engine._Forward(fast, engine.GenerationSettings(), len(ids) + 1)(ids)
+        ours, _ = fast.prompt(ids, len(ids) + 1)
         theirs = reference.model(input_ids=torch.tensor([ids])).logits[0, -1]
-        assert torch.allclose(fast.fast.rotary.inv_freq,
+        assert torch.allclose(fast.decoder.rotary.inv_freq,
                               reference.model.model.rotary_emb.inv_freq)
     assert torch.allclose(ours, theirs.float(), atol=1e-4, rtol=1e-4)
     assert _greedy(fast, messages, "Call", recorded_tokens) == \

@@ -98,28 +98,29 @@ def test_cli_with_prefill_is_logged(smollm2: Any) -> None:
     assert rows[0]["status"] == "complete"
 
 
-def test_lean_engine_matches_transformers_on_smollm2(
+def test_lean_backend_matches_transformers_on_smollm2(
     smollm2: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The default (lean) engine and transformers' path: same prompt, token ids, token bytes,
-    end-of-turn ids, close logits and the same greedy tokens."""
+    """The default (lean) backend and the transformers backend: same prompt, token ids, token
+    bytes, end-of-turn ids, close logits and the same greedy tokens."""
     import torch
-    from llmcli_local import engine, loader
+    from llmcli_local import decode, loader
+    from llmcli_local.backend import BackendOptions
 
     from llmcli.models import Usage
 
     tokens: list[int] = []
-    original = engine.sample_next
+    original = decode.sample_next
 
     def recording(*args: Any, **kwargs: Any) -> int:
         tokens.append(original(*args, **kwargs))
         return tokens[-1]
 
-    monkeypatch.setattr(engine, "sample_next", recording)
+    monkeypatch.setattr(decode, "sample_next", recording)
     source = smollm2.source()
-    reference = loader.load(source, device="cpu", engine="transformers")
+    reference = loader.load(source, device="cpu", options=BackendOptions(engine="transformers"))
     fast = loader.load(source, device="cpu")
-    assert fast.engine == "lean" and reference.engine == "transformers"
+    assert fast.name == "lean" and reference.name == "transformers"
     assert fast.vocab.token_bytes == reference.vocab.token_bytes
     assert fast.vocab.atomic == reference.vocab.atomic
     assert fast.eos_ids == reference.eos_ids
@@ -132,20 +133,20 @@ def test_lean_engine_matches_transformers_on_smollm2(
         ([{"role": "user", "content": "Écris une phrase en français. 日本語も。"}], ""),
     ]
     for messages, prefill in cases:
-        settings = engine.GenerationSettings(max_tokens=30)
-        assert engine.render(fast, messages, prefill, {}) == \
-            engine.render(reference, messages, prefill, {})
-        prompt = engine.build_prompt(fast, messages, prefill, settings)
-        assert prompt == engine.build_prompt(reference, messages, prefill, settings)
+        settings = decode.GenerationSettings(max_tokens=30)
+        assert decode.render(fast, messages, prefill, {}) == \
+            decode.render(reference, messages, prefill, {})
+        prompt = decode.build_prompt(fast, messages, prefill, settings)
+        assert prompt == decode.build_prompt(reference, messages, prefill, settings)
         with torch.inference_mode():
-            ours = engine._Forward(fast, settings, len(prompt.ids) + 1)(prompt.ids)
+            ours, _ = fast.prompt(prompt.ids, len(prompt.ids) + 1)
             theirs = reference.model(input_ids=torch.tensor([prompt.ids])).logits[0, -1]
         assert torch.allclose(ours, theirs.float(), atol=1e-3, rtol=1e-3)
 
         def greedy(loaded: Any, messages: Any = messages, prefill: str = prefill,
                    settings: Any = settings) -> tuple[list[int], str, Any]:
             tokens.clear()
-            events = list(engine.generate(loaded, messages, prefill, settings))
+            events = list(decode.generate(loaded, messages, prefill, settings))
             usage = events[-1]
             assert isinstance(usage, Usage)
             return list(tokens), "".join(e for e in events[:-1] if isinstance(e, str)), \

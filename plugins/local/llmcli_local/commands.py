@@ -121,7 +121,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Output JSON")
     def workers(as_json: bool) -> None:
         """List the keep-alive workers (-o keep_alive) holding local models loaded."""
-        from llmcli_local.worker import running
+        from llmcli_local.keepalive.client import running
 
         found = running()
         if as_json:
@@ -135,7 +135,7 @@ def register(cli: click.Group) -> None:
     @local.command(name="stop")
     def stop() -> None:
         """Stop the keep-alive workers (-o keep_alive) that hold local models loaded."""
-        from llmcli_local.worker import stop_all
+        from llmcli_local.keepalive.client import stop_all
 
         stopped = stop_all()
         for info in stopped:

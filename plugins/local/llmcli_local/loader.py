@@ -1,10 +1,9 @@
-"""Loading weights: GGUF files are dequantized once into a safetensors cache, then every load
-reads that cache; loaded models stay in memory for the life of the process.
+"""Loading a model: GGUF files are dequantized once into a safetensors cache, then every load
+reads that cache into the backend :func:`llmcli_local.backend.choose_backend` picks; loaded
+backends stay in memory for the life of the process (one model per device).
 
-torch and transformers are imported inside the functions, never at module import. On CPU,
-llama-family models whose config the lean path implements (:mod:`llmcli_local.lean`) load
-without transformers at all; ``engine="transformers"`` (``-o engine transformers``, or
-``LLMCLI_LOCAL_ENGINE=transformers``) forces transformers.
+torch and transformers are imported inside the functions, never at module import; the lean
+backend never imports transformers.
 """
 
 from __future__ import annotations
@@ -18,47 +17,25 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmcli.errors import ConfigError
-from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
+from llmcli_local.backend import Backend, BackendOptions, BackendRequest, choose_backend
 from llmcli_local.sources import ModelSource, cache_root
 
-__all__ = ["Loaded", "cache_dir_for", "convert_gguf", "load", "loaded_models", "unload_all"]
+__all__ = ["cache_dir_for", "convert_gguf", "load", "loaded_models", "pick_device",
+           "unload_all"]
 
 #: Written last into a cache directory; without it the directory is an interrupted conversion.
 _MARKER = "llmcli-local.json"
-#: Names of tokens that end an assistant turn in common chat templates.
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
 
-
-@dataclass
-class Loaded:
-    """A model ready to run, plus what the runtime precomputes once per tokenizer."""
-
-    model: Any
-    tokenizer: Any
-    vocab: Vocab
-    eos_ids: set[int]
-    device: str
-    dtype: Any
-    directory: Path
-    #: Compiled decode steps (CUDA graphs), keyed by static cache length.
-    compiled: dict[int, Any] = field(default_factory=dict)
-    #: The lean decode step (fastpath.FastDecoder), False when unsupported, None: not built.
-    fast: Any = None
-    #: "lean" (no transformers: ``model`` is a lean.LeanModel, ``fast`` its decoder) or
-    #: "transformers".
-    engine: str = "transformers"
-
-
-_loaded: dict[tuple[str, str, str], Loaded] = {}
+#: Loaded backends by (model path, device, backend name).
+_loaded: dict[tuple[str, str, str], Backend[Any]] = {}
 _lock = threading.Lock()
 
 
-def loaded_models() -> dict[tuple[str, str, str], Loaded]:
+def loaded_models() -> dict[tuple[str, str, str], Backend[Any]]:
     return _loaded
 
 
@@ -78,22 +55,6 @@ def _offline() -> None:
     # this when first imported; ``local_files_only=True`` below covers a hub imported earlier.)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -148,12 +109,14 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
         from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with _quiet_transformers():
+        from llmcli_local.transformers_backend import quiet_transformers
+
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(
                 str(path.parent), gguf_file=path.name, local_files_only=True
             )
         bar.update()
-        with _quiet_transformers(), _tensor_progress(bar):
+        with quiet_transformers(), _tensor_progress(bar):
             model = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=torch.float32,
                 local_files_only=True,
@@ -219,102 +182,53 @@ def _set_cpu_threads() -> None:
         torch.set_num_threads(int(wanted))
 
 
-def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
-    ids: set[int] = set()
-    for candidate in (
-        getattr(model.generation_config, "eos_token_id", None),
-        getattr(model.config, "eos_token_id", None),
-        tokenizer.eos_token_id,
-    ):
-        if isinstance(candidate, int):
-            ids.add(candidate)
-        elif isinstance(candidate, list | tuple):
-            ids.update(int(c) for c in candidate)
-    vocab = tokenizer.get_vocab()
-    for name in _END_OF_TURN:
-        if name in vocab:
-            ids.add(vocab[name])
-    return ids
-
-
-ENGINES = ("auto", "lean", "transformers")
-
-
-def _pick_engine(requested: str, device: str, directory: Path) -> str:
-    if requested == "auto":
-        requested = os.environ.get("LLMCLI_LOCAL_ENGINE", "").strip().lower() or "auto"
-    if requested not in ENGINES:
-        raise ConfigError(f"Unknown local engine {requested!r} (choose from: {', '.join(ENGINES)})")
-    if requested == "transformers":
-        return "transformers"
-    from llmcli_local import lean
-
-    reason = "the lean engine runs on CPU only" if device != "cpu" else lean.why_not(directory)
-    if reason is None:
-        return "lean"
-    if requested == "lean":
-        raise ConfigError(f"engine=lean cannot run {directory.name}: {reason}")
-    return "transformers"
-
-
-def load(source: ModelSource, device: str = "auto", show_progress: bool = True,
-         engine: str = "auto") -> Loaded:
-    """The model for ``source`` on ``device``, loaded once per process. ``engine``: "auto"
-    (the lean path where it applies, else transformers), "lean" or "transformers"."""
+def load(source: ModelSource, device: str = "auto", options: BackendRequest | None = None,
+         show_progress: bool = True) -> Backend[Any]:
+    """The model for ``source`` on ``device``, on the backend that
+    :func:`~llmcli_local.backend.choose_backend` picks for ``options``; loaded once per
+    process (the cache options of the transformers backend are per call, on the same
+    loaded model)."""
+    options = options or BackendOptions()
     with _lock:
         _offline()
-        import torch
-
         resolved = pick_device(device)
         directory = (
             convert_gguf(source.path, show_progress) if source.format == "gguf" else source.path
         )
-        chosen = _pick_engine(engine, resolved, directory)
+        chosen = choose_backend(options, resolved, directory)
         key = (str(source.path), resolved, chosen)
-        if key in _loaded:
-            return _loaded[key]
-        if resolved == "cpu":
-            _set_cpu_threads()
-        # bf16 on GPUs (fast and exact enough); fp32 on CPU, where bf16 matmuls are slow
-        # on most machines and numerics matter more than memory for small models.
-        dtype = torch.bfloat16 if resolved == "cuda" else torch.float32
-        read = _read_lean if chosen == "lean" else _read_transformers
-        try:
-            tokenizer, model = read(directory, resolved, dtype)
-        except Exception as exc:
-            raise ConfigError(
-                f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
-            ) from exc
-        token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
-        loaded = Loaded(
-            model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
-            eos_ids=_eos_ids(tokenizer, model), device=resolved, dtype=dtype,
-            directory=directory, engine=chosen,
-            # The lean engine's decoder is built with the model; transformers' on first use.
-            fast=model.decoder if chosen == "lean" else None,
-        )
-        # Keep one model per device in memory: a conversation reuses it, while switching
-        # models does not pile up gigabytes.
-        for other in [k for k in _loaded if k[1] == resolved]:
-            del _loaded[other]
-        _loaded[key] = loaded
-        return loaded
+        backend = _loaded.get(key)
+        if backend is None:
+            backend = _read(chosen, directory, resolved)
+            # Keep one model per device in memory: a conversation reuses it, while switching
+            # models does not pile up gigabytes.
+            for other in [k for k in _loaded if k[1] == resolved]:
+                del _loaded[other]
+            _loaded[key] = backend
+        from llmcli_local.transformers_backend import TransformersBackend
+
+        if isinstance(backend, TransformersBackend):
+            return backend.configured(options.kv_cache, options.cuda_graphs)
+        return backend
 
 
-def _read_lean(directory: Path, device: str, dtype: Any) -> tuple[Any, Any]:
-    from llmcli_local import lean
+def _read(chosen: str, directory: Path, device: str) -> Backend[Any]:
+    import torch
 
-    return lean.load_tokenizer(directory), lean.load_model(directory, dtype, device)
+    if device == "cpu":
+        _set_cpu_threads()
+    # bf16 on GPUs (fast and exact enough); fp32 on CPU, where bf16 matmuls are slow
+    # on most machines and numerics matter more than memory for small models.
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        if chosen == "lean":
+            from llmcli_local.lean import backend as lean
 
+            return lean.load(directory, device, dtype)
+        from llmcli_local.transformers_backend import load as load_transformers
 
-def _read_transformers(directory: Path, device: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=dtype, local_files_only=True
-        )
-    model.to(device)
-    model.eval()
-    return tokenizer, model
+        return load_transformers(directory, device, dtype)
+    except Exception as exc:
+        raise ConfigError(
+            f"Could not load {directory}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc

@@ -80,10 +80,10 @@ class Workers:
 
     def ping(self) -> dict[str, Any]:
         """The one running worker's own description of itself (waits for it to listen)."""
-        from llmcli_local import worker
+        from llmcli_local.keepalive import client
 
         path = _wait(self.sockets, 60, "the worker's socket")[0]
-        answer = _wait(lambda: worker._ask(path, "ping"), 10, "the worker's answer")
+        answer = _wait(lambda: client.ask(path, "ping"), 10, "the worker's answer")
         info: dict[str, Any] = answer["worker"]
         return info
 
@@ -108,14 +108,14 @@ def workers(tiny_model_dir: Path, user_dir: Path, load_plugins: Any,
     helper.cli("local", "add", str(tiny_model_dir), "--name", "tiny")
     llmcli.plugins.reset()
     yield helper
-    from llmcli_local import worker
+    from llmcli_local.keepalive import client
 
     pids = []
     for path in helper.sockets():
-        answer = worker._ask(path, "ping")
+        answer = client.ask(path, "ping")
         if answer and "worker" in answer:  # (a FakeWorker answers anything else)
             pids.append(answer["worker"]["pid"])
-    worker.stop_all()
+    client.stop_all()
     for pid in pids:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -191,35 +191,40 @@ def test_a_killed_worker_is_replaced_and_the_call_runs_in_process(workers: Worke
 
 
 def _fresh_pid(workers: Workers, old: int) -> int | None:
-    from llmcli_local import worker
+    from llmcli_local.keepalive import client
 
     for path in workers.sockets():
-        answer = worker._ask(path, "ping")
+        answer = client.ask(path, "ping")
         if answer and answer["worker"]["pid"] != old:
             return int(answer["worker"]["pid"])
     return None
 
 
-def _job(workers: Workers) -> Any:
+def _address(workers: Workers) -> Any:
+    from llmcli_local.backend import BackendOptions
+    from llmcli_local.keepalive.client import WorkerAddress
     from llmcli_local.sources import ModelSource
-    from llmcli_local.worker import Job
 
-    job = Job.for_model("tiny", ModelSource("hf", workers.model_dir), "auto", "auto")
-    assert job is not None
-    return job
+    address = WorkerAddress.for_model("tiny", ModelSource("hf", workers.model_dir), "auto",
+                                      BackendOptions())
+    assert address is not None
+    return address
 
 
 def test_a_client_that_goes_away_does_not_stop_the_worker(workers: Workers) -> None:
+    from llmcli_local.backend import BackendOptions
+
     workers.ask("-o", "keep_alive", "60")
     pid = workers.ping()["pid"]
-    job = _job(workers)
-    settings = {"max_tokens": 500, "ignore_eos": True}
+    address = _address(workers)
+    # Greedy, the tiny random model writes all 500 tokens (it never picks its end of turn).
+    settings = {"max_tokens": 500}
     messages = [{"role": "user", "content": "Hi"}]
-    chunks = job.request(messages, PREFILL, settings, 60)
+    chunks = address.request(messages, PREFILL, settings, BackendOptions(), 60)
     assert chunks is not None
     assert isinstance(next(chunks), str)
     chunks.close()  # Ctrl-C in the caller: the socket closes mid-reply
-    again = job.request(messages, PREFILL, {"max_tokens": 4}, 60)
+    again = address.request(messages, PREFILL, {"max_tokens": 4}, BackendOptions(), 60)
     assert again is not None
     usage = [c for c in again if not isinstance(c, str)][0]
     assert usage.output_tokens == 4 and usage.details["worker_pid"] == pid
@@ -263,7 +268,7 @@ def fake_worker(workers: Workers) -> Iterator[Callable[[list[dict[str, Any]]], F
     made: list[FakeWorker] = []
 
     def make(lines: list[dict[str, Any]]) -> FakeWorker:
-        made.append(FakeWorker(_job(workers).socket_path, lines))
+        made.append(FakeWorker(_address(workers).socket_path, lines))
         return made[-1]
 
     yield make
@@ -294,7 +299,7 @@ def test_a_worker_error_is_the_same_one_line_error(
 
 
 def test_a_run_directory_others_can_read_is_never_used(workers: Workers) -> None:
-    from llmcli_local.worker import run_dir
+    from llmcli_local.keepalive.protocol import run_dir
 
     workers.directory.mkdir(mode=0o755)
     workers.directory.chmod(0o755)
@@ -305,18 +310,32 @@ def test_a_run_directory_others_can_read_is_never_used(workers: Workers) -> None
     assert workers.sockets() == []
 
 
-def test_the_worker_key_follows_the_weights(workers: Workers, tmp_path: Path) -> None:
+def test_the_worker_key_follows_the_weights(workers: Workers, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmcli_local.backend import BackendOptions
+    from llmcli_local.keepalive.client import WorkerAddress
     from llmcli_local.sources import ModelSource
-    from llmcli_local.worker import Job
 
     model = tmp_path / "model"
     shutil.copytree(workers.model_dir, model)
-    key = Job.for_model("m", ModelSource("hf", model), "auto", "auto").key  # type: ignore[union-attr]
-    assert key == Job.for_model("m", ModelSource("hf", model), "auto", "auto").key  # type: ignore[union-attr]
-    assert key != Job.for_model("m", ModelSource("hf", model), "cpu", "auto").key  # type: ignore[union-attr]
+
+    def key(device: str = "auto", **options: Any) -> str:
+        address = WorkerAddress.for_model("m", ModelSource("hf", model), device,
+                                          BackendOptions(**options))
+        assert address is not None
+        return str(address.key)
+
+    first = key()
+    assert first == key()
+    assert first != key("cpu")
+    # The backend, as choose_backend decides it (the environment variable included).
+    assert first != key(engine="transformers") == key(kv_cache="static")
+    monkeypatch.setenv("LLMCLI_LOCAL_ENGINE", "transformers")
+    assert key() == key(engine="transformers")
+    monkeypatch.delenv("LLMCLI_LOCAL_ENGINE")
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    assert key != Job.for_model("m", ModelSource("hf", model), "auto", "auto").key  # type: ignore[union-attr]
+    assert first != key()
 
 
 def test_keep_alive_durations(load_plugins: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,16 +358,18 @@ def test_keep_alive_durations(load_plugins: Any, monkeypatch: pytest.MonkeyPatch
 def test_a_run_directory_too_deep_for_a_socket_is_not_used(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from llmcli_local.backend import BackendOptions
+    from llmcli_local.keepalive.client import WorkerAddress
     from llmcli_local.sources import ModelSource
-    from llmcli_local.worker import Job
 
+    source = ModelSource("hf", tiny_model_dir)
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-    assert Job.for_model("tiny", ModelSource("hf", tiny_model_dir), "auto", "auto") is None
+    assert WorkerAddress.for_model("tiny", source, "auto", BackendOptions()) is None
     short = tempfile.mkdtemp(prefix="llw", dir="/tmp")
     monkeypatch.setenv("XDG_RUNTIME_DIR", short)
     try:
-        assert Job.for_model("tiny", ModelSource("hf", tiny_model_dir), "auto", "auto")
+        assert WorkerAddress.for_model("tiny", source, "auto", BackendOptions())
     finally:
         shutil.rmtree(short)

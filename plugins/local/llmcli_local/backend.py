@@ -1,0 +1,184 @@
+"""The seam between the decode loop and what runs a model, and the one place that picks it.
+
+A :class:`Backend` has a tokenizer side (render the chat template, encode, the bytes of every
+token, the end-of-turn ids) and a forward side (a prompt pass over many tokens that returns
+the last position's logits and a KV cache, then one step per token). The decode loop
+(:mod:`llmcli_local.decode`) runs over this protocol only. Two implementations:
+
+- ``lean`` (:mod:`llmcli_local.lean`): llmcli's native runtime for the llama, mistral and
+  qwen2 families, on CPU and CUDA, without transformers;
+- ``transformers`` (:mod:`llmcli_local.transformers_backend`): every other architecture or
+  config, and the cache options (``kv_cache=static``, ``cuda_graphs``).
+
+:func:`choose_backend` decides which; the model, the loader and the keep-alive worker's key
+all call it. Cheap to import: no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from llmcli.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from llmcli_local.healing import Vocab
+
+__all__ = [
+    "ENGINES",
+    "Backend",
+    "BackendName",
+    "BackendOptions",
+    "BackendRequest",
+    "choose_backend",
+    "end_of_turn_ids",
+]
+
+#: Values of ``-o engine`` (and of ``LLMCLI_LOCAL_ENGINE``): "auto" lets :func:`choose_backend`
+#: decide; the others name a backend.
+ENGINES = ("auto", "lean", "transformers")
+BackendName = Literal["lean", "transformers"]
+Engine = Literal["auto", "lean", "transformers"]
+KVCache = Literal["dynamic", "static"]
+
+#: Names of tokens that end an assistant turn in common chat templates.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
+
+
+class BackendRequest(Protocol):
+    """What :func:`choose_backend` reads of a call's options (``LocalOptions`` has these)."""
+
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def kv_cache(self) -> KVCache: ...
+    @property
+    def cuda_graphs(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The backend options of one call, apart from the rest of ``LocalOptions``: what the
+    loader, the keep-alive wire format and the tests pass around."""
+
+    engine: Engine = "auto"
+    kv_cache: KVCache = "dynamic"
+    cuda_graphs: bool = False
+
+    @classmethod
+    def of(cls, request: BackendRequest) -> BackendOptions:
+        return cls(engine=request.engine, kv_cache=request.kv_cache,
+                   cuda_graphs=request.cuda_graphs)
+
+
+def choose_backend(options: BackendRequest, device: str,
+                   model_dir: Path | None) -> Engine:
+    """The backend for a call: ``"lean"`` or ``"transformers"``.
+
+    ``options.engine`` (else ``LLMCLI_LOCAL_ENGINE``) may force one; a static KV cache and
+    CUDA graphs exist only on transformers' path. ``"auto"`` then takes the lean backend
+    wherever it implements the model in ``model_dir``. Without ``model_dir`` (the keep-alive
+    key, computed before a GGUF is converted) the answer is what the request alone decides,
+    ``"auto"`` included; the loader, which has the directory, always gets a backend name.
+    ``device`` may still be ``"auto"``."""
+    if options.kv_cache == "static" or options.cuda_graphs:
+        if options.engine == "lean":
+            raise ConfigError("kv_cache=static and cuda_graphs need engine=transformers")
+        if options.cuda_graphs and device == "cpu":
+            raise ConfigError("cuda_graphs needs a CUDA GPU (device=cuda)")
+        return "transformers"
+    requested: str = options.engine
+    if requested == "auto":
+        requested = os.environ.get("LLMCLI_LOCAL_ENGINE", "").strip().lower() or "auto"
+    if requested == "transformers":
+        return "transformers"
+    if requested not in ENGINES:
+        raise ConfigError(f"Unknown local engine {requested!r} (choose from: {', '.join(ENGINES)})")
+    if model_dir is None:
+        return "lean" if requested == "lean" else "auto"
+    from llmcli_local.lean.config import why_not
+
+    reason = why_not(model_dir)
+    if reason is None:
+        return "lean"
+    if requested == "lean":
+        raise ConfigError(f"engine=lean cannot run {model_dir.name}: {reason}")
+    return "transformers"
+
+
+def end_of_turn_ids(declared: Iterable[Any], vocab: Mapping[str, int]) -> frozenset[int]:
+    """The ids that end a turn: those the configs declare (an int, a list of ints or None
+    each) and the common end-of-turn tokens that the vocabulary has."""
+    ids: set[int] = set()
+    for candidate in declared:
+        if isinstance(candidate, int):
+            ids.add(candidate)
+        elif isinstance(candidate, list | tuple):
+            ids.update(int(c) for c in candidate)
+    ids.update(vocab[name] for name in _END_OF_TURN if name in vocab)
+    return frozenset(ids)
+
+
+#: A backend's KV cache for one sequence: only the backend that made it reads it.
+CacheT = TypeVar("CacheT")
+
+
+class Backend(Protocol[CacheT]):
+    """A loaded model as the decode loop sees it."""
+
+    @property
+    def name(self) -> BackendName:
+        """Which backend: as ``-o engine`` names it and ``llmcli local workers`` shows it."""
+        ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def directory(self) -> Path:
+        """The model directory it was loaded from (a GGUF's converted cache)."""
+        ...
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model takes (``max_position_embeddings``), if it says."""
+        ...
+
+    # -- the tokenizer side
+
+    @property
+    def vocab(self) -> Vocab:
+        """The bytes of every token id (healing and streaming work on bytes)."""
+        ...
+
+    @property
+    def eos_ids(self) -> frozenset[int]: ...
+
+    @property
+    def chat_template(self) -> str: ...
+
+    def render(self, messages: Sequence[Mapping[str, str]], **template_kwargs: Any) -> str:
+        """The chat template over ``messages`` with an open assistant turn."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as it is (no special tokens added)."""
+        ...
+
+    # -- the forward side
+    def prompt(self, ids: Sequence[int], capacity: int) -> tuple[torch.Tensor, CacheT]:
+        """One pass over ``ids`` from position 0: the last position's logits (fp32) and a
+        cache with room for ``capacity`` positions in all."""
+        ...
+
+    def step(self, cache: CacheT, token: int) -> torch.Tensor:
+        """The logits (fp32) after ``token``, at the cache's next position."""
+        ...

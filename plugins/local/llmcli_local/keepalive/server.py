@@ -1,0 +1,151 @@
+"""The keep-alive worker process: ``python -m llmcli_local.keepalive.server SPEC`` loads one
+model and answers requests on its Unix socket, one at a time, until it has been idle for its
+keep-alive time or is asked to stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmcli_local.backend import Backend, BackendOptions
+from llmcli_local.keepalive.protocol import (
+    END,
+    PROTOCOL,
+    GenerateRequest,
+    WorkerSpec,
+    error_message,
+    read_message,
+    run_dir,
+    send,
+    text_message,
+    usage_message,
+)
+from llmcli_local.options import parse_duration
+from llmcli_local.sources import ModelSource
+
+__all__ = ["Worker", "main"]
+
+
+class Worker:
+    """Serves one loaded model on a listening socket."""
+
+    def __init__(self, spec: WorkerSpec, backend: Backend[Any]) -> None:
+        self.spec = spec
+        self.source = ModelSource(spec.format, Path(spec.path))
+        self.backend = backend
+        self.idle = float(spec.keep_alive)
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "model": self.spec.name, "path": self.spec.path,
+                "device": self.backend.device, "engine": self.backend.name,
+                "keep_alive": self.idle}
+
+    def serve(self, server: socket.socket) -> None:
+        while True:
+            server.settimeout(self.idle)
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                return
+            with conn:
+                conn.settimeout(30)  # for the request line; replies then block as needed
+                try:
+                    with conn.makefile("rb") as reader:
+                        request = read_message(reader) or {}
+                    conn.settimeout(None)
+                    op = request.get("op")
+                    if request.get("v") != PROTOCOL:
+                        send(conn, {"e": {"type": "ProviderError",
+                                          "message": "local worker protocol mismatch"}})
+                    elif op == "stop":
+                        send(conn, {"worker": self.info()})
+                        return
+                    elif op == "ping":
+                        send(conn, {"worker": self.info()})
+                    elif op == "generate":
+                        self.idle = parse_duration(request.get("keep_alive", self.idle))
+                        self.generate(conn, request)
+                except (OSError, ValueError):
+                    continue  # a client that went away or spoke nonsense: serve the next
+
+    def generate(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        from llmcli_local import decode, loader
+
+        try:
+            request = GenerateRequest.from_message(message)
+            # The same loaded model; only the transformers backend's cache options vary.
+            backend = loader.load(self.source, device=self.spec.device, show_progress=False,
+                                  options=BackendOptions(
+                                      engine=self.spec.engine,
+                                      kv_cache=request.backend.kv_cache,
+                                      cuda_graphs=request.backend.cuda_graphs))
+            chunks = decode.generate(backend, request.messages, request.prefill,
+                                     decode.GenerationSettings(**request.settings))
+        except Exception as exc:  # noqa: BLE001 - reported to the client, worker carries on
+            send(conn, error_message(exc))
+            return
+        try:
+            for chunk in chunks:
+                if isinstance(chunk, str):
+                    send(conn, text_message(chunk))
+                else:
+                    send(conn, usage_message(chunk, worker_pid=os.getpid()))
+            send(conn, END)
+        except OSError:
+            pass  # the client went away (Ctrl-C): stop generating
+        except Exception as exc:  # noqa: BLE001
+            with contextlib.suppress(OSError):
+                send(conn, error_message(exc))
+        finally:
+            chunks.close()
+
+
+def main(argv: list[str]) -> int:
+    import fcntl
+
+    spec = WorkerSpec.from_json(argv[1])
+    directory = run_dir(create=True)
+    if directory is None:
+        return 1
+    lock = os.open(directory / f"{spec.key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another worker serves this key (or is starting): nothing to do
+    os.chdir("/")  # hold no directory of the caller's open
+    from llmcli_local import loader
+
+    backend = loader.load(ModelSource(spec.format, Path(spec.path)), device=spec.device,
+                          show_progress=False, options=BackendOptions(engine=spec.engine))
+    # We hold the lock, so any socket file left is a dead worker's. Bind under a temporary
+    # name and rename: a client sees the socket only once it is listening.
+    path = directory / f"{spec.key}.sock"
+    temporary = directory / f"{spec.key}.{os.getpid()}.tmp"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    server.bind(str(temporary))
+    os.chmod(temporary, 0o600)
+    server.listen(16)
+    os.replace(temporary, path)
+    try:
+        Worker(spec, backend).serve(server)
+    finally:
+        # Unlink before closing: a client then either finds no socket or one that is still
+        # ours, and a connection caught in between reads nothing and runs in process.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server.close()
+        log = directory / f"{spec.key}.log"
+        with contextlib.suppress(OSError):
+            if log.stat().st_size == 0:
+                log.unlink()  # nothing went wrong: leave nothing behind but the lock
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,84 @@
+"""The lean backend: :class:`llmcli_local.backend.Backend` over the lean tokenizer and the
+lean decoder. Nothing here imports transformers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from llmcli_local.backend import end_of_turn_ids
+from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
+from llmcli_local.lean.config import LeanConfig
+from llmcli_local.lean.decoder import Decoder, KVBuffers
+from llmcli_local.lean.tokenizer import LeanTokenizer
+from llmcli_local.lean.weights import load_weights
+
+__all__ = ["LeanBackend", "LeanCache", "load"]
+
+
+@dataclass
+class LeanCache:
+    buffers: KVBuffers
+    capacity: int
+    position: int = 0
+
+
+@dataclass
+class LeanBackend:
+    tokenizer: LeanTokenizer
+    decoder: Decoder
+    vocab: Vocab
+    eos_ids: frozenset[int]
+    device: str
+    dtype: torch.dtype
+    directory: Path
+    context_length: int | None
+    name: Literal["lean"] = "lean"
+
+    @property
+    def chat_template(self) -> str:
+        return self.tokenizer.chat_template
+
+    def render(self, messages: Sequence[Mapping[str, str]], **template_kwargs: Any) -> str:
+        return self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True,
+            **template_kwargs,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt(self, ids: Sequence[int], capacity: int) -> tuple[torch.Tensor, LeanCache]:
+        if len(ids) > capacity:
+            raise RuntimeError("the prompt is longer than the KV buffer")
+        with torch.inference_mode():
+            cache = LeanCache(self.decoder.new_buffers(capacity), capacity)
+            logits = self.decoder.prompt(cache.buffers, list(ids), 0)
+        cache.position = len(ids)
+        return logits.float(), cache
+
+    def step(self, cache: LeanCache, token: int) -> torch.Tensor:
+        if cache.position >= cache.capacity:
+            raise RuntimeError("decode ran past the KV buffer")
+        with torch.inference_mode():
+            logits = self.decoder.step(cache.buffers, token, cache.position)
+        cache.position += 1
+        return logits.float()
+
+
+def load(directory: Path, device: str, dtype: torch.dtype) -> LeanBackend:
+    config = LeanConfig.read(directory)
+    tokenizer = LeanTokenizer(directory)
+    decoder = Decoder(config, load_weights(directory, config, device, dtype))
+    token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+    return LeanBackend(
+        tokenizer=tokenizer, decoder=decoder, vocab=Vocab(token_bytes, atomic),
+        eos_ids=end_of_turn_ids([*config.eos_token_ids, tokenizer.eos_token_id],
+                                tokenizer.get_vocab()),
+        device=device, dtype=dtype, directory=directory,
+        context_length=config.max_position_embeddings,
+    )

@@ -1,0 +1,90 @@
+"""The lean backend's weights: the safetensors files read into plain tensors, one
+:class:`Layer` per decoder layer (no transformers model objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmcli_local.lean.config import LeanConfig, read_json
+
+__all__ = ["Layer", "Weights", "load_weights"]
+
+
+@dataclass
+class Layer:
+    norm_in: torch.Tensor
+    norm_post: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_bias: torch.Tensor | None
+    k_bias: torch.Tensor | None
+    v_bias: torch.Tensor | None
+    out: torch.Tensor
+    out_bias: torch.Tensor | None
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+
+@dataclass
+class Weights:
+    embed: torch.Tensor
+    #: The output head: the embeddings themselves when they are tied (no copy).
+    lm_head: torch.Tensor
+    norm: torch.Tensor
+    layers: list[Layer]
+
+
+def _state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = read_json(directory / "model.safetensors.index.json")
+    files = sorted(set(index.get("weight_map", {}).values())) if index else []
+    paths = [directory / f for f in files] or sorted(directory.glob("*.safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state.update(load_file(str(path)))
+    return state
+
+
+def load_weights(directory: Path, config: LeanConfig, device: str,
+                 dtype: torch.dtype) -> Weights:
+    """The tensors of ``directory``'s safetensors, named as transformers names them, on
+    ``device`` in ``dtype``."""
+    state = _state_dict(directory)
+
+    def weight(name: str) -> torch.Tensor:
+        tensor = state.get(name)
+        if tensor is None:
+            raise KeyError(f"{name} is missing from the weights")
+        return tensor.to(device=device, dtype=dtype)
+
+    def bias(name: str) -> torch.Tensor | None:
+        tensor = state.get(name)
+        return None if tensor is None else tensor.to(device=device, dtype=dtype)
+
+    layers = []
+    for i in range(config.layers):
+        p = f"model.layers.{i}."
+        layers.append(Layer(
+            norm_in=weight(p + "input_layernorm.weight"),
+            norm_post=weight(p + "post_attention_layernorm.weight"),
+            q=weight(p + "self_attn.q_proj.weight"), k=weight(p + "self_attn.k_proj.weight"),
+            v=weight(p + "self_attn.v_proj.weight"),
+            q_bias=bias(p + "self_attn.q_proj.bias"), k_bias=bias(p + "self_attn.k_proj.bias"),
+            v_bias=bias(p + "self_attn.v_proj.bias"),
+            out=weight(p + "self_attn.o_proj.weight"), out_bias=bias(p + "self_attn.o_proj.bias"),
+            gate=weight(p + "mlp.gate_proj.weight"), up=weight(p + "mlp.up_proj.weight"),
+            down=weight(p + "mlp.down_proj.weight"),
+        ))
+    embed = weight("model.embed_tokens.weight")
+    return Weights(
+        embed=embed,
+        lm_head=embed if config.tie_word_embeddings else weight("lm_head.weight"),
+        norm=weight("model.norm.weight"),
+        layers=layers,
+    )

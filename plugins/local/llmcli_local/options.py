@@ -1,0 +1,77 @@
+"""``-o`` options of every local model, and the durations ``keep_alive`` takes. Cheap to
+import (no torch)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+import llmcli
+from llmcli.models import StrList
+
+__all__ = ["LocalOptions", "parse_duration"]
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``300``, ``"300"``, ``"90s"``, ``"5m"`` or ``"1h"``; 0 turns keep-alive off."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 300, 90s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
+        try:
+            seconds = float(text[:-1] if scale else text) * (scale or 1)
+        except ValueError:
+            raise ValueError("expected a duration such as 300, 90s, 5m or 1h") from None
+    if not 0 <= seconds <= 7 * 24 * 3600:
+        raise ValueError("must be between 0 and 7 days")
+    return seconds
+
+
+class LocalOptions(llmcli.Options):
+    """``-o`` options of every local model."""
+
+    max_tokens: int = Field(256, ge=1, le=131072, description="Most tokens to generate")
+    temperature: float = Field(
+        0.0, ge=0.0, le=5.0,
+        description="0 = greedy (deterministic, the default); higher = more varied",
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens (0 = all)")
+    seed: int | None = Field(None, description="Seed for sampling: same seed, same text")
+    stop: StrList = Field(
+        default_factory=list, description="Stop sequences (never included in the output)"
+    )
+    token_healing: bool = Field(
+        True, description="Re-generate the prefill's last token(s) so the split is natural"
+    )
+    enable_thinking: bool | None = Field(
+        None, description="Passed to chat templates that have a thinking switch"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run")
+    kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache: grows as needed, or preallocated"
+    )
+    cuda_graphs: bool = Field(
+        False, description="CUDA only: compile the decode step into a CUDA graph"
+    )
+    engine: Literal["auto", "lean", "transformers"] = Field(
+        "auto",
+        description="auto: the lean backend (no transformers) where it implements the model, "
+        "else transformers; or force lean or transformers",
+    )
+    keep_alive: float = Field(
+        default_factory=lambda: os.environ.get("LLMCLI_LOCAL_KEEP_ALIVE", "0"),
+        validate_default=True,
+        description="Keep the model loaded in a background worker this long after a call "
+        "(300, 90s, 5m, 1h; 0 = off; default LLMCLI_LOCAL_KEEP_ALIVE)",
+    )
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)

@@ -1,0 +1,171 @@
+"""The transformers backend: :class:`llmcli_local.backend.Backend` over transformers' own
+model and tokenizer, for the architectures and configs the lean backend does not implement,
+and for its cache options:
+
+- ``kv_cache="dynamic"``: transformers' ``DynamicCache`` grows as we go;
+- ``kv_cache="static"``: a preallocated ``StaticCache``, its length rounded up so that
+  requests of similar size reuse it;
+- ``cuda_graphs``: the static cache, and the one-token step compiled with
+  ``torch.compile(mode="reduce-overhead")``, which captures it as a CUDA graph (CUDA only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from llmcli.errors import ConfigError
+from llmcli_local.backend import KVCache, end_of_turn_ids
+from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
+
+__all__ = ["TransformersBackend", "TransformersCache", "load", "quiet_transformers"]
+
+#: Static caches are allocated in multiples of this many positions.
+_STATIC_ROUNDING = 256
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers without its progress bars and below-error logging, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@dataclass
+class TransformersCache:
+    cache: Any
+    #: The static length (a multiple of _STATIC_ROUNDING), or None for a dynamic cache.
+    capacity: int | None
+    position: int = 0
+
+
+@dataclass
+class TransformersBackend:
+    #: A transformers ``PreTrainedModel`` (typed Any: transformers' classes are generated).
+    model: Any
+    #: A transformers tokenizer.
+    tokenizer: Any
+    vocab: Vocab
+    eos_ids: frozenset[int]
+    device: str
+    dtype: torch.dtype
+    directory: Path
+    context_length: int | None
+    kv_cache: KVCache = "dynamic"
+    cuda_graphs: bool = False
+    #: Compiled decode steps (CUDA graphs), keyed by static cache length; shared by every
+    #: configuration of the same loaded model.
+    compiled: dict[int, Callable[..., Any]] = field(default_factory=dict)
+    #: The forward keyword of the cache: transformers 5.x renamed ``past_key_values``.
+    cache_keyword: str = "past_key_values"
+    name: Literal["transformers"] = "transformers"
+
+    def configured(self, kv_cache: KVCache, cuda_graphs: bool) -> TransformersBackend:
+        """The same loaded model with these cache options (nothing is copied)."""
+        if cuda_graphs and self.device != "cuda":
+            raise ConfigError("cuda_graphs needs a CUDA GPU (device=cuda)")
+        if (kv_cache, cuda_graphs) == (self.kv_cache, self.cuda_graphs):
+            return self
+        return dataclasses.replace(self, kv_cache=kv_cache, cuda_graphs=cuda_graphs)
+
+    @property
+    def chat_template(self) -> str:
+        return str(self.tokenizer.chat_template or "")
+
+    def render(self, messages: Sequence[Mapping[str, str]], **template_kwargs: Any) -> str:
+        rendered = self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True,
+            **template_kwargs,
+        )
+        return str(rendered)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt(self, ids: Sequence[int], capacity: int) -> tuple[torch.Tensor, TransformersCache]:
+        from transformers import DynamicCache, StaticCache
+
+        config = self.model.config
+        if self.kv_cache == "static" or self.cuda_graphs:
+            # Rounded up so that compiled graphs are reused across requests of similar size
+            # instead of recompiled for each exact length.
+            length = -(-capacity // _STATIC_ROUNDING) * _STATIC_ROUNDING
+            if self.context_length:
+                length = max(min(length, self.context_length), capacity)
+            cache = TransformersCache(StaticCache(config=config, max_cache_len=length), length)
+        else:
+            cache = TransformersCache(DynamicCache(config=config), None)
+        return self._forward(cache, list(ids), self.model), cache
+
+    def step(self, cache: TransformersCache, token: int) -> torch.Tensor:
+        if cache.capacity is not None and cache.position >= cache.capacity:
+            raise RuntimeError("decode ran past the KV buffer")
+        return self._forward(cache, [token], self._compiled_step(cache))
+
+    def _compiled_step(self, cache: TransformersCache) -> Callable[..., Any]:
+        if not self.cuda_graphs or cache.capacity is None:
+            return self.model
+        # One compiled step per static length, reused across requests.
+        step = self.compiled.get(cache.capacity)
+        if step is None:
+            step = torch.compile(self.model.forward, mode="reduce-overhead")
+            self.compiled[cache.capacity] = step
+        return step
+
+    def _forward(self, cache: TransformersCache, ids: list[int],
+                 fn: Callable[..., Any]) -> torch.Tensor:
+        with torch.inference_mode():
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            positions = torch.arange(cache.position, cache.position + len(ids),
+                                     device=self.device, dtype=torch.long)
+            out = fn(
+                input_ids=input_ids, use_cache=True, **{self.cache_keyword: cache.cache},
+                cache_position=positions, position_ids=positions.unsqueeze(0),
+                logits_to_keep=1,
+            )
+            cache.position += len(ids)
+            # Clone: a CUDA-graph output buffer is overwritten by the next replay.
+            return out.logits[0, -1].float().clone()
+
+
+def load(directory: Path, device: str, dtype: torch.dtype) -> TransformersBackend:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(directory), dtype=dtype, local_files_only=True
+        )
+    model.to(device)
+    model.eval()
+    token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+    config = model.config
+    return TransformersBackend(
+        model=model, tokenizer=tokenizer, vocab=Vocab(token_bytes, atomic),
+        eos_ids=end_of_turn_ids(
+            [getattr(model.generation_config, "eos_token_id", None),
+             getattr(config, "eos_token_id", None), tokenizer.eos_token_id],
+            tokenizer.get_vocab(),
+        ),
+        device=device, dtype=dtype, directory=directory,
+        context_length=getattr(config, "max_position_embeddings", None),
+        cache_keyword="cache" if "cache" in inspect.signature(model.forward).parameters
+        else "past_key_values",
+    )
