@@ -89,7 +89,7 @@ def test_max_tokens_and_usage(tiny_any: Any) -> None:
     tiny = tiny_any
     _, usage = run(tiny, "", max_tokens=3)
     assert usage.output_tokens <= 3
-    assert usage.stop_reason in ("max_tokens", "stop")
+    assert usage.stop_reason in ("max_tokens", "end_turn")
     assert usage.input_tokens and usage.input_tokens > 5
 
 

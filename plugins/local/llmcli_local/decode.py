@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from llmcli.capabilities import StopReason
 from llmcli.errors import ConfigError
 from llmcli.models import Usage
 from llmcli_local.backend import Backend
@@ -114,7 +115,7 @@ def generate(backend: Backend[Any], messages: Messages, prefill: str,
             generator.seed()
     stream = TextStream(skip=prompt.heal.removed, stops=settings.stop)
     pending = prompt.heal.removed
-    stop_reason = "max_tokens"
+    stop_reason = StopReason.MAX_TOKENS
     produced = 0
     started = time.perf_counter()
     first_token_at: float | None = None
@@ -131,7 +132,7 @@ def generate(backend: Backend[Any], messages: Messages, prefill: str,
             token = sample_next(logits, settings, generator)
         produced += 1
         if token in backend.eos_ids and not pending:
-            stop_reason = "stop"
+            stop_reason = StopReason.END_TURN
             break
         piece = vocab.bytes_of(token)
         if pending:
@@ -142,7 +143,7 @@ def generate(backend: Backend[Any], messages: Messages, prefill: str,
                 first_token_at = time.perf_counter()
             yield text
         if stream.stopped:
-            stop_reason = "stop_sequence"
+            stop_reason = StopReason.STOP_SEQUENCE
             break
         if produced >= budget:
             break
@@ -156,7 +157,7 @@ def generate(backend: Backend[Any], messages: Messages, prefill: str,
     yield Usage(
         input_tokens=len(prompt.ids),
         output_tokens=produced,
-        stop_reason=stop_reason,
+        stop_reason=stop_reason.value,
         details={
             "healed": prompt.heal.removed.decode("utf-8", errors="replace"),
             "forward_passes": forward_passes,
