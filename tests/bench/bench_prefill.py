@@ -164,8 +164,9 @@ def timing(backend: Any, prefill_tokens: int, runs: int, kind: str) -> None:
     start = time.perf_counter()
     forced_steps(forced, messages, prefill.encode())
     stepped = time.perf_counter() - start
-    print(f"{kind}: prefill {len(ids)} tokens; exact split: {details['exact'].get('prefill_tokens')} "
-          f"tokens in {details['exact']['forward_passes']} pass(es)")
+    split = details["exact"].get("prefill_tokens")
+    print(f"{kind}: prefill {len(ids)} tokens; exact split: {split} tokens in "
+          f"{details['exact']['forward_passes']} pass(es)")
     print(f"plain one pass (prefill_mode none): {best['none']:.3f} s")
     print(f"exact:                              {best['exact']:.3f} s "
           f"({best['exact'] / best['none']:.2f}x plain)")
