@@ -26,6 +26,7 @@ from llmcli_local.backend import BackendOptions, Engine
 from llmcli_local.sources import Format
 
 __all__ = [
+    "END",
     "PROTOCOL",
     "GenerateRequest",
     "WorkerSpec",

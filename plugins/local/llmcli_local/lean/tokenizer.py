@@ -86,7 +86,7 @@ def _compile(template: str) -> Any:
 
 
 class LeanTokenizer:
-    """The part of a transformers fast tokenizer that the engine, healing and tests use,
+    """The part of a transformers fast tokenizer that the lean backend, healing and tests use,
     over ``tokenizers.Tokenizer`` and ``tokenizer_config.json``."""
 
     def __init__(self, directory: Path) -> None:
