@@ -35,7 +35,8 @@ def test_healing_constraint_regenerates_the_removed_text(
     tiny_any: Any, recorded_tokens: list[int], prefill: str, seed: int
 ) -> None:
     tiny, tokens = tiny_any, recorded_tokens
-    chunks, usage = run(tiny, prefill, max_tokens=8, temperature=1.5, seed=seed)
+    chunks, usage = run(tiny, prefill, max_tokens=8, temperature=1.5, seed=seed,
+                        prefill_mode="heal")
     removed = usage.details["healed"].encode()
     assert removed, "the tiny vocabulary has longer tokens for each of these tails"
     assert prefill.encode().endswith(removed)
@@ -47,7 +48,7 @@ def test_healing_constraint_regenerates_the_removed_text(
 
 def test_healing_off_feeds_the_prefill_as_is(tiny_any: Any) -> None:
     tiny = tiny_any
-    _, healed = run(tiny, "The URL is http:", max_tokens=2)
+    _, healed = run(tiny, "The URL is http:", max_tokens=2, prefill_mode="heal")
     _, plain = run(tiny, "The URL is http:", max_tokens=2, token_healing=False)
     assert plain.details["healed"] == ""
     assert plain.input_tokens > healed.input_tokens

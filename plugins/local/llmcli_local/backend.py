@@ -2,7 +2,9 @@
 
 A :class:`Backend` has a tokenizer side (render the chat template, encode, the bytes of every
 token, the end-of-turn ids) and a forward side (a prompt pass over many tokens that returns
-the last position's logits and a KV cache, then one step per token). The decode loop
+the last position's logits and a KV cache, then one step per token; for exact prefill, a
+prompt pass and a pass over several more tokens that score every position, and a cache
+truncation). The decode loop
 (:mod:`llmcli_local.decode`) runs over this protocol only. Two implementations:
 
 - ``lean`` (:mod:`llmcli_local.lean`): llmcli's native runtime for the llama, mistral and
@@ -35,6 +37,7 @@ __all__ = [
     "BackendName",
     "BackendOptions",
     "BackendRequest",
+    "Scores",
     "choose_backend",
     "end_of_turn_ids",
 ]
@@ -128,6 +131,23 @@ def end_of_turn_ids(declared: Iterable[Any], vocab: Mapping[str, int]) -> frozen
 CacheT = TypeVar("CacheT")
 
 
+class Scores(Protocol):
+    """The output head's scores at consecutive positions of one pass: row ``j`` is the
+    distribution of the token after the pass's ``j``-th scored position. A backend may keep
+    hidden states and project only what is asked (the lean backend does), so that scoring a
+    few candidate tokens at a thousand positions costs little next to the pass itself."""
+
+    def __len__(self) -> int: ...
+
+    def full(self, row: int) -> torch.Tensor:
+        """Logits (fp32) over the whole vocabulary at ``row``."""
+        ...
+
+    def gather(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (fp32) of ``ids[i, c]`` at row ``rows[i]``: shape ``ids.shape``."""
+        ...
+
+
 class Backend(Protocol[CacheT]):
     """A loaded model as the decode loop sees it."""
 
@@ -181,4 +201,18 @@ class Backend(Protocol[CacheT]):
 
     def step(self, cache: CacheT, token: int) -> torch.Tensor:
         """The logits (fp32) after ``token``, at the cache's next position."""
+        ...
+
+    # -- exact prefill (llmcli_local.exact): score every position of a pass, drop a tail
+    def prompt_scores(self, ids: Sequence[int], capacity: int,
+                      keep: int) -> tuple[Scores, CacheT]:
+        """As :meth:`prompt`, but scores at each of the last ``keep`` positions."""
+        ...
+
+    def extend(self, cache: CacheT, ids: Sequence[int]) -> Scores:
+        """One pass over ``ids`` at the cache's next positions; scores at each of them."""
+        ...
+
+    def truncate(self, cache: CacheT, length: int) -> None:
+        """Forget every position from ``length`` on (the next token goes at ``length``)."""
         ...

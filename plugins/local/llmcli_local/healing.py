@@ -133,6 +133,7 @@ class Vocab:
         )
         self._keys = [table[i] for i in self._ids]
         self._exact_map: dict[bytes, list[int]] | None = None
+        self._atomic_bytes = [(b, i) for i in sorted(self.atomic) if (b := self.bytes_of(i))]
 
     @property
     def _exact(self) -> dict[bytes, list[int]]:
@@ -167,6 +168,47 @@ class Vocab:
         while hi < len(keys) and keys[hi].startswith(prefix):
             hi += 1
         return self._ids[lo:hi]
+
+    def _has_prefix(self, prefix: bytes) -> bool:
+        """Whether some (non-atomic) token's bytes start with ``prefix``."""
+        i = bisect_left(self._keys, prefix)
+        return i < len(self._keys) and self._keys[i].startswith(prefix)
+
+    def consistent(self, remaining: bytes) -> list[int]:
+        """Every token that may come next while ``remaining`` bytes of a prefix are still
+        owed, in id order: its bytes are a non-empty prefix of ``remaining``, or start with
+        all of it. Added (atomic) tokens with text count too: exact prefill
+        (:mod:`llmcli_local.exact`) asks this at every prefill position, so the walk along
+        ``remaining`` stops as soon as no token starts with what it has read."""
+        if not remaining:
+            return []
+        ids: list[int] = []
+        exact = self._exact
+        for end in range(1, len(remaining)):
+            prefix = remaining[:end]
+            if not self._has_prefix(prefix):
+                break
+            ids.extend(exact.get(prefix, ()))
+        else:
+            ids.extend(self.starting_with(remaining))
+        for piece, token_id in self._atomic_bytes:
+            if remaining.startswith(piece) or piece.startswith(remaining):
+                ids.append(token_id)
+        ids.sort()
+        return ids
+
+    def longest_prefix(self, data: bytes) -> int | None:
+        """The id of the longest (non-atomic) token whose bytes start ``data``, if any."""
+        best: int | None = None
+        exact = self._exact
+        for end in range(1, len(data) + 1):
+            prefix = data[:end]
+            if not self._has_prefix(prefix):
+                break
+            hit = exact.get(prefix)
+            if hit:
+                best = hit[0]
+        return best
 
     def allowed(self, pending: bytes) -> list[int]:
         """Tokens that keep the output consistent with the bytes still owed (``pending``)."""

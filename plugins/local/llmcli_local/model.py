@@ -36,7 +36,8 @@ class LocalModel(llmcli.Model):
         return self._source
 
     def prefill_note(self) -> str:
-        return "native prefill; token healing on (-o token_healing 0 to turn off)"
+        return ("native prefill; exact split on: the model's own tokens, as grammar-forced "
+                "decoding (-o prefill_mode heal|none)")
 
     def execute(self, request: Request) -> Iterator[Chunk]:
         options = request.options
@@ -52,7 +53,7 @@ class LocalModel(llmcli.Model):
         settings: dict[str, Any] = dict(
             max_tokens=options.max_tokens, temperature=options.temperature,
             top_p=options.top_p, top_k=options.top_k, seed=options.seed, stop=list(options.stop),
-            token_healing=options.token_healing, template_kwargs=template_kwargs,
+            prefill_mode=options.prefill_mode, template_kwargs=template_kwargs,
         )
         backend_options = BackendOptions.of(options)
         worker = None

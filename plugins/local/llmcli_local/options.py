@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 import llmcli
 from llmcli.models import StrList
@@ -46,8 +46,14 @@ class LocalOptions(llmcli.Options):
     stop: StrList = Field(
         default_factory=list, description="Stop sequences (never included in the output)"
     )
-    token_healing: bool = Field(
-        True, description="Re-generate the prefill's last token(s) so the split is natural"
+    prefill_mode: Literal["exact", "heal", "none"] = Field(
+        "exact",
+        description="How the prefill is split into tokens: exact = the model's own split "
+        "(as grammar-forced decoding, verified in one pass); heal = the tokenizer's split, "
+        "last token(s) regenerated; none = the tokenizer's split as is",
+    )
+    token_healing: bool | None = Field(
+        None, description="Old switch: 0 is prefill_mode none (use prefill_mode instead)"
     )
     enable_thinking: bool | None = Field(
         None, description="Passed to chat templates that have a thinking switch"
@@ -75,3 +81,14 @@ class LocalOptions(llmcli.Options):
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _token_healing_alias(self) -> LocalOptions:
+        if self.token_healing is False:
+            if "prefill_mode" in self.model_fields_set and self.prefill_mode != "none":
+                raise ValueError(
+                    f"token_healing 0 means prefill_mode none, not {self.prefill_mode}: "
+                    "give only prefill_mode")
+            # Past validation already (assigning would validate the model again).
+            object.__setattr__(self, "prefill_mode", "none")
+        return self

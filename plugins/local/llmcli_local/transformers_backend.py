@@ -25,7 +25,8 @@ from llmcli.errors import ConfigError
 from llmcli_local.backend import KVCache, end_of_turn_ids
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 
-__all__ = ["TransformersBackend", "TransformersCache", "load", "quiet_transformers"]
+__all__ = ["TransformersBackend", "TransformersCache", "TransformersScores", "load",
+           "quiet_transformers"]
 
 #: Static caches are allocated in multiples of this many positions.
 _STATIC_ROUNDING = 256
@@ -54,6 +55,24 @@ class TransformersCache:
     #: The static length (a multiple of _STATIC_ROUNDING), or None for a dynamic cache.
     capacity: int | None
     position: int = 0
+
+
+@dataclass
+class TransformersScores:
+    """Logits at every scored position, as the model's own forward computed them (its head
+    may scale or cap logits: nothing here assumes a plain linear head)."""
+
+    logits: torch.Tensor  # (rows, vocab)
+
+    def __len__(self) -> int:
+        return int(self.logits.shape[0])
+
+    def full(self, row: int) -> torch.Tensor:
+        return self.logits[row].float()
+
+    def gather(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        device = self.logits.device
+        return self.logits[rows.to(device)].gather(1, ids.to(device)).float()
 
 
 @dataclass
@@ -100,6 +119,30 @@ class TransformersBackend:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt(self, ids: Sequence[int], capacity: int) -> tuple[torch.Tensor, TransformersCache]:
+        cache = self._new_cache(capacity)
+        return self._forward(cache, list(ids), self.model)[-1], cache
+
+    def prompt_scores(self, ids: Sequence[int], capacity: int,
+                      keep: int) -> tuple[TransformersScores, TransformersCache]:
+        cache = self._new_cache(capacity)
+        return TransformersScores(self._forward(cache, list(ids), self.model, keep)), cache
+
+    def extend(self, cache: TransformersCache, ids: Sequence[int]) -> TransformersScores:
+        if cache.capacity is not None and cache.position + len(ids) > cache.capacity:
+            raise RuntimeError("the pass runs past the KV buffer")
+        return TransformersScores(self._forward(cache, list(ids), self.model, len(ids)))
+
+    def truncate(self, cache: TransformersCache, length: int) -> None:
+        if length >= cache.position:
+            return
+        if cache.capacity is None:
+            # A negative count removes that many positions (transformers 4.x and 5.x alike).
+            cache.cache.crop(length - cache.position)
+        # A static cache keeps its stale tail: the causal mask built from cache_position
+        # hides it until it is overwritten.
+        cache.position = length
+
+    def _new_cache(self, capacity: int) -> TransformersCache:
         from transformers import DynamicCache, StaticCache
 
         config = self.model.config
@@ -112,12 +155,12 @@ class TransformersBackend:
             cache = TransformersCache(StaticCache(config=config, max_cache_len=length), length)
         else:
             cache = TransformersCache(DynamicCache(config=config), None)
-        return self._forward(cache, list(ids), self.model), cache
+        return cache
 
     def step(self, cache: TransformersCache, token: int) -> torch.Tensor:
         if cache.capacity is not None and cache.position >= cache.capacity:
             raise RuntimeError("decode ran past the KV buffer")
-        return self._forward(cache, [token], self._compiled_step(cache))
+        return self._forward(cache, [token], self._compiled_step(cache))[-1]
 
     def _compiled_step(self, cache: TransformersCache) -> Callable[..., Any]:
         if not self.cuda_graphs or cache.capacity is None:
@@ -130,7 +173,8 @@ class TransformersBackend:
         return step
 
     def _forward(self, cache: TransformersCache, ids: list[int],
-                 fn: Callable[..., Any]) -> torch.Tensor:
+                 fn: Callable[..., Any], keep: int = 1) -> torch.Tensor:
+        """Logits (fp32) of the last ``keep`` positions, shape (keep, vocab)."""
         with torch.inference_mode():
             input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
             positions = torch.arange(cache.position, cache.position + len(ids),
@@ -138,11 +182,11 @@ class TransformersBackend:
             out = fn(
                 input_ids=input_ids, use_cache=True, **{self.cache_keyword: cache.cache},
                 cache_position=positions, position_ids=positions.unsqueeze(0),
-                logits_to_keep=1,
+                logits_to_keep=keep,
             )
             cache.position += len(ids)
             # Clone: a CUDA-graph output buffer is overwritten by the next replay.
-            return out.logits[0, -1].float().clone()
+            return out.logits[0, -keep:].float().clone()
 
 
 def load(directory: Path, device: str, dtype: torch.dtype) -> TransformersBackend:

@@ -17,7 +17,7 @@ from llmcli_local.lean.decoder import Decoder, KVBuffers
 from llmcli_local.lean.tokenizer import LeanTokenizer
 from llmcli_local.lean.weights import load_weights
 
-__all__ = ["LeanBackend", "LeanCache", "load"]
+__all__ = ["LeanBackend", "LeanCache", "LeanScores", "load"]
 
 
 @dataclass
@@ -25,6 +25,28 @@ class LeanCache:
     buffers: KVBuffers
     capacity: int
     position: int = 0
+
+
+@dataclass
+class LeanScores:
+    """Final hidden states of a pass; rows are projected through the output head on demand
+    (all of them only where asked, so candidate scores cost a gather, not the whole head)."""
+
+    states: torch.Tensor  # (rows, hidden)
+    head: torch.Tensor  # (vocab, hidden)
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+    def full(self, row: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.nn.functional.linear(self.states[row:row + 1], self.head)[0].float()
+
+    def gather(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            states = self.states[rows.to(self.states.device)]  # (n, hidden)
+            heads = self.head[ids.to(self.head.device)]  # (n, c, hidden)
+            return torch.matmul(heads, states.unsqueeze(-1)).squeeze(-1).float()
 
 
 @dataclass
@@ -60,6 +82,28 @@ class LeanBackend:
             logits = self.decoder.prompt(cache.buffers, list(ids), 0)
         cache.position = len(ids)
         return logits.float(), cache
+
+    def prompt_scores(self, ids: Sequence[int], capacity: int,
+                      keep: int) -> tuple[LeanScores, LeanCache]:
+        if len(ids) > capacity:
+            raise RuntimeError("the prompt is longer than the KV buffer")
+        with torch.inference_mode():
+            cache = LeanCache(self.decoder.new_buffers(capacity), capacity)
+            states = self.decoder.states(cache.buffers, list(ids), 0, keep)
+        cache.position = len(ids)
+        return LeanScores(states, self.decoder.weights.lm_head), cache
+
+    def extend(self, cache: LeanCache, ids: Sequence[int]) -> LeanScores:
+        if cache.position + len(ids) > cache.capacity:
+            raise RuntimeError("the pass runs past the KV buffer")
+        with torch.inference_mode():
+            states = self.decoder.states(cache.buffers, list(ids), cache.position, len(ids))
+        cache.position += len(ids)
+        return LeanScores(states, self.decoder.weights.lm_head)
+
+    def truncate(self, cache: LeanCache, length: int) -> None:
+        # Positions past ``length`` are overwritten before they are read again.
+        cache.position = min(cache.position, length)
 
     def step(self, cache: LeanCache, token: int) -> torch.Tensor:
         if cache.position >= cache.capacity:

@@ -89,6 +89,12 @@ class Decoder:
     def prompt(self, buffers: KVBuffers, ids: list[int], start: int) -> torch.Tensor:
         """Last-position logits for ``ids`` at positions ``start``.. in one causal pass (as
         transformers' forward computes them); their K/V are written into ``buffers``."""
+        return F.linear(self.states(buffers, ids, start, 1)[-1:], self.weights.lm_head)[0]
+
+    def states(self, buffers: KVBuffers, ids: list[int], start: int,
+               keep: int) -> torch.Tensor:
+        """The same pass; the final-normed hidden states of its last ``keep`` positions,
+        shape (keep, hidden): the output head (``weights.lm_head``) turns a row into logits."""
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         weights = self.weights
         count = len(ids)
@@ -120,8 +126,7 @@ class Decoder:
             x = x + F.linear(attended, layer.out, layer.out_bias)
             h = _rms(x, layer.norm_post, self.eps)
             x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
-        x = _rms(x[:, -1], weights.norm, self.eps)
-        return F.linear(x, weights.lm_head)[0]
+        return _rms(x[0, count - keep:], weights.norm, self.eps)
 
     def step(self, buffers: KVBuffers, token: int, position: int) -> torch.Tensor:
         """Logits for ``token`` at ``position``; its K/V are written at that position."""
