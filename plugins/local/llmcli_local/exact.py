@@ -102,14 +102,18 @@ def first_draft(backend: Backend[Any], template_ids: Sequence[int], text: str,
 def _choices(vocab: Vocab, scores: Any, tokens: Sequence[int], remaining: bytes
              ) -> tuple[list[int], list[bytes]]:
     """The constrained greedy choice at each row of ``scores`` if every earlier ``tokens``
-    is accepted (row j: after ``tokens[:j]``), and what remains of the prefix there."""
+    is accepted (row j: after ``tokens[:j]``; the last row: after all of them, if the prefix
+    is not covered yet), and what remains of the prefix at each row."""
     remains: list[bytes] = []
     candidates: list[list[int]] = []
     for token in tokens:
         remains.append(remaining)
         candidates.append(vocab.consistent(remaining))
         remaining = remaining[len(vocab.bytes_of(token)):]
-    choices = [-1] * len(tokens)
+    if remaining:
+        remains.append(remaining)
+        candidates.append(vocab.consistent(remaining))
+    choices = [-1] * len(candidates)
     small = [j for j, c in enumerate(candidates) if 0 < len(c) <= _GATHER_LIMIT]
     if small:
         width = max(len(candidates[j]) for j in small)
@@ -126,6 +130,12 @@ def _choices(vocab: Vocab, scores: Any, tokens: Sequence[int], remaining: bytes
     return choices, remains
 
 
+#: After a disagreement, the next pass verifies at most this many draft tokens, doubled after
+#: each pass whose draft the model agreed with: where the model splits text its own way all
+#: along (text it would not have written), passes stay short instead of re-running the rest.
+_FIRST_WINDOW = 4
+
+
 def start(backend: Backend[Any], template_ids: Sequence[int], prefill: bytes,
           first: Sequence[int], capacity: int) -> ExactStart:
     """Run the prompt with the model's own split of ``prefill`` after ``template_ids``:
@@ -138,21 +148,25 @@ def start(backend: Backend[Any], template_ids: Sequence[int], prefill: bytes,
     remaining = prefill
     scores, cache = backend.prompt_scores(ids + tokens, capacity, keep=len(tokens) + 1)
     passes = 1
+    window = _FIRST_WINDOW
     while True:
         choices, remains = _choices(vocab, scores, tokens, remaining)
-        agreed = next((j for j, (c, t) in enumerate(zip(choices, tokens, strict=True))
+        agreed = next((j for j, (c, t) in enumerate(zip(choices, tokens, strict=False))
                        if c != t), len(tokens))
         ids.extend(tokens[:agreed])
-        if agreed == len(tokens):
-            # The whole draft is the model's own split: the last row is the next token's.
+        if agreed == len(choices):
+            # The whole draft is the model's own split and covers the prefill: the last row
+            # is the next token's.
             logits = scores.full(len(tokens))
             remaining = b""
             break
+        # The model's token where it disagrees, or after a draft window that fell short.
+        window = window * 2 if agreed == len(tokens) else max(_FIRST_WINDOW, agreed)
         remaining = remains[agreed]
         choice = choices[agreed]
-        piece = vocab.bytes_of(choice)
+        piece = vocab.bytes_of(choice) if choice >= 0 else b""
         backend.truncate(cache, len(ids))
-        if choice < 0 or not piece:
+        if not piece:
             raise ConfigError("No token of this model's vocabulary can start the prefill's rest")
         if piece.startswith(remaining) and len(piece) > len(remaining):
             # The model's token covers the rest and goes beyond: that is the first generated
@@ -165,7 +179,7 @@ def start(backend: Backend[Any], template_ids: Sequence[int], prefill: bytes,
             logits = backend.step(cache, choice)
             passes += 1
             break
-        tokens = draft(backend, remaining)
+        tokens = draft(backend, remaining)[:window]
         scores = backend.extend(cache, [choice, *tokens])
         passes += 1
     return ExactStart(ids=ids, logits=logits, cache=cache, pending=remaining,
