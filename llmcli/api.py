@@ -12,7 +12,7 @@ import difflib
 from typing import Any
 
 from llmcli import config
-from llmcli.errors import ConfigError, UnknownModelError
+from llmcli.errors import ConfigError, OptionsError, UnknownModelError
 from llmcli.models import (
     Conversation,
     Logger,
@@ -44,6 +44,8 @@ def get_model(name: str | None = None) -> Model:
     """The model with this id or alias (case-insensitive); the default model when None."""
     if name is None:
         return get_default_model()
+    # The user's aliases (llmcli aliases set) come first, as in llm: they may shadow any name.
+    name = config.load_aliases().get(name, name)
     models = get_models()
     for model in models:
         if name in _names(model):
@@ -124,6 +126,17 @@ def prompt(
 ) -> Response:
     """``model.prompt(...)`` with the options as a dict (so no option name can clash with
     these arguments). Nothing is sent until the response is iterated or ``text()`` is
-    called; every check that needs no network fails here, before any request."""
-    return prepare_response(model, prompt, system=system, prefill=prefill, stream=stream,
-                            key=key, log=log, conversation=conversation, options=options)
+    called; every check that needs no network fails here, before any request.
+
+    The model's stored default options (``llmcli models options set``) apply beneath
+    ``options``."""
+    defaults = config.load_model_options().get(model.model_id, {})
+    try:
+        return prepare_response(model, prompt, system=system, prefill=prefill, stream=stream,
+                                key=key, log=log, conversation=conversation,
+                                options={**defaults, **(options or {})})
+    except OptionsError as exc:
+        if not defaults:
+            raise
+        raise OptionsError(f"{exc} (stored defaults: llmcli models options show "
+                           f"{model.model_id})") from None

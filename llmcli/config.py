@@ -9,11 +9,13 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from llmcli.errors import ConfigError
 
 __all__ = ["user_dir", "keys_path", "load_keys", "set_key", "get_key", "default_model",
-           "set_default_model", "logging_enabled", "set_logging"]
+           "set_default_model", "logging_enabled", "set_logging", "aliases_path", "load_aliases",
+           "save_aliases", "model_options_path", "load_model_options", "save_model_options"]
 
 
 def user_dir() -> Path:
@@ -134,6 +136,61 @@ def set_logging(enabled: bool) -> None:
             path.unlink(missing_ok=True)
         else:
             path.touch()
+
+
+# -- aliases.json and model_options.json, in llm's formats --------------------------------------
+
+
+def _load_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON; fix or remove it") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
+
+
+def _save_json_object(path: Path, data: dict[str, Any]) -> None:
+    ensure_user_dir()
+    with _writing(path):
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def aliases_path() -> Path:
+    return user_dir() / "aliases.json"
+
+
+def load_aliases() -> dict[str, str]:
+    """The user's aliases: ``{"alias": "model id"}``, as llm's aliases.json."""
+    data = _load_json_object(aliases_path())
+    if not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{aliases_path()} must map each alias to a model id (a string)")
+    return data
+
+
+def save_aliases(aliases: dict[str, str]) -> None:
+    _save_json_object(aliases_path(), aliases)
+
+
+def model_options_path() -> Path:
+    return user_dir() / "model_options.json"
+
+
+def load_model_options() -> dict[str, dict[str, Any]]:
+    """Default options per model id: ``{"model id": {"option": value}}``, as llm's."""
+    data = _load_json_object(model_options_path())
+    if not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"{model_options_path()} must map each model id to an object")
+    return data
+
+
+def save_model_options(options: dict[str, dict[str, Any]]) -> None:
+    _save_json_object(model_options_path(), {k: v for k, v in options.items() if v})
 
 
 # -- secrets scrubbing -----------------------------------------------------------------------
