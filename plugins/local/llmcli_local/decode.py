@@ -23,8 +23,8 @@ from llmcli_local.backend import Backend
 from llmcli_local.healing import HealPlan, plan_healing
 from llmcli_local.streaming import TextStream
 
-__all__ = ["PREFILL_MODES", "GenerationSettings", "Prompt", "build_prompt", "generate",
-           "render", "sample_next"]
+__all__ = ["PREFILL_MODES", "Decoding", "GenerationSettings", "Prepared", "Prompt",
+           "build_prompt", "generate", "prepare", "render", "sample_next", "start"]
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -117,96 +117,185 @@ def _constrain(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
     return logits + mask
 
 
-def generate(backend: Backend[Any], messages: Messages, prefill: str,
-             settings: GenerationSettings) -> Generator[str | Usage, None, None]:
-    """Yield the continuation of ``prefill`` (text only: the core prepends the prefill),
-    then a Usage."""
-    vocab = backend.vocab
+@dataclass
+class Prepared:
+    """A call's prompt, tokenized, before any forward pass: what its KV cache will need
+    (``capacity`` positions), so that a scheduler can hold it back until that fits."""
+
+    #: The prompt's ids (``exact``: the template's only; the prefill's split comes later).
+    ids: list[int]
+    capacity: int
+    budget: int
+    #: Healed prefill bytes the first tokens must spell (``heal``).
+    pending: bytes = b""
+    #: ``exact`` with a prefill: its bytes and the tokenizer's draft split of them.
+    exact_prefill: bytes | None = None
+    first_draft: list[int] = field(default_factory=list)
+
+
+def prepare(backend: Backend[Any], messages: Messages, prefill: str,
+            settings: GenerationSettings) -> Prepared:
+    """Render and tokenize the prompt (template and prefill); no forward pass."""
     context = backend.context_length or 1 << 30
-    mode = settings.mode
-    started = time.perf_counter()
-    allowed: Callable[[bytes], list[int]] = vocab.allowed
-    if mode == "exact" and prefill:
+    if settings.mode == "exact" and prefill:
         template = render(backend, messages, "", settings.template_kwargs)
         template_ids = backend.encode(template)
         prefill_bytes = prefill.encode("utf-8")
         first = exact.first_draft(backend, template_ids, template + prefill, prefill_bytes)
         budget = _budget(settings, context, len(template_ids) + len(first))
         # Room for the longest split the model could choose (one token per byte).
+        return Prepared(template_ids, len(template_ids) + len(prefill_bytes) + budget, budget,
+                        exact_prefill=prefill_bytes, first_draft=first)
+    prompt = build_prompt(backend, messages, prefill, settings)
+    budget = _budget(settings, context, len(prompt.ids))
+    return Prepared(prompt.ids, len(prompt.ids) + budget, budget, pending=prompt.heal.removed)
+
+
+def start(backend: Backend[Any], prepared: Prepared, settings: GenerationSettings,
+          started: float | None = None) -> Decoding:
+    """The prompt pass (the prefill's split included): the sequence, ready for its first
+    token. ``started`` is when the call began (for the usage's timings)."""
+    started = time.perf_counter() if started is None else started
+    vocab = backend.vocab
+    allowed: Callable[[bytes], list[int]] = vocab.allowed
+    if prepared.exact_prefill is not None:
         with torch.inference_mode():
-            head = exact.start(backend, template_ids, prefill_bytes, first,
-                               len(template_ids) + len(prefill_bytes) + budget)
-        budget = _budget(settings, context, len(head.ids))
+            head = exact.start(backend, prepared.ids, prepared.exact_prefill,
+                               prepared.first_draft, prepared.capacity)
+        budget = _budget(settings, backend.context_length or 1 << 30, len(head.ids))
         logits, cache, pending = head.logits, head.cache, head.pending
         input_tokens, forward_passes = len(head.ids), head.passes
-        prefill_tokens = head.prefill_tokens
+        prefill_tokens: int | None = head.prefill_tokens
         allowed = vocab.consistent
     else:
-        prompt = build_prompt(backend, messages, prefill, settings)
-        budget = _budget(settings, context, len(prompt.ids))
+        budget = prepared.budget
         # The whole prompt, prefill included, in one forward pass.
-        logits, cache = backend.prompt(prompt.ids, len(prompt.ids) + budget)
-        pending = prompt.heal.removed
-        input_tokens, forward_passes = len(prompt.ids), 1
+        logits, cache = backend.prompt(prepared.ids, prepared.capacity)
+        pending = prepared.pending
+        input_tokens, forward_passes = len(prepared.ids), 1
         prefill_tokens = None
-    generator: torch.Generator | None = None
-    if settings.temperature > 0:
-        generator = torch.Generator(device=backend.device)
-        if settings.seed is not None:
-            generator.manual_seed(settings.seed)
-        else:
-            generator.seed()
-    healed = pending
-    stream = TextStream(skip=pending, stops=settings.stop)
-    stop_reason = StopReason.MAX_TOKENS
-    produced = 0
-    first_token_at: float | None = None
-    prompt_seconds = time.perf_counter() - started
-    while produced < budget:
+    return Decoding(backend, settings, logits=logits, cache=cache, pending=pending,
+                    allowed=allowed, budget=budget, input_tokens=input_tokens,
+                    forward_passes=forward_passes, prefill_tokens=prefill_tokens,
+                    started=started)
+
+
+class Decoding:
+    """One sequence after its prompt pass: the next token's logits, its cache, the prefill
+    constraint, its sampler, its text stream (UTF-8 safe, stops) and its usage. The loop in
+    :func:`generate` drives one; :mod:`llmcli_local.scheduler` drives many, stepping them
+    together."""
+
+    def __init__(self, backend: Backend[Any], settings: GenerationSettings, *,
+                 logits: torch.Tensor, cache: Any, pending: bytes,
+                 allowed: Callable[[bytes], list[int]], budget: int, input_tokens: int,
+                 forward_passes: int, prefill_tokens: int | None, started: float) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.logits = logits
+        self.cache = cache
+        self.pending = pending
+        self.healed = pending
+        self.allowed = allowed
+        self.budget = budget
+        self.input_tokens = input_tokens
+        self.forward_passes = forward_passes
+        self.prefill_tokens = prefill_tokens
+        self.started = started
+        self.generator: torch.Generator | None = None
+        if settings.temperature > 0:
+            self.generator = torch.Generator(device=backend.device)
+            if settings.seed is not None:
+                self.generator.manual_seed(settings.seed)
+            else:
+                self.generator.seed()
+        self.stream = TextStream(skip=pending, stops=settings.stop)
+        self.stop_reason = StopReason.MAX_TOKENS
+        self.produced = 0
+        self.done = False
+        self.first_text_at: float | None = None
+        self.prompt_seconds = time.perf_counter() - started
+
+    def choose(self) -> int:
+        """The next token from ``logits`` (constrained while the prefill is not covered)."""
         # Inference mode only around tensor work, never across a yield: grad mode is
-        # thread-local, and the consumer's code runs while this generator is suspended.
+        # thread-local, and the consumer's code runs while a generator is suspended.
         with torch.inference_mode():
-            if pending:
-                logits = _constrain(logits, allowed(pending))
-            token = sample_next(logits, settings, generator)
-        produced += 1
-        if token in backend.eos_ids and not pending:
-            stop_reason = StopReason.END_TURN
-            break
-        piece = vocab.bytes_of(token)
-        if pending:
-            pending = b"" if piece.startswith(pending) else pending[len(piece):]
-        text = stream.feed(piece)
+            logits = self.logits
+            if self.pending:
+                logits = _constrain(logits, self.allowed(self.pending))
+            return sample_next(logits, self.settings, self.generator)
+
+    def advance(self, token: int) -> str:
+        """Take ``token``: the text it completes (maybe none); sets ``done`` at the end of
+        the turn, a stop sequence or the token budget."""
+        self.produced += 1
+        if token in self.backend.eos_ids and not self.pending:
+            self.stop_reason = StopReason.END_TURN
+            self.done = True
+            return ""
+        piece = self.backend.vocab.bytes_of(token)
+        if self.pending:
+            self.pending = b"" if piece.startswith(self.pending) else self.pending[len(piece):]
+        text = self.stream.feed(piece)
+        if text and self.first_text_at is None:
+            self.first_text_at = time.perf_counter()
+        if self.stream.stopped:
+            self.stop_reason = StopReason.STOP_SEQUENCE
+            self.done = True
+        elif self.produced >= self.budget:
+            self.done = True
+        return text
+
+    def stepped(self, logits: torch.Tensor) -> None:
+        """The logits after the last token, from one more forward step."""
+        self.logits = logits
+        self.forward_passes += 1
+
+    def finish(self) -> str:
+        """Text held back until the end (an incomplete character, a possible stop)."""
+        return self.stream.finish()
+
+    def usage(self) -> Usage:
+        elapsed = time.perf_counter() - self.started
+        decode_seconds = max(elapsed - self.prompt_seconds, 1e-9)
+        first = self.first_text_at
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.produced,
+            stop_reason=self.stop_reason.value,
+            details={
+                "prefill_mode": self.settings.mode,
+                "healed": self.healed.decode("utf-8", errors="replace"),
+                **({"prefill_tokens": self.prefill_tokens}
+                   if self.prefill_tokens is not None else {}),
+                "forward_passes": self.forward_passes,
+                "prompt_seconds": round(self.prompt_seconds, 4),
+                "first_text_seconds": (
+                    round(first - self.started, 4) if first is not None else None
+                ),
+                "decode_tokens_per_second": round(
+                    max(self.produced - 1, 0) / decode_seconds, 2),
+                "device": self.backend.device,
+            },
+        )
+
+
+def generate(backend: Backend[Any], messages: Messages, prefill: str,
+             settings: GenerationSettings) -> Generator[str | Usage, None, None]:
+    """Yield the continuation of ``prefill`` (text only: the core prepends the prefill),
+    then a Usage."""
+    started = time.perf_counter()
+    sequence = start(backend, prepare(backend, messages, prefill, settings), settings, started)
+    while True:
+        token = sequence.choose()
+        text = sequence.advance(token)
         if text:
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
             yield text
-        if stream.stopped:
-            stop_reason = StopReason.STOP_SEQUENCE
+        if sequence.done:
             break
-        if produced >= budget:
-            break
-        logits = backend.step(cache, token)
-        forward_passes += 1
-    tail = stream.finish()
+        sequence.stepped(backend.step(sequence.cache, token))
+    tail = sequence.finish()
     if tail:
         yield tail
-    elapsed = time.perf_counter() - started
-    decode_seconds = max(elapsed - prompt_seconds, 1e-9)
-    yield Usage(
-        input_tokens=input_tokens,
-        output_tokens=produced,
-        stop_reason=stop_reason.value,
-        details={
-            "prefill_mode": mode,
-            "healed": healed.decode("utf-8", errors="replace"),
-            **({"prefill_tokens": prefill_tokens} if prefill_tokens is not None else {}),
-            "forward_passes": forward_passes,
-            "prompt_seconds": round(prompt_seconds, 4),
-            "first_text_seconds": (
-                round(first_token_at - started, 4) if first_token_at is not None else None
-            ),
-            "decode_tokens_per_second": round(max(produced - 1, 0) / decode_seconds, 2),
-            "device": backend.device,
-        },
-    )
+    yield sequence.usage()
