@@ -41,6 +41,14 @@ BUILTINS: dict[str, tuple[str, str]] = {
               "Serve every model over OpenAI- and Anthropic-compatible HTTP."),
     "batch": ("llmcli.cli.batch",
               "Run a file of prompts through a model, concurrently and resumably."),
+    "templates": ("llmcli.cli.templates",
+                  "Manage prompt templates: list (the default), show, edit, path."),
+    "aliases": ("llmcli.cli.aliases",
+                "Manage model aliases: list (the default), set, remove, path."),
+    "install": ("llmcli.cli.install",
+                "Install packages (plugins) into llmcli's environment with pip."),
+    "uninstall": ("llmcli.cli.install",
+                  "Uninstall packages (plugins) from llmcli's environment with pip."),
 }
 
 

@@ -1,0 +1,294 @@
+"""``llmcli templates``, ``--save NAME`` and ``-t NAME``: saved prompts.
+
+A template is a JSON object in ``templates/NAME.json`` in the user directory, with llm's keys
+(``prompt``, ``system``, ``model``, ``options``, ``defaults``, ``extract``, ``fragments``,
+``system_fragments``) and llmcli's ``prefill``. ``$name`` in its prompt and system is filled
+from ``-p name value`` (else from ``defaults``); ``$input`` is the text given with it (the
+PROMPT argument after any piped input), appended after a blank line when the prompt does
+not place it. JSON, not llm's YAML: the core does not depend on a YAML library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from click_default_group import DefaultGroup
+
+from llmcli.errors import LLMCLIError
+
+
+class TemplateError(LLMCLIError):
+    pass
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+#: Each key a template may hold, and the JSON type it must have.
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "prompt": str, "system": str, "model": str, "prefill": str, "options": dict,
+    "defaults": dict, "extract": bool, "fragments": list, "system_fragments": list,
+}
+
+
+@dataclass
+class Template:
+    name: str
+    prompt: str | None = None
+    system: str | None = None
+    model: str | None = None
+    prefill: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    extract: bool = False
+    fragments: list[str] = field(default_factory=list)
+    system_fragments: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {key: getattr(self, key) for key in FIELDS}
+        return {key: value for key, value in data.items() if value not in (None, {}, [], False)}
+
+
+def templates_dir() -> Path:
+    from llmcli.config import user_dir
+
+    return user_dir() / "templates"
+
+
+def template_path(name: str) -> Path:
+    if not _NAME.fullmatch(name):
+        raise TemplateError(f"Invalid template name {name!r}: use letters, digits, '_', '-' "
+                            "and '.'")
+    return templates_dir() / f"{name}.json"
+
+
+def load_template(name: str) -> Template:
+    path = template_path(name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        known = ", ".join(_names()) or "none"
+        raise TemplateError(f"No template named {name!r} (saved: {known}); save one with "
+                            f"--save {name}") from None
+    except OSError as exc:
+        raise TemplateError(f"Cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise TemplateError(f"Template {name!r} ({path}) is not valid JSON: {exc}") from None
+    return _from_json(name, data, path)
+
+
+def _from_json(name: str, data: Any, path: Path) -> Template:
+    if not isinstance(data, dict):
+        raise TemplateError(f"Template {name!r} ({path}) must be a JSON object")
+    for key, value in data.items():
+        if key not in FIELDS:
+            raise TemplateError(f"Template {name!r} has an unknown key {key!r} "
+                                f"(known: {', '.join(FIELDS)})")
+        if value is not None and not isinstance(value, FIELDS[key]):
+            raise TemplateError(f"Template {name!r}: {key!r} must be a JSON "
+                                f"{_json_type(FIELDS[key])}")
+    for key in ("fragments", "system_fragments"):
+        if not all(isinstance(item, str) for item in data.get(key) or []):
+            raise TemplateError(f"Template {name!r}: {key!r} must be a list of strings")
+    return Template(name, **{k: v for k, v in data.items() if v is not None})
+
+
+def _json_type(kind: type | tuple[type, ...]) -> str:
+    return {str: "string", dict: "object", bool: "boolean", list: "list"}.get(
+        kind if isinstance(kind, type) else kind[0], "value")
+
+
+def save_template(template: Template) -> Path:
+    from llmcli.config import ensure_user_dir
+
+    path = template_path(template.name)
+    ensure_user_dir()
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(template.to_json(), indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+    except OSError as exc:
+        raise TemplateError(f"Cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _names() -> list[str]:
+    try:
+        return sorted(p.stem for p in templates_dir().glob("*.json"))
+    except OSError:
+        return []
+
+
+def interpolate(name: str, text: str | None, params: dict[str, Any]) -> str | None:
+    if not text:
+        return text
+    template = string.Template(text)
+    if not template.is_valid():
+        raise TemplateError(f"Template {name!r} has a '$' that names no variable; write $$ "
+                            "for a literal $")
+    missing = [v for v in template.get_identifiers() if v not in params]
+    if missing:
+        raise TemplateError(f"Template {name!r} needs {', '.join(missing)}: pass "
+                            + " ".join(f"-p {v} VALUE" for v in missing))
+    return template.substitute({k: str(v) for k, v in params.items()})
+
+
+@dataclass
+class Inputs:
+    """What ``llmcli prompt`` sends once the template and fragments are applied."""
+
+    text: str
+    system: str | None
+    model: str | None
+    prefill: str | None
+    options: dict[str, Any]
+    extract: bool
+
+
+def resolve_inputs(
+    template_name: str | None,
+    params: tuple[tuple[str, str], ...],
+    fragments: tuple[str, ...],
+    system_fragments: tuple[str, ...],
+    *,
+    text: str,
+    system: str | None,
+    model: str | None,
+    prefill: str | None,
+    extract: bool,
+) -> Inputs:
+    """Apply ``-t`` (what the command line gives wins over what the template holds), then
+    ``-f``/``--sf`` (the template's fragments first)."""
+    from llmcli.cli.fragments import with_fragments
+
+    options: dict[str, Any] = {}
+    if template_name is None:
+        if params:
+            raise TemplateError("-p/--param fills a template's variables: use it with -t NAME")
+    else:
+        template = load_template(template_name)
+        values = {**template.defaults, **dict(params), "input": text}
+        if template.prompt:
+            uses_input = "input" in string.Template(template.prompt).get_identifiers()
+            prompt = interpolate(template.name, template.prompt, values) or ""
+            text = prompt if uses_input or not text.strip() else f"{prompt}\n\n{text}"
+        if system is None:
+            system = interpolate(template.name, template.system, values)
+        model = model or template.model
+        prefill = template.prefill if prefill is None else prefill
+        options = dict(template.options)
+        extract = extract or template.extract
+        fragments = (*template.fragments, *fragments)
+        system_fragments = (*template.system_fragments, *system_fragments)
+    if fragments:
+        text = with_fragments(text, list(fragments)) or ""
+    if system_fragments:
+        system = with_fragments(system, list(system_fragments))
+    return Inputs(text, system, model, prefill, options, extract)
+
+
+def template_from_command(
+    name: str,
+    *,
+    prompt: str | None,
+    system: str | None,
+    model: str | None,
+    prefill: str | None,
+    options: tuple[tuple[str, str], ...],
+    params: tuple[tuple[str, str], ...],
+    extract: bool,
+    fragments: tuple[str, ...],
+    system_fragments: tuple[str, ...],
+) -> Template:
+    """``--save NAME``: the command's prompt, system, model, options, prefill, -p values (as
+    defaults), -x and fragments (paths made absolute), checked by the model when -m names
+    one."""
+    from llmcli.cli.fragments import absolute
+
+    template_path(name)  # a bad name fails before anything else
+    if not any((prompt, system, model, prefill, options, extract, fragments, system_fragments)):
+        raise TemplateError("Nothing to save: give a prompt, -s, -m, --prefill, -o, -x or -f")
+    parsed: dict[str, Any] = {}
+    if model is not None:
+        from llmcli import api
+        from llmcli.cli.prompt import parse_options
+
+        resolved = api.get_model(model)
+        parsed = parse_options(resolved, options)
+        api.validate_options(resolved, parsed)
+    else:
+        for key, value in options:
+            previous = parsed.get(key)
+            parsed[key] = value if previous is None else [
+                *(previous if isinstance(previous, list) else [previous]), value]
+    return Template(
+        name, prompt=prompt or None, system=system, model=model, prefill=prefill or None,
+        options=parsed, defaults=dict(params), extract=extract,
+        fragments=[absolute(f) for f in fragments],
+        system_fragments=[absolute(f) for f in system_fragments],
+    )
+
+
+# -- llmcli templates ------------------------------------------------------------------------
+
+
+@click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
+def templates() -> None:
+    """Manage prompt templates: list (the default), show, edit, path."""
+
+
+def _summary(template: Template, width: int = 60) -> str:
+    parts = [f"{key}: {value}" for key in ("system", "prompt", "prefill")
+             if (value := getattr(template, key))]
+    text = " ".join(" ".join(parts).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@templates.command(name="list")
+def list_templates() -> None:
+    """Each saved template and what it holds."""
+    names = _names()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        try:
+            summary = _summary(load_template(name))
+        except TemplateError as exc:
+            summary = f"(invalid: {exc})"
+        click.echo(f"{name:<{width}} : {summary}")
+
+
+@templates.command(name="show")
+@click.argument("name")
+def show_template(name: str) -> None:
+    """Print the template NAME."""
+    template = load_template(name)
+    click.echo(json.dumps(template.to_json(), indent=2, ensure_ascii=False))
+
+
+@templates.command(name="edit")
+@click.argument("name")
+def edit_template(name: str) -> None:
+    """Edit (or create) the template NAME in $EDITOR; it is checked afterwards."""
+    from llmcli.config import ensure_user_dir
+
+    path = template_path(name)
+    if not path.exists():
+        ensure_user_dir()
+        try:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text('{\n  "prompt": ""\n}\n', encoding="utf-8")
+        except OSError as exc:
+            raise TemplateError(f"Cannot write {path}: {exc.strerror or exc}") from None
+    click.edit(filename=str(path))
+    load_template(name)  # one line if the edit left it broken; the file is kept to fix
+
+
+@templates.command(name="path")
+def path() -> None:
+    """Print the directory templates are saved in."""
+    click.echo(str(templates_dir()))
