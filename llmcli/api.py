@@ -123,6 +123,7 @@ def prompt(
     log: bool | Logger = True,
     conversation: Conversation | None = None,
     options: dict[str, Any] | None = None,
+    schema: dict[str, Any] | str | None = None,
 ) -> Response:
     """``model.prompt(...)`` with the options as a dict (so no option name can clash with
     these arguments). Nothing is sent until the response is iterated or ``text()`` is
@@ -134,7 +135,7 @@ def prompt(
     try:
         return prepare_response(model, prompt, system=system, prefill=prefill, stream=stream,
                                 key=key, log=log, conversation=conversation,
-                                options={**defaults, **(options or {})})
+                                options={**defaults, **(options or {})}, schema=schema)
     except OptionsError as exc:
         if not defaults:
             raise

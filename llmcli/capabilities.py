@@ -1,4 +1,4 @@
-"""What a model does with a prefill. Imports nothing from llmcli."""
+"""What a model does with a prefill, and with a schema. Imports nothing from llmcli."""
 
 from __future__ import annotations
 
@@ -15,6 +15,21 @@ class PrefillSupport(StrEnum):
     #: No native prefill; the model is asked to start with it and the reply is normalized.
     EMULATED = "emulated"
     #: The prefill cannot be honoured; a prompt with one is refused before any request.
+    UNSUPPORTED = "unsupported"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SchemaSupport(StrEnum):
+    """How a model honours a JSON Schema for its reply (``--schema``)."""
+
+    #: The provider or the runtime enforces the schema (constrained decoding, strict mode).
+    NATIVE = "native"
+    #: The prompt asks for the schema; the reply is validated and, when it fails, sent back
+    #: with the error (a few times at most).
+    VALIDATED = "validated"
+    #: A schema cannot be honoured; a prompt with one is refused before any request.
     UNSUPPORTED = "unsupported"
 
     def __str__(self) -> str:

@@ -18,14 +18,15 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from llmcli import config
-from llmcli.capabilities import PrefillSupport
+from llmcli import schema as schemas
+from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import (
     KeyNeededError,
     LLMCLIError,
@@ -131,10 +132,17 @@ class Request:
     stream: bool
     #: Kept out of repr(): printing or logging a request must never show the key.
     key: str | None = field(default=None, repr=False)
+    #: The JSON Schema the reply must conform to (``--schema``), or None.
+    schema: dict[str, Any] | None = None
+    #: How the model honours ``schema`` for this request (None without one).
+    schema_support: SchemaSupport | None = None
+    #: Text the core adds after the prompt (the ``validated`` mode's schema instruction).
+    instruction: str = ""
 
     def messages(self) -> list[Message]:
         """The conversation so far plus this prompt (the prefill is not included)."""
-        return [*self.history, Message("user", self.prompt)]
+        prompt = f"{self.prompt}\n\n{self.instruction}" if self.instruction else self.prompt
+        return [*self.history, Message("user", prompt)]
 
 
 def emulation_instruction(prefill: str) -> str:
@@ -178,6 +186,20 @@ class Model:
         """A short explanation shown by ``llmcli models`` (override to explain options)."""
         return ""
 
+    #: How the model honours ``schema=`` (see :class:`SchemaSupport`): by default the
+    #: prompt asks for it and the reply is validated.
+    schema_support: SchemaSupport = SchemaSupport.VALIDATED
+
+    def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
+        """The schema capability for a request with these options (override when it
+        depends on them)."""
+        return self.schema_support
+
+    def schema_refusal(self, options: BaseOptions, prefill: str) -> str | None:
+        """Why this request's schema cannot be honoured together with ``prefill`` (a
+        provider that refuses both at once), or None."""
+        return None
+
     def execute(self, request: Request) -> Iterator[Chunk]:
         """Call the backend; yield text chunks, then optionally a :class:`Usage`.
 
@@ -198,6 +220,7 @@ class Model:
         key: str | None = None,
         log: bool | Logger = True,
         conversation: Conversation | None = None,
+        schema: dict[str, Any] | str | None = None,
         **options: Any,
     ) -> Response:
         """Prepare a response (see :func:`prepare_response`); nothing is sent yet."""
@@ -211,6 +234,7 @@ class Model:
             log=log,
             conversation=conversation,
             options=options,
+            schema=schema,
         )
 
     def conversation(self) -> Conversation:
@@ -276,6 +300,8 @@ class Response:
         self._chunks: list[str] = []
         self._usage = Usage()
         self._iterator: Generator[str, None, None] | None = None
+        #: Retries of the ``validated`` schema mode.
+        self.schema_retries = schemas.DEFAULT_RETRIES
 
     # Convenience views of the request.
     @property
@@ -301,6 +327,18 @@ class Response:
     @property
     def done(self) -> bool:
         return self.status != "pending"
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        return self.request.schema
+
+    def json(self) -> Any:
+        """The reply parsed as JSON (it runs the response); with a schema, validated
+        against it (:class:`llmcli.schema.SchemaValidationError` if it does not conform)."""
+        text = self.text()
+        if self.schema is None:
+            return schemas.parse_reply(text)
+        return schemas.check_reply(self.schema, text)
 
     def __iter__(self) -> Iterator[str]:
         if self.done:
@@ -341,7 +379,7 @@ class Response:
         started = time.monotonic()
         raw_seen = False
         try:
-            for event in self.model.execute(self.request):
+            for event in self._events():
                 if isinstance(event, str):
                     raw_seen = raw_seen or bool(event)
                     out = normalizer.feed(event)
@@ -375,6 +413,44 @@ class Response:
         finally:
             self.duration_ms = int((time.monotonic() - started) * 1000)
             self._log()
+
+    def _events(self) -> Iterator[Chunk]:
+        """The backend's events; in the ``validated`` schema mode, those of the first
+        attempt whose reply conforms (each attempt buffered, a failed one sent back with its
+        error, :data:`llmcli.schema.DEFAULT_RETRIES` times at most)."""
+        request = self.request
+        if request.schema is None or request.schema_support is not SchemaSupport.VALIDATED:
+            yield from self.model.execute(request)
+            return
+        schema = request.schema
+        attempt = request
+        for tries in range(1, self.schema_retries + 2):
+            events = list(self.model.execute(attempt))
+            normalizer = PrefillNormalizer(request.prefill, request.prefill_support)
+            parts = []
+            for event in events:
+                if isinstance(event, str):
+                    parts.append(normalizer.feed(event))
+                elif isinstance(event, PrefillSent):
+                    normalizer.set_sent_prefill(event.text)
+            text = "".join(parts) + normalizer.finish()
+            try:
+                schemas.check_reply(schema, text)
+            except schemas.SchemaValidationError as exc:
+                error = str(exc)
+                if tries > self.schema_retries:
+                    raise schemas.SchemaValidationError(
+                        f"{self.model.model_id}: {error} (after {tries} attempts)") from None
+                attempt = replace(
+                    request, history=[*attempt.messages(), Message("assistant", text)],
+                    prompt=schemas.retry_prompt(error.removeprefix("the reply ")),
+                    instruction="")
+                continue
+            for event in events:
+                if isinstance(event, Usage):
+                    event.details["schema_attempts"] = tries
+                yield event
+            return
 
     def _as_llmcli_error(self, exc: BaseException, partial: bool) -> BaseException:
         scrub = config.scrub
@@ -509,11 +585,14 @@ def prepare_response(
     log: bool | Logger = True,
     conversation: Conversation | None = None,
     options: Mapping[str, Any] | None = None,
+    schema: dict[str, Any] | str | None = None,
+    schema_retries: int = schemas.DEFAULT_RETRIES,
 ) -> Response:
     """Prepare a response; nothing is sent until it is iterated or ``text()`` is called.
 
     Every check that can fail without the network fails here, before any request: options,
-    prefill capability, key, and (when logging) that the log can be opened."""
+    prefill capability, schema (valid, and honoured by this model with this prefill), key,
+    and (when logging) that the log can be opened."""
     if not prompt.strip():
         # The same rule as the command line's: nothing to send is an error, not a request.
         raise LLMCLIError("Empty prompt: the prompt has no text")
@@ -523,6 +602,18 @@ def prepare_response(
     prefill = prefill or ""
     if prefill and support is PrefillSupport.UNSUPPORTED:
         raise PrefillUnsupportedError(model.model_id, model.prefill_note(), _alternatives(model))
+    parsed_schema: dict[str, Any] | None = None
+    schema_support: SchemaSupport | None = None
+    if schema is not None:
+        parsed_schema = schemas.parse_schema(schema)
+        schema_support = model.get_schema_support(validated)
+        if schema_support is SchemaSupport.UNSUPPORTED:
+            raise schemas.SchemaUnsupportedError(
+                f"{model.model_id} cannot honour a schema (structured output); run "
+                "'llmcli models' to see which models can")
+        refusal = model.schema_refusal(validated, prefill)
+        if refusal:
+            raise schemas.SchemaUnsupportedError(f"{model.model_id}: {refusal}")
     resolved_key = resolve_key(model, key)
     if conversation is not None and conversation.model is not model:
         # A conversation continued with another model keeps its history.
@@ -537,6 +628,10 @@ def prepare_response(
         options=validated,
         stream=stream,
         key=resolved_key,
+        schema=parsed_schema,
+        schema_support=schema_support,
+        instruction=(schemas.instruction(parsed_schema)
+                     if schema_support is SchemaSupport.VALIDATED and parsed_schema else ""),
     )
     logger: Logger | None
     if callable(log):
@@ -550,5 +645,6 @@ def prepare_response(
         # model.prompt() starts a new one.
         conversation = Conversation(model)
     response = Response(model, request, conversation=conversation, logger=logger)
+    response.schema_retries = max(0, schema_retries)
     conversation.responses.append(response)
     return response

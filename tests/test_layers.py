@@ -28,6 +28,7 @@ RANKS = {
     "llmcli.log": 3,  # writes and reads records, knows no model or Response
     "llmcli.record": 2,
     "llmcli.config": 2,
+    "llmcli.schema": 2,  # parses and checks JSON Schemas; imports only errors
     "llmcli.errors": 1,
     "llmcli.capabilities": 1,
 }

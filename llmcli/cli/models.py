@@ -70,6 +70,7 @@ def _describe(model: Model) -> dict[str, object]:
         "aliases": list(model.aliases),
         "prefill_support": support.value,
         "prefill_note": model.prefill_note(),
+        "schema_support": model.get_schema_support(model.Options()).value,
         "plugin": model.plugin,
         "needs_key": model.needs_key.name if model.needs_key else None,
         "key_env_var": model.needs_key.env_var if model.needs_key else None,
@@ -103,7 +104,8 @@ def list_models(as_json: bool, show_options: bool) -> None:
         return
     if show_options:
         for d in described:
-            click.echo(f"{d['model_id']} (prefill: {d['prefill_support']})")
+            click.echo(f"{d['model_id']} (prefill: {d['prefill_support']}, "
+                       f"schema: {d['schema_support']})")
             lines = [_option_line(o) for o in d["option_details"]]  # type: ignore[attr-defined]
             click.echo("\n".join(lines) if lines else "  (no options)")
         return
@@ -118,8 +120,9 @@ def list_models(as_json: bool, show_options: bool) -> None:
         if d["prefill_note"]:
             prefill += f" ({d['prefill_note']})"
         name = str(d["model_id"]) + (" *" if d["model_id"] == default else "")
-        rows.append([name, prefill, ", ".join(d["aliases"]), key])  # type: ignore[arg-type]
-    table(["model", "prefill", "aliases", "key"], rows)
+        rows.append([name, prefill, ", ".join(d["aliases"]), key,  # type: ignore[arg-type]
+                     str(d["schema_support"])])
+    table(["model", "prefill", "aliases", "key", "schema"], rows)
 
 
 @models.command(name="default")

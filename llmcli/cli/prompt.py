@@ -128,6 +128,11 @@ def parse_options(model: Model, pairs: tuple[tuple[str, str], ...]) -> dict[str,
               help="Print only the first fenced code block of the reply (all of it if none).")
 @click.option("-u", "--usage", "show_usage", is_flag=True,
               help="Print token usage to standard error.")
+@click.option("--schema", "schema", metavar="SCHEMA",
+              help="The reply is JSON conforming to SCHEMA: a JSON Schema (inline or a file) "
+              "or fields such as 'name, age int, bio: one sentence'.")
+@click.option("--schema-multi", "schema_multi", metavar="SCHEMA",
+              help="As --schema, for a list of such objects: {\"items\": [...]}.")
 def prompt(
     prompt: str | None,
     model_name: str | None,
@@ -143,6 +148,8 @@ def prompt(
     as_json: bool,
     extract: bool,
     show_usage: bool,
+    schema: str | None,
+    schema_multi: str | None,
 ) -> None:
     """Send PROMPT (and any piped standard input) to a model.
 
@@ -156,6 +163,15 @@ def prompt(
 
     if extract and as_json:
         raise InputError("--extract prints text; it cannot be combined with --json")
+    if schema and schema_multi:
+        raise InputError("Give --schema or --schema-multi, not both")
+    parsed_schema = None
+    if schema or schema_multi:
+        from llmcli.schema import multi, parse_schema
+
+        parsed_schema = parse_schema(schema or schema_multi or "")
+        if schema_multi:
+            parsed_schema = multi(parsed_schema)
     stdin_text = read_stdin()
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
     if not text.strip():
@@ -177,6 +193,7 @@ def prompt(
         log=not no_log,  # the API opens the log now: one that cannot be written fails here
         conversation=conversation,
         options=parse_options(model, options),
+        schema=parsed_schema,
     )
 
     if as_json:

@@ -1,0 +1,212 @@
+"""Structured output: what ``--schema`` accepts, and the checks made on a reply.
+
+A schema is a JSON Schema (a dict). :func:`parse_schema` reads one from what a user types:
+inline JSON, a file path, or llm's concise form (``'name, age int, bio: one sentence'``);
+:func:`multi` wraps one in llm's list form (``{"items": [...]}``, an object at the top, as
+OpenAI's strict mode wants). :func:`schema_id` names a schema by its content (the log stores
+each schema once under it). :func:`check_reply` parses a reply and validates it.
+
+How a model honours a schema is its :class:`~llmcli.capabilities.SchemaSupport`; the core
+(:mod:`llmcli.models`) adds the instruction and the retries of the ``validated`` mode.
+
+Imports only :mod:`llmcli.errors`; ``jsonschema`` is imported when a schema is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from llmcli.errors import LLMCLIError
+
+__all__ = [
+    "InvalidSchemaError",
+    "SchemaUnsupportedError",
+    "SchemaValidationError",
+    "check_reply",
+    "check_schema",
+    "concise_schema",
+    "dumps",
+    "instruction",
+    "multi",
+    "parse_reply",
+    "parse_schema",
+    "retry_prompt",
+    "schema_id",
+    "unwrap",
+    "validation_error",
+]
+
+#: Retries of the ``validated`` mode: a reply that fails is sent back with the error this
+#: many times at most.
+DEFAULT_RETRIES = 2
+
+_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer",
+          "float": "number", "number": "number", "bool": "boolean", "boolean": "boolean"}
+
+
+class InvalidSchemaError(LLMCLIError):
+    """The schema itself is malformed (not JSON, not a JSON Schema, a bad concise field)."""
+
+
+class SchemaUnsupportedError(LLMCLIError):
+    """The model cannot honour a schema (or not together with this prefill)."""
+
+
+class SchemaValidationError(LLMCLIError):
+    """A reply is not JSON, or does not conform to the schema."""
+
+
+def concise_schema(text: str) -> dict[str, Any]:
+    """llm's concise form: fields separated by commas (or newlines, when there are any),
+    each ``name [type][: description]``, type one of str, int, float, bool (default str).
+    Every field is required."""
+    properties: dict[str, Any] = {}
+    parts = text.split("\n") if "\n" in text else text.split(",")
+    for raw in (p.strip() for p in parts):
+        if not raw:
+            continue
+        head, _, description = raw.partition(":")
+        words = head.split()
+        if not words or len(words) > 2:
+            raise InvalidSchemaError(
+                f"Schema field {raw!r}: expected 'name [type][: description]'")
+        name = words[0]
+        kind = words[1] if len(words) == 2 else "str"
+        if kind not in _TYPES:
+            raise InvalidSchemaError(
+                f"Schema field {name!r}: unknown type {kind!r} (use str, int, float or bool)")
+        if name in properties:
+            raise InvalidSchemaError(f"Schema field {name!r} is given twice")
+        prop: dict[str, Any] = {"type": _TYPES[kind]}
+        if description.strip():
+            prop["description"] = description.strip()
+        properties[name] = prop
+    if not properties:
+        raise InvalidSchemaError(
+            "Empty schema: give a JSON Schema or fields such as 'name, age int'")
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def parse_schema(value: str | dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema from a dict, inline JSON, a path to a JSON file, or the concise form;
+    checked (:func:`check_schema`)."""
+    if isinstance(value, dict):
+        schema = value
+    else:
+        text = value.strip()
+        if not text:
+            raise InvalidSchemaError("Empty schema")
+        path = Path(text).expanduser() if len(text) < 4096 and "\n" not in text else None
+        if path is not None and (text.endswith(".json") or path.is_file()):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise InvalidSchemaError(f"Cannot read schema file {value}: "
+                                         f"{exc.strerror or exc}") from None
+            if not text.lstrip().startswith("{"):
+                return check_schema(concise_schema(text))
+        if text.lstrip().startswith("{"):
+            try:
+                loaded = json.loads(text)
+            except ValueError as exc:
+                raise InvalidSchemaError(f"The schema is not valid JSON: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise InvalidSchemaError("A JSON Schema is a JSON object")
+            schema = loaded
+        else:
+            schema = concise_schema(text)
+    return check_schema(schema)
+
+
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` if it is a valid JSON Schema (draft 2020-12), else a clear error."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        raise InvalidSchemaError("A JSON Schema is a JSON object")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        raise InvalidSchemaError(
+            f"Invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
+    return schema
+
+
+def multi(schema: dict[str, Any]) -> dict[str, Any]:
+    """llm's ``--schema-multi`` form: an object whose ``items`` is a list of ``schema``."""
+    return {"type": "object", "properties": {"items": {"type": "array", "items": schema}},
+            "required": ["items"]}
+
+
+def unwrap(value: Any, schema: dict[str, Any]) -> list[Any]:
+    """The objects a reply holds: the ``items`` of a :func:`multi` schema's reply, the
+    elements of a top-level array, or the value itself."""
+    props = schema.get("properties") or {}
+    if (schema.get("required") == ["items"] and list(props) == ["items"]
+            and isinstance(value, dict) and isinstance(value.get("items"), list)):
+        return list(value["items"])
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def dumps(schema: dict[str, Any]) -> str:
+    """The canonical text of a schema (what :func:`schema_id` hashes and the log stores)."""
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def schema_id(schema: dict[str, Any]) -> str:
+    """The schema's id: a hash of its canonical text (the same schema, the same id)."""
+    return hashlib.blake2b(dumps(schema).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def instruction(schema: dict[str, Any]) -> str:
+    """What the ``validated`` mode adds to the prompt."""
+    return ("Reply with only a JSON value (no prose, no code fence) that conforms to this "
+            f"JSON Schema:\n{json.dumps(schema, ensure_ascii=False)}")
+
+
+def retry_prompt(error: str) -> str:
+    """The turn sent after a reply that failed validation."""
+    return (f"That reply is not valid: {error}. Reply again with only the corrected JSON, "
+            "conforming to the schema.")
+
+
+_FENCED = re.compile(r"^\s*```[a-zA-Z]*\n(.*?)\n?```\s*$", re.DOTALL)
+
+
+def parse_reply(text: str) -> Any:
+    """The JSON value of a reply (a code fence around it is tolerated)."""
+    match = _FENCED.match(text)
+    body = match.group(1) if match else text
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise SchemaValidationError(f"the reply is not JSON ({exc})") from None
+
+
+def validation_error(schema: dict[str, Any], value: Any) -> str | None:
+    """Why ``value`` does not conform to ``schema`` (the most relevant error), or None."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    best = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if best is None:
+        return None
+    where = "/".join(str(p) for p in best.absolute_path)
+    return f"{best.message}{f' (at {where})' if where else ''}"
+
+
+def check_reply(schema: dict[str, Any], text: str) -> Any:
+    """The parsed reply, if it is JSON and conforms to ``schema``; else
+    :class:`SchemaValidationError`."""
+    value = parse_reply(text)
+    error = validation_error(schema, value)
+    if error is not None:
+        raise SchemaValidationError(f"the reply does not match the schema: {error}")
+    return value

@@ -1,0 +1,194 @@
+"""Structured output in the core: parsing --schema, the validated mode's retries,
+response.json(), the CLI flags and `llmcli models`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmcli import schema as schemas
+from llmcli.capabilities import SchemaSupport
+from llmcli.cli import cli
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string"},
+                                           "age": {"type": "integer"}},
+          "required": ["name", "age"]}
+
+
+def test_concise_form_as_llm_writes_it() -> None:
+    assert schemas.parse_schema("name, age int, bio: one sentence") == {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                       "bio": {"type": "string", "description": "one sentence"}},
+        "required": ["name", "age", "bio"],
+    }
+    lines = schemas.parse_schema("name: the name, with a comma\nscore float\nok bool")
+    assert lines["properties"]["name"]["description"] == "the name, with a comma"
+    assert lines["properties"]["score"] == {"type": "number"}
+    assert lines["properties"]["ok"] == {"type": "boolean"}
+
+
+def test_inline_json_and_file(tmp_path: Path) -> None:
+    assert schemas.parse_schema(json.dumps(PERSON)) == PERSON
+    path = tmp_path / "person.json"
+    path.write_text(json.dumps(PERSON))
+    assert schemas.parse_schema(str(path)) == PERSON
+    concise = tmp_path / "fields.txt"
+    concise.write_text("name\nage int\n")
+    assert schemas.parse_schema(str(concise))["required"] == ["name", "age"]
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('{"type": "object", ', "not valid JSON"),
+    ('{"type": "objekt"}', "Invalid JSON Schema"),
+    ('{"properties": {"a": {"type": 3}}}', "at properties/a/type"),
+    ("name, age integer64", "unknown type 'integer64'"),
+    ("name, name", "given twice"),
+    ("  ", "Empty schema"),
+    ("missing.json", "Cannot read schema file"),
+])
+def test_invalid_schema_is_a_clear_error(text: str, words: str) -> None:
+    with pytest.raises(schemas.InvalidSchemaError, match=words):
+        schemas.parse_schema(text)
+
+
+def test_multi_and_unwrap() -> None:
+    wrapped = schemas.multi(PERSON)
+    assert wrapped["properties"]["items"]["items"] == PERSON
+    assert schemas.unwrap({"items": [1, 2]}, wrapped) == [1, 2]
+    assert schemas.unwrap([1, 2], {"type": "array"}) == [1, 2]
+    assert schemas.unwrap({"a": 1}, PERSON) == [{"a": 1}]
+
+
+def test_schema_id_is_the_content() -> None:
+    reordered = {"required": ["name", "age"], "type": "object",
+                 "properties": {"age": {"type": "integer"}, "name": {"type": "string"}}}
+    assert schemas.schema_id(PERSON) == schemas.schema_id(reordered)
+    assert schemas.schema_id(PERSON) != schemas.schema_id(schemas.multi(PERSON))
+    assert len(schemas.schema_id(PERSON)) == 32
+
+
+def test_check_reply() -> None:
+    assert schemas.check_reply(PERSON, '{"name": "Ada", "age": 36}') == {"name": "Ada", "age": 36}
+    assert schemas.check_reply(PERSON, '```json\n{"name": "Ada", "age": 36}\n```')["age"] == 36
+    with pytest.raises(schemas.SchemaValidationError, match="'age' is a required property"):
+        schemas.check_reply(PERSON, '{"name": "Ada"}')
+    with pytest.raises(schemas.SchemaValidationError, match="not JSON"):
+        schemas.check_reply(PERSON, "Ada, 36")
+
+
+# -- the validated mode, on the scriptable test models ---------------------------------------
+
+
+def test_validated_first_reply_conforms(test_models) -> None:
+    model = _model("test-eats")
+    assert model.get_schema_support(model.Options()) is SchemaSupport.VALIDATED
+    test_models.queue.append(['{"name": "Ada", ', '"age": 36}'])
+    response = model.prompt("Who?", schema=PERSON, log=False)
+    assert response.json() == {"name": "Ada", "age": 36}
+    (request,) = test_models.requests
+    assert request.schema == PERSON and request.schema_support is SchemaSupport.VALIDATED
+    # The instruction goes with the prompt on the wire, not into the logged prompt.
+    assert request.messages()[-1].content.startswith("Who?\n\nReply with only a JSON value")
+    assert '"required": ["name", "age"]' in request.messages()[-1].content
+    assert response.prompt == "Who?"
+    assert response.usage().details["schema_attempts"] == 1
+
+
+def test_validated_retries_with_the_error(test_models) -> None:
+    model = _model("test-eats")
+    test_models.queue.extend([['{"name": "Ada"}'], ['{"name": "Ada", "age": 36}']])
+    response = model.prompt("Who?", schema=PERSON, log=False)
+    assert list(response) == ['{"name": "Ada", "age": 36}']  # only the conforming attempt
+    first, second = test_models.requests
+    assert second.prompt.startswith("That reply is not valid:")
+    assert "'age' is a required property" in second.prompt
+    turns = second.messages()
+    assert [t.role for t in turns] == ["user", "assistant", "user"]
+    assert turns[1].content == '{"name": "Ada"}'
+    assert response.usage().details["schema_attempts"] == 2
+
+
+def test_validated_gives_up_after_the_retries(test_models, user_dir) -> None:
+    model = _model("test-eats")
+    test_models.queue.extend([["nope"]] * 3)
+    response = model.prompt("Who?", schema=PERSON)
+    with pytest.raises(schemas.SchemaValidationError, match="after 3 attempts"):
+        response.text()
+    assert response.status == "error"
+    assert len(test_models.requests) == 3
+
+
+def test_prefill_inside_the_json_with_validated_mode(test_models) -> None:
+    model = _model("test-eats")
+    test_models.queue.append(['Ada", "age": 36}'])
+    response = model.prompt("Who?", schema=PERSON, prefill='{"name": "', log=False)
+    assert response.json() == {"name": "Ada", "age": 36}
+    assert response.text().startswith('{"name": "Ada"')
+
+
+def test_unsupported_model_refused_before_any_request(test_models, monkeypatch) -> None:
+    model = _model("test-eats")
+    monkeypatch.setattr(type(model), "schema_support", SchemaSupport.UNSUPPORTED)
+    with pytest.raises(schemas.SchemaUnsupportedError, match="cannot honour a schema"):
+        model.prompt("Who?", schema=PERSON, log=False)
+    assert not test_models.requests
+
+
+def test_schema_refusal_with_a_prefill(test_models, monkeypatch) -> None:
+    model = _model("test-eats")
+    monkeypatch.setattr(type(model), "schema_refusal",
+                        lambda self, options, prefill: "no prefill with a schema" if prefill
+                        else None)
+    with pytest.raises(schemas.SchemaUnsupportedError, match="no prefill with a schema"):
+        model.prompt("Who?", schema=PERSON, prefill="{", log=False)
+    assert not test_models.requests
+
+
+def test_invalid_schema_refused_before_any_request(test_models) -> None:
+    with pytest.raises(schemas.InvalidSchemaError):
+        _model("test-eats").prompt("Who?", schema='{"type": 5}', log=False)
+    assert not test_models.requests
+
+
+def test_json_without_a_schema(test_models) -> None:
+    test_models.queue.append(["[1, 2]"])
+    assert _model("test-eats").prompt("Q", log=False).json() == [1, 2]
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_cli_schema_and_schema_multi(test_models) -> None:
+    runner = CliRunner()
+    test_models.queue.append(['{"name": "Ada", "age": 36}'])
+    result = runner.invoke(cli, ["-m", "test-eats", "Who?", "--schema", "name, age int"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"name": "Ada", "age": 36}
+    test_models.queue.append(['{"items": [{"name": "Ada", "age": 36}]}'])
+    result = runner.invoke(cli, ["-m", "test-eats", "Who?", "--schema-multi", "name, age int"])
+    assert result.exit_code == 0, result.output
+    assert test_models.requests[-1].schema == schemas.multi(schemas.parse_schema("name, age int"))
+
+
+def test_cli_errors(test_models) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["-m", "test-eats", "Q", "--schema", "a", "--schema-multi", "b"])
+    assert result.exit_code == 1 and "not both" in result.output
+    result = runner.invoke(cli, ["-m", "test-eats", "Q", "--schema", '{"type": "objekt"}'])
+    assert result.exit_code == 1 and "Invalid JSON Schema" in result.output
+    assert not test_models.requests
+
+
+def test_models_shows_schema_support(test_models) -> None:
+    data = json.loads(CliRunner().invoke(cli, ["models", "--json"]).stdout)
+    assert {d["schema_support"] for d in data} == {"validated"}
+
+
+def _model(name: str):
+    from llmcli import api
+
+    return api.get_model(name)
