@@ -51,23 +51,26 @@ def describe_options(model: Model) -> list[dict[str, Any]]:
     return described
 
 
-def _option_line(option: dict[str, Any]) -> str:
+def _option_line(option: dict[str, Any], stored: dict[str, Any]) -> str:
     details = [option["type"], *option["bounds"]]
     if option.get("default") is not None:
         details.append(f"default {option['default']!r}")
+    if option["name"] in stored:
+        details.append(f"set to {stored[option['name']]!r} (llmcli models options)")
     line = f"  {option['name']}: {', '.join(details)}"
     if option["description"]:
         line += f"\n    {option['description']}"
     return line
 
 
-def _describe(model: Model) -> dict[str, object]:
+def _describe(model: Model, user_aliases: dict[str, str]) -> dict[str, object]:
     from llmcli import api
 
     support = model.get_prefill_support(model.Options())
+    mine = [alias for alias, target in user_aliases.items() if target == model.model_id]
     return {
         "model_id": model.model_id,
-        "aliases": list(model.aliases),
+        "aliases": [*model.aliases, *mine],
         "prefill_support": support.value,
         "prefill_note": model.prefill_note(),
         "schema_support": model.get_schema_support(model.Options()).value,
@@ -98,15 +101,19 @@ def list_models(as_json: bool, show_options: bool) -> None:
         config.load_keys()
     except ConfigError as exc:  # it affects only the models that need a stored key
         click.echo(f"Warning: {exc}", err=True)
-    described = [_describe(m) for m in api.get_models()]
+    user_aliases = config.load_aliases()
+    described = [_describe(m, user_aliases) for m in api.get_models()]
     if as_json:
         click.echo(json.dumps(described, indent=2, default=str))
         return
     if show_options:
+        stored = config.load_model_options()
         for d in described:
             click.echo(f"{d['model_id']} (prefill: {d['prefill_support']}, "
                        f"schema: {d['schema_support']})")
-            lines = [_option_line(o) for o in d["option_details"]]  # type: ignore[attr-defined]
+            mine = stored.get(str(d["model_id"]), {})
+            details: list[dict[str, Any]] = d["option_details"]  # type: ignore[assignment]
+            lines = [_option_line(o, mine) for o in details]
             click.echo("\n".join(lines) if lines else "  (no options)")
         return
     default = None
@@ -137,3 +144,87 @@ def default_model(model: str | None) -> None:
     resolved = api.get_model(model)
     config.set_default_model(resolved.model_id)
     click.echo(f"Default model: {resolved.model_id}")
+
+
+@models.group(name="options")
+def options() -> None:
+    """Default options per model, applied beneath -o: set, show, clear."""
+
+
+def _model_id(name: str, stored: dict[str, Any]) -> str:
+    """The model id for NAME; a model no longer installed can still be named by its id."""
+    from llmcli import api
+    from llmcli.errors import UnknownModelError
+
+    try:
+        return api.get_model(name).model_id
+    except UnknownModelError:
+        if name in stored:
+            return name
+        raise
+
+
+@options.command(name="set")
+@click.argument("model")
+@click.argument("name")
+@click.argument("value")
+def set_option(model: str, name: str, value: str) -> None:
+    """Make VALUE the default of option NAME for MODEL (checked by the model now).
+
+    \b
+    llmcli models options set claude-haiku-4-5 temperature 0.5
+    llmcli models options set smollm2 stop '["END", "STOP"]'   # a list option, as with -o
+    """
+    from llmcli import api, config
+    from llmcli.cli.prompt import parse_options
+
+    resolved = api.get_model(model)
+    stored = config.load_model_options()
+    mine = dict(stored.get(resolved.model_id, {}))
+    mine[name] = parse_options(resolved, ((name, value),))[name]
+    api.validate_options(resolved, mine)
+    stored[resolved.model_id] = mine
+    config.save_model_options(stored)
+    click.echo(f"{resolved.model_id}: {name} = {_show(mine[name])}", err=True)
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+@options.command(name="show")
+@click.argument("model", required=False)
+def show_options(model: str | None) -> None:
+    """The default options set for MODEL, or for every model."""
+    from llmcli import config
+
+    stored = config.load_model_options()
+    if model is not None:
+        for name, value in stored.get(_model_id(model, stored), {}).items():
+            click.echo(f"{name}: {_show(value)}")
+        return
+    for model_id, values in stored.items():
+        click.echo(f"{model_id}:")
+        for name, value in values.items():
+            click.echo(f"  {name}: {_show(value)}")
+
+
+@options.command(name="clear")
+@click.argument("model")
+@click.argument("name", required=False)
+def clear_options(model: str, name: str | None) -> None:
+    """Clear the default option NAME for MODEL, or all of MODEL's defaults."""
+    from llmcli import config
+
+    stored = config.load_model_options()
+    model_id = _model_id(model, stored)
+    mine = dict(stored.get(model_id, {}))
+    if name is None:
+        mine.clear()
+    elif name not in mine:
+        known = ", ".join(mine) or "none"
+        raise click.ClickException(f"No default {name!r} is set for {model_id} (set: {known})")
+    else:
+        del mine[name]
+    stored[model_id] = mine
+    config.save_model_options(stored)
