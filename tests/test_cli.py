@@ -327,5 +327,5 @@ def test_terminal_output_uses_rich_tables(run, monkeypatch) -> None:
     run("-m", "test-eats", "about tables", "-o", "reply", "rows and columns")
     models = run("models").stdout
     assert "┃ model" in models and "test-echoes" in models and "\t" not in models
-    logs = run("logs").stdout
-    assert "┃ when (UTC)" in logs and "about tables" in logs
+    logs = run("logs").stdout  # in full, not a table (tests/test_logs_display.py)
+    assert "Prompt:\nabout tables" in logs and "┃" not in logs

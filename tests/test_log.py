@@ -131,3 +131,154 @@ def test_old_stop_reasons_are_migrated_to_the_one_vocabulary(user_dir: Path) -> 
     db.conn.commit()
     migrated = [r["stop_reason"] for r in open_db()["responses"].rows_where(order_by="id")]
     assert migrated == ["end_turn", "max_tokens", "end_turn", "stop_sequence", "error"]
+
+
+# -- issue #15: a read-only user directory, and Ctrl-C while a row is written ----------------
+
+
+@pytest.fixture
+def read_only_dir(user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user directory reads as a read-only file system does to ``access(2)`` (EROFS,
+    even for root, who runs these tests and whom permission bits do not stop)."""
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs) -> bool:
+        if mode & os.W_OK and str(path).startswith(str(user_dir)):
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_reading_a_read_only_log_writes_nothing(test_models, user_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                request: pytest.FixtureRequest) -> None:
+    llmcli.get_model("test-eats").prompt("readable", reply="still here").text()
+    before = (user_dir / "logs.db").read_bytes()
+    request.getfixturevalue("read_only_dir")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["logs"])
+    assert result.exit_code == 0, result.output
+    assert "Prompt:\nreadable" in result.stdout and "still here" in result.stdout
+    status = runner.invoke(cli, ["logs", "status"])
+    assert status.exit_code == 0 and "responses logged:\t1" in status.stdout
+    assert runner.invoke(cli, ["logs", "-r"]).stdout == "still here\n"
+    assert (user_dir / "logs.db").read_bytes() == before  # not migrated, not written
+    store = LogStore.for_reading()
+    assert store is not None
+    with pytest.raises(LogError, match="Cannot write the log database"):
+        store.log(llmcli.get_model("test-eats").prompt("x", log=False))
+
+
+def test_a_wal_log_without_its_shm_file_is_read_immutable(
+        test_models, user_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> None:
+    llmcli.get_model("test-eats").prompt("readable", reply="still here").text()
+    request.getfixturevalue("read_only_dir")
+    from llmcli.log import store
+
+    real_connect = sqlite3.connect
+
+    def connect(database, *args, **kwargs):
+        if "mode=ro" in str(database) and "immutable" not in str(database):
+            # What a read-only directory gives when the -shm file cannot be created.
+            database = (user_dir / "missing" / "logs.db").as_uri() + "?mode=ro"
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(store.sqlite3, "connect", connect)
+    result = CliRunner().invoke(cli, ["logs", "-r"])
+    assert result.stdout == "still here\n", result.output
+    assert sorted(p.name for p in user_dir.iterdir()) == ["logs.db"]  # no -wal, no -shm
+
+
+def test_a_read_only_log_that_needs_migrating_says_so(test_models, user_dir: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    llmcli.get_model("test-eats").prompt("x").text()
+    db = open_db()
+    db.execute("delete from _llmcli_migrations where name = 'm003_batch_id'")
+    db.close()
+    request.getfixturevalue("read_only_dir")
+    result = CliRunner().invoke(cli, ["logs"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: The log database {user_dir / 'logs.db'} needs upgrading to this llmcli's "
+        "schema (step m003_batch_id) but cannot be written (Permission denied); make it "
+        "writable once, or read it with the llmcli that wrote it\n")
+
+
+def test_writing_to_a_read_only_directory_is_one_plain_line(test_models, user_dir: Path,
+                                                            read_only_dir) -> None:
+    user_dir.mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["-m", "test-eats", "y"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: Cannot write the log database {user_dir}")
+    assert len(result.stderr.splitlines()) == 1 and "Errno" not in result.stderr
+    assert test_models.requests == []
+
+
+def _interrupt_after_commit(store: LogStore, monkeypatch: pytest.MonkeyPatch,
+                            interrupt) -> None:
+    real_execute = store.db.execute
+
+    def execute(sql, *args):
+        result = real_execute(sql, *args)
+        if sql == "COMMIT":
+            interrupt()  # Ctrl-C landing after the commit, inside LogStore.log
+        return result
+
+    monkeypatch.setattr(store.db, "execute", execute)
+
+
+def _raise_keyboard_interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_after_commit_logs_cleanly(test_models, user_dir: Path) -> None:
+    import signal
+
+    store = LogStore()
+    response = llmcli.get_model("test-eats").prompt("x", log=False)
+    response.text()
+    with pytest.MonkeyPatch.context() as patch:
+        _interrupt_after_commit(store, patch, lambda: signal.raise_signal(signal.SIGINT))
+        # The interrupt still arrives, once the row is written: not 'cannot rollback'.
+        with pytest.raises(KeyboardInterrupt):
+            store.log(response)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [r["prompt"] for r in LogStore().recent()] == ["x"]
+    store.log(llmcli.get_model("test-eats").prompt("y", log=False))  # the store still works
+    assert [r["prompt"] for r in LogStore().recent()] == ["x", "y"]
+
+
+def test_an_interrupt_inside_the_write_leaves_the_database_consistent(
+        test_models, user_dir: Path) -> None:
+    import threading
+
+    store = LogStore()
+    raised: list[BaseException] = []
+    response = llmcli.get_model("test-eats").prompt("x", log=False)
+    response.text()
+
+    def log() -> None:
+        try:
+            store.log(response)
+        except BaseException as exc:
+            raised.append(exc)
+
+    # Off the main thread, where signals cannot be held, the exception lands as it comes.
+    with pytest.MonkeyPatch.context() as patch:
+        _interrupt_after_commit(store, patch, _raise_keyboard_interrupt)
+        thread = threading.Thread(target=log)
+        thread.start()
+        thread.join()
+    assert [type(e) for e in raised] == [KeyboardInterrupt]
+    assert not store.db.conn.in_transaction
+    # And inside the insert: rolled back, nothing half-written, the store still usable.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(store.db["responses"]), "insert", _raise_keyboard_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            store.log(llmcli.get_model("test-eats").prompt("y", log=False))
+    assert not store.db.conn.in_transaction
+    store.log(llmcli.get_model("test-eats").prompt("z", log=False))
+    assert [r["prompt"] for r in LogStore().recent()] == ["x", "z"]
+    assert store.db.execute("pragma integrity_check").fetchone()[0] == "ok"

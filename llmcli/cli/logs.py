@@ -1,16 +1,27 @@
-"""``llmcli logs`` — read the SQLite log; turn logging on or off."""
+"""``llmcli logs`` — read the SQLite log; turn logging on or off; back it up."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from click_default_group import DefaultGroup
 
 from llmcli import config
 from llmcli.cli import render
-from llmcli.cli.render import table
+from llmcli.errors import ConversationError, LLMCLIError, LogError, UnknownModelError
+
+if TYPE_CHECKING:
+    from llmcli.log import LogStore
+
+DEFAULT_COUNT = 3
+
+
+class LogsInputError(LLMCLIError):
+    pass
 
 
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
@@ -19,58 +30,105 @@ def logs() -> None:
 
 
 @logs.command(name="list")
-@click.option("-n", "--count", default=3, show_default=True,
-              help="How many responses (0 for all).")
-@click.option("-q", "--query", help="Full-text search over prompts and replies.")
+@click.option("-n", "--count", type=int, default=None,
+              help=f"How many responses (0 for all; default {DEFAULT_COUNT}, all with "
+                   "--id-gt).")
+@click.option("-q", "--query", help="Search prompts and replies (words match by prefix).")
 @click.option("-m", "--model", help="Only this model's responses.")
 @click.option("-c", "--current", is_flag=True, help="Only the most recent conversation.")
 @click.option("--cid", "--conversation", "conversation_id", help="Only this conversation.")
 @click.option("--batch", "batch_id", help="Only the exchanges of this 'llmcli batch' run.")
+@click.option("--id-gt", "after_id", metavar="ID",
+              help="Only responses logged after the response ID.")
+@click.option("-s", "--short", is_flag=True,
+              help="One short entry per response (prompt and reply truncated).")
+@click.option("-r", "--response", "last_response", is_flag=True,
+              help="Print only the text of the last response.")
+@click.option("-u", "--usage", is_flag=True, help="Show each response's token usage.")
+@click.option("-x", "--extract", is_flag=True,
+              help="Print only each reply's first fenced code block (all of it if none).")
+@click.option("-t", "--truncate", is_flag=True,
+              help="Truncate long prompts and replies to one line.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows.")
-def list_logs(count: int, query: str | None, model: str | None, current: bool,
-              conversation_id: str | None, batch_id: str | None, as_json: bool) -> None:
-    """Recent responses, oldest first."""
-    from llmcli.log import LogStore, logs_path
+def list_logs(count: int | None, query: str | None, model: str | None, current: bool,
+              conversation_id: str | None, batch_id: str | None, after_id: str | None,
+              short: bool, last_response: bool, usage: bool, extract: bool, truncate: bool,
+              as_json: bool) -> None:
+    """Recent responses, oldest first, each in full: its id, conversation, model, time,
+    prompt, prefill and text.
 
-    if not logs_path().exists():
-        rows: list[dict[str, Any]] = []
-    else:
-        store = LogStore()
+    \b
+    llmcli logs -n 10 -q zorb      # words match by prefix: finds Zorblax
+    llmcli logs -r -x              # the code in the last reply
+    llmcli logs backup logs-copy.db
+    """
+    from llmcli.log import LogStore
+
+    if count is not None and count < 0:
+        raise LogsInputError(f"-n/--count must be 0 (all) or more, not {count}")
+    if as_json and (short or last_response or extract or truncate or usage):
+        raise LogsInputError("--json prints every field; it cannot be combined with "
+                             "-s, -r, -u, -x or -t")
+    if count is None:
+        count = 0 if after_id else DEFAULT_COUNT
+    store = LogStore.for_reading()
+    rows: list[dict[str, Any]] = []
+    if store is None:
+        if conversation_id:
+            raise ConversationError(f"No conversation with id {conversation_id!r}")
         if current:
-            conversation_id = store.last_conversation_id()
-        if model:
-            from llmcli import api
-
-            model = api.get_model(model).model_id
-        rows = store.recent(count or None, query=query, conversation_id=conversation_id,
-                            model=model, batch_id=batch_id)
+            raise ConversationError("No conversation yet: none has been logged")
+    else:
+        try:
+            rows = _select(store, count, query, model, current, conversation_id, batch_id,
+                           after_id)
+        finally:
+            store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     if not rows:
-        click.echo("No responses logged yet." if not query else "No matches.", err=True)
+        click.echo("No matches." if query or model or batch_id or after_id
+                   else "No responses logged yet.", err=True)
         return
-    if render.is_terminal():
-        table(
-            ["when (UTC)", "model", "status", "prefill", "prompt", "text"],
-            [[r["datetime_utc"][:19], r["model"], r["status"], _short(r["prefill"] or "", 12),
-              _short(r["prompt"]), _short(r["text"])] for r in rows],
-        )
-        return
-    for r in rows:
-        click.echo(f"# {r['datetime_utc']}  {r['model']}  {r['status']}  "
-                   f"id={r['id']}  conversation={r['conversation_id']}")
-        if r["system"]:
-            click.echo(f"\nSystem:\n{r['system']}")
-        click.echo(f"\nPrompt:\n{r['prompt']}")
-        if r["prefill"]:
-            click.echo(f"\nPrefill ({r['prefill_support']}):\n{r['prefill']}")
-        click.echo(f"\nResponse:\n{r['text']}\n")
+    if last_response:
+        click.echo(_reply(rows[-1], extract))
+    elif extract:
+        for row in rows:
+            click.echo(_reply(row, extract))
+    elif short:
+        for row in rows:
+            click.echo(render.short_entry(row, usage=usage))
+    else:
+        for row in rows:
+            click.echo(render.full_entry(row, usage=usage, truncate=truncate))
 
 
-def _short(text: str, width: int = 40) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
+def _select(store: LogStore, count: int, query: str | None, model: str | None, current: bool,
+            conversation_id: str | None, batch_id: str | None, after_id: str | None
+            ) -> list[dict[str, Any]]:
+    if current:
+        conversation_id = store.last_conversation_id()
+    if model:
+        from llmcli import api
+
+        with contextlib.suppress(UnknownModelError):  # an uninstalled model keeps its logs
+            model = api.get_model(model).model_id
+    rows = store.recent(count or None, query=query, conversation_id=conversation_id,
+                        model=model, batch_id=batch_id, after_id=after_id)
+    if conversation_id and not rows and not store.has_conversation(conversation_id):
+        raise ConversationError(f"No conversation with id {conversation_id!r}")
+    return rows
+
+
+def _reply(row: dict[str, Any], extract: bool) -> str:
+    text = str(row["text"] or "")
+    if extract:
+        from llmcli.cli.prompt import extract_code_block
+
+        block = extract_code_block(text)
+        text = block if block is not None else text
+    return text[:-1] if text.endswith("\n") else text
 
 
 @logs.command(name="path")
@@ -88,13 +146,34 @@ def status() -> None:
 
     db_path = logs_path()
     click.echo(f"Logging is {'ON' if config.logging_enabled() else 'OFF'}")
-    click.echo(f"Found log database at {db_path}" if db_path.exists()
-               else f"No log database yet at {db_path}")
-    if db_path.exists():
-        counts = LogStore().counts()
-        click.echo(f"Number of conversations logged:\t{counts['conversations']}")
-        click.echo(f"Number of responses logged:\t{counts['responses']}")
-        click.echo(f"Database file size:\t\t{db_path.stat().st_size:,} bytes")
+    store = LogStore.for_reading(db_path)
+    if store is None:
+        click.echo(f"No log database yet at {db_path}")
+        return
+    click.echo(f"Found log database at {db_path}")
+    try:
+        counts = store.counts()
+    finally:
+        store.close()
+    click.echo(f"Number of conversations logged:\t{counts['conversations']}")
+    click.echo(f"Number of responses logged:\t{counts['responses']}")
+    click.echo(f"Database file size:\t\t{db_path.stat().st_size:,} bytes")
+
+
+@logs.command(name="backup")
+@click.argument("target", metavar="PATH", type=click.Path(dir_okay=False, path_type=Path))
+def backup(target: Path) -> None:
+    """Copy the whole log into the new file PATH (safe while others are logging)."""
+    from llmcli.log import LogStore, logs_path
+
+    store = LogStore.for_reading()
+    if store is None:
+        raise LogError(f"No log database yet at {logs_path()}")
+    try:
+        store.backup(target)
+    finally:
+        store.close()
+    click.echo(f"Backed up {target.stat().st_size:,} bytes to {target}")
 
 
 @logs.command(name="on")

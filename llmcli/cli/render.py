@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def is_terminal() -> bool:
@@ -25,3 +28,71 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     for row in rows:
         sys.stdout.write("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in row)
                          + "\n")
+
+
+# -- log entries (llmcli logs) ---------------------------------------------------------------
+
+TRUNCATE_WIDTH = 100
+SHORT_WIDTH = 60
+
+
+def one_line(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters (an ellipsis marks the cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def usage_line(row: Mapping[str, Any]) -> str:
+    """The words of ``llmcli -u``: "2 input, 2 output, stop: end_turn"."""
+    parts = [f"{'?' if row.get('input_tokens') is None else row['input_tokens']} input",
+             f"{'?' if row.get('output_tokens') is None else row['output_tokens']} output"]
+    if row.get("stop_reason"):
+        parts.append(f"stop: {row['stop_reason']}")
+    return ", ".join(parts)
+
+
+def full_entry(row: Mapping[str, Any], *, usage: bool = False, truncate: bool = False) -> str:
+    """One logged response in full, as ``llmcli logs`` prints it (in a terminal or not):
+    a header with its time, model, status, id and conversation, then each part."""
+    def part(text: str) -> str:
+        return one_line(text, TRUNCATE_WIDTH) if truncate else text
+
+    lines = [f"# {row['datetime_utc']}  {row['model']}  {row['status']}  id={row['id']}  "
+             f"conversation={row['conversation_id']}"]
+    if row.get("system"):
+        lines += ["", "System:", part(row["system"])]
+    lines += ["", "Prompt:", part(row["prompt"])]
+    if row.get("prefill"):
+        lines += ["", f"Prefill ({row['prefill_support']}):", part(row["prefill"])]
+    lines += ["", "Response:", part(row["text"])]
+    if row.get("error"):
+        lines += ["", f"Error ({row['status']}):", row["error"]]
+    if usage:
+        lines += ["", f"Token usage: {usage_line(row)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(text: str) -> str:
+    """A YAML scalar: plain when that reads the same, else a JSON string (valid YAML)."""
+    if text and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_ .,/+()…-]*", text) and \
+            not text.endswith(" "):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def short_entry(row: Mapping[str, Any], *, usage: bool = False) -> str:
+    """One logged response as a short YAML item (``llmcli logs -s``)."""
+    fields = [("id", row["id"]), ("datetime_utc", row["datetime_utc"]),
+              ("model", row["model"]), ("conversation", row["conversation_id"] or "")]
+    if row["status"] != "complete":
+        fields.append(("status", row["status"]))
+    if row.get("system"):
+        fields.append(("system", one_line(row["system"], SHORT_WIDTH)))
+    fields.append(("prompt", one_line(row["prompt"], SHORT_WIDTH)))
+    if row.get("prefill"):
+        fields.append(("prefill", row["prefill"]))
+    fields.append(("text", one_line(row["text"], SHORT_WIDTH)))
+    if usage:
+        fields.append(("usage", usage_line(row)))
+    return "\n".join(("- " if n == 0 else "  ") + f"{key}: {_yaml_scalar(str(value))}"
+                     for n, (key, value) in enumerate(fields))

@@ -5,12 +5,18 @@ the record a finished response hands it and reads records back, so it imports no
 :mod:`llmcli.record`.
 
 Several processes may log at once: WAL mode, a generous busy timeout, and migrations taken
-under ``BEGIN IMMEDIATE`` so two first runs cannot both create the tables.
+under ``BEGIN IMMEDIATE`` so two first runs cannot both create the tables. Reading needs no
+write access: a log in a directory that cannot be written is opened read-only
+(:meth:`LogStore.for_reading`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,7 +65,8 @@ def _db_errors(path: Path) -> Iterator[None]:
         raise LogError(f"Log database {path}: {message}") from exc
 
 
-def migrate(db: Database) -> None:
+def pending_migrations(db: Database) -> list[str]:
+    """The schema steps this database still needs; a LogError if a newer llmcli wrote it."""
     applied_names = set()
     if db.table(MIGRATIONS_TABLE).exists():
         applied_names = {row["name"] for row in db.table(MIGRATIONS_TABLE).rows}
@@ -70,7 +77,11 @@ def migrate(db: Database) -> None:
             f"The log database was written by a newer llmcli (unknown schema step "
             f"{sorted(unknown)[0]}); upgrade llmcli or use another LLMCLI_USER_PATH"
         )
-    if applied_names >= set(known):
+    return [name for name in known if name not in applied_names]
+
+
+def migrate(db: Database) -> None:
+    if not pending_migrations(db):
         return
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -86,8 +97,39 @@ def migrate(db: Database) -> None:
             )
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
+
+
+def _rollback(db: Database) -> None:
+    """Roll back what is still open: an interrupt may land after COMMIT already ended the
+    transaction, and a second error here would hide the first."""
+    if db.conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C while a row is written, then raise it: the row is logged whole or not at
+    all, never left in an open transaction. (sqlite3 does not run Python signal handlers
+    while it waits for a lock, so holding them adds no delay.) Only the main thread receives
+    signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # installed outside Python: leave it alone
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _now() -> str:
@@ -102,6 +144,11 @@ def open_db(path: Path | None = None, *, create: bool = True) -> Database:
         raise LogError(f"No log database yet at {path}")
     if create:
         config.ensure_user_dir()
+        if not writable(path):
+            # Said now, plainly: sqlite's own words ("unable to open database file") come
+            # later and do not say why.
+            raise LogError(f"Cannot write the log database {path}: "
+                           f"{_why_not_writable(path)}; pass -n to go on without logging")
     with _db_errors(path):
         # A response's log is opened when the prompt is prepared and written by whichever
         # thread reads the response; one thread at a time, and sqlite3 serializes anyway.
@@ -115,10 +162,71 @@ def open_db(path: Path | None = None, *, create: bool = True) -> Database:
     return db
 
 
+def writable(path: Path) -> bool:
+    """Whether ``path`` (existing or not) could be written, its -wal and -shm files too."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _why_not_writable(path: Path) -> str:
+    with contextlib.suppress(OSError, AttributeError):
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return "Read-only file system"
+    return "Permission denied"
+
+
+def open_read_only(path: Path) -> Database:
+    """An existing log, opened without writing anything: no -wal or -shm file is created,
+    nothing is migrated. A log that would need migrating first is refused in plain words."""
+    uri = path.resolve().as_uri()
+    with _db_errors(path):
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True,
+                                   timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("select count(*) from sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            if conn is not None:
+                conn.close()
+            # A WAL database whose -shm file is gone cannot be opened "ro" in a directory
+            # that cannot be written; "immutable" reads the file as it is (no writer can
+            # change it there anyway).
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+        db = Database(conn, execute_plugins=False)
+        pending = pending_migrations(db)
+    if pending:
+        db.close()
+        raise LogError(
+            f"The log database {path} needs upgrading to this llmcli's schema (step "
+            f"{pending[0]}) but cannot be written ({_why_not_writable(path)}); make it "
+            "writable once, or read it with the llmcli that wrote it"
+        )
+    return db
+
+
+def fts_prefix_query(query: str) -> str:
+    """Every word of ``query`` as a quoted prefix: "Zorb" finds "Zorblax", and user text is
+    never FTS syntax."""
+    return " ".join('"' + word.replace('"', '""') + '"*' for word in query.split())
+
+
 class LogStore:
     def __init__(self, db: Database | None = None, path: Path | None = None) -> None:
         self.path = path or logs_path()
         self.db = db if db is not None else open_db(self.path)
+
+    @classmethod
+    def for_reading(cls, path: Path | None = None) -> LogStore | None:
+        """The log for reading only, or None when there is none yet. Opened (and migrated)
+        as usual where it can be written; read-only where it cannot (a read-only user
+        directory or file system)."""
+        path = path or logs_path()
+        if not path.exists():
+            return None
+        if writable(path):
+            return cls(path=path)
+        return cls(db=open_read_only(path), path=path)
 
     def close(self) -> None:
         self.db.close()
@@ -136,7 +244,7 @@ class LogStore:
         row = record.row()
         # Keys are scrubbed where messages are made; this is the last gate before disk.
         row["error"] = config.scrub(record.error) if record.error else None
-        with _db_errors(self.path):
+        with _db_errors(self.path), _interrupts_held():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 if record.conversation_id is not None:
@@ -152,7 +260,7 @@ class LogStore:
                 self.db.table("responses").insert(row)
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                _rollback(self.db)
                 raise
 
     # -- reading -------------------------------------------------------------------------
@@ -164,9 +272,22 @@ class LogStore:
         conversation_id: str | None = None,
         model: str | None = None,
         batch_id: str | None = None,
+        after_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest last, like a transcript."""
-        where, args = [], []
+        """The latest ``count`` (all when None) responses that match, newest last, like a
+        transcript. ``query`` matches words by prefix; ``after_id``: only responses logged
+        after that one (ids are random, so "after" is the order they were logged in)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if after_id:
+            with _db_errors(self.path):
+                found = list(self.db.query(
+                    "select rowid, datetime_utc from responses where id = ?", [after_id]))
+            if not found:
+                raise LogError(f"No response with id {after_id!r}")
+            where.append("(responses.datetime_utc > ? or (responses.datetime_utc = ? and "
+                         "responses.rowid > ?))")
+            args += [found[0]["datetime_utc"], found[0]["datetime_utc"], found[0]["rowid"]]
         if batch_id:
             where.append("responses.batch_id = ?")
             args.append(batch_id)
@@ -176,12 +297,12 @@ class LogStore:
         if model:
             where.append("responses.model = ?")
             args.append(model)
-        if query:
+        if query and query.split():
             where.append(
                 "responses.rowid in (select rowid from responses_fts "
                 "where responses_fts match ?)"
             )
-            args.append(self.db.quote_fts(query))
+            args.append(fts_prefix_query(query))
         sql = "select * from responses"
         if where:
             sql += " where " + " and ".join(where)
@@ -213,6 +334,24 @@ class LogStore:
                 raise ConversationError(f"No conversation with id {conversation_id!r}")
             responses = self.recent(None, conversation_id=conversation_id)
         return rows[0], [ResponseRecord.from_row(row) for row in responses]
+
+    def has_conversation(self, conversation_id: str) -> bool:
+        with _db_errors(self.path):
+            return bool(list(self.db.query("select 1 from conversations where id = ?",
+                                           [conversation_id])))
+
+    def backup(self, target: Path) -> None:
+        """Copy the whole log (WAL content included) into the new file ``target``."""
+        try:
+            target.open("xb").close()  # refuses an existing file, names what is wrong
+        except OSError as exc:
+            raise LogError(f"Cannot write {target}: {exc.strerror or exc}") from exc
+        try:
+            with _db_errors(self.path), contextlib.closing(sqlite3.connect(target)) as dest:
+                self.db.conn.backup(dest)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     def counts(self) -> dict[str, int]:
         with _db_errors(self.path):
