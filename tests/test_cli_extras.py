@@ -64,7 +64,7 @@ def test_keys_get(run) -> None:
 def test_models_options_show_type_bounds_default_and_description(run) -> None:
     result = run("models", "--options")
     assert result.exit_code == 0, result.output
-    assert "test-eats (prefill: eats)\n" in result.stdout
+    assert "test-eats (prefill: eats, schema: " in result.stdout
     assert "  max_tokens: int, >= 1, <= 10000, default 100\n" in result.stdout
     assert "  style: 'repeat' | 'skip' | 'preamble', default 'repeat'\n" in result.stdout
     data = json.loads(run("models", "--json").stdout)
@@ -73,9 +73,10 @@ def test_models_options_show_type_bounds_default_and_description(run) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["templates"], "'templates' is an llm command that llmcli does not have"),
+    (["collections"], "'collections' is an llm command that llmcli does not have"),
     (["embed", "some text"], "'embed' is an llm command"),
-    (["install"], "llmcli prompt install"),
+    (["embed-models"], "llmcli prompt embed-models"),
+    (["templats"], "Unknown command 'templats' (did you mean: templates?)"),
     (["modles"], "Unknown command 'modles' (did you mean: models?)"),
     (["chta"], "did you mean: chat"),
 ])
@@ -89,7 +90,7 @@ def test_command_words_are_not_prompts(run, test_models, args, message) -> None:
 
 def test_ordinary_words_are_still_prompts(run, test_models) -> None:
     assert run("-m", "test-eats", "hello").stdout == "reply to: hello\n"
-    assert run("prompt", "-m", "test-eats", "templates").stdout == "reply to: templates\n"
+    assert run("prompt", "-m", "test-eats", "embed").stdout == "reply to: embed\n"
     assert run("modles", "-m", "test-eats").stdout == "reply to: modles\n"
 
 

@@ -54,6 +54,7 @@ def _fetch(url: str) -> str:
             data = reply.read()
             charset = reply.headers.get_content_charset()
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection open
         raise FragmentError(f"Fragment {url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise FragmentError(f"Fragment {url}: cannot fetch it ({exc.reason})") from None

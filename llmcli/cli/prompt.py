@@ -39,8 +39,8 @@ def read_stdin() -> str:
 
 #: Commands of simonw/llm that llmcli does not have: ``llmcli embed`` must not become a
 #: prompt sent to the default model.
-LLM_COMMANDS = ("aliases", "collections", "embed", "embed-models", "embed-multi", "fragments",
-                "install", "openai", "schemas", "similar", "templates", "tools", "uninstall")
+LLM_COMMANDS = ("collections", "embed", "embed-models", "embed-multi", "fragments", "openai",
+                "schemas", "similar", "tools")
 
 _COMMAND_LIKE = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
@@ -133,6 +133,18 @@ def parse_options(model: Model, pairs: tuple[tuple[str, str], ...]) -> dict[str,
               "or fields such as 'name, age int, bio: one sentence'.")
 @click.option("--schema-multi", "schema_multi", metavar="SCHEMA",
               help="As --schema, for a list of such objects: {\"items\": [...]}.")
+@click.option("-t", "--template", "template_name", metavar="NAME",
+              help="Use the saved template NAME (see 'llmcli templates').")
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="KEY VALUE",
+              help="Fill the template's $KEY with VALUE (repeat for several).")
+@click.option("--save", "save_as", metavar="NAME",
+              help="Save this command's prompt, system, model, options and prefill as the "
+              "template NAME instead of running it.")
+@click.option("-f", "--fragment", "fragments", multiple=True, metavar="PATH_OR_URL",
+              help="Add a file's or a URL's contents to the prompt (repeatable).")
+@click.option("--sf", "--system-fragment", "system_fragments", multiple=True,
+              metavar="PATH_OR_URL",
+              help="Add a file's or a URL's contents to the system prompt (repeatable).")
 def prompt(
     prompt: str | None,
     model_name: str | None,
@@ -150,6 +162,11 @@ def prompt(
     show_usage: bool,
     schema: str | None,
     schema_multi: str | None,
+    template_name: str | None,
+    params: tuple[tuple[str, str], ...],
+    save_as: str | None,
+    fragments: tuple[str, ...],
+    system_fragments: tuple[str, ...],
 ) -> None:
     """Send PROMPT (and any piped standard input) to a model.
 
@@ -158,8 +175,15 @@ def prompt(
     echo "def add(a, b):" | llmcli "Explain this code" -m claude-haiku-4-5
     llmcli -c "And two more?"          # continue the last conversation
     llmcli "Reverse a string" --prefill '```python' -x   # just the code
+    llmcli -t summarize -f notes.md    # a saved template, with a file's contents
     """
     from llmcli import api
+
+    if save_as is not None:
+        _save_template(save_as, prompt, system, model_name, prefill, options, params, extract,
+                       fragments, system_fragments, continue_ or bool(conversation_id),
+                       bool(schema or schema_multi))
+        return
 
     if extract and as_json:
         raise InputError("--extract prints text; it cannot be combined with --json")
@@ -174,6 +198,16 @@ def prompt(
             parsed_schema = multi(parsed_schema)
     stdin_text = read_stdin()
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
+    template_options: dict[str, Any] = {}
+    if template_name is not None or params or fragments or system_fragments:
+        from llmcli.cli.templates import resolve_inputs
+
+        inputs = resolve_inputs(template_name, params, fragments, system_fragments, text=text,
+                                system=system, model=model_name, prefill=prefill,
+                                extract=extract and not as_json)
+        text, system, model_name, prefill = (inputs.text, inputs.system, inputs.model,
+                                             inputs.prefill)
+        template_options, extract = inputs.options, inputs.extract and not as_json
     if not text.strip():
         raise InputError("Empty prompt: pass PROMPT or pipe text on standard input")
 
@@ -192,7 +226,7 @@ def prompt(
         key=key,
         log=not no_log,  # the API opens the log now: one that cannot be written fails here
         conversation=conversation,
-        options=parse_options(model, options),
+        options={**template_options, **parse_options(model, options)},
         schema=parsed_schema,
     )
 
@@ -244,6 +278,23 @@ def prompt(
         out.write("\n")
     out.flush()
     _print_usage(response, show_usage)
+
+
+def _save_template(name: str, prompt: str | None, system: str | None, model: str | None,
+                   prefill: str | None, options: tuple[tuple[str, str], ...],
+                   params: tuple[tuple[str, str], ...], extract: bool,
+                   fragments: tuple[str, ...], system_fragments: tuple[str, ...],
+                   continues: bool, has_schema: bool) -> None:
+    from llmcli.cli.templates import save_template, template_from_command
+
+    if continues:
+        raise InputError("--save stores a template, not a conversation: drop -c/--cid")
+    if has_schema:
+        raise InputError("--save does not store --schema yet: drop it to save the rest")
+    template = template_from_command(
+        name, prompt=prompt, system=system, model=model, prefill=prefill, options=options,
+        params=params, extract=extract, fragments=fragments, system_fragments=system_fragments)
+    click.echo(f"Saved template {name!r} to {save_template(template)}", err=True)
 
 
 def _print_usage(response: Any, show: bool) -> None:

@@ -1,0 +1,126 @@
+"""-f / --sf: files' and URLs' contents added to the prompt and the system prompt. URLs are
+served by a local HTTP server on 127.0.0.1; nothing here reaches the internet."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmcli.cli import cli
+
+PAGES = {
+    "/doc.txt": (200, "text/plain; charset=utf-8", "Served text: café\n".encode()),
+    "/latin1.txt": (200, "text/plain; charset=latin-1", "naïve".encode("latin-1")),
+    "/missing": (404, "text/plain", b"gone"),
+}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        status, content_type, body = PAGES.get(self.path, (404, "text/plain", b""))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def run(test_models):
+    def invoke(*args: str, input: str | None = None):
+        return CliRunner().invoke(cli, list(args), input=input)
+
+    return invoke
+
+
+def one_line_error(result, text: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: ") and text in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_files_and_urls_go_before_the_prompt(run, test_models, tmp_path: Path,
+                                             server: str) -> None:
+    code = tmp_path / "code.py"
+    code.write_text("def add(a, b):\n    return a + b\n")
+    result = run("-m", "test-eats", "Explain", "-f", str(code), "-f", f"{server}/doc.txt",
+                 "-o", "reply", "ok")
+    assert result.exit_code == 0, result.output
+    (request,) = test_models.requests
+    assert request.prompt == ("def add(a, b):\n    return a + b\n\nServed text: café\n\n"
+                              "Explain")
+
+
+def test_system_fragments(run, test_models, tmp_path: Path, server: str) -> None:
+    rules = tmp_path / "rules.md"
+    rules.write_text("Rule one.\n")
+    run("-m", "test-eats", "q", "--sf", str(rules), "-s", "Be terse",
+        "--sf", f"{server}/latin1.txt")
+    request = test_models.requests[-1]
+    assert request.system == "Rule one.\n\nnaïve\n\nBe terse"
+    assert request.prompt == "q"
+
+
+def test_a_fragment_alone_is_a_prompt(run, test_models, tmp_path: Path) -> None:
+    (tmp_path / "q.txt").write_text("What is 2+2?\n")
+    assert run("-m", "test-eats", "-f", str(tmp_path / "q.txt")).exit_code == 0
+    assert test_models.requests[-1].prompt == "What is 2+2?"
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("missing-file", "Fragment '{tmp}/missing-file': no such file"),
+    ("", "is a directory, not a file"),
+])
+def test_file_errors_are_one_line(run, test_models, tmp_path: Path, where: str,
+                                  message: str) -> None:
+    target = str(tmp_path / where) if where else str(tmp_path)
+    one_line_error(run("-m", "test-eats", "x", "-f", target), message.format(tmp=tmp_path))
+    one_line_error(run("-m", "test-eats", "x", "--sf", target), message.format(tmp=tmp_path))
+    assert not test_models.requests
+
+
+def test_binary_files_and_url_errors_are_one_line(run, test_models, tmp_path: Path,
+                                                 server: str) -> None:
+    (tmp_path / "blob.bin").write_bytes(b"\xff\xfe\x00")
+    one_line_error(run("-m", "test-eats", "x", "-f", str(tmp_path / "blob.bin")),
+                   "is not UTF-8 text")
+    one_line_error(run("-m", "test-eats", "x", "-f", f"{server}/missing"),
+                   f"Fragment {server}/missing: HTTP 404")
+    # A port nobody listens on: refused at once.
+    one_line_error(run("-m", "test-eats", "x", "-f", "http://127.0.0.1:9/none"),
+                   "Fragment http://127.0.0.1:9/none: cannot fetch it")
+    assert not test_models.requests
+
+
+def test_a_template_keeps_its_fragments_and_reads_them_when_used(run, test_models,
+                                                                tmp_path: Path,
+                                                                user_dir: Path,
+                                                                monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("v1")
+    run("-m", "test-eats", "Summarize", "-f", "notes.txt", "--save", "notes")
+    saved = json.loads((user_dir / "templates" / "notes.json").read_text())
+    assert saved["fragments"] == [str(tmp_path / "notes.txt")]  # absolute: usable anywhere
+    Path("notes.txt").write_text("v2")
+    monkeypatch.chdir(user_dir)
+    assert run("-t", "notes").exit_code == 0
+    assert test_models.requests[-1].prompt == "v2\n\nSummarize"
