@@ -4,8 +4,9 @@ A :class:`Backend` has a tokenizer side (render the chat template, encode, the b
 token, the end-of-turn ids) and a forward side (a prompt pass over many tokens that returns
 the last position's logits and a KV cache, then one step per token; for exact prefill, a
 prompt pass and a pass over several more tokens that score every position, and a cache
-truncation). The decode loop
-(:mod:`llmcli_local.decode`) runs over this protocol only. Two implementations:
+truncation). A backend may also step several sequences in one pass (:class:`BatchStep`: the
+lean one does), which the scheduler (:mod:`llmcli_local.scheduler`) uses to batch them. The
+decode loop (:mod:`llmcli_local.decode`) runs over this protocol only. Two implementations:
 
 - ``lean`` (:mod:`llmcli_local.lean`): llmcli's native runtime for the llama, mistral and
   qwen2 families, on CPU and CUDA, without transformers;
@@ -37,6 +38,7 @@ __all__ = [
     "BackendName",
     "BackendOptions",
     "BackendRequest",
+    "BatchStep",
     "Scores",
     "choose_backend",
     "end_of_turn_ids",
@@ -215,4 +217,15 @@ class Backend(Protocol[CacheT]):
 
     def truncate(self, cache: CacheT, length: int) -> None:
         """Forget every position from ``length`` on (the next token goes at ``length``)."""
+        ...
+
+
+class BatchStep(Protocol[CacheT]):
+    """A backend that steps several sequences in one forward pass (continuous batching):
+    every weight is read once for all of them. The lean backend has it; the scheduler runs
+    a backend without it one sequence at a time."""
+
+    def step_batch(self, caches: Sequence[CacheT], tokens: Sequence[int]) -> torch.Tensor:
+        """Logits (fp32), shape (rows, vocab): row ``i`` after ``tokens[i]`` at the next
+        position of ``caches[i]``; each cache advances by one."""
         ...

@@ -23,6 +23,8 @@ class LocalModel(llmcli.Model):
     can_stream = True
     needs_key = None
     Options = LocalOptions  # type: ignore[assignment]  # as llmcli.remote does
+    #: Calls ``llmcli batch`` may run at once: the scheduler batches them (its max_batch).
+    batch_concurrency = 8
 
     def __init__(self, model_id: str, source: ModelSource | None,
                  aliases: tuple[str, ...] = ()) -> None:
@@ -68,11 +70,13 @@ class LocalModel(llmcli.Model):
                 yield from remote
                 return
 
-        from llmcli_local import decode, loader
+        from llmcli_local import decode, loader, scheduler
 
         backend = loader.load(source, device=options.device, options=backend_options)
-        yield from decode.generate(
-            backend, messages, request.prefill, decode.GenerationSettings(**settings)
+        # Through this process's scheduler of the model: calls from several threads at once
+        # (llmcli batch, llmcli serve) are batched; a lone call runs exactly as generate.
+        yield from scheduler.shared(backend).generate(
+            messages, request.prefill, decode.GenerationSettings(**settings), backend
         )
         if worker is not None:
             worker.start(options.keep_alive)

@@ -105,6 +105,18 @@ class LeanBackend:
         # Positions past ``length`` are overwritten before they are read again.
         cache.position = min(cache.position, length)
 
+    def step_batch(self, caches: Sequence[LeanCache], tokens: Sequence[int]) -> torch.Tensor:
+        """:meth:`step` for several sequences in one pass: logits of shape (rows, vocab)."""
+        for cache in caches:
+            if cache.position >= cache.capacity:
+                raise RuntimeError("decode ran past the KV buffer")
+        with torch.inference_mode():
+            logits = self.decoder.step_batch([c.buffers for c in caches], list(tokens),
+                                             [c.position for c in caches])
+        for cache in caches:
+            cache.position += 1
+        return logits.float()
+
     def step(self, cache: LeanCache, token: int) -> torch.Tensor:
         if cache.position >= cache.capacity:
             raise RuntimeError("decode ran past the KV buffer")

@@ -159,3 +159,49 @@ class Decoder:
             x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
         x = _rms(x, weights.norm, self.eps)
         return F.linear(x, weights.lm_head)[0]
+
+    def step_batch(self, buffers: list[KVBuffers], tokens: list[int],
+                   positions: list[int]) -> torch.Tensor:
+        """One decode step for several sequences at once: row ``i`` is ``tokens[i]`` at
+        ``positions[i]`` of the sequence whose KV buffers are ``buffers[i]``. Logits, shape
+        (rows, vocab).
+
+        Every weight is read once for all rows (the matrix multiplications take the rows
+        together: that is the speed-up); attention runs per row over that row's own buffer,
+        with exactly the operations of :meth:`step`, so a row sees nothing of the others.
+        A batched matmul may round its last bit differently from a one-row one: greedy text
+        can differ from a run alone only where two tokens tie to within that rounding."""
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        weights = self.weights
+        group = heads // kv_heads
+        q_size = heads * dim
+        rows = len(tokens)
+        device = weights.embed.device
+        x = weights.embed[torch.tensor(tokens, dtype=torch.long, device=device)]  # (rows, hidden)
+        position_ids = torch.tensor([positions], device=device)
+        cos, sin = self.rotary(x.unsqueeze(0), position_ids)  # (1, rows, dim)
+        cos, sin = cos.reshape(rows, 1, dim), sin.reshape(rows, 1, dim)
+        half = dim // 2
+        for index, layer in enumerate(weights.layers):
+            h = _rms(x, layer.norm_in, self.eps)
+            q = F.linear(h, layer.q, layer.q_bias).view(rows, heads, dim)
+            k = F.linear(h, layer.k, layer.k_bias).view(rows, kv_heads, dim)
+            v = F.linear(h, layer.v, layer.v_bias).view(rows, kv_heads, dim)
+            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
+            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            attended = torch.empty((rows, q_size), dtype=x.dtype, device=device)
+            for row in range(rows):
+                buffer = buffers[row][index]
+                position = positions[row]
+                buffer[0, :, position] = k[row]
+                buffer[1, :, position] = v[row]
+                keys = buffer[0, :, :position + 1]  # (kv_heads, end, dim)
+                values = buffer[1, :, :position + 1]
+                scores = torch.matmul(q[row].view(kv_heads, group, dim), keys.transpose(1, 2))
+                attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
+                attended[row] = torch.matmul(attention, values).reshape(q_size)
+            x = x + F.linear(attended, layer.out, layer.out_bias)
+            h = _rms(x, layer.norm_post, self.eps)
+            x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
+        x = _rms(x, weights.norm, self.eps)
+        return F.linear(x, weights.lm_head)

@@ -1,0 +1,376 @@
+"""Continuous batching: one loaded model serves many sequences at once.
+
+A :class:`Scheduler` owns one backend and a worker thread. :meth:`Scheduler.submit` takes a
+call (messages, prefill, settings) from any thread: it tokenizes it there (a prompt too long
+fails at once, in the caller) and queues it; the caller gets a :class:`Handle` that streams
+the text and can be cancelled. The worker loops:
+
+1. **join**: waiting sequences join, oldest first, while fewer than ``max_batch`` run and
+   their KV caches fit the ``kv_budget`` (positions, summed over the running sequences;
+   a sequence alone always runs). Each joiner's prompt pass runs alone, through
+   :func:`llmcli_local.decode.start`: the prefill's split (exact, heal or none) is exactly the
+   single-call path's.
+2. **pick**: every running sequence picks its next token with its own settings, seed and
+   prefill constraint (:class:`llmcli_local.decode.Decoding`), and streams its text
+   (UTF-8 safe, stop sequences held back).
+3. **leave**: a sequence that ended its turn, met a stop sequence, used its ``max_tokens`` or
+   was cancelled leaves; its KV cache is freed and its budget returned.
+4. **step**: the rest take one forward step together (:meth:`BatchStep.step_batch
+   <llmcli_local.backend.BatchStep.step_batch>`: every weight read once for all rows).
+
+Requests beyond ``max_batch`` or the KV budget wait in the queue (back-pressure): they hold
+their token ids, no cache. A single running sequence steps with ``backend.step``, so one
+call's output is bit for bit the unbatched loop's; batched rows can differ from a run alone
+only in the last bit of a matmul (see ``Decoder.step_batch``), so greedy text differs only
+where two tokens tie to within that. A backend without ``step_batch`` (transformers) runs one
+sequence at a time (``max_batch`` 1), queued the same way.
+
+:func:`shared` gives the one scheduler of a loaded model in this process: the in-process
+path of ``LocalModel``, ``llmcli batch``'s threads and the keep-alive worker's connections
+all submit to it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmcli.models import Usage
+from llmcli_local import decode
+from llmcli_local.backend import Backend
+
+__all__ = ["DEFAULT_KV_BUDGET", "DEFAULT_MAX_BATCH", "CANCELLED", "Handle", "Scheduler",
+           "shared"]
+
+#: Sequences stepped together at most (``LLMCLI_LOCAL_MAX_BATCH``).
+DEFAULT_MAX_BATCH = 8
+#: KV-cache positions the running sequences may hold together (``LLMCLI_LOCAL_KV_BUDGET``):
+#: SmolLM2-135M keeps 46 KB per position in fp32, so about 380 MB.
+DEFAULT_KV_BUDGET = 8192
+#: A handle's ``stop_reason`` once it was cancelled before its end.
+CANCELLED = "cancelled"
+
+_END = object()
+
+
+class Handle:
+    """One submitted sequence. Iterating yields its text chunks, then its :class:`Usage`
+    (as :func:`llmcli_local.decode.generate` does), blocking until each is ready; an error
+    of its prompt pass or step is raised there. :meth:`cancel` ends it early, from any
+    thread; ``stop_reason`` and ``usage`` are set once it has ended."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._items: queue.Queue[Any] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._ended = threading.Event()
+        self.stop_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def __iter__(self) -> Handle:
+        return self
+
+    def __next__(self) -> str | Usage:
+        item = self._items.get()
+        if item is _END:
+            self._items.put(_END)  # every later next() stops too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._items.put(_END)
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def text(self) -> str:
+        """Every text chunk (what is left of them), joined; waits for the end."""
+        return "".join(c for c in self if isinstance(c, str))
+
+    def cancel(self) -> None:
+        """Stop this sequence: it leaves at the next step (or never starts); iteration ends."""
+        if not self._ended.is_set():
+            self._cancelled.set()
+            self._scheduler._wake()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def done(self) -> bool:
+        """Whether the sequence has ended (its last chunk may not have been read yet)."""
+        return self._ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the sequence has ended; False on timeout."""
+        return self._ended.wait(timeout)
+
+    # -- the worker's side
+    def _put(self, item: Any) -> None:
+        self._items.put(item)
+
+    def _end(self, stop_reason: str, usage: Usage | None = None,
+             error: BaseException | None = None) -> None:
+        self.stop_reason = stop_reason
+        self.usage = usage
+        if error is not None:
+            self._items.put(error)
+        elif usage is not None:
+            self._items.put(usage)
+        self._items.put(_END)
+        self._ended.set()
+
+
+@dataclass(eq=False)
+class _Entry:
+    handle: Handle
+    backend: Backend[Any]
+    prepared: decode.Prepared
+    settings: decode.GenerationSettings
+    started: float
+    sequence: decode.Decoding | None = None
+    token: int = -1
+    #: The KV positions reserved for it while it runs.
+    reserved: int = field(default=0)
+    #: The most sequences it took a decode step with (itself included).
+    batch: int = 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return max(1, int(value)) if value else default
+    except ValueError:
+        return default
+
+
+class Scheduler:
+    """Runs the sequences submitted to one loaded model, batching their decode steps."""
+
+    def __init__(self, backend: Backend[Any], max_batch: int | None = None,
+                 kv_budget: int | None = None) -> None:
+        self.backend = backend
+        self._step_batch = getattr(backend, "step_batch", None)
+        wanted = max_batch or _env_int("LLMCLI_LOCAL_MAX_BATCH", DEFAULT_MAX_BATCH)
+        #: At most this many sequences run together (1 without a batched step).
+        self.max_batch = wanted if self._step_batch is not None else 1
+        #: KV-cache positions the running sequences may hold together.
+        self.kv_budget = kv_budget or _env_int("LLMCLI_LOCAL_KV_BUDGET", DEFAULT_KV_BUDGET)
+        self._cond = threading.Condition()
+        self._waiting: deque[_Entry] = deque()
+        self._reserved = 0
+        self._thread: threading.Thread | None = None
+        self._running: list[_Entry] = []  # the worker thread's alone
+        #: Observed by tests and benchmarks: the most sequences that ever ran together and
+        #: the most KV positions they held, the decode steps taken, and how many of them
+        #: were batched (two rows or more).
+        self.peak_batch = 0
+        self.peak_reserved = 0
+        self.steps = 0
+        self.batched_steps = 0
+
+    # -- any thread
+
+    def submit(self, messages: Sequence[Mapping[str, str]], prefill: str,
+               settings: decode.GenerationSettings,
+               backend: Backend[Any] | None = None) -> Handle:
+        """Queue a call and return its handle. Tokenizing happens here, so a prompt the
+        model cannot take raises here. ``backend``: a variant of the scheduler's loaded model
+        (the same weights; other end-of-turn ids, say), by default the scheduler's own."""
+        backend = self.backend if backend is None else backend
+        started = time.perf_counter()
+        prepared = decode.prepare(backend, messages, prefill, settings)
+        handle = Handle(self)
+        with self._cond:
+            self._waiting.append(_Entry(handle, backend, prepared, settings, started))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, daemon=True,
+                                                name="llmcli-local-scheduler")
+                self._thread.start()
+            self._cond.notify_all()
+        return handle
+
+    def generate(self, messages: Sequence[Mapping[str, str]], prefill: str,
+                 settings: decode.GenerationSettings, backend: Backend[Any] | None = None
+                 ) -> Generator[str | Usage, None, None]:
+        """:func:`llmcli_local.decode.generate` through the scheduler: the same chunks; closing
+        the generator early cancels the sequence."""
+        handle = self.submit(messages, prefill, settings, backend)
+        try:
+            yield from handle
+        finally:
+            handle.cancel()
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    @property
+    def reserved(self) -> int:
+        """KV positions the running sequences hold now."""
+        with self._cond:
+            return self._reserved
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the worker thread
+
+    def _work(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            # A bug of ours, not a call's: fail every sequence rather than leave it hanging.
+            with self._cond:
+                entries = [*self._running, *self._waiting]
+                self._running.clear()
+                self._waiting.clear()
+                self._reserved = 0
+                self._thread = None
+            for entry in entries:
+                entry.handle._end("error", error=exc)
+            raise
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                joining = self._admit()
+                if not joining and not self._running:
+                    # Nothing waits that could run, nothing runs: the thread ends (a
+                    # submit starts another).
+                    self._thread = None
+                    return
+            for entry in joining:
+                self._join(entry)
+            self._step()
+
+    def _admit(self) -> list[_Entry]:
+        """Waiting sequences that may join now (called holding the lock)."""
+        joining: list[_Entry] = []
+        while self._waiting and len(self._running) + len(joining) < self.max_batch:
+            entry = self._waiting[0]
+            if entry.handle.cancelled:
+                self._waiting.popleft()
+                entry.handle._end(CANCELLED)
+                continue
+            need = entry.prepared.capacity
+            alone = not self._running and not joining
+            if not alone and self._reserved + need > self.kv_budget:
+                break  # oldest first: later ones wait behind it
+            self._waiting.popleft()
+            entry.reserved = need
+            self._reserved += need
+            self.peak_reserved = max(self.peak_reserved, self._reserved)
+            joining.append(entry)
+        return joining
+
+    def _join(self, entry: _Entry) -> None:
+        """The prompt pass, alone, as the single-call path runs it."""
+        if entry.handle.cancelled:
+            self._leave(entry, CANCELLED)
+            return
+        try:
+            entry.sequence = decode.start(entry.backend, entry.prepared, entry.settings,
+                                          entry.started)
+        except Exception as exc:  # noqa: BLE001 - the caller's error, raised in its thread
+            self._leave(entry, "error", error=exc)
+            return
+        self._running.append(entry)
+        self.peak_batch = max(self.peak_batch, len(self._running))
+
+    def _leave(self, entry: _Entry, reason: str | None = None,
+               error: BaseException | None = None) -> None:
+        if entry in self._running:
+            self._running.remove(entry)
+        sequence = entry.sequence
+        entry.sequence = None  # its cache goes with it
+        with self._cond:
+            self._reserved -= entry.reserved
+            entry.reserved = 0
+        if reason is not None or sequence is None:
+            entry.handle._end(reason or "error", error=error)
+            return
+        tail = sequence.finish()
+        if tail:
+            entry.handle._put(tail)
+        usage = sequence.usage()
+        if entry.batch > 1:
+            # Only when batched: a lone call's usage is exactly the plain loop's.
+            usage.details["batch"] = entry.batch
+        entry.handle._end(str(usage.stop_reason), usage)
+
+    def _step(self) -> None:
+        moving: list[_Entry] = []
+        for entry in list(self._running):
+            sequence = entry.sequence
+            assert sequence is not None
+            if entry.handle.cancelled:
+                self._leave(entry, CANCELLED)
+                continue
+            try:
+                entry.token = sequence.choose()
+                text = sequence.advance(entry.token)
+            except Exception as exc:  # noqa: BLE001
+                self._leave(entry, "error", error=exc)
+                continue
+            if text:
+                entry.handle._put(text)
+            if sequence.done:
+                self._leave(entry)
+            else:
+                moving.append(entry)
+        if not moving:
+            return
+        self.steps += 1
+        try:
+            if len(moving) == 1 or self._step_batch is None:
+                # One row: the unbatched step, so a lone call is exactly the plain loop's.
+                for entry in moving:
+                    assert entry.sequence is not None
+                    entry.sequence.stepped(
+                        entry.backend.step(entry.sequence.cache, entry.token))
+                return
+            self.batched_steps += 1
+            for entry in moving:
+                entry.batch = max(entry.batch, len(moving))
+            logits = self._step_batch([e.sequence.cache for e in moving if e.sequence],
+                                      [e.token for e in moving])
+            for row, entry in enumerate(moving):
+                assert entry.sequence is not None
+                entry.sequence.stepped(logits[row])
+        except Exception as exc:  # noqa: BLE001 - every sequence of the step fails with it
+            for entry in moving:
+                self._leave(entry, "error", error=exc)
+
+
+_shared: weakref.WeakValueDictionary[int, Scheduler] = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
+
+
+def _weights_of(backend: Backend[Any]) -> object:
+    """What a backend's variants share (the lean decoder, the transformers model)."""
+    for name in ("decoder", "model"):
+        held = getattr(backend, name, None)
+        if held is not None:
+            return held
+    return backend
+
+
+def shared(backend: Backend[Any]) -> Scheduler:
+    """The scheduler of this loaded model in this process (made on first use; it lives
+    while anything uses it). Variants of one model (``dataclasses.replace`` of a backend,
+    transformers' cache options) share it, and pass themselves to :meth:`Scheduler.submit`."""
+    weights = _weights_of(backend)
+    with _shared_lock:
+        scheduler = _shared.get(id(weights))
+        if scheduler is None or _weights_of(scheduler.backend) is not weights:
+            scheduler = Scheduler(backend)
+            _shared[id(weights)] = scheduler
+        return scheduler
