@@ -52,6 +52,29 @@ def test_malformed_keys_file_affects_only_stored_keys(run, user_dir: Path) -> No
     assert f"The keys file {keys} is not valid JSON" in one_line(result)
 
 
+def test_malformed_local_models_file_affects_only_its_models(user_dir: Path,
+                                                              load_plugins) -> None:
+    pytest.importorskip("llmcli_local")
+    user_dir.mkdir(parents=True)
+    registry = user_dir / "local-models.json"
+    registry.write_text('{"models": [{"name": "mine"}]}')
+    load_plugins("llmcli-local")
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"Warning: The local models file {registry} is malformed "
+                             "(models.0.path: Field required); fix or remove it\n")
+    assert result.stdout.splitlines()[1].startswith("smollm2")  # the built-in model stays
+    assert llmcli.get_model("smollm2").model_id == "smollm2"
+    # The commands that manage the file refuse to overwrite it, in one line.
+    result = CliRunner().invoke(cli, ["local", "list"])
+    assert result.exit_code == 1 and "is malformed" in one_line(result)
+    registry.write_text("{not json")
+    llmcli.plugins.reset()
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0 and result.stderr == (
+        f"Warning: The local models file {registry} is malformed; fix or remove it\n")
+
+
 @pytest.fixture
 def read_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every write in the user directory fails as on a read-only file system (tests run as
@@ -82,6 +105,17 @@ def test_read_only_user_directory_names_the_file(run, user_dir: Path, read_only,
     result = run(*args)
     assert result.exit_code == 1
     assert one_line(result) == f"Error: Cannot write {user_dir / name}: Read-only file system"
+
+
+def test_read_only_user_directory_local_models_file(user_dir: Path, read_only) -> None:
+    pytest.importorskip("llmcli_local")
+    from llmcli_local import registry
+
+    user_dir.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(LLMCLIError) as info:
+        registry.save_registry(registry.Registry())
+    assert str(info.value) == (f"Cannot write {user_dir / 'local-models.json'}: "
+                               "Read-only file system")
 
 
 def test_refused_prefill_suggests_native_models_usable_now_first(test_models,

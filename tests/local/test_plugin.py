@@ -113,8 +113,12 @@ def test_malformed_registry_is_a_config_error(user_dir: Path, load_plugins: Any)
     user_dir.mkdir(parents=True, exist_ok=True)
     (user_dir / "local-models.json").write_text('{"models": [{"name": "x"}]}')
     load_plugins("llmcli-local")
+    from llmcli_local.registry import load_registry
+
     with pytest.raises(ConfigError, match="malformed"):
-        llmcli.get_models()
+        load_registry()
+    # Only the registered models are lost (tests/test_rough_edges.py has the CLI's side).
+    assert [m.model_id for m in llmcli.get_models()] == ["smollm2"]
 
 
 def test_registered_model_runs_through_the_api_and_cli(

@@ -20,7 +20,7 @@ __all__ = ["LocalModel", "LocalOptions", "SmolLM2", "register_commands", "regist
 
 def register_models(register: Callable[[Model], None]) -> None:
     register(SmolLM2())
-    for entry in load_registry().models:
+    for entry in load_registry(strict=False).models:  # a broken file: a warning
         register(LocalModel(
             entry.name, ModelSource(entry.format, Path(entry.path)), aliases=tuple(entry.aliases)
         ))

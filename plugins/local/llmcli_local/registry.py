@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -46,10 +47,24 @@ def registry_path() -> Path:
     return config.user_dir() / "local-models.json"
 
 
-def load_registry() -> Registry:
+_warned: set[str] = set()
+
+
+def load_registry(strict: bool = True) -> Registry:
+    """The registered models. A malformed file is a ConfigError; with ``strict=False`` (at
+    plugin load) a one-line warning on standard error instead, once per process, and no
+    registered models: a broken file costs only the models it lists."""
     path = registry_path()
     if not path.exists():
         return Registry()
+    if not strict:
+        try:
+            return load_registry()
+        except ConfigError as exc:
+            if str(exc) not in _warned:
+                _warned.add(str(exc))
+                print(f"Warning: {exc}", file=sys.stderr)
+            return Registry()
     try:
         return Registry.model_validate(json.loads(path.read_text()))
     except (OSError, ValueError, ValidationError) as exc:
@@ -67,8 +82,11 @@ def save_registry(registry: Registry) -> None:
     path = registry_path()
     config.ensure_user_dir()
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(registry.model_dump(), indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(registry.model_dump(), indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"Cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def valid_name(name: str) -> bool:
