@@ -30,6 +30,7 @@ RANKS = {
     "llmcli.config": 2,
     "llmcli.schema": 2,  # parses and checks JSON Schemas; imports only errors
     "llmcli.errors": 1,
+    "llmcli.progress": 1,  # the one status line on stderr (CLI spinner, plugin stages)
     "llmcli.capabilities": 1,
 }
 

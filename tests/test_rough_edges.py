@@ -220,3 +220,72 @@ def test_cli_md_json_sample_has_the_real_keys(test_models) -> None:
     data = response.to_dict()
     assert [k for k in keys if k in data or k not in data["usage"]] == list(data)
     assert json.dumps(data)
+
+
+# -- the spinner while a reply has not started, and a plugin's stages on the same line -------
+
+
+class FakeTerminal:
+    """A text stream that says it is a terminal and keeps what was written."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.written.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.written)
+
+
+def test_spinner_on_a_terminal_until_the_first_text(run) -> None:
+    from llmcli import progress
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(progress, "is_terminal", lambda stream: True)
+        result = run("-m", "test-eats", "x", "-o", "reply", "slow start", "-o", "chunk_size",
+                     "20", "-o", "delay", "0.6")
+        assert result.exit_code == 0 and result.stdout == "slow start\n"
+        frames = [c for c in result.stderr if c in progress.FRAMES]
+        assert frames and result.stderr.endswith("\r\x1b[K")  # drawn, then erased
+        # A reply that starts at once shows nothing; off a terminal never anything.
+        assert run("-m", "test-eats", "x", "-o", "reply", "fast").stderr == ""
+    assert run("-m", "test-eats", "x", "-o", "reply", "slow", "-o", "delay", "0.5"
+               ).stderr == ""
+
+
+def test_stages_take_over_the_spinners_line(monkeypatch) -> None:
+    import sys
+    import time
+
+    from llmcli import progress
+
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    spinner = progress.waiting(delay=10)  # would not show for 10 s by itself
+    with progress.stages("Converting x.gguf (once)") as show:
+        show("dequantizing tensors 3/30")
+        time.sleep(0.25)
+        assert "Converting x.gguf (once): dequantizing tensors 3/30 (0 s)" in terminal.text
+    assert spinner.text == ""  # the spinner's own text again
+    spinner.stop()
+    assert terminal.text.endswith("\r\x1b[K")
+    # Alone on a terminal: its own line, erased at the end; off a terminal: nothing.
+    alone = FakeTerminal()
+    with progress.stages("Step", stream=alone) as show:
+        show("one")
+        time.sleep(0.15)
+    assert "Step: one" in alone.text and alone.text.endswith("\r\x1b[K")
+    quiet = FakeTerminal()
+    quiet.isatty = lambda: False  # type: ignore[method-assign]
+    with progress.stages("Step", stream=quiet) as show:
+        show("one")
+    assert quiet.written == []

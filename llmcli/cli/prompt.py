@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from llmcli import progress
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
@@ -232,7 +233,8 @@ def prompt(
 
     if as_json:
         try:
-            response.text()
+            with progress.waiting():  # a spinner on a terminal's stderr until it is done
+                response.text()
         except KeyboardInterrupt:
             response.close()
             click.echo(json.dumps(response.to_dict(), ensure_ascii=False))
@@ -244,7 +246,8 @@ def prompt(
 
     if extract:
         try:
-            text = response.text()
+            with progress.waiting():
+                text = response.text()
         except KeyboardInterrupt:
             _interrupted(response)
         if hide_prefill:
@@ -260,7 +263,7 @@ def prompt(
     wrote_newline = True
     out = sys.stdout
     try:
-        for chunk in response:
+        for chunk in progress.until_first(response):  # a spinner until the first text
             if skip:
                 dropped = min(skip, len(chunk))
                 chunk, skip = chunk[dropped:], skip - dropped
