@@ -13,7 +13,7 @@ from typing import Any
 
 from llmcli.errors import ConfigError
 
-__all__ = ["user_dir", "keys_path", "load_keys", "set_key", "get_key", "default_model",
+__all__ = ["user_dir", "cache_dir", "keys_path", "load_keys", "set_key", "get_key", "default_model",
            "set_default_model", "logging_enabled", "set_logging", "aliases_path", "load_aliases",
            "save_aliases", "model_options_path", "load_model_options", "save_model_options"]
 
@@ -31,6 +31,20 @@ def user_dir() -> Path:
         base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
         path = Path(base) / "llmcli"
     return path
+
+
+def cache_dir() -> Path:
+    """Files llmcli can rebuild, shared by every user directory (the local runtime's converted
+    weights): ``LLMCLI_CACHE_PATH`` if set, else the platform's cache directory."""
+    env = os.environ.get("LLMCLI_CACHE_PATH")
+    if env:
+        return Path(env)
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "llmcli"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "llmcli" / "Cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llmcli"
 
 
 def ensure_user_dir() -> Path:
