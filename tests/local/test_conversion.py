@@ -1,5 +1,6 @@
-"""The GGUF → safetensors cache on a tiny llama GGUF: converted once, keyed by the file,
-reused, deleted by ``local remove``."""
+"""The GGUF → safetensors cache on a tiny llama GGUF: converted once, keyed by the file's
+content, shared by every user directory, reused, deleted by ``local remove``; its progress
+is one honest status line."""
 
 from __future__ import annotations
 
@@ -37,10 +38,89 @@ def test_converted_once_then_read_from_the_cache(tiny_gguf: Path, cache: Path,
     assert loader.convert_gguf(gguf, show_progress=False) == directory
     assert (directory / "llmcli-local.json").stat().st_mtime_ns == marker
     assert not list(cache.glob(".converting-*"))
+    assert json.loads((directory / "llmcli-local.json").read_text())["sha256"].startswith(
+        directory.name)
 
-    # A changed file (new mtime) gets a new cache entry.
+    # Keyed by content: a touched file, or a copy elsewhere, is the same entry, not
+    # converted again; changed content is a new entry.
     os.utime(gguf, ns=(marker, marker + 10**9))
-    assert loader.convert_gguf(gguf, show_progress=False) != directory
+    assert loader.convert_gguf(gguf, show_progress=False) == directory
+    elsewhere = tmp_path / "other" / "renamed.gguf"
+    elsewhere.parent.mkdir()
+    shutil.copy(gguf, elsewhere)
+    assert loader.convert_gguf(elsewhere, show_progress=False) == directory
+    assert (directory / "llmcli-local.json").stat().st_mtime_ns == marker
+    with elsewhere.open("ab") as f:
+        f.write(b"\0")
+    assert loader.cache_dir_for(elsewhere) != directory
+
+
+def test_one_cache_for_every_user_directory(tiny_gguf: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmcli_local import loader, sources
+
+    monkeypatch.delenv("LLMCLI_LOCAL_CACHE", raising=False)
+    monkeypatch.delenv("LLMCLI_CACHE_PATH", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert sources.cache_root() == tmp_path / "xdg" / "llmcli" / "local"
+    monkeypatch.setenv("LLMCLI_CACHE_PATH", str(tmp_path / "shared"))
+    monkeypatch.setenv("LLMCLI_USER_PATH", str(tmp_path / "one"))
+    directory = loader.convert_gguf(tiny_gguf, show_progress=False)
+    assert directory.parent == tmp_path / "shared" / "local"
+    marker = (directory / "llmcli-local.json").stat().st_mtime_ns
+    monkeypatch.setenv("LLMCLI_USER_PATH", str(tmp_path / "two"))
+    assert loader.convert_gguf(tiny_gguf, show_progress=False) == directory
+    assert (directory / "llmcli-local.json").stat().st_mtime_ns == marker  # not again
+    assert not (tmp_path / "one").exists() and not (tmp_path / "two").exists()
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tiny_gguf: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmcli_local import loader
+
+    from llmcli.errors import ConfigError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LLMCLI_LOCAL_CACHE", str(blocker / "cache"))
+    with pytest.raises(ConfigError) as info:
+        loader.convert_gguf(tiny_gguf, show_progress=False)
+    assert str(info.value) == (f"Cannot write the local model cache {blocker / 'cache'}: "
+                               "Not a directory; set LLMCLI_CACHE_PATH to a writable "
+                               "directory")
+
+
+def test_conversion_progress_is_one_line_of_stages(tiny_gguf: Path, cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from llmcli_local import loader
+
+    from llmcli import progress
+
+    shown: list[str] = []
+    real_set = progress.StatusLine.set
+
+    def record(self: progress.StatusLine, text: str, since: float | None = None) -> None:
+        shown.append(text)
+        real_set(self, text, since)
+
+    monkeypatch.setattr(progress.StatusLine, "set", record)
+    monkeypatch.setattr(progress, "is_terminal", lambda stream: True)
+    loader.convert_gguf(tiny_gguf)
+    title = f"Converting {tiny_gguf.name} (once)"
+    stages = [text.removeprefix(title + ": ") for text in shown if text.startswith(title)]
+    assert stages[:3] == [title, "reading the tokenizer", "reading the weights"]
+    tensors = [s for s in stages if s.startswith("dequantizing tensors ")]
+    assert tensors and tensors[-1].split()[-1].split("/")[0] == tensors[-1].split("/")[-1]
+    assert stages[-1] == "writing the cache"
+    err = capsys.readouterr().err
+    assert "ETA" not in err and "it/s" not in err and err.endswith("\r\x1b[K")
+    # Off a terminal: one plain line.
+    monkeypatch.setattr(progress, "is_terminal", lambda stream: False)
+    monkeypatch.setenv("LLMCLI_LOCAL_CACHE", str(cache / "again"))
+    loader.convert_gguf(tiny_gguf)
+    assert capsys.readouterr().err == (
+        f"Converting {tiny_gguf.name} into the local cache (once)...\n")
 
 
 def test_a_registered_gguf_runs_and_remove_deletes_its_cache(

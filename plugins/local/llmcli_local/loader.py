@@ -2,6 +2,10 @@
 reads that cache into the backend :func:`llmcli_local.backend.choose_backend` picks; loaded
 backends stay in memory for the life of the process (one model per device).
 
+The cache lives in llmcli's cache directory, not the user directory, and is keyed by the
+GGUF's content (SHA-256): every user directory, and every copy of the file, shares one
+conversion.
+
 torch and transformers are imported inside the functions, never at module import; the lean
 backend never imports transformers.
 """
@@ -9,6 +13,7 @@ backend never imports transformers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,19 +21,23 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from llmcli import progress
 from llmcli.errors import ConfigError
 from llmcli_local.backend import Backend, BackendOptions, BackendRequest, choose_backend
 from llmcli_local.sources import ModelSource, cache_root
 
 __all__ = ["cache_dir_for", "convert_gguf", "load", "loaded_models", "pick_device",
-           "unload_all"]
+           "source_sha256", "unload_all"]
 
 #: Written last into a cache directory; without it the directory is an interrupted conversion.
 _MARKER = "llmcli-local.json"
+#: Remembered hashes: a file per (path, size, mtime), so a file is read in full only once.
+_HASHES = ".sha256"
+_CHUNK = 1 << 20
 
 #: Loaded backends by (model path, device, backend name).
 _loaded: dict[tuple[str, str, str], Backend[Any]] = {}
@@ -43,11 +52,49 @@ def unload_all() -> None:
     _loaded.clear()
 
 
-def cache_dir_for(path: Path) -> Path:
-    """One cache directory per GGUF file version: keyed by its path, size and mtime."""
+def _quiet(stage: str) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _stages(title: str, show_progress: bool) -> Iterator[Callable[[str], None]]:
+    if not show_progress:
+        yield _quiet
+        return
+    with progress.stages(title) as show:
+        yield show
+
+
+def source_sha256(path: Path, show_progress: bool = False) -> str:
+    """The SHA-256 of ``path``'s content; remembered in the cache by its path, size and
+    modification time, so only a new or changed file is read in full."""
     stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return cache_root() / f"{path.stem}-{key.hexdigest()[:16]}"
+    version = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = cache_root() / _HASHES / hashlib.sha256(version.encode()).hexdigest()[:32]
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        known = memo.read_text().strip()
+        if len(known) == 64:
+            return known
+    digest = hashlib.sha256()
+    with _stages(f"Reading {path.name}", show_progress) as show, path.open("rb") as f:
+        done = 0
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if done % (64 * _CHUNK) < _CHUNK:
+                show(f"{done * 100 // max(stat.st_size, 1)}%")
+    found = digest.hexdigest()
+    with contextlib.suppress(OSError):  # only a memo: a read-only cache costs a re-read
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(found)
+        os.replace(tmp, memo)
+    return found
+
+
+def cache_dir_for(path: Path, show_progress: bool = False) -> Path:
+    """One cache directory per GGUF content, wherever the file is and whoever runs it."""
+    return cache_root() / source_sha256(path, show_progress)[:32]
 
 
 def _offline() -> None:
@@ -58,9 +105,9 @@ def _offline() -> None:
 
 
 @contextlib.contextmanager
-def _tensor_progress(bar: Any) -> Iterator[None]:
+def _tensor_progress(show: Callable[[str], None]) -> Iterator[None]:
     """transformers' GGUF loader draws its own per-tensor tqdm bar (ignoring its progress-bar
-    switch); route it into ours so a conversion shows one bar, and none off a terminal."""
+    switch); count its tensors on our status line instead, so a conversion shows one line."""
     try:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:
@@ -73,11 +120,9 @@ def _tensor_progress(bar: Any) -> Iterator[None]:
 
     def tensors(iterable: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
         items = list(iterable)
-        bar.total += len(items)
-        bar.refresh()
-        for item in items:
+        for done, item in enumerate(items, 1):
             yield item
-            bar.update()
+            show(f"dequantizing tensors {done}/{len(items)}")
 
     gguf_utils.tqdm = tensors
     try:
@@ -86,62 +131,39 @@ def _tensor_progress(bar: Any) -> Iterator[None]:
         gguf_utils.tqdm = original
 
 
+_CANNOT_WRITE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _cannot_write(directory: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"Cannot write the local model cache {directory}: {exc.strerror or exc}; set "
+        "LLMCLI_CACHE_PATH to a writable directory"
+    )
+
+
 def convert_gguf(path: Path, show_progress: bool = True) -> Path:
-    """Dequantize ``path`` into its cache directory (once) and return that directory."""
-    target = cache_dir_for(path)
+    """Dequantize ``path`` into its cache directory (once) and return that directory.
+
+    Progress is one status line on a terminal's stderr, stage by stage with the seconds
+    spent (reading the tokenizer, dequantizing tensors n/N, writing the cache), and one
+    plain line when stderr is not a terminal."""
+    target = cache_dir_for(path, show_progress)
     if (target / _MARKER).is_file():
         return target
     _offline()
-    from tqdm import tqdm
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary sibling, then rename: a crash never leaves a half-written cache.
-    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    interactive = show_progress and sys.stderr.isatty()
-    if show_progress and not interactive:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build in a temporary sibling, then rename: a crash never leaves a half-written
+        # cache.
+        work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    except OSError as exc:
+        raise _cannot_write(target.parent, exc) from exc
+    if show_progress and not progress.is_terminal(sys.stderr):
         # Logs and pipes get one line instead of carriage-return redraws.
         print(f"Converting {path.name} into the local cache (once)...", file=sys.stderr)
-    # One bar: the tokenizer, each dequantized tensor, then writing the cache.
-    bar = tqdm(total=2, desc=f"Converting {path.name} (once)", file=sys.stderr,
-               disable=not interactive, unit="step")
     try:
-        import torch
-        from safetensors.torch import save_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from llmcli_local.transformers_backend import quiet_transformers
-
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(path.parent), gguf_file=path.name, local_files_only=True
-            )
-        bar.update()
-        with quiet_transformers(), _tensor_progress(bar):
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                local_files_only=True,
-            )
-        # save_pretrained refuses GGUF-loaded models; save the pieces ourselves.
-        model_config = model.config
-        if hasattr(model_config, "quantization_config"):
-            del model_config.quantization_config
-        model_config.save_pretrained(work)
-        model.generation_config.save_pretrained(work)
-        tokenizer.save_pretrained(work)
-        state = model.state_dict()
-        if getattr(model_config, "tie_word_embeddings", False):
-            # Shared storage cannot be saved twice; from_pretrained re-ties it.
-            state.pop("lm_head.weight", None)
-        save_file(
-            {k: v.contiguous() for k, v in state.items()}, str(work / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        stat = path.stat()
-        (work / _MARKER).write_text(json.dumps(
-            {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        ))
-        bar.update()
-        del model
+        with _stages(f"Converting {path.name} (once)", show_progress) as show:
+            _convert(path, work, show)
         if target.exists() and not (target / _MARKER).is_file():
             shutil.rmtree(target, ignore_errors=True)  # debris without its marker
         try:
@@ -152,14 +174,58 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
                 raise
     except ConfigError:
         raise
+    except OSError as exc:
+        if exc.errno not in _CANNOT_WRITE:
+            raise ConfigError(f"Could not convert {path}: {exc}".splitlines()[0]) from exc
+        raise _cannot_write(target.parent, exc) from exc
     except Exception as exc:
         raise ConfigError(
             f"Could not convert {path}: {type(exc).__name__}: {exc}".splitlines()[0]
         ) from exc
     finally:
-        bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _convert(path: Path, work: Path, show: Callable[[str], None]) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmcli_local.transformers_backend import quiet_transformers
+
+    show("reading the tokenizer")
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path.parent), gguf_file=path.name, local_files_only=True
+        )
+    show("reading the weights")
+    with quiet_transformers(), _tensor_progress(show):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32,
+            local_files_only=True,
+        )
+    show("writing the cache")
+    # save_pretrained refuses GGUF-loaded models; save the pieces ourselves.
+    model_config = model.config
+    if hasattr(model_config, "quantization_config"):
+        del model_config.quantization_config
+    model_config.save_pretrained(work)
+    model.generation_config.save_pretrained(work)
+    tokenizer.save_pretrained(work)
+    state = model.state_dict()
+    if getattr(model_config, "tie_word_embeddings", False):
+        # Shared storage cannot be saved twice; from_pretrained re-ties it.
+        state.pop("lm_head.weight", None)
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(work / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    stat = path.stat()
+    (work / _MARKER).write_text(json.dumps({
+        "source": str(path.resolve()), "sha256": source_sha256(path), "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }))
 
 
 def pick_device(requested: str = "auto") -> str:

@@ -40,9 +40,11 @@ class ModelSource:
 
 
 def cache_root() -> Path:
-    """``LLMCLI_LOCAL_CACHE`` when set (tests share one across a run), else the user dir."""
+    """Where converted weights live: ``LLMCLI_LOCAL_CACHE`` when set (tests share one across
+    a run), else ``local/`` in llmcli's cache directory (``config.cache_dir()``: the
+    platform's, or ``LLMCLI_CACHE_PATH``), shared by every user directory."""
     env = os.environ.get("LLMCLI_LOCAL_CACHE")
-    return Path(env) if env else config.user_dir() / "local" / "cache"
+    return Path(env) if env else config.cache_dir() / "local"
 
 
 def smollm2_path() -> Path:
