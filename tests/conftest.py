@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,14 +16,60 @@ import pytest
 from llmcli import plugins
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_worker_left_behind() -> Iterator[None]:
+    """Keep-alive workers started by the run live in its own run directory (never the
+    user's), and are stopped, then killed, when the run ends."""
+    # Short on purpose: a Unix socket's path must fit in 107 bytes.
+    runtime = tempfile.mkdtemp(prefix="llt", dir="/tmp")
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = runtime
+    try:
+        yield
+    finally:
+        _stop_workers(Path(runtime))
+        if previous is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = previous
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _stop_workers(runtime: Path) -> None:
+    try:
+        from llmcli_local.keepalive import client
+    except ImportError:
+        return
+    directory = runtime / "llmcli"
+    pids = []
+    for path in sorted(directory.glob("*.sock")) if directory.is_dir() else []:
+        answer = client.ask(path, "stop")
+        if answer and "worker" in answer:
+            pids.append(int(answer["worker"]["pid"]))
+    deadline = time.monotonic() + 5
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture(autouse=True)
 def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = tmp_path / "user"
     monkeypatch.setenv("LLMCLI_USER_PATH", str(path))
     monkeypatch.setenv("LLMCLI_LOAD_PLUGINS", "")
     for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MISTRAL_API_KEY", "ANTHROPIC_BASE_URL",
-                "OPENAI_BASE_URL", "MISTRAL_BASE_URL", "LLMCLI_DEBUG", "LLMCLI_LOCAL_KEEP_ALIVE"):
+                "OPENAI_BASE_URL", "MISTRAL_BASE_URL", "LLMCLI_DEBUG"):
         monkeypatch.delenv(var, raising=False)
+    # Local models keep a worker alive for 5 minutes by default: never from a test, unless
+    # the test asks (-o keep_alive, or its own LLMCLI_LOCAL_KEEP_ALIVE).
+    monkeypatch.setenv("LLMCLI_LOCAL_KEEP_ALIVE", "0")
     plugins.reset(clear_extra=True)
     yield path
     plugins.reset(clear_extra=True)

@@ -161,8 +161,8 @@ def test_the_next_call_is_served_by_the_worker_with_the_same_text(workers: Worke
     assert workers.cli("local", "stop").stdout == "No keep-alive workers are running\n"
     assert workers.cli("local", "workers").stdout == "No keep-alive workers are running\n"
     assert json.loads(workers.cli("local", "workers", "--json").stdout) == []
-    # Without keep-alive nothing is started.
-    workers.ask()
+    # With keep-alive off nothing is started.
+    workers.ask("-o", "keep_alive", "0")
     time.sleep(0.5)
     assert workers.sockets() == []
 
@@ -344,6 +344,9 @@ def test_keep_alive_durations(load_plugins: Any, monkeypatch: pytest.MonkeyPatch
     for given, seconds in (("5m", 300), ("90s", 90), ("1h", 3600), ("0", 0), (30, 30),
                            ("2.5", 2.5)):
         assert model.Options(keep_alive=given).keep_alive == seconds
+    monkeypatch.delenv("LLMCLI_LOCAL_KEEP_ALIVE")
+    assert model.Options().keep_alive == 300  # five minutes, as Ollama
+    monkeypatch.setenv("LLMCLI_LOCAL_KEEP_ALIVE", "0")
     assert model.Options().keep_alive == 0
     for bad in ("soon", "-1", "9999h", True):
         with pytest.raises(OptionsError, match="keep_alive"):
@@ -373,3 +376,56 @@ def test_a_run_directory_too_deep_for_a_socket_is_not_used(
         assert WorkerAddress.for_model("tiny", source, "auto", BackendOptions())
     finally:
         shutil.rmtree(short)
+
+
+def test_keep_alive_is_on_by_default_for_five_minutes(workers: Workers) -> None:
+    """A user who sets nothing gets a worker that stays for 5 minutes; the test suite itself
+    runs with LLMCLI_LOCAL_KEEP_ALIVE=0 (tests/script.py), so its calls start none."""
+    workers.ask()
+    time.sleep(0.5)
+    assert workers.sockets() == []  # the suite's default: off
+    del workers.env["LLMCLI_LOCAL_KEEP_ALIVE"]
+    first = workers.ask()
+    info = workers.ping()
+    assert info["keep_alive"] == 300
+    assert workers.ask() == first
+
+
+def test_concurrent_clients_are_batched_by_the_worker(workers: Workers) -> None:
+    """Several callers at once: the worker serves them together (their decode steps batched
+    by its scheduler) instead of one after the other, with the text each gets alone."""
+    from llmcli_local.backend import BackendOptions
+
+    import dataclasses
+
+    workers.ask("-o", "keep_alive", "60")
+    pid = workers.ping()["pid"]
+    # The running worker's own socket (a key computed now would change with any code edit).
+    address = dataclasses.replace(_address(workers), key=workers.sockets()[0].stem)
+    messages = [{"role": "user", "content": "Hi"}]
+    prefills = ["def quicksor", "The URL is http:", '["Cal', "This is a te"]
+
+    def ask(prefill: str) -> tuple[str, Any]:
+        chunks = address.request(messages, prefill, {"max_tokens": 60}, BackendOptions(), 60)
+        assert chunks is not None
+        got = list(chunks)
+        return "".join(c for c in got if isinstance(c, str)), got[-1]
+
+    alone = [ask(prefill) for prefill in prefills]
+    assert all("batch" not in usage.details for _, usage in alone)
+    results: dict[int, tuple[str, Any]] = {}
+    barrier = threading.Barrier(len(prefills))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = ask(prefills[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prefills))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    together = [results[i] for i in range(len(prefills))]
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    assert all(usage.details["worker_pid"] == pid for _, usage in together)
+    assert max(usage.details.get("batch", 1) for _, usage in together) >= 2

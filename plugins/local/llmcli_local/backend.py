@@ -131,6 +131,7 @@ def end_of_turn_ids(declared: Iterable[Any], vocab: Mapping[str, int]) -> frozen
 
 #: A backend's KV cache for one sequence: only the backend that made it reads it.
 CacheT = TypeVar("CacheT")
+CacheIn = TypeVar("CacheIn", contravariant=True)
 
 
 class Scores(Protocol):
@@ -220,12 +221,12 @@ class Backend(Protocol[CacheT]):
         ...
 
 
-class BatchStep(Protocol[CacheT]):
+class BatchStep(Protocol[CacheIn]):
     """A backend that steps several sequences in one forward pass (continuous batching):
     every weight is read once for all of them. The lean backend has it; the scheduler runs
     a backend without it one sequence at a time."""
 
-    def step_batch(self, caches: Sequence[CacheT], tokens: Sequence[int]) -> torch.Tensor:
+    def step_batch(self, caches: Sequence[CacheIn], tokens: Sequence[int]) -> torch.Tensor:
         """Logits (fp32), shape (rows, vocab): row ``i`` after ``tokens[i]`` at the next
         position of ``caches[i]``; each cache advances by one."""
         ...

@@ -11,7 +11,11 @@ from pydantic import Field, field_validator, model_validator
 import llmcli
 from llmcli.models import StrList
 
-__all__ = ["LocalOptions", "parse_duration"]
+__all__ = ["DEFAULT_KEEP_ALIVE", "LocalOptions", "parse_duration"]
+
+#: How long a local model stays loaded in its background worker after a call, unless
+#: ``-o keep_alive`` or ``LLMCLI_LOCAL_KEEP_ALIVE`` says otherwise (Ollama's default too).
+DEFAULT_KEEP_ALIVE = "5m"
 
 
 def parse_duration(value: Any) -> float:
@@ -71,10 +75,10 @@ class LocalOptions(llmcli.Options):
         "else transformers; or force lean or transformers",
     )
     keep_alive: float = Field(
-        default_factory=lambda: os.environ.get("LLMCLI_LOCAL_KEEP_ALIVE", "0"),
+        default_factory=lambda: os.environ.get("LLMCLI_LOCAL_KEEP_ALIVE", DEFAULT_KEEP_ALIVE),
         validate_default=True,
         description="Keep the model loaded in a background worker this long after a call "
-        "(300, 90s, 5m, 1h; 0 = off; default LLMCLI_LOCAL_KEEP_ALIVE)",
+        "(300, 90s, 5m, 1h; 0 = off; default 5m, or LLMCLI_LOCAL_KEEP_ALIVE)",
     )
 
     @field_validator("keep_alive", mode="before")

@@ -85,7 +85,7 @@ class Handle:
         if isinstance(item, BaseException):
             self._items.put(_END)
             raise item
-        return item  # type: ignore[no-any-return]
+        return item
 
     def text(self) -> str:
         """Every text chunk (what is left of them), joined; waits for the end."""

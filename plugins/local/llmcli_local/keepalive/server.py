@@ -1,6 +1,7 @@
 """The keep-alive worker process: ``python -m llmcli_local.keepalive.server SPEC`` loads one
-model and answers requests on its Unix socket, one at a time, until it has been idle for its
-keep-alive time or is asked to stop."""
+model and answers requests on its Unix socket, several at once (their generations batched by
+the model's :mod:`~llmcli_local.scheduler`), until it has been idle for its keep-alive time
+or is asked to stop."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import contextlib
 import os
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,49 +34,81 @@ __all__ = ["Worker", "main"]
 
 
 class Worker:
-    """Serves one loaded model on a listening socket."""
+    """Serves one loaded model on a listening socket: each connection on its own thread, every
+    generation submitted to the model's scheduler, so concurrent clients are batched."""
 
     def __init__(self, spec: WorkerSpec, backend: Backend[Any]) -> None:
         self.spec = spec
         self.source = ModelSource(spec.format, Path(spec.path))
         self.backend = backend
         self.idle = float(spec.keep_alive)
+        self._lock = threading.Lock()
+        self._active = 0
+        self._last = time.monotonic()
+        self._stop = threading.Event()
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "model": self.spec.name, "path": self.spec.path,
                 "device": self.backend.device, "engine": self.backend.name,
                 "keep_alive": self.idle}
 
+    def _idle_for(self) -> float | None:
+        """Seconds left before the worker has been idle for its keep-alive time (None while a
+        connection is open)."""
+        with self._lock:
+            if self._active:
+                return None
+            return self._last + self.idle - time.monotonic()
+
     def serve(self, server: socket.socket) -> None:
-        while True:
-            server.settimeout(self.idle)
+        while not self._stop.is_set():
+            left = self._idle_for()
+            if left is not None and left <= 0:
+                return
+            # Wake now and then to see a stop, or the idle time run out.
+            server.settimeout(min(left, 0.5) if left is not None else 0.5)
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                return
+                continue
+            with self._lock:
+                self._active += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True,
+                             name="llmcli-local-connection").start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
             with conn:
-                conn.settimeout(30)  # for the request line; replies then block as needed
-                try:
-                    with conn.makefile("rb") as reader:
-                        request = read_message(reader) or {}
-                    conn.settimeout(None)
-                    op = request.get("op")
-                    if request.get("v") != PROTOCOL:
-                        send(conn, {"e": {"type": "ProviderError",
-                                          "message": "local worker protocol mismatch"}})
-                    elif op == "stop":
-                        send(conn, {"worker": self.info()})
-                        return
-                    elif op == "ping":
-                        send(conn, {"worker": self.info()})
-                    elif op == "generate":
-                        self.idle = parse_duration(request.get("keep_alive", self.idle))
-                        self.generate(conn, request)
-                except (OSError, ValueError):
-                    continue  # a client that went away or spoke nonsense: serve the next
+                self._answer(conn)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._last = time.monotonic()
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(30)  # for the request line; replies then block as needed
+        try:
+            with conn.makefile("rb") as reader:
+                request = read_message(reader) or {}
+            conn.settimeout(None)
+            op = request.get("op")
+            if request.get("v") != PROTOCOL:
+                send(conn, {"e": {"type": "ProviderError",
+                                  "message": "local worker protocol mismatch"}})
+            elif op == "stop":
+                send(conn, {"worker": self.info()})
+                self._stop.set()
+            elif op == "ping":
+                send(conn, {"worker": self.info()})
+            elif op == "generate":
+                with self._lock:
+                    self.idle = parse_duration(request.get("keep_alive", self.idle))
+                self.generate(conn, request)
+        except (OSError, ValueError):
+            pass  # a client that went away or spoke nonsense: serve the next
 
     def generate(self, conn: socket.socket, message: dict[str, Any]) -> None:
-        from llmcli_local import decode, loader
+        from llmcli_local import decode, loader, scheduler
 
         try:
             request = GenerateRequest.from_message(message)
@@ -83,13 +118,14 @@ class Worker:
                                       engine=self.spec.engine,
                                       kv_cache=request.backend.kv_cache,
                                       cuda_graphs=request.backend.cuda_graphs))
-            chunks = decode.generate(backend, request.messages, request.prefill,
-                                     decode.GenerationSettings(**request.settings))
+            handle = scheduler.shared(backend).submit(
+                request.messages, request.prefill,
+                decode.GenerationSettings(**request.settings), backend)
         except Exception as exc:  # noqa: BLE001 - reported to the client, worker carries on
             send(conn, error_message(exc))
             return
         try:
-            for chunk in chunks:
+            for chunk in handle:
                 if isinstance(chunk, str):
                     send(conn, text_message(chunk))
                 else:
@@ -101,7 +137,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 send(conn, error_message(exc))
         finally:
-            chunks.close()
+            handle.cancel()
 
 
 def main(argv: list[str]) -> int:
