@@ -40,6 +40,12 @@ def test_save_stores_prompt_system_model_options_and_prefill(run, user_dir: Path
     assert "summ.json" in result.stderr
 
 
+def test_save_keeps_the_prompt_argument_not_piped_input(run, user_dir: Path) -> None:
+    assert run("Translate: $input", "--save", "tr", input="piped text\n").exit_code == 0
+    saved = json.loads((user_dir / "templates" / "tr.json").read_text())
+    assert saved == {"prompt": "Translate: $input"}
+
+
 def test_template_fills_variables_and_carries_the_prefill(run, test_models) -> None:
     run("Summarize $input in $n words", "-s", "You write for $who", "-m", "test-eats",
         "--prefill", "Summary:", "-o", "reply", " short.", "--save", "summ")
@@ -103,7 +109,10 @@ def test_template_errors_are_one_line(run, user_dir: Path) -> None:
     one_line_error(run("--save", "empty"), "Nothing to save")
     one_line_error(run("x", "--save", "t", "-m", "test-eats", "-o", "bogus", "1"),
                    "Unknown option 'bogus' for test-eats")
-    one_line_error(run("x", "--save", "t", "-c"), "--save")
+    one_line_error(run("x", "--save", "t", "-c"), "--save cannot be combined with -c/--cid")
+    one_line_error(run("x", "--save", "t", "-t", "other"),
+                   "--save cannot be combined with -t/--template")
+    assert not (user_dir / "templates" / "t.json").exists()
     folder = user_dir / "templates"
     folder.mkdir(parents=True)
     (folder / "bad.json").write_text("{not json")

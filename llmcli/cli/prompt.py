@@ -182,8 +182,10 @@ def prompt(
 
     if save_as is not None:
         _save_template(save_as, prompt, system, model_name, prefill, options, params, extract,
-                       fragments, system_fragments, continue_ or bool(conversation_id),
-                       bool(schema or schema_multi))
+                       fragments, system_fragments, refused={
+                           "-t/--template": template_name is not None,
+                           "-c/--cid": continue_ or conversation_id is not None,
+                           "--schema": bool(schema or schema_multi)})
         return
 
     if extract and as_json:
@@ -287,13 +289,14 @@ def _save_template(name: str, prompt: str | None, system: str | None, model: str
                    prefill: str | None, options: tuple[tuple[str, str], ...],
                    params: tuple[tuple[str, str], ...], extract: bool,
                    fragments: tuple[str, ...], system_fragments: tuple[str, ...],
-                   continues: bool, has_schema: bool) -> None:
+                   refused: dict[str, bool]) -> None:
+    """``--save NAME``: the PROMPT argument, not piped input (that is the template's input
+    when it is used), and the options that make a template."""
     from llmcli.cli.templates import save_template, template_from_command
 
-    if continues:
-        raise InputError("--save stores a template, not a conversation: drop -c/--cid")
-    if has_schema:
-        raise InputError("--save does not store --schema yet: drop it to save the rest")
+    given = [flag for flag, used in refused.items() if used]
+    if given:
+        raise InputError(f"--save cannot be combined with {', '.join(given)}")
     template = template_from_command(
         name, prompt=prompt, system=system, model=model, prefill=prefill, options=options,
         params=params, extract=extract, fragments=fragments, system_fragments=system_fragments)
