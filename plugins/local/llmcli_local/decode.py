@@ -50,6 +50,8 @@ class GenerationSettings:
     #: The old switch: False means ``prefill_mode="none"``.
     token_healing: bool = True
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Constrained decoding: llguidance's grammar text (:mod:`llmcli_local.grammar`), or None.
+    grammar: str | None = None
 
     @property
     def mode(self) -> PrefillMode:
@@ -131,11 +133,20 @@ class Prepared:
     #: ``exact`` with a prefill: its bytes and the tokenizer's draft split of them.
     exact_prefill: bytes | None = None
     first_draft: list[int] = field(default_factory=list)
+    #: The grammar's state (:class:`llmcli_local.grammar.Constraint`), the prefill checked.
+    constraint: Any = None
 
 
 def prepare(backend: Backend[Any], messages: Messages, prefill: str,
             settings: GenerationSettings) -> Prepared:
     """Render and tokenize the prompt (template and prefill); no forward pass."""
+    prepared = _prepare(backend, messages, prefill, settings)
+    prepared.constraint = grammar_constraint(backend, settings, prefill)
+    return prepared
+
+
+def _prepare(backend: Backend[Any], messages: Messages, prefill: str,
+             settings: GenerationSettings) -> Prepared:
     context = backend.context_length or 1 << 30
     if settings.mode == "exact" and prefill:
         template = render(backend, messages, "", settings.template_kwargs)
@@ -174,10 +185,41 @@ def start(backend: Backend[Any], prepared: Prepared, settings: GenerationSetting
         pending = prepared.pending
         input_tokens, forward_passes = len(prepared.ids), 1
         prefill_tokens = None
-    return Decoding(backend, settings, logits=logits, cache=cache, pending=pending,
-                    allowed=allowed, budget=budget, input_tokens=input_tokens,
-                    forward_passes=forward_passes, prefill_tokens=prefill_tokens,
-                    started=started)
+    sequence = Decoding(backend, settings, logits=logits, cache=cache, pending=pending,
+                        allowed=allowed, budget=budget, input_tokens=input_tokens,
+                        forward_passes=forward_passes, prefill_tokens=prefill_tokens,
+                        started=started)
+    if prepared.constraint is not None:
+        # The grammar takes the prefill's bytes that are in the cache; the bytes still owed
+        # go with the next token, which both constraints then choose.
+        prepared.constraint.feed_prefill(owed=len(pending))
+        sequence.constraint = prepared.constraint
+    return sequence
+
+
+# -- constrained decoding (llmcli_local.grammar): small hooks, used only with a grammar
+
+
+def grammar_constraint(backend: Backend[Any], settings: GenerationSettings,
+                       prefill: str) -> Any:
+    """The grammar's state for a call, or None; a prefill the grammar cannot start with
+    fails here, before any forward pass."""
+    if settings.grammar is None:
+        return None
+    from llmcli_local import grammar
+
+    tokenizer = grammar.tokenizer_for(backend.vocab, backend.eos_ids, backend.encode)
+    constraint = grammar.Constraint(tokenizer, settings.grammar)
+    constraint.check_prefill(prefill.encode("utf-8"))
+    return constraint
+
+
+def _grammar_mask(constraint: Any, logits: torch.Tensor) -> torch.Tensor:
+    masked = constraint.apply(logits)
+    if not bool(torch.isfinite(masked).any()):
+        raise ConfigError("Constrained decoding: no token can continue both the prefill and "
+                          "the grammar")
+    return masked
 
 
 class Decoding:
@@ -215,6 +257,10 @@ class Decoding:
         self.done = False
         self.first_text_at: float | None = None
         self.prompt_seconds = time.perf_counter() - started
+        #: The grammar's state with a schema or grammar (:mod:`llmcli_local.grammar`).
+        self.constraint: Any = None
+        #: Tokens the grammar forced, taken without a choice (run in one pass each run).
+        self.forced_tokens = 0
 
     def choose(self) -> int:
         """The next token from ``logits`` (constrained while the prefill is not covered)."""
@@ -224,6 +270,8 @@ class Decoding:
             logits = self.logits
             if self.pending:
                 logits = _constrain(logits, self.allowed(self.pending))
+            if self.constraint is not None:
+                logits = _grammar_mask(self.constraint, logits)
             return sample_next(logits, self.settings, self.generator)
 
     def advance(self, token: int) -> str:
@@ -234,6 +282,8 @@ class Decoding:
             self.stop_reason = StopReason.END_TURN
             self.done = True
             return ""
+        if self.constraint is not None:
+            self.constraint.consume(token)
         piece = self.backend.vocab.bytes_of(token)
         if self.pending:
             self.pending = b"" if piece.startswith(self.pending) else self.pending[len(piece):]
@@ -243,9 +293,45 @@ class Decoding:
         if self.stream.stopped:
             self.stop_reason = StopReason.STOP_SEQUENCE
             self.done = True
+        elif self.constraint is not None and self.constraint.stopped:
+            # The grammar is complete and allows nothing more: the reply ends here.
+            self.stop_reason = StopReason.END_TURN
+            self.done = True
         elif self.produced >= self.budget:
             self.done = True
         return text
+
+    def forced(self) -> list[int]:
+        """Tokens the grammar forces next (none without a grammar, or while prefill bytes
+        are owed): the caller takes them with :meth:`advance` and runs them in one pass."""
+        if self.constraint is None or self.pending or self.done:
+            return []
+        return self.constraint.forced()[: self.budget - self.produced]
+
+    def extended(self, run: Sequence[int], scores: Any) -> None:
+        """The logits after a run of tokens (a sampled one and those forced after it),
+        from one pass over the run."""
+        self.logits = scores.full(len(run) - 1)
+        self.forward_passes += 1
+        self.forced_tokens += len(run) - 1
+
+    def advance_run(self, token: int) -> tuple[list[int], str]:
+        """:meth:`advance` with ``token``, then with each token the grammar forces after it
+        (none without a grammar): the run the next pass takes, and its text."""
+        run, text = [token], self.advance(token)
+        for forced in self.forced():
+            run.append(forced)
+            text += self.advance(forced)
+            if self.done:
+                break
+        return run, text
+
+    def step_run(self, run: Sequence[int]) -> None:
+        """The next pass over ``run``: one step for one token, else one pass over all."""
+        if len(run) == 1:
+            self.stepped(self.backend.step(self.cache, run[0]))
+        else:
+            self.extended(run, self.backend.extend(self.cache, run))
 
     def stepped(self, logits: torch.Tensor) -> None:
         """The logits after the last token, from one more forward step."""
@@ -277,6 +363,8 @@ class Decoding:
                 "decode_tokens_per_second": round(
                     max(self.produced - 1, 0) / decode_seconds, 2),
                 "device": self.backend.device,
+                **({"forced_tokens": self.forced_tokens}
+                   if self.constraint is not None else {}),
             },
         )
 
@@ -288,13 +376,13 @@ def generate(backend: Backend[Any], messages: Messages, prefill: str,
     started = time.perf_counter()
     sequence = start(backend, prepare(backend, messages, prefill, settings), settings, started)
     while True:
-        token = sequence.choose()
-        text = sequence.advance(token)
+        # Where a grammar leaves one way on, those tokens go with this one in one pass.
+        run, text = sequence.advance_run(sequence.choose())
         if text:
             yield text
         if sequence.done:
             break
-        sequence.stepped(backend.step(sequence.cache, token))
+        sequence.step_run(run)
     tail = sequence.finish()
     if tail:
         yield tail

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import llmcli
-from llmcli.capabilities import PrefillSupport
+from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.models import Chunk, Request
 from llmcli_local.backend import BackendOptions
 from llmcli_local.options import LocalOptions
@@ -20,6 +20,8 @@ class LocalModel(llmcli.Model):
     """A model whose weights are on this machine, run by our PyTorch runtime."""
 
     prefill_support = PrefillSupport.EATS_PREFIX
+    #: Constrained decoding (llguidance): every token is chosen within the schema.
+    schema_support = SchemaSupport.NATIVE
     can_stream = True
     needs_key = None
     Options = LocalOptions  # type: ignore[assignment]  # as llmcli.remote does
@@ -57,6 +59,10 @@ class LocalModel(llmcli.Model):
             top_p=options.top_p, top_k=options.top_k, seed=options.seed, stop=list(options.stop),
             prefill_mode=options.prefill_mode, template_kwargs=template_kwargs,
         )
+        if request.schema is not None:
+            from llmcli_local.grammar import from_schema
+
+            settings["grammar"] = from_schema(request.schema)
         backend_options = BackendOptions.of(options)
         worker = None
         if options.keep_alive > 0 and not _loaded_here(source):

@@ -135,6 +135,8 @@ class _Entry:
     started: float
     sequence: decode.Decoding | None = None
     token: int = -1
+    #: The tokens its next pass takes: ``token``, then any a grammar forces after it.
+    run: list[int] = field(default_factory=list)
     #: The KV positions reserved for it while it runs.
     reserved: int = field(default=0)
     #: The most sequences it took a decode step with (itself included).
@@ -315,8 +317,8 @@ class Scheduler:
                 self._leave(entry, CANCELLED)
                 continue
             try:
-                entry.token = sequence.choose()
-                text = sequence.advance(entry.token)
+                entry.run, text = sequence.advance_run(sequence.choose())
+                entry.token = entry.run[0]
             except Exception as exc:  # noqa: BLE001
                 self._leave(entry, "error", error=exc)
                 continue
@@ -326,6 +328,14 @@ class Scheduler:
                 self._leave(entry)
             else:
                 moving.append(entry)
+        for entry in [e for e in moving if len(e.run) > 1]:
+            # Forced tokens (a grammar): this sequence takes its run in a pass of its own.
+            moving.remove(entry)
+            try:
+                assert entry.sequence is not None
+                entry.sequence.step_run(entry.run)
+            except Exception as exc:  # noqa: BLE001
+                self._leave(entry, "error", error=exc)
         if not moving:
             return
         self.steps += 1

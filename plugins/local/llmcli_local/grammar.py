@@ -1,0 +1,200 @@
+"""Constrained decoding for the local runtime, on llguidance.
+
+A :class:`Constraint` follows one sequence: llguidance's matcher over the model's token
+bytes, fed the prefill first, then every generated token. At each step it masks the logits
+(:meth:`Constraint.apply`, one bitmask per step, computed in Rust), and where the grammar
+leaves only one way on (fixed keys, punctuation) it names the forced tokens
+(:meth:`Constraint.forced`), which the decode loop runs in one pass instead of one step each.
+
+Grammars: a JSON Schema (:func:`from_schema`), a Lark grammar, or a GBNF one (llama.cpp's
+format; :func:`from_text` tells them apart). What crosses to a keep-alive worker is the
+grammar's text (:data:`GrammarText`), compiled again there.
+
+Imported only when a local model runs with a grammar (it imports torch and llguidance).
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import llguidance
+import torch
+
+from llmcli.errors import ConfigError
+from llmcli_local.healing import Vocab
+
+__all__ = ["Constraint", "GrammarText", "closed", "from_schema", "from_text", "mask_rows",
+           "tokenizer_for"]
+
+#: llguidance's grammar format (a JSON string, or Lark text): what a worker receives.
+GrammarText = str
+
+#: JSON the way models write it inline: ``{"a": 1, "b": [2, 3]}``. Without free whitespace
+#: the keys, colons and commas are forced (and run in one pass); a prefill must use the same
+#: separators.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
+                                "key_separator": ": "}
+
+
+def from_schema(schema: dict[str, Any]) -> GrammarText:
+    """llguidance's grammar for a JSON Schema, objects closed (:func:`closed`)."""
+    return str(llguidance.LLMatcher.grammar_from_json_schema(
+        closed(schema), defaults=JSON_OPTIONS))  # type: ignore[arg-type]
+
+
+def closed(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that lists its
+    properties and says nothing of others. JSON Schema allows extra keys by default, and a
+    small model given the choice keeps inventing them; a reply without them still conforms
+    to the schema as written (OpenAI's strict mode asks the same)."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed(v) if k not in ("enum", "const", "default", "examples") else v
+           for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def from_text(text: str) -> GrammarText:
+    """A grammar file's text: Lark (llguidance's own dialect) or GBNF (``root ::= ...``)."""
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    try:
+        lark = any_to_lark(text)
+    except Exception as exc:  # the converter raises plain exceptions on bad GBNF
+        raise ConfigError(f"Invalid grammar: {exc}") from None
+    return str(llguidance.LLMatcher.grammar_from_lark(lark))
+
+
+class _Wrapped:
+    """What ``llguidance.TokenizerWrapper`` reads: every id's bytes, and an encoder."""
+
+    def __init__(self, vocab: Vocab, eos: int, encode: Any) -> None:
+        # Special tokens have no bytes here; llguidance wants some: their id, unreachable.
+        self.tokens = [b if b is not None else f"<|special_{i}|>".encode()
+                       for i, b in enumerate(vocab.token_bytes)]
+        self.special_token_ids = [i for i, b in enumerate(vocab.token_bytes) if b is None]
+        self.eos_token_id = eos
+        self.bos_token_id = None
+        self._encode = encode
+
+    def __call__(self, text: str) -> list[int]:
+        return list(self._encode(text))
+
+
+_TOKENIZERS: weakref.WeakKeyDictionary[Vocab, llguidance.LLTokenizer] = (
+    weakref.WeakKeyDictionary())
+
+
+def tokenizer_for(vocab: Vocab, eos_ids: frozenset[int], encode: Any) -> llguidance.LLTokenizer:
+    """llguidance's tokenizer over a loaded model's vocabulary (built once per model)."""
+    cached = _TOKENIZERS.get(vocab)
+    if cached is None:
+        eos = sorted(eos_ids)
+        if not eos:
+            raise ConfigError("Constrained decoding needs a model with an end-of-turn token")
+        wrapped = llguidance.TokenizerWrapper(_Wrapped(vocab, eos[0], encode))
+        cached = llguidance.LLTokenizer(wrapped, n_vocab=len(vocab), eos_token=eos)
+        _TOKENIZERS[vocab] = cached
+    return cached
+
+
+class Constraint:
+    """One sequence's grammar state."""
+
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: GrammarText) -> None:
+        error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
+        if error and not error.startswith("WARNING"):
+            raise ConfigError(f"Invalid grammar: {error}")
+        self.tokenizer = tokenizer
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if self.matcher.is_error():
+            raise ConfigError(f"Invalid grammar: {self.matcher.get_error()}")
+        self._vocab = tokenizer.vocab_size
+        self._prefill = b""
+        self._bits = torch.arange(32, dtype=torch.int32)
+
+    def check_prefill(self, data: bytes) -> None:
+        """Check that the grammar can start with the prefill's bytes (before any forward
+        pass): a prefill it cannot start with is an error. Kept for :meth:`feed_prefill`."""
+        self._prefill = data
+        if not data:
+            return
+        probe = self.matcher.deep_copy()
+        tokens = self.tokenizer.tokenize_bytes(data)
+        accepted = probe.try_consume_tokens(tokens)
+        if accepted < len(tokens):
+            at = len(self.tokenizer.decode_bytes(tokens[:accepted])) if accepted else 0
+            raise ConfigError(
+                "The prefill cannot start a reply that matches the schema or grammar: after "
+                f"{data[:at].decode('utf-8', 'replace')!r}, "
+                f"{data[at:at + 20].decode('utf-8', 'replace')!r} is not allowed"
+                ' (JSON is written {"a": 1, "b": [2, 3]} here)')
+
+    def feed_prefill(self, owed: int = 0) -> None:
+        """Take the prefill's bytes but the last ``owed`` (those the next token must still
+        spell: it is chosen under this grammar's mask and the prefill's constraint both)."""
+        data = self._prefill[: len(self._prefill) - owed]
+        if data and not self.matcher.consume_tokens(self.tokenizer.tokenize_bytes(data)):
+            raise ConfigError(f"The prefill breaks the grammar: {self.matcher.get_error()}")
+
+    def allowed(self) -> torch.Tensor:
+        """The tokens the grammar allows next, as a bool tensor over the vocabulary."""
+        words = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.int32)
+        return ((words.unsqueeze(1) >> self._bits) & 1).flatten()[: self._vocab].bool()
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with every token the grammar forbids at -inf."""
+        allowed = self.allowed().to(logits.device)
+        out = torch.full_like(logits, float("-inf"))
+        width = min(len(allowed), logits.shape[-1])
+        out[:width] = torch.where(allowed[:width], logits[:width], out[:width])
+        return out
+
+    def consume(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise ConfigError(f"Constrained decoding: token {token} broke the grammar "
+                              f"({self.matcher.get_error()})")
+
+    def consume_all(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            self.consume(token)
+
+    def forced(self) -> list[int]:
+        """Tokens the grammar forces from here (possibly none)."""
+        if self.matcher.is_stopped():
+            return []
+        return list(self.matcher.compute_ff_tokens())
+
+    @property
+    def stopped(self) -> bool:
+        """The grammar is complete and allows nothing more (the reply ends here)."""
+        return bool(self.matcher.is_stopped())
+
+    @property
+    def accepting(self) -> bool:
+        return bool(self.matcher.is_accepting())
+
+
+def mask_rows(logits: torch.Tensor, constraints: Sequence[Constraint | None]) -> torch.Tensor:
+    """A batch's logits (rows, vocab), each row masked by its own sequence's constraint (or
+    left as it is): for the batched engine."""
+    rows = [c.apply(logits[i]) if c is not None else logits[i]
+            for i, c in enumerate(constraints)]
+    return torch.stack(rows) if rows else logits
+
+
+def describe(grammar: GrammarText) -> str:
+    """A short name for a grammar (usage details)."""
+    try:
+        data = json.loads(grammar)
+    except ValueError:
+        return "lark"
+    first = (data.get("grammars") or [{}])[0]
+    return "json_schema" if "json_schema" in first else "lark"
