@@ -28,9 +28,11 @@ __all__ = [
     "SchemaValidationError",
     "check_reply",
     "check_schema",
+    "closed",
     "concise_schema",
     "dumps",
     "instruction",
+    "is_strict",
     "multi",
     "parse_reply",
     "parse_schema",
@@ -135,6 +137,49 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
         raise InvalidSchemaError(
             f"Invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
     return schema
+
+
+def closed(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that lists its
+    properties and says nothing of others. JSON Schema allows extra keys by default; strict
+    providers (OpenAI, Anthropic) require objects closed, and a constrained model given the
+    choice keeps inventing keys. A reply to the closed schema conforms to the original."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _LITERAL_KEYWORDS else
+           {name: closed(sub) for name, sub in v.items()} if k in _SCHEMA_MAPS
+           and isinstance(v, dict) else closed(v)
+           for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+#: Keywords whose values are data, not schemas.
+_LITERAL_KEYWORDS = frozenset({"enum", "const", "default", "examples", "required",
+                               "description", "title", "pattern"})
+#: Keywords whose values map names to schemas (a property may be called "properties").
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+
+
+def is_strict(schema: Any) -> bool:
+    """Whether OpenAI's strict mode can take ``schema`` as it is: every object closed and
+    every property required (strict mode has no optional properties)."""
+    if isinstance(schema, list):
+        return all(is_strict(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    props = schema.get("properties")
+    if isinstance(props, dict):
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required") or []) != set(props):
+            return False
+    return all(is_strict(v) if k not in _SCHEMA_MAPS else
+               all(is_strict(sub) for sub in v.values()) if isinstance(v, dict) else True
+               for k, v in schema.items() if k not in _LITERAL_KEYWORDS)
 
 
 def multi(schema: dict[str, Any]) -> dict[str, Any]:

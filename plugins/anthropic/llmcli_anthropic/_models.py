@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from llmcli.capabilities import PrefillSupport
+from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request, StrList
 from llmcli.models import Options as BaseOptions
@@ -128,6 +128,21 @@ class ClaudeModel(RemoteModel):
         if _wire.native_prefill(self.model_id):
             return "emulated with -o thinking 1: the API forbids prefill with extended thinking"
         return "Claude 4.6+ reject assistant prefill; llmcli emulates it unless -o prefill_strict 1"
+
+    def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
+        if _wire.structured_outputs(self.model_id):
+            return SchemaSupport.NATIVE
+        return SchemaSupport.VALIDATED
+
+    def schema_refusal(self, options: BaseOptions, prefill: str) -> str | None:
+        if (prefill and self.get_schema_support(options) is SchemaSupport.NATIVE
+                and self.get_prefill_support(options) is PrefillSupport.EATS_PREFIX):
+            # JSON outputs constrain the reply from its first token, which follows a native
+            # prefill: a JSON prefill and the schema cannot both hold.
+            return ("Anthropic's structured outputs (output_config.format) constrain the "
+                    "reply from its first token, so they cannot continue a native prefill; "
+                    "drop --prefill, or use a Claude 4.6+ model (its prefill is emulated)")
+        return None
 
     # -- the kit's hooks -------------------------------------------------------------------
 

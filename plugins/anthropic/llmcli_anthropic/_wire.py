@@ -9,7 +9,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from llmcli.capabilities import PrefillSupport
+from llmcli import schema as schemas
+from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.models import Chunk, Request, Usage, emulation_instruction
 from llmcli.remote import HTTPFault, WireRequest
 
@@ -27,6 +28,25 @@ _OLD_STYLE = re.compile(r"^claude-(\d+)(?:-(\d{1,2}))?-[a-z]+")
 #: The first version that rejects assistant prefill (400 "does not support assistant message
 #: prefill").
 _FIRST_WITHOUT_PREFILL = (4, 6)
+
+
+#: The first version with structured outputs (``output_config.format``): Haiku, Sonnet and
+#: Opus 4.5 and later, per Anthropic's structured-outputs documentation.
+_FIRST_WITH_STRUCTURED_OUTPUTS = (4, 5)
+
+
+def _version(model_id: str) -> tuple[int, int] | None:
+    match = _NEW_STYLE.match(model_id) or _OLD_STYLE.match(model_id)
+    if match is None:
+        return None
+    return (int(match.group(1)), int(match.group(2) or 0))
+
+
+def structured_outputs(model_id: str) -> bool:
+    """Whether the model takes a JSON Schema in ``output_config.format``. Unrecognised ids
+    are not assumed to: an unknown field is a 400, while the validated mode works anywhere."""
+    version = _version(model_id)
+    return version is not None and version >= _FIRST_WITH_STRUCTURED_OUTPUTS
 
 
 def native_prefill(model_id: str) -> bool:
@@ -74,6 +94,10 @@ def build_request(request: Request) -> WireRequest:
         params["system"] = system
     if options.stop_sequences:
         params["stop_sequences"] = list(options.stop_sequences)
+    if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
+        # Anthropic's JSON outputs: every object must be closed (additionalProperties false).
+        params["output_config"] = {"format": {"type": "json_schema",
+                                              "schema": schemas.closed(request.schema)}}
     if options.thinking_on:
         if native_prefill(request.model_id):
             params["thinking"] = {"type": "enabled", "budget_tokens": options.budget}

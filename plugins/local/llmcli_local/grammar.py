@@ -24,6 +24,7 @@ import llguidance
 import torch
 
 from llmcli.errors import ConfigError
+from llmcli.schema import closed
 from llmcli_local.healing import Vocab
 
 __all__ = ["Constraint", "GrammarText", "closed", "from_schema", "from_text", "mask_rows",
@@ -40,25 +41,10 @@ JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": 
 
 
 def from_schema(schema: dict[str, Any]) -> GrammarText:
-    """llguidance's grammar for a JSON Schema, objects closed (:func:`closed`)."""
+    """llguidance's grammar for a JSON Schema, objects closed (:func:`llmcli.schema.closed`:
+    a small model given the choice keeps inventing keys)."""
     return str(llguidance.LLMatcher.grammar_from_json_schema(
         closed(schema), defaults=JSON_OPTIONS))  # type: ignore[arg-type]
-
-
-def closed(schema: Any) -> Any:
-    """``schema`` with ``additionalProperties: false`` on every object that lists its
-    properties and says nothing of others. JSON Schema allows extra keys by default, and a
-    small model given the choice keeps inventing them; a reply without them still conforms
-    to the schema as written (OpenAI's strict mode asks the same)."""
-    if isinstance(schema, list):
-        return [closed(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: closed(v) if k not in ("enum", "const", "default", "examples") else v
-           for k, v in schema.items()}
-    if "properties" in out and "additionalProperties" not in out:
-        out["additionalProperties"] = False
-    return out
 
 
 def from_text(text: str) -> GrammarText:

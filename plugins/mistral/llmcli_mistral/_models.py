@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import Field
 
-from llmcli.capabilities import PrefillSupport
+from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request, StrList
+from llmcli.models import Options as BaseOptions
 from llmcli.remote import BaseURLOption, Call, HTTPFault, RemoteModel, RemoteOptions, WireRequest
 
 from . import _wire
@@ -95,6 +96,17 @@ class MistralModel(RemoteModel):
 
     def prefill_note(self) -> str:
         return "prefix: true; the API echoes the prefill, llmcli keeps one copy"
+
+    #: response_format json_schema (strict where the schema allows).
+    schema_support = SchemaSupport.NATIVE
+
+    def schema_refusal(self, options: BaseOptions, prefill: str) -> str | None:
+        if prefill:
+            # Not documented together, and a schema enforced from the first generated
+            # token cannot also continue a JSON prefill: refuse rather than guess.
+            return ("Mistral's response_format json_schema is not documented with prefix "
+                    "(prefill); drop --prefill (the schema already fixes how the reply starts)")
+        return None
 
     # -- the kit's hooks -------------------------------------------------------------------
 

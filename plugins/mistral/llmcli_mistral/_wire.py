@@ -9,7 +9,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llmcli.capabilities import StopReason
+from llmcli import schema as schemas
+from llmcli.capabilities import SchemaSupport, StopReason
 from llmcli.models import Chunk, Request, Usage
 from llmcli.remote import HTTPFault, WireRequest
 
@@ -41,6 +42,11 @@ def build_request(request: Request) -> WireRequest:
             params[name] = value
     if options.stop:
         params["stop"] = list(options.stop)
+    if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
+        # The SDK's typed dict names the schema ``schema_definition``; the wire says "schema".
+        schema = schemas.closed(request.schema)
+        params["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "reply", "schema_definition": schema, "strict": schemas.is_strict(schema)}}
     return WireRequest(params)
 
 

@@ -41,6 +41,7 @@ def _server_model(entry: ServerEntry) -> CompatibleModel:
         key_name=entry.key_name,
         key_env=entry.key_env,
         aliases=tuple(entry.aliases),
+        schema_field=entry.schema_field,
     )
 
 
@@ -71,6 +72,7 @@ def resolve_model(name: str) -> Model | None:
                 name, model_name=rest, base_url=preset.base_url,
                 prefill_style=preset.prefill_style, echo_stream=echo, echo_complete=echo,
                 key_name=preset.key_name, key_env=preset.key_env,
+                schema_field=preset.schema_field,
             )
         return None
     # Servers added after the plugins were loaded (same process) are found here too.

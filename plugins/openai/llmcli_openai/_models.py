@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from llmcli.capabilities import PrefillSupport
+from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request
 from llmcli.models import Options as BaseOptions
@@ -22,6 +22,7 @@ from ._wire import (
     Backend,
     EchoMode,
     PrefillStyle,
+    SchemaField,
     build_create_kwargs,
     capability_for,
     completion_events,
@@ -133,6 +134,19 @@ class _ChatCompletionsModel(RemoteModel):
     def not_found_hint(self, call: Call) -> str:
         return f"Check the model name {self.backend.api_model!r} and the base URL {call.base_url}"
 
+    def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
+        return SchemaSupport.NATIVE if self.backend.schema_field else SchemaSupport.VALIDATED
+
+    def schema_refusal(self, options: BaseOptions, prefill: str) -> str | None:
+        if (prefill and self.backend.style != "none"
+                and self.get_schema_support(options) is SchemaSupport.NATIVE):
+            # The server's grammar starts at the first generated token, after the prefill:
+            # a JSON prefill and a schema cannot both hold.
+            return (f"this server enforces the schema ({self.backend.schema_field}) from the "
+                    "first generated token, so it cannot continue a prefill; drop --prefill "
+                    "(the schema already fixes how the reply starts)")
+        return None
+
 
 class OpenAIChat(_ChatCompletionsModel):
     """An OpenAI chat model: prefill emulated through the system message."""
@@ -149,7 +163,8 @@ class OpenAIChat(_ChatCompletionsModel):
         self.model_id = model_id
         self.aliases = aliases
         self.backend = Backend(provider=self.provider_name, api_model=api_model or model_id,
-                               style="none", reasoning=self.reasoning)
+                               style="none", reasoning=self.reasoning,
+                               schema_field="response_format")
 
     def prefill_note(self) -> str:
         return "the system message asks the model to start with the prefill"
@@ -174,6 +189,10 @@ class OpenAIUnsupported(OpenAIReasoning):
     def prefill_note(self) -> str:
         return ("it takes no system or developer message, so the prefill cannot be requested "
                 "without rewriting your prompt")
+
+    def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
+        # No structured outputs, and no system message to ask for the schema in.
+        return SchemaSupport.UNSUPPORTED
 
 
 def openai_model(api_model: str, model_id: str | None = None) -> OpenAIChat:
@@ -205,6 +224,7 @@ class CompatibleModel(_ChatCompletionsModel):
         key_name: str | None = None,
         key_env: str | None = None,
         aliases: tuple[str, ...] = (),
+        schema_field: SchemaField | None = None,
     ) -> None:
         self.model_id = model_id
         self.aliases = aliases
@@ -219,6 +239,7 @@ class CompatibleModel(_ChatCompletionsModel):
             style=prefill_style,
             echo_stream=echo_stream,
             echo_complete=echo_complete,
+            schema_field=schema_field,
         )
 
     def key_hint(self) -> str:

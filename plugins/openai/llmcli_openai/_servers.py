@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llmcli import config
 from llmcli.errors import ConfigError
 
-from ._wire import EchoMode, PrefillStyle
+from ._wire import EchoMode, PrefillStyle, SchemaField
 
 __all__ = [
     "FILE_NAME",
@@ -105,6 +105,8 @@ class ServerEntry(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     #: What ``openai-servers probe`` saw (absent when never probed).
     probe: ProbeRecord | None = None
+    #: The request field for a JSON Schema (``--schema``); absent: asked for and validated.
+    schema_field: SchemaField | None = None
 
     def echo(self, stream: bool) -> EchoMode:
         """What this server returns with a native prefill in one stream mode."""
@@ -153,15 +155,20 @@ class Preset:
     key_name: str | None = None
     key_env: str | None = None
     note: str = ""
+    #: The request field for a JSON Schema (``--schema``); None: asked for and validated.
+    schema_field: SchemaField | None = None
 
 
 PRESETS: dict[str, Preset] = {
     "vllm": Preset("http://localhost:8000/v1", "continue_final_message",
-                   note="vLLM: continue_final_message + add_generation_prompt=false"),
+                   note="vLLM: continue_final_message + add_generation_prompt=false",
+                   schema_field="structured_outputs"),
     "llama-server": Preset("http://localhost:8080/v1", "trailing_assistant",
-                           note="llama.cpp llama-server: continues a trailing assistant turn"),
+                           note="llama.cpp llama-server: continues a trailing assistant turn",
+                           schema_field="json_schema"),
     "ollama": Preset("http://localhost:11434/v1", "trailing_assistant",
-                     note="Ollama: continues a trailing assistant turn (template-dependent)"),
+                     note="Ollama: continues a trailing assistant turn (template-dependent)",
+                     schema_field="response_format"),
     "deepseek": Preset("https://api.deepseek.com/beta", "prefix", key_name="deepseek",
                        key_env="DEEPSEEK_API_KEY",
                        note="DeepSeek: prefix=true, only on the /beta base URL"),

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmcli.capabilities import PrefillSupport, StopReason
+from llmcli import schema as schemas
+from llmcli.capabilities import PrefillSupport, SchemaSupport, StopReason
 from llmcli.errors import ProviderError
 from llmcli.models import Request, Usage, emulation_instruction
 
@@ -22,6 +23,9 @@ __all__ = [
     "Backend",
     "EchoMode",
     "PrefillStyle",
+    "SCHEMA_FIELDS",
+    "SchemaField",
+    "schema_fields",
     "build_create_kwargs",
     "capability_for",
     "completion_events",
@@ -44,6 +48,15 @@ EchoMode = Literal["eats", "echoes", "auto"]
 ECHO_MODES: tuple[str, ...] = ("eats", "echoes", "auto")
 
 
+#: Where a server takes a JSON Schema for the reply: OpenAI's ``response_format``
+#: (json_schema, strict where the schema allows), vLLM's ``structured_outputs`` ({"json": S};
+#: the older ``guided_json`` is gone from current vLLM), llama.cpp llama-server's top-level
+#: ``json_schema``; None: the server is not known to take one (the schema is asked for and
+#: the reply validated).
+SchemaField = Literal["response_format", "structured_outputs", "json_schema"]
+SCHEMA_FIELDS: tuple[str, ...] = ("response_format", "structured_outputs", "json_schema")
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where a model is served and how it takes a prefill."""
@@ -60,6 +73,8 @@ class Backend:
     echo_complete: EchoMode = "auto"
     #: OpenAI reasoning models: ``developer`` role, ``max_completion_tokens``.
     reasoning: bool = False
+    #: The request field a schema goes in (see :data:`SchemaField`).
+    schema_field: SchemaField | None = None
 
     def echo(self, stream: bool) -> EchoMode:
         return self.echo_stream if stream else self.echo_complete
@@ -133,7 +148,27 @@ def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
     if request.prefill and backend.style == "continue_final_message":
         # vLLM defaults add_generation_prompt to true and 400s when both are true.
         kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+    if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
+        for name, value in schema_fields(request.schema, backend.schema_field).items():
+            if name == "response_format":
+                kwargs[name] = value
+            else:
+                kwargs.setdefault("extra_body", {})[name] = value
     return kwargs
+
+
+def schema_fields(schema: dict[str, Any], field: SchemaField | None) -> dict[str, Any]:
+    """The request fields that carry ``schema`` to a server taking it in ``field``."""
+    if field == "response_format":
+        strict_form = schemas.closed(schema)
+        strict = schemas.is_strict(strict_form)
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "reply", "schema": strict_form if strict else schema, "strict": strict}}}
+    if field == "structured_outputs":
+        return {"structured_outputs": {"json": schema}}
+    if field == "json_schema":
+        return {"json_schema": schema}
+    return {}
 
 
 _STOP_REASONS = {
