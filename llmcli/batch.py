@@ -11,9 +11,8 @@ Every exchange goes through :func:`llmcli.api.prompt`, so the prefill contract, 
 checks and logging are the single-prompt ones; the log rows carry the batch's id.
 
 Concurrency: ``jobs`` requests at once in all; a model may cap its own share with a
-``batch_concurrency`` class attribute. The local runtime's models run one sequence at a time
-(cap 1) until its batched engine exists: that engine will declare ``batch_concurrency`` and
-gather the concurrent ``execute`` calls into batches itself, with no change here.
+``batch_concurrency`` class attribute. The local runtime's models declare 8: its scheduler
+gathers the concurrent ``execute`` calls into batches itself, with no change here.
 """
 
 from __future__ import annotations
@@ -272,8 +271,9 @@ class Summary:
 def model_limit(model: Model) -> int | None:
     """How many requests to ``model`` may run at once (None: no limit beyond ``-j``).
 
-    A plugin declares it with a ``batch_concurrency`` class attribute. The local runtime
-    runs one sequence at a time until its batched engine declares more."""
+    A plugin declares it with a ``batch_concurrency`` class attribute (the local runtime's
+    models declare 8, what its scheduler batches); a local model that declares none runs one
+    at a time."""
     declared = getattr(model, "batch_concurrency", None)
     if isinstance(declared, int) and declared >= 1:
         return declared

@@ -1,9 +1,10 @@
 """One :class:`llmcli.Response` run on its own thread, its chunks handed to the event loop.
 
 Backends are synchronous generators; running each on a thread lets remote requests proceed
-concurrently and never blocks the event loop. Models that must not run two generations at
-once (the local runtime, until its batched engine exists) take a per-model lock on that
-thread, so they queue behind each other without holding up anything else.
+concurrently and never blocks the event loop. Models of a plugin that must not run two
+generations at once (none today: the local runtime batches concurrent calls in its scheduler)
+take a per-model lock on that thread, so they queue behind each other without holding up
+anything else.
 
 Cancelling (a client that went away, or shutdown) stops the response at its next chunk; the
 Response then logs what arrived as ``partial``, as Ctrl-C does in the terminal.
@@ -21,9 +22,9 @@ from llmcli.models import Model, Response
 
 __all__ = ["SEQUENTIAL_PLUGINS", "Exchange", "model_lock"]
 
-#: Plugins whose models run one generation at a time in this process. The local runtime
-#: holds one set of weights and one KV cache; its batched engine will lift this.
-SEQUENTIAL_PLUGINS = frozenset({"llmcli-local"})
+#: Plugins whose models run one generation at a time in this process. (The local runtime is
+#: not one: its scheduler takes concurrent calls and batches them.)
+SEQUENTIAL_PLUGINS: frozenset[str] = frozenset()
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()

