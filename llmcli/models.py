@@ -497,6 +497,8 @@ class Response:
             stop_reason=usage.stop_reason,
             duration_ms=self.duration_ms,
             error=self.error,
+            schema_id=schemas.schema_id(self.schema) if self.schema is not None else None,
+            schema_json=schemas.dumps(self.schema) if self.schema is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

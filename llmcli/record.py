@@ -51,8 +51,12 @@ class ResponseRecord:
     error: str | None = None
     #: The ``llmcli batch`` run this exchange belongs to (None outside a batch).
     batch_id: str | None = None
+    #: The id of the reply's JSON Schema (``--schema``; its text is in the ``schemas`` table).
+    schema_id: str | None = None
     #: Not a column of ``responses``: the name a new conversation is logged under.
     conversation_name: str | None = None
+    #: Not a column of ``responses``: the schema's canonical text, stored once by its id.
+    schema_json: str | None = None
 
     @property
     def continuation(self) -> str:
@@ -62,6 +66,7 @@ class ResponseRecord:
         """The row of the ``responses`` table."""
         row = asdict(self)
         del row["conversation_name"]
+        del row["schema_json"]
         row["continuation"] = self.continuation
         return row
 

@@ -192,3 +192,44 @@ def _model(name: str):
     from llmcli import api
 
     return api.get_model(name)
+
+
+# -- the log ---------------------------------------------------------------------------------
+
+
+def test_log_stores_each_schema_once_and_filters(test_models, user_dir) -> None:
+    import sqlite3
+
+    runner = CliRunner()
+    for reply in ('{"name": "Ada", "age": 36}', '{"name": "Alan", "age": 41}'):
+        test_models.queue.append([reply])
+        assert runner.invoke(cli, ["-m", "test-eats", "Who?", "--schema", "name, age int"]
+                             ).exit_code == 0
+    test_models.queue.append(['{"items": [{"name": "Grace", "age": 85}, '
+                              '{"name": "Edsger", "age": 72}]}'])
+    assert runner.invoke(cli, ["-m", "test-eats", "Who?", "--schema-multi", "name, age int"]
+                         ).exit_code == 0
+    test_models.queue.append(["plain"])
+    assert runner.invoke(cli, ["-m", "test-eats", "Hi"]).exit_code == 0
+
+    db = sqlite3.connect(user_dir / "logs.db")
+    stored = dict(db.execute("select id, content from schemas").fetchall())
+    single = schemas.schema_id(schemas.parse_schema("name, age int"))
+    assert set(stored) == {single, schemas.schema_id(schemas.multi(
+        schemas.parse_schema("name, age int")))}
+    assert json.loads(stored[single]) == schemas.parse_schema("name, age int")
+    ids = [r[0] for r in db.execute("select schema_id from responses order by rowid")]
+    assert ids[:2] == [single, single] and ids[3] is None
+
+    result = runner.invoke(cli, ["logs", "-n", "0", "--schema", "name, age int", "--data"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"name": "Ada", "age": 36}, {"name": "Alan", "age": 41}]
+    result = runner.invoke(cli, ["logs", "-n", "0", "--schema-multi", "name, age int",
+                                 "--data"])
+    assert [json.loads(line)["name"] for line in result.stdout.splitlines()] == [
+        "Grace", "Edsger"]
+    by_id = runner.invoke(cli, ["logs", "-n", "0", "--schema", single, "--json"])
+    assert len(json.loads(by_id.stdout)) == 2
+    everything = runner.invoke(cli, ["logs", "-n", "0", "--data"])
+    assert len(everything.stdout.splitlines()) == 4  # "plain" is not JSON: skipped

@@ -50,10 +50,18 @@ def logs() -> None:
 @click.option("-t", "--truncate", is_flag=True,
               help="Truncate long prompts and replies to one line.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows.")
+@click.option("--schema", "schema", metavar="SCHEMA",
+              help="Only replies to this schema (as --schema takes it, or its id).")
+@click.option("--schema-multi", "schema_multi", metavar="SCHEMA",
+              help="Only replies to this --schema-multi schema.")
+@click.option("--data", is_flag=True,
+              help="Print each reply's parsed JSON as JSON Lines (a --schema-multi reply: "
+                   "one line per item).")
 def list_logs(count: int | None, query: str | None, model: str | None, current: bool,
               conversation_id: str | None, batch_id: str | None, after_id: str | None,
               short: bool, last_response: bool, usage: bool, extract: bool, truncate: bool,
-              as_json: bool) -> None:
+              as_json: bool, schema: str | None, schema_multi: str | None,
+              data: bool) -> None:
     """Recent responses, oldest first, each in full: its id, conversation, model, time,
     prompt, prefill and text.
 
@@ -71,6 +79,10 @@ def list_logs(count: int | None, query: str | None, model: str | None, current: 
                              "-s, -r, -u, -x or -t")
     if count is None:
         count = 0 if after_id else DEFAULT_COUNT
+    schema_id = _schema_id(schema, schema_multi)
+    if data and (as_json or short or last_response or extract or truncate):
+        raise LogsInputError("--data prints JSON Lines; it cannot be combined with --json, "
+                             "-s, -r, -x or -t")
     store = LogStore.for_reading()
     rows: list[dict[str, Any]] = []
     if store is None:
@@ -81,7 +93,11 @@ def list_logs(count: int | None, query: str | None, model: str | None, current: 
     else:
         try:
             rows = _select(store, count, query, model, current, conversation_id, batch_id,
-                           after_id)
+                           after_id, schema_id)
+            if data:
+                for line in _data_lines(store, rows):
+                    click.echo(line)
+                return
         finally:
             store.close()
     if as_json:
@@ -105,8 +121,8 @@ def list_logs(count: int | None, query: str | None, model: str | None, current: 
 
 
 def _select(store: LogStore, count: int, query: str | None, model: str | None, current: bool,
-            conversation_id: str | None, batch_id: str | None, after_id: str | None
-            ) -> list[dict[str, Any]]:
+            conversation_id: str | None, batch_id: str | None, after_id: str | None,
+            schema_id: str | None = None) -> list[dict[str, Any]]:
     if current:
         conversation_id = store.last_conversation_id()
     if model:
@@ -115,10 +131,48 @@ def _select(store: LogStore, count: int, query: str | None, model: str | None, c
         with contextlib.suppress(UnknownModelError):  # an uninstalled model keeps its logs
             model = api.get_model(model).model_id
     rows = store.recent(count or None, query=query, conversation_id=conversation_id,
-                        model=model, batch_id=batch_id, after_id=after_id)
+                        model=model, batch_id=batch_id, after_id=after_id,
+                        schema_id=schema_id)
     if conversation_id and not rows and not store.has_conversation(conversation_id):
         raise ConversationError(f"No conversation with id {conversation_id!r}")
     return rows
+
+
+def _schema_id(schema: str | None, schema_multi: str | None) -> str | None:
+    """The id a --schema/--schema-multi filter names: an id as given, else the schema's."""
+    import re
+
+    from llmcli import schema as schemas
+
+    if schema and schema_multi:
+        raise LogsInputError("Give --schema or --schema-multi, not both")
+    given = schema or schema_multi
+    if not given:
+        return None
+    if schema and re.fullmatch(r"[0-9a-f]{32}", schema):
+        return schema
+    parsed = schemas.parse_schema(given)
+    return schemas.schema_id(schemas.multi(parsed) if schema_multi else parsed)
+
+
+def _data_lines(store: LogStore, rows: list[dict[str, Any]]) -> list[str]:
+    """Each reply's parsed JSON, one object per line (a reply that is not JSON is skipped;
+    a list schema's items one by one)."""
+    from llmcli import schema as schemas
+
+    lines = []
+    cache: dict[str, Any] = {}
+    for row in rows:
+        try:
+            value = schemas.parse_reply(str(row["text"] or ""))
+        except schemas.SchemaValidationError:
+            continue
+        schema_id = row.get("schema_id")
+        if schema_id and schema_id not in cache:
+            cache[schema_id] = store.schema(schema_id) or {}
+        items = schemas.unwrap(value, cache.get(schema_id or "", {})) if schema_id else [value]
+        lines += [json.dumps(item, ensure_ascii=False) for item in items]
+    return lines
 
 
 def _reply(row: dict[str, Any], extract: bool) -> str:

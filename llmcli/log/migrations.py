@@ -66,3 +66,12 @@ def m003_batch_id(db: Database) -> None:
     --batch ID``); other rows keep NULL."""
     db.table("responses").add_column("batch_id", str)
     db.table("responses").create_index(["batch_id"])
+
+
+@migration
+def m004_schemas(db: Database) -> None:
+    """``--schema``: each JSON Schema is stored once, by its id (a hash of its canonical
+    text, :func:`llmcli.schema.schema_id`), and each response names its schema."""
+    db.table("schemas").create({"id": str, "content": str}, pk="id")
+    db.table("responses").add_column("schema_id", str)
+    db.table("responses").create_index(["schema_id"])

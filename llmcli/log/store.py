@@ -13,6 +13,7 @@ write access: a log in a directory that cannot be written is opened read-only
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -257,6 +258,9 @@ class LogStore:
                         },
                         ignore=True,
                     )
+                if record.schema_id is not None and record.schema_json is not None:
+                    self.db.table("schemas").insert(
+                        {"id": record.schema_id, "content": record.schema_json}, ignore=True)
                 self.db.table("responses").insert(row)
                 self.db.execute("COMMIT")
             except BaseException:
@@ -273,6 +277,7 @@ class LogStore:
         model: str | None = None,
         batch_id: str | None = None,
         after_id: str | None = None,
+        schema_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """The latest ``count`` (all when None) responses that match, newest last, like a
         transcript. ``query`` matches words by prefix; ``after_id``: only responses logged
@@ -291,6 +296,9 @@ class LogStore:
         if batch_id:
             where.append("responses.batch_id = ?")
             args.append(batch_id)
+        if schema_id:
+            where.append("responses.schema_id = ?")
+            args.append(schema_id)
         if conversation_id:
             where.append("responses.conversation_id = ?")
             args.append(conversation_id)
@@ -312,6 +320,13 @@ class LogStore:
         with _db_errors(self.path):
             rows = list(self.db.query(sql, args))
         return list(reversed(rows))
+
+    def schema(self, schema_id: str) -> dict[str, Any] | None:
+        """A logged JSON Schema by its id."""
+        with _db_errors(self.path):
+            found = list(self.db.query("select content from schemas where id = ?",
+                                       [schema_id]))
+        return json.loads(found[0]["content"]) if found else None
 
     def last_conversation_id(self) -> str:
         with _db_errors(self.path):
