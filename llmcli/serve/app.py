@@ -181,7 +181,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         # once; the normalized text is the same either way.
         response = api.prompt(model, chat.prompt, system=chat.system, prefill=chat.prefill,
                               stream=True, log=settings.log, conversation=conversation,
-                              options=options)
+                              options=options, schema=chat.schema)
         return model, response
 
     def done(exchange: Exchange) -> None:

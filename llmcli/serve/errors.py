@@ -18,6 +18,7 @@ from llmcli.errors import (
     ProviderError,
     UnknownModelError,
 )
+from llmcli.schema import InvalidSchemaError, SchemaUnsupportedError, SchemaValidationError
 
 __all__ = ["WireError", "anthropic_body", "from_exception", "openai_body"]
 
@@ -73,6 +74,12 @@ def from_exception(exc: BaseException) -> WireError:
                          "messages")
     if isinstance(exc, OptionsError):
         return WireError(400, message, "invalid_request_error", "unsupported_parameter")
+    if isinstance(exc, InvalidSchemaError | SchemaUnsupportedError):
+        return WireError(400, message, "invalid_request_error", "unsupported_response_format",
+                         "response_format")
+    if isinstance(exc, SchemaValidationError):
+        # The model's replies kept failing the schema (the validated mode's retries spent).
+        return WireError(502, message, "upstream_error", "schema_validation_failed")
     if isinstance(exc, KeyNeededError):
         # The operator has not set the provider's key: the server, not the client, must act.
         return WireError(503, message, "server_error", "upstream_key_missing")

@@ -69,6 +69,8 @@ class OpenAIRequest(_Wire):
     tools: list[Any] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    #: {"type": "json_schema", "json_schema": {"schema": ...}}, "json_object" or "text".
+    response_format: dict[str, Any] | None = None
     # vLLM's extensions.
     echo: bool = False
     continue_final_message: bool = False
@@ -121,6 +123,8 @@ class Chat:
     #: The reply carries prefill + continuation (vLLM's ``echo``), not the continuation.
     echo: bool = False
     include_usage: bool = False
+    #: The reply's JSON Schema (OpenAI's ``response_format``), or None.
+    schema: dict[str, Any] | None = None
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -228,7 +232,29 @@ def openai_chat(request: OpenAIRequest) -> Chat:
         stream=request.stream,
         echo=request.echo,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        schema=_response_format(request.response_format),
     )
+
+
+def _response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as a JSON Schema: ``json_schema`` gives its schema,
+    ``json_object`` any object; the model's schema support decides how it is honoured."""
+    if value is None:
+        return None
+    kind = value.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise WireError(400, "response_format.json_schema.schema must be a JSON Schema "
+                            "object", param="response_format")
+        return schema
+    raise WireError(400, f"response_format.type {kind!r} is not supported (use text, "
+                    "json_object or json_schema)", param="response_format")
 
 
 def anthropic_chat(request: AnthropicRequest) -> Chat:
