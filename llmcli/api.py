@@ -124,6 +124,7 @@ def prompt(
     conversation: Conversation | None = None,
     options: dict[str, Any] | None = None,
     schema: dict[str, Any] | str | None = None,
+    grammar: str | None = None,
 ) -> Response:
     """``model.prompt(...)`` with the options as a dict (so no option name can clash with
     these arguments). Nothing is sent until the response is iterated or ``text()`` is
@@ -135,7 +136,8 @@ def prompt(
     try:
         return prepare_response(model, prompt, system=system, prefill=prefill, stream=stream,
                                 key=key, log=log, conversation=conversation,
-                                options={**defaults, **(options or {})}, schema=schema)
+                                options={**defaults, **(options or {})}, schema=schema,
+                                grammar=grammar)
     except OptionsError as exc:
         if not defaults:
             raise

@@ -138,6 +138,8 @@ class Request:
     schema_support: SchemaSupport | None = None
     #: Text the core adds after the prompt (the ``validated`` mode's schema instruction).
     instruction: str = ""
+    #: A grammar the reply must follow (``--grammar``: GBNF or Lark text), or None.
+    grammar: str | None = None
 
     def messages(self) -> list[Message]:
         """The conversation so far plus this prompt (the prefill is not included)."""
@@ -189,6 +191,8 @@ class Model:
     #: How the model honours ``schema=`` (see :class:`SchemaSupport`): by default the
     #: prompt asks for it and the reply is validated.
     schema_support: SchemaSupport = SchemaSupport.VALIDATED
+    #: Whether ``grammar=`` (GBNF or Lark) is enforced (only native constrained decoding can).
+    grammar_support: bool = False
 
     def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
         """The schema capability for a request with these options (override when it
@@ -221,6 +225,7 @@ class Model:
         log: bool | Logger = True,
         conversation: Conversation | None = None,
         schema: dict[str, Any] | str | None = None,
+        grammar: str | None = None,
         **options: Any,
     ) -> Response:
         """Prepare a response (see :func:`prepare_response`); nothing is sent yet."""
@@ -235,6 +240,7 @@ class Model:
             conversation=conversation,
             options=options,
             schema=schema,
+            grammar=grammar,
         )
 
     def conversation(self) -> Conversation:
@@ -589,6 +595,7 @@ def prepare_response(
     options: Mapping[str, Any] | None = None,
     schema: dict[str, Any] | str | None = None,
     schema_retries: int = schemas.DEFAULT_RETRIES,
+    grammar: str | None = None,
 ) -> Response:
     """Prepare a response; nothing is sent until it is iterated or ``text()`` is called.
 
@@ -616,6 +623,15 @@ def prepare_response(
         refusal = model.schema_refusal(validated, prefill)
         if refusal:
             raise schemas.SchemaUnsupportedError(f"{model.model_id}: {refusal}")
+    if grammar is not None:
+        if schema is not None:
+            raise schemas.InvalidSchemaError("Give a schema or a grammar, not both")
+        if not grammar.strip():
+            raise schemas.InvalidSchemaError("Empty grammar")
+        if not model.grammar_support:
+            raise schemas.SchemaUnsupportedError(
+                f"{model.model_id} cannot enforce a grammar; --grammar works with local "
+                "models and llama.cpp servers")
     resolved_key = resolve_key(model, key)
     if conversation is not None and conversation.model is not model:
         # A conversation continued with another model keeps its history.
@@ -632,6 +648,7 @@ def prepare_response(
         key=resolved_key,
         schema=parsed_schema,
         schema_support=schema_support,
+        grammar=grammar,
         instruction=(schemas.instruction(parsed_schema)
                      if schema_support is SchemaSupport.VALIDATED and parsed_schema else ""),
     )

@@ -233,3 +233,18 @@ def test_log_stores_each_schema_once_and_filters(test_models, user_dir) -> None:
     assert len(json.loads(by_id.stdout)) == 2
     everything = runner.invoke(cli, ["logs", "-n", "0", "--data"])
     assert len(everything.stdout.splitlines()) == 4  # "plain" is not JSON: skipped
+
+
+# -- --grammar -------------------------------------------------------------------------------
+
+
+def test_grammar_refused_by_models_that_cannot_enforce_one(test_models, tmp_path) -> None:
+    with pytest.raises(schemas.SchemaUnsupportedError, match="cannot enforce a grammar"):
+        _model("test-eats").prompt("Q", grammar='root ::= "yes"', log=False)
+    with pytest.raises(schemas.InvalidSchemaError, match="not both"):
+        _model("test-eats").prompt("Q", grammar='root ::= "yes"', schema=PERSON, log=False)
+    grammar = tmp_path / "yes.gbnf"
+    grammar.write_text('root ::= "yes"')
+    result = CliRunner().invoke(cli, ["-m", "test-eats", "Q", "--grammar", str(grammar)])
+    assert result.exit_code == 1 and "cannot enforce a grammar" in result.output
+    assert not test_models.requests

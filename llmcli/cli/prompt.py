@@ -134,6 +134,10 @@ def parse_options(model: Model, pairs: tuple[tuple[str, str], ...]) -> dict[str,
               "or fields such as 'name, age int, bio: one sentence'.")
 @click.option("--schema-multi", "schema_multi", metavar="SCHEMA",
               help="As --schema, for a list of such objects: {\"items\": [...]}.")
+@click.option("--grammar", "grammar_file", metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="The reply follows this grammar (GBNF or Lark): local models, llama.cpp "
+              "servers.")
 @click.option("-t", "--template", "template_name", metavar="NAME",
               help="Use the saved template NAME (see 'llmcli templates').")
 @click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="KEY VALUE",
@@ -168,6 +172,7 @@ def prompt(
     save_as: str | None,
     fragments: tuple[str, ...],
     system_fragments: tuple[str, ...],
+    grammar_file: str | None,
 ) -> None:
     """Send PROMPT (and any piped standard input) to a model.
 
@@ -231,6 +236,7 @@ def prompt(
         conversation=conversation,
         options={**template_options, **parse_options(model, options)},
         schema=parsed_schema,
+        grammar=_read_grammar(grammar_file),
     )
 
     if as_json:
@@ -301,6 +307,16 @@ def _save_template(name: str, prompt: str | None, system: str | None, model: str
         name, prompt=prompt, system=system, model=model, prefill=prefill, options=options,
         params=params, extract=extract, fragments=fragments, system_fragments=system_fragments)
     click.echo(f"Saved template {name!r} to {save_template(template)}", err=True)
+
+
+def _read_grammar(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read grammar file {path}: {exc}") from None
 
 
 def _print_usage(response: Any, show: bool) -> None:

@@ -196,3 +196,12 @@ def test_the_batched_engine_masks_each_sequence_by_its_own_grammar(tiny: Any) ->
     assert chunks[-1].details["forced_tokens"] == alone_usage.details["forced_tokens"]
     assert sum(1 for c in free if isinstance(c, Usage)) == 1
     assert scheduler.peak_batch == 2
+
+
+def test_local_model_takes_a_grammar(tiny_model_dir: Path) -> None:
+    from llmcli_local.model import LocalModel
+    from llmcli_local.sources import ModelSource
+
+    model = LocalModel("tiny", ModelSource("hf", tiny_model_dir))
+    text = model.prompt("Yes or no?", grammar='root ::= "yes" | "no"', log=False).text()
+    assert text in ("yes", "no")

@@ -120,6 +120,15 @@ def test_compatible_server_fields(user_dir: Path, load_plugins: Callable[..., No
         assert len(fake.chat_requests) == sent
 
 
+def test_llama_server_takes_a_gbnf_grammar(user_dir: Path,
+                                           load_plugins: Callable[..., None]) -> None:
+    with FakeOpenAI("llama-server") as fake:
+        _compat(user_dir / "openai-servers.json", fake, "trailing_assistant", "json_schema")
+        load_plugins("llmcli-openai")
+        llmcli.get_model("local").prompt("Yes?", grammar='root ::= "yes"', log=False).text()
+        assert body(fake)["grammar"] == 'root ::= "yes"'
+
+
 def test_presets_name_their_fields(load_plugins: Callable[..., None]) -> None:
     from llmcli_openai._servers import PRESETS
 

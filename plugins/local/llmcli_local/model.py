@@ -22,6 +22,7 @@ class LocalModel(llmcli.Model):
     prefill_support = PrefillSupport.EATS_PREFIX
     #: Constrained decoding (llguidance): every token is chosen within the schema.
     schema_support = SchemaSupport.NATIVE
+    grammar_support = True
     can_stream = True
     needs_key = None
     Options = LocalOptions  # type: ignore[assignment]  # as llmcli.remote does
@@ -63,6 +64,10 @@ class LocalModel(llmcli.Model):
             from llmcli_local.grammar import from_schema
 
             settings["grammar"] = from_schema(request.schema)
+        elif request.grammar is not None:
+            from llmcli_local.grammar import from_text
+
+            settings["grammar"] = from_text(request.grammar)
         backend_options = BackendOptions.of(options)
         worker = None
         if options.keep_alive > 0 and not _loaded_here(source):

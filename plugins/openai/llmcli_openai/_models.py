@@ -241,6 +241,8 @@ class CompatibleModel(_ChatCompletionsModel):
             echo_complete=echo_complete,
             schema_field=schema_field,
         )
+        # llama.cpp's server (schema in "json_schema") takes a GBNF grammar in "grammar".
+        self.grammar_support = schema_field == "json_schema"
 
     def key_hint(self) -> str:
         if self.needs_key is None:

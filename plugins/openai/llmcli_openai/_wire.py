@@ -148,6 +148,8 @@ def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
     if request.prefill and backend.style == "continue_final_message":
         # vLLM defaults add_generation_prompt to true and 400s when both are true.
         kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+    if request.grammar is not None:
+        kwargs.setdefault("extra_body", {})["grammar"] = request.grammar
     if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
         for name, value in schema_fields(request.schema, backend.schema_field).items():
             if name == "response_format":
