@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -359,3 +360,31 @@ def test_smollm2_greedy_text_batched_is_the_text_alone(smollm2: Any) -> None:
     assert scheduler.peak_batch == len(calls)
     assert [t for t, _ in batched] == [t for t, _ in alone]
     assert [u.stop_reason for _, u in batched] == [u.stop_reason for _, u in alone]
+
+
+def test_a_process_exits_cleanly_with_sequences_still_running(tiny_model_dir: Any) -> None:
+    """Exiting while the worker thread is in a forward pass must not abort the process
+    (a daemon thread stopped inside a torch kernel does): the exit hook cancels and waits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, '.')\n"
+        "from pathlib import Path\n"
+        "from tests.local.conftest import load, without_eos\n"
+        "from llmcli_local.scheduler import Scheduler\n"
+        "from llmcli_local.decode import GenerationSettings\n"
+        f"backend = without_eos(load(Path({str(tiny_model_dir)!r})))\n"
+        "s = Scheduler(backend)\n"
+        "done = [s.submit([{'role': 'user', 'content': f'Hi {i}'}], '', "
+        "GenerationSettings(max_tokens=3)) for i in range(4)]\n"
+        "left = [s.submit([{'role': 'user', 'content': 'Long'}], '', "
+        "GenerationSettings(max_tokens=1500)) for _ in range(4)]\n"
+        "print(''.join(h.text() for h in done) != '', next(left[0]) != '')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True True"
+    assert "terminate called" not in result.stderr

@@ -32,6 +32,7 @@ all submit to it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -193,6 +194,7 @@ class Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, daemon=True,
                                                 name="llmcli-local-scheduler")
+                _working.add(self)
                 self._thread.start()
             self._cond.notify_all()
         return handle
@@ -219,6 +221,16 @@ class Scheduler:
         with self._cond:
             return self._reserved
 
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Cancel every sequence, waiting or running, and wait for the worker thread to end."""
+        with self._cond:
+            entries = [*self._waiting, *self._running]
+            thread = self._thread
+        for entry in entries:
+            entry.handle.cancel()
+        if thread is not None:
+            thread.join(timeout)
+
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -236,6 +248,7 @@ class Scheduler:
                 self._waiting.clear()
                 self._reserved = 0
                 self._thread = None
+                _working.discard(self)
             for entry in entries:
                 entry.handle._end("error", error=exc)
             raise
@@ -248,6 +261,7 @@ class Scheduler:
                     # Nothing waits that could run, nothing runs: the thread ends (a
                     # submit starts another).
                     self._thread = None
+                    _working.discard(self)
                     return
             for entry in joining:
                 self._join(entry)
@@ -358,6 +372,19 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - every sequence of the step fails with it
             for entry in moving:
                 self._leave(entry, "error", error=exc)
+
+
+#: Schedulers whose worker thread runs now.
+_working: set[Scheduler] = set()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    # A daemon thread still inside a torch kernel when the interpreter finalizes aborts the
+    # process ("terminate called without an active exception"): a call abandoned at exit is
+    # cancelled, and the thread is let end first.
+    for scheduler in list(_working):
+        scheduler.shutdown(timeout=30)
 
 
 _shared: weakref.WeakValueDictionary[int, Scheduler] = weakref.WeakValueDictionary()
