@@ -102,8 +102,9 @@ def parse_schema(value: str | dict[str, Any]) -> dict[str, Any]:
         text = value.strip()
         if not text:
             raise InvalidSchemaError("Empty schema")
-        path = Path(text).expanduser() if len(text) < 4096 and "\n" not in text else None
-        if path is not None and (text.endswith(".json") or path.is_file()):
+        path = (Path(text).expanduser() if not text.startswith("{") and "\n" not in text
+                else None)
+        if path is not None and (text.endswith(".json") or _is_file(path)):
             try:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
@@ -122,6 +123,13 @@ def parse_schema(value: str | dict[str, Any]) -> dict[str, Any]:
         else:
             schema = concise_schema(text)
     return check_schema(schema)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for a path, say: not a file
+        return False
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:

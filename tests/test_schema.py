@@ -33,6 +33,10 @@ def test_concise_form_as_llm_writes_it() -> None:
 
 def test_inline_json_and_file(tmp_path: Path) -> None:
     assert schemas.parse_schema(json.dumps(PERSON)) == PERSON
+    long = {**PERSON, "description": "x" * 5000}  # not mistaken for a (too long) path
+    assert schemas.parse_schema(json.dumps(long)) == long
+    many = ", ".join(f"field_number_{i} int" for i in range(300))  # concise, long
+    assert len(schemas.parse_schema(many)["properties"]) == 300
     path = tmp_path / "person.json"
     path.write_text(json.dumps(PERSON))
     assert schemas.parse_schema(str(path)) == PERSON

@@ -12,6 +12,7 @@ import pytest
 from llmcli import schema as schemas
 from llmcli.errors import ConfigError
 from llmcli.models import Usage
+from tests.local.test_keepalive import workers as workers  # the fixture
 
 #: Bounded everywhere a random-weight model could otherwise go on forever (digits, strings).
 PERSON = {
@@ -205,3 +206,14 @@ def test_local_model_takes_a_grammar(tiny_model_dir: Path) -> None:
     model = LocalModel("tiny", ModelSource("hf", tiny_model_dir))
     text = model.prompt("Yes or no?", grammar='root ::= "yes" | "no"', log=False).text()
     assert text in ("yes", "no")
+
+
+def test_the_keep_alive_worker_decodes_under_the_schema(workers: Any) -> None:  # noqa: F811
+    schema = json.dumps(PERSON)
+    first = workers.cli("-m", "tiny", "Who?", "--schema", schema, "--prefill", '{"name": "',
+                        "-o", "max_tokens", "300", "-o", "keep_alive", "60").stdout
+    assert schemas.check_reply(PERSON, first)
+    assert workers.ping()["model"] == "tiny"  # the worker is up: the next call is its
+    again = workers.cli("-m", "tiny", "Who?", "--schema", schema, "--prefill", '{"name": "',
+                        "-o", "max_tokens", "300", "-o", "keep_alive", "60", "-u")
+    assert again.stdout == first

@@ -10,7 +10,8 @@ Grammars: a JSON Schema (:func:`from_schema`), a Lark grammar, or a GBNF one (ll
 format; :func:`from_text` tells them apart). What crosses to a keep-alive worker is the
 grammar's text (:data:`GrammarText`), compiled again there.
 
-Imported only when a local model runs with a grammar (it imports torch and llguidance).
+Imported when a call has a schema or a grammar (llguidance); torch only where a model runs,
+so a keep-alive client turns a schema into grammar text without it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
-import torch
 
 from llmcli.errors import ConfigError
 from llmcli.schema import closed
-from llmcli_local.healing import Vocab
+
+if TYPE_CHECKING:
+    import torch
+
+    from llmcli_local.healing import Vocab
 
 __all__ = ["Constraint", "GrammarText", "closed", "from_schema", "from_text", "mask_rows",
            "tokenizer_for"]
@@ -102,6 +106,8 @@ class Constraint:
         self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         if self.matcher.is_error():
             raise ConfigError(f"Invalid grammar: {self.matcher.get_error()}")
+        import torch
+
         self._vocab = tokenizer.vocab_size
         self._prefill = b""
         self._bits = torch.arange(32, dtype=torch.int32)
@@ -132,11 +138,15 @@ class Constraint:
 
     def allowed(self) -> torch.Tensor:
         """The tokens the grammar allows next, as a bool tensor over the vocabulary."""
+        import torch
+
         words = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.int32)
         return ((words.unsqueeze(1) >> self._bits) & 1).flatten()[: self._vocab].bool()
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` with every token the grammar forbids at -inf."""
+        import torch
+
         allowed = self.allowed().to(logits.device)
         out = torch.full_like(logits, float("-inf"))
         width = min(len(allowed), logits.shape[-1])
@@ -171,6 +181,8 @@ class Constraint:
 def mask_rows(logits: torch.Tensor, constraints: Sequence[Constraint | None]) -> torch.Tensor:
     """A batch's logits (rows, vocab), each row masked by its own sequence's constraint (or
     left as it is): for the batched engine."""
+    import torch
+
     rows = [c.apply(logits[i]) if c is not None else logits[i]
             for i, c in enumerate(constraints)]
     return torch.stack(rows) if rows else logits
