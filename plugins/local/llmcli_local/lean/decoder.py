@@ -182,6 +182,7 @@ class Decoder:
         cos, sin = self.rotary(x.unsqueeze(0), position_ids)  # (1, rows, dim)
         cos, sin = cos.reshape(rows, 1, dim), sin.reshape(rows, 1, dim)
         half = dim // 2
+        full = x.dtype == torch.float32  # .float() and back would be no-ops
         for index, layer in enumerate(weights.layers):
             h = _rms(x, layer.norm_in, self.eps)
             q = F.linear(h, layer.q, layer.q_bias).view(rows, heads, dim)
@@ -189,17 +190,23 @@ class Decoder:
             v = F.linear(h, layer.v, layer.v_bias).view(rows, kv_heads, dim)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
-            attended = torch.empty((rows, q_size), dtype=x.dtype, device=device)
+            # Per row as in step (the same operations; fewer Python calls: this loop is
+            # what batching adds per layer).
+            kv = torch.stack((k, v), dim=1)  # (rows, 2, kv_heads, dim)
+            queries = q.view(rows, kv_heads, group, dim)
+            outputs = []
             for row in range(rows):
+                end = positions[row] + 1
                 buffer = buffers[row][index]
-                position = positions[row]
-                buffer[0, :, position] = k[row]
-                buffer[1, :, position] = v[row]
-                keys = buffer[0, :, :position + 1]  # (kv_heads, end, dim)
-                values = buffer[1, :, :position + 1]
-                scores = torch.matmul(q[row].view(kv_heads, group, dim), keys.transpose(1, 2))
-                attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
-                attended[row] = torch.matmul(attention, values).reshape(q_size)
+                buffer[:, :, end - 1] = kv[row]
+                cached = buffer[:, :, :end]  # (2, kv_heads, end, dim)
+                scores = torch.matmul(queries[row], cached[0].mT)
+                if full:
+                    attention = torch.softmax(scores * self.scaling, dim=-1)
+                else:
+                    attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
+                outputs.append(torch.matmul(attention, cached[1]))
+            attended = torch.stack(outputs).view(rows, q_size)
             x = x + F.linear(attended, layer.out, layer.out_bias)
             h = _rms(x, layer.norm_post, self.eps)
             x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
