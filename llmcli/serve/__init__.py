@@ -2,7 +2,7 @@
 
     protocol.py   the wire formats (pydantic) → one Chat; the prefill rules of each dialect
     app.py        the FastAPI routes: authenticate, prepare through llmcli.api, render
-    exchange.py   a Response run on its own thread; cancellation; the local model's lock
+    exchange.py   a Response run on its own thread; cancellation; a model's slots
     errors.py     llmcli's errors as HTTP statuses, in each wire's error shape
     server.py     uvicorn on a bound socket; clean shutdown
 

@@ -32,7 +32,7 @@ from llmcli.capabilities import PrefillSupport
 from llmcli.config import scrub
 from llmcli.models import Conversation, Model, Response
 from llmcli.serve.errors import WireError, anthropic_body, from_exception, openai_body
-from llmcli.serve.exchange import Exchange, model_lock
+from llmcli.serve.exchange import Exchange, model_slots
 from llmcli.serve.protocol import (
     AnthropicRequest,
     Chat,
@@ -195,7 +195,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """Prepare and start a response; wait for its first chunk so that a failure before
         any text is answered with a status, not inside a 200 stream."""
         model, response = await run_in_threadpool(prepare, chat)
-        exchange = Exchange(response, model_lock(model), on_done=done)
+        exchange = Exchange(response, model_slots(model), on_done=done)
         in_flight.add(exchange)
         exchange.start()
         watcher = asyncio.create_task(_watch_disconnect(request, exchange))

@@ -1,10 +1,11 @@
 """One :class:`llmcli.Response` run on its own thread, its chunks handed to the event loop.
 
 Backends are synchronous generators; running each on a thread lets remote requests proceed
-concurrently and never blocks the event loop. Models of a plugin that must not run two
-generations at once (none today: the local runtime batches concurrent calls in its scheduler)
-take a per-model lock on that thread, so they queue behind each other without holding up
-anything else.
+concurrently and never blocks the event loop. A model that declares how many calls it takes at
+once (``batch_concurrency``, as ``llmcli batch`` reads it: the local runtime declares 8, what
+its scheduler steps together) gets that many slots; further requests to it wait for a slot on
+their own thread, so they never hold up anything else, and a client that leaves while waiting
+frees its place at once.
 
 Cancelling (a client that went away, or shutdown) stops the response at its next chunk; the
 Response then logs what arrived as ``partial``, as Ctrl-C does in the terminal.
@@ -20,30 +21,32 @@ from typing import Any
 
 from llmcli.models import Model, Response
 
-__all__ = ["SEQUENTIAL_PLUGINS", "Exchange", "model_lock"]
+__all__ = ["Exchange", "model_slots"]
 
-#: Plugins whose models run one generation at a time in this process. (The local runtime is
-#: not one: its scheduler takes concurrent calls and batches them.)
-SEQUENTIAL_PLUGINS: frozenset[str] = frozenset()
-
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
+_slots: dict[tuple[str | None, str], threading.BoundedSemaphore] = {}
+_slots_guard = threading.Lock()
 
 
-def model_lock(model: Model) -> threading.Lock | None:
-    if model.plugin not in SEQUENTIAL_PLUGINS:
+def model_slots(model: Model) -> threading.BoundedSemaphore | None:
+    """The slots of ``model``, shared by every request to it (None: no limit).
+
+    A plugin declares the limit with a ``batch_concurrency`` class attribute; models that
+    declare none (the remote providers) run as many requests as arrive."""
+    declared = getattr(model, "batch_concurrency", None)
+    if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
         return None
-    with _locks_guard:
-        return _locks.setdefault(model.model_id, threading.Lock())
+    with _slots_guard:
+        return _slots.setdefault((model.plugin, model.model_id),
+                                 threading.BoundedSemaphore(declared))
 
 
 class Exchange:
     """Iterate ``response`` on a thread; ``chunks()`` yields its normalized chunks."""
 
-    def __init__(self, response: Response, lock: threading.Lock | None = None,
+    def __init__(self, response: Response, slots: threading.BoundedSemaphore | None = None,
                  on_done: Callable[[Exchange], None] | None = None) -> None:
         self.response = response
-        self._lock = lock
+        self._slots = slots
         #: Called on the exchange's thread once the response has ended (and been logged).
         self._on_done = on_done
         self._loop = asyncio.get_running_loop()
@@ -70,17 +73,17 @@ class Exchange:
 
     def _pump(self) -> None:
         try:
-            if self._lock is None:
+            if self._slots is None:
                 self._iterate()
             else:
-                while not self._lock.acquire(timeout=0.1):
+                while not self._slots.acquire(timeout=0.1):
                     if self.cancelled:
                         self._put("end")
                         return
                 try:
                     self._iterate()
                 finally:
-                    self._lock.release()
+                    self._slots.release()
         except BaseException as exc:  # handed to the event loop, which answers with it
             self._put("error", exc)
         else:

@@ -1,0 +1,282 @@
+"""The local runtime behind ``llmcli serve``: concurrent requests to one local model run
+together in its scheduler (the text each gets is the text it gets alone), a local request in
+flight never holds up a remote one, and a client that goes away stops its sequence.
+
+The server is the real application on uvicorn, in this process (so that the tests can look at
+the model's scheduler); the model is a tiny random Llama whose head never picks an end of turn,
+so a request with a large ``max_tokens`` stays in flight until its client leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.mistral import FakeMistral
+
+pytest.importorskip("llmcli_local")
+pytest.importorskip("transformers")
+
+MISTRAL_KEY = "mistral-test-0123456789abcdef"
+MODEL = "tiny-endless"
+#: Prompt, prefill, options: each request's own greedy (or seeded) text.
+REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("Hi", "def quicksor", {"max_tokens": 12}),
+    ("Give me a URL", "The URL is http:", {"max_tokens": 16}),
+    ("Héllo", "naïve caf", {"max_tokens": 10}),
+    ("Seeded", "The", {"max_tokens": 14, "temperature": 1.0, "seed": 7}),
+]
+
+
+@pytest.fixture(scope="module")
+def endless_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test Llama with its own output head, whose rows for the special tokens are
+    zero: their logit is always 0, below the best one, so greedy decoding never ends a turn
+    (and a seeded sample all but never). A context of 6000 positions: a long request runs for
+    minutes, far longer than any test needs it in flight."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tests.local.conftest import make_tiny_model
+
+    directory = make_tiny_model(tmp_path_factory.mktemp("tiny-endless"))
+    model = LlamaForCausalLM.from_pretrained(directory)
+    model.config.tie_word_embeddings = False
+    model.config.max_position_embeddings = 6000
+    with torch.no_grad():
+        head = model.model.embed_tokens.weight.detach().clone()
+        head[:3] = 0  # <|endoftext|>, <|im_start|>, <|im_end|>
+        model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def mistral() -> Iterator[FakeMistral]:
+    fake = FakeMistral(api_key=MISTRAL_KEY)
+    with fake:
+        yield fake
+
+
+@pytest.fixture
+def server(endless_dir: Path, user_dir: Path, mistral: FakeMistral,
+           load_plugins: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+           ) -> Iterator[str]:
+    """``llmcli serve`` on a free port in this process, over the tiny model and Mistral."""
+    user_dir.mkdir(parents=True, exist_ok=True)
+    (user_dir / "local-models.json").write_text(json.dumps({"version": 1, "models": [
+        {"name": MODEL, "path": str(endless_dir), "format": "hf"}]}))
+    monkeypatch.setenv("MISTRAL_BASE_URL", mistral.url)
+    monkeypatch.setenv("MISTRAL_API_KEY", MISTRAL_KEY)
+    load_plugins("llmcli-local", "llmcli-mistral")
+    with serving() as url:
+        yield url
+
+
+@contextmanager
+def serving() -> Iterator[str]:
+    import uvicorn
+
+    from llmcli.serve import ServeSettings, create_app
+    from llmcli.serve.server import bind
+
+    app = create_app(ServeSettings(say=lambda line: None))
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=5)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: uv.started or not thread.is_alive())
+        assert uv.started, "the server did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60) -> Any:
+    """Poll until ``condition()`` is true (a deadline against hanging, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def body(prompt: str, prefill: str, options: dict[str, Any], *, model: str = MODEL,
+         stream: bool = False) -> dict[str, Any]:
+    return {"model": model, "stream": stream, **options,
+            "messages": [{"role": "user", "content": prompt},
+                         {"role": "assistant", "content": prefill, "prefix": True}]}
+
+
+def ask(url: str, prompt: str, prefill: str, options: dict[str, Any]) -> str:
+    reply = httpx.post(url + "/v1/chat/completions", json=body(prompt, prefill, options),
+                       timeout=120)
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    assert choice["finish_reason"] == "length"  # the test model never ends a turn
+    content: str = choice["message"]["content"]
+    return content
+
+
+def scheduler_of(directory: Path) -> Any:
+    """The scheduler of the loaded tiny model in this process."""
+    from llmcli_local import loader, scheduler
+
+    [backend] = [b for key, b in loader.loaded_models().items() if key[0] == str(directory)]
+    return scheduler.shared(backend)
+
+
+def rows(user_dir: Path) -> list[dict[str, Any]]:
+    path = user_dir / "logs.db"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("select * from responses order by rowid")]
+
+
+class Endless:
+    """A streamed request that runs until its client closes it, read delta by delta."""
+
+    def __init__(self, url: str, prompt: str = "Keep going", prefill: str = "def ") -> None:
+        self._client = httpx.Client(timeout=120)
+        self._context = self._client.stream(
+            "POST", url + "/v1/chat/completions",
+            json=body(prompt, prefill, {"max_tokens": 5000}, stream=True))
+        response = self._context.__enter__()
+        assert response.status_code == 200
+        self._lines = response.iter_lines()
+        self.text = ""
+
+    def read(self) -> str:
+        """The next non-empty delta (the request is generating)."""
+        for line in self._lines:
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            payload = json.loads(line[6:])
+            assert "error" not in payload, payload
+            delta = payload["choices"][0]["delta"].get("content") or ""
+            if delta:
+                self.text += delta
+                return delta
+        raise AssertionError("the stream ended")
+
+    def close(self) -> None:
+        """Go away mid-stream, as a client that gave up."""
+        self._context.__exit__(None, None, None)
+        self._client.close()
+
+
+@contextmanager
+def endless(url: str, prompt: str = "Keep going") -> Iterator[Endless]:
+    stream = Endless(url, prompt)
+    try:
+        stream.read()
+        yield stream
+    finally:
+        stream.close()
+
+
+def test_concurrent_local_requests_run_together_with_the_text_each_gets_alone(
+        server: str, endless_dir: Path, user_dir: Path) -> None:
+    alone = [ask(server, *request) for request in REQUESTS]
+    assert len(set(alone)) == len(alone)  # four different texts to tell apart
+
+    with endless(server) as long:
+        scheduler = scheduler_of(endless_dir)
+        stepped = scheduler.batched_steps
+        together: dict[int, str] = {}
+
+        def one(index: int) -> None:
+            together[index] = ask(server, *REQUESTS[index])
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(REQUESTS))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        # The long request is still in flight: every other one ran while it did, so each
+        # decode step of theirs took two rows or more.
+        long.read()
+        assert scheduler.batched_steps > stepped
+        assert scheduler.peak_batch >= 2
+    assert [together[i] for i in range(len(REQUESTS))] == alone
+
+    long_row = wait_for(lambda: [r for r in rows(user_dir) if r["prompt"] == "Keep going"])[0]
+    assert (long_row["status"], long_row["error"]) == ("partial", "interrupted")
+
+
+def test_a_local_request_in_flight_never_holds_up_a_remote_one(
+        server: str, endless_dir: Path, user_dir: Path) -> None:
+    with endless(server) as long:
+        reply = httpx.post(server + "/v1/chat/completions", timeout=60, json=body(
+            "Say something", "The answer is", {"max_tokens": 20},
+            model="mistral-small-latest"))
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["content"] == "Bonjour from Mistral."
+        # The local one was generating before the remote one started and still is after it
+        # ended: it held up nothing.
+        long.read()
+        assert scheduler_of(endless_dir).reserved > 0
+    logged = wait_for(lambda: len(rows(user_dir)) == 2 and rows(user_dir))
+    assert [(r["model"], r["status"]) for r in logged] == [
+        ("mistral-small-latest", "complete"), (MODEL, "partial")]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_a_client_that_goes_away_stops_its_local_sequence(
+        server: str, endless_dir: Path, user_dir: Path, stream: bool) -> None:
+    ask(server, *REQUESTS[0])  # the model is loaded: the request below starts at once
+    scheduler = scheduler_of(endless_dir)  # held here, so every request goes to this one
+    if stream:
+        with endless(server):
+            assert scheduler.reserved > 0
+    else:
+        # A whole reply: the client gives up waiting for it.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server + "/v1/chat/completions", timeout=1.5, json=body(
+                "Keep going", "def ", {"max_tokens": 5000}))
+    # The sequence left the batch (its KV positions are free) long before its 5000 tokens.
+    wait_for(lambda: scheduler.reserved == 0 and scheduler.waiting == 0)
+    row = wait_for(lambda: [r for r in rows(user_dir) if r["prompt"] == "Keep going"])[0]
+    assert (row["status"], row["error"]) == ("partial", "interrupted")
+    # Nothing of it runs any more: a new request steps alone, never batched with it.
+    stepped = scheduler.batched_steps
+    ask(server, *REQUESTS[0])
+    assert scheduler.batched_steps == stepped
+
+
+def test_a_models_slots_are_its_declared_batch_concurrency() -> None:
+    from llmcli_testmodels import TestModel
+
+    from llmcli.capabilities import PrefillSupport
+    from llmcli.serve.exchange import model_slots
+
+    class Batched(TestModel):
+        batch_concurrency = 2
+
+    remote = TestModel("test-slots-remote", PrefillSupport.EATS_PREFIX)
+    assert model_slots(remote) is None  # no declared limit: as many as arrive
+    slots = model_slots(Batched("test-slots-batched", PrefillSupport.EATS_PREFIX))
+    assert slots is not None
+    # Shared by every request to the model, whichever object the request resolved to.
+    assert model_slots(Batched("test-slots-batched", PrefillSupport.EATS_PREFIX)) is slots
+    assert [slots.acquire(blocking=False) for _ in range(3)] == [True, True, False]
+    slots.release()
+    slots.release()
