@@ -35,7 +35,7 @@ class BatchInputError(LLMCLIError):
 @click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
               help="A model option for every line (a line's \"options\" override it).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 1024),
-              help="Requests at once (default: 8 for remote models, 1 for local ones).")
+              help="Requests at once (default: 8, or what the model takes at once).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]),
               help="Input format (default: csv for a .csv file, else jsonl).")
 @click.option("-n", "--no-log", is_flag=True, help="Do not log these exchanges.")

@@ -70,3 +70,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                            "-m", "test-eats")
     yield running
     running.stop()
+
+
+def make_endless_model(directory: Path) -> Path:
+    """The tiny test Llama (``tests/local/conftest.py``) with its own output head, whose rows
+    for the special tokens are zero: their logit is always 0, below the best one, so greedy
+    decoding never ends a turn (and a seeded sample all but never). A context of 6000
+    positions: a request for thousands of tokens stays in flight far longer than any test
+    needs it to, until its client leaves."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tests.local.conftest import make_tiny_model
+
+    make_tiny_model(directory)
+    model = LlamaForCausalLM.from_pretrained(directory)
+    model.config.tie_word_embeddings = False
+    model.config.max_position_embeddings = 6000
+    with torch.no_grad():
+        head = model.model.embed_tokens.weight.detach().clone()
+        head[:3] = 0  # <|endoftext|>, <|im_start|>, <|im_end|>
+        model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(directory)
+    return directory
+
+
+def register_local_model(user_dir: Path, name: str, directory: Path) -> None:
+    """``llmcli local add DIRECTORY --name NAME``, written directly."""
+    import json
+
+    user_dir.mkdir(parents=True, exist_ok=True)
+    (user_dir / "local-models.json").write_text(json.dumps({"version": 1, "models": [
+        {"name": name, "path": str(directory), "format": "hf"}]}))

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.fakes.mistral import FakeMistral
+from tests.serve.conftest import make_endless_model, register_local_model
 
 pytest.importorskip("llmcli_local")
 pytest.importorskip("transformers")
@@ -39,25 +40,7 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
 
 @pytest.fixture(scope="module")
 def endless_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny test Llama with its own output head, whose rows for the special tokens are
-    zero: their logit is always 0, below the best one, so greedy decoding never ends a turn
-    (and a seeded sample all but never). A context of 6000 positions: a long request runs for
-    minutes, far longer than any test needs it in flight."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from tests.local.conftest import make_tiny_model
-
-    directory = make_tiny_model(tmp_path_factory.mktemp("tiny-endless"))
-    model = LlamaForCausalLM.from_pretrained(directory)
-    model.config.tie_word_embeddings = False
-    model.config.max_position_embeddings = 6000
-    with torch.no_grad():
-        head = model.model.embed_tokens.weight.detach().clone()
-        head[:3] = 0  # <|endoftext|>, <|im_start|>, <|im_end|>
-        model.lm_head.weight = torch.nn.Parameter(head)
-    model.save_pretrained(directory)
-    return directory
+    return make_endless_model(tmp_path_factory.mktemp("tiny-endless"))
 
 
 @pytest.fixture
@@ -72,9 +55,7 @@ def server(endless_dir: Path, user_dir: Path, mistral: FakeMistral,
            load_plugins: Callable[..., None], monkeypatch: pytest.MonkeyPatch
            ) -> Iterator[str]:
     """``llmcli serve`` on a free port in this process, over the tiny model and Mistral."""
-    user_dir.mkdir(parents=True, exist_ok=True)
-    (user_dir / "local-models.json").write_text(json.dumps({"version": 1, "models": [
-        {"name": MODEL, "path": str(endless_dir), "format": "hf"}]}))
+    register_local_model(user_dir, MODEL, endless_dir)
     monkeypatch.setenv("MISTRAL_BASE_URL", mistral.url)
     monkeypatch.setenv("MISTRAL_API_KEY", MISTRAL_KEY)
     load_plugins("llmcli-local", "llmcli-mistral")
