@@ -342,9 +342,15 @@ class Response:
         """The reply parsed as JSON (it runs the response); with a schema, validated
         against it (:class:`llmcli.schema.SchemaValidationError` if it does not conform)."""
         text = self.text()
-        if self.schema is None:
-            return schemas.parse_reply(text)
-        return schemas.check_reply(self.schema, text)
+        try:
+            if self.schema is None:
+                return schemas.parse_reply(text)
+            return schemas.check_reply(self.schema, text)
+        except schemas.SchemaValidationError as exc:
+            if self.stop_reason == "max_tokens":
+                raise schemas.SchemaValidationError(
+                    f"{exc} (the reply stopped at its token limit: raise max_tokens)") from None
+            raise
 
     def __iter__(self) -> Iterator[str]:
         if self.done:

@@ -252,3 +252,22 @@ def test_grammar_refused_by_models_that_cannot_enforce_one(test_models, tmp_path
     result = CliRunner().invoke(cli, ["-m", "test-eats", "Q", "--grammar", str(grammar)])
     assert result.exit_code == 1 and "cannot enforce a grammar" in result.output
     assert not test_models.requests
+
+
+def test_json_says_when_the_token_limit_cut_the_reply(test_models) -> None:
+    from llmcli.models import Usage
+
+    model = _model("test-eats")
+    original = type(model).execute
+
+    def cut(self, request):
+        yield '{"name": "Ad'
+        yield Usage(stop_reason="max_tokens")
+
+    type(model).execute = cut
+    try:
+        response = model.prompt("Who?", log=False)
+        with pytest.raises(schemas.SchemaValidationError, match="raise max_tokens"):
+            response.json()
+    finally:
+        type(model).execute = original
