@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from llmcli_local.lean.config import LeanConfig, RopeConfig
+from llmcli_local.lean.quant import linear
 from llmcli_local.lean.weights import Weights
 
 __all__ = ["Decoder", "KVBuffers", "Rotary", "inv_freq"]
@@ -89,7 +90,7 @@ class Decoder:
     def prompt(self, buffers: KVBuffers, ids: list[int], start: int) -> torch.Tensor:
         """Last-position logits for ``ids`` at positions ``start``.. in one causal pass (as
         transformers' forward computes them); their K/V are written into ``buffers``."""
-        return F.linear(self.states(buffers, ids, start, 1)[-1:], self.weights.lm_head)[0]
+        return linear(self.states(buffers, ids, start, 1)[-1:], self.weights.lm_head)[0]
 
     def states(self, buffers: KVBuffers, ids: list[int], start: int,
                keep: int) -> torch.Tensor:
@@ -110,9 +111,9 @@ class Decoder:
             mask = torch.ones((count, end), dtype=torch.bool, device=x.device).tril(start)
         for layer, buffer in zip(weights.layers, buffers, strict=True):
             h = _rms(x, layer.norm_in, self.eps)
-            q = F.linear(h, layer.q, layer.q_bias).view(1, count, heads, dim).transpose(1, 2)
-            k = F.linear(h, layer.k, layer.k_bias).view(1, count, kv_heads, dim).transpose(1, 2)
-            v = F.linear(h, layer.v, layer.v_bias).view(1, count, kv_heads, dim).transpose(1, 2)
+            q = linear(h, layer.q, layer.q_bias).view(1, count, heads, dim).transpose(1, 2)
+            k = linear(h, layer.k, layer.k_bias).view(1, count, kv_heads, dim).transpose(1, 2)
+            v = linear(h, layer.v, layer.v_bias).view(1, count, kv_heads, dim).transpose(1, 2)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
             buffer[0, :, start:end] = k[0]
@@ -123,9 +124,9 @@ class Decoder:
                 enable_gqa=heads != kv_heads,
             )
             attended = attended.transpose(1, 2).reshape(1, count, heads * dim)
-            x = x + F.linear(attended, layer.out, layer.out_bias)
+            x = x + linear(attended, layer.out, layer.out_bias)
             h = _rms(x, layer.norm_post, self.eps)
-            x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
+            x = x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
         return _rms(x[0, count - keep:], weights.norm, self.eps)
 
     def step(self, buffers: KVBuffers, token: int, position: int) -> torch.Tensor:
@@ -142,9 +143,9 @@ class Decoder:
         end = position + 1
         for layer, buffer in zip(weights.layers, buffers, strict=True):
             h = _rms(x, layer.norm_in, self.eps)
-            q = F.linear(h, layer.q, layer.q_bias).view(heads, dim)
-            k = F.linear(h, layer.k, layer.k_bias).view(kv_heads, dim)
-            v = F.linear(h, layer.v, layer.v_bias).view(kv_heads, dim)
+            q = linear(h, layer.q, layer.q_bias).view(heads, dim)
+            k = linear(h, layer.k, layer.k_bias).view(kv_heads, dim)
+            v = linear(h, layer.v, layer.v_bias).view(kv_heads, dim)
             q = q * cos + torch.cat((-q[:, half:], q[:, :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[:, half:], k[:, :half]), dim=-1) * sin
             buffer[0, :, position] = k
@@ -154,11 +155,11 @@ class Decoder:
             scores = torch.matmul(q.view(kv_heads, group, dim), keys.transpose(1, 2))
             attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
             attended = torch.matmul(attention, values).reshape(1, q_size)
-            x = x + F.linear(attended, layer.out, layer.out_bias)
+            x = x + linear(attended, layer.out, layer.out_bias)
             h = _rms(x, layer.norm_post, self.eps)
-            x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
+            x = x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
         x = _rms(x, weights.norm, self.eps)
-        return F.linear(x, weights.lm_head)[0]
+        return linear(x, weights.lm_head)[0]
 
     def step_batch(self, buffers: list[KVBuffers], tokens: list[int],
                    positions: list[int]) -> torch.Tensor:
@@ -185,9 +186,9 @@ class Decoder:
         full = x.dtype == torch.float32  # .float() and back would be no-ops
         for index, layer in enumerate(weights.layers):
             h = _rms(x, layer.norm_in, self.eps)
-            q = F.linear(h, layer.q, layer.q_bias).view(rows, heads, dim)
-            k = F.linear(h, layer.k, layer.k_bias).view(rows, kv_heads, dim)
-            v = F.linear(h, layer.v, layer.v_bias).view(rows, kv_heads, dim)
+            q = linear(h, layer.q, layer.q_bias).view(rows, heads, dim)
+            k = linear(h, layer.k, layer.k_bias).view(rows, kv_heads, dim)
+            v = linear(h, layer.v, layer.v_bias).view(rows, kv_heads, dim)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
             # Per row as in step (the same operations; fewer Python calls: this loop is
@@ -207,8 +208,8 @@ class Decoder:
                     attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
                 outputs.append(torch.matmul(attention, cached[1]))
             attended = torch.stack(outputs).view(rows, q_size)
-            x = x + F.linear(attended, layer.out, layer.out_bias)
+            x = x + linear(attended, layer.out, layer.out_bias)
             h = _rms(x, layer.norm_post, self.eps)
-            x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up), layer.down)
+            x = x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
         x = _rms(x, weights.norm, self.eps)
-        return F.linear(x, weights.lm_head)
+        return linear(x, weights.lm_head)

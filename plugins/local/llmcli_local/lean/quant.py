@@ -1,0 +1,204 @@
+"""Weight-only quantization for the lean backend (``-o quantize int8|int4``).
+
+Each linear weight and the output head is quantized once into a :class:`Quantized` weight
+that is called in place of ``F.linear`` (:func:`linear` dispatches on the weight's type, so
+full-precision weights take exactly the path they always took). The embeddings used for
+lookup stay full precision; the decoder's other code (prompt pass, healing, exact prefill,
+batched steps) is unchanged: only the weights change.
+
+Kernels (chosen by measurement on a 2-core AMD EPYC with AVX-512 BF16/VNNI, see
+docs/benchmarks.md): PyTorch's own CPU ops, no new dependency.
+
+- ``int8``: ``aten._weight_int8pack_mm``, int8 weights with one scale per output channel
+  (symmetric, absmax / 127). The op is fast only with bf16 activations (with fp32 ones it is
+  slower than fp32 ``F.linear``), so activations go in as bf16 and results come back fp32.
+- ``int4``: ``aten._weight_int4pack_mm_for_cpu``, 4-bit codes in groups of 32 along the input
+  with a scale and a minimum per group (asymmetric, like llama.cpp's Q4_1), bf16 activations.
+
+The quantized tensors are cached beside the converted weights (:func:`cache_path`): keyed by
+the source (the conversion's directory is named by the GGUF's hash) and the scheme.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SCHEMES", "Int4Weight", "Int8Weight", "Quantized", "Scheme", "cache_path",
+           "linear", "load_or_quantize", "quantize", "rows"]
+
+Scheme = Literal["none", "int8", "int4"]
+SCHEMES: tuple[Scheme, ...] = ("none", "int8", "int4")
+#: Bump when the stored layout or the rounding changes: old cache files are then ignored.
+_FORMAT = 1
+INT4_GROUP = 32
+_ACT = torch.bfloat16
+
+
+class Int8Weight:
+    """int8 codes (out, in) and one scale per output channel: ``w ≈ q * scale``."""
+
+    scheme: Scheme = "int8"
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor) -> None:
+        self.q = q.contiguous()
+        self.scales = scales.to(_ACT)  # what the kernel reads
+        self.shape = q.shape
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> Int8Weight:
+        w = weight.float()
+        # Scales rounded to bf16 first, so the codes are rounded against the scale the kernel
+        # really uses: the quantized weight is exactly q * scale.
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(_ACT).float()
+        q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(q, scales)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(_ACT)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scales)
+        return out.to(x.dtype).view(*x.shape[:-1], self.shape[0])
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.q[ids].float() * self.scales[ids].float().unsqueeze(-1)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q, "scales": self.scales}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Int8Weight:
+        return cls(state["q"], state["scales"])
+
+
+class Int4Weight:
+    """4-bit codes in groups of :data:`INT4_GROUP` along the input, each group with a scale
+    and a minimum: ``w ≈ code * scale + min``. Stored as plain nibbles (low nibble first,
+    portable); packed into the CPU kernel's layout at load."""
+
+    scheme: Scheme = "int4"
+
+    def __init__(self, nibbles: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> None:
+        self.nibbles = nibbles  # (out, in / 2) uint8
+        self.scales = scales  # (out, in / group) bf16
+        self.mins = mins
+        out, groups = scales.shape
+        self.shape = torch.Size((out, groups * INT4_GROUP))
+        codes = torch.stack([nibbles & 15, nibbles >> 4], dim=-1).view(out, -1).to(torch.int32)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        # The kernel computes (code - 8) * scale + zero.
+        zeros = mins.float() + 8 * scales.float()
+        self.scale_zeros = torch.stack([scales.float().t(), zeros.t()], dim=-1).to(_ACT).contiguous()
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> Int4Weight:
+        out, inner = weight.shape
+        groups = weight.float().view(out, inner // INT4_GROUP, INT4_GROUP)
+        low = groups.amin(dim=-1)
+        high = groups.amax(dim=-1)
+        scales = ((high - low) / 15).clamp(min=1e-12).to(_ACT).float()
+        mins = low.to(_ACT).float()
+        codes = torch.round((groups - mins[..., None]) / scales[..., None]).clamp(0, 15)
+        codes = codes.to(torch.uint8).view(out, inner)
+        nibbles = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        return cls(nibbles.contiguous(), scales.to(_ACT), mins.to(_ACT))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(_ACT)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, INT4_GROUP,
+                                                           self.scale_zeros)
+        return out.to(x.dtype).view(*x.shape[:-1], self.shape[0])
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        nibbles = self.nibbles[ids]
+        codes = torch.stack([nibbles & 15, nibbles >> 4], dim=-1).flatten(-2).float()
+        grouped = codes.view(*codes.shape[:-1], -1, INT4_GROUP)
+        scales = self.scales[ids].float().unsqueeze(-1)
+        mins = self.mins[ids].float().unsqueeze(-1)
+        return (grouped * scales + mins).flatten(-2)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"nibbles": self.nibbles, "scales": self.scales, "mins": self.mins}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Int4Weight:
+        return cls(state["nibbles"], state["scales"], state["mins"])
+
+
+Quantized = Int8Weight | Int4Weight
+_KINDS: dict[str, type[Int8Weight] | type[Int4Weight]] = {"int8": Int8Weight,
+                                                          "int4": Int4Weight}
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor | Quantized,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` for a full-precision or a quantized weight."""
+    if isinstance(weight, torch.Tensor):
+        return F.linear(x, weight, bias)
+    out = weight(x)
+    return out if bias is None else out + bias
+
+
+def rows(weight: torch.Tensor | Quantized, ids: torch.Tensor) -> torch.Tensor:
+    """``weight[ids]`` in full precision (the output head's rows for a candidate gather)."""
+    return weight[ids] if isinstance(weight, torch.Tensor) else weight.rows(ids)
+
+
+def quantize(weight: torch.Tensor, scheme: Scheme) -> Quantized:
+    return _KINDS[scheme].of(weight)
+
+
+def supported(scheme: Scheme, device: str) -> str | None:
+    """Why ``scheme`` cannot run on ``device``, or None."""
+    if scheme != "none" and device != "cpu":
+        return f"quantize={scheme} runs on CPU only (these are PyTorch's CPU kernels)"
+    return None
+
+
+def cache_path(directory: Path, scheme: Scheme) -> Path:
+    """Where ``directory``'s weights quantized by ``scheme`` are cached: inside a GGUF's
+    conversion directory (named by the GGUF's hash), else under ``quantized/`` in the local
+    cache, keyed by the safetensors files' paths, sizes and modification times."""
+    from llmcli_local.sources import cache_root
+
+    name = f"quantized-{scheme}-v{_FORMAT}.safetensors"
+    root = cache_root()
+    if directory.resolve().parent == root.resolve():
+        return directory / name
+    versions = "\n".join(
+        f"{p.resolve()}\0{p.stat().st_size}\0{p.stat().st_mtime_ns}"
+        for p in sorted(directory.glob("*.safetensors"))
+    )
+    return root / "quantized" / hashlib.sha256(versions.encode()).hexdigest()[:32] / name
+
+
+def load_or_quantize(path: Path, scheme: Scheme,
+                     weights: Callable[[], dict[str, torch.Tensor]]) -> dict[str, Quantized]:
+    """The quantized weights cached at ``path``, or ``weights()`` quantized by ``scheme`` and
+    written there (atomically; an unwritable cache only costs quantizing again next time)."""
+    from safetensors.torch import load_file, save_file
+
+    kind = _KINDS[scheme]
+    if path.is_file():
+        flat = load_file(str(path))
+        grouped: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in flat.items():
+            name, _, part = key.rpartition(":")
+            grouped.setdefault(name, {})[part] = tensor
+        return {name: kind.from_state(state) for name, state in grouped.items()}
+    quantized = {name: quantize(w, scheme) for name, w in weights().items()}
+    flat = {f"{name}:{part}": t.contiguous() for name, q in quantized.items()
+            for part, t in q.state().items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        save_file(flat, str(tmp), metadata={"scheme": scheme, "format": str(_FORMAT)})
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return quantized
