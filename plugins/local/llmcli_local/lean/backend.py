@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -14,8 +14,13 @@ from llmcli_local.backend import end_of_turn_ids
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 from llmcli_local.lean.config import LeanConfig
 from llmcli_local.lean.decoder import Decoder, KVBuffers
+from llmcli_local.lean.quant import Scheme, linear
+from llmcli_local.lean.quant import rows as head_rows
 from llmcli_local.lean.tokenizer import LeanTokenizer
 from llmcli_local.lean.weights import load_weights
+
+if TYPE_CHECKING:
+    from llmcli_local.lean.weights import Linear
 
 __all__ = ["LeanBackend", "LeanCache", "LeanScores", "load"]
 
@@ -33,19 +38,19 @@ class LeanScores:
     (all of them only where asked, so candidate scores cost a gather, not the whole head)."""
 
     states: torch.Tensor  # (rows, hidden)
-    head: torch.Tensor  # (vocab, hidden)
+    head: Linear  # (vocab, hidden)
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
 
     def full(self, row: int) -> torch.Tensor:
         with torch.inference_mode():
-            return torch.nn.functional.linear(self.states[row:row + 1], self.head)[0].float()
+            return linear(self.states[row:row + 1], self.head)[0].float()
 
     def gather(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             states = self.states[rows.to(self.states.device)]  # (n, hidden)
-            heads = self.head[ids.to(self.head.device)]  # (n, c, hidden)
+            heads = head_rows(self.head, ids.to(self.states.device))  # (n, c, hidden)
             return torch.matmul(heads, states.unsqueeze(-1)).squeeze(-1).float()
 
 
@@ -126,10 +131,11 @@ class LeanBackend:
         return logits.float()
 
 
-def load(directory: Path, device: str, dtype: torch.dtype) -> LeanBackend:
+def load(directory: Path, device: str, dtype: torch.dtype,
+         quantize: Scheme = "none") -> LeanBackend:
     config = LeanConfig.read(directory)
     tokenizer = LeanTokenizer(directory)
-    decoder = Decoder(config, load_weights(directory, config, device, dtype))
+    decoder = Decoder(config, load_weights(directory, config, device, dtype, quantize))
     token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
     return LeanBackend(
         tokenizer=tokenizer, decoder=decoder, vocab=Vocab(token_bytes, atomic),

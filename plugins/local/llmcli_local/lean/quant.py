@@ -25,13 +25,16 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from llmcli_local.lean.weights import Weights
+
 __all__ = ["SCHEMES", "Int4Weight", "Int8Weight", "Quantized", "Scheme", "cache_path",
-           "linear", "load_or_quantize", "quantize", "rows"]
+           "linear", "load_or_quantize", "quantize", "quantize_weights", "rows", "supported"]
 
 Scheme = Literal["none", "int8", "int4"]
 SCHEMES: tuple[Scheme, ...] = ("none", "int8", "int4")
@@ -202,3 +205,24 @@ def load_or_quantize(path: Path, scheme: Scheme,
     except OSError:
         pass
     return quantized
+
+
+_LINEARS = ("q", "k", "v", "out", "gate", "up", "down")
+
+
+def quantize_weights(weights: Weights, directory: Path, scheme: Scheme) -> None:
+    """Replace ``weights``' linear layers and output head by their ``scheme`` quantization,
+    read from the cache when it is there (the embeddings used for lookup stay as they are)."""
+    if scheme == "none":
+        return
+
+    def full() -> dict[str, torch.Tensor]:
+        named = {f"layers.{i}.{name}": getattr(layer, name)
+                 for i, layer in enumerate(weights.layers) for name in _LINEARS}
+        return {**named, "lm_head": weights.lm_head}
+
+    quantized = load_or_quantize(cache_path(directory, scheme), scheme, full)
+    for i, layer in enumerate(weights.layers):
+        for name in _LINEARS:
+            setattr(layer, name, quantized[f"layers.{i}.{name}"])
+    weights.lm_head = quantized["lm_head"]

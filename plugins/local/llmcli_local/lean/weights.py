@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from llmcli_local.lean.config import LeanConfig, read_json
+
+if TYPE_CHECKING:
+    from llmcli_local.lean.quant import Quantized, Scheme
+
+    #: A linear layer's weight: a tensor, or its quantization (``-o quantize``).
+    Linear = torch.Tensor | Quantized
 
 __all__ = ["Layer", "Weights", "load_weights"]
 
@@ -17,24 +24,24 @@ __all__ = ["Layer", "Weights", "load_weights"]
 class Layer:
     norm_in: torch.Tensor
     norm_post: torch.Tensor
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
+    q: Linear
+    k: Linear
+    v: Linear
     q_bias: torch.Tensor | None
     k_bias: torch.Tensor | None
     v_bias: torch.Tensor | None
-    out: torch.Tensor
+    out: Linear
     out_bias: torch.Tensor | None
-    gate: torch.Tensor
-    up: torch.Tensor
-    down: torch.Tensor
+    gate: Linear
+    up: Linear
+    down: Linear
 
 
 @dataclass
 class Weights:
     embed: torch.Tensor
     #: The output head: the embeddings themselves when they are tied (no copy).
-    lm_head: torch.Tensor
+    lm_head: Linear
     norm: torch.Tensor
     layers: list[Layer]
 
@@ -52,9 +59,9 @@ def _state_dict(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(directory: Path, config: LeanConfig, device: str,
-                 dtype: torch.dtype) -> Weights:
+                 dtype: torch.dtype, quantize: Scheme = "none") -> Weights:
     """The tensors of ``directory``'s safetensors, named as transformers names them, on
-    ``device`` in ``dtype``."""
+    ``device`` in ``dtype``; the linear layers and output head quantized by ``quantize``."""
     state = _state_dict(directory)
 
     def weight(name: str) -> torch.Tensor:
@@ -82,9 +89,14 @@ def load_weights(directory: Path, config: LeanConfig, device: str,
             down=weight(p + "mlp.down_proj.weight"),
         ))
     embed = weight("model.embed_tokens.weight")
-    return Weights(
+    weights = Weights(
         embed=embed,
         lm_head=embed if config.tie_word_embeddings else weight("lm_head.weight"),
         norm=weight("model.norm.weight"),
         layers=layers,
     )
+    if quantize != "none":
+        from llmcli_local.lean.quant import quantize_weights
+
+        quantize_weights(weights, directory, quantize)
+    return weights
