@@ -50,6 +50,7 @@ ENGINES = ("auto", "lean", "transformers")
 BackendName = Literal["lean", "transformers"]
 Engine = Literal["auto", "lean", "transformers"]
 KVCache = Literal["dynamic", "static"]
+Quantize = Literal["none", "int8", "int4"]
 
 #: Names of tokens that end an assistant turn in common chat templates.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
@@ -64,6 +65,8 @@ class BackendRequest(Protocol):
     def kv_cache(self) -> KVCache: ...
     @property
     def cuda_graphs(self) -> bool: ...
+    @property
+    def quantize(self) -> Quantize: ...
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,12 @@ class BackendOptions:
     engine: Engine = "auto"
     kv_cache: KVCache = "dynamic"
     cuda_graphs: bool = False
+    quantize: Quantize = "none"
 
     @classmethod
     def of(cls, request: BackendRequest) -> BackendOptions:
         return cls(engine=request.engine, kv_cache=request.kv_cache,
-                   cuda_graphs=request.cuda_graphs)
+                   cuda_graphs=request.cuda_graphs, quantize=request.quantize)
 
 
 def choose_backend(options: BackendRequest, device: str,
@@ -90,7 +94,19 @@ def choose_backend(options: BackendRequest, device: str,
     wherever it implements the model in ``model_dir``. Without ``model_dir`` (the keep-alive
     key, computed before a GGUF is converted) the answer is what the request alone decides,
     ``"auto"`` included; the loader, which has the directory, always gets a backend name.
-    ``device`` may still be ``"auto"``."""
+    ``device`` may still be ``"auto"``. Quantized weights (``options.quantize``) exist only
+    on the lean backend, on CPU."""
+    chosen = _choose(options, device, model_dir)
+    if options.quantize != "none":
+        if chosen == "transformers":
+            raise ConfigError(f"quantize={options.quantize} is not supported on the "
+                              "transformers backend (it needs engine=lean)")
+        if device == "cuda":
+            raise ConfigError(f"quantize={options.quantize} runs on CPU only (device=cpu)")
+    return chosen
+
+
+def _choose(options: BackendRequest, device: str, model_dir: Path | None) -> Engine:
     if options.kv_cache == "static" or options.cuda_graphs:
         if options.engine == "lean":
             raise ConfigError("kv_cache=static and cuda_graphs need engine=transformers")

@@ -27,7 +27,13 @@ from typing import Any
 
 from llmcli import progress
 from llmcli.errors import ConfigError
-from llmcli_local.backend import Backend, BackendOptions, BackendRequest, choose_backend
+from llmcli_local.backend import (
+    Backend,
+    BackendOptions,
+    BackendRequest,
+    Quantize,
+    choose_backend,
+)
 from llmcli_local.sources import ModelSource, cache_root
 
 __all__ = ["cache_dir_for", "convert_gguf", "load", "loaded_models", "pick_device",
@@ -262,10 +268,10 @@ def load(source: ModelSource, device: str = "auto", options: BackendRequest | No
             convert_gguf(source.path, show_progress) if source.format == "gguf" else source.path
         )
         chosen = choose_backend(options, resolved, directory)
-        key = (str(source.path), resolved, chosen)
+        key = (str(source.path), resolved, chosen + _quantized(options.quantize))
         backend = _loaded.get(key)
         if backend is None:
-            backend = _read(chosen, directory, resolved)
+            backend = _read(chosen, directory, resolved, options.quantize)
             # Keep one model per device in memory: a conversation reuses it, while switching
             # models does not pile up gigabytes.
             for other in [k for k in _loaded if k[1] == resolved]:
@@ -278,7 +284,13 @@ def load(source: ModelSource, device: str = "auto", options: BackendRequest | No
         return backend
 
 
-def _read(chosen: str, directory: Path, device: str) -> Backend[Any]:
+def _quantized(scheme: str) -> str:
+    """The part of a loaded model's key that says its weights are quantized."""
+    return "" if scheme == "none" else f"-{scheme}"
+
+
+def _read(chosen: str, directory: Path, device: str,
+          quantize: Quantize = "none") -> Backend[Any]:
     import torch
 
     if device == "cpu":
@@ -290,7 +302,7 @@ def _read(chosen: str, directory: Path, device: str) -> Backend[Any]:
         if chosen == "lean":
             from llmcli_local.lean import backend as lean
 
-            return lean.load(directory, device, dtype)
+            return lean.load(directory, device, dtype, quantize)
         from llmcli_local.transformers_backend import load as load_transformers
 
         return load_transformers(directory, device, dtype)

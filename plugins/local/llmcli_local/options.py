@@ -74,6 +74,12 @@ class LocalOptions(llmcli.Options):
         description="auto: the lean backend (no transformers) where it implements the model, "
         "else transformers; or force lean or transformers",
     )
+    quantize: Literal["none", "int8", "int4"] = Field(
+        "none",
+        description="Lean backend on CPU: weight-only int8 (per channel) or int4 (groups of "
+        "32) for the linear layers and output head, quantized once and cached; none = the "
+        "full-precision model",
+    )
     keep_alive: float = Field(
         default_factory=lambda: os.environ.get("LLMCLI_LOCAL_KEEP_ALIVE", DEFAULT_KEEP_ALIVE),
         validate_default=True,

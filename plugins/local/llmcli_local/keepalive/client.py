@@ -17,7 +17,7 @@ from typing import IO, Any
 import llmcli
 from llmcli.errors import PartialResponseError, ProviderError
 from llmcli.models import Chunk
-from llmcli_local.backend import BackendOptions, Engine, choose_backend
+from llmcli_local.backend import BackendOptions, Engine, Quantize, choose_backend
 from llmcli_local.keepalive.protocol import (
     PROTOCOL,
     GenerateRequest,
@@ -45,7 +45,7 @@ def _stamps(paths: list[Path]) -> list[str]:
     return out
 
 
-def _key(source: ModelSource, device: str, engine: Engine) -> str:
+def _key(source: ModelSource, device: str, engine: Engine, quantize: str = "none") -> str:
     """Everything a worker's answers depend on: the weights and their version, the device,
     the backend, the threads, the cache, the interpreter and the code of llmcli and this
     plugin."""
@@ -54,7 +54,8 @@ def _key(source: ModelSource, device: str, engine: Engine) -> str:
     fields = [
         str(PROTOCOL), source.format, str(weights.resolve()),
         *_stamps([weights, *sorted(weights.iterdir())] if weights.is_dir() else [weights]),
-        device, engine, os.environ.get("LLMCLI_LOCAL_THREADS", ""), str(cache_root().resolve()),
+        device, engine, quantize, os.environ.get("LLMCLI_LOCAL_THREADS", ""),
+        str(cache_root().resolve()),
         # The environment, not the name it was started by (python, python3.11, a script).
         sys.prefix, os.path.realpath(sys.executable),
         *_stamps([f for d in code for f in sorted(d.rglob("*.py"))]),
@@ -73,6 +74,8 @@ class WorkerAddress:
     engine: Engine
     key: str
     directory: Path
+    #: ``-o quantize``: the worker's weights (part of the key).
+    quantize: Quantize = "none"
 
     @classmethod
     def for_model(cls, name: str, source: ModelSource, device: str,
@@ -83,10 +86,10 @@ class WorkerAddress:
         if directory is None:
             return None
         try:
-            key = _key(source, device, engine)
+            key = _key(source, device, engine, options.quantize)
         except OSError:
             return None  # the weights are gone: the in-process load says so clearly
-        address = cls(name, source, device, engine, key, directory)
+        address = cls(name, source, device, engine, key, directory, options.quantize)
         # A socket's path must fit in sun_path (104 bytes on macOS, 108 on Linux).
         return address if len(os.fsencode(address.socket_path)) < 100 else None
 
@@ -121,7 +124,8 @@ class WorkerAddress:
             return
         spec = WorkerSpec(name=self.name, format=self.source.format,
                           path=str(self.source.path.resolve()), device=self.device,
-                          engine=self.engine, key=self.key, keep_alive=keep_alive)
+                          engine=self.engine, key=self.key, keep_alive=keep_alive,
+                          quantize=self.quantize)
         try:
             log = os.open(directory / f"{self.key}.log",
                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

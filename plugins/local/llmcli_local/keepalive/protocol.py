@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from llmcli.errors import ConfigError, LLMCLIError, ProviderError
 from llmcli.models import Chunk, Usage
-from llmcli_local.backend import BackendOptions, Engine
+from llmcli_local.backend import BackendOptions, Engine, Quantize
 from llmcli_local.sources import Format
 
 __all__ = [
@@ -81,6 +81,7 @@ class WorkerSpec:
     engine: Engine
     key: str
     keep_alive: float
+    quantize: Quantize = "none"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

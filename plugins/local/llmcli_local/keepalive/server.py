@@ -115,7 +115,7 @@ class Worker:
             # The same loaded model; only the transformers backend's cache options vary.
             backend = loader.load(self.source, device=self.spec.device, show_progress=False,
                                   options=BackendOptions(
-                                      engine=self.spec.engine,
+                                      engine=self.spec.engine, quantize=self.spec.quantize,
                                       kv_cache=request.backend.kv_cache,
                                       cuda_graphs=request.backend.cuda_graphs))
             handle = scheduler.shared(backend).submit(
@@ -156,7 +156,8 @@ def main(argv: list[str]) -> int:
     from llmcli_local import loader
 
     backend = loader.load(ModelSource(spec.format, Path(spec.path)), device=spec.device,
-                          show_progress=False, options=BackendOptions(engine=spec.engine))
+                          show_progress=False,
+                          options=BackendOptions(engine=spec.engine, quantize=spec.quantize))
     # We hold the lock, so any socket file left is a dead worker's. Bind under a temporary
     # name and rename: a client sees the socket only once it is listening.
     path = directory / f"{spec.key}.sock"

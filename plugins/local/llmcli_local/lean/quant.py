@@ -96,7 +96,8 @@ class Int4Weight:
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         # The kernel computes (code - 8) * scale + zero.
         zeros = mins.float() + 8 * scales.float()
-        self.scale_zeros = torch.stack([scales.float().t(), zeros.t()], dim=-1).to(_ACT).contiguous()
+        pairs = torch.stack([scales.float().t(), zeros.t()], dim=-1)
+        self.scale_zeros = pairs.to(_ACT).contiguous()
 
     @classmethod
     def of(cls, weight: torch.Tensor) -> Int4Weight:
