@@ -7,7 +7,7 @@ PIP     := $(PY) -m pip --disable-pip-version-check
 TORCH   ?= torch==2.13.0
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 PROMPT  ?= Reply with a JSON array of three US state names.
-PREFILL ?= ["
+PREFILL ?= ["Texas", "
 
 .PHONY: setup run test test-setup lint bench clean llama-server
 
