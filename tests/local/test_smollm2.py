@@ -42,7 +42,8 @@ def test_readme_main_job_gives_state_names(smollm2: Any) -> None:
 
 def test_json_list_prefill_in_heal_mode(smollm2: Any) -> None:
     """`["` in heal mode: the tokenizer's `["`, healed, continues as a list of strings. (In
-    exact mode SmolLM2's own split of `["` is the token `["""`, as grammar forcing gives; see
+    exact mode SmolLM2's own split of `["` is a token that opens a Python docstring, as grammar
+    forcing gives; see
     docs/prefill.md and test_exact_smollm2.)"""
     response = smollm2.prompt(
         "Give a JSON array of 5 US states. Reply with the JSON only.", prefill='["',
