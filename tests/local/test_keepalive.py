@@ -394,9 +394,9 @@ def test_keep_alive_is_on_by_default_for_five_minutes(workers: Workers) -> None:
 def test_concurrent_clients_are_batched_by_the_worker(workers: Workers) -> None:
     """Several callers at once: the worker serves them together (their decode steps batched
     by its scheduler) instead of one after the other, with the text each gets alone."""
-    from llmcli_local.backend import BackendOptions
-
     import dataclasses
+
+    from llmcli_local.backend import BackendOptions
 
     workers.ask("-o", "keep_alive", "60")
     pid = workers.ping()["pid"]
