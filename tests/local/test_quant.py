@@ -1,0 +1,221 @@
+"""``-o quantize`` (#11): int8 and int4 weight-only quantization on the lean backend. The
+kernels against the dequantized weights; quantized logits close to full precision; the
+prefill (exact, heal, none) still leads the output; batched steps on quantized weights; the
+quantized tensors cached once and read back; the option refused where it cannot apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from llmcli_local.backend import BackendOptions, choose_backend  # noqa: E402
+from llmcli_local.lean import backend as lean_backend  # noqa: E402
+from llmcli_local.lean import quant  # noqa: E402
+from llmcli_local.lean.weights import Weights  # noqa: E402
+
+from llmcli.errors import ConfigError  # noqa: E402
+
+SCHEMES = ["int8", "int4"]
+#: Largest |logit difference| from full precision allowed on the tiny model (logits of
+#: magnitude about 1): int8's per-channel rounding and bf16 activations, int4's groups.
+TOLERANCE = {"int8": 0.03, "int4": 0.25}
+MESSAGES = [{"role": "user", "content": "Say something about the weather."}]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLMCLI_LOCAL_CACHE", str(cache))
+    return cache
+
+
+def _dequantized(weight: Any) -> Any:
+    return weight.rows(torch.arange(weight.shape[0]))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_kernel_matches_the_dequantized_weight(scheme: str) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(96, 128) * 0.05
+    q = quant.quantize(weight, scheme)
+    full = _dequantized(q)
+    step = (weight.abs().amax(dim=1, keepdim=True) / 127 if scheme == "int8"
+            else (weight.view(96, -1, 32).amax(-1) - weight.view(96, -1, 32).amin(-1))
+            .repeat_interleave(32, dim=1) / 15)
+    # Round to nearest (half a step), plus the scales' (and minimums') rounding to bf16.
+    assert ((full - weight).abs() <= step * 0.75).all()
+    x = torch.randn(5, 128)
+    bias = torch.randn(96)
+    expected = torch.nn.functional.linear(x, full, bias)
+    got = quant.linear(x, q, bias)
+    assert got.dtype == torch.float32 and got.shape == (5, 96)
+    # bf16 activations and output: a relative error of a few 2^-9.
+    assert torch.allclose(got, expected, atol=0.02 * expected.abs().max().item())
+    # 3-D input (the prompt pass) and rows (the exact-prefill gather).
+    assert torch.allclose(quant.linear(x.unsqueeze(0), q)[0], quant.linear(x, q))
+    ids = torch.tensor([[3, 7], [95, 0]])
+    assert torch.equal(quant.rows(q, ids), full[ids])
+
+
+def test_full_precision_stays_the_default_and_untouched(tiny_model_dir: Path) -> None:
+    backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32)
+    weights: Weights = backend.decoder.weights
+    assert isinstance(weights.lm_head, torch.Tensor)
+    assert all(isinstance(layer.q, torch.Tensor) for layer in weights.layers)
+    assert BackendOptions().quantize == "none"
+    x = torch.randn(2, weights.layers[0].q.shape[1])
+    assert torch.equal(quant.linear(x, weights.layers[0].q),
+                       torch.nn.functional.linear(x, weights.layers[0].q))
+
+
+@pytest.mark.parametrize("model", ["tiny_model_dir", "tiny_qwen2_dir"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantized_logits_are_close_to_full_precision(model: str, scheme: str,
+                                                      request: pytest.FixtureRequest) -> None:
+    directory = request.getfixturevalue(model)
+    full = lean_backend.load(directory, "cpu", torch.float32)
+    quantized = lean_backend.load(directory, "cpu", torch.float32, scheme)
+    assert not isinstance(quantized.decoder.weights.lm_head, torch.Tensor)
+    ids = full.encode(full.render(MESSAGES))
+    expected, full_cache = full.prompt(ids, len(ids) + 8)
+    got, cache = quantized.prompt(ids, len(ids) + 8)
+    assert (got - expected).abs().max() < TOLERANCE[scheme]
+    token = int(expected.argmax())
+    for _ in range(4):
+        expected = full.step(full_cache, token)
+        got = quantized.step(cache, token)
+        assert (got - expected).abs().max() < TOLERANCE[scheme]
+        token = int(expected.argmax())
+    # The exact-prefill scores: the full head for a row and the candidate gather agree.
+    scores, _ = quantized.prompt_scores(ids, len(ids) + 8, 3)
+    candidates = torch.tensor([[1, 5, 9]] * 3)
+    gathered = scores.gather(torch.arange(3), candidates)
+    for row in range(3):
+        assert torch.allclose(gathered[row], scores.full(row)[candidates[row]], atol=0.02)
+
+
+@pytest.mark.parametrize("prefill_mode", ["exact", "heal", "none"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantized_output_starts_with_the_prefill(tiny_model_dir: Path, user_dir: Path,
+                                                  load_plugins: Any, scheme: str,
+                                                  prefill_mode: str) -> None:
+    """Through llmcli, as ``-o quantize``: the prompt pass, healing and exact prefill run on
+    the quantized weights and the reply still starts with the prefill."""
+    from llmcli_local import loader
+
+    import llmcli
+    from tests.serve.conftest import register_local_model
+
+    register_local_model(user_dir, "tiny-quant", tiny_model_dir)
+    load_plugins("llmcli-local")
+    model = llmcli.get_model("tiny-quant")
+    for prefill in ["The URL is http:", '["Cal', "This is a "]:
+        response = model.prompt("Say something.", prefill=prefill, quantize=scheme,
+                                prefill_mode=prefill_mode, keep_alive=0, max_tokens=8)
+        assert response.text().startswith(prefill)
+    [key] = [k for k in loader.loaded_models() if k[0] == str(tiny_model_dir)]
+    assert key[2] == f"lean-{scheme}"
+    loader.unload_all()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_batched_steps_on_quantized_weights(tiny_model_dir: Path, scheme: str) -> None:
+    backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    prompts = [backend.encode(backend.render([{"role": "user", "content": text}]))
+               for text in ["Hello", "Tell me a long story about the sea", "Why?"]]
+    alone, together, tokens = [], [], []
+    for ids in prompts:
+        logits, cache = backend.prompt(ids, len(ids) + 4)
+        _, again = backend.prompt(ids, len(ids) + 4)
+        token = int(logits.argmax())
+        alone.append(backend.step(cache, token))
+        together.append(again)
+        tokens.append(token)
+    batched = backend.step_batch(together, tokens)
+    assert batched.shape[0] == len(prompts)
+    for row, logits in enumerate(alone):
+        assert torch.allclose(batched[row], logits, atol=2e-2)
+        assert int(batched[row].argmax()) == int(logits.argmax())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantized_weights_are_cached_and_reused(tiny_model_dir: Path, scheme: str,
+                                                 _private_cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = quant.cache_path(tiny_model_dir, scheme)
+    assert path.is_relative_to(_private_cache) and scheme in path.name
+    assert not path.exists()
+    first = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    assert path.is_file()
+    written = path.stat().st_mtime_ns
+
+    def no_quantizing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("quantized again instead of reading the cache")
+
+    monkeypatch.setattr(quant, "quantize", no_quantizing)
+    second = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    assert path.stat().st_mtime_ns == written
+    ids = first.encode(first.render(MESSAGES))
+    assert torch.equal(first.prompt(ids, len(ids))[0], second.prompt(ids, len(ids))[0])
+    # The other scheme is its own cache entry.
+    other = "int4" if scheme == "int8" else "int8"
+    assert quant.cache_path(tiny_model_dir, other) != path
+
+
+def test_a_gguf_conversion_keeps_its_quantization_beside_it(tiny_gguf: Path) -> None:
+    from llmcli_local import loader
+    from llmcli_local.sources import ModelSource
+
+    loader.unload_all()
+    backend = loader.load(ModelSource("gguf", tiny_gguf), device="cpu",
+                          options=BackendOptions(quantize="int8"), show_progress=False)
+    path = quant.cache_path(backend.directory, "int8")
+    assert path.parent == backend.directory and path.is_file()
+    loader.unload_all()
+
+
+def test_quantize_is_refused_where_it_cannot_apply(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="not supported on the transformers backend"):
+        choose_backend(BackendOptions(engine="transformers", quantize="int8"), "cpu",
+                       tiny_model_dir)
+    with pytest.raises(ConfigError, match="not supported on the transformers backend"):
+        choose_backend(BackendOptions(kv_cache="static", quantize="int4"), "cpu", None)
+    with pytest.raises(ConfigError, match="CPU only"):
+        choose_backend(BackendOptions(quantize="int8"), "cuda", tiny_model_dir)
+    assert choose_backend(BackendOptions(quantize="int8"), "cpu", tiny_model_dir) == "lean"
+
+
+def test_the_option_is_validated() -> None:
+    from llmcli_local.options import LocalOptions
+
+    assert LocalOptions().quantize == "none"
+    assert LocalOptions(quantize="int8").quantize == "int8"
+    with pytest.raises(ValueError):
+        LocalOptions(quantize="int3")
+    assert BackendOptions.of(LocalOptions(quantize="int4")).quantize == "int4"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_smollm2_quantized_text_starts_with_the_prefill(smollm2: Any, scheme: str) -> None:
+    """The real model: the reply starts with the prefill, the greedy text is a fluent list,
+    and the prompt pass's logits stay close to full precision."""
+    from llmcli_local import loader
+
+    response = smollm2.prompt("Name three US states.", prefill="1.", quantize=scheme,
+                              keep_alive=0, max_tokens=24)
+    text = response.text()
+    assert text.startswith("1.") and "2." in text
+    full = loader.load(smollm2.source(), device="cpu")
+    quantized = loader.load(smollm2.source(), device="cpu",
+                            options=BackendOptions(quantize=scheme))
+    ids = full.encode(full.render([{"role": "user", "content": "Name three US states."}]))
+    expected, _ = full.prompt(ids, len(ids))
+    got, _ = quantized.prompt(ids, len(ids))
+    assert (got - expected).abs().max() < {"int8": 1.5, "int4": 4.0}[scheme]
+    assert int(got.argmax()) == int(expected.argmax())
+    loader.unload_all()
