@@ -5,6 +5,7 @@ from llmcli.api import get_model as get_model
 from llmcli.api import get_models as get_models
 from llmcli.api import load_conversation as load_conversation
 from llmcli.capabilities import PrefillSupport as PrefillSupport
+from llmcli.capabilities import SchemaSupport as SchemaSupport
 from llmcli.errors import ConfigError as ConfigError
 from llmcli.errors import ConversationError as ConversationError
 from llmcli.errors import KeyNeededError as KeyNeededError
@@ -28,6 +29,9 @@ from llmcli.models import emulation_instruction as emulation_instruction
 from llmcli.normalize import normalize_stream as normalize_stream
 from llmcli.normalize import normalize_text as normalize_text
 from llmcli.record import Message as Message
+from llmcli.schema import InvalidSchemaError as InvalidSchemaError
+from llmcli.schema import SchemaUnsupportedError as SchemaUnsupportedError
+from llmcli.schema import SchemaValidationError as SchemaValidationError
 
 __version__: str
 __all__: list[str]
