@@ -81,19 +81,23 @@ class Int8Weight:
 
 class Int4Weight:
     """4-bit codes in groups of :data:`INT4_GROUP` along the input, each group with a scale
-    and a minimum: ``w ≈ code * scale + min``. Stored as plain nibbles (low nibble first,
-    portable); packed into the CPU kernel's layout at load."""
+    and a minimum: ``w ≈ code * scale + min``. Kept as plain nibbles (low nibble first, for
+    :meth:`rows`) and in the CPU kernel's packed layout, which depends on the CPU's
+    instruction set (the cache file's name says which)."""
 
     scheme: Scheme = "int4"
 
-    def __init__(self, nibbles: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> None:
+    def __init__(self, nibbles: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+                 packed: torch.Tensor | None = None) -> None:
         self.nibbles = nibbles  # (out, in / 2) uint8
         self.scales = scales  # (out, in / group) bf16
         self.mins = mins
         out, groups = scales.shape
         self.shape = torch.Size((out, groups * INT4_GROUP))
-        codes = torch.stack([nibbles & 15, nibbles >> 4], dim=-1).view(out, -1).to(torch.int32)
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        if packed is None:
+            codes = torch.stack([nibbles & 15, nibbles >> 4], dim=-1).view(out, -1)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        self.packed = packed
         # The kernel computes (code - 8) * scale + zero.
         zeros = mins.float() + 8 * scales.float()
         pairs = torch.stack([scales.float().t(), zeros.t()], dim=-1)
@@ -110,7 +114,8 @@ class Int4Weight:
         codes = torch.round((groups - mins[..., None]) / scales[..., None]).clamp(0, 15)
         codes = codes.to(torch.uint8).view(out, inner)
         nibbles = codes[:, 0::2] | (codes[:, 1::2] << 4)
-        return cls(nibbles.contiguous(), scales.to(_ACT), mins.to(_ACT))
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        return cls(nibbles.contiguous(), scales.to(_ACT), mins.to(_ACT), packed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(_ACT)
@@ -127,11 +132,12 @@ class Int4Weight:
         return (grouped * scales + mins).flatten(-2)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"nibbles": self.nibbles, "scales": self.scales, "mins": self.mins}
+        return {"nibbles": self.nibbles, "scales": self.scales, "mins": self.mins,
+                "packed": self.packed}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> Int4Weight:
-        return cls(state["nibbles"], state["scales"], state["mins"])
+        return cls(state["nibbles"], state["scales"], state["mins"], state.get("packed"))
 
 
 Quantized = Int8Weight | Int4Weight
@@ -170,7 +176,10 @@ def cache_path(directory: Path, scheme: Scheme) -> Path:
     cache, keyed by the safetensors files' paths, sizes and modification times."""
     from llmcli_local.sources import cache_root
 
-    name = f"quantized-{scheme}-v{_FORMAT}.safetensors"
+    # int4's packed layout is the CPU kernel's own: per instruction set and torch version.
+    cpu = (f"-{torch.backends.cpu.get_cpu_capability()}-torch{torch.__version__.split('+')[0]}"
+           if scheme == "int4" else "")
+    name = f"quantized-{scheme}{cpu}-v{_FORMAT}.safetensors"
     root = cache_root()
     if directory.resolve().parent == root.resolve():
         return directory / name
