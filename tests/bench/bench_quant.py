@@ -126,6 +126,14 @@ def _run(engine: str, args: argparse.Namespace, argv: list[str]) -> dict[str, An
     return result
 
 
+def _has_llama(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import llama_cpp"],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--decode-tokens", type=int, default=64)
@@ -144,8 +152,7 @@ def main() -> None:
     argv = [f"--decode-tokens={args.decode_tokens}", f"--prompt-tokens={args.prompt_tokens}",
             f"--runs={args.runs}", f"--threads={args.threads}"]
     engines = args.engines.split(",")
-    if "llama.cpp" in engines and subprocess.run(
-            [args.llama_python, "-c", "import llama_cpp"], capture_output=True).returncode:
+    if "llama.cpp" in engines and not _has_llama(args.llama_python):
         print(f"no llama_cpp in {args.llama_python}: its row is left out", file=sys.stderr)
         engines.remove("llama.cpp")
     best: dict[str, dict[str, Any]] = {}
