@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 SENTENCE = ("The quick brown fox jumps over the lazy dog while the committee reviews the "
@@ -78,11 +77,9 @@ def _llama(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from llama_cpp import Llama
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "local"))
-    from llmcli_local.sources import smollm2_path
-
+    # Its own venv has no llmcli: the parent passes the GGUF's path.
     start = time.perf_counter()
-    llm = Llama(model_path=str(smollm2_path()), n_ctx=2048, n_threads=args.threads,
+    llm = Llama(model_path=args.gguf, n_ctx=2048, n_threads=args.threads,
                 n_threads_batch=args.threads, verbose=False)
     load = time.perf_counter() - start
     body = SENTENCE * max(1, (args.prompt_tokens - 40) // 21)
@@ -145,12 +142,15 @@ def main() -> None:
                         help="a Python with llama-cpp-python (bench_e2e.py's llm venv)")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--gguf", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args)
         return
+    from llmcli_local.sources import smollm2_path
+
     argv = [f"--decode-tokens={args.decode_tokens}", f"--prompt-tokens={args.prompt_tokens}",
-            f"--runs={args.runs}", f"--threads={args.threads}"]
+            f"--runs={args.runs}", f"--threads={args.threads}", f"--gguf={smollm2_path()}"]
     engines = args.engines.split(",")
     if "llama.cpp" in engines and not _has_llama(args.llama_python):
         print(f"no llama_cpp in {args.llama_python}: its row is left out", file=sys.stderr)
