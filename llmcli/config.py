@@ -158,7 +158,9 @@ def set_logging(enabled: bool) -> None:
 def _load_json_object(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        # No such file (also: the user directory does not exist, or is a file: the command
+        # that needs the directory says so).
         return {}
     except OSError as exc:
         raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}") from exc
