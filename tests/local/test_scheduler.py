@@ -315,9 +315,13 @@ def test_local_model_calls_from_threads_are_batched(tiny_model_dir: Any, load_pl
     from llmcli_local.model import LocalModel
     from llmcli_local.sources import ModelSource
 
-    assert LocalModel.batch_concurrency == 8
     load_plugins("llmcli-local")
     model = LocalModel("tiny-test", ModelSource("hf", tiny_model_dir))
+    assert model.batch_concurrency == scheduler.DEFAULT_MAX_BATCH == 8
+    with pytest.MonkeyPatch.context() as env:
+        # serve and batch follow the scheduler's own limit.
+        env.setenv("LLMCLI_LOCAL_MAX_BATCH", "3")
+        assert model.batch_concurrency == 3 == scheduler._env_int("LLMCLI_LOCAL_MAX_BATCH", 8)
     expected = model.prompt("Hi", prefill="def ", max_tokens=30, log=False).text()
     backend = next(b for k, b in loader.loaded_models().items() if k[0] == str(tiny_model_dir))
     texts: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -26,8 +27,11 @@ class LocalModel(llmcli.Model):
     can_stream = True
     needs_key = None
     Options = LocalOptions  # type: ignore[assignment]  # as llmcli.remote does
-    #: Calls ``llmcli batch`` may run at once: the scheduler batches them (its max_batch).
-    batch_concurrency = 8
+    @property
+    def batch_concurrency(self) -> int:
+        """Calls ``llmcli batch`` and ``llmcli serve`` run at once: the scheduler's
+        ``max_batch`` (``LLMCLI_LOCAL_MAX_BATCH``, default 8), which steps them together."""
+        return _env_max_batch()
 
     def __init__(self, model_id: str, source: ModelSource | None,
                  aliases: tuple[str, ...] = ()) -> None:
@@ -91,6 +95,15 @@ class LocalModel(llmcli.Model):
         )
         if worker is not None:
             worker.start(options.keep_alive)
+
+
+def _env_max_batch() -> int:
+    # The scheduler's reading of the variable, without importing it (it imports torch).
+    value = os.environ.get("LLMCLI_LOCAL_MAX_BATCH", "").strip()
+    try:
+        return max(1, int(value)) if value else 8
+    except ValueError:
+        return 8
 
 
 def _loaded_here(source: ModelSource) -> bool:
