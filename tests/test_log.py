@@ -239,12 +239,17 @@ def test_ctrl_c_after_commit_logs_cleanly(test_models, user_dir: Path) -> None:
     store = LogStore()
     response = llmcli.get_model("test-eats").prompt("x", log=False)
     response.text()
-    with pytest.MonkeyPatch.context() as patch:
-        _interrupt_after_commit(store, patch, lambda: signal.raise_signal(signal.SIGINT))
-        # The interrupt still arrives, once the row is written: not 'cannot rollback'.
-        with pytest.raises(KeyboardInterrupt):
-            store.log(response)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, whatever an earlier test in this process left installed.
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            _interrupt_after_commit(store, patch, lambda: signal.raise_signal(signal.SIGINT))
+            # The interrupt still arrives, once the row is written: not 'cannot rollback'.
+            with pytest.raises(KeyboardInterrupt):
+                store.log(response)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, saved)
     assert [r["prompt"] for r in LogStore().recent()] == ["x"]
     store.log(llmcli.get_model("test-eats").prompt("y", log=False))  # the store still works
     assert [r["prompt"] for r in LogStore().recent()] == ["x", "y"]
