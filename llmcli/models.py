@@ -35,7 +35,7 @@ from llmcli.errors import (
     PrefillUnsupportedError,
     ProviderError,
 )
-from llmcli.normalize import PrefillNormalizer
+from llmcli.normalize import PrefillNormalizer, normalize_text
 from llmcli.record import Message, ResponseRecord, Status, history
 from llmcli.record import continuation as continuation_of
 
@@ -438,14 +438,9 @@ class Response:
         attempt = request
         for tries in range(1, self.schema_retries + 2):
             events = list(self.model.execute(attempt))
-            normalizer = PrefillNormalizer(request.prefill, request.prefill_support)
-            parts = []
-            for event in events:
-                if isinstance(event, str):
-                    parts.append(normalizer.feed(event))
-                elif isinstance(event, PrefillSent):
-                    normalizer.set_sent_prefill(event.text)
-            text = "".join(parts) + normalizer.finish()
+            sent = next((e.text for e in events if isinstance(e, PrefillSent)), None)
+            text = normalize_text("".join(e for e in events if isinstance(e, str)),
+                                  request.prefill, request.prefill_support, sent)
             try:
                 schemas.check_reply(schema, text)
             except schemas.SchemaValidationError as exc:
