@@ -321,7 +321,7 @@ def test_local_model_calls_from_threads_are_batched(tiny_model_dir: Any, load_pl
     with pytest.MonkeyPatch.context() as env:
         # serve and batch follow the scheduler's own limit.
         env.setenv("LLMCLI_LOCAL_MAX_BATCH", "3")
-        assert model.batch_concurrency == 3 == scheduler._env_int("LLMCLI_LOCAL_MAX_BATCH", 8)
+        assert model.batch_concurrency == 3 == scheduler.env_max_batch()
     expected = model.prompt("Hi", prefill="def ", max_tokens=30, log=False).text()
     backend = next(b for k, b in loader.loaded_models().items() if k[0] == str(tiny_model_dir))
     texts: list[str] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +10,7 @@ import llmcli
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.models import Chunk, Request
 from llmcli_local.backend import BackendOptions
-from llmcli_local.options import LocalOptions
+from llmcli_local.options import LocalOptions, env_max_batch
 from llmcli_local.sources import ModelSource, smollm2_path
 
 __all__ = ["LocalModel", "LocalOptions", "SmolLM2"]
@@ -31,7 +30,7 @@ class LocalModel(llmcli.Model):
     def batch_concurrency(self) -> int:
         """Calls ``llmcli batch`` and ``llmcli serve`` run at once: the scheduler's
         ``max_batch`` (``LLMCLI_LOCAL_MAX_BATCH``, default 8), which steps them together."""
-        return _env_max_batch()
+        return env_max_batch()
 
     def __init__(self, model_id: str, source: ModelSource | None,
                  aliases: tuple[str, ...] = ()) -> None:
@@ -95,15 +94,6 @@ class LocalModel(llmcli.Model):
         )
         if worker is not None:
             worker.start(options.keep_alive)
-
-
-def _env_max_batch() -> int:
-    # The scheduler's reading of the variable, without importing it (it imports torch).
-    value = os.environ.get("LLMCLI_LOCAL_MAX_BATCH", "").strip()
-    try:
-        return max(1, int(value)) if value else 8
-    except ValueError:
-        return 8
 
 
 def _loaded_here(source: ModelSource) -> bool:

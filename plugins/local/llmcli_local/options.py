@@ -16,6 +16,22 @@ __all__ = ["DEFAULT_KEEP_ALIVE", "LocalOptions", "parse_duration"]
 #: How long a local model stays loaded in its background worker after a call, unless
 #: ``-o keep_alive`` or ``LLMCLI_LOCAL_KEEP_ALIVE`` says otherwise (Ollama's default too).
 DEFAULT_KEEP_ALIVE = "5m"
+#: Sequences the scheduler steps together at most (``LLMCLI_LOCAL_MAX_BATCH``).
+DEFAULT_MAX_BATCH = 8
+
+
+def env_int(name: str, default: int) -> int:
+    """A positive whole number from the environment; ``default`` when unset or not one."""
+    value = os.environ.get(name, "").strip()
+    try:
+        return max(1, int(value)) if value else default
+    except ValueError:
+        return default
+
+
+def env_max_batch() -> int:
+    """The scheduler's ``max_batch``, which ``llmcli batch`` and ``serve`` also follow."""
+    return env_int("LLMCLI_LOCAL_MAX_BATCH", DEFAULT_MAX_BATCH)
 
 
 def parse_duration(value: Any) -> float:

@@ -33,7 +33,6 @@ all submit to it.
 from __future__ import annotations
 
 import atexit
-import os
 import queue
 import threading
 import time
@@ -46,12 +45,11 @@ from typing import Any
 from llmcli.models import Usage
 from llmcli_local import decode
 from llmcli_local.backend import Backend
+from llmcli_local.options import DEFAULT_MAX_BATCH, env_int, env_max_batch
 
 __all__ = ["DEFAULT_KV_BUDGET", "DEFAULT_MAX_BATCH", "CANCELLED", "Handle", "Scheduler",
            "shared"]
 
-#: Sequences stepped together at most (``LLMCLI_LOCAL_MAX_BATCH``).
-DEFAULT_MAX_BATCH = 8
 #: KV-cache positions the running sequences may hold together (``LLMCLI_LOCAL_KV_BUDGET``):
 #: SmolLM2-135M keeps 46 KB per position in fp32, so about 380 MB.
 DEFAULT_KV_BUDGET = 8192
@@ -144,14 +142,6 @@ class _Entry:
     batch: int = 1
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    try:
-        return max(1, int(value)) if value else default
-    except ValueError:
-        return default
-
-
 class Scheduler:
     """Runs the sequences submitted to one loaded model, batching their decode steps."""
 
@@ -159,11 +149,11 @@ class Scheduler:
                  kv_budget: int | None = None) -> None:
         self.backend = backend
         self._step_batch = getattr(backend, "step_batch", None)
-        wanted = max_batch or _env_int("LLMCLI_LOCAL_MAX_BATCH", DEFAULT_MAX_BATCH)
+        wanted = max_batch or env_max_batch()
         #: At most this many sequences run together (1 without a batched step).
         self.max_batch = wanted if self._step_batch is not None else 1
         #: KV-cache positions the running sequences may hold together.
-        self.kv_budget = kv_budget or _env_int("LLMCLI_LOCAL_KV_BUDGET", DEFAULT_KV_BUDGET)
+        self.kv_budget = kv_budget or env_int("LLMCLI_LOCAL_KV_BUDGET", DEFAULT_KV_BUDGET)
         self._cond = threading.Condition()
         self._waiting: deque[_Entry] = deque()
         self._reserved = 0
@@ -358,8 +348,7 @@ class Scheduler:
                 # One row: the unbatched step, so a lone call is exactly the plain loop's.
                 for entry in moving:
                     assert entry.sequence is not None
-                    entry.sequence.stepped(
-                        entry.backend.step(entry.sequence.cache, entry.token))
+                    entry.sequence.step_run(entry.run)
                 return
             self.batched_steps += 1
             for entry in moving:
