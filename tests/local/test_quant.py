@@ -219,3 +219,54 @@ def test_smollm2_quantized_text_starts_with_the_prefill(smollm2: Any, scheme: st
     assert (got - expected).abs().max() < {"int8": 1.5, "int4": 4.0}[scheme]
     assert int(got.argmax()) == int(expected.argmax())
     loader.unload_all()
+
+
+@pytest.mark.parametrize("model", ["tiny_model_dir", "tiny_qwen2_dir"])
+def test_the_fused_step_computes_what_the_unfused_one_does(model: str,
+                                                           request: pytest.FixtureRequest
+                                                           ) -> None:
+    """Quantized weights come fused (qkv, gate_up) and step through ``_step_fused``, a
+    rearrangement of the same computation (RoPE as a matrix, SDPA, the norm as a sum). Fused
+    in full precision, its logits must be the unfused step's to float rounding, one row or
+    several, and the K/V it writes the same: a wrong rotation or head mapping would show
+    here far above the quantization noise."""
+    directory = request.getfixturevalue(model)
+    plain = lean_backend.load(directory, "cpu", torch.float32)
+    fused = lean_backend.load(directory, "cpu", torch.float32)
+    for layer in fused.decoder.weights.layers:
+        layer.qkv = torch.cat([layer.q, layer.k, layer.v])
+        if layer.q_bias is not None:
+            layer.qkv_bias = torch.cat([layer.q_bias, layer.k_bias, layer.v_bias])
+        layer.gate_up = torch.cat([layer.gate, layer.up])
+        layer.q = layer.k = layer.v = layer.gate = layer.up = None
+    fused.decoder.fused = True  # what the decoder decides for quantized (fused) weights
+    assert not plain.decoder.fused
+    prompts = [plain.encode(plain.render([{"role": "user", "content": text}]))
+               for text in ["Hello", "Tell me a long story about the sea"]]
+    caches = []
+    for ids in prompts:
+        expected, cache = plain.prompt(ids, len(ids) + 8)
+        got, again = fused.prompt(ids, len(ids) + 8)
+        assert torch.allclose(got, expected, atol=1e-5)
+        token = int(expected.argmax())
+        for _ in range(3):
+            expected, got = plain.step(cache, token), fused.step(again, token)
+            assert torch.allclose(got, expected, atol=1e-5)
+            token = int(expected.argmax())
+        for mine, theirs in zip(cache.buffers, again.buffers, strict=True):
+            assert torch.allclose(mine[:, :, :cache.position], theirs[:, :, :again.position],
+                                  atol=1e-5)
+        caches.append((cache, again, token))
+    expected = plain.step_batch([c for c, _, _ in caches], [t for _, _, t in caches])
+    got = fused.step_batch([a for _, a, _ in caches], [t for _, _, t in caches])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantized_layers_are_fused(tiny_model_dir: Path, scheme: str) -> None:
+    backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    layer = backend.decoder.weights.layers[0]
+    assert backend.decoder.fused
+    assert layer.q is None and layer.gate is None and layer.qkv is not None
+    full = lean_backend.load(tiny_model_dir, "cpu", torch.float32).decoder.weights.layers[0]
+    assert layer.qkv.shape[0] == full.q.shape[0] + full.k.shape[0] + full.v.shape[0]

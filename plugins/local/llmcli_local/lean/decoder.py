@@ -7,7 +7,10 @@ multiplications (module calls, mask building, cache concatenation). Here the sam
 run as a flat sequence of operations; the prompt pass uses ``scaled_dot_product_attention``
 and the step grouped-query attention as two small matmuls. RoPE and RMSNorm are computed as
 transformers computes them, so logits agree with it (the tests compare them). Fusing QKV and
-gate/up into single matmuls was tried: no faster here, and the copies cost memory.
+gate/up into single matmuls was tried in full precision: no faster here, and the copies cost
+memory. Quantized weights (``-o quantize``) are fused (:mod:`llmcli_local.lean.quant`): there
+the kernels are fast enough that the number of operations per step decides, and their
+one-token step is :meth:`Decoder.step`'s leaner variant (``_step_fused``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from llmcli_local.lean.config import LeanConfig, RopeConfig
 from llmcli_local.lean.quant import linear
-from llmcli_local.lean.weights import Weights
+from llmcli_local.lean.weights import Layer, Weights
 
 __all__ = ["Decoder", "KVBuffers", "Rotary", "inv_freq"]
 
@@ -71,6 +74,27 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(x.dtype)
 
 
+def _qkv(layer: Layer, h: torch.Tensor, sizes: tuple[int, int, int]
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v of ``h`` (..., hidden): three projections, or one fused (quantized)."""
+    if layer.qkv is not None:
+        q, k, v = linear(h, layer.qkv, layer.qkv_bias).split(sizes, dim=-1)
+        return q, k, v
+    assert layer.q is not None and layer.k is not None and layer.v is not None
+    return (linear(h, layer.q, layer.q_bias), linear(h, layer.k, layer.k_bias),
+            linear(h, layer.v, layer.v_bias))
+
+
+def _mlp(layer: Layer, h: torch.Tensor) -> torch.Tensor:
+    """The gated MLP of ``h``: gate and up apart, or one fused projection (quantized)."""
+    if layer.gate_up is not None:
+        gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
+    else:
+        assert layer.gate is not None and layer.up is not None
+        gate, up = linear(h, layer.gate), linear(h, layer.up)
+    return linear(F.silu(gate) * up, layer.down)
+
+
 class Decoder:
     """The forward pass over one model's weights (references: no copy, no extra memory)."""
 
@@ -80,6 +104,17 @@ class Decoder:
         self.scaling = config.head_dim ** -0.5
         self.weights = weights
         self.rotary = Rotary(inv_freq(config.rope, config.head_dim).to(weights.embed.device))
+        self.sizes = (self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                      self.kv_heads * self.head_dim)
+        #: Quantized weights come fused: their one-token step is the lean variant.
+        self.fused = all(layer.qkv is not None and layer.gate_up is not None
+                         for layer in weights.layers)
+        half = self.head_dim // 2
+        swap = torch.zeros((self.head_dim, self.head_dim), dtype=torch.float32)
+        swap[torch.arange(half) + half, torch.arange(half)] = -1.0
+        swap[torch.arange(half), torch.arange(half) + half] = 1.0
+        #: RoPE's rotate-half as a matrix: ``x @ swap == cat(-x[half:], x[:half])``.
+        self._swap = swap.to(weights.embed.device)
 
     def new_buffers(self, capacity: int) -> KVBuffers:
         """Empty per-layer [keys, values] buffers of ``capacity`` positions."""
@@ -111,9 +146,10 @@ class Decoder:
             mask = torch.ones((count, end), dtype=torch.bool, device=x.device).tril(start)
         for layer, buffer in zip(weights.layers, buffers, strict=True):
             h = _rms(x, layer.norm_in, self.eps)
-            q = linear(h, layer.q, layer.q_bias).view(1, count, heads, dim).transpose(1, 2)
-            k = linear(h, layer.k, layer.k_bias).view(1, count, kv_heads, dim).transpose(1, 2)
-            v = linear(h, layer.v, layer.v_bias).view(1, count, kv_heads, dim).transpose(1, 2)
+            q, k, v = _qkv(layer, h, self.sizes)
+            q = q.reshape(1, count, heads, dim).transpose(1, 2)
+            k = k.reshape(1, count, kv_heads, dim).transpose(1, 2)
+            v = v.reshape(1, count, kv_heads, dim).transpose(1, 2)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
             buffer[0, :, start:end] = k[0]
@@ -125,12 +161,13 @@ class Decoder:
             )
             attended = attended.transpose(1, 2).reshape(1, count, heads * dim)
             x = x + linear(attended, layer.out, layer.out_bias)
-            h = _rms(x, layer.norm_post, self.eps)
-            x = x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
+            x = x + _mlp(layer, _rms(x, layer.norm_post, self.eps))
         return _rms(x[0, count - keep:], weights.norm, self.eps)
 
     def step(self, buffers: KVBuffers, token: int, position: int) -> torch.Tensor:
         """Logits for ``token`` at ``position``; its K/V are written at that position."""
+        if self.fused:
+            return self._step_fused([buffers], [token], [position])[0]
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         weights = self.weights
         group = heads // kv_heads
@@ -143,9 +180,8 @@ class Decoder:
         end = position + 1
         for layer, buffer in zip(weights.layers, buffers, strict=True):
             h = _rms(x, layer.norm_in, self.eps)
-            q = linear(h, layer.q, layer.q_bias).view(heads, dim)
-            k = linear(h, layer.k, layer.k_bias).view(kv_heads, dim)
-            v = linear(h, layer.v, layer.v_bias).view(kv_heads, dim)
+            q, k, v = _qkv(layer, h, self.sizes)
+            q, k, v = q.reshape(heads, dim), k.reshape(kv_heads, dim), v.reshape(kv_heads, dim)
             q = q * cos + torch.cat((-q[:, half:], q[:, :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[:, half:], k[:, :half]), dim=-1) * sin
             buffer[0, :, position] = k
@@ -156,10 +192,56 @@ class Decoder:
             attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
             attended = torch.matmul(attention, values).reshape(1, q_size)
             x = x + linear(attended, layer.out, layer.out_bias)
-            h = _rms(x, layer.norm_post, self.eps)
-            x = x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
+            x = x + _mlp(layer, _rms(x, layer.norm_post, self.eps))
         x = _rms(x, weights.norm, self.eps)
         return linear(x, weights.lm_head)[0]
+
+    def _step_fused(self, buffers: list[KVBuffers], tokens: list[int],
+                    positions: list[int]) -> torch.Tensor:
+        """:meth:`step` and :meth:`step_batch` on fused (quantized) weights, in fewer
+        operations: on CPU a step of this model is about 30 small operations per layer
+        around four kernel calls, and each operation costs a few microseconds whatever its
+        size. The same computation, arranged differently: RoPE as one product with a
+        per-row matrix (the rotate-half of q and k together), attention through
+        ``scaled_dot_product_attention``, the norm's mean as a sum. Logits agree with the
+        unfused step's to the rounding of the kernels' bf16 activations (tested). One row
+        or many run the same operations row by row, so a row's logits are the same batched
+        or alone."""
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        weights = self.weights
+        eps, scaling, gqa = self.eps, self.scaling, self.heads != self.kv_heads
+        rows = len(tokens)
+        rotated = heads + kv_heads
+        q_end = heads * dim
+        k_end = q_end + kv_heads * dim
+        device = weights.embed.device
+        x = weights.embed[torch.tensor(tokens, dtype=torch.long, device=device)]  # (rows, hidden)
+        cos, sin = self.rotary(x.unsqueeze(0), torch.tensor([positions], device=device))
+        # q @ rope[row] == q * cos + rotate_half(q) * sin, at that row's position.
+        rope = torch.diag_embed(cos[0]) + self._swap.to(x.dtype) * sin[0].unsqueeze(1)
+        inverse = 1.0 / x.shape[-1]
+        for index, layer in enumerate(weights.layers):
+            h = x * torch.rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
+            assert layer.qkv is not None
+            qkv = linear(h * layer.norm_in, layer.qkv, layer.qkv_bias)  # (rows, q + k + v)
+            qk = torch.bmm(qkv[:, :k_end].view(rows, rotated, dim), rope)
+            values = qkv[:, k_end:].view(rows, kv_heads, dim)
+            outputs = []
+            for row in range(rows):
+                position = positions[row]
+                buffer = buffers[row][index]
+                buffer[0, :, position] = qk[row, heads:]
+                buffer[1, :, position] = values[row]
+                outputs.append(F.scaled_dot_product_attention(
+                    qk[row, :heads].view(1, heads, 1, dim),
+                    buffer[0, :, :position + 1].unsqueeze(0),
+                    buffer[1, :, :position + 1].unsqueeze(0), scale=scaling, enable_gqa=gqa))
+            attended = torch.stack(outputs).view(rows, q_end)
+            x = x + linear(attended, layer.out, layer.out_bias)
+            h = x * torch.rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
+            x = x + _mlp(layer, h * layer.norm_post)
+        x = _rms(x, weights.norm, self.eps)
+        return linear(x, weights.lm_head)
 
     def step_batch(self, buffers: list[KVBuffers], tokens: list[int],
                    positions: list[int]) -> torch.Tensor:
@@ -172,6 +254,8 @@ class Decoder:
         with exactly the operations of :meth:`step`, so a row sees nothing of the others.
         A batched matmul may round its last bit differently from a one-row one: greedy text
         can differ from a run alone only where two tokens tie to within that rounding."""
+        if self.fused:
+            return self._step_fused(buffers, tokens, positions)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         weights = self.weights
         group = heads // kv_heads
@@ -186,9 +270,10 @@ class Decoder:
         full = x.dtype == torch.float32  # .float() and back would be no-ops
         for index, layer in enumerate(weights.layers):
             h = _rms(x, layer.norm_in, self.eps)
-            q = linear(h, layer.q, layer.q_bias).view(rows, heads, dim)
-            k = linear(h, layer.k, layer.k_bias).view(rows, kv_heads, dim)
-            v = linear(h, layer.v, layer.v_bias).view(rows, kv_heads, dim)
+            q, k, v = _qkv(layer, h, self.sizes)
+            q = q.reshape(rows, heads, dim)
+            k = k.reshape(rows, kv_heads, dim)
+            v = v.reshape(rows, kv_heads, dim)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
             # Per row as in step (the same operations; fewer Python calls: this loop is
@@ -209,7 +294,6 @@ class Decoder:
                 outputs.append(torch.matmul(attention, cached[1]))
             attended = torch.stack(outputs).view(rows, q_size)
             x = x + linear(attended, layer.out, layer.out_bias)
-            h = _rms(x, layer.norm_post, self.eps)
-            x = x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
+            x = x + _mlp(layer, _rms(x, layer.norm_post, self.eps))
         x = _rms(x, weights.norm, self.eps)
         return linear(x, weights.lm_head)

@@ -39,7 +39,8 @@ __all__ = ["SCHEMES", "Int4Weight", "Int8Weight", "Quantized", "Scheme", "cache_
 Scheme = Literal["none", "int8", "int4"]
 SCHEMES: tuple[Scheme, ...] = ("none", "int8", "int4")
 #: Bump when the stored layout or the rounding changes: old cache files are then ignored.
-_FORMAT = 1
+#: 2: q/k/v and gate/up stored fused (``qkv``, ``gate_up``).
+_FORMAT = 2
 INT4_GROUP = 32
 _ACT = torch.bfloat16
 
@@ -217,22 +218,40 @@ def load_or_quantize(path: Path, scheme: Scheme,
     return quantized
 
 
-_LINEARS = ("q", "k", "v", "out", "gate", "up", "down")
+#: What is quantized per layer: each a weight of its own or the rows of several stacked.
+#: Stacking q/k/v and gate/up makes one kernel call of each (the decode step is a long
+#: sequence of small operations on CPU: fewer of them is faster). Both schemes quantize
+#: each output row on its own (int8: a scale per row; int4: groups along the row), so a
+#: stacked weight holds exactly the codes of its parts.
+_LINEARS = {"qkv": ("q", "k", "v"), "out": ("out",), "gate_up": ("gate", "up"),
+            "down": ("down",)}
 
 
 def quantize_weights(weights: Weights, directory: Path, scheme: Scheme) -> None:
     """Replace ``weights``' linear layers and output head by their ``scheme`` quantization,
-    read from the cache when it is there (the embeddings used for lookup stay as they are)."""
+    read from the cache when it is there (the embeddings used for lookup stay as they are).
+    q/k/v become one ``qkv`` weight and gate/up one ``gate_up`` (see :data:`_LINEARS`)."""
     if scheme == "none":
         return
 
     def full() -> dict[str, torch.Tensor]:
-        named = {f"layers.{i}.{name}": getattr(layer, name)
-                 for i, layer in enumerate(weights.layers) for name in _LINEARS}
+        named = {}
+        for i, layer in enumerate(weights.layers):
+            for name, parts in _LINEARS.items():
+                tensors = [getattr(layer, part) for part in parts]
+                assert all(isinstance(t, torch.Tensor) for t in tensors)
+                named[f"layers.{i}.{name}"] = torch.cat(tensors) if len(parts) > 1 else tensors[0]
+        assert isinstance(weights.lm_head, torch.Tensor)
         return {**named, "lm_head": weights.lm_head}
 
     quantized = load_or_quantize(cache_path(directory, scheme), scheme, full)
     for i, layer in enumerate(weights.layers):
-        for name in _LINEARS:
-            setattr(layer, name, quantized[f"layers.{i}.{name}"])
+        biases = [layer.q_bias, layer.k_bias, layer.v_bias]
+        if all(b is not None for b in biases):
+            layer.qkv_bias = torch.cat([b for b in biases if b is not None])
+        layer.q = layer.k = layer.v = layer.gate = layer.up = None
+        layer.qkv = quantized[f"layers.{i}.qkv"]
+        layer.out = quantized[f"layers.{i}.out"]
+        layer.gate_up = quantized[f"layers.{i}.gate_up"]
+        layer.down = quantized[f"layers.{i}.down"]
     weights.lm_head = quantized["lm_head"]

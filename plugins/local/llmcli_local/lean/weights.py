@@ -22,19 +22,29 @@ __all__ = ["Layer", "Weights", "load_weights"]
 
 @dataclass
 class Layer:
+    """One decoder layer's weights. Full precision keeps q/k/v and gate/up apart (the
+    layout transformers computes with); quantized weights (``-o quantize``) fuse them into
+    ``qkv`` and ``gate_up``, one kernel call each, and keep ``q``…``up`` as None."""
+
     norm_in: torch.Tensor
     norm_post: torch.Tensor
-    q: Linear
-    k: Linear
-    v: Linear
+    q: Linear | None
+    k: Linear | None
+    v: Linear | None
     q_bias: torch.Tensor | None
     k_bias: torch.Tensor | None
     v_bias: torch.Tensor | None
     out: Linear
     out_bias: torch.Tensor | None
-    gate: Linear
-    up: Linear
+    gate: Linear | None
+    up: Linear | None
     down: Linear
+    #: q, k and v stacked along the output (rows q, then k, then v), when fused.
+    qkv: Linear | None = None
+    #: The q, k and v biases stacked as ``qkv``'s rows (qwen2 has them), when fused.
+    qkv_bias: torch.Tensor | None = None
+    #: gate and up stacked along the output, when fused.
+    gate_up: Linear | None = None
 
 
 @dataclass
