@@ -65,6 +65,9 @@ class Int8Weight:
         return cls(q, scales)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # a decode step's rows: no reshaping (each op counts there)
+            return torch.ops.aten._weight_int8pack_mm(x.to(_ACT), self.q,
+                                                      self.scales).to(x.dtype)
         flat = x.reshape(-1, x.shape[-1]).to(_ACT)
         out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scales)
         return out.to(x.dtype).view(*x.shape[:-1], self.shape[0])
@@ -119,6 +122,9 @@ class Int4Weight:
         return cls(nibbles.contiguous(), scales.to(_ACT), mins.to(_ACT), packed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # a decode step's rows: no reshaping (each op counts there)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.to(_ACT), self.packed, INT4_GROUP, self.scale_zeros).to(x.dtype)
         flat = x.reshape(-1, x.shape[-1]).to(_ACT)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, INT4_GROUP,
                                                            self.scale_zeros)
