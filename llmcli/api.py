@@ -102,11 +102,19 @@ def load_conversation(conversation_id: str | None = None, *,
     memory (:func:`llmcli.record.history`). It continues with ``model`` when given (an id,
     an alias or a Model), else with the model of its latest turn (a chat may have switched
     models with ``!model``)."""
+    from llmcli.errors import ConversationError
     from llmcli.log import LogStore
 
-    store = LogStore()
-    cid = conversation_id or store.last_conversation_id()
-    row, records = store.conversation(cid)
+    # Read only: continuing a conversation with logging off (``-c -n``) must work where
+    # the log cannot be written (a read-only user directory), and must not create one.
+    store = LogStore.for_reading()
+    if store is None:
+        raise ConversationError("No conversation to continue: none has been logged yet")
+    try:
+        cid = conversation_id or store.last_conversation_id()
+        row, records = store.conversation(cid)
+    finally:
+        store.close()
     if not isinstance(model, Model):
         model = get_model(model or (records[-1].model if records else row["model"]))
     return Conversation(model, id=cid, name=row["name"], history=history(records))

@@ -170,6 +170,28 @@ def test_reading_a_read_only_log_writes_nothing(test_models, user_dir: Path,
         store.log(llmcli.get_model("test-eats").prompt("x", log=False))
 
 
+def test_continuing_with_logging_off_reads_a_read_only_log(test_models, user_dir: Path,
+                                                           request: pytest.FixtureRequest
+                                                           ) -> None:
+    """``-c -n``: the conversation's turns are read from a log that cannot be written, and
+    nothing is written to it."""
+    llmcli.get_model("test-echoes").prompt("first question", reply="first answer").text()
+    before = (user_dir / "logs.db").read_bytes()
+    request.getfixturevalue("read_only_dir")
+    result = CliRunner().invoke(cli, ["-c", "-n", "second question"])
+    assert result.exit_code == 0, result.output
+    [sent] = test_models.requests[-1:]
+    assert [m.content for m in sent.messages()][:2] == ["first question", "first answer"]
+    assert (user_dir / "logs.db").read_bytes() == before
+
+
+def test_continuing_with_no_log_at_all_says_so(test_models, user_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["-c", "-n", "hello"])
+    assert result.exit_code == 1
+    assert "none has been logged yet" in result.stderr
+    assert not (user_dir / "logs.db").exists()
+
+
 def test_a_wal_log_without_its_shm_file_is_read_immutable(
         test_models, user_dir: Path, monkeypatch: pytest.MonkeyPatch,
         request: pytest.FixtureRequest) -> None:
