@@ -109,7 +109,9 @@ def load_conversation(conversation_id: str | None = None, *,
     # the log cannot be written (a read-only user directory), and must not create one.
     store = LogStore.for_reading()
     if store is None:
-        raise ConversationError("No conversation to continue: none has been logged yet")
+        raise ConversationError(f"No conversation with id {conversation_id!r}"
+                                if conversation_id else
+                                "No conversation to continue: none has been logged yet")
     try:
         cid = conversation_id or store.last_conversation_id()
         row, records = store.conversation(cid)
