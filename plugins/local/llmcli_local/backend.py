@@ -246,3 +246,15 @@ class BatchStep(Protocol[CacheIn]):
         """Logits (fp32), shape (rows, vocab): row ``i`` after ``tokens[i]`` at the next
         position of ``caches[i]``; each cache advances by one."""
         ...
+
+    # Optional, read with getattr by the scheduler (the lean backend has both):
+    #
+    # ``release(cache) -> None``: the sequence of ``cache`` has ended and its cache will not
+    # be stepped again; a backend that holds per-sequence state for batched steps (the lean
+    # backend's static KV pool, :mod:`llmcli_local.lean.static`) frees it. Called for every
+    # sequence that leaves, whether or not it was ever batched.
+    #
+    # ``graphed_single: bool``: True where a lone sequence should step through
+    # :meth:`step_batch` (one row) rather than :meth:`Backend.step`, e.g. because a captured
+    # CUDA graph of one row beats the plain step's kernel launches. Without it (or False) a
+    # lone sequence steps with ``step``, bit for bit the unbatched loop.

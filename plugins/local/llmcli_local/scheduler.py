@@ -23,7 +23,10 @@ their token ids, no cache. A single running sequence steps with ``backend.step``
 call's output is bit for bit the unbatched loop's; batched rows can differ from a run alone
 only in the last bit of a matmul (see ``Decoder.step_batch``), so greedy text differs only
 where two tokens tie to within that. A backend without ``step_batch`` (transformers) runs one
-sequence at a time (``max_batch`` 1), queued the same way.
+sequence at a time (``max_batch`` 1), queued the same way. A backend whose
+``graphed_single`` is true (the lean one on CUDA: a CUDA graph of one row) takes a lone
+sequence's step through ``step_batch`` too; a backend with ``release`` is told when a
+sequence leaves (the lean one frees its cache's slot in the static KV pool).
 
 :func:`shared` gives the one scheduler of a loaded model in this process: the in-process
 path of ``LocalModel``, ``llmcli batch``'s threads and the keep-alive worker's connections
@@ -149,6 +152,11 @@ class Scheduler:
                  kv_budget: int | None = None) -> None:
         self.backend = backend
         self._step_batch = getattr(backend, "step_batch", None)
+        #: Told when a sequence leaves (its cache's static slot, if any, is freed).
+        self._release = getattr(backend, "release", None)
+        #: A lone sequence steps through ``step_batch`` too (a CUDA graph of one row).
+        self._single = (self._step_batch is not None
+                        and bool(getattr(backend, "graphed_single", False)))
         wanted = max_batch or env_max_batch()
         #: At most this many sequences run together (1 without a batched step).
         self.max_batch = wanted if self._step_batch is not None else 1
@@ -297,6 +305,8 @@ class Scheduler:
             self._running.remove(entry)
         sequence = entry.sequence
         entry.sequence = None  # its cache goes with it
+        if sequence is not None and self._release is not None:
+            self._release(sequence.cache)
         with self._cond:
             self._reserved -= entry.reserved
             entry.reserved = 0
@@ -344,15 +354,16 @@ class Scheduler:
             return
         self.steps += 1
         try:
-            if len(moving) == 1 or self._step_batch is None:
+            if self._step_batch is None or (len(moving) == 1 and not self._single):
                 # One row: the unbatched step, so a lone call is exactly the plain loop's.
                 for entry in moving:
                     assert entry.sequence is not None
                     entry.sequence.step_run(entry.run)
                 return
-            self.batched_steps += 1
-            for entry in moving:
-                entry.batch = max(entry.batch, len(moving))
+            if len(moving) > 1:
+                self.batched_steps += 1
+                for entry in moving:
+                    entry.batch = max(entry.batch, len(moving))
             logits = self._step_batch([e.sequence.cache for e in moving if e.sequence],
                                       [e.token for e in moving])
             for row, entry in enumerate(moving):

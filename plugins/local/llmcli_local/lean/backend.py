@@ -16,6 +16,7 @@ from llmcli_local.lean.config import LeanConfig
 from llmcli_local.lean.decoder import Decoder, KVBuffers
 from llmcli_local.lean.quant import Scheme, linear
 from llmcli_local.lean.quant import rows as head_rows
+from llmcli_local.lean.static import StaticBatch, static_length, wanted
 from llmcli_local.lean.tokenizer import LeanTokenizer
 from llmcli_local.lean.weights import load_weights
 
@@ -65,6 +66,16 @@ class LeanBackend:
     directory: Path
     context_length: int | None
     name: Literal["lean"] = "lean"
+    #: The static batch (:mod:`llmcli_local.lean.static`): a preallocated KV pool and CUDA
+    #: graphs for batched steps; None: batches step through ``Decoder.step_batch``. On by
+    #: default on CUDA (``LLMCLI_LOCAL_STATIC_BATCH`` overrides). Variants share it.
+    static: StaticBatch | None = None
+
+    @property
+    def graphed_single(self) -> bool:
+        """Whether a lone sequence should step through :meth:`step_batch` too (the
+        scheduler asks): where a bucket-1 CUDA graph beats the plain step."""
+        return self.static is not None and self.static.single
 
     @property
     def chat_template(self) -> str:
@@ -116,11 +127,19 @@ class LeanBackend:
             if cache.position >= cache.capacity:
                 raise RuntimeError("decode ran past the KV buffer")
         with torch.inference_mode():
-            logits = self.decoder.step_batch([c.buffers for c in caches], list(tokens),
-                                             [c.position for c in caches])
+            logits = None if self.static is None else self.static.step(caches, tokens)
+            if logits is None:
+                logits = self.decoder.step_batch([c.buffers for c in caches], list(tokens),
+                                                 [c.position for c in caches])
         for cache in caches:
             cache.position += 1
         return logits.float()
+
+    def release(self, cache: LeanCache) -> None:
+        """The sequence of ``cache`` has ended (the scheduler says so): its static slot,
+        if it has one, is free for another."""
+        if self.static is not None:
+            self.static.release(cache)
 
     def step(self, cache: LeanCache, token: int) -> torch.Tensor:
         if cache.position >= cache.capacity:
@@ -137,10 +156,16 @@ def load(directory: Path, device: str, dtype: torch.dtype,
     tokenizer = LeanTokenizer(directory)
     decoder = Decoder(config, load_weights(directory, config, device, dtype, quantize))
     token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
+    static = None
+    if wanted(device):
+        from llmcli_local.options import env_max_batch
+
+        static = StaticBatch(decoder, env_max_batch(),
+                             static_length(config.max_position_embeddings))
     return LeanBackend(
         tokenizer=tokenizer, decoder=decoder, vocab=Vocab(token_bytes, atomic),
         eos_ids=end_of_turn_ids([*config.eos_token_ids, tokenizer.eos_token_id],
                                 tokenizer.get_vocab()),
         device=device, dtype=dtype, directory=directory,
-        context_length=config.max_position_embeddings,
+        context_length=config.max_position_embeddings, static=static,
     )
