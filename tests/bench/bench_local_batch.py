@@ -6,8 +6,15 @@ concurrent sequences against one, in tokens per second and in peak memory. Not a
 
 Throughput: one process; each run submits ``--batch`` short calls at once (different
 questions, greedy, end of turn ignored so that each writes exactly ``--tokens``) and times
-until the last ends, then one call alone; tokens/s = tokens written / wall time, prompt passes
-included. The best of ``--runs`` for each, the two alternating, so both see the same machine.
+until the last ends, then one call alone through the scheduler, then one call through the
+plain decode loop (``decode.generate``: ``Decoder.step`` per token, no scheduler, no graph);
+tokens/s = tokens written / wall time, prompt passes included. The best of ``--runs`` for
+each, the three alternating, so all see the same machine.
+
+On CUDA the lean backend steps batches through its static batch (``llmcli_local/lean/static.py``:
+a preallocated KV pool and a CUDA graph per batch-size bucket; a lone call takes the one-row
+graph); ``LLMCLI_LOCAL_STATIC_BATCH=0`` in the environment measures the dynamic path instead.
+The static batch's counters (graphs captured, replays, fallbacks) are printed with the rows.
 
 Peak memory: two fresh processes, one running a single call and one ``--batch`` calls at once
 (each after a warm-up call of its own kind); peak RSS (VmHWM) on CPU, peak allocated memory on
@@ -65,22 +72,45 @@ def _run(scheduler: Any, backend: Any, count: int, tokens: int) -> tuple[float, 
     return time.perf_counter() - start, written, scheduler.peak_batch
 
 
+def _plain(backend: Any, tokens: int) -> tuple[float, int, int]:
+    """One call through the plain decode loop (``decode.generate``, no scheduler: one
+    ``Decoder.step`` per token, never a graph); as :func:`_run` measures."""
+    from llmcli_local.decode import GenerationSettings, generate
+
+    start = time.perf_counter()
+    written = 0
+    for chunk in generate(backend, [{"role": "user", "content": QUESTIONS[0]}], "",
+                          GenerationSettings(max_tokens=tokens)):
+        if not isinstance(chunk, str):
+            written += chunk.output_tokens
+    return time.perf_counter() - start, written, 1
+
+
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from llmcli_local.scheduler import Scheduler
 
     backend = _load(args)
     scheduler = Scheduler(backend, max_batch=args.batch)
-    _run(scheduler, backend, args.batch, 8)  # warm-up
-    best: dict[int, tuple[float, int, int]] = {}
+    for count in (args.batch, 1):  # warm-up (and, on CUDA, the graphs' captures)
+        _run(scheduler, backend, count, 8)
+    _plain(backend, 8)
+    best: dict[str, tuple[float, int, int]] = {}
     for _ in range(args.runs):
-        for count in (args.batch, 1):
-            result = _run(scheduler, backend, count, args.tokens)
-            if count not in best or result[1] / result[0] > best[count][1] / best[count][0]:
-                best[count] = result
+        for row in (str(args.batch), "1", "plain"):
+            result = (_plain(backend, args.tokens) if row == "plain" else
+                      _run(scheduler, backend, int(row), args.tokens))
+            if row not in best or result[1] / result[0] > best[row][1] / best[row][0]:
+                best[row] = result
+    pool = getattr(backend, "static", None)
+    static = None if pool is None else {
+        "graphs": sum(1 for r in pool._runners.values() if r.graphed),
+        "captured": [list(key) for key in pool.captured], "replays": pool.replays,
+        "fallbacks": pool.fallbacks, "slots": pool.slots, "length": pool.length}
     return {"device": backend.device, "threads": torch.get_num_threads(),
-            "rows": {str(c): {"seconds": s, "tokens": n, "peak_batch": p}
-                     for c, (s, n, p) in best.items()}}
+            "dtype": str(backend.dtype).removeprefix("torch."), "static": static,
+            "rows": {row: {"seconds": s, "tokens": n, "peak_batch": p}
+                     for row, (s, n, p) in best.items()}}
 
 
 def memory(args: argparse.Namespace, count: int) -> dict[str, Any]:
@@ -127,14 +157,25 @@ def main() -> None:
     rate_many = many["tokens"] / many["seconds"]
     mem_one = _child(args, "--child", "memory-1")
     mem_many = _child(args, "--child", "memory-n")
-    print(f"SmolLM2 through the scheduler on {speed['device']} ({speed['threads']} threads), "
-          f"{args.tokens} tokens per call, best of {args.runs}")
-    print(f"{'calls at once':<14} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'ran together':>13}")
-    for row, rate in ((one, rate_one), (many, rate_many)):
-        count = 1 if row is one else args.batch
-        print(f"{count:<14} {row['tokens']:>7} {row['seconds']:>8.2f} {rate:>8.1f} "
+    print(f"SmolLM2 through the scheduler on {speed['device']} ({speed['dtype']}, "
+          f"{speed['threads']} threads), {args.tokens} tokens per call, best of {args.runs}")
+    static = speed["static"]
+    if static is None:
+        print("static batch: off (batched steps: Decoder.step_batch, attention per row)")
+    else:
+        print(f"static batch: {static['slots']} slots x {static['length']} positions; "
+              f"{static['graphs']} CUDA graphs of {len(static['captured'])} buckets "
+              f"(rows, span) {static['captured']}; {static['replays']} steps, "
+              f"{static['fallbacks']} fallbacks")
+    plain = speed["rows"]["plain"]
+    rate_plain = plain["tokens"] / plain["seconds"]
+    print(f"{'calls at once':<20} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'ran together':>13}")
+    for label, row, rate in ((f"{args.batch}", many, rate_many), ("1", one, rate_one),
+                             ("1, plain loop", plain, rate_plain)):
+        print(f"{label:<20} {row['tokens']:>7} {row['seconds']:>8.2f} {rate:>8.1f} "
               f"{row['peak_batch']:>13}")
-    print(f"throughput ratio ({args.batch} vs 1): {rate_many / rate_one:.2f}x")
+    print(f"throughput ratio ({args.batch} vs 1): {rate_many / rate_one:.2f}x; "
+          f"({args.batch} vs 1 in the plain loop): {rate_many / rate_plain:.2f}x")
     print(f"peak memory: 1 call {mem_one['peak_mb']:.0f} MB, {args.batch} calls "
           f"{mem_many['peak_mb']:.0f} MB (after loading: {mem_one['loaded_mb']:.0f} / "
           f"{mem_many['loaded_mb']:.0f} MB); ratio {mem_many['peak_mb'] / mem_one['peak_mb']:.2f}x")

@@ -2,8 +2,11 @@
 # The device check, run on the GPU machine with .gpu/ carried (made by prepare.sh):
 #   run(command="bash tests/bench/gpu/check.sh", carry=[".gpu"], timeout_s=540)
 # Installs the carried wheels beside the image's torch, runs the CUDA tests, then the local
-# benchmark on SmolLM2's shape with random weights. Everything it prints is also in $OUT.
-# DEVICE=cpu runs the same steps without a GPU (a rehearsal of the script itself).
+# benchmark on SmolLM2's shape with random weights, then the batched-throughput benchmark
+# (8 calls at once against one, through the scheduler: the static batch and its CUDA graphs,
+# then the dynamic path for comparison). Everything it prints is also in $OUT.
+# DEVICE=cpu runs the same steps without a GPU (a rehearsal of the script itself);
+# BATCH_TOKENS and BATCH_RUNS shorten the batch rows there (2 cores are slow at 8 x 64).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 DEVICE=${DEVICE:-cuda}
@@ -25,3 +28,11 @@ print("python", sys.version.split()[0], "torch", torch.__version__, "cuda",
 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/local 2>&1 | tee "$OUT/cuda_tests.txt"
 "$PY" tests/bench/bench_local.py --device "$DEVICE" --model /tmp/smollm2-shaped --no-cli \
     --rounds 1 --runs 3 2>&1 | tee "$OUT/bench.txt"
+# The static batch (on by default on CUDA; forced here so that the CPU rehearsal runs it too),
+# then the dynamic path (attention per row, no graphs) for comparison.
+LLMCLI_LOCAL_STATIC_BATCH=1 "$PY" tests/bench/bench_local_batch.py --device "$DEVICE" \
+    --model /tmp/smollm2-shaped --batch 8 --tokens "${BATCH_TOKENS:-64}" \
+    --runs "${BATCH_RUNS:-3}" 2>&1 | tee "$OUT/batch.txt"
+LLMCLI_LOCAL_STATIC_BATCH=0 "$PY" tests/bench/bench_local_batch.py --device "$DEVICE" \
+    --model /tmp/smollm2-shaped --batch 8 --tokens "${BATCH_TOKENS:-64}" \
+    --runs "${BATCH_RUNS:-3}" 2>&1 | tee "$OUT/batch-dynamic.txt"
