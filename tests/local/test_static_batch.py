@@ -214,3 +214,24 @@ def test_a_failed_capture_runs_eagerly_with_one_warning(
     assert [t for t, _ in batched] == [_alone(plain, *c)[0] for c in CALLS[:4]]
     warnings = [r for r in caplog.records if "capture failed" in r.getMessage()]
     assert len(warnings) == 1 and len(fast.static.captured) > 1
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_the_static_step_runs_on_quantized_weights(tiny: Any, scheme: str,
+                                                   tmp_path: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantized weights are fused (qkv, gate_up): the static step takes them as the other
+    steps do. Its attention is arranged differently from the fused dynamic step's, and the
+    kernels round their activations to bf16, so the logits agree to that rounding."""
+    from llmcli_local.lean import backend as lean
+
+    monkeypatch.setenv("LLMCLI_LOCAL_CACHE", str(tmp_path / "cache"))
+    plain = lean.load(tiny.directory, "cpu", torch.float32, scheme)
+    fast = static(plain, slots=2, length=64)
+    prompts = [[1, 5, 9, 33, 7], [2, 40, 41]]
+    pairs = [(plain.prompt(p, 32)[1], fast.prompt(p, 32)[1]) for p in prompts]
+    for token in (10, 11, 12):
+        expected = plain.step_batch([a for a, _ in pairs], [token, token + 1])
+        got = fast.step_batch([b for _, b in pairs], [token, token + 1])
+        assert torch.allclose(got, expected, atol=0.05)
+    assert fast.static.replays == 3 and fast.static.fallbacks == 0

@@ -43,9 +43,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
-from llmcli_local.lean.decoder import Decoder, _rms
+from llmcli_local.lean.decoder import Decoder, _mlp, _qkv, _rms
 from llmcli_local.lean.quant import linear
 
 if TYPE_CHECKING:
@@ -110,9 +109,10 @@ def static_step(decoder: Decoder, pools: Sequence[torch.Tensor], tokens: torch.T
     for layer, full in zip(weights.layers, pools, strict=True):
         pool = full[:, :count]  # (2, rows, kv_heads, length + 1, dim)
         h = _rms(x, layer.norm_in, decoder.eps)
-        q = linear(h, layer.q, layer.q_bias).view(count, heads, dim)
-        k = linear(h, layer.k, layer.k_bias).view(count, kv_heads, dim)
-        v = linear(h, layer.v, layer.v_bias).view(count, kv_heads, dim)
+        q, k, v = _qkv(layer, h, decoder.sizes)
+        q = q.reshape(count, heads, dim)
+        k = k.reshape(count, kv_heads, dim)
+        v = v.reshape(count, kv_heads, dim)
         q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
         k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
         pool[:, rows, :, positions] = torch.stack((k, v), dim=1)  # (rows, 2, kv_heads, dim)
@@ -124,8 +124,7 @@ def static_step(decoder: Decoder, pools: Sequence[torch.Tensor], tokens: torch.T
         attention = torch.softmax(scores, dim=-1).to(q.dtype)
         attended = torch.matmul(attention, values).reshape(count, heads * dim)
         x = x + linear(attended, layer.out, layer.out_bias)
-        h = _rms(x, layer.norm_post, decoder.eps)
-        x = x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
+        x = x + _mlp(layer, _rms(x, layer.norm_post, decoder.eps))
     x = _rms(x, weights.norm, decoder.eps)
     return linear(x, weights.lm_head)
 
