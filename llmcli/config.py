@@ -15,7 +15,8 @@ from llmcli.errors import ConfigError
 
 __all__ = ["user_dir", "cache_dir", "keys_path", "load_keys", "set_key", "get_key", "default_model",
            "set_default_model", "logging_enabled", "set_logging", "aliases_path", "load_aliases",
-           "save_aliases", "model_options_path", "load_model_options", "save_model_options"]
+           "save_aliases", "model_options_path", "load_model_options", "save_model_options",
+           "long_lived", "mark_long_lived"]
 
 
 def user_dir() -> Path:
@@ -45,6 +46,23 @@ def cache_dir() -> Path:
         return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "llmcli" / "Cache"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "llmcli"
+
+
+_long_lived = False
+
+
+def mark_long_lived() -> None:
+    """Say that this process will make many calls and keep what it loads (``serve``,
+    ``batch``, ``chat`` call it). A plugin that keeps a model warm in a process of its own
+    for the calls to come (the local runtime's keep-alive worker) need not start one for a
+    process that keeps the model itself."""
+    global _long_lived
+    _long_lived = True
+
+
+def long_lived() -> bool:
+    """Whether :func:`mark_long_lived` was called in this process."""
+    return _long_lived
 
 
 def ensure_user_dir() -> Path:

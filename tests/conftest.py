@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcli import plugins
+from llmcli import config, plugins
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -70,6 +70,9 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     # Local models keep a worker alive for 5 minutes by default: never from a test, unless
     # the test asks (-o keep_alive, or its own LLMCLI_LOCAL_KEEP_ALIVE).
     monkeypatch.setenv("LLMCLI_LOCAL_KEEP_ALIVE", "0")
+    # serve/batch/chat mark the process long-lived (no keep-alive worker started): for
+    # the one command a test runs in process, not for the tests after it.
+    monkeypatch.setattr(config, "_long_lived", False)
     plugins.reset(clear_extra=True)
     yield path
     plugins.reset(clear_extra=True)

@@ -63,9 +63,11 @@ def batch(
     Input lines: {"id": ..., "prompt": ..., "prefill": ..., "system": ..., "model": ...,
     "options": {...}}; only "prompt" is required.
     """
+    from llmcli import config
     from llmcli.batch import Batch, read_input, resume_output
     from llmcli.cli.prompt import parse_options
 
+    config.mark_long_lived()
     if input_path != "-" and output_path != "-" and (
             Path(input_path).resolve() == Path(output_path).resolve()):
         raise BatchInputError("--output must not be the input file")

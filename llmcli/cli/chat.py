@@ -194,8 +194,9 @@ def chat(
     llmcli chat -c                 # continue the last conversation, with its model
     > !prefill ```python           # the next reply starts with ```python
     """
-    from llmcli import api
+    from llmcli import api, config
 
+    config.mark_long_lived()
     if continue_ or conversation_id:
         conversation = api.load_conversation(conversation_id, model=model_name)
     else:
@@ -203,8 +204,6 @@ def chat(
     model = conversation.model
     parsed = parse_options(model, options)
     api.validate_options(model, parsed)  # a typo fails now, not at the first turn
-    from llmcli import config
-
     if not no_log and config.logging_enabled():
         from llmcli.log import open_db
 

@@ -27,6 +27,7 @@ def serve(host: str, port: int, api_key: str | None, default_model: str | None, 
     """
     from llmcli import api, config
 
+    config.mark_long_lived()
     # Heavy imports only here: `llmcli --help` never pays for FastAPI or uvicorn.
     from llmcli.serve import ServeSettings
     from llmcli.serve import serve as run

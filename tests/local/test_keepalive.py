@@ -429,3 +429,26 @@ def test_concurrent_clients_are_batched_by_the_worker(workers: Workers) -> None:
     assert [text for text, _ in together] == [text for text, _ in alone]
     assert all(usage.details["worker_pid"] == pid for _, usage in together)
     assert max(usage.details.get("batch", 1) for _, usage in together) >= 2
+
+
+def test_a_batch_keeps_the_model_itself_and_starts_no_worker(workers: Workers,
+                                                              tmp_path: Path) -> None:
+    """``llmcli batch`` (like serve and chat) makes many calls in one process and keeps the
+    model loaded there: a keep-alive worker would be a second copy of it."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hi"}\n{"prompt": "Hello"}\n')
+    out = tmp_path / "out.jsonl"
+    workers.cli("batch", str(prompts), "--output", str(out), "-m", "tiny", "--prefill", PREFILL,
+                "-o", "max_tokens", "4", "-o", "keep_alive", "60")
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 2 and all(line["text"].startswith(PREFILL) for line in lines)
+    time.sleep(1.0)
+    assert workers.sockets() == []
+    # A single call still starts one, for the calls to come; a batch then uses it.
+    workers.ask("-o", "keep_alive", "60")
+    pid = workers.ping()["pid"]
+    workers.cli("batch", str(prompts), "--output", str(tmp_path / "again.jsonl"), "-m", "tiny",
+                "--prefill", PREFILL, "-o", "max_tokens", "4", "-o", "keep_alive", "60")
+    again = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert [line["text"] for line in again] == [line["text"] for line in lines]
+    assert [p["pid"] for p in [workers.ping()]] == [pid] and len(workers.sockets()) == 1

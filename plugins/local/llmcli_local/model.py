@@ -8,6 +8,7 @@ from typing import Any
 
 import llmcli
 from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.config import long_lived
 from llmcli.models import Chunk, Request
 from llmcli_local.backend import BackendOptions
 from llmcli_local.options import LocalOptions, env_max_batch
@@ -92,7 +93,10 @@ class LocalModel(llmcli.Model):
         yield from scheduler.shared(backend).generate(
             messages, request.prefill, decode.GenerationSettings(**settings), backend
         )
-        if worker is not None:
+        if worker is not None and not long_lived():
+            # For the calls of the processes to come. A process that makes many calls
+            # itself (serve, batch, chat) keeps the model loaded here instead: a worker
+            # would be a second copy of it.
             worker.start(options.keep_alive)
 
 
