@@ -243,6 +243,19 @@ class Decoder:
         x = _rms(x, weights.norm, self.eps)
         return linear(x, weights.lm_head)
 
+    def rows_qkv(self, layer: Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q and k (RoPE applied) and v of one token per row: ``h`` (rows, hidden) normed,
+        ``cos``/``sin`` (rows, 1, head_dim) at each row's position; shapes (rows, heads or
+        kv_heads, head_dim). A batched step's projections (here and the static batch's)."""
+        rows, dim, half = h.shape[0], self.head_dim, self.head_dim // 2
+        q, k, v = _qkv(layer, h, self.sizes)
+        q = q.reshape(rows, self.heads, dim)
+        k = k.reshape(rows, self.kv_heads, dim)
+        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
+        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+        return q, k, v.reshape(rows, self.kv_heads, dim)
+
     def step_batch(self, buffers: list[KVBuffers], tokens: list[int],
                    positions: list[int]) -> torch.Tensor:
         """One decode step for several sequences at once: row ``i`` is ``tokens[i]`` at
@@ -266,16 +279,9 @@ class Decoder:
         position_ids = torch.tensor([positions], device=device)
         cos, sin = self.rotary(x.unsqueeze(0), position_ids)  # (1, rows, dim)
         cos, sin = cos.reshape(rows, 1, dim), sin.reshape(rows, 1, dim)
-        half = dim // 2
         full = x.dtype == torch.float32  # .float() and back would be no-ops
         for index, layer in enumerate(weights.layers):
-            h = _rms(x, layer.norm_in, self.eps)
-            q, k, v = _qkv(layer, h, self.sizes)
-            q = q.reshape(rows, heads, dim)
-            k = k.reshape(rows, kv_heads, dim)
-            v = v.reshape(rows, kv_heads, dim)
-            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            q, k, v = self.rows_qkv(layer, _rms(x, layer.norm_in, self.eps), cos, sin)
             # Per row as in step (the same operations; fewer Python calls: this loop is
             # what batching adds per layer).
             kv = torch.stack((k, v), dim=1)  # (rows, 2, kv_heads, dim)

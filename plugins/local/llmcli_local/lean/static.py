@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmcli_local.lean.decoder import Decoder, _mlp, _qkv, _rms
+from llmcli_local.lean.decoder import Decoder, _mlp, _rms
 from llmcli_local.lean.quant import linear
 
 if TYPE_CHECKING:
@@ -104,17 +104,10 @@ def static_step(decoder: Decoder, pools: Sequence[torch.Tensor], tokens: torch.T
     x = weights.embed[tokens]  # (rows, hidden)
     cos, sin = decoder.rotary(x.unsqueeze(0), positions.unsqueeze(0))  # (1, rows, dim)
     cos, sin = cos.reshape(count, 1, dim), sin.reshape(count, 1, dim)
-    half = dim // 2
     hidden = (key_index.unsqueeze(0) > positions.unsqueeze(1)).view(count, 1, 1, span)
     for layer, full in zip(weights.layers, pools, strict=True):
         pool = full[:, :count]  # (2, rows, kv_heads, length + 1, dim)
-        h = _rms(x, layer.norm_in, decoder.eps)
-        q, k, v = _qkv(layer, h, decoder.sizes)
-        q = q.reshape(count, heads, dim)
-        k = k.reshape(count, kv_heads, dim)
-        v = v.reshape(count, kv_heads, dim)
-        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+        q, k, v = decoder.rows_qkv(layer, _rms(x, layer.norm_in, decoder.eps), cos, sin)
         pool[:, rows, :, positions] = torch.stack((k, v), dim=1)  # (rows, 2, kv_heads, dim)
         # Keys and values (rows, kv_heads, span, dim): slots and heads merge into one batch
         # dimension without a copy (why slots come after keys/values in the pool).
