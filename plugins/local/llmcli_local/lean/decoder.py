@@ -16,6 +16,8 @@ one-token step is :meth:`Decoder.step`'s leaner variant (``_step_fused``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,9 @@ import torch.nn.functional as F
 from llmcli_local.lean.config import LeanConfig, RopeConfig
 from llmcli_local.lean.quant import linear
 from llmcli_local.lean.weights import Layer, Weights
+
+if TYPE_CHECKING:
+    from llmcli_local.lean.weights import Linear
 
 __all__ = ["Decoder", "KVBuffers", "Rotary", "inv_freq"]
 
@@ -109,6 +114,7 @@ class Decoder:
         #: Quantized weights come fused: their one-token step is the lean variant.
         self.fused = all(layer.qkv is not None and layer.gate_up is not None
                          for layer in weights.layers)
+        self._fused_cache: list[Any] | None = None
         half = self.head_dim // 2
         swap = torch.zeros((self.head_dim, self.head_dim), dtype=torch.float32)
         swap[torch.arange(half) + half, torch.arange(half)] = -1.0
@@ -202,14 +208,14 @@ class Decoder:
         operations: on CPU a step of this model is about 30 small operations per layer
         around four kernel calls, and each operation costs a few microseconds whatever its
         size. The same computation, arranged differently: RoPE as one product with a
-        per-row matrix (the rotate-half of q and k together), attention through
-        ``scaled_dot_product_attention``, the norm's mean as a sum. Logits agree with the
-        unfused step's to the rounding of the kernels' bf16 activations (tested). One row
-        or many run the same operations row by row, so a row's logits are the same batched
-        or alone."""
+        per-row matrix (the rotate-half of q and k together), the norm's mean as a sum,
+        each layer's weights called directly (:meth:`_fused_layers`). Logits agree with the
+        unfused step's to float rounding (tested). One row or many run the same operations
+        row by row, so a row's logits are the same batched or alone."""
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         weights = self.weights
-        eps, scaling, gqa = self.eps, self.scaling, self.heads != self.kv_heads
+        eps, scaling = self.eps, self.scaling
+        group = heads // kv_heads
         rows = len(tokens)
         rotated = heads + kv_heads
         q_end = heads * dim
@@ -220,28 +226,49 @@ class Decoder:
         # q @ rope[row] == q * cos + rotate_half(q) * sin, at that row's position.
         rope = torch.diag_embed(cos[0]) + self._swap.to(x.dtype) * sin[0].unsqueeze(1)
         inverse = 1.0 / x.shape[-1]
-        for index, layer in enumerate(weights.layers):
-            h = x * torch.rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
-            assert layer.qkv is not None
-            qkv = linear(h * layer.norm_in, layer.qkv, layer.qkv_bias)  # (rows, q + k + v)
-            qk = torch.bmm(qkv[:, :k_end].view(rows, rotated, dim), rope)
+        spans = [(buffers[row], positions[row], positions[row] + 1) for row in range(rows)]
+        rsqrt, bmm, softmax = torch.rsqrt, torch.bmm, torch.softmax
+        for index, (norm_in, qkv_of, out_of, norm_post, gate_up_of, down_of) in enumerate(
+                self._fused_layers()):
+            h = x * rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
+            qkv = qkv_of(h * norm_in)  # (rows, q + k + v)
+            qk = bmm(qkv[:, :k_end].view(rows, rotated, dim), rope)
             values = qkv[:, k_end:].view(rows, kv_heads, dim)
             outputs = []
-            for row in range(rows):
-                position = positions[row]
-                buffer = buffers[row][index]
+            for row, (sequence, position, end) in enumerate(spans):
+                buffer = sequence[index]
                 buffer[0, :, position] = qk[row, heads:]
                 buffer[1, :, position] = values[row]
-                outputs.append(F.scaled_dot_product_attention(
-                    qk[row, :heads].view(1, heads, 1, dim),
-                    buffer[0, :, :position + 1].unsqueeze(0),
-                    buffer[1, :, :position + 1].unsqueeze(0), scale=scaling, enable_gqa=gqa))
-            attended = torch.stack(outputs).view(rows, q_end)
-            x = x + linear(attended, layer.out, layer.out_bias)
-            h = x * torch.rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
-            x = x + _mlp(layer, h * layer.norm_post)
+                scores = bmm(qk[row, :heads].view(kv_heads, group, dim),
+                             buffer[0, :, :end].transpose(1, 2))
+                outputs.append(bmm(softmax(scores.mul_(scaling), -1), buffer[1, :, :end]))
+            x = x + out_of(torch.stack(outputs).view(rows, q_end))
+            h = x * rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
+            gate, up = gate_up_of(h * norm_post).chunk(2, dim=-1)
+            x = x + down_of(F.silu(gate) * up)
         x = _rms(x, weights.norm, self.eps)
         return linear(x, weights.lm_head)
+
+    def _fused_layers(self) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor],
+                                          Callable[[torch.Tensor], torch.Tensor], torch.Tensor,
+                                          Callable[[torch.Tensor], torch.Tensor],
+                                          Callable[[torch.Tensor], torch.Tensor]]]:
+        """Per layer: norm_in, qkv, out, norm_post, gate_up and down, each projection a
+        callable of its input (bias included): the step's loop looks nothing else up."""
+        if self._fused_cache is None:
+            def call(weight: Linear | None, bias: torch.Tensor | None = None
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+                assert weight is not None
+                if bias is None and not isinstance(weight, torch.Tensor):
+                    return weight  # a quantized weight is its own kernel call
+                return lambda h: linear(h, weight, bias)
+
+            self._fused_cache = [
+                (layer.norm_in, call(layer.qkv, layer.qkv_bias),
+                 call(layer.out, layer.out_bias), layer.norm_post, call(layer.gate_up),
+                 call(layer.down))
+                for layer in self.weights.layers]
+        return self._fused_cache
 
     def rows_qkv(self, layer: Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
