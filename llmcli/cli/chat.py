@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -45,6 +46,18 @@ class ChatState:
     options: dict[str, Any] = field(default_factory=dict)
     key: str | None = None
     log: bool = True
+    #: ``-f`` fragments' text: sent once, before the first message.
+    context: str | None = None
+    #: ``-t``'s prompt around each message (its ``$input``), as for one prompt.
+    wrap: Callable[[str], str] | None = None
+
+    def message(self, text: str) -> str:
+        """What the next turn sends for the line ``text``."""
+        if self.wrap is not None:
+            text = self.wrap(text)
+        if self.context:
+            text, self.context = f"{self.context}\n\n{text}", None
+        return text
 
     @property
     def model(self) -> Model:
@@ -139,7 +152,7 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
 
     response = api.prompt(
         state.model,
-        text,
+        state.message(text),
         system=state.system,
         prefill=state.turn_prefill(),
         key=state.key,
@@ -177,6 +190,16 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
 @click.option("--cid", "--conversation", "conversation_id", help="Continue this conversation.")
 @click.option("-n", "--no-log", is_flag=True, help="Do not log the turns.")
 @click.option("--key", help="API key to use, or the name of a stored key.")
+@click.option("-t", "--template", "template_name", metavar="NAME",
+              help="Use the saved template NAME: its system prompt, model, prefill and "
+              "options, and its prompt around each message.")
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="KEY VALUE",
+              help="Fill the template's $KEY with VALUE (repeat for several).")
+@click.option("-f", "--fragment", "fragments", multiple=True, metavar="PATH_OR_URL",
+              help="Add a file's or a URL's contents before the first message (repeatable).")
+@click.option("--sf", "--system-fragment", "system_fragments", multiple=True,
+              metavar="PATH_OR_URL",
+              help="Add a file's or a URL's contents to the system prompt (repeatable).")
 def chat(
     model_name: str | None,
     system: str | None,
@@ -186,30 +209,43 @@ def chat(
     conversation_id: str | None,
     no_log: bool,
     key: str | None,
+    template_name: str | None,
+    params: tuple[tuple[str, str], ...],
+    fragments: tuple[str, ...],
+    system_fragments: tuple[str, ...],
 ) -> None:
     """Chat with a model; each turn is logged in one conversation.
 
     \b
     llmcli chat -m claude-haiku-4-5
     llmcli chat -c                 # continue the last conversation, with its model
+    llmcli chat -t reviewer -f main.py   # a saved template, a file to talk about
     > !prefill ```python           # the next reply starts with ```python
     """
     from llmcli import api, config
 
     config.mark_long_lived()
+    inputs = None
+    if template_name is not None or params or fragments or system_fragments:
+        from llmcli.cli.templates import resolve_chat
+
+        inputs = resolve_chat(template_name, params, fragments, system_fragments,
+                              system=system, model=model_name, prefill=prefill)
+        system, model_name, prefill = inputs.system, inputs.model, inputs.prefill
     if continue_ or conversation_id:
         conversation = api.load_conversation(conversation_id, model=model_name)
     else:
         conversation = api.get_model(model_name).conversation()
     model = conversation.model
-    parsed = parse_options(model, options)
+    parsed = {**(inputs.options if inputs else {}), **parse_options(model, options)}
     api.validate_options(model, parsed)  # a typo fails now, not at the first turn
     if not no_log and config.logging_enabled():
         from llmcli.log import open_db
 
         open_db().close()  # a log that cannot be written fails now, not after a message
     state = ChatState(conversation, system, prefill, option_pairs=options, options=parsed,
-                      key=key, log=not no_log)
+                      key=key, log=not no_log, context=inputs.context if inputs else None,
+                      wrap=inputs.message if inputs and inputs.template else None)
     _enable_history()
     click.echo(f"Chatting with {model.model_id} (prefill: "
                f"{model.get_prefill_support(api.validate_options(model, parsed)).value})",

@@ -192,6 +192,63 @@ def resolve_inputs(
     return Inputs(text, system, model, prefill, options, extract)
 
 
+@dataclass
+class ChatInputs:
+    """What ``llmcli chat`` uses once ``-t`` and ``-f``/``--sf`` are applied: the system
+    prompt (system fragments included) for every turn, the model, prefill and options, the
+    fragments' text to send once (before the first message), and the template's prompt to
+    wrap each message in (its ``$input``)."""
+
+    system: str | None
+    model: str | None
+    prefill: str | None
+    options: dict[str, Any]
+    context: str | None
+    template: Template | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def message(self, text: str) -> str:
+        """One chat message as sent: through the template's prompt, if it has one."""
+        template = self.template
+        if template is None or not template.prompt:
+            return text
+        uses_input = "input" in string.Template(template.prompt).get_identifiers()
+        prompt = interpolate(template.name, template.prompt, {**self.values, "input": text}) or ""
+        return prompt if uses_input else f"{prompt}\n\n{text}"
+
+
+def resolve_chat(template_name: str | None, params: tuple[tuple[str, str], ...],
+                 fragments: tuple[str, ...], system_fragments: tuple[str, ...], *,
+                 system: str | None, model: str | None, prefill: str | None) -> ChatInputs:
+    """``-t``/``-p``/``-f``/``--sf`` for a chat, by the same rules as for one prompt: what
+    the command line gives wins over what the template holds, the template's fragments come
+    first. Fragments are read now (a missing file fails before the chat starts)."""
+    from llmcli.cli.fragments import with_fragments
+
+    template = None
+    values: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    if template_name is None:
+        if params:
+            raise TemplateError("-p/--param fills a template's variables: use it with -t NAME")
+    else:
+        template = load_template(template_name)
+        values = {**template.defaults, **dict(params)}
+        if system is None:
+            system = interpolate(template.name, template.system, values)
+        model = model or template.model
+        prefill = template.prefill if prefill is None else prefill
+        options = dict(template.options)
+        fragments = (*template.fragments, *fragments)
+        system_fragments = (*template.system_fragments, *system_fragments)
+        if template.prompt:  # a variable missing from -p fails now, not at the first turn
+            ChatInputs(system, model, prefill, options, None, template, values).message("")
+    context = with_fragments(None, list(fragments)) if fragments else None
+    if system_fragments:
+        system = with_fragments(system, list(system_fragments))
+    return ChatInputs(system, model, prefill, options, context, template, values)
+
+
 def template_from_command(
     name: str,
     *,

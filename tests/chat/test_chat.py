@@ -131,3 +131,52 @@ def test_continue_after_a_model_switch_uses_the_latest_model(chat) -> None:
     result = chat("-c", lines=["three"])
     assert "Chatting with test-echoes" in result.stderr
     assert [r["model"] for r in logged()] == ["test-eats", "test-echoes", "test-echoes"]
+
+
+def test_a_template_and_fragments(chat, test_models, user_dir, tmp_path) -> None:
+    """-t: the template's system prompt, model, prefill and options for every turn, and its
+    prompt around each message; -f: a file's text before the first message only; --sf: the
+    system prompt gains a file's text (before it, as for one prompt); -p fills the
+    template's variables."""
+    (user_dir / "templates").mkdir(parents=True)
+    (user_dir / "templates" / "rev.json").write_text(json.dumps({
+        "prompt": "Review ($lang): $input", "system": "You review $lang code.",
+        "model": "test-echoes", "prefill": "Verdict:", "defaults": {"lang": "C"},
+        "options": {"reply": "fine", "chunk_size": 2}}))
+    notes = tmp_path / "notes.md"
+    notes.write_text("Style: short functions.\n")
+    code = tmp_path / "main.py"
+    code.write_text("def f(): pass\n")
+    result = chat("-t", "rev", "-p", "lang", "Python", "-f", str(code), "--sf", str(notes),
+                  lines=["first", "second", "exit"])
+    assert result.exit_code == 0, result.output
+    assert "Chatting with test-echoes" in result.stderr
+    first, second = test_models.requests[-2:]
+    assert first.prompt == "def f(): pass\n\nReview (Python): first"
+    assert second.prompt == "Review (Python): second"  # the file went with the first only
+    assert first.system == second.system == "Style: short functions.\n\nYou review Python code."
+    assert first.options.chunk_size == 2
+    rows = logged()
+    assert [(r["prefill"], r["text"]) for r in rows] == [("Verdict:", "Verdict:fine")] * 2
+    # The command line wins over the template.
+    chat("-t", "rev", "-s", "Be kind.", "--prefill", "OK", "-o", "reply", "good",
+         lines=["third"])
+    last = test_models.requests[-1]
+    assert (last.system, last.prefill, last.prompt) == ("Be kind.", "OK", "Review (C): third")
+    assert (last.options.reply, last.options.chunk_size) == ("good", 2)
+
+
+def test_template_and_fragment_errors_are_one_line_before_the_chat(chat, test_models,
+                                                                   user_dir) -> None:
+    result = chat("-t", "missing", lines=["hi"])
+    assert result.exit_code == 1 and "No template named 'missing'" in result.stderr
+    (user_dir / "templates").mkdir(parents=True)
+    (user_dir / "templates" / "ask.json").write_text(json.dumps({"prompt": "$who: $input",
+                                                                  "model": "test-eats"}))
+    result = chat("-t", "ask", lines=["hi"])
+    assert result.exit_code == 1 and "-p who VALUE" in result.stderr
+    result = chat("-m", "test-eats", "-f", "/no/such/file.md", lines=["hi"])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    result = chat("-m", "test-eats", "-p", "a", "b", lines=["hi"])
+    assert result.exit_code == 1 and "use it with -t NAME" in result.stderr
+    assert test_models.requests == []
