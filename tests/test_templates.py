@@ -156,3 +156,29 @@ def test_templates_edit_creates_and_checks(run, user_dir: Path, tmp_path: Path) 
     one_line_error(run("templates", "edit", "greet", env=env), "is not valid JSON")
     # The broken file is kept, to be fixed by the next edit.
     assert (user_dir / "templates" / "greet.json").read_text() == '{"prompt": '
+
+
+def test_a_template_keeps_a_schema(run, test_models, user_dir: Path) -> None:
+    """--save with --schema (or --schema-multi, stored wrapped) keeps it; -t applies it, and a
+    --schema on the command line wins over the template's."""
+    from llmcli import schema as schemas
+
+    result = run("Who is $input?", "-m", "test-eats", "--schema-multi", "name, age int",
+                 "--save", "people")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((user_dir / "templates" / "people.json").read_text())
+    assert saved["schema"] == schemas.multi(schemas.parse_schema("name, age int"))
+    test_models.queue.append(['{"items": [{"name": "Ada", "age": 36}]}'])
+    result = run("-t", "people", "Ada")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"items": [{"name": "Ada", "age": 36}]}
+    assert test_models.requests[-1].schema == saved["schema"]
+    assert test_models.requests[-1].prompt == "Who is Ada?"
+    test_models.queue.append(['{"city": "Paris"}'])
+    result = run("-t", "people", "Ada", "--schema", "city")
+    assert result.exit_code == 0, result.output
+    assert test_models.requests[-1].schema == schemas.parse_schema("city")
+    # Only a schema is a template too; a broken one is a one-line error when used.
+    assert run("--schema", "title", "--save", "only").exit_code == 0
+    (user_dir / "templates" / "bad.json").write_text('{"schema": {"type": "objekt"}}')
+    one_line_error(run("-t", "bad", "x"), "'schema' is not a valid JSON Schema")

@@ -185,16 +185,6 @@ def prompt(
     """
     from llmcli import api
 
-    if save_as is not None:
-        _save_template(save_as, prompt, system, model_name, prefill, options, params, extract,
-                       fragments, system_fragments, refused={
-                           "-t/--template": template_name is not None,
-                           "-c/--cid": continue_ or conversation_id is not None,
-                           "--schema": bool(schema or schema_multi)})
-        return
-
-    if extract and as_json:
-        raise InputError("--extract prints text; it cannot be combined with --json")
     if schema and schema_multi:
         raise InputError("Give --schema or --schema-multi, not both")
     parsed_schema = None
@@ -204,6 +194,15 @@ def prompt(
         parsed_schema = parse_schema(schema or schema_multi or "")
         if schema_multi:
             parsed_schema = multi(parsed_schema)
+    if save_as is not None:
+        _save_template(save_as, prompt, system, model_name, prefill, options, params, extract,
+                       fragments, system_fragments, parsed_schema, refused={
+                           "-t/--template": template_name is not None,
+                           "-c/--cid": continue_ or conversation_id is not None})
+        return
+
+    if extract and as_json:
+        raise InputError("--extract prints text; it cannot be combined with --json")
     stdin_text = read_stdin()
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
     template_options: dict[str, Any] = {}
@@ -216,6 +215,7 @@ def prompt(
         text, system, model_name, prefill = (inputs.text, inputs.system, inputs.model,
                                              inputs.prefill)
         template_options, extract = inputs.options, inputs.extract and not as_json
+        parsed_schema = parsed_schema or inputs.schema
     if not text.strip():
         raise InputError("Empty prompt: pass PROMPT or pipe text on standard input")
 
@@ -295,7 +295,7 @@ def _save_template(name: str, prompt: str | None, system: str | None, model: str
                    prefill: str | None, options: tuple[tuple[str, str], ...],
                    params: tuple[tuple[str, str], ...], extract: bool,
                    fragments: tuple[str, ...], system_fragments: tuple[str, ...],
-                   refused: dict[str, bool]) -> None:
+                   schema: dict[str, Any] | None, refused: dict[str, bool]) -> None:
     """``--save NAME``: the PROMPT argument, not piped input (that is the template's input
     when it is used), and the options that make a template."""
     from llmcli.cli.templates import save_template, template_from_command
@@ -305,7 +305,8 @@ def _save_template(name: str, prompt: str | None, system: str | None, model: str
         raise InputError(f"--save cannot be combined with {', '.join(given)}")
     template = template_from_command(
         name, prompt=prompt, system=system, model=model, prefill=prefill, options=options,
-        params=params, extract=extract, fragments=fragments, system_fragments=system_fragments)
+        params=params, extract=extract, fragments=fragments, system_fragments=system_fragments,
+        schema=schema)
     click.echo(f"Saved template {name!r} to {save_template(template)}", err=True)
 
 

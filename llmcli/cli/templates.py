@@ -33,6 +33,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "prompt": str, "system": str, "model": str, "prefill": str, "options": dict,
     "defaults": dict, "extract": bool, "fragments": list, "system_fragments": list,
+    "schema": dict,
 }
 
 
@@ -48,6 +49,8 @@ class Template:
     extract: bool = False
     fragments: list[str] = field(default_factory=list)
     system_fragments: list[str] = field(default_factory=list)
+    #: ``--schema`` (``--schema-multi`` already wrapped): a JSON Schema object.
+    schema: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {key: getattr(self, key) for key in FIELDS}
@@ -95,6 +98,14 @@ def _from_json(name: str, data: Any, path: Path) -> Template:
     for key in ("fragments", "system_fragments"):
         if not all(isinstance(item, str) for item in data.get(key) or []):
             raise TemplateError(f"Template {name!r}: {key!r} must be a list of strings")
+    if data.get("schema") is not None:
+        from llmcli.schema import InvalidSchemaError, check_schema
+
+        try:
+            check_schema(data["schema"])
+        except InvalidSchemaError as exc:
+            raise TemplateError(f"Template {name!r}: 'schema' is not a valid JSON Schema: "
+                                f"{exc}") from None
     return Template(name, **{k: v for k, v in data.items() if v is not None})
 
 
@@ -148,6 +159,8 @@ class Inputs:
     prefill: str | None
     options: dict[str, Any]
     extract: bool
+    #: The template's schema (the command line's ``--schema`` wins over it).
+    schema: dict[str, Any] | None = None
 
 
 def resolve_inputs(
@@ -167,11 +180,13 @@ def resolve_inputs(
     from llmcli.cli.fragments import with_fragments
 
     options: dict[str, Any] = {}
+    schema = None
     if template_name is None:
         if params:
             raise TemplateError("-p/--param fills a template's variables: use it with -t NAME")
     else:
         template = load_template(template_name)
+        schema = template.schema
         values = {**template.defaults, **dict(params), "input": text}
         if template.prompt:
             uses_input = "input" in string.Template(template.prompt).get_identifiers()
@@ -189,7 +204,7 @@ def resolve_inputs(
         text = with_fragments(text, list(fragments)) or ""
     if system_fragments:
         system = with_fragments(system, list(system_fragments))
-    return Inputs(text, system, model, prefill, options, extract)
+    return Inputs(text, system, model, prefill, options, extract, schema)
 
 
 @dataclass
@@ -261,6 +276,7 @@ def template_from_command(
     extract: bool,
     fragments: tuple[str, ...],
     system_fragments: tuple[str, ...],
+    schema: dict[str, Any] | None = None,
 ) -> Template:
     """``--save NAME``: the command's prompt, system, model, options, prefill, -p values (as
     defaults), -x and fragments (paths made absolute), checked by the model when -m names
@@ -268,8 +284,10 @@ def template_from_command(
     from llmcli.cli.fragments import absolute
 
     template_path(name)  # a bad name fails before anything else
-    if not any((prompt, system, model, prefill, options, extract, fragments, system_fragments)):
-        raise TemplateError("Nothing to save: give a prompt, -s, -m, --prefill, -o, -x or -f")
+    if not any((prompt, system, model, prefill, options, extract, fragments, system_fragments,
+                schema)):
+        raise TemplateError("Nothing to save: give a prompt, -s, -m, --prefill, -o, -x, -f "
+                            "or --schema")
     parsed: dict[str, Any] = {}
     if model is not None:
         from llmcli import api
@@ -287,7 +305,7 @@ def template_from_command(
         name, prompt=prompt or None, system=system, model=model, prefill=prefill or None,
         options=parsed, defaults=dict(params), extract=extract,
         fragments=[absolute(f) for f in fragments],
-        system_fragments=[absolute(f) for f in system_fragments],
+        system_fragments=[absolute(f) for f in system_fragments], schema=schema,
     )
 
 
