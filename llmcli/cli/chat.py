@@ -50,6 +50,8 @@ class ChatState:
     context: str | None = None
     #: ``-t``'s prompt around each message (its ``$input``), as for one prompt.
     wrap: Callable[[str], str] | None = None
+    #: ``-t``'s schema, for every reply.
+    schema: dict[str, Any] | None = None
 
     def message(self, text: str) -> str:
         """What the next turn sends for the line ``text``."""
@@ -159,6 +161,7 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
         log=state.log,
         conversation=state.conversation,
         options=state.options,
+        schema=state.schema,
     )
     wrote_newline = True
     try:
@@ -245,7 +248,8 @@ def chat(
         open_db().close()  # a log that cannot be written fails now, not after a message
     state = ChatState(conversation, system, prefill, option_pairs=options, options=parsed,
                       key=key, log=not no_log, context=inputs.context if inputs else None,
-                      wrap=inputs.message if inputs and inputs.template else None)
+                      wrap=inputs.message if inputs and inputs.template else None,
+                      schema=inputs.schema if inputs else None)
     _enable_history()
     click.echo(f"Chatting with {model.model_id} (prefill: "
                f"{model.get_prefill_support(api.validate_options(model, parsed)).value})",

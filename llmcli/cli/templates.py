@@ -222,6 +222,11 @@ class ChatInputs:
     template: Template | None = None
     values: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        """The template's schema: every reply of the chat conforms to it."""
+        return self.template.schema if self.template is not None else None
+
     def message(self, text: str) -> str:
         """One chat message as sent: through the template's prompt, if it has one."""
         template = self.template

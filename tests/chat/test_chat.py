@@ -180,3 +180,17 @@ def test_template_and_fragment_errors_are_one_line_before_the_chat(chat, test_mo
     result = chat("-m", "test-eats", "-p", "a", "b", lines=["hi"])
     assert result.exit_code == 1 and "use it with -t NAME" in result.stderr
     assert test_models.requests == []
+
+
+def test_a_template_with_a_schema_holds_every_reply_to_it(chat, test_models, user_dir) -> None:
+    from llmcli import schema as schemas
+
+    (user_dir / "templates").mkdir(parents=True)
+    person = schemas.parse_schema("name, age int")
+    (user_dir / "templates" / "who.json").write_text(json.dumps({"model": "test-eats",
+                                                                  "schema": person}))
+    test_models.queue.extend([['{"name": "Ada", "age": 36}'], ['{"name": "Bo", "age": 5}']])
+    result = chat("-t", "who", lines=["one", "two"])
+    assert result.exit_code == 0, result.output
+    assert [r.schema for r in test_models.requests] == [person, person]
+    assert '{"name": "Bo", "age": 5}' in result.stdout
