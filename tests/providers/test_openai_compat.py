@@ -339,7 +339,8 @@ def test_add_with_preset_list_and_remove(servers_file: Path,
     saved = json.loads(servers_file.read_text())
     assert saved == {"servers": [{"id": "qwen", "model_name": "qwen2.5:7b",
                                   "base_url": "http://localhost:11434/v1",
-                                  "prefill_style": "trailing_assistant"}]}
+                                  "prefill_style": "trailing_assistant",
+                                  "schema_field": "response_format"}]}
     listing = run_cli("openai-servers", "list")
     assert listing.exit_code == 0
     assert "qwen: qwen2.5:7b at http://localhost:11434/v1" in listing.output
@@ -359,6 +360,34 @@ def test_add_with_preset_list_and_remove(servers_file: Path,
     assert json.loads(servers_file.read_text()) == {"servers": []}
     missing = run_cli("openai-servers", "remove", "qwen")
     assert missing.exit_code == 1 and "No server named 'qwen'" in missing.output
+
+
+def test_add_takes_the_presets_schema_field_or_the_given_one(
+        servers_file: Path, load_plugins: Callable[..., None]) -> None:
+    """An added server enforces --schema as its preset does (vLLM's structured_outputs,
+    llama-server's json_schema); --schema-field overrides, none means validated."""
+    from llmcli.capabilities import SchemaSupport
+
+    load_plugins("llmcli-openai")
+    for server, extra, field in [("v", ["--preset", "vllm"], "structured_outputs"),
+                                 ("l", ["--preset", "llama-server"], "json_schema"),
+                                 ("o", ["--preset", "vllm", "--schema-field", "json_schema"],
+                                  "json_schema"),
+                                 ("n", ["--preset", "vllm", "--schema-field", "none"], None),
+                                 ("u", ["--base-url", "http://box:1/v1",
+                                        "--prefill-style", "none"], None)]:
+        result = run_cli("openai-servers", "add", server, "--model-name", "m", "--no-probe",
+                         *extra)
+        assert result.exit_code == 0, result.output
+        entry = next(e for e in json.loads(servers_file.read_text())["servers"]
+                     if e["id"] == server)
+        assert entry.get("schema_field") == field
+        model = llmcli.get_model(server)
+        assert model.get_schema_support(model.Options()) is (
+            SchemaSupport.NATIVE if field else SchemaSupport.VALIDATED)
+    bad = run_cli("openai-servers", "add", "b", "--model-name", "m", "--preset", "vllm",
+                  "--schema-field", "guided_json", "--no-probe")
+    assert bad.exit_code == 2 and "guided_json" in bad.output
 
 
 def test_add_deepseek_preset_keeps_key_settings(servers_file: Path,

@@ -19,7 +19,7 @@ from ._servers import (
     save_servers,
     servers_path,
 )
-from ._wire import PREFILL_STYLES, EchoMode, PrefillStyle, capability_for
+from ._wire import PREFILL_STYLES, SCHEMA_FIELDS, EchoMode, PrefillStyle, capability_for
 
 __all__ = ["openai_servers"]
 
@@ -131,10 +131,14 @@ def openai_servers() -> None:
 @click.option("--key-name", help="The key's name in 'llmcli keys'.")
 @click.option("--key-env", help="An environment variable that holds the key.")
 @click.option("--alias", "aliases", multiple=True, help="Another name for -m (repeatable).")
+@click.option("--schema-field", type=click.Choice([*SCHEMA_FIELDS, "none"]),
+              help="The request field the server enforces a --schema with (default: the "
+                   "preset's; none: ask for JSON in the prompt and validate the reply).")
 @click.option("--replace", is_flag=True, help="Overwrite an entry with the same ID.")
 def add(server_id: str, model_name: str, preset: str | None, base_url: str | None,
         prefill_style: str | None, echoes: bool | None, do_probe: bool, key_name: str | None,
-        key_env: str | None, aliases: tuple[str, ...], replace: bool) -> None:
+        key_env: str | None, aliases: tuple[str, ...], schema_field: str | None,
+        replace: bool) -> None:
     """Add a model served by an OpenAI-compatible server, usable as -m ID.
 
     Without --prefill-style the server is probed: two tiny requests per style (streamed
@@ -154,6 +158,8 @@ def add(server_id: str, model_name: str, preset: str | None, base_url: str | Non
         "key_name": key_name or (chosen.key_name if chosen else None),
         "key_env": key_env or (chosen.key_env if chosen else None),
         "aliases": list(aliases),
+        "schema_field": (None if schema_field == "none" else schema_field) if schema_field
+        else (chosen.schema_field if chosen else None),
     }
     entry = _entry(values)
     servers = _load()
