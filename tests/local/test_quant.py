@@ -270,3 +270,21 @@ def test_quantized_layers_are_fused(tiny_model_dir: Path, scheme: str) -> None:
     assert layer.q is None and layer.gate is None and layer.qkv is not None
     full = lean_backend.load(tiny_model_dir, "cpu", torch.float32).decoder.weights.layers[0]
     assert layer.qkv.shape[0] == full.q.shape[0] + full.k.shape[0] + full.v.shape[0]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_new_cache_file_replaces_older_formats(tiny_model_dir: Path, scheme: str) -> None:
+    """Quantized weights of an earlier cache format are never read again: writing the
+    current format deletes them (and nothing of other schemes or kernels' layouts)."""
+    path = quant.cache_path(tiny_model_dir, scheme)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    older = path.with_name(path.name.replace(f"-v{quant._FORMAT}", "-v1"))
+    other = path.with_name(path.name.replace(scheme, "int8" if scheme == "int4" else "int4")
+                           .replace(f"-v{quant._FORMAT}", "-v1"))
+    layout = path.with_name(f"quantized-{scheme}-SOMECPU-torch0.0-v{quant._FORMAT}.safetensors")
+    for stale in (older, other, layout):
+        stale.write_bytes(b"old")
+    assert older != path
+    lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    assert path.is_file() and not older.exists()
+    assert other.exists() and layout.exists()

@@ -219,9 +219,19 @@ def load_or_quantize(path: Path, scheme: Scheme,
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         save_file(flat, str(tmp), metadata={"scheme": scheme, "format": str(_FORMAT)})
         os.replace(tmp, path)
+        _drop_older_formats(path.parent, scheme)
     except OSError:
         pass
     return quantized
+
+
+def _drop_older_formats(directory: Path, scheme: Scheme) -> None:
+    """Delete ``scheme``'s cache files of earlier formats beside a new one (never read again;
+    SmolLM2's int8 is 135 MB). Other instruction sets' and torch versions' files stay."""
+    for old in directory.glob(f"quantized-{scheme}*-v*.safetensors"):
+        version = old.name.rsplit("-v", 1)[-1].removesuffix(".safetensors")
+        if version.isdigit() and int(version) < _FORMAT:
+            old.unlink(missing_ok=True)
 
 
 #: What is quantized per layer: each a weight of its own or the rows of several stacked.
