@@ -25,19 +25,19 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from llmcli_local.backend import Quantize as Scheme
+
 if TYPE_CHECKING:
     from llmcli_local.lean.weights import Weights
 
-__all__ = ["SCHEMES", "Int4Weight", "Int8Weight", "Quantized", "Scheme", "cache_path",
-           "linear", "load_or_quantize", "quantize", "quantize_weights", "rows", "supported"]
+__all__ = ["Int4Weight", "Int8Weight", "Quantized", "Scheme", "cache_path", "linear",
+           "load_or_quantize", "quantize", "quantize_weights", "rows"]
 
-Scheme = Literal["none", "int8", "int4"]
-SCHEMES: tuple[Scheme, ...] = ("none", "int8", "int4")
 #: Bump when the stored layout or the rounding changes: old cache files are then ignored.
 #: 2: q/k/v and gate/up stored fused (``qkv``, ``gate_up``).
 _FORMAT = 2
@@ -168,13 +168,6 @@ def rows(weight: torch.Tensor | Quantized, ids: torch.Tensor) -> torch.Tensor:
 
 def quantize(weight: torch.Tensor, scheme: Scheme) -> Quantized:
     return _KINDS[scheme].of(weight)
-
-
-def supported(scheme: Scheme, device: str) -> str | None:
-    """Why ``scheme`` cannot run on ``device``, or None."""
-    if scheme != "none" and device != "cpu":
-        return f"quantize={scheme} runs on CPU only (these are PyTorch's CPU kernels)"
-    return None
 
 
 def cache_path(directory: Path, scheme: Scheme) -> Path:
