@@ -11,7 +11,7 @@ Every exchange goes through :func:`llmcli.api.prompt`, so the prefill contract, 
 checks and logging are the single-prompt ones; the log rows carry the batch's id.
 
 Concurrency: ``jobs`` requests at once in all; a model may cap its own share with a
-``batch_concurrency`` class attribute. The local runtime's models declare 8: its scheduler
+``batch_concurrency`` attribute. The local runtime's models declare 8: its scheduler
 gathers the concurrent ``execute`` calls into batches itself, with no change here.
 """
 
@@ -271,7 +271,7 @@ class Summary:
 def model_limit(model: Model) -> int | None:
     """How many requests to ``model`` may run at once (None: no limit beyond ``-j``).
 
-    A plugin declares it with a ``batch_concurrency`` class attribute (the local runtime's
+    A plugin declares it with a ``batch_concurrency`` attribute (the local runtime's
     models declare 8, what its scheduler batches); a local model that declares none runs one
     at a time."""
     declared = getattr(model, "batch_concurrency", None)

@@ -30,10 +30,13 @@ _slots_guard = threading.Lock()
 def model_slots(model: Model) -> threading.BoundedSemaphore | None:
     """The slots of ``model``, shared by every request to it (None: no limit).
 
-    A plugin declares the limit with a ``batch_concurrency`` class attribute; models that
-    declare none (the remote providers) run as many requests as arrive."""
-    declared = getattr(model, "batch_concurrency", None)
-    if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
+    The limit is the one ``llmcli batch`` keeps (:func:`llmcli.batch.model_limit`: the
+    model's ``batch_concurrency``); models that declare none (the remote providers) run as
+    many requests as arrive."""
+    from llmcli.batch import model_limit
+
+    declared = model_limit(model)
+    if declared is None:
         return None
     with _slots_guard:
         return _slots.setdefault((model.plugin, model.model_id),
