@@ -248,7 +248,7 @@ def chat(
         open_db().close()  # a log that cannot be written fails now, not after a message
     state = ChatState(conversation, system, prefill, option_pairs=options, options=parsed,
                       key=key, log=not no_log, context=inputs.context if inputs else None,
-                      wrap=inputs.message if inputs and inputs.template else None,
+                      wrap=inputs.message if inputs else None,
                       schema=inputs.schema if inputs else None)
     _enable_history()
     click.echo(f"Chatting with {model.model_id} (prefill: "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,61 @@ class Inputs:
     schema: dict[str, Any] | None = None
 
 
+@dataclass
+class _Applied:
+    """``-t``/``-p`` applied to what the command line gives (which wins over the template):
+    what ``llmcli`` (:func:`resolve_inputs`) and ``llmcli chat`` (:func:`resolve_chat`)
+    both take from a template, the template's fragments before the command's."""
+
+    template: Template | None
+    #: The template's variables: its defaults, then ``-p`` (``$input`` is the text's).
+    values: dict[str, Any]
+    #: The command line's system prompt, which wins over the template's.
+    given_system: str | None
+    model: str | None
+    prefill: str | None
+    options: dict[str, Any]
+    fragments: tuple[str, ...]
+    system_fragments: tuple[str, ...]
+
+    def wrap(self, text: str) -> str:
+        """``text`` through the template's prompt: as its ``$input``, else after it (after
+        a blank line; the prompt alone when there is no text)."""
+        template = self.template
+        if template is None or not template.prompt:
+            return text
+        uses_input = "input" in string.Template(template.prompt).get_identifiers()
+        prompt = interpolate(template.name, template.prompt, {**self.values, "input": text}) or ""
+        return prompt if uses_input or not text.strip() else f"{prompt}\n\n{text}"
+
+    def system(self, text: str | None) -> str | None:
+        """The system prompt, the template's filled in (``$input`` is ``text`` where given),
+        with the system fragments before it."""
+        system = self.given_system
+        if system is None and self.template is not None:
+            values = self.values if text is None else {**self.values, "input": text}
+            system = interpolate(self.template.name, self.template.system, values)
+        if self.system_fragments:
+            from llmcli.cli.fragments import with_fragments
+
+            system = with_fragments(system, list(self.system_fragments))
+        return system
+
+
+def _apply(template_name: str | None, params: tuple[tuple[str, str], ...],
+           fragments: tuple[str, ...], system_fragments: tuple[str, ...], *,
+           system: str | None, model: str | None, prefill: str | None) -> _Applied:
+    if template_name is None:
+        if params:
+            raise TemplateError("-p/--param fills a template's variables: use it with -t NAME")
+        return _Applied(None, {}, system, model, prefill, {}, fragments, system_fragments)
+    template = load_template(template_name)
+    return _Applied(template, {**template.defaults, **dict(params)}, system,
+                    model or template.model, template.prefill if prefill is None else prefill,
+                    dict(template.options), (*template.fragments, *fragments),
+                    (*template.system_fragments, *system_fragments))
+
+
 def resolve_inputs(
     template_name: str | None,
     params: tuple[tuple[str, str], ...],
@@ -179,32 +235,16 @@ def resolve_inputs(
     ``-f``/``--sf`` (the template's fragments first)."""
     from llmcli.cli.fragments import with_fragments
 
-    options: dict[str, Any] = {}
-    schema = None
-    if template_name is None:
-        if params:
-            raise TemplateError("-p/--param fills a template's variables: use it with -t NAME")
-    else:
-        template = load_template(template_name)
-        schema = template.schema
-        values = {**template.defaults, **dict(params), "input": text}
-        if template.prompt:
-            uses_input = "input" in string.Template(template.prompt).get_identifiers()
-            prompt = interpolate(template.name, template.prompt, values) or ""
-            text = prompt if uses_input or not text.strip() else f"{prompt}\n\n{text}"
-        if system is None:
-            system = interpolate(template.name, template.system, values)
-        model = model or template.model
-        prefill = template.prefill if prefill is None else prefill
-        options = dict(template.options)
-        extract = extract or template.extract
-        fragments = (*template.fragments, *fragments)
-        system_fragments = (*template.system_fragments, *system_fragments)
-    if fragments:
-        text = with_fragments(text, list(fragments)) or ""
-    if system_fragments:
-        system = with_fragments(system, list(system_fragments))
-    return Inputs(text, system, model, prefill, options, extract, schema)
+    applied = _apply(template_name, params, fragments, system_fragments, system=system,
+                     model=model, prefill=prefill)
+    template = applied.template
+    prompt = applied.wrap(text)
+    system = applied.system(text)
+    if applied.fragments:
+        prompt = with_fragments(prompt, list(applied.fragments)) or ""
+    return Inputs(prompt, system, applied.model, applied.prefill, applied.options,
+                  extract or (template is not None and template.extract),
+                  template.schema if template is not None else None)
 
 
 @dataclass
@@ -219,22 +259,14 @@ class ChatInputs:
     prefill: str | None
     options: dict[str, Any]
     context: str | None
-    template: Template | None = None
-    values: dict[str, Any] = field(default_factory=dict)
+    template: Template | None
+    #: One chat message as sent: through the template's prompt, if it has one.
+    message: Callable[[str], str]
 
     @property
     def schema(self) -> dict[str, Any] | None:
         """The template's schema: every reply of the chat conforms to it."""
         return self.template.schema if self.template is not None else None
-
-    def message(self, text: str) -> str:
-        """One chat message as sent: through the template's prompt, if it has one."""
-        template = self.template
-        if template is None or not template.prompt:
-            return text
-        uses_input = "input" in string.Template(template.prompt).get_identifiers()
-        prompt = interpolate(template.name, template.prompt, {**self.values, "input": text}) or ""
-        return prompt if uses_input else f"{prompt}\n\n{text}"
 
 
 def resolve_chat(template_name: str | None, params: tuple[tuple[str, str], ...],
@@ -245,28 +277,12 @@ def resolve_chat(template_name: str | None, params: tuple[tuple[str, str], ...],
     first. Fragments are read now (a missing file fails before the chat starts)."""
     from llmcli.cli.fragments import with_fragments
 
-    template = None
-    values: dict[str, Any] = {}
-    options: dict[str, Any] = {}
-    if template_name is None:
-        if params:
-            raise TemplateError("-p/--param fills a template's variables: use it with -t NAME")
-    else:
-        template = load_template(template_name)
-        values = {**template.defaults, **dict(params)}
-        if system is None:
-            system = interpolate(template.name, template.system, values)
-        model = model or template.model
-        prefill = template.prefill if prefill is None else prefill
-        options = dict(template.options)
-        fragments = (*template.fragments, *fragments)
-        system_fragments = (*template.system_fragments, *system_fragments)
-        if template.prompt:  # a variable missing from -p fails now, not at the first turn
-            ChatInputs(system, model, prefill, options, None, template, values).message("")
-    context = with_fragments(None, list(fragments)) if fragments else None
-    if system_fragments:
-        system = with_fragments(system, list(system_fragments))
-    return ChatInputs(system, model, prefill, options, context, template, values)
+    applied = _apply(template_name, params, fragments, system_fragments, system=system,
+                     model=model, prefill=prefill)
+    applied.wrap("")  # a variable missing from -p fails now, not at the first turn
+    context = with_fragments(None, list(applied.fragments)) if applied.fragments else None
+    return ChatInputs(applied.system(None), applied.model, applied.prefill, applied.options,
+                      context, applied.template, applied.wrap)
 
 
 def template_from_command(
