@@ -6,7 +6,8 @@ import re
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,15 @@ def register_local_model(user_dir: Path, name: str, directory: Path) -> None:
     user_dir.mkdir(parents=True, exist_ok=True)
     (user_dir / "local-models.json").write_text(json.dumps({"version": 1, "models": [
         {"name": name, "path": str(directory), "format": "hf"}]}))
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15, interval: float = 0.1) -> Any:
+    """Poll until ``condition()`` is true and return it (a deadline against hanging, not a
+    measurement)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")

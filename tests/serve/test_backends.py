@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import Reply
 from tests.fakes.mistral import FakeMistral
 from tests.fakes.openai import FakeOpenAI, error_reply
-from tests.serve.conftest import Server, start_server
+from tests.serve.conftest import Server, start_server, wait_for
 
 PLUGINS = "llmcli-anthropic,llmcli-mistral,llmcli-openai"
 MISTRAL_KEY = "mistral-test-0123456789abcdef"
@@ -166,16 +166,6 @@ def test_concurrent_slow_streams_take_about_as_long_as_one(server: Server,
     elapsed = time.monotonic() - started
     assert results == [EXPECTED["mistral-small-latest"]] * 4
     assert elapsed < 1.5 * 2.5, elapsed  # four in a row would take 6 s or more
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_a_client_that_goes_away_cancels_generation(server: Server,

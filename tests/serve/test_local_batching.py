@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,10 @@ import httpx
 import pytest
 
 from tests.fakes.mistral import FakeMistral
-from tests.serve.conftest import make_endless_model, register_local_model
+from tests.serve.conftest import make_endless_model, register_local_model, wait_for
+
+#: The local model on a loaded 2-core machine: a minute's deadline, polled often.
+SLOW: dict[str, float] = {"timeout": 60, "interval": 0.05}
 
 pytest.importorskip("llmcli_local")
 pytest.importorskip("transformers")
@@ -78,24 +80,13 @@ def serving() -> Iterator[str]:
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: uv.started or not thread.is_alive())
+        wait_for(lambda: uv.started or not thread.is_alive(), **SLOW)
         assert uv.started, "the server did not start"
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         uv.should_exit = True
         thread.join(60)
         sock.close()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60) -> Any:
-    """Poll until ``condition()`` is true (a deadline against hanging, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def body(prompt: str, prefill: str, options: dict[str, Any], *, model: str = MODEL,
@@ -199,7 +190,8 @@ def test_concurrent_local_requests_run_together_with_the_text_each_gets_alone(
         assert scheduler.peak_batch >= 2
     assert [together[i] for i in range(len(REQUESTS))] == alone
 
-    long_row = wait_for(lambda: [r for r in rows(user_dir) if r["prompt"] == "Keep going"])[0]
+    long_row = wait_for(lambda: [r for r in rows(user_dir) if r["prompt"] == "Keep going"],
+                        **SLOW)[0]
     assert (long_row["status"], long_row["error"]) == ("partial", "interrupted")
 
 
@@ -215,7 +207,7 @@ def test_a_local_request_in_flight_never_holds_up_a_remote_one(
         # ended: it held up nothing.
         long.read()
         assert scheduler_of(endless_dir).reserved > 0
-    logged = wait_for(lambda: len(rows(user_dir)) == 2 and rows(user_dir))
+    logged = wait_for(lambda: len(rows(user_dir)) == 2 and rows(user_dir), **SLOW)
     assert [(r["model"], r["status"]) for r in logged] == [
         ("mistral-small-latest", "complete"), (MODEL, "partial")]
 
@@ -234,8 +226,9 @@ def test_a_client_that_goes_away_stops_its_local_sequence(
             httpx.post(server + "/v1/chat/completions", timeout=1.5, json=body(
                 "Keep going", "def ", {"max_tokens": 5000}))
     # The sequence left the batch (its KV positions are free) long before its 5000 tokens.
-    wait_for(lambda: scheduler.reserved == 0 and scheduler.waiting == 0)
-    row = wait_for(lambda: [r for r in rows(user_dir) if r["prompt"] == "Keep going"])[0]
+    wait_for(lambda: scheduler.reserved == 0 and scheduler.waiting == 0, **SLOW)
+    row = wait_for(lambda: [r for r in rows(user_dir) if r["prompt"] == "Keep going"],
+                   **SLOW)[0]
     assert (row["status"], row["error"]) == ("partial", "interrupted")
     # Nothing of it runs any more: a new request steps alone, never batched with it.
     stepped = scheduler.batched_steps
