@@ -33,9 +33,9 @@ from typing import IO, Any, Literal
 
 from llmcli import api, config
 from llmcli.errors import LLMCLIError, ProviderError
-from llmcli.models import Model, Response
+from llmcli.models import Model, Response, concurrency_limit
 
-__all__ = ["FIELDS", "Batch", "Endpoints", "Line", "Result", "Summary", "model_limit",
+__all__ = ["FIELDS", "Batch", "Endpoints", "Line", "Result", "Summary",
            "new_batch_id", "parse_group", "read_input", "resume_output", "retryable"]
 
 #: The fields of an input line; others are ignored (HumanEval files carry ``test``, ...).
@@ -268,23 +268,9 @@ class Summary:
 # -- endpoints: which model answers, how many at once, back-off -----------------------------
 
 
-def model_limit(model: Model) -> int | None:
-    """How many requests to ``model`` may run at once (None: no limit beyond ``-j``).
-
-    A plugin declares it with a ``batch_concurrency`` attribute (the local runtime's
-    models declare 8, what its scheduler batches); a local model that declares none runs one
-    at a time."""
-    declared = getattr(model, "batch_concurrency", None)
-    if isinstance(declared, int) and declared >= 1:
-        return declared
-    if type(model).__module__.split(".")[0] == "llmcli_local":
-        return 1
-    return None
-
-
 def default_jobs(models: Iterable[Model]) -> int:
     """``-j`` when not given: the most any model of the batch takes, 8 for remote ones."""
-    return max((model_limit(m) or DEFAULT_JOBS for m in models), default=1)
+    return max((concurrency_limit(m) or DEFAULT_JOBS for m in models), default=1)
 
 
 class Endpoints:
@@ -303,7 +289,7 @@ class Endpoints:
         self.sent: dict[int, int] = {}
 
     def _limit(self, model: Model) -> int:
-        return min(self._jobs, model_limit(model) or self._jobs)
+        return min(self._jobs, concurrency_limit(model) or self._jobs)
 
     def acquire(self, group: list[Model], stop: threading.Event) -> Model | None:
         key = tuple(id(m) for m in group)

@@ -53,6 +53,7 @@ __all__ = [
     "StrList",
     "Response",
     "Usage",
+    "concurrency_limit",
     "emulation_instruction",
     "prepare_response",
     "resolve_key",
@@ -248,6 +249,21 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_id!r}>"
+
+
+def concurrency_limit(model: Model) -> int | None:
+    """How many requests to ``model`` may run at once in one process (None: no limit), as
+    ``llmcli batch`` and ``llmcli serve`` both keep it.
+
+    A plugin declares it with a ``batch_concurrency`` attribute (the local runtime's
+    models declare 8, what its scheduler batches); a local model that declares none runs one
+    at a time."""
+    declared = getattr(model, "batch_concurrency", None)
+    if isinstance(declared, int) and declared >= 1:
+        return declared
+    if type(model).__module__.split(".")[0] == "llmcli_local":
+        return 1
+    return None
 
 
 def _new_id() -> str:

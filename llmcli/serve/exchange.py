@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from llmcli.models import Model, Response
+from llmcli.models import Model, Response, concurrency_limit
 
 __all__ = ["Exchange", "model_slots"]
 
@@ -30,12 +30,10 @@ _slots_guard = threading.Lock()
 def model_slots(model: Model) -> threading.BoundedSemaphore | None:
     """The slots of ``model``, shared by every request to it (None: no limit).
 
-    The limit is the one ``llmcli batch`` keeps (:func:`llmcli.batch.model_limit`: the
-    model's ``batch_concurrency``); models that declare none (the remote providers) run as
-    many requests as arrive."""
-    from llmcli.batch import model_limit
-
-    declared = model_limit(model)
+    The limit is the one ``llmcli batch`` keeps (:func:`llmcli.models.concurrency_limit`:
+    the model's ``batch_concurrency``); models that declare none (the remote providers) run
+    as many requests as arrive."""
+    declared = concurrency_limit(model)
     if declared is None:
         return None
     with _slots_guard:
