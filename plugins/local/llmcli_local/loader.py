@@ -34,6 +34,7 @@ from llmcli_local.backend import (
     Quantize,
     choose_backend,
 )
+from llmcli_local.openmp import release_team
 from llmcli_local.sources import ModelSource, cache_root
 
 __all__ = ["cache_dir_for", "convert_gguf", "load", "loaded_models", "pick_device",
@@ -277,6 +278,8 @@ def load(source: ModelSource, device: str = "auto", options: BackendRequest | No
             for other in [k for k in _loaded if k[1] == resolved]:
                 del _loaded[other]
             _loaded[key] = backend
+            # The load ran on this thread's OpenMP team; the steps run on the scheduler's.
+            release_team()
         from llmcli_local.transformers_backend import TransformersBackend
 
         if isinstance(backend, TransformersBackend):

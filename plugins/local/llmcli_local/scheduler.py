@@ -48,6 +48,7 @@ from typing import Any
 from llmcli.models import Usage
 from llmcli_local import decode
 from llmcli_local.backend import Backend
+from llmcli_local.openmp import release_team
 from llmcli_local.options import DEFAULT_MAX_BATCH, env_int, env_max_batch
 
 __all__ = ["DEFAULT_KV_BUDGET", "DEFAULT_MAX_BATCH", "CANCELLED", "Handle", "Scheduler",
@@ -186,6 +187,9 @@ class Scheduler:
         backend = self.backend if backend is None else backend
         started = time.perf_counter()
         prepared = decode.prepare(backend, messages, prefill, settings)
+        # The worker thread computes every step: this thread's idle OpenMP team, if it ran
+        # torch before, would take cores from it (llmcli_local.openmp).
+        release_team()
         handle = Handle(self)
         with self._cond:
             self._waiting.append(_Entry(handle, backend, prepared, settings, started))
