@@ -21,7 +21,12 @@ BIN = Path(sys.executable).parent
 
 def timed(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
     """Median wall time of each command; the commands take turns, run after run, so that
-    load from elsewhere on the machine falls on all of them alike."""
+    load from elsewhere on the machine falls on all of them alike.
+
+    Without PYTHONDONTWRITEBYTECODE: pip compiles an installed package's modules, but an
+    editable checkout run under it would compile every module of llmcli and its plugins on
+    every run (≈ 55 ms here), which no user's call does. The warm-up run writes them."""
+    env = {name: value for name, value in env.items() if name != "PYTHONDONTWRITEBYTECODE"}
     for cmd in commands.values():
         subprocess.run(cmd, env=env, capture_output=True, check=True)  # warm the page cache
     times: dict[str, list[float]] = {name: [] for name in commands}
