@@ -4,7 +4,7 @@ lean decoder. Nothing here imports transformers."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,6 +14,7 @@ from llmcli_local.backend import end_of_turn_ids
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 from llmcli_local.lean.config import LeanConfig
 from llmcli_local.lean.decoder import Decoder, KVBuffers
+from llmcli_local.lean.prefix import PrefixStore, env_positions
 from llmcli_local.lean.quant import Scheme, linear
 from llmcli_local.lean.quant import rows as head_rows
 from llmcli_local.lean.static import StaticBatch, static_length, wanted
@@ -31,6 +32,8 @@ class LeanCache:
     buffers: KVBuffers
     capacity: int
     position: int = 0
+    #: The token ids at positions 0..position (what a kept prefix is matched on).
+    ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +73,10 @@ class LeanBackend:
     #: graphs for batched steps; None: batches step through ``Decoder.step_batch``. On by
     #: default on CUDA (``LLMCLI_LOCAL_STATIC_BATCH`` overrides). Variants share it.
     static: StaticBatch | None = None
+    #: Finished sequences' caches, for prompt passes that start the same
+    #: (:mod:`llmcli_local.lean.prefix`); None: ``LLMCLI_LOCAL_PREFIX_CACHE=0``. Variants
+    #: share it.
+    prefixes: PrefixStore | None = None
 
     @property
     def graphed_single(self) -> bool:
@@ -94,9 +101,11 @@ class LeanBackend:
         if len(ids) > capacity:
             raise RuntimeError("the prompt is longer than the KV buffer")
         with torch.inference_mode():
-            cache = LeanCache(self.decoder.new_buffers(capacity), capacity)
-            logits = self.decoder.prompt(cache.buffers, list(ids), 0)
+            cache = self._new_cache(ids, capacity, keep=1)
+            start = cache.position
+            logits = self.decoder.prompt(cache.buffers, list(ids[start:]), start)
         cache.position = len(ids)
+        cache.ids = list(ids)
         return logits.float(), cache
 
     def prompt_scores(self, ids: Sequence[int], capacity: int,
@@ -104,10 +113,21 @@ class LeanBackend:
         if len(ids) > capacity:
             raise RuntimeError("the prompt is longer than the KV buffer")
         with torch.inference_mode():
-            cache = LeanCache(self.decoder.new_buffers(capacity), capacity)
-            states = self.decoder.states(cache.buffers, list(ids), 0, keep)
+            cache = self._new_cache(ids, capacity, keep)
+            start = cache.position
+            states = self.decoder.states(cache.buffers, list(ids[start:]), start, keep)
         cache.position = len(ids)
+        cache.ids = list(ids)
         return LeanScores(states, self.decoder.weights.lm_head), cache
+
+    def _new_cache(self, ids: Sequence[int], capacity: int, keep: int) -> LeanCache:
+        """An empty cache of ``capacity``, its first positions copied from a kept prefix of
+        ``ids`` where there is one (its ``position`` says how many); the last ``keep`` ids
+        are always computed (their scores are the pass's result)."""
+        cache = LeanCache(self.decoder.new_buffers(capacity), capacity)
+        if self.prefixes is not None:
+            cache.position = self.prefixes.take(ids, len(ids) - keep, cache.buffers)
+        return cache
 
     def extend(self, cache: LeanCache, ids: Sequence[int]) -> LeanScores:
         if cache.position + len(ids) > cache.capacity:
@@ -115,11 +135,13 @@ class LeanBackend:
         with torch.inference_mode():
             states = self.decoder.states(cache.buffers, list(ids), cache.position, len(ids))
         cache.position += len(ids)
+        cache.ids.extend(ids)
         return LeanScores(states, self.decoder.weights.lm_head)
 
     def truncate(self, cache: LeanCache, length: int) -> None:
         # Positions past ``length`` are overwritten before they are read again.
         cache.position = min(cache.position, length)
+        del cache.ids[cache.position:]
 
     def step_batch(self, caches: Sequence[LeanCache], tokens: Sequence[int]) -> torch.Tensor:
         """:meth:`step` for several sequences in one pass: logits of shape (rows, vocab)."""
@@ -131,13 +153,17 @@ class LeanBackend:
             if logits is None:
                 logits = self.decoder.step_batch([c.buffers for c in caches], list(tokens),
                                                  [c.position for c in caches])
-        for cache in caches:
+        for cache, token in zip(caches, tokens, strict=True):
             cache.position += 1
+            cache.ids.append(token)
         return logits.float()
 
     def release(self, cache: LeanCache) -> None:
-        """The sequence of ``cache`` has ended (the scheduler says so): its static slot,
-        if it has one, is free for another."""
+        """The sequence of ``cache`` has ended (the scheduler says so): what it holds is
+        kept for a prompt that starts the same, and its static slot, if it has one, is free
+        for another."""
+        if self.prefixes is not None:
+            self.prefixes.keep(cache.ids[:cache.position], cache.buffers)
         if self.static is not None:
             self.static.release(cache)
 
@@ -147,6 +173,7 @@ class LeanBackend:
         with torch.inference_mode():
             logits = self.decoder.step(cache.buffers, token, cache.position)
         cache.position += 1
+        cache.ids.append(token)
         return logits.float()
 
 
@@ -168,4 +195,5 @@ def load(directory: Path, device: str, dtype: torch.dtype,
                                 tokenizer.get_vocab()),
         device=device, dtype=dtype, directory=directory,
         context_length=config.max_position_embeddings, static=static,
+        prefixes=PrefixStore(kept) if (kept := env_positions()) else None,
     )

@@ -1,0 +1,99 @@
+"""Prompt prefixes kept between calls: a conversation's next turn, or the same system prompt
+again, starts its prompt pass where the last call's KV cache left off.
+
+Each turn of ``llmcli chat`` (and each ``-c`` call) sends the whole conversation again: the
+prompt pass over the history costs more with every turn, though the model saw all of it the
+turn before. When a sequence ends (the scheduler's ``release``), :class:`PrefixStore` keeps a
+compact copy of its KV cache and the token ids it holds. A later prompt pass whose ids start
+with at least :data:`MIN_REUSE` of those takes them from the copy and runs only the rest.
+
+The kept positions are the same computation as a fresh pass (same weights, same positions),
+done in a different number of passes: logits agree to float rounding, not to the bit, as
+between a batched step and a lone one. Bounded by ``LLMCLI_LOCAL_PREFIX_CACHE`` positions in
+all (2048 by default, least recently used dropped first; ``0`` turns it off).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import torch
+
+from llmcli_local.lean.decoder import KVBuffers
+
+__all__ = ["DEFAULT_POSITIONS", "MIN_REUSE", "PrefixStore", "env_positions"]
+
+#: Positions kept in all, unless ``LLMCLI_LOCAL_PREFIX_CACHE`` says otherwise.
+DEFAULT_POSITIONS = 2048
+#: A shorter shared prefix is not worth a copy: a pass over a few dozen tokens costs about
+#: what one over a single token does (the weights are read once either way).
+MIN_REUSE = 64
+
+
+def env_positions() -> int:
+    """``LLMCLI_LOCAL_PREFIX_CACHE``: positions kept in all; 0 keeps none."""
+    value = os.environ.get("LLMCLI_LOCAL_PREFIX_CACHE", "").strip()
+    return int(value) if value.isdigit() else DEFAULT_POSITIONS
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+class PrefixStore:
+    """Compact copies of finished sequences' KV caches, by the token ids they hold."""
+
+    def __init__(self, positions: int) -> None:
+        self.positions = positions
+        self._entries: list[tuple[tuple[int, ...], KVBuffers]] = []  # least recent first
+        self._lock = threading.Lock()
+        #: Observed by tests and benchmarks: prompt positions taken from a kept prefix.
+        self.reused = 0
+
+    def keep(self, ids: Sequence[int], buffers: KVBuffers) -> None:
+        """Keep the first ``len(ids)`` positions of ``buffers``, which hold ``ids``."""
+        count = len(ids)
+        if count < MIN_REUSE or count > self.positions:
+            return
+        key = tuple(ids)
+        with self._lock:
+            # A kept prefix of these ids says nothing they do not: it goes.
+            self._entries = [(k, b) for k, b in self._entries if key[:len(k)] != k]
+            if any(k[:count] == key for k, _ in self._entries):
+                return
+        with torch.inference_mode():
+            copy = [buffer[:, :, :count].clone() for buffer in buffers]
+        with self._lock:
+            self._entries.append((key, copy))
+            while sum(len(k) for k, _ in self._entries) > self.positions:
+                self._entries.pop(0)
+
+    def take(self, ids: Sequence[int], usable: int, buffers: KVBuffers) -> int:
+        """Copy into ``buffers`` the longest kept prefix of ``ids``, at most ``usable``
+        positions of it; the number of positions copied (0: none worth it)."""
+        with self._lock:
+            best, found = 0, -1
+            for index, (key, _) in enumerate(self._entries):
+                common = min(_common(key, ids), usable)
+                if common > best:
+                    best, found = common, index
+            if best < MIN_REUSE:
+                return 0
+            entry = self._entries.pop(found)
+            self._entries.append(entry)  # the most recently used
+        with torch.inference_mode():
+            for target, kept in zip(buffers, entry[1], strict=True):
+                target[:, :, :best].copy_(kept[:, :, :best])
+        self.reused += best
+        return best
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
