@@ -19,7 +19,7 @@ from llmcli_local.lean.quant import Scheme, linear
 from llmcli_local.lean.quant import rows as head_rows
 from llmcli_local.lean.static import StaticBatch, static_length, wanted
 from llmcli_local.lean.tokenizer import LeanTokenizer
-from llmcli_local.lean.weights import load_weights
+from llmcli_local.lean.weights import load_weights, transpose_tall
 
 if TYPE_CHECKING:
     from llmcli_local.lean.weights import Linear
@@ -181,7 +181,10 @@ def load(directory: Path, device: str, dtype: torch.dtype,
          quantize: Scheme = "none") -> LeanBackend:
     config = LeanConfig.read(directory)
     tokenizer = LeanTokenizer(directory)
-    decoder = Decoder(config, load_weights(directory, config, device, dtype, quantize))
+    weights = load_weights(directory, config, device, dtype, quantize)
+    if device == "cpu" and quantize == "none":
+        transpose_tall(weights)
+    decoder = Decoder(config, weights)
     token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
     static = None
     if wanted(device):

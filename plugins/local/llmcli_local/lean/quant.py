@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from llmcli_local.backend import Quantize as Scheme
 
 if TYPE_CHECKING:
-    from llmcli_local.lean.weights import Weights
+    from llmcli_local.lean.weights import Linear, Weights
 
 __all__ = ["Int4Weight", "Int8Weight", "Quantized", "Scheme", "cache_path", "linear",
            "load_or_quantize", "quantize", "quantize_weights", "rows"]
@@ -152,16 +152,16 @@ _KINDS: dict[str, type[Int8Weight] | type[Int4Weight]] = {"int8": Int8Weight,
                                                           "int4": Int4Weight}
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor | Quantized,
+def linear(x: torch.Tensor, weight: Linear,
            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` for a full-precision or a quantized weight."""
+    """``F.linear`` for a full-precision, transposed or quantized weight."""
     if isinstance(weight, torch.Tensor):
         return F.linear(x, weight, bias)
     out = weight(x)
     return out if bias is None else out + bias
 
 
-def rows(weight: torch.Tensor | Quantized, ids: torch.Tensor) -> torch.Tensor:
+def rows(weight: Linear, ids: torch.Tensor) -> torch.Tensor:
     """``weight[ids]`` in full precision (the output head's rows for a candidate gather)."""
     return weight[ids] if isinstance(weight, torch.Tensor) else weight.rows(ids)
 
