@@ -2,7 +2,8 @@
 (the default) and without (``LLMCLI_LOCAL_PREFIX_CACHE=0``): time to first token of each
 turn, whose prompt carries the whole conversation so far. Each setting runs in its own
 subprocess through the Python API (``model.conversation()``, the path of ``llmcli chat``),
-the two alternating over ``--rounds``; best per turn. Not a pytest test.
+the two alternating over ``--rounds``; best per turn, and whether the two wrote the same
+reply (from their first round). Not a pytest test.
 
     python tests/bench/bench_chat_turns.py [--turns 6] [--max-tokens 120] [--rounds 2]
                                            [--quantize none]
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 MESSAGES = [
     "Tell me about the history of Rome in a few sentences.",
@@ -29,7 +31,7 @@ MESSAGES = [
 ]
 
 
-def _turns(args: argparse.Namespace) -> list[dict[str, float]]:
+def _turns(args: argparse.Namespace) -> list[dict[str, Any]]:
     import time
 
     import llmcli
@@ -45,9 +47,9 @@ def _turns(args: argparse.Namespace) -> list[dict[str, float]]:
         for _ in response:
             if first is None:
                 first = time.perf_counter() - start
-        usage = response.record().usage
         rows.append({"first": first or 0.0, "total": time.perf_counter() - start,
-                     "input": float(getattr(usage, "input_tokens", 0) or 0)})
+                     "input": float(response.usage().input_tokens or 0),
+                     "text": response.text()})
     return rows
 
 
@@ -64,7 +66,7 @@ def main() -> None:
         return
 
     user = tempfile.mkdtemp(prefix="llmcli-bench-")
-    best: dict[str, list[dict[str, float]]] = {}
+    best: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.rounds):
         for name, kept in (("kept", None), ("off", "0")):
             env = {**os.environ, "LLMCLI_USER_PATH": user}
@@ -79,13 +81,14 @@ def main() -> None:
             if name not in best:
                 best[name] = rows
             else:
-                best[name] = [{k: min(a[k], b[k]) for k in a}
+                best[name] = [{k: a[k] if k == "text" else min(a[k], b[k]) for k in a}
                               for a, b in zip(best[name], rows, strict=True)]
     print(f"{'turn':>4} {'prompt tok':>10} {'first, off':>11} {'first, kept':>12} "
-          f"{'× off':>6}")
+          f"{'× off':>6}  same text")
     for turn, (off, kept) in enumerate(zip(best["off"], best["kept"], strict=True), 1):
         print(f"{turn:>4} {int(kept['input']):>10} {off['first']:>10.3f}s "
-              f"{kept['first']:>11.3f}s {kept['first'] / off['first']:>6.2f}")
+              f"{kept['first']:>11.3f}s {kept['first'] / off['first']:>6.2f}  "
+              f"{'yes' if kept['text'] == off['text'] else 'NO'}")
 
 
 if __name__ == "__main__":
