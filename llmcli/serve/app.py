@@ -341,11 +341,15 @@ def _sse(events: AsyncIterator[str]) -> StreamingResponse:
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-def _openai_usage(response: Response) -> dict[str, int]:
+def _openai_usage(response: Response) -> dict[str, Any]:
     usage = response.usage()
     prompt, completion = _tokens(usage.input_tokens), _tokens(usage.output_tokens)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
+    cached = usage.details.get("cached_tokens")
+    if isinstance(cached, int) and cached > 0:  # of prompt_tokens, as OpenAI reports them
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
 
 
 def _data(payload: Any) -> str:

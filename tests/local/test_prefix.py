@@ -37,16 +37,21 @@ def test_the_next_turn_reuses_the_last_ones_cache_and_writes_the_same(tiny_model
     kept, plain = _fresh(tiny_model_dir), _fresh(tiny_model_dir, kept=None)
     first = [{"role": "user", "content": LONG}]
     ours, theirs = Scheduler(kept), Scheduler(plain)
-    reply = _run(ours, first)
+    chunks = list(ours.generate(first, "", GenerationSettings(max_tokens=12)))
+    reply = "".join(c for c in chunks if isinstance(c, str))
     assert reply == _run(theirs, first)
     assert kept.prefixes.reused == 0  # nothing kept yet
+    assert "cached_tokens" not in chunks[-1].details
 
     turn = [*first, {"role": "assistant", "content": reply},
             {"role": "user", "content": "And then?"}]
-    assert _run(ours, turn) == _run(theirs, turn)
+    chunks = list(ours.generate(turn, "", GenerationSettings(max_tokens=12)))
+    assert "".join(c for c in chunks if isinstance(c, str)) == _run(theirs, turn)
     history = len(kept.encode(kept.render(first)))
-    # At least the first turn's prompt came from the kept cache, not from a pass.
+    # At least the first turn's prompt came from the kept cache, not from a pass, and the
+    # usage says how much.
     assert kept.prefixes.reused >= history >= MIN_REUSE
+    assert chunks[-1].details["cached_tokens"] == kept.prefixes.reused
 
 
 def test_reused_positions_give_a_fresh_passs_logits(tiny_model_dir: Path) -> None:

@@ -56,3 +56,18 @@ def test_smollm2_same_continuation_on_every_wire(server: Server) -> None:
     assert len(rows) == 3
     assert {row["text"] for row in rows} == {PREFILL + content}
     assert {row["prefill_support"] for row in rows} == {"eats"}
+
+
+@pytest.mark.slow
+def test_a_repeated_prompt_reports_its_kept_positions_as_cached_tokens(server: Server) -> None:
+    """The local runtime keeps finished calls' prompt positions (kept prefixes): the OpenAI
+    wire reports them as ``prompt_tokens_details.cached_tokens``, as OpenAI does its own."""
+    client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": PROMPT + " Be brief, and cached."}]
+    first = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8)
+    again = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8)
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    # All of the prompt but its last token, whose pass gives the first logits.
+    assert cached == again.usage.prompt_tokens - 1

@@ -365,6 +365,10 @@ class Decoding:
                 "device": self.backend.device,
                 **({"forced_tokens": self.forced_tokens}
                    if self.constraint is not None else {}),
+                # Prompt positions a kept prefix gave (llmcli_local.lean.prefix), as OpenAI
+                # names them.
+                **({"cached_tokens": cached}
+                   if (cached := getattr(self.cache, "cached", 0)) else {}),
             },
         )
 

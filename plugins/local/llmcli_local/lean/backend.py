@@ -34,6 +34,8 @@ class LeanCache:
     position: int = 0
     #: The token ids at positions 0..position (what a kept prefix is matched on).
     ids: list[int] = field(default_factory=list)
+    #: Prompt positions its first pass took from a kept prefix (usage: ``cached_tokens``).
+    cached: int = 0
 
 
 @dataclass
@@ -126,7 +128,8 @@ class LeanBackend:
         are always computed (their scores are the pass's result)."""
         cache = LeanCache(self.decoder.new_buffers(capacity), capacity)
         if self.prefixes is not None:
-            cache.position = self.prefixes.take(ids, len(ids) - keep, cache.buffers)
+            cache.position = cache.cached = self.prefixes.take(ids, len(ids) - keep,
+                                                               cache.buffers)
         return cache
 
     def extend(self, cache: LeanCache, ids: Sequence[int]) -> LeanScores:
