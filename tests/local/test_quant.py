@@ -16,7 +16,7 @@ from llmcli_local.backend import BackendOptions, choose_backend  # noqa: E402
 from llmcli_local.lean import backend as lean_backend  # noqa: E402
 from llmcli_local.lean import quant  # noqa: E402
 from llmcli_local.lean.config import LeanConfig  # noqa: E402
-from llmcli_local.lean.weights import Transposed, Weights, load_weights  # noqa: E402
+from llmcli_local.lean.weights import CpuLinear, Weights, load_weights  # noqa: E402
 
 from llmcli.errors import ConfigError  # noqa: E402
 
@@ -63,31 +63,33 @@ def test_kernel_matches_the_dequantized_weight(scheme: str) -> None:
 
 
 def test_full_precision_stays_the_default_and_untouched(tiny_model_dir: Path) -> None:
-    """No quantization by default: every weight keeps the checkpoint's values. On CPU the
-    tall ones (gate, up, the output head) are only stored transposed, a faster layout for
-    the matrix-vector products of decoding; tied embeddings stay one copy."""
+    """No quantization by default: every weight keeps the checkpoint's values. On CPU each
+    is a CpuLinear (its products' kernels chosen by the number of rows) and the tall ones
+    (gate, up, the output head) are stored transposed; tied embeddings stay one copy."""
     backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32)
     weights: Weights = backend.decoder.weights
     assert BackendOptions().quantize == "none"
     raw = load_weights(tiny_model_dir, LeanConfig.read(tiny_model_dir), "cpu", torch.float32)
-    assert isinstance(weights.lm_head, Transposed)
-    assert torch.equal(weights.lm_head.weight, raw.lm_head)
+    head = weights.lm_head
+    assert isinstance(head, CpuLinear) and head.transposed
+    assert torch.equal(head.weight, raw.lm_head)
     assert torch.equal(weights.embed, raw.embed)
-    assert weights.embed.data_ptr() == weights.lm_head.t.data_ptr()  # tied: no second copy
+    assert weights.embed.data_ptr() == head.stored.data_ptr()  # tied: no second copy
     for layer, plain in zip(weights.layers, raw.layers, strict=True):
-        for name in ("gate", "up"):
-            transposed = getattr(layer, name)
-            assert isinstance(transposed, Transposed)
-            assert torch.equal(transposed.weight, getattr(plain, name))
-        for name in ("q", "k", "v", "out", "down"):  # square or wide: as they were
-            assert torch.equal(getattr(layer, name), getattr(plain, name))
-    x = torch.randn(2, weights.layers[0].q.shape[1])
-    assert torch.equal(quant.linear(x, weights.layers[0].q),
-                       torch.nn.functional.linear(x, weights.layers[0].q))
-    torch.testing.assert_close(quant.linear(x, weights.lm_head),
-                               torch.nn.functional.linear(x, raw.lm_head))
+        for name in ("q", "k", "v", "out", "gate", "up", "down"):
+            linear = getattr(layer, name)
+            assert isinstance(linear, CpuLinear)
+            assert torch.equal(linear.weight, getattr(plain, name))
+            assert linear.transposed == (name in ("gate", "up"))  # the tall ones
+    # One row, a batched step's rows, a long pass: three kernels, the same products.
+    for rows in (1, 8, 200):
+        for linear, plain_weight in ((head, raw.lm_head),
+                                     (weights.layers[0].down, raw.layers[0].down)):
+            x = torch.randn(rows, plain_weight.shape[1])
+            torch.testing.assert_close(quant.linear(x, linear),
+                                       torch.nn.functional.linear(x, plain_weight))
     ids = torch.tensor([[1, 5], [7, 2]])
-    assert torch.equal(quant.rows(weights.lm_head, ids), raw.lm_head[ids])
+    assert torch.equal(quant.rows(head, ids), raw.lm_head[ids])
 
 
 @pytest.mark.parametrize("model", ["tiny_model_dir", "tiny_qwen2_dir"])
@@ -252,7 +254,7 @@ def test_the_fused_step_computes_what_the_unfused_one_does(model: str,
     plain = lean_backend.load(directory, "cpu", torch.float32)
     fused = lean_backend.load(directory, "cpu", torch.float32)
     for layer in fused.decoder.weights.layers:
-        layer.qkv = torch.cat([layer.q, layer.k, layer.v])
+        layer.qkv = torch.cat([dense(layer.q), dense(layer.k), dense(layer.v)])
         if layer.q_bias is not None:
             layer.qkv_bias = torch.cat([layer.q_bias, layer.k_bias, layer.v_bias])
         layer.gate_up = torch.cat([dense(layer.gate), dense(layer.up)])
@@ -310,4 +312,4 @@ def test_a_new_cache_file_replaces_older_formats(tiny_model_dir: Path, scheme: s
 
 def dense(weight: Any) -> Any:
     """A full-precision weight as an (out, in) tensor, whatever its layout."""
-    return weight.weight if isinstance(weight, Transposed) else weight
+    return weight.weight if isinstance(weight, CpuLinear) else weight

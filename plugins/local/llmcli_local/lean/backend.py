@@ -19,7 +19,7 @@ from llmcli_local.lean.quant import Scheme, linear
 from llmcli_local.lean.quant import rows as head_rows
 from llmcli_local.lean.static import StaticBatch, static_length, wanted
 from llmcli_local.lean.tokenizer import LeanTokenizer
-from llmcli_local.lean.weights import load_weights, transpose_tall
+from llmcli_local.lean.weights import for_cpu, load_weights
 
 if TYPE_CHECKING:
     from llmcli_local.lean.weights import Linear
@@ -186,7 +186,7 @@ def load(directory: Path, device: str, dtype: torch.dtype,
     tokenizer = LeanTokenizer(directory)
     weights = load_weights(directory, config, device, dtype, quantize)
     if device == "cpu" and quantize == "none":
-        transpose_tall(weights)
+        for_cpu(weights)
     decoder = Decoder(config, weights)
     token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
     static = None

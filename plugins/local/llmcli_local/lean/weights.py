@@ -8,70 +8,111 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from llmcli_local.lean.config import LeanConfig, read_json
 
 if TYPE_CHECKING:
     from llmcli_local.lean.quant import Quantized, Scheme
 
-__all__ = ["Layer", "Transposed", "Weights", "load_weights", "transpose_tall"]
+__all__ = ["CpuLinear", "Layer", "Weights", "for_cpu", "load_weights"]
 
 
-class Transposed:
-    """A full-precision weight of shape (out, in) kept as its contiguous transpose (in, out),
-    called as ``x @ t``. On CPU, PyTorch's matrix-vector product of a *tall* weight (more
-    outputs than inputs: SmolLM2's gate and up, 1536 × 576, and its output head,
-    49152 × 576) reads memory at 11 GB/s in the usual layout and at 18–24 GB/s in this one
-    (2-core AMD EPYC, MKL; a decode step went from 56 to 40 ms, docs/benchmarks.md); wide and
-    square weights are as fast or faster as they are. The values are the weight's; the
-    order of the sums, and so the last bits of a result, are the kernel's."""
+class CpuLinear:
+    """A full-precision weight on CPU, of shape (out, in), with its matrix products chosen by
+    measurement (2-core AMD EPYC, torch 2.13's MKL and oneDNN; docs/benchmarks.md):
 
-    def __init__(self, t: torch.Tensor) -> None:
-        self.t = t
+    - **one row** (a decode step of one sequence): a matrix-vector product, which MKL reads
+      at 11 GB/s for a *tall* weight (more outputs than inputs: SmolLM2's gate and up,
+      1536 × 576, and its output head, 49152 × 576) in the usual layout and at 18–24 GB/s
+      transposed. Tall weights are therefore stored transposed (in, out), contiguous, and
+      called as ``x @ t``; wide and square ones as ``F.linear``. A step: 56 → 41 ms.
+    - **2 to 64 rows** (a batched decode step, a short pass): oneDNN's linear
+      (``mkldnn._linear_pointwise``), 1.3–2.6× MKL's speed here for every weight of the
+      model, in either layout; an 8-row step: 80 → 56 ms.
+    - **more rows** (a long prompt pass): MKL again, slightly faster there.
+
+    The values are the checkpoint's; only the order of the sums, and so the last bits of a
+    result, depend on the kernel (as between a batched step and a lone one)."""
+
+    def __init__(self, stored: torch.Tensor, transposed: bool) -> None:
+        self.stored = stored
+        self.transposed = transposed
+        #: The (out, in) weight: the stored tensor, or a view of its transpose (no copy).
+        self.weight = stored.t() if transposed else stored
+        self.shape = self.weight.shape
 
     @classmethod
-    def of(cls, weight: torch.Tensor) -> Transposed:
-        return cls(weight.t().contiguous())
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The (out, in) weight: a view of the transpose, no copy."""
-        return self.t.t()
+    def of(cls, weight: torch.Tensor) -> CpuLinear:
+        if weight.shape[0] > weight.shape[1]:
+            return cls(weight.t().contiguous(), True)
+        return cls(weight, False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.t
+        rows = x.numel() // x.shape[-1]
+        if 1 < rows <= _ONEDNN_ROWS and _onednn():
+            flat = x.reshape(rows, x.shape[-1])
+            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, None, "none", [], "")
+            return out.view(*x.shape[:-1], self.weight.shape[0])
+        return x @ self.stored if self.transposed else F.linear(x, self.stored)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight[ids]
 
 
+#: The most rows a call takes through oneDNN (:class:`CpuLinear`).
+_ONEDNN_ROWS = 64
+_onednn_works: list[bool] = []
+
+
+def _onednn() -> bool:
+    """Whether this torch has oneDNN's linear on CPU (tried once, on a tiny product)."""
+    if not _onednn_works:
+        try:
+            probe = torch.ops.mkldnn._linear_pointwise(
+                torch.ones(2, 4), torch.ones(3, 4), None, "none", [], "")
+            works = bool(torch.equal(probe, torch.full((2, 3), 4.0)))
+        except (AttributeError, RuntimeError):
+            works = False
+        _onednn_works.append(works)
+    return _onednn_works[0]
+
+
 if TYPE_CHECKING:
-    #: A linear layer's weight: a tensor, its transpose (:class:`Transposed`), or its
-    #: quantization (``-o quantize``).
-    Linear = torch.Tensor | Quantized | Transposed
+    #: A linear layer's weight: a tensor, the same on CPU with its kernels chosen
+    #: (:class:`CpuLinear`), or its quantization (``-o quantize``).
+    Linear = torch.Tensor | Quantized | CpuLinear
 
 
-def transpose_tall(weights: Weights) -> None:
-    """Keep the tall full-precision weights transposed (:class:`Transposed`), for CPU decoding.
-    Tied embeddings become a view of the transposed output head: no second copy.
+def for_cpu(weights: Weights) -> None:
+    """Full-precision weights on CPU become :class:`CpuLinear` (the tall ones transposed).
+    Tied embeddings become a view of the output head: no second copy.
 
     The weights are read from a memory-mapped safetensors file, which stays mapped while any
-    of its tensors lives: the pages the transposition read would stay resident beside the
+    of its tensors lives: the pages a transposition read would stay resident beside the
     copies (+316 MB for SmolLM2). They are handed back to the kernel (:func:`_drop_pages`)."""
     mapped = _file_mappings()
+
+    def adopt(weight: Linear) -> Linear:
+        if not isinstance(weight, torch.Tensor):
+            return weight
+        linear = CpuLinear.of(weight)
+        if linear.transposed:
+            _drop_pages(weight, mapped)
+        return linear
+
     for layer in weights.layers:
-        for name in ("gate", "up"):
+        for name in ("q", "k", "v", "out", "gate", "up", "down"):
             weight = getattr(layer, name)
-            if isinstance(weight, torch.Tensor) and weight.shape[0] > weight.shape[1]:
-                setattr(layer, name, Transposed.of(weight))
-                _drop_pages(weight, mapped)
+            if weight is not None:
+                setattr(layer, name, adopt(weight))
     head = weights.lm_head
-    if isinstance(head, torch.Tensor) and head.shape[0] > head.shape[1]:
-        transposed = Transposed.of(head)
+    if isinstance(head, torch.Tensor):
+        linear = adopt(head)
+        assert isinstance(linear, CpuLinear)
         if head is weights.embed:
-            weights.embed = transposed.weight
-        weights.lm_head = transposed
-        _drop_pages(head, mapped)
+            weights.embed = linear.weight
+        weights.lm_head = linear
 
 
 def _file_mappings() -> list[tuple[int, int]]:
