@@ -144,3 +144,19 @@ def test_eight_sequences_run_through_cuda_graphs_in_bf16(tiny_cuda: Any) -> None
     assert len(set(pool.captured)) == len(pool.captured) < pool.replays
     assert all(runner.graphed for runner in pool._runners.values())
     assert pool.occupied == 0
+
+
+def test_a_kept_prefix_steps_through_the_static_pool_in_bf16(tiny_model_dir: Path) -> None:
+    """Kept prompt prefixes (llmcli_local.lean.prefix) with the static pool and its CUDA
+    graphs: the check of tests/local/test_prefix.py, on the GPU, bf16 tolerance."""
+    import dataclasses
+
+    from llmcli_local.lean import backend as lean
+    from llmcli_local.lean.prefix import PrefixStore
+
+    from tests.local.test_prefix import kept_prefix_through_the_static_pool
+
+    backend = lean.load(tiny_model_dir, "cuda", torch.bfloat16)
+    assert backend.static is not None  # on by default on CUDA
+    kept_prefix_through_the_static_pool(
+        dataclasses.replace(backend, prefixes=PrefixStore(4096)), 5e-2)

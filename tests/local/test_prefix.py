@@ -122,3 +122,40 @@ def test_zero_turns_it_off(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LLMCLI_LOCAL_PREFIX_CACHE", "500")
     prefixes = lean_backend.load(tiny_model_dir, "cpu", torch.float32).prefixes
     assert prefixes is not None and prefixes.positions == 500
+
+
+def kept_prefix_through_the_static_pool(kept: Any, tolerance: float) -> None:
+    """A cache whose first positions came from a kept prefix steps through the static pool
+    (llmcli_local.lean.static) as a fresh one does; a kept copy is taken out of its slot
+    before the slot is freed. ``kept``: a backend with a store and a static batch. Run here
+    on CPU (the pool forced) and on CUDA in bf16 (tests/local/test_cuda.py)."""
+    assert kept.prefixes is not None and kept.static is not None
+    plain = dataclasses.replace(kept, prefixes=None, static=None)
+    ids = kept.encode(kept.render([{"role": "user", "content": LONG}]))
+    _, first = kept.prompt(ids, len(ids) + 16)
+    kept.step_batch([first], [5])  # the cache moves into a slot of the pool
+    kept.release(first)  # kept (copied out of the slot), then the slot freed
+    assert kept.static.occupied == 0
+    # Another sequence takes the freed slot and overwrites it: the kept copy is its own.
+    _, other = kept.prompt(kept.encode(kept.render([{"role": "user", "content": "Hi"}])), 64)
+    kept.step_batch([other], [3])
+    assert kept.static.occupied == 1
+
+    longer = [*ids, 5, *kept.encode(" and more")]
+    got, cache = kept.prompt(longer, len(longer) + 16)
+    assert kept.prefixes.reused == len(ids) + 1
+    expected, fresh = plain.prompt(longer, len(longer) + 16)
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+    for token in (7, 9, 11):
+        torch.testing.assert_close(kept.step_batch([cache], [token]),
+                                   plain.step_batch([fresh], [token]),
+                                   atol=tolerance, rtol=tolerance)
+    assert kept.static.fallbacks == 0
+
+
+def test_a_kept_prefix_steps_through_the_static_pool(tiny_model_dir: Path) -> None:
+    from llmcli_local.lean.static import StaticBatch
+
+    backend = _fresh(tiny_model_dir)
+    kept_prefix_through_the_static_pool(
+        dataclasses.replace(backend, static=StaticBatch(backend.decoder, 8, 512)), 1e-5)
