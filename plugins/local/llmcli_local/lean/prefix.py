@@ -94,7 +94,3 @@ class PrefixStore:
                 target[:, :, :best].copy_(kept[:, :, :best])
         self.reused += best
         return best
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()

@@ -154,7 +154,8 @@ _KINDS: dict[str, type[Int8Weight] | type[Int4Weight]] = {"int8": Int8Weight,
 
 def linear(x: torch.Tensor, weight: Linear,
            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` for a full-precision, transposed or quantized weight."""
+    """``F.linear`` for a full-precision weight, a CPU one with its kernels chosen
+    (``weights.CpuLinear``) or a quantized one."""
     if isinstance(weight, torch.Tensor):
         return F.linear(x, weight, bias)
     out = weight(x)

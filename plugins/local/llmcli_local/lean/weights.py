@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,20 +63,17 @@ class CpuLinear:
 
 #: The most rows a call takes through oneDNN (:class:`CpuLinear`).
 _ONEDNN_ROWS = 64
-_onednn_works: list[bool] = []
 
 
+@functools.cache
 def _onednn() -> bool:
     """Whether this torch has oneDNN's linear on CPU (tried once, on a tiny product)."""
-    if not _onednn_works:
-        try:
-            probe = torch.ops.mkldnn._linear_pointwise(
-                torch.ones(2, 4), torch.ones(3, 4), None, "none", [], "")
-            works = bool(torch.equal(probe, torch.full((2, 3), 4.0)))
-        except (AttributeError, RuntimeError):
-            works = False
-        _onednn_works.append(works)
-    return _onednn_works[0]
+    try:
+        probe = torch.ops.mkldnn._linear_pointwise(
+            torch.ones(2, 4), torch.ones(3, 4), None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(torch.equal(probe, torch.full((2, 3), 4.0)))
 
 
 if TYPE_CHECKING:
