@@ -191,14 +191,27 @@ def _prefill_cost(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
             "prefill_token_by_token_s": stepped}
 
 
-def _spawn(engine_name: str, args: argparse.Namespace, extras: bool) -> dict[str, Any]:
+def _spawn(engine_name: str, args: argparse.Namespace, extras: bool) -> dict[str, Any] | None:
+    """One engine's figures from a fresh process, or None (its error printed) where it
+    failed: the other rows still come out."""
     cmd = [sys.executable, __file__, "--worker", engine_name,
            "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens),
            "--prefill-tokens", str(args.prefill_tokens), "--runs", str(args.runs),
            "--device", args.device, *(["--model", args.model] if args.model else []),
            *(["--extras"] if extras else [])]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.worker_timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{engine_name}: no result within {args.worker_timeout} s", file=sys.stderr)
+        return None
+    if out.returncode != 0:
+        # The worker's last lines (torch's own debug logging left out), then the next engine.
+        lines = [line for line in out.stderr.splitlines() if not line.startswith("DEBUG")]
+        print(f"{engine_name} failed (exit {out.returncode}):", *lines[-15:], sep="\n  ",
+              file=sys.stderr)
+        return None
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _cli_end_to_end(runs: int) -> float | None:
@@ -230,6 +243,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-cli", action="store_true")
+    parser.add_argument("--engines", help="comma-separated engines to run (default: all of "
+                        "ours, ours-hf-step, generate; on CUDA also ours-cuda-graphs, "
+                        "generate-static-compiled); generate and ours are always run")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the prefill (one pass vs token by token) and load rows")
+    parser.add_argument("--worker-timeout", type=float, default=600,
+                        help="seconds one engine's process may take (default 600)")
     parser.add_argument("--model", help="a GGUF file or HF model directory (default: SmolLM2)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--extras", action="store_true", help=argparse.SUPPRESS)
@@ -250,12 +270,18 @@ def main() -> None:
     engines = ["ours", "ours-hf-step", "generate"]
     if cuda:
         engines += ["ours-cuda-graphs", "generate-static-compiled"]
+    if args.engines:
+        chosen = {"ours", "generate", *args.engines.split(",")}
+        engines = [name for name in engines if name in chosen]
     # Alternate the engines over several rounds and keep each one's best round, so that a
     # burst of load from other processes does not favour whichever ran at a quiet moment.
     results: dict[str, dict[str, Any]] = {}
     for round_ in range(args.rounds):
         for name in engines:
-            r = _spawn(name, args, extras=round_ == 0)
+            r = _spawn(name, args, extras=not args.no_extras and (round_ == 0
+                                                                    or name not in results))
+            if r is None:
+                continue
             best = results.get(name)
             if best is None or r["decode_tok_s"] > best["decode_tok_s"]:
                 if best is not None:
@@ -266,6 +292,8 @@ def main() -> None:
             else:
                 best["ttft_s"] = min(r["ttft_s"], best["ttft_s"])
                 best["prompt_tok_s"] = max(r["prompt_tok_s"], best["prompt_tok_s"])
+    if "generate" not in results or "ours" not in results:
+        raise SystemExit("no figures: the baseline or our engine failed (see above)")
     base = results["generate"]
     title = Path(args.model).name if args.model else "SmolLM2-135M-Instruct"
     print(f"{title} on {base['device']} ({base['threads']} threads), "
@@ -274,7 +302,8 @@ def main() -> None:
     print(f"{'engine':26} {'prompt tok/s':>12} {'decode tok/s':>12} {'TTFT s':>8} "
           f"{'peak MB':>8} {'decode ×':>9}")
     for name, r in results.items():
-        ref = results["generate-static-compiled"] if name == "ours-cuda-graphs" else base
+        ref = results.get("generate-static-compiled", base) if name == "ours-cuda-graphs" \
+            else base
         speedup = r["decode_tok_s"] / ref["decode_tok_s"]
         print(f"{name:26} {r['prompt_tok_s']:12.0f} {r['decode_tok_s']:12.1f} "
               f"{r['ttft_s']:8.3f} {r['peak_mb']:8.0f} {speedup:9.2f}")
@@ -283,11 +312,12 @@ def main() -> None:
           f"decode {ours['decode_tok_s'] / base['decode_tok_s']:.2f}×, "
           f"TTFT {ours['ttft_s'] / base['ttft_s']:.2f}×, "
           f"peak memory {ours['peak_mb'] / base['peak_mb']:.2f}×")
-    print(f"{ours['prefill_tokens']}-token prefill: one forward pass "
-          f"{ours['prefill_one_pass_s']:.2f} s vs token by token "
-          f"{ours['prefill_token_by_token_s']:.2f} s "
-          f"({ours['prefill_token_by_token_s'] / ours['prefill_one_pass_s']:.0f}× slower)")
-    print(f"load from the converted cache (imports warm): {ours['cached_load_s']:.2f} s")
+    if "prefill_tokens" in ours:
+        print(f"{ours['prefill_tokens']}-token prefill: one forward pass "
+              f"{ours['prefill_one_pass_s']:.2f} s vs token by token "
+              f"{ours['prefill_token_by_token_s']:.2f} s "
+              f"({ours['prefill_token_by_token_s'] / ours['prefill_one_pass_s']:.0f}× slower)")
+        print(f"load from the converted cache (imports warm): {ours['cached_load_s']:.2f} s")
     if not args.no_cli and not args.model:
         cli = _cli_end_to_end(args.runs)
         if cli is not None:

@@ -125,6 +125,62 @@ def memory(args: argparse.Namespace, count: int) -> dict[str, Any]:
             "peak_batch": peak, "tokens": written}
 
 
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a batched call's time goes on the scheduler's thread: wall seconds in the prompt
+    passes (joins), the batched step (``StaticBatch.step`` or ``Decoder.step_batch``), the
+    per-row choice of a token (which waits for the GPU: it reads the logits) and the rest of
+    the per-row work (advance, text, hand-off), for ``--batch`` calls and for one. Then the
+    batched step alone, synchronised before and after, for its device time."""
+    import torch
+    from llmcli_local import decode
+    from llmcli_local.scheduler import Scheduler
+
+    backend = _load(args)
+    scheduler = Scheduler(backend, max_batch=args.batch)
+    cuda = backend.device == "cuda"
+    spent: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    synced = False
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            if synced and cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                if synced and cuda:
+                    torch.cuda.synchronize()
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+                counts[label] = counts.get(label, 0) + 1
+
+        setattr(owner, name, wrapper)
+
+    timed(Scheduler, "_join", "join (prompt pass)")
+    timed(Scheduler, "_step", "step, all of it")
+    timed(decode.Decoding, "choose", "choose (reads logits)")
+    timed(decode.Decoding, "advance_run", "advance (text, stops)")
+    pool = getattr(backend, "static", None)
+    if pool is not None:
+        timed(pool, "step", "batched step (static)")
+    else:
+        timed(backend.decoder, "step_batch", "batched step (dynamic)")
+    report: dict[str, Any] = {"device": backend.device}
+    for count in (args.batch, 1):
+        _run(scheduler, backend, count, 8)  # warm-up, captures
+        for mode in ("async", "synced"):
+            synced = mode == "synced"
+            spent.clear()
+            counts.clear()
+            seconds, written, _ = _run(scheduler, backend, count, args.tokens)
+            report[f"{count} {mode}"] = {"seconds": seconds, "tokens": written,
+                                         "spent": dict(spent), "counts": dict(counts)}
+    return report
+
+
 def _child(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     command = [sys.executable, __file__, "--batch", str(args.batch), "--tokens",
                str(args.tokens), "--runs", str(args.runs), "--device", args.device, *extra]
@@ -143,7 +199,22 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default=None)
     parser.add_argument("--child", choices=["throughput", "memory-1", "memory-n"])
+    parser.add_argument("--profile", action="store_true",
+                        help="only: where the scheduler's time goes (prompt passes, steps, "
+                             "per-row work), for --batch calls and for one")
     args = parser.parse_args()
+    if args.profile:
+        report = profile(args)
+        print(f"Where the scheduler's time goes on {report.pop('device')}, "
+              f"{args.tokens} tokens per call (wall ms; 'synced' waits for the device "
+              "around each timed part)")
+        for run, row in report.items():
+            print(f"{run}: {row['seconds'] * 1e3:.0f} ms for {row['tokens']} tokens")
+            for label, took in row["spent"].items():
+                calls = row["counts"][label]
+                print(f"    {label:<26} {took * 1e3:8.1f} ms in {calls:5} calls, "
+                      f"{took / calls * 1e6:8.0f} us each")
+        return
     if args.child == "throughput":
         print(json.dumps(throughput(args)))
         return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,10 @@ class TransformersBackend:
         # One compiled step per static length, reused across requests.
         step = self.compiled.get(cache.capacity)
         if step is None:
+            # Inductor's graph trees capture an empty graph to set up their memory pool, and
+            # torch warns about it as if it were a mistake (pytorch/pytorch#149653).
+            warnings.filterwarnings("ignore", message="The CUDA Graph is empty",
+                                    category=UserWarning)
             step = torch.compile(self.model.forward, mode="reduce-overhead")
             self.compiled[cache.capacity] = step
         return step
