@@ -30,7 +30,7 @@ from fastapi.responses import Response as HTTPResponse
 from llmcli import api
 from llmcli.capabilities import PrefillSupport
 from llmcli.config import scrub
-from llmcli.models import Conversation, Model, Response
+from llmcli.models import Conversation, Model, Response, Usage
 from llmcli.serve.errors import WireError, anthropic_body, from_exception, openai_body
 from llmcli.serve.exchange import Exchange, model_slots
 from llmcli.serve.protocol import (
@@ -272,8 +272,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             "content": [{"type": "text", "text": text[len(chat.prefill):]}],
             "stop_reason": _ANTHROPIC_STOP.get(usage.stop_reason or "", "end_turn"),
             "stop_sequence": None,
-            "usage": {"input_tokens": _tokens(usage.input_tokens),
-                      "output_tokens": _tokens(usage.output_tokens)},
+            "usage": _anthropic_usage(usage),
             "prefill_support": response.prefill_support.value,
         })
 
@@ -350,6 +349,18 @@ def _openai_usage(response: Response) -> dict[str, Any]:
     if isinstance(cached, int) and cached > 0:  # of prompt_tokens, as OpenAI reports them
         out["prompt_tokens_details"] = {"cached_tokens": cached}
     return out
+
+
+def _anthropic_usage(usage: Usage) -> dict[str, Any]:
+    """Anthropic's usage: ``input_tokens`` are those not read from a cache, and
+    ``cache_read_input_tokens`` those that were (a local model's kept prompt positions), so
+    that their sum is the whole prompt, as Anthropic reports its own prompt caching."""
+    prompt = _tokens(usage.input_tokens)
+    cached = usage.details.get("cached_tokens")
+    if not isinstance(cached, int) or not 0 < cached <= prompt:
+        return {"input_tokens": prompt, "output_tokens": _tokens(usage.output_tokens)}
+    return {"input_tokens": prompt - cached, "output_tokens": _tokens(usage.output_tokens),
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
 
 
 def _data(payload: Any) -> str:
@@ -431,6 +442,5 @@ async def _anthropic_events(run: _Run, first: str | None) -> AsyncIterator[str]:
     yield _event("message_delta", {
         "delta": {"stop_reason": _ANTHROPIC_STOP.get(usage.stop_reason or "", "end_turn"),
                   "stop_sequence": None},
-        "usage": {"input_tokens": _tokens(usage.input_tokens),
-                  "output_tokens": _tokens(usage.output_tokens)}})
+        "usage": _anthropic_usage(usage)})
     yield _event("message_stop", {})

@@ -62,6 +62,9 @@ class FakeAnthropic(ScriptedServer):
         #: Streaming: end the stream cleanly without ``message_stop`` (a proxy cut it short).
         self.unfinished = False
         self.delay = 0.0
+        #: Prompt tokens reported as read from the prompt cache (``cache_read_input_tokens``,
+        #: not counted in ``input_tokens``); 0 sends no cache fields.
+        self.cache_read = 0
 
     @property
     def last_body(self) -> dict[str, Any]:
@@ -108,8 +111,14 @@ class FakeAnthropic(ScriptedServer):
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": content_blocks, "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
-            "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
+            "usage": {"input_tokens": usage_in, "output_tokens": usage_out,
+                      **self._cache_usage()},
         }, delay=self.delay)
+
+    def _cache_usage(self) -> dict[str, int]:
+        if not self.cache_read:
+            return {}
+        return {"cache_read_input_tokens": self.cache_read, "cache_creation_input_tokens": 0}
 
     def _generate(self, body: dict[str, Any]) -> tuple[str, str, str | None]:
         text = self.reply
@@ -125,7 +134,8 @@ class FakeAnthropic(ScriptedServer):
         events = [sse({"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": usage_in, "output_tokens": 1}}}, "message_start")]
+            "usage": {"input_tokens": usage_in, "output_tokens": 1, **self._cache_usage()}}},
+            "message_start")]
         index = 0
         if thinking:
             events += [

@@ -107,6 +107,21 @@ def test_resolve_any_claude_id(served: FakeAnthropic) -> None:
     assert served.last_body["model"] == "claude-3-5-haiku-20241022"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_prompt_cache_reads_count_in_the_input_and_as_cached_tokens(
+    served: FakeAnthropic, stream: bool
+) -> None:
+    """Anthropic leaves cache reads out of ``input_tokens``; llmcli's input is the whole
+    prompt (as OpenAI and the local runtime count it), the cached part in the details."""
+    served.reply = "Hi."
+    plain = ask(stream=stream).usage()
+    assert plain.input_tokens and "cached_tokens" not in plain.details
+    served.cache_read = 1200
+    usage = ask(stream=stream).usage()
+    assert usage.input_tokens == plain.input_tokens + 1200
+    assert usage.details["cached_tokens"] == 1200
+
+
 # -- native prefill (eats) ---------------------------------------------------------------
 
 

@@ -71,3 +71,22 @@ def test_a_repeated_prompt_reports_its_kept_positions_as_cached_tokens(server: S
     cached = again.usage.prompt_tokens_details.cached_tokens
     # All of the prompt but its last token, whose pass gives the first logits.
     assert cached == again.usage.prompt_tokens - 1
+
+
+@pytest.mark.slow
+def test_the_anthropic_wire_reports_kept_positions_as_cache_reads(server: Server) -> None:
+    """Anthropic's convention: ``input_tokens`` leaves out ``cache_read_input_tokens``, and
+    their sum is the whole prompt; streamed or not."""
+    claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": PROMPT + " Be brief, Claude-style."}]
+    first = claude.messages.create(model="smollm2", max_tokens=8, messages=messages)
+    # Other tests' prompts may have left a shared head (template and PROMPT) kept already.
+    prompt = first.usage.input_tokens + (first.usage.cache_read_input_tokens or 0)
+    again = claude.messages.create(model="smollm2", max_tokens=8, messages=messages)
+    assert again.content[0].text == first.content[0].text  # type: ignore[union-attr]
+    # All of the prompt but its last token, whose pass gives the first logits.
+    assert (again.usage.input_tokens, again.usage.cache_read_input_tokens) == (1, prompt - 1)
+    with claude.messages.stream(model="smollm2", max_tokens=8, messages=messages) as events:
+        streamed = events.get_final_message()
+    assert (streamed.usage.input_tokens, streamed.usage.cache_read_input_tokens) == (
+        1, prompt - 1)

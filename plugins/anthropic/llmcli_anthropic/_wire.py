@@ -114,26 +114,54 @@ def build_request(request: Request) -> WireRequest:
 def read_message(message: Any) -> Iterator[Chunk]:
     # With thinking on, the content also holds thinking blocks; only text is the reply.
     yield "".join(block.text for block in message.content if block.type == "text")
-    yield Usage(
-        input_tokens=message.usage.input_tokens,
-        output_tokens=message.usage.output_tokens,
-        stop_reason=message.stop_reason,
-    )
+    usage = Usage(output_tokens=message.usage.output_tokens, stop_reason=message.stop_reason)
+    _take_input(usage, message.usage)
+    yield usage
+
+
+def _take_input(usage: Usage, raw: Any, earlier: Any = None) -> None:
+    """Anthropic counts a prompt in three parts: ``input_tokens`` (not cached),
+    ``cache_read_input_tokens`` and ``cache_creation_input_tokens``. llmcli's ``input_tokens``
+    is the whole prompt (as OpenAI's ``prompt_tokens`` and the local runtime count it), and
+    ``details["cached_tokens"]`` the part read from a cache."""
+    total = raw.input_tokens
+    if total is None:
+        return
+
+    def count(name: str) -> int:
+        value = getattr(raw, name, None)
+        if value is None and earlier is not None:
+            value = getattr(earlier, name, None)
+        return value or 0
+
+    read = count("cache_read_input_tokens")
+    created = count("cache_creation_input_tokens")
+    usage.input_tokens = total + read + created
+    if read:
+        usage.details["cached_tokens"] = read
+    else:
+        usage.details.pop("cached_tokens", None)
 
 
 def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
     """Text deltas, then the usage once ``message_stop`` has arrived (only then)."""
     usage = Usage()
+    start: Any = None
     finished = False
     for event in events:
         if event.type == "message_start":
-            usage.input_tokens = event.message.usage.input_tokens
+            start = event.message.usage
+            _take_input(usage, start)
         elif event.type == "content_block_delta":
             if event.delta.type == "text_delta":
                 yield event.delta.text
         elif event.type == "message_delta":
             usage.stop_reason = event.delta.stop_reason
             usage.output_tokens = event.usage.output_tokens
+            if getattr(event.usage, "input_tokens", None) is not None:
+                # Cumulative counts, where a server sends them here (message_start's may be
+                # provisional); a cache field it leaves out keeps message_start's value.
+                _take_input(usage, event.usage, start)
         elif event.type == "message_stop":
             finished = True
     if finished:
