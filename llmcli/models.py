@@ -518,6 +518,7 @@ class Response:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             stop_reason=usage.stop_reason,
+            usage_json=json.dumps(usage.details, default=str) if usage.details else None,
             duration_ms=self.duration_ms,
             error=self.error,
             schema_id=schemas.schema_id(self.schema) if self.schema is not None else None,

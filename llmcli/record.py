@@ -8,6 +8,7 @@ from llmcli: the log and the models both build on it without importing each othe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -53,6 +54,8 @@ class ResponseRecord:
     batch_id: str | None = None
     #: The id of the reply's JSON Schema (``--schema``; its text is in the ``schemas`` table).
     schema_id: str | None = None
+    #: ``Usage.details`` as JSON (None where the backend reported none).
+    usage_json: str | None = None
     #: Not a column of ``responses``: the name a new conversation is logged under.
     conversation_name: str | None = None
     #: Not a column of ``responses``: the schema's canonical text, stored once by its id.
@@ -92,6 +95,7 @@ class ResponseRecord:
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
                 "stop_reason": self.stop_reason,
+                "details": json.loads(self.usage_json) if self.usage_json else {},
             },
             "status": self.status,
             "conversation_id": self.conversation_id,

@@ -43,6 +43,25 @@ def test_options_json_is_stored(test_models) -> None:
     assert '"max_tokens": 7' in row["options_json"]
 
 
+def test_usage_details_are_stored_and_shown(test_models) -> None:
+    """``Usage.details`` (here a prompt-cache read) go to the log as JSON (``usage_json``,
+    NULL for none), which ``llmcli logs --json`` prints with the row; ``--json`` and
+    ``to_dict()`` show them under ``usage.details``."""
+    import json
+
+    llmcli.get_model("test-eats").prompt("no details").text()
+    response = llmcli.get_model("test-eats").prompt("cached details", cached=3)
+    response.text()
+    assert response.to_dict()["usage"]["details"] == {"cached_tokens": 3}
+    rows = {row["prompt"]: row for row in open_db()["responses"].rows}
+    assert rows["no details"]["usage_json"] is None
+    assert json.loads(rows["cached details"]["usage_json"]) == {"cached_tokens": 3}
+    shown = CliRunner().invoke(cli, ["logs", "--json", "-n", "2"])
+    assert shown.exit_code == 0, shown.output
+    stored = {entry["prompt"]: entry["usage_json"] for entry in json.loads(shown.output)}
+    assert stored == {"no details": None, "cached details": '{"cached_tokens": 3}'}
+
+
 def test_newer_schema_is_refused_and_untouched(test_models, user_dir: Path) -> None:
     llmcli.get_model("test-eats").prompt("x").text()
     db = open_db()

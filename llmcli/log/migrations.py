@@ -75,3 +75,11 @@ def m004_schemas(db: Database) -> None:
     db.table("schemas").create({"id": str, "content": str}, pk="id")
     db.table("responses").add_column("schema_id", str)
     db.table("responses").create_index(["schema_id"])
+
+
+@migration
+def m005_usage_details(db: Database) -> None:
+    """What a backend reports beyond the token counts (``Usage.details``: prompt-cache reads,
+    reasoning tokens, the local runtime's prefill mode, passes and timings), as JSON; NULL
+    where it reported none."""
+    db.table("responses").add_column("usage_json", str)

@@ -40,6 +40,8 @@ class TestOptions(Options):
     max_tokens: int = Field(default=100, ge=1, le=10_000)
     #: Fail like a careless provider that repeats the key in its error message.
     leak_key: bool = False
+    #: Report this many prompt tokens as read from a prompt cache (``Usage.details``).
+    cached: int | None = Field(default=None, ge=0)
 
 
 class TestModel(Model):
@@ -98,7 +100,8 @@ class TestModel(Model):
             produced += 1
             yield chunk
         yield Usage(input_tokens=len(request.prompt.split()), output_tokens=produced,
-                    stop_reason="end_turn")
+                    stop_reason="end_turn",
+                    details={} if options.cached is None else {"cached_tokens": options.cached})
 
 
 def all_models() -> list[TestModel]:
