@@ -27,25 +27,33 @@ import re
 import sys
 from collections.abc import Callable
 
-__all__ = ["release_team", "runtime"]
+__all__ = ["mappings", "release_team", "runtime"]
 
 #: ``omp_pause_soft``: give the threads back; the runtime starts new ones when needed.
 _PAUSE_SOFT = 1
 _LIBGOMP = re.compile(r"/libgomp[^/]*\.so[^/]*$")
 
 
-def runtime() -> str | None:
-    """The path of the libgomp this process has loaded (torch's), or None (not yet loaded,
-    or none at all)."""
+def mappings() -> list[tuple[int, int, str]]:
+    """This process's file mappings: (start, end, path) per line of ``/proc/self/maps``
+    that names a file (Linux; elsewhere none)."""
+    found = []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
-                path = line.rstrip("\n").split(maxsplit=5)[-1]
-                if _LIBGOMP.search(path):
-                    return path
+                fields = line.rstrip("\n").split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    found.append((start, end, fields[5]))
     except OSError:
         pass
-    return None
+    return found
+
+
+def runtime() -> str | None:
+    """The path of the libgomp this process has loaded (torch's), or None (not yet loaded,
+    or none at all)."""
+    return next((path for _, _, path in mappings() if _LIBGOMP.search(path)), None)
 
 
 _found: list[Callable[[int], int] | None] = []

@@ -171,6 +171,11 @@ def quantize(weight: torch.Tensor, scheme: Scheme) -> Quantized:
     return _KINDS[scheme].of(weight)
 
 
+#: How quantized weights cached beside a model's own begin their file name (the loader of
+#: the model's own weights, ``weights._state_dict``, skips them).
+QUANTIZED_PREFIX = "quantized-"
+
+
 def cache_path(directory: Path, scheme: Scheme) -> Path:
     """Where ``directory``'s weights quantized by ``scheme`` are cached: inside a GGUF's
     conversion directory (named by the GGUF's hash), else under ``quantized/`` in the local
@@ -180,7 +185,7 @@ def cache_path(directory: Path, scheme: Scheme) -> Path:
     # int4's packed layout is the CPU kernel's own: per instruction set and torch version.
     cpu = (f"-{torch.backends.cpu.get_cpu_capability()}-torch{torch.__version__.split('+')[0]}"
            if scheme == "int4" else "")
-    name = f"quantized-{scheme}{cpu}-v{_FORMAT}.safetensors"
+    name = f"{QUANTIZED_PREFIX}{scheme}{cpu}-v{_FORMAT}.safetensors"
     root = cache_root()
     if directory.resolve().parent == root.resolve():
         return directory / name
@@ -222,7 +227,7 @@ def load_or_quantize(path: Path, scheme: Scheme,
 def _drop_older_formats(directory: Path, scheme: Scheme) -> None:
     """Delete ``scheme``'s cache files of earlier formats beside a new one (never read again;
     SmolLM2's int8 is 135 MB). Other instruction sets' and torch versions' files stay."""
-    for old in directory.glob(f"quantized-{scheme}*-v*.safetensors"):
+    for old in directory.glob(f"{QUANTIZED_PREFIX}{scheme}*-v*.safetensors"):
         version = old.name.rsplit("-v", 1)[-1].removesuffix(".safetensors")
         if version.isdigit() and int(version) < _FORMAT:
             old.unlink(missing_ok=True)

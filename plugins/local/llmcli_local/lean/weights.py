@@ -115,17 +115,9 @@ def for_cpu(weights: Weights) -> None:
 
 def _file_mappings() -> list[tuple[int, int]]:
     """Address ranges of this process's mappings of safetensors files (Linux; else none)."""
-    ranges = []
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].rstrip("\n").endswith(".safetensors"):
-                    start, end = (int(x, 16) for x in fields[0].split("-"))
-                    ranges.append((start, end))
-    except OSError:
-        pass
-    return ranges
+    from llmcli_local.openmp import mappings
+
+    return [(start, end) for start, end, path in mappings() if path.endswith(".safetensors")]
 
 
 def _drop_pages(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
@@ -186,12 +178,14 @@ class Weights:
 def _state_dict(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from llmcli_local.lean.quant import QUANTIZED_PREFIX
+
     index = read_json(directory / "model.safetensors.index.json")
     files = sorted(set(index.get("weight_map", {}).values())) if index else []
     # Not the quantized weights cached beside them (quant.cache_path): only the model's own.
     paths = [directory / f for f in files] or sorted(
         path for path in directory.glob("*.safetensors")
-        if not path.name.startswith("quantized-"))
+        if not path.name.startswith(QUANTIZED_PREFIX))
     state: dict[str, torch.Tensor] = {}
     for path in paths:
         state.update(load_file(str(path)))
