@@ -50,6 +50,10 @@ def test_usage_goes_to_stderr(run) -> None:
     result = run("-m", "test-eats", "two words", "-u", "-o", "reply", "abcdefgh")
     assert result.stdout == "abcdefgh\n"
     assert result.stderr == "Token usage: 2 input, 2 output, stop: end_turn\n"
+    # A prompt-cache read, where the backend reports one, and the same line from the log.
+    result = run("-m", "test-eats", "two words", "-u", "-o", "reply", "ab", "-o", "cached", "1")
+    assert result.stderr == "Token usage: 2 input (1 cached), 1 output, stop: end_turn\n"
+    assert "Token usage: 2 input (1 cached), 1 output" in run("logs", "-n", "1", "-u").stdout
 
 
 def test_keys_get(run) -> None:

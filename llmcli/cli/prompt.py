@@ -323,12 +323,10 @@ def _read_grammar(path: str | None) -> str | None:
 def _print_usage(response: Any, show: bool) -> None:
     if not show:
         return
-    usage = response.usage()
-    parts = [f"{usage.input_tokens if usage.input_tokens is not None else '?'} input",
-             f"{usage.output_tokens if usage.output_tokens is not None else '?'} output"]
-    if usage.stop_reason:
-        parts.append(f"stop: {usage.stop_reason}")
-    click.echo("Token usage: " + ", ".join(parts), err=True)
+    from llmcli.cli.render import usage_line
+
+    response.usage()  # the whole reply first
+    click.echo("Token usage: " + usage_line(response.record().row()), err=True)
 
 
 def _interrupted(response: Any, newline: bool = True) -> None:

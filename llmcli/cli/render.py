@@ -43,8 +43,18 @@ def one_line(text: str, width: int) -> str:
 
 
 def usage_line(row: Mapping[str, Any]) -> str:
-    """The words of ``llmcli -u``: "2 input, 2 output, stop: end_turn"."""
-    parts = [f"{'?' if row.get('input_tokens') is None else row['input_tokens']} input",
+    """The words of ``llmcli -u``: "2 input, 2 output, stop: end_turn", and how many of the
+    input came from a prompt cache where the backend said so ("40 input (39 cached), ...")."""
+    cached = None
+    if row.get("usage_json"):
+        try:
+            cached = json.loads(row["usage_json"]).get("cached_tokens")
+        except (ValueError, AttributeError):  # a row edited by hand: the counts still show
+            cached = None
+    given = f"{'?' if row.get('input_tokens') is None else row['input_tokens']} input"
+    if isinstance(cached, int) and cached > 0:
+        given += f" ({cached} cached)"
+    parts = [given,
              f"{'?' if row.get('output_tokens') is None else row['output_tokens']} output"]
     if row.get("stop_reason"):
         parts.append(f"stop: {row['stop_reason']}")
