@@ -31,10 +31,13 @@ print("python", sys.version.split()[0], "torch", torch.__version__, "cuda",
     2>&1 | tee "$OUT/shaped.txt"
 want tests && "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/local 2>&1 \
     | grep -v '^DEBUG ' | tee "$OUT/cuda_tests.txt"
-# Where the scheduler's time goes, 8 calls and 1 (prompt passes, steps, per-row work).
+# Where the scheduler's time goes, 8 calls and 1 (prompt passes, steps, per-row work); then
+# the static step alone: operations and a graph replay's time, 1 row and 8.
 want profile && LLMCLI_LOCAL_STATIC_BATCH=1 "$PY" tests/bench/bench_local_batch.py --profile \
     --device "$DEVICE" --model /tmp/smollm2-shaped --batch 8 --tokens "${BATCH_TOKENS:-64}" \
     2>&1 | tee "$OUT/profile.txt"
+want profile && "$PY" tests/bench/bench_static_step.py --device "$DEVICE" \
+    --model /tmp/smollm2-shaped 2>&1 | tee "$OUT/static_step.txt"
 want bench && "$PY" tests/bench/bench_local.py --device "$DEVICE" --model /tmp/smollm2-shaped \
     --no-cli --rounds 1 --runs "${BENCH_RUNS:-3}" --worker-timeout "${WORKER_TIMEOUT:-240}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"
 want batch || exit 0

@@ -20,9 +20,10 @@ small kernels, and Python's loop over rows grows with the batch. Here:
 - **The step** (:func:`static_step`): row ``i`` is slot ``i``, for a bucket of ``rows``
   (1, 2, 4, 8, ... up to ``slots``) and a ``span`` of keys (a power of two from 128 up to
   ``length``, covering the furthest stepping position); every row attends over the same span
-  with a mask (a key past the row's position gets -inf; softmax in fp32 as ``Decoder.step``).
-  Its inputs are two device tensors (tokens and positions) and it holds no host
-  synchronisation, so it can be captured.
+  with a mask (a key past the row's position takes no part). Its inputs are two device
+  tensors (tokens and positions) and it holds no host synchronisation, so it can be
+  captured. It is written for few kernels (about 21 a layer, from 47): fused norms, RoPE as
+  one product, attention as one call.
 - **Graphs**: on CUDA one :class:`torch.cuda.CUDAGraph` per (rows, span), captured at its
   first use (after a warm-up on a side stream, all in one memory pool); a step copies its
   inputs in, replays, and reads the logits. A capture that fails is warned about once and
@@ -43,8 +44,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 
-from llmcli_local.lean.decoder import Decoder, _mlp, _rms
+from llmcli_local.lean.decoder import Decoder, _mlp, _qkv
 from llmcli_local.lean.quant import linear
 
 if TYPE_CHECKING:
@@ -95,31 +97,46 @@ def static_step(decoder: Decoder, pools: Sequence[torch.Tensor], tokens: torch.T
     over the keys ``key_index`` (``arange(span)``) up to its position. Logits (rows, vocab).
 
     Shapes are fixed by the arguments' sizes and nothing here reads a tensor's value on the
-    host: the step can be captured as a CUDA graph. ``rows`` is ``arange(len(tokens))``."""
+    host: the step can be captured as a CUDA graph. ``rows`` is ``arange(len(tokens))``.
+
+    Written for few operations, since a GPU runs a small model's step at the pace of its
+    kernels, not of its arithmetic (docs/benchmarks.md, "On a GPU"): the norms are
+    ``F.rms_norm`` (one fused kernel on CUDA), RoPE is one batched product for q and k
+    together (``v @ rope[row]``, as :meth:`Decoder._step_fused` does it), and attention is
+    one ``scaled_dot_product_attention`` whose queries are a key head's group. The same
+    computation as :meth:`Decoder.step`, to float rounding (tested)."""
     heads, kv_heads, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
     weights = decoder.weights
     group = heads // kv_heads
+    eps = decoder.eps
     count = int(tokens.shape[0])
     span = int(key_index.shape[0])
     x = weights.embed[tokens]  # (rows, hidden)
     cos, sin = decoder.rotary(x.unsqueeze(0), positions.unsqueeze(0))  # (1, rows, dim)
-    cos, sin = cos.reshape(count, 1, dim), sin.reshape(count, 1, dim)
-    hidden = (key_index.unsqueeze(0) > positions.unsqueeze(1)).view(count, 1, 1, span)
+    # rope[row]: v @ rope[row] == v * cos + rotate_half(v) * sin at that row's position.
+    rope = torch.diag_embed(cos[0]) + decoder._swap.to(x.dtype) * sin[0].unsqueeze(1)
+    # A key takes part up to the row's own position (True: attend).
+    visible = (key_index.unsqueeze(0) <= positions.unsqueeze(1)).view(count, 1, 1, span)
     for layer, full in zip(weights.layers, pools, strict=True):
         pool = full[:, :count]  # (2, rows, kv_heads, length + 1, dim)
-        q, k, v = decoder.rows_qkv(layer, _rms(x, layer.norm_in, decoder.eps), cos, sin)
-        pool[:, rows, :, positions] = torch.stack((k, v), dim=1)  # (rows, 2, kv_heads, dim)
+        q, k, v = _qkv(layer, _norm(x, layer.norm_in, eps), decoder.sizes)
+        qk = torch.bmm(torch.cat((q, k), dim=-1).view(count, heads + kv_heads, dim), rope)
+        pool[:, rows, :, positions] = torch.stack(
+            (qk[:, heads:], v.view(count, kv_heads, dim)), dim=1)  # (rows, 2, kv_heads, dim)
         # Keys and values (rows, kv_heads, span, dim): slots and heads merge into one batch
-        # dimension without a copy (why slots come after keys/values in the pool).
-        keys, values = pool[0, :, :, :span], pool[1, :, :, :span]
-        scores = torch.matmul(q.view(count, kv_heads, group, dim), keys.mT)
-        scores = (scores.float() * decoder.scaling).masked_fill(hidden, float("-inf"))
-        attention = torch.softmax(scores, dim=-1).to(q.dtype)
-        attended = torch.matmul(attention, values).reshape(count, heads * dim)
-        x = x + linear(attended, layer.out, layer.out_bias)
-        x = x + _mlp(layer, _rms(x, layer.norm_post, decoder.eps))
-    x = _rms(x, weights.norm, decoder.eps)
-    return linear(x, weights.lm_head)
+        # dimension without a copy (why slots come after keys/values in the pool); a key
+        # head's group of query heads are its queries.
+        attended = F.scaled_dot_product_attention(
+            qk[:, :heads].reshape(count, kv_heads, group, dim), pool[0, :, :, :span],
+            pool[1, :, :, :span], attn_mask=visible, scale=decoder.scaling)
+        x = x + linear(attended.reshape(count, heads * dim), layer.out, layer.out_bias)
+        x = x + _mlp(layer, _norm(x, layer.norm_post, eps))
+    return linear(_norm(x, weights.norm, eps), weights.lm_head)
+
+
+def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``decoder._rms`` (normalised in fp32, scaled in the model's dtype) in two operations."""
+    return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
 
 
 class _Eager:
