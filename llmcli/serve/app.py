@@ -345,10 +345,16 @@ def _openai_usage(response: Response) -> dict[str, Any]:
     prompt, completion = _tokens(usage.input_tokens), _tokens(usage.output_tokens)
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
-    cached = usage.details.get("cached_tokens")
-    if isinstance(cached, int) and cached > 0:  # of prompt_tokens, as OpenAI reports them
+    if cached := _cached(usage):  # of prompt_tokens, as OpenAI reports them
         out["prompt_tokens_details"] = {"cached_tokens": cached}
     return out
+
+
+def _cached(usage: Usage) -> int:
+    """The prompt tokens a backend took from a cache (``details["cached_tokens"]``), or 0
+    where it reported none."""
+    cached = usage.details.get("cached_tokens")
+    return cached if isinstance(cached, int) and cached > 0 else 0
 
 
 def _anthropic_usage(usage: Usage) -> dict[str, Any]:
@@ -356,8 +362,8 @@ def _anthropic_usage(usage: Usage) -> dict[str, Any]:
     ``cache_read_input_tokens`` those that were (a local model's kept prompt positions), so
     that their sum is the whole prompt, as Anthropic reports its own prompt caching."""
     prompt = _tokens(usage.input_tokens)
-    cached = usage.details.get("cached_tokens")
-    if not isinstance(cached, int) or not 0 < cached <= prompt:
+    cached = _cached(usage)
+    if not cached or cached > prompt:
         return {"input_tokens": prompt, "output_tokens": _tokens(usage.output_tokens)}
     return {"input_tokens": prompt - cached, "output_tokens": _tokens(usage.output_tokens),
             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}

@@ -222,9 +222,7 @@ class Decoder:
         k_end = q_end + kv_heads * dim
         device = weights.embed.device
         x = weights.embed[torch.tensor(tokens, dtype=torch.long, device=device)]  # (rows, hidden)
-        cos, sin = self.rotary(x.unsqueeze(0), torch.tensor([positions], device=device))
-        # q @ rope[row] == q * cos + rotate_half(q) * sin, at that row's position.
-        rope = torch.diag_embed(cos[0]) + self._swap.to(x.dtype) * sin[0].unsqueeze(1)
+        rope = self.rope(x, torch.tensor(positions, device=device))
         inverse = 1.0 / x.shape[-1]
         spans = [(buffers[row], positions[row], positions[row] + 1) for row in range(rows)]
         rsqrt, bmm, softmax = torch.rsqrt, torch.bmm, torch.softmax
@@ -270,11 +268,19 @@ class Decoder:
                 for layer in self.weights.layers]
         return self._fused_cache
 
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE as one matrix per row, shape (rows, head_dim, head_dim), in ``x``'s dtype:
+        ``v @ rope[row] == v * cos + rotate_half(v) * sin`` at ``positions[row]``, so that q
+        and k of every head take it in one batched product (the fused step, the static
+        batch's step). ``x``: the rows' activations (rows, hidden); ``positions``: (rows,)."""
+        cos, sin = self.rotary(x.unsqueeze(0), positions.unsqueeze(0))  # (1, rows, dim)
+        return torch.diag_embed(cos[0]) + self._swap.to(x.dtype) * sin[0].unsqueeze(1)
+
     def rows_qkv(self, layer: Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q and k (RoPE applied) and v of one token per row: ``h`` (rows, hidden) normed,
         ``cos``/``sin`` (rows, 1, head_dim) at each row's position; shapes (rows, heads or
-        kv_heads, head_dim). A batched step's projections (here and the static batch's)."""
+        kv_heads, head_dim). :meth:`step_batch`'s projections."""
         rows, dim, half = h.shape[0], self.head_dim, self.head_dim // 2
         q, k, v = _qkv(layer, h, self.sizes)
         q = q.reshape(rows, self.heads, dim)

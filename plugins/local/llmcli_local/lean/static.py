@@ -102,7 +102,7 @@ def static_step(decoder: Decoder, pools: Sequence[torch.Tensor], tokens: torch.T
     Written for few operations, since a GPU runs a small model's step at the pace of its
     kernels, not of its arithmetic (docs/benchmarks.md, "On a GPU"): the norms are
     ``F.rms_norm`` (one fused kernel on CUDA), RoPE is one batched product for q and k
-    together (``v @ rope[row]``, as :meth:`Decoder._step_fused` does it), and attention is
+    together (:meth:`Decoder.rope`, as the fused step does it), and attention is
     one ``scaled_dot_product_attention`` whose queries are a key head's group. The same
     computation as :meth:`Decoder.step`, to float rounding (tested)."""
     heads, kv_heads, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
@@ -112,9 +112,7 @@ def static_step(decoder: Decoder, pools: Sequence[torch.Tensor], tokens: torch.T
     count = int(tokens.shape[0])
     span = int(key_index.shape[0])
     x = weights.embed[tokens]  # (rows, hidden)
-    cos, sin = decoder.rotary(x.unsqueeze(0), positions.unsqueeze(0))  # (1, rows, dim)
-    # rope[row]: v @ rope[row] == v * cos + rotate_half(v) * sin at that row's position.
-    rope = torch.diag_embed(cos[0]) + decoder._swap.to(x.dtype) * sin[0].unsqueeze(1)
+    rope = decoder.rope(x, positions)  # (rows, dim, dim)
     # A key takes part up to the row's own position (True: attend).
     visible = (key_index.unsqueeze(0) <= positions.unsqueeze(1)).view(count, 1, 1, span)
     for layer, full in zip(weights.layers, pools, strict=True):
