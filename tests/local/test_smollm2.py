@@ -104,7 +104,7 @@ def test_cli_with_prefill_is_logged(smollm2: Any) -> None:
 
 
 def test_lean_backend_matches_transformers_on_smollm2(
-    smollm2: Any, monkeypatch: pytest.MonkeyPatch
+    smollm2: Any, recorded_tokens: list[int]
 ) -> None:
     """The default (lean) backend and the transformers backend: same prompt, token ids, token
     bytes, end-of-turn ids, close logits and the same greedy tokens."""
@@ -114,14 +114,7 @@ def test_lean_backend_matches_transformers_on_smollm2(
 
     from llmcli.models import Usage
 
-    tokens: list[int] = []
-    original = decode.sample_next
-
-    def recording(*args: Any, **kwargs: Any) -> int:
-        tokens.append(original(*args, **kwargs))
-        return tokens[-1]
-
-    monkeypatch.setattr(decode, "sample_next", recording)
+    tokens = recorded_tokens  # speculative decoding off: every token is sampled
     source = smollm2.source()
     reference = loader.load(source, device="cpu", options=BackendOptions(engine="transformers"))
     fast = loader.load(source, device="cpu")

@@ -35,6 +35,18 @@ Messages = Sequence[Mapping[str, str]]
 PREFILL_MODES = ("exact", "heal", "none")
 PrefillMode = Literal["exact", "heal", "none"]
 
+#: Speculative decoding: the draft's first round proposes this many tokens; a round the
+#: model takes whole proposes two more next time (up to DRAFT_MAX), one it does not, one more
+#: than it kept.
+DRAFT_START = 4
+DRAFT_MAX = 8
+#: The draft catches up on at most this many tokens at once while the reply is short: more
+#: (a long prompt the draft has not seen) waits until the reply has a token for every
+#: DRAFT_REPAY of them (a catch-up pass costs about 1/DRAFT_REPAY of a step per token, and
+#: speculation saves about half a step per token).
+DRAFT_CATCH_UP = 64
+DRAFT_REPAY = 16
+
 
 @dataclass
 class GenerationSettings:
@@ -52,6 +64,9 @@ class GenerationSettings:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     #: Constrained decoding: llguidance's grammar text (:mod:`llmcli_local.grammar`), or None.
     grammar: str | None = None
+    #: Speculative decoding where the backend has a draft (:mod:`llmcli_local.lean.draft`)
+    #: and the choice is greedy and free; False: one step per token.
+    speculative: bool = True
 
     @property
     def mode(self) -> PrefillMode:
@@ -82,6 +97,15 @@ def build_prompt(backend: Backend[Any], messages: Messages, prefill: str,
     ids = backend.encode(text)
     heal = plan_healing(ids, prefill, backend.vocab) if settings.mode == "heal" else HealPlan()
     return Prompt(ids=ids[: len(ids) - heal.backed_off], heal=heal)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def sample_next(logits: torch.Tensor, settings: GenerationSettings,
@@ -261,6 +285,14 @@ class Decoding:
         self.constraint: Any = None
         #: Tokens the grammar forced, taken without a choice (run in one pass each run).
         self.forced_tokens = 0
+        #: Speculative decoding: the draft model (None: none, or not this call's), its
+        #: cache for this sequence, how many tokens to propose next, and how many it
+        #: proposed and the model kept.
+        self.draft: Any = getattr(backend, "draft", None) if settings.speculative else None
+        self.draft_cache: Any = None
+        self.draft_next = DRAFT_START
+        self.draft_proposed = 0
+        self.draft_accepted = 0
 
     def choose(self) -> int:
         """The next token from ``logits`` (constrained while the prefill is not covered)."""
@@ -326,12 +358,101 @@ class Decoding:
                 break
         return run, text
 
-    def step_run(self, run: Sequence[int]) -> None:
-        """The next pass over ``run``: one step for one token, else one pass over all."""
+    def step_run(self, run: Sequence[int]) -> str:
+        """The next pass over ``run``: one step for one token, else one pass over all.
+        Where the backend has a draft and nothing but the argmax chooses the next tokens,
+        one token is followed by the draft's proposals in the same pass, and those the model
+        agrees with are taken (:meth:`advance`): their text, which the caller passes on
+        like :meth:`advance_run`'s (``done`` may then be set)."""
         if len(run) == 1:
+            if self._speculating():
+                text = self._speculate(run[0])
+                if text is not None:
+                    return text
             self.stepped(self.backend.step(self.cache, run[0]))
         else:
             self.extended(run, self.backend.extend(self.cache, run))
+        return ""
+
+    def _speculating(self) -> bool:
+        return (self.draft is not None and self.settings.temperature <= 0
+                and self.constraint is None and not self.pending and not self.done)
+
+    def _speculate(self, token: int) -> str | None:
+        """Speculative decoding's round after ``token`` (taken already): the draft proposes
+        the tokens after it, one pass of the model over ``token`` and the proposals scores
+        every one, and each proposal is kept while it is the model's own greedy choice; the
+        first it is not ends the round (the next :meth:`choose` takes the model's choice
+        there). The cache keeps what was kept. None: no round now (no room, or the draft
+        would first have to catch up on a long prompt that a short reply cannot repay)."""
+        cache = self.cache
+        room = min(self.draft_next, self.budget - self.produced,
+                   cache.capacity - cache.position - 1)
+        if room < 1:
+            return None
+        proposals = self._propose(token, room)
+        if proposals is None:
+            return None
+        position = cache.position
+        model: Any = self.backend  # a backend with a draft has verify (the lean one)
+        logits = model.verify(cache, [token, *proposals])
+        self.forward_passes += 1
+        self.draft_proposed += len(proposals)
+        text, kept = "", 0
+        for row, proposal in enumerate(proposals):
+            if int(torch.argmax(logits[row])) != proposal:
+                break
+            kept += 1
+            text += self.advance(proposal)
+            if self.done:
+                break
+        self.draft_accepted += kept
+        self.backend.truncate(cache, position + 1 + kept)
+        self.logits = logits[kept]
+        # Propose more after a round the model took whole, fewer after one it did not.
+        self.draft_next = (min(self.draft_next + 2, DRAFT_MAX) if kept == len(proposals)
+                           else max(1, kept + 1))
+        return text
+
+    def _propose(self, token: int, count: int) -> list[int] | None:
+        """Up to ``count`` greedy tokens of the draft after the sequence and ``token`` (fewer
+        where it proposes an end of turn). The draft's cache first catches up on what it has
+        not seen (the prompt, on the first round; the model's choice that ended the last
+        round) in one pass; a catch-up of more than :data:`DRAFT_CATCH_UP` tokens waits
+        until the reply is long enough to repay it (None until then)."""
+        draft = self.draft
+        ids = [*self.cache.ids, token]
+        held = self.draft_cache
+        if held is not None:
+            common = min(_common_prefix(held.ids, ids), len(ids) - 1)
+        else:  # what the draft kept of an earlier call that started the same
+            kept = getattr(draft, "prefixes", None)
+            common = min(kept.longest(ids), len(ids) - 1) if kept is not None else 0
+        missing = len(ids) - common
+        if missing > DRAFT_CATCH_UP and self.produced * DRAFT_REPAY < missing:
+            return None
+        with torch.inference_mode():
+            if held is None:
+                logits, self.draft_cache = draft.prompt(ids, self.cache.capacity)
+                held = self.draft_cache
+            else:
+                draft.truncate(held, common)
+                scores = draft.extend(held, ids[common:])
+                logits = scores.full(len(scores) - 1)
+            proposals: list[int] = []
+            while True:
+                proposal = int(torch.argmax(logits))
+                proposals.append(proposal)
+                if len(proposals) >= count or proposal in self.backend.eos_ids:
+                    return proposals
+                logits = draft.step(held, proposal)
+
+    def release_draft(self) -> None:
+        """The sequence has ended: the draft's cache is kept for a prompt that starts the
+        same (as the model's own, :meth:`LeanBackend.release`)."""
+        if self.draft_cache is not None:
+            self.draft.release(self.draft_cache)
+            self.draft_cache = None
 
     def stepped(self, logits: torch.Tensor) -> None:
         """The logits after the last token, from one more forward step."""
@@ -365,6 +486,9 @@ class Decoding:
                 "device": self.backend.device,
                 **({"forced_tokens": self.forced_tokens}
                    if self.constraint is not None else {}),
+                # Speculative decoding: tokens the draft proposed, and those kept.
+                **({"draft_tokens": self.draft_proposed, "draft_accepted": self.draft_accepted}
+                   if self.draft_proposed else {}),
                 # Prompt positions a kept prefix gave (llmcli_local.lean.prefix), as OpenAI
                 # names them.
                 **({"cached_tokens": cached}
@@ -379,14 +503,21 @@ def generate(backend: Backend[Any], messages: Messages, prefill: str,
     then a Usage."""
     started = time.perf_counter()
     sequence = start(backend, prepare(backend, messages, prefill, settings), settings, started)
-    while True:
-        # Where a grammar leaves one way on, those tokens go with this one in one pass.
-        run, text = sequence.advance_run(sequence.choose())
-        if text:
-            yield text
-        if sequence.done:
-            break
-        sequence.step_run(run)
+    try:
+        while True:
+            # Where a grammar leaves one way on, those tokens go with this one in one pass.
+            run, text = sequence.advance_run(sequence.choose())
+            if text:
+                yield text
+            if sequence.done:
+                break
+            text = sequence.step_run(run)  # with a draft, maybe more tokens' text
+            if text:
+                yield text
+            if sequence.done:
+                break
+    finally:
+        sequence.release_draft()
     tail = sequence.finish()
     if tail:
         yield tail

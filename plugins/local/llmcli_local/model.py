@@ -63,6 +63,7 @@ class LocalModel(llmcli.Model):
             max_tokens=options.max_tokens, temperature=options.temperature,
             top_p=options.top_p, top_k=options.top_k, seed=options.seed, stop=list(options.stop),
             prefill_mode=options.prefill_mode, template_kwargs=template_kwargs,
+            speculative=options.speculative,
         )
         if request.schema is not None:
             from llmcli_local.grammar import from_schema

@@ -96,6 +96,12 @@ class LocalOptions(llmcli.Options):
         "32) for the linear layers and output head, quantized once and cached; none = the "
         "full-precision model",
     )
+    speculative: bool = Field(
+        True,
+        description="Lean backend on CPU at full precision, greedy: the model's own int4 "
+        "weights draft a few tokens, one full-precision pass checks them (the same text, "
+        "faster); 0 = one step per token (LLMCLI_LOCAL_DRAFT=none loads no draft)",
+    )
     keep_alive: float = Field(
         default_factory=lambda: os.environ.get("LLMCLI_LOCAL_KEEP_ALIVE", DEFAULT_KEEP_ALIVE),
         validate_default=True,

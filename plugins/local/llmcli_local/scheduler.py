@@ -309,8 +309,10 @@ class Scheduler:
             self._running.remove(entry)
         sequence = entry.sequence
         entry.sequence = None  # its cache goes with it
-        if sequence is not None and self._release is not None:
-            self._release(sequence.cache)
+        if sequence is not None:
+            if self._release is not None:
+                self._release(sequence.cache)
+            sequence.release_draft()
         with self._cond:
             self._reserved -= entry.reserved
             entry.reserved = 0
@@ -359,10 +361,16 @@ class Scheduler:
         self.steps += 1
         try:
             if self._step_batch is None or (len(moving) == 1 and not self._single):
-                # One row: the unbatched step, so a lone call is exactly the plain loop's.
+                # One row: the unbatched step, so a lone call is exactly the plain loop's
+                # (with a draft, speculative decoding's round: maybe more tokens' text).
                 for entry in moving:
-                    assert entry.sequence is not None
-                    entry.sequence.step_run(entry.run)
+                    sequence = entry.sequence
+                    assert sequence is not None
+                    text = sequence.step_run(entry.run)
+                    if text:
+                        entry.handle._put(text)
+                    if sequence.done:
+                        self._leave(entry)
                 return
             if len(moving) > 1:
                 self.batched_steps += 1
@@ -375,7 +383,8 @@ class Scheduler:
                 entry.sequence.stepped(logits[row])
         except Exception as exc:  # noqa: BLE001 - every sequence of the step fails with it
             for entry in moving:
-                self._leave(entry, "error", error=exc)
+                if entry.sequence is not None:  # not one that has ended already
+                    self._leave(entry, "error", error=exc)
 
 
 #: Schedulers whose worker thread runs now.

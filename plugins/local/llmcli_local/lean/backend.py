@@ -4,7 +4,7 @@ lean decoder. Nothing here imports transformers."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,6 +14,7 @@ from llmcli_local.backend import end_of_turn_ids
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 from llmcli_local.lean.config import LeanConfig
 from llmcli_local.lean.decoder import Decoder, KVBuffers
+from llmcli_local.lean.draft import draft_weights
 from llmcli_local.lean.prefix import PrefixStore, env_positions
 from llmcli_local.lean.quant import Scheme, linear
 from llmcli_local.lean.quant import rows as head_rows
@@ -79,6 +80,9 @@ class LeanBackend:
     #: (:mod:`llmcli_local.lean.prefix`); None: ``LLMCLI_LOCAL_PREFIX_CACHE=0``. Variants
     #: share it.
     prefixes: PrefixStore | None = None
+    #: Speculative decoding's draft (:mod:`llmcli_local.lean.draft`): this model with int4
+    #: weights, its own kept prefixes, no draft of its own; None: one step per token.
+    draft: LeanBackend | None = None
 
     @property
     def graphed_single(self) -> bool:
@@ -141,6 +145,14 @@ class LeanBackend:
         cache.ids.extend(ids)
         return LeanScores(states, self.decoder.weights.lm_head)
 
+    def verify(self, cache: LeanCache, ids: Sequence[int]) -> torch.Tensor:
+        """:meth:`extend` with the logits after every one of ``ids``, shape (len(ids),
+        vocab): one pass, and the output head read once for all rows (speculative decoding
+        checks a draft's proposals with it)."""
+        scores = self.extend(cache, ids)
+        with torch.inference_mode():
+            return linear(scores.states, scores.head).float()
+
     def truncate(self, cache: LeanCache, length: int) -> None:
         # Positions past ``length`` are overwritten before they are read again.
         cache.position = min(cache.position, length)
@@ -185,8 +197,13 @@ def load(directory: Path, device: str, dtype: torch.dtype,
     config = LeanConfig.read(directory)
     tokenizer = LeanTokenizer(directory)
     weights = load_weights(directory, config, device, dtype, quantize)
+    drafted = None
     if device == "cpu" and quantize == "none":
+        # Before for_cpu: the draft quantizes the checkpoint's own (out, in) tensors.
+        drafted = draft_weights(weights, directory)
         for_cpu(weights)
+        if drafted is not None:
+            drafted.embed = weights.embed  # tied: now a view of the head's copy, not the file
     decoder = Decoder(config, weights)
     token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
     static = None
@@ -195,11 +212,16 @@ def load(directory: Path, device: str, dtype: torch.dtype,
 
         static = StaticBatch(decoder, env_max_batch(),
                              static_length(config.max_position_embeddings))
-    return LeanBackend(
+    kept = env_positions()
+    backend = LeanBackend(
         tokenizer=tokenizer, decoder=decoder, vocab=Vocab(token_bytes, atomic),
         eos_ids=end_of_turn_ids([*config.eos_token_ids, tokenizer.eos_token_id],
                                 tokenizer.get_vocab()),
         device=device, dtype=dtype, directory=directory,
         context_length=config.max_position_embeddings, static=static,
-        prefixes=PrefixStore(kept) if (kept := env_positions()) else None,
+        prefixes=PrefixStore(kept) if kept else None,
     )
+    if drafted is not None:
+        backend.draft = replace(backend, decoder=Decoder(config, drafted), static=None,
+                                prefixes=PrefixStore(kept) if kept else None)
+    return backend

@@ -76,6 +76,12 @@ class PrefixStore:
             while sum(len(k) for k, _ in self._entries) > self.positions:
                 self._entries.pop(0)
 
+    def longest(self, ids: Sequence[int]) -> int:
+        """How many positions of ``ids`` a :meth:`take` would copy now (0: none)."""
+        with self._lock:
+            best = max((_common(key, ids) for key, _ in self._entries), default=0)
+        return best if best >= MIN_REUSE else 0
+
     def take(self, ids: Sequence[int], usable: int, buffers: KVBuffers) -> int:
         """Copy into ``buffers`` the longest kept prefix of ``ids``, at most ``usable``
         positions of it; the number of positions copied (0: none worth it)."""

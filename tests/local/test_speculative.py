@@ -1,0 +1,248 @@
+"""Speculative decoding (``-o speculative``, :mod:`llmcli_local.lean.draft`): a draft
+proposes tokens, one pass of the model checks them; under greedy decoding the text is the
+model's own, whatever the draft proposes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.local.conftest import without_eos
+from tests.local.test_scheduler import CALLS, _batched, _messages, _settings
+
+PROMPTS = [("Hi", "def quicksor"), ("Give me a URL please", "The URL is http:"),
+           ("Say something", ""), ("Héllo", "naïve caf"), ("Emoji", "Emoji 🙂")]
+
+
+def _run(backend: Any, text: str, prefill: str, **settings: Any) -> tuple[str, Any]:
+    from llmcli_local.decode import generate
+
+    chunks = list(generate(backend, _messages(text), prefill, _settings(**settings)))
+    return "".join(c for c in chunks if isinstance(c, str)), chunks[-1]
+
+
+def _with_draft(backend: Any, draft: Any) -> Any:
+    return dataclasses.replace(backend, draft=draft)
+
+
+def _perfect(backend: Any) -> Any:
+    """A draft that is the model itself: the model agrees with every proposal."""
+    return dataclasses.replace(backend, prefixes=None, draft=None)
+
+
+class _Cache:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = list(ids)
+
+
+class _Scores:
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def full(self, row: int) -> Any:
+        return self.rows[row]
+
+
+class _Garbage:
+    """A draft that proposes seeded random tokens (the model takes almost none of them);
+    it counts the calls it gets and the caches it is given back."""
+
+    prefixes = None
+
+    def __init__(self, vocab: int) -> None:
+        import torch
+
+        self.vocab = vocab
+        self.generator = torch.Generator().manual_seed(7)
+        self.released: list[_Cache] = []
+        self.calls = 0
+
+    def _logits(self, rows: int) -> Any:
+        import torch
+
+        self.calls += 1
+        return torch.randn((rows, self.vocab), generator=self.generator)
+
+    def prompt(self, ids: list[int], capacity: int) -> tuple[Any, _Cache]:
+        return self._logits(1)[0], _Cache(ids)
+
+    def extend(self, cache: _Cache, ids: list[int]) -> _Scores:
+        cache.ids.extend(ids)
+        return _Scores(self._logits(len(ids)))
+
+    def step(self, cache: _Cache, token: int) -> Any:
+        cache.ids.append(token)
+        return self._logits(1)[0]
+
+    def truncate(self, cache: _Cache, length: int) -> None:
+        del cache.ids[length:]
+
+    def release(self, cache: _Cache) -> None:
+        self.released.append(cache)
+
+
+@pytest.mark.parametrize(("text", "prefill"), PROMPTS)
+def test_a_draft_the_model_agrees_with_gives_the_same_text_in_fewer_passes(
+        tiny: Any, text: str, prefill: str) -> None:
+    model = without_eos(tiny)
+    want, plain = _run(model, text, prefill, max_tokens=40, speculative=False)
+    got, usage = _run(_with_draft(model, _perfect(model)), text, prefill, max_tokens=40)
+    assert got == want
+    assert usage.output_tokens == plain.output_tokens == 40
+    details = usage.details
+    assert details["draft_accepted"] == details["draft_tokens"] > 0
+    # Rounds of 4, 6 and then 8 proposals: each pass takes up to 9 tokens.
+    assert details["forward_passes"] < plain.details["forward_passes"] - 25
+    assert "draft_tokens" not in plain.details
+
+
+@pytest.mark.parametrize(("text", "prefill"), PROMPTS)
+def test_a_draft_the_model_disagrees_with_changes_nothing(tiny: Any, text: str,
+                                                          prefill: str) -> None:
+    model = without_eos(tiny)
+    want, plain = _run(model, text, prefill, max_tokens=40, speculative=False)
+    garbage = _Garbage(len(model.vocab.token_bytes))
+    got, usage = _run(_with_draft(model, garbage), text, prefill, max_tokens=40)
+    assert got == want
+    assert usage.output_tokens == 40
+    assert usage.details["draft_tokens"] > usage.details["draft_accepted"]
+    # A round is one pass of the model: the token it was given, plus what it kept.
+    assert usage.details["forward_passes"] == \
+        plain.details["forward_passes"] - usage.details["draft_accepted"]
+    assert len(garbage.released) == 1  # its cache, given back when the reply ended
+
+
+def test_speculative_off_never_asks_the_draft(tiny: Any) -> None:
+    garbage = _Garbage(len(tiny.vocab.token_bytes))
+    want, _ = _run(tiny, "Hi", "def ", max_tokens=20)
+    got, usage = _run(_with_draft(tiny, garbage), "Hi", "def ", max_tokens=20,
+                      speculative=False)
+    assert got == want and garbage.calls == 0 and "draft_tokens" not in usage.details
+
+
+def test_sampling_and_grammars_do_not_speculate(tiny: Any) -> None:
+    """A draft's greedy proposals say nothing of a sampled token; a grammar chooses among
+    its own tokens."""
+    from llmcli_local import grammar
+
+    garbage = _Garbage(len(tiny.vocab.token_bytes))
+    model = _with_draft(tiny, garbage)
+    _run(model, "Hi", "", max_tokens=20, temperature=0.8, seed=3)
+    text, _ = _run(model, "Hi", "", max_tokens=20,
+                   grammar=grammar.from_text('start: "A" /[0-9]{3}/ "."'))
+    assert text[0] == "A" and text.endswith(".")
+    assert garbage.calls == 0
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 5, 9, 17])
+def test_max_tokens_ends_a_round_exactly(tiny: Any, max_tokens: int) -> None:
+    model = without_eos(tiny)
+    want, _ = _run(model, "Say something", "", max_tokens=max_tokens, speculative=False)
+    got, usage = _run(_with_draft(model, _perfect(model)), "Say something", "",
+                      max_tokens=max_tokens)
+    assert got == want and usage.output_tokens == max_tokens
+
+
+def test_a_stop_sequence_inside_a_round(tiny: Any) -> None:
+    model = without_eos(tiny)
+    full, _ = _run(model, "Say something", "", max_tokens=40, speculative=False)
+    stop = full[12:15]  # text well inside a round of proposals
+    want, plain = _run(model, "Say something", "", max_tokens=40, stop=[stop],
+                       speculative=False)
+    got, usage = _run(_with_draft(model, _perfect(model)), "Say something", "",
+                      max_tokens=40, stop=[stop])
+    assert got == want == full[:full.index(stop)]
+    assert usage.stop_reason == plain.stop_reason == "stop_sequence"
+    assert usage.output_tokens == plain.output_tokens
+
+
+def test_an_end_of_turn_proposed_and_taken_ends_the_reply(tiny: Any) -> None:
+    """With the end-of-turn ids kept: the reply ends where the model's own greedy one does,
+    with the same stop reason, for every prompt (some end the turn, some run out)."""
+    for text, prefill in PROMPTS:
+        want, plain = _run(tiny, text, prefill, max_tokens=60, speculative=False)
+        got, usage = _run(_with_draft(tiny, _perfect(tiny)), text, prefill, max_tokens=60)
+        assert (got, usage.stop_reason, usage.output_tokens) == \
+            (want, plain.stop_reason, plain.output_tokens)
+
+
+def test_batched_calls_with_a_draft_keep_their_texts(tiny: Any) -> None:
+    """Through the scheduler: sequences step together while several run and speculate
+    once alone (their draft catching up on the steps it missed); each text is its own."""
+    model = without_eos(tiny)
+    alone = [_run(model, text, prefill, speculative=False, **settings)[0]
+             for text, prefill, settings in CALLS]
+    results, scheduler = _batched(_with_draft(model, _perfect(model)), CALLS)
+    assert [text for text, _ in results] == alone
+    assert scheduler.peak_batch == len(CALLS)
+    # The longest call ran alone at the end, and speculated there.
+    longest = max(range(len(CALLS)), key=lambda i: CALLS[i][2]["max_tokens"])
+    assert results[longest][1].details.get("draft_accepted", 0) > 0
+
+
+def test_the_draft_loads_by_size_or_when_asked(tiny_model_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto``: no draft for a model this small (its quantized step would cost what its own
+    does); ``LLMCLI_LOCAL_DRAFT=int4``: the int4 draft, sharing the model's embeddings;
+    ``none``: none."""
+    from llmcli_local import loader
+    from llmcli_local.lean.quant import Int4Weight
+
+    from tests.local.conftest import load
+
+    def fresh(value: str | None) -> Any:
+        loader.unload_all()
+        if value is None:
+            monkeypatch.delenv("LLMCLI_LOCAL_DRAFT", raising=False)
+        else:
+            monkeypatch.setenv("LLMCLI_LOCAL_DRAFT", value)
+        return load(tiny_model_dir)
+
+    try:
+        assert fresh(None).draft is None
+        assert fresh("none").draft is None
+        model = fresh("int4")
+        draft = model.draft
+        assert draft is not None and draft.draft is None and draft.static is None
+        assert isinstance(draft.decoder.weights.layers[0].qkv, Int4Weight)
+        assert draft.decoder.weights.embed.data_ptr() == model.decoder.weights.embed.data_ptr()
+        want, _ = _run(without_eos(model), "Hi", "def ", max_tokens=30, speculative=False)
+        got, usage = _run(without_eos(model), "Hi", "def ", max_tokens=30)
+        assert got == want and usage.details["draft_tokens"] > 0
+        # The model's own weights stay full precision, apart.
+        layer = model.decoder.weights.layers[0]
+        assert layer.qkv is None and not isinstance(layer.q, Int4Weight)
+    finally:
+        loader.unload_all()
+
+
+@pytest.mark.slow
+def test_smollm2_speculates_by_default_and_its_text_is_its_own(smollm2: Any) -> None:
+    """The default local model on CPU: an int4 draft is loaded, a greedy reply takes most
+    of its proposals, and every text is the one decoding one step per token gives."""
+    from llmcli_local import loader
+
+    backend = loader.load(smollm2.source(), device="cpu")
+    assert backend.draft is not None
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        ("Name three US states.", "1.", {"max_tokens": 40}),
+        ("Give a JSON array of 5 fruits. Reply with the JSON only.", '["', {"max_tokens": 40}),
+        ("Write a haiku about rain.", "", {"max_tokens": 40}),
+        ("Why is the sky blue?", "Because", {"max_tokens": 48, "stop": ["."]}),
+        ("List the planets of the solar system.", "", {"max_tokens": 64}),
+    ]
+    accepted = 0
+    for text, prefill, settings in cases:
+        want, plain = _run(backend, text, prefill, speculative=False, **settings)
+        got, usage = _run(backend, text, prefill, **settings)
+        assert (got, usage.stop_reason) == (want, plain.stop_reason), text
+        accepted += usage.details.get("draft_accepted", 0)
+        if usage.output_tokens > 8:
+            assert usage.details["forward_passes"] < plain.details["forward_passes"], text
+    assert accepted > 60
