@@ -5,7 +5,8 @@ Prints medians and ratios; not a pytest test.
 
 Rows: a fresh process that loads the model itself (`-o keep_alive 0`), and the plain command
 (keep-alive on by default, 5 minutes) once its worker is up: a second call within the
-keep-alive window (the worker is started by a first call and stopped at the end). With
+keep-alive window (the worker is started by a first call and stopped at the end), and the
+same with ``-o speculative 0`` (one step per token, no draft: the same worker). With
 `--quantize int8,int4`, one more worker-up row per scheme (`-o quantize ...`: its own worker,
 like for like with llm's Q4_1 weights).
 
@@ -55,6 +56,8 @@ def main() -> None:
     commands = {
         "llmcli -o keep_alive 0": [*ask, "-o", "keep_alive", "0"],
         "llmcli (worker up)": ask,
+        # The same worker, one step per token (-o speculative 0: no draft).
+        "llmcli speculative 0 (up)": [*ask, "-o", "speculative", "0"],
     }
     schemes = [s.strip() for s in args.quantize.split(",") if s.strip()]
     for scheme in schemes:

@@ -6,8 +6,10 @@ concurrent sequences against one, in tokens per second and in peak memory. Not a
 
 Throughput: one process; each run submits ``--batch`` short calls at once (different
 questions, greedy, end of turn ignored so that each writes exactly ``--tokens``) and times
-until the last ends, then one call alone through the scheduler, then one call through the
-plain decode loop (``decode.generate``: ``Decoder.step`` per token, no scheduler, no graph);
+until the last ends, then one call alone through the scheduler (``--speculative on``, the
+default: with the model's draft where it has one, as a user's lone call runs), then one call
+through the plain decode loop (``decode.generate``: ``Decoder.step`` per token, no scheduler,
+no graph, no draft);
 tokens/s = tokens written / wall time, prompt passes included. The best of ``--runs`` for
 each, the three alternating, so all see the same machine.
 
@@ -54,12 +56,13 @@ def _load(args: argparse.Namespace) -> Any:
     return dataclasses.replace(backend, eos_ids=frozenset())
 
 
-def _run(scheduler: Any, backend: Any, count: int, tokens: int) -> tuple[float, int, int]:
+def _run(scheduler: Any, backend: Any, count: int, tokens: int,
+         speculative: bool = True) -> tuple[float, int, int]:
     """Submit ``count`` calls at once; wall seconds until all end, tokens written, and the
     most that ran together."""
     from llmcli_local.decode import GenerationSettings
 
-    settings = GenerationSettings(max_tokens=tokens)
+    settings = GenerationSettings(max_tokens=tokens, speculative=speculative)
     scheduler.peak_batch = 0
     start = time.perf_counter()
     handles = [scheduler.submit([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
@@ -74,13 +77,13 @@ def _run(scheduler: Any, backend: Any, count: int, tokens: int) -> tuple[float, 
 
 def _plain(backend: Any, tokens: int) -> tuple[float, int, int]:
     """One call through the plain decode loop (``decode.generate``, no scheduler: one
-    ``Decoder.step`` per token, never a graph); as :func:`_run` measures."""
+    ``Decoder.step`` per token, never a graph, no draft); as :func:`_run` measures."""
     from llmcli_local.decode import GenerationSettings, generate
 
     start = time.perf_counter()
     written = 0
     for chunk in generate(backend, [{"role": "user", "content": QUESTIONS[0]}], "",
-                          GenerationSettings(max_tokens=tokens)):
+                          GenerationSettings(max_tokens=tokens, speculative=False)):
         if not isinstance(chunk, str):
             written += chunk.output_tokens
     return time.perf_counter() - start, written, 1
@@ -99,7 +102,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.runs):
         for row in (str(args.batch), "1", "plain"):
             result = (_plain(backend, args.tokens) if row == "plain" else
-                      _run(scheduler, backend, int(row), args.tokens))
+                      _run(scheduler, backend, int(row), args.tokens,
+                           args.speculative == "on"))
             if row not in best or result[1] / result[0] > best[row][1] / best[row][0]:
                 best[row] = result
     pool = getattr(backend, "static", None)
@@ -183,7 +187,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 def _child(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     command = [sys.executable, __file__, "--batch", str(args.batch), "--tokens",
-               str(args.tokens), "--runs", str(args.runs), "--device", args.device, *extra]
+               str(args.tokens), "--runs", str(args.runs), "--device", args.device,
+               "--speculative", args.speculative, *extra]
     if args.model:
         command += ["--model", args.model]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -198,6 +203,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--speculative", choices=["on", "off"], default="on",
+                        help="on (the default, as for a user): a lone call decodes "
+                             "speculatively where the model has a draft (CPU, full "
+                             "precision); off: one step per token in every row")
     parser.add_argument("--child", choices=["throughput", "memory-1", "memory-n"])
     parser.add_argument("--profile", action="store_true",
                         help="only: where the scheduler's time goes (prompt passes, steps, "
@@ -229,7 +238,8 @@ def main() -> None:
     mem_one = _child(args, "--child", "memory-1")
     mem_many = _child(args, "--child", "memory-n")
     print(f"SmolLM2 through the scheduler on {speed['device']} ({speed['dtype']}, "
-          f"{speed['threads']} threads), {args.tokens} tokens per call, best of {args.runs}")
+          f"{speed['threads']} threads), {args.tokens} tokens per call, best of {args.runs}, "
+          f"speculative decoding {args.speculative} (the plain loop: off)")
     static = speed["static"]
     if static is None:
         print("static batch: off (batched steps: Decoder.step_batch, attention per row)")

@@ -65,7 +65,7 @@ def draft_weights(weights: Weights, directory: Path,
     """A copy of full-precision ``weights`` whose linear layers and output head are
     quantized (the other tensors shared, not copied), or None: no draft wanted, or the
     model's shapes do not suit the kernel (the model then decodes one step per token)."""
-    from llmcli_local.lean.quant import quantize_weights
+    from llmcli_local.lean.quant import Int4Weight, quantize_weights
 
     choice = env_draft() if choice is None else choice
     if choice == "none" or (choice == "auto" and _parameters(weights) < MIN_PARAMETERS):
@@ -77,4 +77,13 @@ def draft_weights(weights: Weights, directory: Path,
     except Exception as exc:  # noqa: BLE001 - a draft is an optimisation, never a failure
         log.debug("no %s draft for %s: %s", scheme, directory, exc)
         return None
+    # The draft only multiplies: int4's plain nibbles (kept for the output head's row
+    # gathers, which only the model itself does) would be ~70 MB more for SmolLM2.
+    for layer in draft.layers:
+        for name in ("qkv", "out", "gate_up", "down"):
+            weight = getattr(layer, name)
+            if isinstance(weight, Int4Weight):
+                setattr(layer, name, weight.without_rows())
+    if isinstance(draft.lm_head, Int4Weight):
+        draft.lm_head = draft.lm_head.without_rows()
     return draft

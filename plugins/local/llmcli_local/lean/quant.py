@@ -130,7 +130,17 @@ class Int4Weight:
                                                            self.scale_zeros)
         return out.to(x.dtype).view(*x.shape[:-1], self.shape[0])
 
+    def without_rows(self) -> Int4Weight:
+        """The same weight for matrix products only: the plain nibbles (for :meth:`rows`,
+        half the weight's bytes again) dropped."""
+        lean = Int4Weight.__new__(Int4Weight)
+        lean.__dict__.update(self.__dict__)
+        lean.nibbles = torch.empty((0,), dtype=torch.uint8)
+        return lean
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.nibbles.numel() == 0:
+            raise RuntimeError("this int4 weight keeps no rows (a speculative draft's)")
         nibbles = self.nibbles[ids]
         codes = torch.stack([nibbles & 15, nibbles >> 4], dim=-1).flatten(-2).float()
         grouped = codes.view(*codes.shape[:-1], -1, INT4_GROUP)
