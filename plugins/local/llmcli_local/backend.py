@@ -41,6 +41,7 @@ __all__ = [
     "BatchStep",
     "Scores",
     "choose_backend",
+    "common_prefix",
     "end_of_turn_ids",
 ]
 
@@ -130,6 +131,16 @@ def _choose(options: BackendRequest, device: str, model_dir: Path | None) -> Eng
     if requested == "lean":
         raise ConfigError(f"engine=lean cannot run {model_dir.name}: {reason}")
     return "transformers"
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many ids ``a`` and ``b`` share from their start."""
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def end_of_turn_ids(declared: Iterable[Any], vocab: Mapping[str, int]) -> frozenset[int]:

@@ -19,7 +19,7 @@ from llmcli.capabilities import StopReason
 from llmcli.errors import ConfigError
 from llmcli.models import Usage
 from llmcli_local import exact
-from llmcli_local.backend import Backend
+from llmcli_local.backend import Backend, common_prefix
 from llmcli_local.healing import HealPlan, plan_healing
 from llmcli_local.streaming import TextStream
 
@@ -97,15 +97,6 @@ def build_prompt(backend: Backend[Any], messages: Messages, prefill: str,
     ids = backend.encode(text)
     heal = plan_healing(ids, prefill, backend.vocab) if settings.mode == "heal" else HealPlan()
     return Prompt(ids=ids[: len(ids) - heal.backed_off], heal=heal)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    count = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        count += 1
-    return count
 
 
 def sample_next(logits: torch.Tensor, settings: GenerationSettings,
@@ -424,7 +415,7 @@ class Decoding:
         ids = [*self.cache.ids, token]
         held = self.draft_cache
         if held is not None:
-            common = min(_common_prefix(held.ids, ids), len(ids) - 1)
+            common = min(common_prefix(held.ids, ids), len(ids) - 1)
         else:  # what the draft kept of an earlier call that started the same
             kept = getattr(draft, "prefixes", None)
             common = min(kept.longest(ids), len(ids) - 1) if kept is not None else 0

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from llmcli_local.backend import common_prefix
 from llmcli_local.lean.decoder import KVBuffers
 
 __all__ = ["DEFAULT_POSITIONS", "MIN_REUSE", "PrefixStore", "env_positions"]
@@ -37,15 +38,6 @@ def env_positions() -> int:
     """``LLMCLI_LOCAL_PREFIX_CACHE``: positions kept in all; 0 keeps none."""
     value = os.environ.get("LLMCLI_LOCAL_PREFIX_CACHE", "").strip()
     return int(value) if value.isdigit() else DEFAULT_POSITIONS
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    count = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        count += 1
-    return count
 
 
 class PrefixStore:
@@ -79,7 +71,7 @@ class PrefixStore:
     def longest(self, ids: Sequence[int]) -> int:
         """How many positions of ``ids`` a :meth:`take` would copy now (0: none)."""
         with self._lock:
-            best = max((_common(key, ids) for key, _ in self._entries), default=0)
+            best = max((common_prefix(key, ids) for key, _ in self._entries), default=0)
         return best if best >= MIN_REUSE else 0
 
     def take(self, ids: Sequence[int], usable: int, buffers: KVBuffers) -> int:
@@ -88,7 +80,7 @@ class PrefixStore:
         with self._lock:
             best, found = 0, -1
             for index, (key, _) in enumerate(self._entries):
-                common = min(_common(key, ids), usable)
+                common = min(common_prefix(key, ids), usable)
                 if common > best:
                     best, found = common, index
             if best < MIN_REUSE:
