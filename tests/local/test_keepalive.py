@@ -333,6 +333,11 @@ def test_the_worker_key_follows_the_weights(workers: Workers, tmp_path: Path,
     monkeypatch.setenv("LLMCLI_LOCAL_ENGINE", "transformers")
     assert key() == key(engine="transformers")
     monkeypatch.delenv("LLMCLI_LOCAL_ENGINE")
+    # Whether the worker loads a speculative draft.
+    monkeypatch.setenv("LLMCLI_LOCAL_DRAFT", "none")
+    assert key() != first
+    monkeypatch.delenv("LLMCLI_LOCAL_DRAFT")
+    assert key() == first
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert first != key()

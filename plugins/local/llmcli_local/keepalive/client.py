@@ -47,14 +47,16 @@ def _stamps(paths: list[Path]) -> list[str]:
 
 def _key(source: ModelSource, device: str, engine: Engine, quantize: str = "none") -> str:
     """Everything a worker's answers depend on: the weights and their version, the device,
-    the backend, the threads, the cache, the interpreter and the code of llmcli and this
-    plugin."""
+    the backend, the threads, the draft, the cache, the interpreter and the code of llmcli
+    and this plugin."""
     weights = source.path
     code = [_PACKAGE, Path(llmcli.__file__).resolve().parent]
     fields = [
         str(PROTOCOL), source.format, str(weights.resolve()),
         *_stamps([weights, *sorted(weights.iterdir())] if weights.is_dir() else [weights]),
         device, engine, quantize, os.environ.get("LLMCLI_LOCAL_THREADS", ""),
+        # Whether the worker loads a speculative draft (llmcli_local.lean.draft).
+        os.environ.get("LLMCLI_LOCAL_DRAFT", ""),
         str(cache_root().resolve()),
         # The environment, not the name it was started by (python, python3.11, a script).
         sys.prefix, os.path.realpath(sys.executable),
