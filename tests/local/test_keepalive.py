@@ -79,12 +79,17 @@ class Workers:
         return sorted(self.directory.glob("*.sock")) if self.directory.is_dir() else []
 
     def ping(self) -> dict[str, Any]:
-        """The one running worker's own description of itself (waits for it to listen)."""
+        """The one running worker's own description of itself, once it has loaded its model
+        (waits for it to listen, then to load)."""
         from llmcli_local.keepalive import client
 
         path = _wait(self.sockets, 60, "the worker's socket")[0]
-        answer = _wait(lambda: client.ask(path, "ping"), 10, "the worker's answer")
-        info: dict[str, Any] = answer["worker"]
+
+        def loaded() -> Any:
+            answer = client.ask(path, "ping")
+            return answer if answer and not answer["worker"]["loading"] else None
+
+        info: dict[str, Any] = _wait(loaded, 60, "the worker's model to load")["worker"]
         return info
 
     def logged(self) -> list[tuple[str, str]]:
@@ -188,6 +193,42 @@ def test_a_killed_worker_is_replaced_and_the_call_runs_in_process(workers: Worke
     assert workers.ask("-o", "keep_alive", "60") == first
     new = _wait(lambda: _fresh_pid(workers, old), 60, "a new worker")
     assert new != old and _alive(new)
+
+
+def test_a_starting_worker_answers_while_its_model_loads(workers: Workers) -> None:
+    """A worker listens from its start: a ping says it is loading, and a call made then waits
+    for the worker's load rather than loading the model a second time in its own process."""
+    from llmcli_local.keepalive import client
+
+    _address(workers).start(60)
+    path = _wait(workers.sockets, 30, "the worker's socket")[0]
+    # The worker has yet to import torch (over a second) and load: it answers at once.
+    first = client.ask(path, "ping")
+    assert first is not None and first["worker"]["loading"] is True
+    code = (
+        "import json, llmcli\n"
+        f"r = llmcli.get_model('tiny').prompt('Hi', prefill={PREFILL!r}, max_tokens=8,"
+        " keep_alive='1m')\n"
+        "print(json.dumps({'text': r.text(), 'pid': r.usage().details.get('worker_pid')}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=workers.env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    served = json.loads(result.stdout)
+    assert served["pid"] == first["worker"]["pid"] and served["text"].startswith(PREFILL)
+    assert workers.ping()["loading"] is False
+
+
+def test_local_stop_stops_a_worker_that_is_still_loading(workers: Workers) -> None:
+    from llmcli_local.keepalive import client
+
+    _address(workers).start(60)
+    _wait(workers.sockets, 30, "the worker's socket")
+    stopped = client.stop_all()
+    assert [info["loading"] for info in stopped] == [True]
+    _wait(lambda: not _alive(stopped[0]["pid"]), 10, "the loading worker to exit")
+    assert workers.sockets() == []
+    assert workers.cli("local", "workers").stdout == "No keep-alive workers are running\n"
 
 
 def _fresh_pid(workers: Workers, old: int) -> int | None:

@@ -129,6 +129,9 @@ def register(cli: click.Group) -> None:
         elif not found:
             click.echo("No keep-alive workers are running")
         for info in [] if as_json else found:
+            if info.get("loading"):
+                click.echo(f"{info['model']}: pid {info['pid']}, loading")
+                continue
             click.echo(f"{info['model']}: pid {info['pid']}, {info['device']}, "
                        f"{info['engine']} engine, exits after {info['keep_alive']:g} s idle")
 

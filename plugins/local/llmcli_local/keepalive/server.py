@@ -34,10 +34,15 @@ __all__ = ["Worker", "main"]
 
 
 class Worker:
-    """Serves one loaded model on a listening socket: each connection on its own thread, every
-    generation submitted to the model's scheduler, so concurrent clients are batched."""
+    """Serves one model on a listening socket: each connection on its own thread, every
+    generation submitted to the model's scheduler, so concurrent clients are batched.
 
-    def __init__(self, spec: WorkerSpec, backend: Backend[Any]) -> None:
+    It listens while the model is still loading (:meth:`load`, on a thread of its own): a
+    ``ping`` or ``stop`` is answered at once (``llmcli local workers`` and ``local stop`` see
+    a worker from its start), and a generation waits for the load rather than making its
+    caller load the model a second time."""
+
+    def __init__(self, spec: WorkerSpec, backend: Backend[Any] | None = None) -> None:
         self.spec = spec
         self.source = ModelSource(spec.format, Path(spec.path))
         self.backend = backend
@@ -46,17 +51,41 @@ class Worker:
         self._active = 0
         self._last = time.monotonic()
         self._stop = threading.Event()
+        self.loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        if backend is not None:
+            self.loaded.set()
+
+    def load(self) -> None:
+        """Load the model (the worker's start); a failure stops the worker, and each
+        generation waiting for it gets the error."""
+        from llmcli_local import loader
+
+        try:
+            self.backend = loader.load(
+                self.source, device=self.spec.device, show_progress=False,
+                options=BackendOptions(engine=self.spec.engine, quantize=self.spec.quantize))
+        except BaseException as exc:  # noqa: BLE001 - told to the waiting callers
+            self._load_error = exc
+            print(f"Could not load {self.spec.name}: {exc}", file=sys.stderr)  # the log
+            self._stop.set()
+        finally:
+            with self._lock:
+                self._last = time.monotonic()  # idle from now, not from the start
+            self.loaded.set()
 
     def info(self) -> dict[str, Any]:
+        backend = self.backend
         return {"pid": os.getpid(), "model": self.spec.name, "path": self.spec.path,
-                "device": self.backend.device, "engine": self.backend.name,
-                "keep_alive": self.idle}
+                "device": backend.device if backend is not None else self.spec.device,
+                "engine": backend.name if backend is not None else self.spec.engine,
+                "keep_alive": self.idle, "loading": not self.loaded.is_set()}
 
     def _idle_for(self) -> float | None:
         """Seconds left before the worker has been idle for its keep-alive time (None while a
-        connection is open)."""
+        connection is open or the model is loading)."""
         with self._lock:
-            if self._active:
+            if self._active or not self.loaded.is_set():
                 return None
             return self._last + self.idle - time.monotonic()
 
@@ -110,6 +139,10 @@ class Worker:
     def generate(self, conn: socket.socket, message: dict[str, Any]) -> None:
         from llmcli_local import decode, loader, scheduler
 
+        self.loaded.wait()
+        if self._load_error is not None:
+            send(conn, error_message(self._load_error))
+            return
         try:
             request = GenerateRequest.from_message(message)
             # The same loaded model; only the transformers backend's cache options vary.
@@ -153,11 +186,7 @@ def main(argv: list[str]) -> int:
     except OSError:
         return 0  # another worker serves this key (or is starting): nothing to do
     os.chdir("/")  # hold no directory of the caller's open
-    from llmcli_local import loader
-
-    backend = loader.load(ModelSource(spec.format, Path(spec.path)), device=spec.device,
-                          show_progress=False,
-                          options=BackendOptions(engine=spec.engine, quantize=spec.quantize))
+    worker = Worker(spec)
     # We hold the lock, so any socket file left is a dead worker's. Bind under a temporary
     # name and rename: a client sees the socket only once it is listening.
     path = directory / f"{spec.key}.sock"
@@ -169,8 +198,9 @@ def main(argv: list[str]) -> int:
     os.chmod(temporary, 0o600)
     server.listen(16)
     os.replace(temporary, path)
+    threading.Thread(target=worker.load, daemon=True, name="llmcli-local-load").start()
     try:
-        Worker(spec, backend).serve(server)
+        worker.serve(server)
     finally:
         # Unlink before closing: a client then either finds no socket or one that is still
         # ours, and a connection caught in between reads nothing and runs in process.
@@ -181,6 +211,10 @@ def main(argv: list[str]) -> int:
         with contextlib.suppress(OSError):
             if log.stat().st_size == 0:
                 log.unlink()  # nothing went wrong: leave nothing behind but the lock
+    if not worker.loaded.is_set():
+        # Stopped while loading: end now, not with the interpreter's shutdown around a
+        # thread that is inside torch (which can abort the process).
+        os._exit(0)
     return 0
 
 
