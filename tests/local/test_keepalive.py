@@ -137,18 +137,7 @@ def test_the_next_call_is_served_by_the_worker_with_the_same_text(workers: Worke
     assert stat_mode(workers.sockets()[0]) == 0o600
 
     # Through the API in a fresh process: the worker answers, and torch is never imported.
-    code = (
-        "import json, sys, llmcli\n"
-        f"r = llmcli.get_model('tiny').prompt('Hi', prefill={PREFILL!r}, max_tokens=8,"
-        " keep_alive='1m')\n"
-        "text = r.text()\n"
-        "print(json.dumps({'text': text, 'pid': r.usage().details.get('worker_pid'),"
-        " 'tokens': r.usage().output_tokens, 'torch': 'torch' in sys.modules}))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], env=workers.env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    served = json.loads(result.stdout)
+    served = _api_call(workers)
     assert served["text"] + "\n" == first
     assert served["pid"] == info["pid"] and served["tokens"] == 8
     assert served["torch"] is False
@@ -170,6 +159,24 @@ def test_the_next_call_is_served_by_the_worker_with_the_same_text(workers: Worke
     workers.ask("-o", "keep_alive", "0")
     time.sleep(0.5)
     assert workers.sockets() == []
+
+
+def _api_call(workers: Workers) -> dict[str, Any]:
+    """A call through the Python API in a fresh process: its text, the pid of the worker that
+    answered (None: none did), its output tokens, and whether it imported torch."""
+    code = (
+        "import json, sys, llmcli\n"
+        f"r = llmcli.get_model('tiny').prompt('Hi', prefill={PREFILL!r}, max_tokens=8,"
+        " keep_alive='1m')\n"
+        "text = r.text()\n"
+        "print(json.dumps({'text': text, 'pid': r.usage().details.get('worker_pid'),"
+        " 'tokens': r.usage().output_tokens, 'torch': 'torch' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=workers.env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    served: dict[str, Any] = json.loads(result.stdout)
+    return served
 
 
 def stat_mode(path: Path) -> int:
@@ -205,16 +212,7 @@ def test_a_starting_worker_answers_while_its_model_loads(workers: Workers) -> No
     # The worker has yet to import torch (over a second) and load: it answers at once.
     first = client.ask(path, "ping")
     assert first is not None and first["worker"]["loading"] is True
-    code = (
-        "import json, llmcli\n"
-        f"r = llmcli.get_model('tiny').prompt('Hi', prefill={PREFILL!r}, max_tokens=8,"
-        " keep_alive='1m')\n"
-        "print(json.dumps({'text': r.text(), 'pid': r.usage().details.get('worker_pid')}))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], env=workers.env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    served = json.loads(result.stdout)
+    served = _api_call(workers)
     assert served["pid"] == first["worker"]["pid"] and served["text"].startswith(PREFILL)
     assert workers.ping()["loading"] is False
 
