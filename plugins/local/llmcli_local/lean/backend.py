@@ -54,6 +54,11 @@ class LeanScores:
         with torch.inference_mode():
             return linear(self.states[row:row + 1], self.head)[0].float()
 
+    def all(self) -> torch.Tensor:
+        """Every row's logits, shape (rows, vocab): the output head read once for all."""
+        with torch.inference_mode():
+            return linear(self.states, self.head).float()
+
     def gather(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             states = self.states[rows.to(self.states.device)]  # (n, hidden)
@@ -149,9 +154,7 @@ class LeanBackend:
         """:meth:`extend` with the logits after every one of ``ids``, shape (len(ids),
         vocab): one pass, and the output head read once for all rows (speculative decoding
         checks a draft's proposals with it)."""
-        scores = self.extend(cache, ids)
-        with torch.inference_mode():
-            return linear(scores.states, scores.head).float()
+        return self.extend(cache, ids).all()
 
     def truncate(self, cache: LeanCache, length: int) -> None:
         # Positions past ``length`` are overwritten before they are read again.

@@ -68,22 +68,27 @@ class PrefixStore:
             while sum(len(k) for k, _ in self._entries) > self.positions:
                 self._entries.pop(0)
 
+    def _best(self, ids: Sequence[int], usable: int) -> tuple[int, int]:
+        """The longest kept prefix of ``ids`` (at most ``usable`` positions of it) and its
+        entry's index; (0, -1) where none is worth it. Called holding the lock."""
+        best, found = 0, -1
+        for index, (key, _) in enumerate(self._entries):
+            common = min(common_prefix(key, ids), usable)
+            if common > best:
+                best, found = common, index
+        return (best, found) if best >= MIN_REUSE else (0, -1)
+
     def longest(self, ids: Sequence[int]) -> int:
         """How many positions of ``ids`` a :meth:`take` would copy now (0: none)."""
         with self._lock:
-            best = max((common_prefix(key, ids) for key, _ in self._entries), default=0)
-        return best if best >= MIN_REUSE else 0
+            return self._best(ids, len(ids))[0]
 
     def take(self, ids: Sequence[int], usable: int, buffers: KVBuffers) -> int:
         """Copy into ``buffers`` the longest kept prefix of ``ids``, at most ``usable``
         positions of it; the number of positions copied (0: none worth it)."""
         with self._lock:
-            best, found = 0, -1
-            for index, (key, _) in enumerate(self._entries):
-                common = min(common_prefix(key, ids), usable)
-                if common > best:
-                    best, found = common, index
-            if best < MIN_REUSE:
+            best, found = self._best(ids, usable)
+            if not best:
                 return 0
             entry = self._entries.pop(found)
             self._entries.append(entry)  # the most recently used
