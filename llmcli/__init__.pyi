@@ -11,6 +11,7 @@ from llmcli.errors import ConversationError as ConversationError
 from llmcli.errors import KeyNeededError as KeyNeededError
 from llmcli.errors import LLMCLIError as LLMCLIError
 from llmcli.errors import LogError as LogError
+from llmcli.errors import LogWarning as LogWarning
 from llmcli.errors import OptionsError as OptionsError
 from llmcli.errors import PartialResponseError as PartialResponseError
 from llmcli.errors import PluginError as PluginError

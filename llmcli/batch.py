@@ -27,16 +27,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from llmcli import api, config
 from llmcli.errors import LLMCLIError, ProviderError
 from llmcli.models import Model, Response, concurrency_limit
 
+if TYPE_CHECKING:
+    from llmcli.log import SharedLog
+
 __all__ = ["FIELDS", "Batch", "Endpoints", "Line", "Result", "Summary",
-           "new_batch_id", "parse_group", "read_input", "resume_output", "retryable"]
+           "new_batch_id", "parse_group", "read_input", "refuse_duplicate_ids",
+           "resume_output", "retryable"]
 
 #: The fields of an input line; others are ignored (HumanEval files carry ``test``, ...).
 FIELDS = ("id", "prompt", "prefill", "system", "model", "options")
@@ -162,6 +166,27 @@ def _read_csv(stream: IO[str]) -> list[Line]:
     return lines
 
 
+def refuse_duplicate_ids(lines: list[Line]) -> None:
+    """An InputError, before anything runs, when two readable lines share an id (as
+    OpenAI's Batch API refuses duplicate ``custom_id``s): rows are joined on ids and resume
+    goes by them, so a duplicate would be skipped or answered twice."""
+    where: dict[str, list[Line]] = {}
+    for line in lines:
+        if line.error is None:
+            where.setdefault(line.key, []).append(line)
+    duplicated = [found for found in where.values() if len(found) > 1]
+    if not duplicated:
+        return
+    first = duplicated[0]
+    numbers = [str(line.number) for line in first]
+    message = (f"Duplicate id {first[0].id!r} on lines {', '.join(numbers[:-1])} and "
+               f"{numbers[-1]}")
+    if len(duplicated) > 1:
+        more = len(duplicated) - 1
+        message += f" (and {more} more duplicated id{'s' if more > 1 else ''})"
+    raise InputError(message + "; ids must be unique (resume goes by them): nothing was run")
+
+
 def parse_group(spec: str | Iterable[str] | None) -> list[str]:
     """``"a,b"``, ``["a", "b"]`` or repeated ``-m``: the names of one group of endpoints."""
     if spec is None:
@@ -222,6 +247,10 @@ class Result:
     response_id: str | None = None
     duration_ms: int | None = None
     attempts: int = 0
+    #: Whether the exchange is in the log (False with -n, or when its write failed).
+    logged: bool = False
+    #: Why the log could not take it (a full disk), one line; the row keeps the text.
+    log_error: str | None = None
 
     def row(self, batch_id: str) -> dict[str, Any]:
         """The line of the output file."""
@@ -239,6 +268,8 @@ class Result:
             "duration_ms": self.duration_ms,
             "response_id": self.response_id,
             "batch_id": batch_id,
+            "logged": self.logged,
+            "log_error": self.log_error,
         }
 
 
@@ -251,6 +282,8 @@ class Summary:
     output_tokens: int = 0
     interrupted: bool = False
     seconds: float = 0.0
+    #: Lines whose exchange could not be logged (their rows keep the text).
+    not_logged: int = 0
 
     @property
     def not_run(self) -> int:
@@ -260,6 +293,8 @@ class Summary:
         text = f"{self.ok} ok, {self.failed} failed in {self.seconds:.1f} s"
         if self.skipped:
             text += f" ({self.skipped} already ok, skipped)"
+        if self.not_logged:
+            text += f"; {self.not_logged} not logged (see log_error in the output)"
         if self.interrupted:
             text += f"; {self.not_run} not finished"
         return text
@@ -387,30 +422,6 @@ class _Planned:
     options: dict[int, dict[str, Any]]  # per endpoint (by model object id)
 
 
-class _Logger:
-    """Logs each exchange once, tagged with the batch id, through one connection (a lock
-    keeps the worker threads' transactions apart)."""
-
-    def __init__(self, batch_id: str) -> None:
-        from llmcli.log import LogStore
-
-        self.batch_id = batch_id
-        self._store = LogStore()  # opened now: a log that cannot be written fails first
-        self._lock = threading.Lock()
-        self._logged: set[str] = set()
-
-    def __call__(self, response: Response, **changes: Any) -> None:
-        with self._lock:
-            if response.id in self._logged:
-                return
-            self._logged.add(response.id)
-            self._store.log(replace(response.record(), batch_id=self.batch_id, **changes))
-
-    def close(self) -> None:
-        with self._lock:
-            self._store.close()
-
-
 class Batch:
     """One run over ``lines``. ``options_for(model)`` gives the command's options for a
     model (the CLI parses ``-o`` pairs per model); a line's own options override them."""
@@ -442,11 +453,17 @@ class Batch:
         self._errors: list[Result] = []
         self._planned: list[_Planned] = []
         self.skipped = 0
+        refuse_duplicate_ids(lines)
         self._plan()
         used = {id(m): m for p in self._planned for m in p.group}
         self.jobs = max(1, jobs) if jobs else default_jobs(used.values())
         self.endpoints = Endpoints(self.jobs)
-        self._logger = _Logger(self.batch_id) if log and config.logging_enabled() else None
+        self._logger: SharedLog | None = None
+        if log and config.logging_enabled():
+            from llmcli.log import SharedLog
+
+            # Opened now: a log that cannot be opened fails before anything is sent.
+            self._logger = SharedLog(batch_id=self.batch_id)
         self._in_flight: dict[str, Response] = {}
         self._lock = threading.Lock()
 
@@ -464,13 +481,7 @@ class Batch:
         return self._models[cache_key]
 
     def _plan(self) -> None:
-        seen: dict[str, int] = {}
         for line in self.lines:
-            if line.error is None and line.key in seen:
-                line.error = (f"line {line.number}: duplicate id {line.id!r} (first on line "
-                              f"{seen[line.key]})")
-            if line.error is None:
-                seen[line.key] = line.number
             if line.key in self.done and line.error is None:
                 self.skipped += 1
                 continue
@@ -535,6 +546,7 @@ class Batch:
             else:
                 summary.failed += 1
             summary.output_tokens += result.output_tokens or 0
+            summary.not_logged += result.log_error is not None
             on_result(result)
 
         try:
@@ -553,8 +565,12 @@ class Batch:
         except KeyboardInterrupt:
             summary.interrupted = True
             self.stop.set()
-            # Workers stop reading at their next chunk; give them a moment to log and to
-            # hand back what completed, then log whatever is still stuck waiting.
+            with self._lock:
+                in_flight = list(self._in_flight.values())
+            for response in in_flight:
+                response.cancel()  # even one waiting on a silent upstream ends now
+            # Workers end their responses (each logs what arrived as partial); give them a
+            # moment to hand back what completed, then log whatever is still stuck.
             deadline = time.monotonic() + 3.0
             while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -568,12 +584,10 @@ class Batch:
         return summary
 
     def _log_stuck(self) -> None:
-        if self._logger is None:
-            return
         with self._lock:
             stuck = list(self._in_flight.values())
         for response in stuck:
-            self._logger(response, status="partial", error="interrupted")
+            response.abandon()  # logged as partial now, once
 
     def _work(self, todo: queue.Queue[_Planned], results: queue.Queue[Result]) -> None:
         while not self.stop.is_set():
@@ -584,6 +598,11 @@ class Batch:
             result = self._run_line(planned)
             if result is not None:
                 results.put(result)
+
+    def _logged(self, response: Response | None) -> dict[str, Any]:
+        if response is None or self._logger is None:
+            return {"logged": False, "log_error": None}
+        return {"logged": response.log_error is None, "log_error": response.log_error}
 
     def _run_line(self, planned: _Planned) -> Result | None:
         line = planned.line
@@ -612,11 +631,14 @@ class Batch:
                     return None
                 usage = response.usage()
                 self.endpoints.succeeded(model)
+                # A reply the log could not take is still a finished line: an ok row that
+                # says so (resume must not pay for it again).
                 return Result(line, "ok", model=model.model_id, prefill=prefill,
                               text=response.text(), input_tokens=usage.input_tokens,
                               output_tokens=usage.output_tokens,
                               stop_reason=usage.stop_reason, response_id=response.id,
-                              duration_ms=response.duration_ms, attempts=attempt)
+                              duration_ms=response.duration_ms, attempts=attempt,
+                              **self._logged(response))
             except Exception as exc:  # a plugin's bug must not take the other lines down
                 again, told = retryable(exc, attempt)
                 if again and not self.stop.is_set():
@@ -630,7 +652,7 @@ class Batch:
                               text=text or None, error=f"line {line.number}: {message}",
                               response_id=response.id if response is not None else None,
                               duration_ms=response.duration_ms if response else None,
-                              attempts=attempt)
+                              attempts=attempt, **self._logged(response))
             finally:
                 self.endpoints.release(model)
                 if response is not None:

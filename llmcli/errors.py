@@ -2,6 +2,7 @@
 
     LLMCLIError
      ├── UnknownModelError        no model by that name (message lists close matches)
+     ├── RefusedModelError        a name llmcli will not run (a preset nested in a preset)
      ├── KeyNeededError           the model needs an API key and none was found
      ├── PrefillUnsupportedError  a prefill was asked of a model that cannot honour it
      ├── OptionsError             an -o option the model does not know, or a bad value
@@ -39,6 +40,12 @@ class UnknownModelError(LLMCLIError):
         super().__init__(message)
 
 
+class RefusedModelError(LLMCLIError):
+    """A model name that resolves but that llmcli will not run: a server preset nested in
+    another (``vllm/ollama/x``), which would send the request on to a server that resolves
+    the rest of the name again (a loop when it is ``llmcli serve`` itself)."""
+
+
 class KeyNeededError(LLMCLIError):
     def __init__(self, model_id: str, key_name: str, env_var: str | None) -> None:
         self.model_id = model_id
@@ -72,6 +79,12 @@ class ConversationError(LLMCLIError):
 
 class LogError(LLMCLIError):
     pass
+
+
+class LogWarning(UserWarning):
+    """A reply that arrived but could not be logged (a full disk, a log that became
+    unwritable): the reply is kept, ``Response.log_error`` says why, and this warning is
+    issued instead of an error."""
 
 
 class ConfigError(LLMCLIError):

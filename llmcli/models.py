@@ -15,8 +15,10 @@ plugin registry for other models only to name alternatives in an error, and open
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,10 +28,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from llmcli import config
 from llmcli import schema as schemas
+from llmcli.cancel import Cancellation
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import (
     KeyNeededError,
     LLMCLIError,
+    LogWarning,
     OptionsError,
     PartialResponseError,
     PrefillUnsupportedError,
@@ -62,6 +66,9 @@ __all__ = [
 
 #: What ``log=`` accepts besides True/False: called once with each finished Response.
 Logger = Callable[["Response"], None]
+
+#: The end of a backend's events (``next(events, _END)``).
+_END: Any = object()
 
 
 class Options(BaseModel):
@@ -299,7 +306,9 @@ class Response:
     """One exchange. Iterate it for normalized chunks; ``text()`` drains and joins them.
 
     The text always begins with ``prefill``. The response is logged once, when it ends:
-    ``complete``, ``partial`` (interrupted or broken after some text) or ``error``.
+    ``complete``, ``partial`` (interrupted or broken after some text) or ``error``. A log
+    that fails then never costs the reply: ``log_error`` says why, and a
+    :class:`~llmcli.errors.LogWarning` is issued instead of an error.
     """
 
     def __init__(
@@ -319,6 +328,10 @@ class Response:
         self.error: str | None = None
         self.duration_ms: int | None = None
         self._logger = logger
+        self._log_lock = threading.Lock()
+        #: Why this response could not be logged (one line), or None.
+        self.log_error: str | None = None
+        self._cancellation = Cancellation()
         self._chunks: list[str] = []
         self._usage = Usage()
         self._iterator: Generator[str, None, None] | None = None
@@ -386,6 +399,28 @@ class Response:
         if self._iterator is not None and not self.done:
             self._iterator.close()
 
+    def cancel(self) -> None:
+        """Stop the response from any thread, even while its backend waits for an upstream
+        that says nothing: the connections the backend opened are shut down, and the thread
+        iterating the response sees the iteration end at once, with what arrived kept and
+        logged as partial (error ``interrupted``). A response not started yet never
+        connects."""
+        self._cancellation.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancellation.is_set()
+
+    def abandon(self) -> None:
+        """Give up on a response whose thread did not end when cancelled (a backend stuck
+        somewhere no cancellation reaches): it is logged now, from the calling thread, as
+        partial (error ``interrupted``) with what arrived. It is logged once: whatever its
+        own thread does later is not logged again."""
+        self.cancel()
+        if self.status == "pending":
+            self.status, self.error = "partial", "interrupted"
+        self._log()
+
     def text_so_far(self) -> str:
         return "".join(self._chunks)
 
@@ -406,8 +441,16 @@ class Response:
         normalizer = PrefillNormalizer(self.prefill, self.prefill_support)
         started = time.monotonic()
         raw_seen = False
+        cancellation = self._cancellation
+        events = self._events()
         try:
-            for event in self._events():
+            while not cancellation.is_set():
+                # The backend runs under the cancellation only while it is asked for its next
+                # event: the sockets it connects then are the ones cancel() shuts down.
+                with cancellation.running():
+                    event = next(events, _END)
+                if event is _END or cancellation.is_set():
+                    break
                 if isinstance(event, str):
                     raw_seen = raw_seen or bool(event)
                     out = normalizer.feed(event)
@@ -418,31 +461,45 @@ class Response:
                     normalizer.set_sent_prefill(event.text)
                 elif isinstance(event, Usage):
                     self._usage = event
+            if cancellation.is_set():
+                self._interrupted(normalizer)
+                return
             tail = normalizer.finish()
             if tail:
                 self._chunks.append(tail)
                 yield tail
             self.status = "complete"
         except BaseException as exc:
-            # Interrupted (Ctrl-C, the consumer stopped iterating) or failed: keep what arrived.
-            interrupted = isinstance(exc, GeneratorExit | KeyboardInterrupt)
-            tail = normalizer.finish() if raw_seen or interrupted else ""
+            # Interrupted (Ctrl-C, the consumer stopped iterating, cancel()) or failed: keep
+            # what arrived.
+            stopped = isinstance(exc, GeneratorExit | KeyboardInterrupt)
+            if stopped or cancellation.is_set():
+                self._interrupted(normalizer)
+                if stopped:
+                    raise
+                return  # the failure was the cancellation's doing (a connection shut down)
+            tail = normalizer.finish() if raw_seen else ""
             if tail:
                 self._chunks.append(tail)
-            self.status = "partial" if raw_seen or interrupted else "error"
-            if interrupted:
-                self.error = "interrupted"
-                raise
+            self.status = "partial" if raw_seen else "error"
             error = self._as_llmcli_error(exc, raw_seen)
             self.error = str(error)
             if error is exc:
                 raise
             raise error from exc
         finally:
+            events.close()
             self.duration_ms = int((time.monotonic() - started) * 1000)
             self._log()
 
-    def _events(self) -> Iterator[Chunk]:
+    def _interrupted(self, normalizer: PrefillNormalizer) -> None:
+        tail = normalizer.finish()
+        if tail:
+            self._chunks.append(tail)
+        self.status = "partial"
+        self.error = "interrupted"
+
+    def _events(self) -> Generator[Chunk, None, None]:
         """The backend's events; in the ``validated`` schema mode, those of the first
         attempt whose reply conforms (each attempt buffered, a failed one sent back with its
         error, :data:`llmcli.schema.DEFAULT_RETRIES` times at most)."""
@@ -494,9 +551,22 @@ class Response:
         return cls(message)
 
     def _log(self) -> None:
-        if self._logger is not None:
+        """Hand the response to its logger, once. A logger that fails (a full disk, a log
+        made unwritable since it was opened) does not undo the reply: the reason is kept in
+        ``log_error`` and issued as a :class:`~llmcli.errors.LogWarning`."""
+        with self._log_lock:
             logger, self._logger = self._logger, None
+        if logger is None:
+            return
+        try:
             logger(self)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, LLMCLIError):
+                reason = f"{type(exc).__name__}: {reason}"
+            self.log_error = config.scrub(reason)
+            warnings.warn(f"Response {self.id} was not logged: {self.log_error}", LogWarning,
+                          stacklevel=2)
 
     def record(self) -> ResponseRecord:
         """This response as it stands, frozen: what the log writes and ``to_dict`` shows."""

@@ -46,6 +46,8 @@ from llmcli.errors import (
 from llmcli.models import Chunk, KeySpec, Model, Options, PrefillSent, Request, Usage
 
 __all__ = [
+    "CONNECT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "BaseURLOption",
     "Call",
     "HTTPFault",
@@ -62,6 +64,14 @@ __all__ = [
 #: The longest provider message kept in an error line (an HTML error page is not a message).
 MAX_DETAIL = 300
 
+#: Seconds a request waits for the server when ``-o timeout`` is not given: for each wait
+#: (connecting, the reply's first byte, each later read), not for the whole reply, so a long
+#: streamed reply is never cut. The SDKs' own default (600 s, more with their retries) held
+#: a request to an upstream that never answers for ten minutes.
+DEFAULT_TIMEOUT = 300.0
+#: The longest wait for a connection, whatever the timeout (the SDKs' own default).
+CONNECT_TIMEOUT = 5.0
+
 
 # -- options ---------------------------------------------------------------------------------
 
@@ -75,7 +85,8 @@ class RemoteOptions(Options):
     :class:`BaseURLOption` when the endpoint may be moved) and add the model's own."""
 
     timeout: float | None = Field(
-        default=None, gt=0, description="Seconds to wait for the server (the SDK's default)")
+        default=None, gt=0,
+        description=f"Seconds to wait for the server (default {DEFAULT_TIMEOUT:g})")
     max_retries: int = Field(
         default=2, ge=0, le=10,
         description="Retries on rate limits, server errors and lost connections")
@@ -279,6 +290,7 @@ class Call:
     sdk: Any
     #: Where the request goes (:meth:`RemoteModel.endpoint`).
     base_url: str
+    #: ``-o timeout``, else :data:`DEFAULT_TIMEOUT`.
     timeout: float | None = None
     max_retries: int = 2
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -286,6 +298,11 @@ class Call:
     @property
     def options(self) -> Any:
         return self.request.options
+
+    @property
+    def connect_timeout(self) -> float | None:
+        """The timeout for connecting: ``timeout``, at most :data:`CONNECT_TIMEOUT`."""
+        return None if self.timeout is None else min(self.timeout, CONNECT_TIMEOUT)
 
 
 # Exceptions recognised by class name, so that this module imports no HTTP library: httpx's,
@@ -381,7 +398,7 @@ class RemoteModel(Model):
         sdk = self.import_sdk()
         options = request.options
         call = Call(request=request, sdk=sdk, base_url=self.endpoint(request),
-                    timeout=getattr(options, "timeout", None),
+                    timeout=getattr(options, "timeout", None) or DEFAULT_TIMEOUT,
                     max_retries=getattr(options, "max_retries", 2),
                     secrets=(request.key,) if request.key else ())
         wire = self.build(request)

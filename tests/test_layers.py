@@ -32,6 +32,7 @@ RANKS = {
     "llmcli.errors": 1,
     "llmcli.progress": 1,  # the one status line on stderr (CLI spinner, plugin stages)
     "llmcli.capabilities": 1,
+    "llmcli.cancel": 1,  # cancelling a response from another thread (its sockets)
 }
 
 

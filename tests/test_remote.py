@@ -237,7 +237,7 @@ def test_the_endpoint_variable(acme: types.ModuleType, monkeypatch: pytest.Monke
      "Acme rate limit (429) after 2 retries: slow down, [REDACTED]. Wait, or raise -o "
      "max_retries."),
     (TimeoutException("read timed out"), ProviderTimeoutError,
-     "Acme did not answer within the time limit after 2 retries; raise -o timeout"),
+     "Acme did not answer within 300s after 2 retries; raise -o timeout"),
     (ConnectError("refused"), ProviderConnectionError,
      "Could not connect to Acme at https://api.acme.example after 2 retries: refused"),
     (ValueError("odd"), ProviderError, "Acme request failed: ValueError: odd"),
@@ -292,8 +292,7 @@ def test_options_the_model_lacks_are_not_suggested(acme: types.ModuleType) -> No
 
     Client.script = [StatusError(429, "slow down"), TimeoutException()]
     for expected in ("Acme rate limit (429) after 2 retries: slow down. Wait, and try again.",
-                     "Acme did not answer within the time limit after 2 retries; try again "
-                     "later"):
+                     "Acme did not answer within 300s after 2 retries; try again later"):
         with pytest.raises(ProviderError) as info:
             Bare("bare").prompt("Go on", log=False).text()
         assert str(info.value) == expected

@@ -238,6 +238,12 @@ class LLMCLIGroup(DefaultGroup):
         return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
+        from llmcli.errors import LogWarning
+
+        # A reply that could not be logged is one line from the command that printed it.
+        warnings.filterwarnings("ignore", category=LogWarning)
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):

@@ -107,11 +107,17 @@ def batch(
         handled.append(signal.SIGINT)
     previous = {signum: signal.signal(signum, stop) for signum in handled}
     try:
+        warned: list[bool] = []
+
         def write(result: Any) -> None:
             out.write(json.dumps(result.row(run.batch_id), ensure_ascii=False) + "\n")
             out.flush()
             if progress is not None:
                 progress.advance(result)
+            if result.log_error and not warned:  # once; the summary counts them all
+                warned.append(True)
+                click.echo(f"Warning: line {result.line.number} was not logged "
+                           f"({result.log_error}); its row keeps the text", err=True)
 
         summary = run.run(write)
     finally:

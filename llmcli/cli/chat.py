@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from llmcli.cli.prompt import parse_options
+from llmcli.cli.prompt import parse_options, warn_if_not_logged
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
@@ -180,6 +180,7 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
         if not wrote_newline:
             out.write("\n")
             out.flush()
+        warn_if_not_logged(response)
 
 
 @click.command(name="chat")

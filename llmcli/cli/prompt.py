@@ -249,6 +249,7 @@ def prompt(
             _interrupted(response, newline=False)
         data = response.to_dict()
         click.echo(json.dumps(data, ensure_ascii=False))
+        warn_if_not_logged(response)
         _print_usage(response, show_usage)
         return
 
@@ -264,6 +265,7 @@ def prompt(
         sys.stdout.write(block if block is not None else text if text.endswith("\n")
                          else text + "\n")
         sys.stdout.flush()
+        warn_if_not_logged(response)
         _print_usage(response, show_usage)
         return
 
@@ -284,10 +286,12 @@ def prompt(
     except LLMCLIError:
         if not wrote_newline:
             out.write("\n")
+        warn_if_not_logged(response)
         raise
     if not wrote_newline:
         out.write("\n")
     out.flush()
+    warn_if_not_logged(response)
     _print_usage(response, show_usage)
 
 
@@ -329,10 +333,21 @@ def _print_usage(response: Any, show: bool) -> None:
     click.echo("Token usage: " + usage_line(response.record().row()), err=True)
 
 
+def warn_if_not_logged(response: Any) -> None:
+    """One line on stderr when a reply could not be logged (a full disk): the reply itself
+    was printed, and the command does not fail for it."""
+    if response.log_error:
+        click.echo(f"Warning: this reply was not logged: {response.log_error}", err=True)
+
+
 def _interrupted(response: Any, newline: bool = True) -> None:
     response.close()
     if newline:
         sys.stdout.write("\n")
     sys.stdout.flush()
-    click.echo("Interrupted: the partial response was logged.", err=True)
+    if response.log_error:
+        warn_if_not_logged(response)
+        click.echo("Interrupted.", err=True)
+    else:
+        click.echo("Interrupted: the partial response was logged.", err=True)
     sys.exit(130)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from llmcli.log.store import LogStore, Recordable, logs_path, open_db
+from llmcli.log.store import LogStore, Recordable, SharedLog, logs_path, open_db
 
-__all__ = ["LogStore", "Recordable", "logs_path", "open_db"]
+__all__ = ["LogStore", "Recordable", "SharedLog", "logs_path", "open_db"]

@@ -20,6 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -204,6 +205,46 @@ def open_read_only(path: Path) -> Database:
             "writable once, or read it with the llmcli that wrote it"
         )
     return db
+
+
+class SharedLog:
+    """One log connection for many threads (``llmcli serve``, ``llmcli batch``): a lock keeps
+    their transactions apart, and every record is written with ``tags`` (``batch_id``).
+    Opened at once, so that a log that cannot be opened fails before any request."""
+
+    def __init__(self, path: Path | None = None, **tags: Any) -> None:
+        self._store = LogStore(path=path)
+        self.path = self._store.path
+        self._tags = tags
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Write a row and take it back, now: a log that opens but cannot be written (a
+        full disk, a file made read-only) is a LogError here rather than at the first
+        reply."""
+        db = self._store.db
+        with self._lock, _db_errors(self.path):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(f"insert into {MIGRATIONS_TABLE} (name, applied_at) values (?, ?)",
+                           ["_llmcli_write_check", _now()])
+                db.execute(f"delete from {MIGRATIONS_TABLE} where name = ?",
+                           ["_llmcli_write_check"])
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+
+    def __call__(self, response: ResponseRecord | Recordable) -> None:
+        record = response if isinstance(response, ResponseRecord) else response.record()
+        if self._tags:
+            record = replace(record, **self._tags)
+        with self._lock:
+            self._store.log(record)
+
+    def close(self) -> None:
+        with self._lock:
+            self._store.close()
 
 
 def fts_prefix_query(query: str) -> str:

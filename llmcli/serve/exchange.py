@@ -7,8 +7,12 @@ its scheduler steps together) gets that many slots; further requests to it wait 
 their own thread, so they never hold up anything else, and a client that leaves while waiting
 frees its place at once.
 
-Cancelling (a client that went away, or shutdown) stops the response at its next chunk; the
-Response then logs what arrived as ``partial``, as Ctrl-C does in the terminal.
+Cancelling (a client that went away, or shutdown) stops the response at once, even while its
+backend waits on an upstream that says nothing (:meth:`llmcli.Response.cancel` shuts its
+connections down); the Response then logs what arrived as ``partial``, as Ctrl-C does in the
+terminal. At shutdown, :func:`stop_all` cancels what is left, waits a moment for the threads,
+and logs any that did not end itself (:meth:`llmcli.Response.abandon`). The threads are
+daemons: a backend stuck where no cancellation reaches never holds the process up.
 """
 
 from __future__ import annotations
@@ -16,12 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from llmcli.models import Model, Response, concurrency_limit
 
-__all__ = ["Exchange", "model_slots"]
+__all__ = ["STOP_WAIT", "Exchange", "model_slots", "stop_all"]
+
+#: Seconds the threads of cancelled exchanges get to end at shutdown (they end within
+#: milliseconds once their connections are shut down, or an SDK's retry pause), before the
+#: ones still running are logged from the event loop (:func:`stop_all`).
+STOP_WAIT = 1.0
 
 _slots: dict[tuple[str | None, str], threading.BoundedSemaphore] = {}
 _slots_guard = threading.Lock()
@@ -53,7 +63,7 @@ class Exchange:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._cancelled = threading.Event()
-        self.thread = threading.Thread(target=self._pump, daemon=False,
+        self.thread = threading.Thread(target=self._pump, daemon=True,
                                        name=f"llmcli-serve-{response.id[:8]}")
 
     def start(self) -> Exchange:
@@ -61,7 +71,9 @@ class Exchange:
         return self
 
     def cancel(self) -> None:
+        """Stop the response now, from any thread (the event loop's: it never blocks)."""
         self._cancelled.set()
+        self.response.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -118,3 +130,19 @@ class Exchange:
                 raise value
             else:
                 return
+
+
+async def stop_all(exchanges: Collection[Exchange], wait: float) -> list[Exchange]:
+    """Cancel every exchange, give their threads ``wait`` seconds in all to end (each logs
+    what arrived as partial), then log those still running as partial from here. Returns
+    the ones that had to be abandoned."""
+    for exchange in exchanges:
+        exchange.cancel()
+    deadline = time.monotonic() + wait
+    while any(e.thread.is_alive() for e in exchanges) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    stuck = [e for e in exchanges if e.thread.is_alive()]
+    for exchange in stuck:
+        # A log write may wait for SQLite's lock: not on the event loop.
+        await asyncio.to_thread(exchange.response.abandon)
+    return stuck

@@ -89,7 +89,7 @@ def test_bad_lines_become_error_rows_and_the_rest_still_runs(user_dir: Path, tmp
         {"id": "option", "prompt": "x", "options": {"bogus": 1}},
         {"id": "value", "prompt": "x", "options": {"chunk_size": "many"}},
         {"id": "prefill", "prompt": "x", "model": "test-unsupported", "prefill": "{"},
-        {"id": "good", "prompt": "duplicate"},
+        {"id": "number", "prompt": 5},
         "",
         {"id": "fails", "prompt": "x", "options": {"fail_after": 0, "max_tokens": 5}},
         {"id": 12, "prompt": "also fine", "extra": "ignored"},
@@ -106,7 +106,7 @@ def test_bad_lines_become_error_rows_and_the_rest_still_runs(user_dir: Path, tmp
     assert errors[6].startswith("line 6: Unknown option 'bogus' for test-eats")
     assert errors[7].startswith("line 7: Option 'chunk_size' for test-eats")
     assert errors[8].startswith("line 8: Model 'test-unsupported' does not support prefill")
-    assert errors[9] == "line 9: duplicate id 'good' (first on line 1)"
+    assert errors[9] == 'line 9: "prompt" must be a non-empty string'
     assert errors[11].startswith("line 11: test provider: connection reset")
     assert all("\n" not in e for e in errors.values())
     assert {row["id"] for row in found if row["status"] == "ok"} == {12, "good"}

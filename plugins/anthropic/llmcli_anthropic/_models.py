@@ -158,7 +158,7 @@ class ClaudeModel(RemoteModel):
         args: dict[str, Any] = {"api_key": call.request.key, "base_url": call.base_url,
                                 "max_retries": call.max_retries}
         if call.timeout is not None:
-            args["timeout"] = call.timeout
+            args["timeout"] = call.sdk.Timeout(call.timeout, connect=call.connect_timeout)
         return call.sdk.Anthropic(**args)
 
     def send(self, client: Any, wire: WireRequest, call: Call) -> Any:

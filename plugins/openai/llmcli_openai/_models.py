@@ -98,7 +98,7 @@ class _ChatCompletionsModel(RemoteModel):
             "max_retries": call.max_retries,
         }
         if call.timeout is not None:
-            args["timeout"] = call.timeout
+            args["timeout"] = call.sdk.Timeout(call.timeout, connect=call.connect_timeout)
         client = call.sdk.OpenAI(**args)
         if self.backend.base_url is not None:
             # The SDK picks up OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment;
