@@ -1,4 +1,5 @@
-"""Exact prefill (``prefill_mode="exact"``) against a slow reference: grammar-forced greedy
+"""Forced prefill (``prefill_mode="forced"``, called ``exact`` before ``chars`` became the
+default) against a slow reference: grammar-forced greedy
 decoding, one constrained step per prefill token, written here independently of
 ``llmcli_local.exact`` (a brute-force mask over the whole vocabulary)."""
 
@@ -79,8 +80,8 @@ def exact_tokens(backend: Any, messages: Any, prefill: str, free: int,
     head = exact_split(backend, messages, prefill.encode())
     split = head.ids[len(head.ids) - head.prefill_tokens:]
     tokens.clear()
-    events = list(decode.generate(without_eos(backend), messages, prefill,
-                                  decode.GenerationSettings(max_tokens=free)))
+    settings = decode.GenerationSettings(max_tokens=free, prefill_mode="forced")
+    events = list(decode.generate(without_eos(backend), messages, prefill, settings))
     usage = events[-1]
     assert isinstance(usage, Usage)
     text = "".join(e for e in events if isinstance(e, str))
@@ -98,7 +99,7 @@ def test_exact_split_is_grammar_forced_decoding(tiny_any: Any, recorded_tokens: 
     want = reference(backend, MESSAGES, prefill.encode(), 6)
     split, generated, usage = exact_tokens(backend, MESSAGES, prefill, 6, recorded_tokens)
     assert (split, generated) == want
-    assert usage.details["prefill_mode"] == "exact"
+    assert usage.details["prefill_mode"] == "forced"
     assert usage.details["prefill_tokens"] == len(split)
 
 
@@ -133,13 +134,13 @@ def test_one_pass_when_the_tokenizer_split_is_the_models(tiny: Any) -> None:
 def test_modes_and_the_old_switch(tiny: Any, recorded_tokens: list[int]) -> None:
     from llmcli_local.options import LocalOptions
 
-    assert LocalOptions().prefill_mode == "exact"
+    assert LocalOptions().prefill_mode == "chars"
     assert LocalOptions(token_healing="0").prefill_mode == "none"
     assert LocalOptions(prefill_mode="heal").prefill_mode == "heal"
     with pytest.raises(ValueError, match="token_healing 0 means prefill_mode none"):
         LocalOptions(token_healing=False, prefill_mode="exact")
     backend = without_eos(tiny)
-    for mode in ("exact", "heal", "none"):
+    for mode in ("chars", "heal", "none", "forced"):
         events = list(decode.generate(backend, MESSAGES, "The URL is http:",
                                       decode.GenerationSettings(max_tokens=3, prefill_mode=mode)))
         usage = events[-1]
@@ -152,7 +153,7 @@ def test_sampling_keeps_the_prefill(tiny: Any, recorded_tokens: list[int]) -> No
         for prefill in ['["Cal', "Answer: ", "🙂"]:
             recorded_tokens.clear()
             events = list(decode.generate(backend, MESSAGES, prefill, decode.GenerationSettings(
-                max_tokens=5, temperature=1.5, seed=seed)))
+                max_tokens=5, temperature=1.5, seed=seed, prefill_mode="forced")))
             usage = events[-1]
             assert isinstance(usage, Usage)
             pending = usage.details["healed"].encode()

@@ -206,7 +206,8 @@ def test_a_waiting_sequence_cancelled_never_runs(tiny: Any, recorded_tokens: lis
     from llmcli_local.scheduler import CANCELLED, Scheduler
 
     scheduler = Scheduler(without_eos(tiny), max_batch=1)
-    running = scheduler.submit(_messages("A"), "def ", _settings(max_tokens=60))
+    running = scheduler.submit(_messages("A"), "def ",
+                               _settings(max_tokens=60, prefill_mode="none"))
     waiting = scheduler.submit(_messages("B"), "The", _settings(max_tokens=60))
     waiting.cancel()
     assert _drain(running)[1].output_tokens == 60

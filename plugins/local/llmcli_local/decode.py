@@ -1,5 +1,6 @@
 """The decode loop, over any :class:`~llmcli_local.backend.Backend`: the prompt (template and
-prefill) in one forward pass, the prefill's split (``prefill_mode``: exact, heal or none),
+prefill) in one forward pass, the prefill's split (``prefill_mode``: chars, heal, none or
+forced),
 sampling, UTF-8-safe streaming, stop sequences and usage. Nothing here knows which backend
 runs the model.
 
@@ -18,7 +19,7 @@ import torch
 from llmcli.capabilities import StopReason
 from llmcli.errors import ConfigError
 from llmcli.models import Usage
-from llmcli_local import exact
+from llmcli_local import boundary, exact
 from llmcli_local.backend import Backend, common_prefix
 from llmcli_local.healing import HealPlan, plan_healing
 from llmcli_local.streaming import TextStream
@@ -28,12 +29,16 @@ __all__ = ["PREFILL_MODES", "Decoding", "GenerationSettings", "Prepared", "Promp
 
 Messages = Sequence[Mapping[str, str]]
 
-#: How the prefill is split into tokens: ``exact``, the model's own split (grammar-forced
-#: decoding's tokens, verified in one pass: :mod:`llmcli_local.exact`); ``heal``, the
-#: tokenizer's split with its last token(s) backed off and regenerated; ``none``, the
-#: tokenizer's split as it is.
-PREFILL_MODES = ("exact", "heal", "none")
-PrefillMode = Literal["exact", "heal", "none"]
+#: How the prefill is split into tokens: ``chars`` (the default), the model's reply given
+#: the prefill's characters: the tokenizer's split, its boundary region weighed over every
+#: canonical split in the same pass (:mod:`llmcli_local.boundary`); ``heal``, the tokenizer's
+#: split with its last token(s) backed off and regenerated; ``none``, the tokenizer's split as
+#: it is; ``forced``, grammar-forced decoding's split, verified in passes
+#: (:mod:`llmcli_local.exact`: the reference of old, slow on text the model would not write).
+PREFILL_MODES = ("chars", "heal", "none", "forced")
+PrefillMode = Literal["chars", "heal", "none", "forced"]
+#: ``exact`` was ``forced``'s name until the default became ``chars``.
+OLD_PREFILL_MODES = {"exact": "forced"}
 
 #: Speculative decoding: the draft's first round proposes this many tokens; a round the
 #: model takes whole proposes two more next time (up to DRAFT_MAX), one it does not, one more
@@ -58,7 +63,7 @@ class GenerationSettings:
     top_k: int = 0
     seed: int | None = None
     stop: Sequence[str] = ()
-    prefill_mode: PrefillMode = "exact"
+    prefill_mode: PrefillMode = "chars"
     #: The old switch: False means ``prefill_mode="none"``.
     token_healing: bool = True
     template_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +75,10 @@ class GenerationSettings:
 
     @property
     def mode(self) -> PrefillMode:
-        return self.prefill_mode if self.token_healing else "none"
+        if not self.token_healing:
+            return "none"
+        mode: Any = OLD_PREFILL_MODES.get(self.prefill_mode, self.prefill_mode)
+        return mode
 
 
 @dataclass
@@ -139,7 +147,8 @@ class Prepared:
     """A call's prompt, tokenized, before any forward pass: what its KV cache will need
     (``capacity`` positions), so that a scheduler can hold it back until that fits."""
 
-    #: The prompt's ids (``exact``: the template's only; the prefill's split comes later).
+    #: The prompt's ids (``forced``: the template's only; the prefill's split comes later;
+    #: ``chars``: the template and the prefill's body).
     ids: list[int]
     capacity: int
     budget: int
@@ -150,6 +159,8 @@ class Prepared:
     first_draft: list[int] = field(default_factory=list)
     #: The grammar's state (:class:`llmcli_local.grammar.Constraint`), the prefill checked.
     constraint: Any = None
+    #: ``chars`` with a prefill: the body, the boundary region and its paths.
+    boundary: boundary.Plan | None = None
 
 
 def prepare(backend: Backend[Any], messages: Messages, prefill: str,
@@ -163,7 +174,14 @@ def prepare(backend: Backend[Any], messages: Messages, prefill: str,
 def _prepare(backend: Backend[Any], messages: Messages, prefill: str,
              settings: GenerationSettings) -> Prepared:
     context = backend.context_length or 1 << 30
-    if settings.mode == "exact" and prefill:
+    if settings.mode == "chars" and prefill:
+        template = render(backend, messages, "", settings.template_kwargs)
+        plan = boundary.plan(backend, backend.encode(template), template, prefill)
+        budget = _budget(settings, context, len(plan.body) + len(plan.canon))
+        # Room for every path the pass scores; one of them stays.
+        return Prepared(plan.body, len(plan.body) + len(plan.tokens) + budget, budget,
+                        boundary=plan)
+    if settings.mode == "forced" and prefill:
         template = render(backend, messages, "", settings.template_kwargs)
         template_ids = backend.encode(template)
         prefill_bytes = prefill.encode("utf-8")
@@ -184,14 +202,33 @@ def start(backend: Backend[Any], prepared: Prepared, settings: GenerationSetting
     started = time.perf_counter() if started is None else started
     vocab = backend.vocab
     allowed: Callable[[bytes], list[int]] = vocab.allowed
-    if prepared.exact_prefill is not None:
+    generator = _generator(backend, settings)
+    first: int | None = None
+    prefill_tokens: int | None = None
+    details: dict[str, Any] = {}
+    if prepared.boundary is not None:
+        plan = prepared.boundary
+        constraint = prepared.constraint
+        with torch.inference_mode():
+            choice, cache, logits, forward_passes = boundary.start(
+                backend, plan, prepared.capacity, temperature=settings.temperature,
+                generator=generator, top_k=settings.top_k, top_p=settings.top_p,
+                allowed=constraint.extends if constraint is not None else None)
+        budget = prepared.budget
+        pending, first = choice.pending, choice.first
+        input_tokens = len(plan.body) + len(choice.path)
+        prefill_tokens = plan.body_prefill + len(choice.path)
+        details = {"boundary_bytes": len(plan.region), "boundary_paths": len(plan.tokens),
+                   "boundary_covers": choice.considered,
+                   "boundary_dropped": choice.dropped}
+    elif prepared.exact_prefill is not None:
         with torch.inference_mode():
             head = exact.start(backend, prepared.ids, prepared.exact_prefill,
                                prepared.first_draft, prepared.capacity)
         budget = _budget(settings, backend.context_length or 1 << 30, len(head.ids))
         logits, cache, pending = head.logits, head.cache, head.pending
         input_tokens, forward_passes = len(head.ids), head.passes
-        prefill_tokens: int | None = head.prefill_tokens
+        prefill_tokens = head.prefill_tokens
         allowed = vocab.consistent
     else:
         budget = prepared.budget
@@ -199,17 +236,28 @@ def start(backend: Backend[Any], prepared: Prepared, settings: GenerationSetting
         logits, cache = backend.prompt(prepared.ids, prepared.capacity)
         pending = prepared.pending
         input_tokens, forward_passes = len(prepared.ids), 1
-        prefill_tokens = None
     sequence = Decoding(backend, settings, logits=logits, cache=cache, pending=pending,
                         allowed=allowed, budget=budget, input_tokens=input_tokens,
                         forward_passes=forward_passes, prefill_tokens=prefill_tokens,
-                        started=started)
+                        started=started, generator=generator, first=first, details=details)
     if prepared.constraint is not None:
         # The grammar takes the prefill's bytes that are in the cache; the bytes still owed
         # go with the next token, which both constraints then choose.
         prepared.constraint.feed_prefill(owed=len(pending))
         sequence.constraint = prepared.constraint
     return sequence
+
+
+def _generator(backend: Backend[Any], settings: GenerationSettings) -> torch.Generator | None:
+    """The sampler's random source (seeded where the call gives a seed); None: greedy."""
+    if settings.temperature <= 0:
+        return None
+    generator = torch.Generator(device=backend.device)
+    if settings.seed is not None:
+        generator.manual_seed(settings.seed)
+    else:
+        generator.seed()
+    return generator
 
 
 # -- constrained decoding (llmcli_local.grammar): small hooks, used only with a grammar
@@ -246,7 +294,9 @@ class Decoding:
     def __init__(self, backend: Backend[Any], settings: GenerationSettings, *,
                  logits: torch.Tensor, cache: Any, pending: bytes,
                  allowed: Callable[[bytes], list[int]], budget: int, input_tokens: int,
-                 forward_passes: int, prefill_tokens: int | None, started: float) -> None:
+                 forward_passes: int, prefill_tokens: int | None, started: float,
+                 generator: torch.Generator | None = None, first: int | None = None,
+                 details: Mapping[str, Any] | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.logits = logits
@@ -259,13 +309,10 @@ class Decoding:
         self.forward_passes = forward_passes
         self.prefill_tokens = prefill_tokens
         self.started = started
-        self.generator: torch.Generator | None = None
-        if settings.temperature > 0:
-            self.generator = torch.Generator(device=backend.device)
-            if settings.seed is not None:
-                self.generator.manual_seed(settings.seed)
-            else:
-                self.generator.seed()
+        self.generator = generator
+        #: The first token where the prompt pass chose it already (``chars``' cover).
+        self.first = first
+        self.details = dict(details or {})
         self.stream = TextStream(skip=pending, stops=settings.stop)
         self.stop_reason = StopReason.MAX_TOKENS
         self.produced = 0
@@ -287,6 +334,9 @@ class Decoding:
 
     def choose(self) -> int:
         """The next token from ``logits`` (constrained while the prefill is not covered)."""
+        if self.first is not None:
+            token, self.first = self.first, None
+            return token
         # Inference mode only around tensor work, never across a yield: grad mode is
         # thread-local, and the consumer's code runs while a generator is suspended.
         with torch.inference_mode():
@@ -467,6 +517,7 @@ class Decoding:
                 "healed": self.healed.decode("utf-8", errors="replace"),
                 **({"prefill_tokens": self.prefill_tokens}
                    if self.prefill_tokens is not None else {}),
+                **self.details,
                 "forward_passes": self.forward_passes,
                 "prompt_seconds": round(self.prompt_seconds, 4),
                 "first_text_seconds": (

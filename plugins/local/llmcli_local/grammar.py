@@ -110,6 +110,7 @@ class Constraint:
 
         self._vocab = tokenizer.vocab_size
         self._prefill = b""
+        self._after: Any = None
         self._bits = torch.arange(32, dtype=torch.int32)
 
     def check_prefill(self, data: bytes) -> None:
@@ -135,6 +136,20 @@ class Constraint:
         data = self._prefill[: len(self._prefill) - owed]
         if data and not self.matcher.consume_tokens(self.tokenizer.tokenize_bytes(data)):
             raise ConfigError(f"The prefill breaks the grammar: {self.matcher.get_error()}")
+
+    def extends(self, extra: bytes | None) -> bool:
+        """Whether the grammar takes ``extra`` bytes right after the whole prefill (None:
+        whether the reply may end there): character-level prefill
+        (:mod:`llmcli_local.boundary`) asks it of each cover before choosing one."""
+        if self._after is None:
+            self._after = self.matcher.deep_copy()
+            if self._prefill:
+                self._after.consume_tokens(self.tokenizer.tokenize_bytes(self._prefill))
+        if extra is None:
+            return bool(self._after.is_accepting())
+        probe = self._after.deep_copy()
+        tokens = self.tokenizer.tokenize_bytes(extra)
+        return bool(probe.try_consume_tokens(tokens) == len(tokens))
 
     def allowed(self) -> torch.Tensor:
         """The tokens the grammar allows next, as a bool tensor over the vocabulary."""

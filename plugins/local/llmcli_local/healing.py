@@ -197,6 +197,10 @@ class Vocab:
         ids.sort()
         return ids
 
+    def exact_ids(self, data: bytes) -> list[int]:
+        """The (non-atomic) tokens whose bytes are exactly ``data``."""
+        return list(self._exact.get(data, ()))
+
     def longest_prefix(self, data: bytes) -> int | None:
         """The id of the longest (non-atomic) token whose bytes start ``data``, if any."""
         best: int | None = None

@@ -66,11 +66,13 @@ class LocalOptions(llmcli.Options):
     stop: StrList = Field(
         default_factory=list, description="Stop sequences (never included in the output)"
     )
-    prefill_mode: Literal["exact", "heal", "none"] = Field(
-        "exact",
-        description="How the prefill is split into tokens: exact = the model's own split "
-        "(as grammar-forced decoding, verified in one pass); heal = the tokenizer's split, "
-        "last token(s) regenerated; none = the tokenizer's split as is",
+    prefill_mode: Literal["chars", "heal", "none", "forced"] = Field(
+        "chars",
+        description="How the prefill is split into tokens: chars = the reply given the "
+        "prefill's characters (the tokenizer's split, its last piece weighed over every "
+        "canonical split in the same pass); heal = the tokenizer's split, last token(s) "
+        "regenerated; none = the tokenizer's split as is; forced = grammar-forced decoding's "
+        "split (slow on text the model would not write; 'exact' is its old name)",
     )
     token_healing: bool | None = Field(
         None, description="Old switch: 0 is prefill_mode none (use prefill_mode instead)"
@@ -108,6 +110,11 @@ class LocalOptions(llmcli.Options):
         description="Keep the model loaded in a background worker this long after a call "
         "(300, 90s, 5m, 1h; 0 = off; default 5m, or LLMCLI_LOCAL_KEEP_ALIVE)",
     )
+
+    @field_validator("prefill_mode", mode="before")
+    @classmethod
+    def _old_mode_name(cls, value: Any) -> Any:
+        return "forced" if value == "exact" else value
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -131,6 +131,49 @@ class LeanBackend:
         cache.ids = list(ids)
         return LeanScores(states, self.decoder.weights.lm_head), cache
 
+    def prompt_tree(self, ids: Sequence[int], tokens: Sequence[int], parents: Sequence[int],
+                    capacity: int) -> tuple[LeanScores, LeanCache]:
+        """One pass over ``ids`` and a tree of continuations after them: node ``i`` is
+        ``tokens[i]``, child of node ``parents[i]`` (-1: of the last of ``ids``; a parent
+        comes before its children). Row 0 of the scores is after ``ids``, row ``1 + i``
+        after node ``i`` and its ancestors. The cache holds the nodes after ``ids`` until
+        :meth:`keep_path` keeps one path of them."""
+        body, count = len(ids), len(tokens)
+        if body + count > capacity:
+            raise RuntimeError("the prompt is longer than the KV buffer")
+        with torch.inference_mode():
+            cache = self._new_cache(ids, capacity, keep=1)
+            start = cache.position
+            rows = body - start
+            end = body + count
+            depth: list[int] = []
+            mask = torch.zeros((rows + count, end), dtype=torch.bool)
+            mask[:rows, :body] = torch.ones((rows, body), dtype=torch.bool).tril(start)
+            mask[rows:, :body] = True
+            for i, parent in enumerate(parents):
+                depth.append(0 if parent < 0 else depth[parent] + 1)
+                if parent >= 0:
+                    mask[rows + i] = mask[rows + parent]
+                mask[rows + i, body + i] = True
+            positions = list(range(start, body)) + [body + d for d in depth]
+            states = self.decoder.states(cache.buffers, [*ids[start:], *tokens], start,
+                                         count + 1, tree=(positions, mask))
+        cache.position = end
+        cache.ids = [*ids, *tokens]
+        return LeanScores(states, self.decoder.weights.lm_head), cache
+
+    def keep_path(self, cache: LeanCache, body: int, nodes: Sequence[int]) -> None:
+        """After :meth:`prompt_tree` over ``body`` ids: keep the nodes ``nodes`` (a path
+        from the root, in order) as the positions after the body, and forget the rest."""
+        tokens = cache.ids[body:]
+        with torch.inference_mode():
+            for at, node in enumerate(nodes):
+                if node != at:  # a parent's slot is before its child's: copies go forward
+                    for buffer in cache.buffers:
+                        buffer[:, :, body + at] = buffer[:, :, body + node]
+        cache.position = body + len(nodes)
+        cache.ids = [*cache.ids[:body], *(tokens[node] for node in nodes)]
+
     def _new_cache(self, ids: Sequence[int], capacity: int, keep: int) -> LeanCache:
         """An empty cache of ``capacity``, its first positions copied from a kept prefix of
         ``ids`` where there is one (its ``position`` says how many); the last ``keep`` ids

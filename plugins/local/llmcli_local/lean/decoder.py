@@ -134,22 +134,31 @@ class Decoder:
         return linear(self.states(buffers, ids, start, 1)[-1:], self.weights.lm_head)[0]
 
     def states(self, buffers: KVBuffers, ids: list[int], start: int,
-               keep: int) -> torch.Tensor:
+               keep: int, tree: tuple[list[int], torch.Tensor] | None = None
+               ) -> torch.Tensor:
         """The same pass; the final-normed hidden states of its last ``keep`` positions,
-        shape (keep, hidden): the output head (``weights.lm_head``) turns a row into logits."""
+        shape (keep, hidden): the output head (``weights.lm_head``) turns a row into logits.
+
+        ``tree``: the pass's RoPE positions and its attention mask, shape (count, start +
+        count), True where a row attends: several continuations scored in one pass, each
+        row seeing only the cache and its own ancestors (:mod:`llmcli_local.boundary`)."""
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         weights = self.weights
         count = len(ids)
         end = start + count
         index = torch.tensor(ids, dtype=torch.long, device=weights.embed.device)
         x = weights.embed[index].unsqueeze(0)  # (1, count, hidden)
-        positions = torch.arange(start, end, device=x.device).unsqueeze(0)
+        mask = None
+        if tree is not None:
+            positions = torch.tensor(tree[0], device=x.device).unsqueeze(0)
+            mask = tree[1].to(x.device)
+        else:
+            positions = torch.arange(start, end, device=x.device).unsqueeze(0)
+            if start > 0 and count > 1:
+                mask = torch.ones((count, end), dtype=torch.bool, device=x.device).tril(start)
         cos, sin = self.rotary(x, positions)  # (1, count, dim)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         half = dim // 2
-        mask = None
-        if start > 0 and count > 1:
-            mask = torch.ones((count, end), dtype=torch.bool, device=x.device).tril(start)
         for layer, buffer in zip(weights.layers, buffers, strict=True):
             h = _rms(x, layer.norm_in, self.eps)
             q, k, v = _qkv(layer, h, self.sizes)
