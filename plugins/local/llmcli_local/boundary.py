@@ -354,38 +354,45 @@ class Covers:
         return keep
 
 
-#: Greedy weighs covers, likeliest first, until those left hold less than this share of
-#: the mass found valid: they could not change which next character is likeliest.
+#: The distribution of next characters weighs covers, likeliest first, until those left
+#: hold less than this share of the mass found valid.
 TAIL = 1e-5
+
+Enough = Callable[[list[tuple[int, "Cover"]], float], bool]
 
 
 def _valid(backend: Backend[Any], covers: Covers, order: Sequence[int],
-           allowed: Callable[[bytes | None], bool] | None, first_only: bool
+           allowed: Callable[[bytes | None], bool] | None, enough: Enough
            ) -> tuple[list[tuple[int, Cover]], int]:
     """The covers among ``order`` that are canonical and that a grammar allows, in that
-    order: only the first with ``first_only``; else until the covers left (``order`` is by
-    probability then) hold a negligible share of the mass. And how many were looked at."""
+    order, until ``enough(valid, rest)`` says so (``rest``: the log-probability mass of the
+    covers not looked at yet, where ``order`` is by probability). And how many were looked
+    at."""
     encoder = _encoder(backend)
     valid: list[tuple[int, Cover]] = []
     seen = 0
     logp = covers.logp[list(order)].double() if order else torch.empty(0)
     # The mass of every cover from position i on.
     tail = torch.logcumsumexp(logp.flip(0), 0).flip(0) if len(logp) else logp
-    found = -math.inf
     for chunk in _chunks(list(order), 16):
-        if not first_only and valid and seen < len(order) and \
-                float(tail[seen]) < found + math.log(TAIL):
-            break
         described = [covers[k] for k in chunk]
         canonical = _canonical(encoder, [(c.ids, c.spelled) for c in described])
         for k, cover, good in zip(chunk, described, canonical, strict=True):
             seen += 1
             if good and (allowed is None or allowed(cover.extra)):
                 valid.append((k, cover))
-                found = _logaddexp(found, float(covers.logp[k]))
-                if first_only:
+                rest = float(tail[seen]) if seen < len(order) else -math.inf
+                if enough(valid, rest):
                     return valid, seen
     return valid, seen
+
+
+def _masses(covers: Covers, valid: Sequence[tuple[int, Cover]]) -> dict[int, float]:
+    """Log-probability mass of each next character over ``valid``."""
+    mass: dict[int, float] = {}
+    for k, cover in valid:
+        mass[cover.char] = _logaddexp(mass.get(cover.char, -math.inf), float(covers.logp[k]))
+    return mass
 
 
 def next_chars(backend: Backend[Any], p: Plan, logp: torch.Tensor,
@@ -395,10 +402,13 @@ def next_chars(backend: Backend[Any], p: Plan, logp: torch.Tensor,
     covers = Covers(backend, p, logp)
     keep = covers.likeliest()
     order = keep[torch.argsort(covers.logp[keep], descending=True)].tolist()
-    valid, _ = _valid(backend, covers, order, allowed, False)
-    mass: dict[int, float] = {}
-    for k, cover in valid:
-        mass[cover.char] = _logaddexp(mass.get(cover.char, -math.inf), float(covers.logp[k]))
+
+    def enough(valid: list[tuple[int, Cover]], rest: float) -> bool:
+        found = float(torch.logsumexp(covers.logp[[k for k, _ in valid]], 0))
+        return rest < found + math.log(TAIL)
+
+    valid, _ = _valid(backend, covers, order, allowed, enough)
+    mass = _masses(covers, valid)
     total = -math.inf
     for value in mass.values():
         total = _logaddexp(total, value)
@@ -436,16 +446,20 @@ def choose(backend: Backend[Any], p: Plan, logp: torch.Tensor, *, temperature: f
     else:
         keys = covers.logp[keep].double()
     order = keep[torch.argsort(keys, descending=True)].tolist()
-    valid, seen = _valid(backend, covers, order, allowed, first_only=temperature > 0)
+    def enough(valid: list[tuple[int, Cover]], rest: float) -> bool:
+        if temperature > 0:
+            return True  # the first valid cover in Gumbel order is the draw
+        # Greedy: once the covers left cannot lift another character above the leader.
+        ranked = sorted((math.exp(m) for m in _masses(covers, valid).values()), reverse=True)
+        return math.exp(rest) < ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)
+
+    valid, seen = _valid(backend, covers, order, allowed, enough)
     if not valid:  # nothing canonical (a tokenizer this cannot read): the likeliest cover
         valid = [(order[0], covers[order[0]])]
     pick = valid[0][1]
     if temperature <= 0:
         # The likeliest next character, then its likeliest cover.
-        mass: dict[int, float] = {}
-        for k, cover in valid:
-            mass[cover.char] = _logaddexp(mass.get(cover.char, -math.inf),
-                                          float(covers.logp[k]))
+        mass = _masses(covers, valid)
         char = max(mass, key=lambda c: mass[c])
         pick = next(cover for _, cover in valid if cover.char == char)
     start = p.starts[pick.j]

@@ -272,7 +272,8 @@ def grammar_constraint(backend: Backend[Any], settings: GenerationSettings,
     from llmcli_local import grammar
 
     tokenizer = grammar.tokenizer_for(backend.vocab, backend.eos_ids, backend.encode)
-    constraint = grammar.Constraint(tokenizer, settings.grammar)
+    constraint = grammar.Constraint(tokenizer, settings.grammar,
+                                    json_text=grammar.describe(settings.grammar) == "json_schema")
     constraint.check_prefill(prefill.encode("utf-8"))
     return constraint
 
@@ -323,6 +324,8 @@ class Decoding:
         self.constraint: Any = None
         #: Tokens the grammar forced, taken without a choice (run in one pass each run).
         self.forced_tokens = 0
+        #: Tokens written to end a JSON reply the budget would have cut (``--schema``).
+        self.closed_tokens = 0
         #: Speculative decoding: the draft model (None: none, or not this call's), its
         #: cache for this sequence, how many tokens to propose next, and how many it
         #: proposed and the model kept.
@@ -379,7 +382,13 @@ class Decoding:
         are owed): the caller takes them with :meth:`advance` and runs them in one pass."""
         if self.constraint is None or self.pending or self.done:
             return []
-        return self.constraint.forced()[: self.budget - self.produced]
+        left = self.budget - self.produced
+        closing = self.constraint.closing(left)
+        if closing is not None:
+            # What is left of the budget is what ending the JSON takes: end it now.
+            self.closed_tokens += len(closing)
+            return closing
+        return self.constraint.forced()[:left]
 
     def extended(self, run: Sequence[int], scores: Any) -> None:
         """The logits after a run of tokens (a sampled one and those forced after it),
@@ -528,6 +537,8 @@ class Decoding:
                 "device": self.backend.device,
                 **({"forced_tokens": self.forced_tokens}
                    if self.constraint is not None else {}),
+                # The budget was nearly spent: the constraint closed the JSON value.
+                **({"closed_by_budget": self.closed_tokens} if self.closed_tokens else {}),
                 # Speculative decoding: tokens the draft proposed, and those kept.
                 **({"draft_tokens": self.draft_proposed, "draft_accepted": self.draft_accepted}
                    if self.draft_proposed else {}),

@@ -95,10 +95,118 @@ def tokenizer_for(vocab: Vocab, eos_ids: frozenset[int], encode: Any) -> llguida
     return cached
 
 
+#: Close a JSON reply once the budget left is within this many tokens of what closing
+#: takes: a token may open more than it closes (``, "`` or ``[{"``).
+CLOSING_MARGIN = 3
+#: How near the end of the budget the runtime starts asking what closing would take.
+CLOSING_LOOKOUT = 48
+
+
+class JsonCloser:
+    """Follows JSON text byte by byte and says the shortest bytes that end it as a whole
+    value: close an open string (finishing an escape), finish a number, give a value
+    where one is due, close every open array and object. Under ``--schema`` the runtime
+    writes them when the token budget left is what closing needs, so that a reply cut by
+    ``max_tokens`` is still valid JSON (where the schema takes the closing)."""
+
+    def __init__(self) -> None:
+        #: Open containers: ``[`` or ``{``.
+        self.stack: list[str] = []
+        self.in_string = False
+        self.escape = 0  # 1 after a backslash; 2..5 inside a \uXXXX
+        #: Inside an object: "key" before a key, "colon" after one, "value" after the colon.
+        self.expect = "value"
+        self.number = b""
+        self.literal = b""
+
+    def feed(self, data: bytes) -> None:
+        for byte in data:
+            self._byte(bytes([byte]))
+
+    def _byte(self, ch: bytes) -> None:
+        if self.in_string:
+            if self.escape == 1:
+                self.escape = 2 if ch == b"u" else 0
+            elif self.escape >= 2:
+                self.escape = self.escape + 1 if self.escape < 5 else 0
+            elif ch == b"\\":
+                self.escape = 1
+            elif ch == b'"':
+                self.in_string = False
+                self._value_done(key=self.expect == "key")
+            return
+        if self.number and ch in b"0123456789.eE+-":
+            self.number += ch
+            return
+        if self.literal and ch.isalpha():
+            self.literal += ch
+            return
+        self.number = self.literal = b""
+        if ch in b" \t\r\n":
+            return
+        if ch == b'"':
+            self.in_string = True
+        elif ch in b"[{":
+            self.stack.append(ch.decode())
+            self.expect = "key" if ch == b"{" else "value"
+        elif ch in b"]}":
+            if self.stack:
+                self.stack.pop()
+            self._value_done(key=False)
+        elif ch == b":":
+            self.expect = "value"
+        elif ch == b",":
+            self.expect = "key" if self.stack and self.stack[-1] == "{" else "value"
+        elif ch in b"-0123456789":
+            self.number = ch
+            self._value_done(key=False)
+        elif ch.isalpha():
+            self.literal = ch
+            self._value_done(key=False)
+
+    def _value_done(self, key: bool) -> None:
+        self.expect = "colon" if key else "after"
+
+    @property
+    def depth(self) -> int:
+        return len(self.stack) + self.in_string
+
+    def closings(self) -> list[bytes]:
+        """Ways to end the text, shortest first (a due value can be any of several)."""
+        head = b""
+        expect = self.expect
+        if self.in_string:
+            head += {0: b"", 1: b"n"}.get(self.escape, b"0" * (6 - self.escape)) + b'"'
+            expect = "colon" if expect == "key" else "after"
+        elif self.number and not self.number[-1:].isdigit():
+            head += b"0"
+        elif self.literal:
+            for word in (b"true", b"false", b"null"):
+                if word.startswith(self.literal):
+                    head += word[len(self.literal):]
+                    break
+        values = (b'""', b"0", b"[]", b"{}", b"null", b"false")
+        if not self.stack:
+            return [head] if expect != "value" else [head + v for v in values]
+        if expect == "colon":
+            return [head + b": " + v + self._tail() for v in values]
+        if expect == "value":
+            first = [head + b"]" + self._tail(skip=1)] if self.stack[-1] == "[" else []
+            return [*first, *(head + v + self._tail() for v in values)]
+        if expect == "key":
+            return [head + b"}" + self._tail(skip=1), head + b'"": null' + self._tail()]
+        return [head + self._tail()]
+
+    def _tail(self, skip: int = 0) -> bytes:
+        opened = self.stack[: len(self.stack) - skip] if skip else self.stack
+        return b"".join(b"]" if c == "[" else b"}" for c in reversed(opened))
+
+
 class Constraint:
     """One sequence's grammar state."""
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: GrammarText) -> None:
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: GrammarText,
+                 json_text: bool = False) -> None:
         error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
         if error and not error.startswith("WARNING"):
             raise ConfigError(f"Invalid grammar: {error}")
@@ -111,6 +219,8 @@ class Constraint:
         self._vocab = tokenizer.vocab_size
         self._prefill = b""
         self._after: Any = None
+        #: For a JSON Schema's grammar: the text so far, to close it within the budget.
+        self.closer = JsonCloser() if json_text else None
         self._bits = torch.arange(32, dtype=torch.int32)
 
     def check_prefill(self, data: bytes) -> None:
@@ -136,6 +246,8 @@ class Constraint:
         data = self._prefill[: len(self._prefill) - owed]
         if data and not self.matcher.consume_tokens(self.tokenizer.tokenize_bytes(data)):
             raise ConfigError(f"The prefill breaks the grammar: {self.matcher.get_error()}")
+        if self.closer is not None:
+            self.closer.feed(data)
 
     def extends(self, extra: bytes | None) -> bool:
         """Whether the grammar takes ``extra`` bytes right after the whole prefill (None:
@@ -172,6 +284,41 @@ class Constraint:
         if not self.matcher.consume_token(token):
             raise ConfigError(f"Constrained decoding: token {token} broke the grammar "
                               f"({self.matcher.get_error()})")
+        if self.closer is not None:
+            self.closer.feed(self.tokenizer.decode_bytes([token]))
+
+    def closing(self, budget: int) -> list[int] | None:
+        """Tokens that end the JSON text here as a value the grammar takes, where they fit
+        in ``budget`` tokens and little more would (None: not yet, or no way found). Where
+        the grammar forces more first (a required key), that is written, then closed."""
+        import copy
+
+        closer = self.closer
+        if closer is None or self.matcher.is_stopped() or budget > CLOSING_LOOKOUT:
+            return None
+        probe, follow, out = self.matcher.deep_copy(), copy.deepcopy(closer), []
+        for _ in range(8):
+            # A separator's space may be owed first (``"key": value``, ``", "``).
+            for data in [*follow.closings(), *(b" " + d for d in follow.closings())]:
+                tokens = self.tokenizer.tokenize_bytes(data)
+                trial = probe.deep_copy()
+                if trial.try_consume_tokens(tokens) == len(tokens) and trial.is_accepting():
+                    found = [*out, *tokens]
+                    return found if len(found) + CLOSING_MARGIN >= budget else None
+            forced = list(probe.compute_ff_tokens())
+            if not forced:  # the part of a closing the grammar takes (a string's quote)
+                for data in follow.closings():
+                    tokens = self.tokenizer.tokenize_bytes(data)
+                    taken = probe.deep_copy().try_consume_tokens(tokens)
+                    if taken:
+                        forced = list(tokens[:taken])
+                        break
+            if not forced:
+                return None
+            probe.consume_tokens(forced)
+            follow.feed(self.tokenizer.decode_bytes(forced))
+            out.extend(forced)
+        return None
 
     def consume_all(self, tokens: Sequence[int]) -> None:
         for token in tokens:
