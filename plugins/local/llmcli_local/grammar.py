@@ -296,7 +296,8 @@ class Constraint:
         closer = self.closer
         if closer is None or self.matcher.is_stopped() or budget > CLOSING_LOOKOUT:
             return None
-        probe, follow, out = self.matcher.deep_copy(), copy.deepcopy(closer), []
+        probe, follow = self.matcher.deep_copy(), copy.deepcopy(closer)
+        out: list[int] = []
         for _ in range(8):
             # A separator's space may be owed first (``"key": value``, ``", "``).
             for data in [*follow.closings(), *(b" " + d for d in follow.closings())]:
