@@ -103,7 +103,10 @@ class Cancellation:
 
     def _connecting(self, sock: socket.socket) -> None:
         if self._event.is_set():
-            # The audit hook's exception aborts the connect: nothing more is sent.
+            # The audit hook's exception aborts the connect: nothing more is sent. The
+            # socket is closed here: code that closes its socket on a failed connect does so
+            # for an OSError, not for this.
+            sock.close()
             raise CancelledConnection("the response was cancelled")
         fd = sock.fileno()
         identity = _identity(fd)

@@ -14,6 +14,7 @@ from typing import Any
 from llmcli.errors import ConfigError
 
 __all__ = ["user_dir", "cache_dir", "keys_path", "load_keys", "set_key", "get_key", "default_model",
+           "ensure_user_dir", "replace_private", "tighten",
            "set_default_model", "logging_enabled", "set_logging", "aliases_path", "load_aliases",
            "save_aliases", "model_options_path", "load_model_options", "save_model_options",
            "long_lived", "mark_long_lived"]
@@ -65,13 +66,47 @@ def long_lived() -> bool:
     return _long_lived
 
 
+#: The user directory and the files in it that hold secrets or history: the owner's alone.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
 def ensure_user_dir() -> Path:
+    """The user directory, created readable by its owner only (0700); one that exists
+    with a looser mode is tightened, with a notice."""
     path = user_dir()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"Cannot create the user directory {path}: {exc.strerror}") from exc
+    tighten(path)
     return path
+
+
+def tighten(path: Path) -> None:
+    """Take away any permission a directory has beyond 0700, or a file beyond 0600, saying
+    so in one line on stderr; nothing when it is not there, is something else, or is not
+    ours (then it cannot be changed, and its owner decides)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        mode = PRIVATE_DIR
+    elif stat.S_ISREG(info.st_mode):
+        mode = PRIVATE_FILE
+    else:
+        return
+    current = stat.S_IMODE(info.st_mode)
+    if not current & ~mode or not hasattr(os, "getuid") or info.st_uid != os.getuid():
+        return
+    try:
+        path.chmod(current & mode)
+    except OSError:
+        return
+    sys.stderr.write(f"llmcli: {path} could be read by other users (mode {current:04o}); "
+                     f"now {current & mode:04o}\n")
+    sys.stderr.flush()
 
 
 def keys_path() -> Path:
@@ -83,10 +118,7 @@ def load_keys() -> dict[str, str]:
     if not path.exists():
         return {}
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            # Looser than 0600: tighten it before reading secrets from it.
-            path.chmod(0o600)
+        tighten(path)  # before reading secrets from it
         data = json.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"Cannot read the keys file {path}: {exc.strerror}") from exc
@@ -107,16 +139,55 @@ def _writing(path: Path) -> Iterator[None]:
 
 
 def set_key(name: str, value: str) -> None:
-    keys = load_keys()
-    keys[name] = value
+    """Store a key. The file is read, changed and replaced under a lock, so that two
+    ``llmcli keys set`` at once both keep their key, and replaced whole (a temporary file
+    made 0600, then renamed), so that it is never half written nor readable by others."""
     ensure_user_dir()
     path = keys_path()
+    with _locked(path):
+        keys = load_keys()
+        keys[name] = value
+        replace_private(path, json.dumps(keys, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) for changing ``path``, held for the block, on
+    the file ``path`` + ``.lock`` beside it; no lock where the platform has no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with _writing(path):  # a lock that cannot be made: the file cannot be written either
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT,
+                     PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def replace_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all, readable by its owner only: a
+    temporary file in the same directory, created 0600, flushed to disk, then renamed over
+    ``path``. One plain line naming the file when it cannot be written."""
+    import tempfile
+
     with _writing(path):
-        # Create with 0600 from the start so the secret is never readable by others.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(keys, f, indent=2)
-        path.chmod(0o600)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
 
 def get_key(name: str, env_var: str | None, explicit: str | None = None) -> str | None:

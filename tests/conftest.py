@@ -17,6 +17,19 @@ from llmcli import config, plugins
 
 
 @pytest.fixture(autouse=True, scope="session")
+def private_umask() -> Iterator[None]:
+    """What the run creates is its owner's alone (umask 077), as llmcli makes its user
+    directory (0700) and log (0600): a test that makes a user directory itself does not get
+    llmcli's notice that it tightened one in every stderr it checks. The tests of that
+    tightening (tests/test_permissions.py) set a looser umask themselves."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def no_worker_left_behind() -> Iterator[None]:
     """Keep-alive workers started by the run live in its own run directory (never the
     user's), and are stopped, then killed, when the run ends."""

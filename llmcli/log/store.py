@@ -151,6 +151,7 @@ def open_db(path: Path | None = None, *, create: bool = True) -> Database:
             # later and do not say why.
             raise LogError(f"Cannot write the log database {path}: "
                            f"{_why_not_writable(path)}; pass -n to go on without logging")
+        _private(path)
     with _db_errors(path):
         # A response's log is opened when the prompt is prepared and written by whichever
         # thread reads the response; one thread at a time, and sqlite3 serializes anyway.
@@ -162,6 +163,16 @@ def open_db(path: Path | None = None, *, create: bool = True) -> Database:
             db.enable_wal()
         migrate(db)
     return db
+
+
+def _private(path: Path) -> None:
+    """The log readable by its owner only: created 0600 before SQLite opens it (its -wal
+    and -shm files take the database's mode), and tightened to 0600 (with a notice) where
+    an older llmcli or a umask left it, or them, open to others."""
+    with contextlib.suppress(OSError):  # exists, or cannot be made: SQLite says which
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, config.PRIVATE_FILE))
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        config.tighten(path.with_name(name))
 
 
 def writable(path: Path) -> bool:

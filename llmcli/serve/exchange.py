@@ -70,10 +70,15 @@ class Exchange:
         self.thread.start()
         return self
 
-    def cancel(self) -> None:
-        """Stop the response now, from any thread (the event loop's: it never blocks)."""
+    def cancel(self, error: BaseException | None = None) -> None:
+        """Stop the response now, from any thread (the event loop's: it never blocks). With
+        ``error``, whoever reads :meth:`chunks` gets it at once, after the chunks already
+        handed over, without waiting for the thread to wind down (a shutdown's 503)."""
+        first = not self._cancelled.is_set()
         self._cancelled.set()
         self.response.cancel()
+        if error is not None and first:
+            self._put("error", error)
 
     @property
     def cancelled(self) -> bool:

@@ -49,11 +49,13 @@ class Server:
 
 
 def start_server(user_dir: Path, *args: str, plugins: str = "llmcli-testmodels",
-                 **env: str) -> Server:
+                 preexec_fn: Callable[[], None] | None = None, **env: str) -> Server:
+    """``llmcli serve`` on a free port; ``preexec_fn`` runs in the child before it starts
+    (a resource limit, say)."""
     environment = env_for(user_dir, LLMCLI_LOAD_PLUGINS=plugins, PYTHONUNBUFFERED="1", **env)
     proc = subprocess.Popen([str(SCRIPT), "serve", "--port", "0", *args], env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     found = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", line)
