@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +22,50 @@ PAGES = {
 }
 
 
+#: Bodies past the size limit: declared up front, or streamed without a length.
+HUGE = 10 * 1024 * 1024 + 1
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        try:
+            if self.path.startswith("/huge"):
+                return self.huge(declared=self.path == "/huge")
+            if self.path == "/drip":
+                return self.drip()
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+            return None
         status, content_type, body = PAGES.get(self.path, (404, "text/plain", b""))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def huge(self, declared: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        if declared:
+            self.send_header("Content-Length", str(HUGE))
+        else:
+            self.send_header("Connection", "close")  # the body ends when the connection does
+        self.end_headers()
+        block = b"a" * 65536
+        for _ in range(HUGE // len(block) + 2):
+            self.wfile.write(block)
+
+    def drip(self) -> None:
+        """Each byte in time for a read timeout, never all of them in time for the limit."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        for _ in range(100):
+            self.wfile.write(b"a")
+            self.wfile.flush()
+            time.sleep(0.05)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -124,3 +161,36 @@ def test_a_template_keeps_its_fragments_and_reads_them_when_used(run, test_model
     monkeypatch.chdir(user_dir)
     assert run("-t", "notes").exit_code == 0
     assert test_models.requests[-1].prompt == "v2\n\nSummarize"
+
+
+@pytest.mark.parametrize("path", ["/huge", "/huge-streamed"])
+def test_a_url_past_the_size_limit_is_a_one_line_error(run, test_models, server: str,
+                                                       path: str) -> None:
+    one_line_error(run("-m", "test-eats", "x", "-f", f"{server}{path}"),
+                   f"Fragment {server}{path}: larger than 10 MiB; save it to a file and pass "
+                   "the file")
+    assert not test_models.requests
+
+
+def test_a_url_must_download_within_the_time_limit(run, test_models, server: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmcli.cli import fragments
+
+    monkeypatch.setattr(fragments, "URL_TIMEOUT", 1.0)  # each byte comes in 0.05 s
+    started = time.monotonic()
+    one_line_error(run("-m", "test-eats", "x", "-f", f"{server}/drip"),
+                   f"Fragment {server}/drip: the download took longer than 1 s")
+    assert time.monotonic() - started < 3
+    assert not test_models.requests
+
+
+def test_a_url_at_the_size_limit_is_read(run, test_models, server: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmcli.cli import fragments
+
+    size = len("Served text: café\n".encode())
+    monkeypatch.setattr(fragments, "MAX_URL_BYTES", size)
+    assert run("-m", "test-eats", "x", "-f", f"{server}/doc.txt").exit_code == 0
+    monkeypatch.setattr(fragments, "MAX_URL_BYTES", size - 1)
+    one_line_error(run("-m", "test-eats", "x", "-f", f"{server}/doc.txt"),
+                   f"larger than {size - 1} bytes")

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from llmcli.errors import LLMCLIError
 
-#: Long enough for a slow page, short enough that a dead host does not look like a hang.
+#: Long enough for a slow page, short enough that a dead host does not look like a hang:
+#: the limit for the whole download, not only for each wait.
 URL_TIMEOUT = 30.0
+#: The most a URL's fragment may be (10 MiB: more text than any model's context); a larger
+#: page is refused, whatever it claims to be, before more than this is read.
+MAX_URL_BYTES = 10 * 1024 * 1024
 
 
 class FragmentError(LLMCLIError):
@@ -51,7 +56,7 @@ def _fetch(url: str) -> str:
     request = urllib.request.Request(url, headers={"User-Agent": "llmcli"})
     try:
         with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as reply:  # noqa: S310
-            data = reply.read()
+            data = _read_limited(url, reply)
             charset = reply.headers.get_content_charset()
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the connection open
@@ -66,6 +71,34 @@ def _fetch(url: str) -> str:
         except (LookupError, UnicodeDecodeError):
             pass
     return _decode(url, data)
+
+
+def _read_limited(url: str, reply: Any) -> bytes:
+    """The body, at most :data:`MAX_URL_BYTES`, read within :data:`URL_TIMEOUT` seconds in
+    all (a server dripping a byte at a time never times a single read out)."""
+    import time
+
+    mib, rest = divmod(MAX_URL_BYTES, 1024 * 1024)
+    limit = f"{MAX_URL_BYTES} bytes" if rest or not mib else f"{mib} MiB"
+    too_big = FragmentError(f"Fragment {url}: larger than {limit}; save it to a file and "
+                            "pass the file")
+    declared = reply.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_URL_BYTES:
+        raise too_big
+    deadline = time.monotonic() + URL_TIMEOUT
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        part = reply.read1(64 * 1024) if hasattr(reply, "read1") else reply.read(64 * 1024)
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > MAX_URL_BYTES:
+            raise too_big
+        parts.append(part)
+        if time.monotonic() > deadline:
+            raise FragmentError(f"Fragment {url}: the download took longer than "
+                                f"{URL_TIMEOUT:g} s")
 
 
 def _decode(reference: str, data: bytes) -> str:
