@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import json
 import os
 import queue
@@ -284,6 +285,8 @@ class Summary:
     seconds: float = 0.0
     #: Lines whose exchange could not be logged (their rows keep the text).
     not_logged: int = 0
+    #: Lines whose finished reply was taken from the log on resume, not asked again.
+    recovered: int = 0
 
     @property
     def not_run(self) -> int:
@@ -293,6 +296,8 @@ class Summary:
         text = f"{self.ok} ok, {self.failed} failed in {self.seconds:.1f} s"
         if self.skipped:
             text += f" ({self.skipped} already ok, skipped)"
+        if self.recovered:
+            text += f" ({self.recovered} finished before a crash, taken from the log)"
         if self.not_logged:
             text += f"; {self.not_logged} not logged (see log_error in the output)"
         if self.interrupted:
@@ -450,11 +455,15 @@ class Batch:
         self.key = key
         self.stop = threading.Event()
         self._models: dict[str, Model] = {}
+        #: Rows known before anything runs: lines that cannot run, and (on resume) lines
+        #: whose reply the log has although the output file does not.
         self._errors: list[Result] = []
         self._planned: list[_Planned] = []
         self.skipped = 0
+        self.recovered = 0
         refuse_duplicate_ids(lines)
-        self._plan()
+        logging = log and config.logging_enabled()
+        self._plan(self._finished_in_log() if logging and batch_id is not None else {})
         used = {id(m): m for p in self._planned for m in p.group}
         self.jobs = max(1, jobs) if jobs else default_jobs(used.values())
         self.endpoints = Endpoints(self.jobs)
@@ -480,7 +489,37 @@ class Batch:
             self._models[cache_key] = api.get_model(name)
         return self._models[cache_key]
 
-    def _plan(self) -> None:
+    def _finished_in_log(self) -> dict[str, list[dict[str, Any]]]:
+        """This batch's logged exchanges by input line id, oldest first (a resume)."""
+        from llmcli.log import LogStore
+
+        store = LogStore.for_reading()
+        if store is None:
+            return {}
+        try:
+            rows = store.recent(None, batch_id=self.batch_id)
+        finally:
+            store.close()
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            if row.get("batch_line") is not None:
+                found.setdefault(row["batch_line"], []).append(row)
+        return found
+
+    def _from_log(self, line: Line, rows: list[dict[str, Any]]) -> Result | None:
+        """The line's reply from the log: an exchange that completed (a crash came before
+        its row reached the output file), asked with the line's prompt."""
+        complete = [r for r in rows if r["status"] == "complete" and r["prompt"] == line.prompt]
+        if not complete:
+            return None
+        row = complete[-1]
+        return Result(line, "ok", model=row["model"], prefill=row["prefill"] or "",
+                      text=row["text"], input_tokens=row["input_tokens"],
+                      output_tokens=row["output_tokens"], stop_reason=row["stop_reason"],
+                      response_id=row["id"], duration_ms=row["duration_ms"],
+                      attempts=len(rows), logged=True)
+
+    def _plan(self, logged: dict[str, list[dict[str, Any]]]) -> None:
         for line in self.lines:
             if line.key in self.done and line.error is None:
                 self.skipped += 1
@@ -488,6 +527,11 @@ class Batch:
             if line.error is not None:
                 self._errors.append(Result(line, "error", error=line.error,
                                            prefill=line.prefill or self.prefill or ""))
+                continue
+            recovered = self._from_log(line, logged.get(line.key, []))
+            if recovered is not None:
+                self._errors.append(recovered)  # reported first; nothing is sent again
+                self.recovered += 1
                 continue
             try:
                 self._planned.append(self._plan_line(line))
@@ -530,7 +574,7 @@ class Batch:
         sets a flag cannot cut a row in half) or KeyboardInterrupt stops the run: what
         completed is reported, responses in flight are logged as partial, and nothing else
         starts."""
-        summary = Summary(total=self.total, skipped=self.skipped)
+        summary = Summary(total=self.total, skipped=self.skipped, recovered=self.recovered)
         started = time.monotonic()
         results: queue.Queue[Result] = queue.Queue()
         todo: queue.Queue[_Planned] = queue.Queue()
@@ -615,9 +659,12 @@ class Batch:
             attempt += 1
             response: Response | None = None
             try:
+                log: Any = False
+                if self._logger is not None:  # each exchange names the line it answers
+                    log = functools.partial(self._logger, batch_line=line.key)
                 response = api.prompt(
                     model, line.prompt, system=self._system(line), prefill=prefill,
-                    key=self.key, log=self._logger or False, options=planned.options[id(model)],
+                    key=self.key, log=log, options=planned.options[id(model)],
                 )
                 with self._lock:
                     self._in_flight[response.id] = response

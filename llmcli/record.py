@@ -52,6 +52,8 @@ class ResponseRecord:
     error: str | None = None
     #: The ``llmcli batch`` run this exchange belongs to (None outside a batch).
     batch_id: str | None = None
+    #: The id of the batch's input line it answers (as text; None outside a batch).
+    batch_line: str | None = None
     #: The id of the reply's JSON Schema (``--schema``; its text is in the ``schemas`` table).
     schema_id: str | None = None
     #: ``Usage.details`` as JSON (None where the backend reported none).

@@ -332,3 +332,91 @@ def test_an_interrupt_inside_the_write_leaves_the_database_consistent(
     store.log(llmcli.get_model("test-eats").prompt("z", log=False))
     assert [r["prompt"] for r in LogStore().recent()] == ["x", "z"]
     assert store.db.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+#: Logs rows as fast as it can through one held connection, as serve and batch do.
+FAST_WRITER = """
+import sys
+import llmcli
+from llmcli.log import SharedLog
+
+log = SharedLog()
+model = llmcli.get_model("test-eats")
+for i in range(100_000):
+    model.prompt(f"{sys.argv[1]} row {i}", reply="x" * 3000, chunk_size=3000, log=log).text()
+    if i == 20:
+        print("writing", flush=True)
+"""
+
+
+def test_sigkill_mid_write_loses_no_committed_row_and_leaves_the_log_whole(
+        user_dir: Path) -> None:
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.script import env_for
+
+    env = env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    for run in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", FAST_WRITER, f"run{run}"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
+        time.sleep(random.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)  # wherever it is: mid-transaction, mid-checkpoint
+        proc.communicate(timeout=30)
+        conn = sqlite3.connect(user_dir / "logs.db")
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        count, texts_ok = conn.execute(
+            "select count(*), sum(text = ? and status = 'complete') from responses",
+            ["x" * 3000]).fetchone()
+        assert count == texts_ok and count > 21 * (run + 1)  # every row whole
+        fts = conn.execute("select count(*) from responses_fts where responses_fts match 'row'"
+                           ).fetchone()[0]
+        assert fts == count  # the index kept in step
+        prefixes = {p for (p,) in conn.execute("select substr(prompt, 1, 4) from responses")}
+        assert prefixes == {f"run{r}" for r in range(run + 1)}  # earlier runs' rows kept
+        conn.close()
+    # And the next writer finds a log it can use.
+    result = CliRunner().invoke(cli, ["-m", "test-eats", "after the kills"],
+                                env={"LLMCLI_LOAD_PLUGINS": "llmcli-testmodels",
+                                     "LLMCLI_TEST_MODELS": "1"})
+    assert result.exit_code == 0, result.output
+
+
+def test_a_reply_printed_though_the_log_write_fails_is_a_warning(test_models,
+                                                                 user_dir: Path) -> None:
+    """From the CLI, the reply is printed and the command succeeds; stderr says, in one
+    line, that it was not logged. (A real failed write: a file size limit in a subprocess.)"""
+    import resource
+    import subprocess
+
+    from tests.script import SCRIPT, env_for
+
+    env = env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    subprocess.run([str(SCRIPT), "-m", "test-eats", "first"], env=env, check=True,
+                   capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    limit = (user_dir / "logs.db").stat().st_size + 256 * 1024
+    system = user_dir.parent / "system.txt"  # a system prompt too big to log under the limit
+    system.write_text("lorem ipsum " * 60_000)
+
+    def too_big_to_log(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), "-m", "test-eats", "--sf", str(system), *args], env=env,
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+
+    for args, printed in ((["hello", "--prefill", "P:"], "P:reply to: hello\n"),
+                          (["hello", "--no-stream"], "reply to: hello\n")):
+        result = too_big_to_log(*args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == printed
+        assert result.stderr.startswith("Warning: this reply was not logged: Log database ")
+        assert result.stderr.strip().endswith("disk I/O error")
+        assert len(result.stderr.strip().splitlines()) == 1
+    as_json = too_big_to_log("hello", "--json")
+    assert as_json.returncode == 0 and '"text": "reply to: hello"' in as_json.stdout
+    assert len(as_json.stderr.strip().splitlines()) == 1
+    assert [r["prompt"] for r in LogStore().recent(None)] == ["first"]  # nothing lost

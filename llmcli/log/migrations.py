@@ -83,3 +83,11 @@ def m005_usage_details(db: Database) -> None:
     reasoning tokens, the local runtime's prefill mode, passes and timings), as JSON; NULL
     where it reported none."""
     db.table("responses").add_column("usage_json", str)
+
+
+@migration
+def m006_batch_line(db: Database) -> None:
+    """``llmcli batch`` tags each exchange with the id of the input line it answers: a run
+    resumed after a crash takes a line whose reply was logged complete but never reached
+    the output file from the log, instead of paying for it again."""
+    db.table("responses").add_column("batch_line", str)

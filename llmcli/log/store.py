@@ -246,10 +246,11 @@ class SharedLog:
                 _rollback(db)
                 raise
 
-    def __call__(self, response: ResponseRecord | Recordable) -> None:
+    def __call__(self, response: ResponseRecord | Recordable, **tags: Any) -> None:
+        """Write one response with the log's tags and these (``batch_line``)."""
         record = response if isinstance(response, ResponseRecord) else response.record()
-        if self._tags:
-            record = replace(record, **self._tags)
+        if self._tags or tags:
+            record = replace(record, **self._tags, **tags)
         with self._lock:
             self._store.log(record)
 

@@ -244,3 +244,115 @@ def test_output_must_not_be_the_input(user_dir: Path, tmp_path: Path) -> None:
     result = run_batch(user_dir, str(source), "--output", str(source))
     assert result.returncode == 1
     assert result.stderr.strip() == "Error: --output must not be the input file"
+
+
+def test_duplicate_ids_are_refused_before_anything_runs(user_dir: Path, tmp_path: Path
+                                                        ) -> None:
+    source = write_jsonl(
+        tmp_path / "in.jsonl",
+        {"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}, "{broken",
+        {"id": "a", "prompt": "three"}, {"id": 7, "prompt": "four"}, {"id": "7", "prompt": "5"},
+        {"id": "a", "prompt": "six"},
+    )
+    out = tmp_path / "out.jsonl"
+    result = run_batch(user_dir, str(source), "--output", str(out), "-m", "test-eats")
+    assert result.returncode == 1
+    assert result.stderr == ("Error: Duplicate id 'a' on lines 1, 4 and 7 (and 1 more "
+                             "duplicated id); ids must be unique (resume goes by them): "
+                             "nothing was run\n")
+    assert not out.exists() or out.read_text() == ""
+    assert not (user_dir / "logs.db").exists() or logged(user_dir) == []
+
+
+#: Each line's system prompt is too big for the log under the file size limit below.
+BIG_SYSTEM = "lorem ipsum " * 60_000
+
+
+def test_a_reply_the_log_cannot_take_is_an_ok_row_that_says_so(user_dir: Path,
+                                                               tmp_path: Path) -> None:
+    import resource
+
+    run_batch(user_dir, str(write_jsonl(tmp_path / "first.jsonl", {"prompt": "first"})),
+              "--output", str(tmp_path / "first-out.jsonl"), "-m", "test-eats")
+    limit = (user_dir / "logs.db").stat().st_size + 256 * 1024
+    source = write_jsonl(tmp_path / "in.jsonl", *(
+        {"id": f"big{i}", "prompt": f"big {i}", "system": BIG_SYSTEM} for i in range(3)),
+        {"id": "small", "prompt": "small"})
+    out = tmp_path / "out.jsonl"
+    args = [str(SCRIPT), "batch", str(source), "--output", str(out), "-m", "test-eats",
+            "-j", "1"]
+    env = env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                                  (limit, limit)))
+    assert result.returncode == 0, result.stderr
+    got = rows(out)
+    assert {k: (v["status"], v["text"], v["logged"]) for k, v in got.items()} == {
+        "big0": ("ok", "reply to: big 0", False), "big1": ("ok", "reply to: big 1", False),
+        "big2": ("ok", "reply to: big 2", False), "small": ("ok", "reply to: small", True)}
+    assert all("disk I/O error" in got[f"big{i}"]["log_error"] for i in range(3))
+    assert got["small"]["log_error"] is None
+    warning, summary = result.stderr.splitlines()
+    assert warning.startswith("Warning: line 1 was not logged (Log database ")
+    assert warning.endswith("disk I/O error); its row keeps the text")
+    assert summary.startswith("4 ok, 0 failed in ") and "; 3 not logged" in summary
+    assert "Traceback" not in result.stderr
+    # Resumed, nothing is asked again: each line is done, logged or not.
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+    assert again.returncode == 0 and "(4 already ok, skipped)" in again.stderr
+    assert [r["prompt"] for r in logged(user_dir)] == ["first", "small"]
+
+
+def test_a_line_logged_complete_but_missing_from_the_output_is_not_asked_again(
+        user_dir: Path, tmp_path: Path) -> None:
+    """The state a crash between logging a reply and writing its row leaves: the resumed
+    run takes the reply from the log."""
+    source = write_jsonl(tmp_path / "in.jsonl", *(
+        {"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(6)),
+        {"id": 6, "prompt": "prompt 6"})
+    out = tmp_path / "out.jsonl"
+    args = (str(source), "--output", str(out), "-m", "test-eats", "-j", "2",
+            "--prefill", "Re:")
+    assert run_batch(user_dir, *args).returncode == 0
+    complete = rows(out)
+    kept = out.read_text().splitlines()[:2]
+    out.write_text("\n".join(kept) + '\n{"id": "p5", "line": 6, "sta')  # and a cut-off row
+    result = run_batch(user_dir, *args)
+    assert result.returncode == 0, result.stderr
+    assert "(2 already ok, skipped)" in result.stderr
+    assert "(5 finished before a crash, taken from the log)" in result.stderr
+    assert rows(out) == complete  # the same rows, whether written then or recovered now
+    prompts = [r["prompt"] for r in logged(user_dir)]
+    assert sorted(prompts) == sorted(f"prompt {i}" for i in range(7))  # each asked once
+
+
+def test_resume_after_sigkill_never_asks_a_finished_line_again(user_dir: Path,
+                                                               tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", *(
+        {"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(12)))
+    out = tmp_path / "out.jsonl"
+    env = env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    args = [str(SCRIPT), "batch", str(source), "--output", str(out), "-m", "test-eats",
+            "-j", "3", "-o", "delay", "0.15"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+            not out.exists() or len(out.read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(30)
+    before = len(out.read_text().splitlines())
+    assert 3 <= before < 12
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    final = rows(out)
+    assert set(final) == {f"p{i}" for i in range(12)}
+    assert all(row["status"] == "ok" for row in final.values())
+    complete = [r["prompt"] for r in logged(user_dir) if r["status"] == "complete"]
+    assert sorted(complete) == sorted(f"prompt {i}" for i in range(12))  # each exactly once
+    conn = sqlite3.connect(user_dir / "logs.db")
+    assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"

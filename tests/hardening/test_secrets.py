@@ -55,3 +55,25 @@ def test_key_from_environment_is_scrubbed(test_models, monkeypatch) -> None:
     monkeypatch.setenv("TESTKEY_API_KEY", PLANTED)
     failed = CliRunner().invoke(cli, ["-m", "test-keyed", "x", "-o", "leak_key", "1"])
     assert PLANTED not in failed.stderr and "[REDACTED]" in failed.stderr
+
+
+def test_a_planted_key_never_reaches_a_batch_output(user_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.script import SCRIPT, env_for
+
+    env = env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    subprocess.run([str(SCRIPT), "keys", "set", "testkey", "--value", PLANTED], env=env,
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "leaky", "prompt": "x", "model": "test-keyed",
+                                  "options": {"leak_key": True}}) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run([str(SCRIPT), "batch", str(source), "--output", str(out)],
+                            env=env, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    row = json.loads(out.read_text())
+    assert row["status"] == "error" and "[REDACTED]" in row["error"]
+    assert PLANTED not in out.read_text() and PLANTED not in result.stderr
+    assert PLANTED.encode() not in everything_on_disk(user_dir)
