@@ -9,7 +9,9 @@ each schema once under it). :func:`check_reply` parses a reply and validates it.
 How a model honours a schema is its :class:`~llmcli.capabilities.SchemaSupport`; the core
 (:mod:`llmcli.models`) adds the instruction and the retries of the ``validated`` mode.
 
-Imports only :mod:`llmcli.errors`; ``jsonschema`` is imported when a schema is checked.
+Imports only :mod:`llmcli.errors`; ``jsonschema`` (and its ``referencing``) is imported when a
+schema is checked. A schema never makes the validator read a file or a URL
+(:func:`check_references`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ __all__ = [
     "InvalidSchemaError",
     "SchemaUnsupportedError",
     "SchemaValidationError",
+    "check_references",
     "check_reply",
     "check_schema",
     "closed",
@@ -133,18 +137,95 @@ def _is_file(path: Path) -> bool:
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` if it is a valid JSON Schema (draft 2020-12), else a clear error."""
+    """``schema`` if it is a valid JSON Schema (draft 2020-12) whose references all resolve
+    inside it (:func:`check_references`), else a clear error."""
     import jsonschema
 
     if not isinstance(schema, dict):
         raise InvalidSchemaError("A JSON Schema is a JSON object")
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
+        check_references(schema)
+        # A reference loop that consumes nothing ({"$ref": "#"}) never ends: find it now,
+        # before any model is asked, by validating one value of each JSON type.
+        probes: tuple[Any, ...] = (None, True, 0, "", [], {})
+        for probe in probes:
+            validation_error(schema, probe)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         raise InvalidSchemaError(
             f"Invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
+    except RecursionError:
+        raise InvalidSchemaError("Invalid JSON Schema: nested too deeply") from None
     return schema
+
+
+#: Keywords whose value is a reference (2019-09's ``$recursiveRef`` too: refused unless
+#: internal, though draft 2020-12 ignores it).
+_REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def _references(schema: Any, base: str = "") -> Iterator[tuple[str, str, str]]:
+    """Each reference in ``schema``: (keyword, value, the base URI it resolves against, from
+    the enclosing ``$id``s). Data keywords (``enum``, ``const``, ``default``, ...) are not
+    looked into, and a property named ``$ref`` is a name, not a reference."""
+    from urllib.parse import urldefrag, urljoin
+
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _references(item, base)
+        return
+    if not isinstance(schema, dict):
+        return
+    if isinstance(schema.get("$id"), str):
+        base = urldefrag(urljoin(base, schema["$id"])).url
+    for key, value in schema.items():
+        if key in _REFERENCES and isinstance(value, str):
+            yield key, value, base
+        elif key in _LITERAL_KEYWORDS:
+            continue
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            for sub in value.values():
+                yield from _references(sub, base)
+        else:
+            yield from _references(value, base)
+
+
+def check_references(schema: dict[str, Any]) -> None:
+    """Refuse any reference that does not resolve inside ``schema`` itself.
+
+    A schema comes from a user or, in ``llmcli serve``, from any client: a ``$ref`` to
+    ``file:///...``, ``http://...``, a relative path or a URN would have the validator read
+    a local file or make a request. Only references into the schema resolve (``#/$defs/x``,
+    ``#anchor``, and ``$id``-named parts of it): each is looked up here, in a registry that
+    holds nothing but this schema and never retrieves, so a validation later never reaches
+    outside it either (:func:`validation_error` uses the same empty registry)."""
+    import referencing
+    import referencing.exceptions
+    from referencing.jsonschema import DRAFT202012
+
+    refs = list(_references(schema))
+    if not refs:
+        return
+    root = schema["$id"] if isinstance(schema.get("$id"), str) else ""
+    try:
+        registry = referencing.Registry().with_resource(
+            root, DRAFT202012.create_resource(schema)).crawl()
+    except Exception:  # a malformed $id: nothing can be looked up by it
+        raise InvalidSchemaError("Invalid JSON Schema: its $id values cannot be "
+                                 "resolved") from None
+    for keyword, value, base in refs:
+        try:
+            registry.resolver(base_uri=base).lookup(value)
+        except (referencing.exceptions.Unresolvable, ValueError, LookupError):
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            if value.startswith("#"):
+                raise InvalidSchemaError(
+                    f"Schema {keyword} {shown!r} does not resolve inside the schema") from None
+            raise InvalidSchemaError(
+                f"Schema {keyword} {shown!r} points outside the schema: only references "
+                "inside it are allowed (such as '#/$defs/name'); a schema never reads a "
+                "file or a URL") from None
 
 
 def closed(schema: Any) -> Any:
@@ -246,9 +327,21 @@ def parse_reply(text: str) -> Any:
 def validation_error(schema: dict[str, Any], value: Any) -> str | None:
     """Why ``value`` does not conform to ``schema`` (the most relevant error), or None."""
     import jsonschema
+    import referencing
+    import referencing.exceptions
 
-    validator = jsonschema.Draft202012Validator(schema)
-    best = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    # An empty registry: a reference is never retrieved (check_schema has refused any that
+    # does not resolve inside the schema).
+    validator = jsonschema.Draft202012Validator(schema, registry=referencing.Registry())
+    try:
+        best = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except referencing.exceptions.Unresolvable:
+        # Only a schema that skipped check_schema gets here: its reference stays unresolved.
+        raise InvalidSchemaError("The schema has a $ref that does not resolve inside "
+                                 "it") from None
+    except RecursionError:  # {"$ref": "#"}: a reference to itself that never ends
+        raise InvalidSchemaError("The schema refers to itself without end (a $ref loop)"
+                                 ) from None
     if best is None:
         return None
     where = "/".join(str(p) for p in best.absolute_path)

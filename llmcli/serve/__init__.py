@@ -4,6 +4,8 @@
     app.py        the FastAPI routes: authenticate, prepare through llmcli.api, render
     exchange.py   a Response run on its own thread; cancellation; a model's slots
     errors.py     llmcli's errors as HTTP statuses, in each wire's error shape
+    guard.py      what a request must pass first (Host/Origin, JSON, body size and time,
+                  concurrency); the model allowlist; a model that would call the server itself
     server.py     uvicorn on a bound socket; clean shutdown
 
 Imported only by the ``serve`` command: FastAPI and uvicorn never load for other commands.

@@ -11,6 +11,7 @@ capability (eats, echoes, emulated) gives the same content.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import os
@@ -27,12 +28,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.responses import Response as HTTPResponse
 
-from llmcli import api
+from llmcli import api, config
 from llmcli.capabilities import PrefillSupport
 from llmcli.config import scrub
-from llmcli.models import Conversation, Model, Response, Usage
+from llmcli.models import Conversation, Logger, Model, Response, Usage
 from llmcli.serve.errors import WireError, anthropic_body, from_exception, openai_body
-from llmcli.serve.exchange import Exchange, model_slots
+from llmcli.serve.exchange import STOP_WAIT, Exchange, model_slots, stop_all
+from llmcli.serve.guard import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_READ_TIMEOUT,
+    Guard,
+    choose_model,
+    refuse_loop,
+    served_models,
+)
 from llmcli.serve.protocol import (
     AnthropicRequest,
     Chat,
@@ -53,8 +63,25 @@ class ServeSettings:
     api_key: str | None = None
     #: Log every exchange to the SQLite log (unless ``llmcli logs off``).
     log: bool = True
+    #: The log every exchange is written to (``llmcli.log.SharedLog``: one connection,
+    #: checked writable at start); None: each exchange opens the log itself.
+    log_to: Logger | None = None
     #: Where one line per exchange goes (stderr by default).
     say: Callable[[str], None] = field(default=lambda line: _stderr(line))
+    # -- what a request must pass (llmcli.serve.guard) --
+    #: The model ids clients may use (None: every model); the default model is one.
+    allowed_models: tuple[str, ...] | None = None
+    #: Host and Origin names allowed besides loopback ones ("*": any, behind a proxy).
+    allowed_hosts: tuple[str, ...] = ()
+    #: The largest request body, in bytes (413 beyond).
+    max_body: int = DEFAULT_MAX_BODY
+    #: Model requests answered at once (429 beyond).
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    #: Seconds a client has to send its request's headers, then its body.
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    #: The (host, port) the server listens on, once bound: a model whose URL is this
+    #: address is refused, and a non-loopback host is an allowed Host.
+    bound: tuple[str, int] | None = None
 
 
 def _stderr(line: str) -> None:
@@ -138,33 +165,42 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         # Shutdown: the server has waited for in-flight requests as long as it was allowed;
         # cancel what is left and let each log what arrived (partial) before exiting.
         left = list(in_flight)
-        if left:
+        if any(not exchange.cancelled for exchange in left):
             settings.say(f"cancelling {len(left)} request(s) in flight")
-        for exchange in left:
-            exchange.cancel()
-        for exchange in left:
-            await asyncio.to_thread(exchange.thread.join, 10)
+        for exchange in await stop_all(left, STOP_WAIT):
+            settings.say(f"{exchange.response.id} did not stop when cancelled; logged as "
+                         "partial")
 
-    app = FastAPI(title="llmcli serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No /docs, /redoc or /openapi.json: nothing is public but /health.
+    app = FastAPI(title="llmcli serve", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(Guard, settings=settings)
 
     def authorize(request: Request, anthropic: bool) -> None:
         if not settings.api_key:
             return
-        expected = settings.api_key.encode()
+        # Compared as digests: constant time, whatever the lengths.
+        expected = hashlib.sha256(settings.api_key.encode()).digest()
         offered = []
         authorization = request.headers.get("authorization", "")
         if authorization[:7].lower() == "bearer ":
             offered.append(authorization[7:].strip())
         if anthropic and "x-api-key" in request.headers:
             offered.append(request.headers["x-api-key"])
-        if not any(hmac.compare_digest(k.encode(), expected) for k in offered):
+        if not any(hmac.compare_digest(hashlib.sha256(k.encode()).digest(), expected)
+                   for k in offered):
             how = "'Authorization: Bearer KEY'" + (" or 'x-api-key: KEY'" if anthropic else "")
             raise WireError(401, f"Invalid or missing API key: send {how}",
                             "authentication_error", "invalid_api_key")
 
+    def logger() -> bool | Logger:
+        if not settings.log or not config.logging_enabled():
+            return False
+        return settings.log_to or True
+
     def prepare(chat: Chat) -> tuple[Model, Response]:
         """Every check that needs no network, on a worker thread (it may open the log)."""
-        model = api.get_model(chat.model or settings.default_model)
+        model = choose_model(settings, chat.model)
         fields = model.Options.model_fields
         options: dict[str, Any] = {}
         for option in chat.options:
@@ -180,8 +216,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         # Always streamed from the backend, so a client that goes away stops generation at
         # once; the normalized text is the same either way.
         response = api.prompt(model, chat.prompt, system=chat.system, prefill=chat.prefill,
-                              stream=True, log=settings.log, conversation=conversation,
+                              stream=True, log=logger(), conversation=conversation,
                               options=options, schema=chat.schema)
+        refuse_loop(settings, model, response.request)
         return model, response
 
     def done(exchange: Exchange) -> None:
@@ -190,6 +227,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         note = f", {response.error}" if response.error else ""
         settings.say(f"{response.model.model_id} {response.id} {response.status} "
                      f"({len(response.text_so_far())} characters{note})")
+        if response.log_error:
+            # The client has its reply all the same; the operator hears about the log.
+            settings.say(f"warning: {response.id} was not logged: {response.log_error}")
 
     async def start(request: Request, chat: Chat) -> tuple[_Run, str | None]:
         """Prepare and start a response; wait for its first chunk so that a failure before
@@ -283,7 +323,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     # -- models and health ---------------------------------------------------------------
 
     async def list_models(request: Request) -> HTTPResponse:
-        models = await run_in_threadpool(api.get_models)
+        models = await run_in_threadpool(served_models, settings)
         described = [_describe(model) for model in models]
         if "anthropic-version" in request.headers:  # the anthropic SDK's models.list()
             data = [{"type": "model", "id": d["id"], "display_name": d["id"],
@@ -312,6 +352,19 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_found)
+
+    def cut_short() -> None:
+        """The grace period is over (:func:`llmcli.serve.server.serve` calls this): every
+        request in flight ends now with SHUTTING_DOWN, a 503 or an error event closing its
+        stream, so each response completes; their threads are cancelled and log what
+        arrived as partial."""
+        left = [exchange for exchange in list(in_flight) if not exchange.cancelled]
+        if left:
+            settings.say(f"cancelling {len(left)} request(s) in flight")
+        for exchange in left:
+            exchange.cancel(SHUTTING_DOWN)
+
+    app.state.cut_short = cut_short
     return app
 
 

@@ -16,6 +16,7 @@ from llmcli.errors import (
     OptionsError,
     PrefillUnsupportedError,
     ProviderError,
+    RefusedModelError,
     UnknownModelError,
 )
 from llmcli.schema import InvalidSchemaError, SchemaUnsupportedError, SchemaValidationError
@@ -62,13 +63,25 @@ def _provider_status(exc: ProviderError) -> tuple[int, str, str]:
     return 502, "upstream_error", "upstream_failed"
 
 
+#: What a client is told of an exception llmcli did not word itself (the details go to
+#: standard error under LLMCLI_DEBUG only): its text may hold anything (a path, a file's
+#: contents, a URL), so it never goes into a response.
+INTERNAL_ERROR = "Internal server error (the server's operator can see details with LLMCLI_DEBUG=1)"
+
+
 def from_exception(exc: BaseException) -> WireError:
-    """The answer for anything raised while preparing or running a response."""
+    """The answer for anything raised while preparing or running a response. Only messages
+    llmcli wrote for the user (:class:`WireError`, :class:`LLMCLIError`) are shown; anything
+    else is a generic 500."""
     if isinstance(exc, WireError):
         return exc
+    if not isinstance(exc, LLMCLIError):
+        return WireError(500, INTERNAL_ERROR, "server_error", "internal_error")
     message = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if isinstance(exc, UnknownModelError):
         return WireError(404, message, "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, RefusedModelError):
+        return WireError(400, message, "invalid_request_error", "model_refused", "model")
     if isinstance(exc, PrefillUnsupportedError):
         return WireError(400, message, "invalid_request_error", "prefill_unsupported",
                          "messages")
@@ -86,10 +99,7 @@ def from_exception(exc: BaseException) -> WireError:
     if isinstance(exc, ProviderError):
         status, type_, code = _provider_status(exc)
         return WireError(status, message, type_, code)
-    if isinstance(exc, LLMCLIError):
-        return WireError(500, message, "server_error", "internal_error")
-    return WireError(500, scrub(f"Internal error: {type(exc).__name__}"), "server_error",
-                     "internal_error")
+    return WireError(500, message, "server_error", "internal_error")
 
 
 def openai_body(error: WireError) -> dict[str, Any]:
@@ -98,10 +108,11 @@ def openai_body(error: WireError) -> dict[str, Any]:
 
 
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error", 503: "overloaded_error"}
+                    403: "permission_error", 404: "not_found_error", 408: "timeout_error",
+                    413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
 
 
 def anthropic_body(error: WireError) -> dict[str, Any]:
-    type_ = _ANTHROPIC_TYPES.get(error.status, "api_error")
+    fallback = "invalid_request_error" if 400 <= error.status < 500 else "api_error"
+    type_ = _ANTHROPIC_TYPES.get(error.status, fallback)
     return {"type": "error", "error": {"type": type_, "message": error.message}}

@@ -16,7 +16,7 @@ Unknown request fields are ignored, as OpenAI-compatible servers do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +32,16 @@ __all__ = [
     "openai_chat",
     "parse",
 ]
+
+
+#: Bounds on a request (a body is at most --max-body bytes besides): messages in one
+#: request, stop sequences and their length, and the tokens a reply may be asked for.
+MAX_MESSAGES = 4096
+MAX_STOP = 16
+MAX_STOP_LENGTH = 256
+MAX_TOKENS_LIMIT = 262_144
+
+Tokens = Annotated[int, Field(le=MAX_TOKENS_LIMIT)]
 
 
 class _Wire(BaseModel):
@@ -58,9 +68,9 @@ class OpenAIRequest(_Wire):
     """``POST /v1/chat/completions``: OpenAI's fields plus vLLM's prefill extensions."""
 
     model: str | None = None
-    messages: list[OpenAIMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
@@ -86,9 +96,9 @@ class AnthropicRequest(_Wire):
     """``POST /v1/messages``."""
 
     model: str | None = None
-    messages: list[AnthropicMessage] = Field(min_length=1)
+    messages: list[AnthropicMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     system: str | list[TextPart] | None = None
-    max_tokens: int | None = None
+    max_tokens: Tokens | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -164,6 +174,9 @@ def _turns(messages: list[tuple[str, str]], what: str) -> tuple[list[Message], s
     if not messages or messages[-1][0] != "user":
         raise WireError(400, f"The {what} must end with a user message, or with an assistant "
                         "message (the prefill) right after one", param="messages")
+    if not messages[-1][1].strip():
+        # The command line's rule too: nothing to answer is an error, not a request.
+        raise WireError(400, f"The {what}'s final user message is empty", param="messages")
     history = [Message("user" if role == "user" else "assistant", text)
                for role, text in messages[:-1]]
     return history, messages[-1][1]
@@ -171,6 +184,19 @@ def _turns(messages: list[tuple[str, str]], what: str) -> tuple[list[Message], s
 
 def _options(*fields: tuple[str, tuple[str, ...], Any]) -> list[WireOption]:
     return [WireOption(name, names, value) for name, names, value in fields if value is not None]
+
+
+def _stops(stops: list[str] | None, name: str) -> list[str] | None:
+    if stops is None:
+        return None
+    if len(stops) > MAX_STOP:
+        raise WireError(400, f"{name}: at most {MAX_STOP} stop sequences (got {len(stops)})",
+                        param=name)
+    for stop in stops:
+        if not stop or len(stop) > MAX_STOP_LENGTH:
+            raise WireError(400, f"{name}: each stop sequence has 1 to {MAX_STOP_LENGTH} "
+                            f"characters (got {len(stop)})", param=name)
+    return stops
 
 
 MAX_TOKENS = ("max_tokens",)
@@ -226,7 +252,8 @@ def openai_chat(request: OpenAIRequest) -> Chat:
             (max_name, MAX_TOKENS, max_tokens),
             ("temperature", ("temperature",), request.temperature),
             ("top_p", ("top_p",), request.top_p),
-            ("stop", STOP, [request.stop] if isinstance(request.stop, str) else request.stop),
+            ("stop", STOP, _stops([request.stop] if isinstance(request.stop, str)
+                                  else request.stop, "stop")),
             ("seed", SEED, request.seed),
         ),
         stream=request.stream,
@@ -269,7 +296,7 @@ def anthropic_chat(request: AnthropicRequest) -> Chat:
         ("temperature", ("temperature",), request.temperature),
         ("top_p", ("top_p",), request.top_p),
         ("top_k", ("top_k",), request.top_k),
-        ("stop_sequences", STOP, request.stop_sequences),
+        ("stop_sequences", STOP, _stops(request.stop_sequences, "stop_sequences")),
     )
     if request.max_tokens is not None:
         options.insert(0, WireOption("max_tokens", MAX_TOKENS, request.max_tokens, True))

@@ -3,12 +3,16 @@ is the real one), then serve until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from llmcli.serve.app import ServeSettings, create_app
+from llmcli.serve.guard import http_protocol
 
 __all__ = ["bind", "serve"]
 
@@ -37,10 +41,14 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     app = create_app(settings)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
+    settings.bound = (bound_host, bound_port)  # a model whose URL is this: refused
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace,
-                            lifespan="on")
-    server = uvicorn.Server(config)
+    # The h11 protocol with a deadline on request headers (guard.http_protocol).
+    # llmcli keeps the grace period itself (_Server); uvicorn's own limit, a second later,
+    # only cancels what still runs then (a handler stuck past its exchange's end).
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace + 1,
+                            lifespan="on", http=http_protocol(settings.read_timeout))
+    server = _server(config, grace, app.state.cut_short)
     sys.stdout.write(
         f"llmcli serve: listening on http://{shown}:{bound_port}/v1 "
         "(OpenAI: /v1/chat/completions, /v1/models; Anthropic: /v1/messages)\n")
@@ -52,6 +60,24 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
             sock.close()
     sys.stdout.write("llmcli serve: stopped\n")
     sys.stdout.flush()
+
+
+def _server(config: Any, grace: float, cut_short: Callable[[], None]) -> Any:
+    """uvicorn's server, whose shutdown ends the requests still in flight ``grace`` seconds
+    after it begins with a 503 or an error event closing their streams (``cut_short``):
+    every response completes, and its connection closes. (uvicorn's own way, cancelling the
+    request's task, breaks a stream mid-event and logs a traceback.)"""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            timer = asyncio.get_running_loop().call_later(grace, cut_short)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+    return Server(config)
 
 
 class _QuietSignals:

@@ -167,7 +167,8 @@ def post(server: Server, body: Any, path: str = "/chat/completions",
         kwargs["json"] = body
     else:
         kwargs["content"] = body
-    return httpx.post(server.v1 + path, headers=headers or AUTH, timeout=30, **kwargs)
+    headers = {"Content-Type": "application/json", **(headers or AUTH)}
+    return httpx.post(server.v1 + path, headers=headers, timeout=30, **kwargs)
 
 
 USER = [{"role": "user", "content": PROMPT}]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmcli.errors import ConfigError
+from llmcli.errors import ConfigError, RefusedModelError
 from llmcli.models import Model
 
 from ._models import (
@@ -25,7 +25,7 @@ from ._models import (
     CompatibleModel,
     openai_model,
 )
-from ._servers import PRESETS, ServerEntry, load_servers, preset_echo, raw_mentions
+from ._servers import PRESETS, Preset, ServerEntry, load_servers, preset_echo, raw_mentions
 
 __all__ = ["register_commands", "register_models", "resolve_model"]
 
@@ -67,6 +67,7 @@ def resolve_model(name: str) -> Model | None:
             return openai_model(rest, model_id=name)
         preset = PRESETS.get(prefix)
         if preset is not None:
+            _refuse_nested(prefix, preset, rest)
             echo = preset_echo(preset)
             return CompatibleModel(
                 name, model_name=rest, base_url=preset.base_url,
@@ -87,6 +88,22 @@ def resolve_model(name: str) -> Model | None:
         if name == entry.id or name in entry.aliases:
             return _server_model(entry)
     return None
+
+
+def _refuse_nested(prefix: str, preset: Preset, rest: str) -> None:
+    """A preset's model name that starts with another preset (``vllm/ollama/x``,
+    ``vllm/vllm/x``): the server is asked for a model named like a preset, which only
+    another llmcli would resolve, and send on again; when that server is ``llmcli serve``
+    itself (``vllm/`` is localhost:8000, serve's own address) the request comes back, once
+    per nesting and per retry. A hosted API's own model names may start with a preset's
+    name (``openrouter/deepseek/deepseek-chat``), so only the presets for servers on this
+    machine are checked."""
+    inner = rest.partition("/")[0]
+    if preset.local and inner.lower() in PRESETS:
+        raise RefusedModelError(
+            f"Model '{prefix}/{rest}' nests the preset {inner!r} inside {prefix!r}: the "
+            f"server at {preset.base_url} would be asked for a model named like a preset "
+            "(a request that can come back to llmcli); name one preset only")
 
 
 def register_commands(cli: Any) -> None:

@@ -158,6 +158,13 @@ class Preset:
     #: The request field for a JSON Schema (``--schema``); None: asked for and validated.
     schema_field: SchemaField | None = None
 
+    @property
+    def local(self) -> bool:
+        """A server on this machine (localhost), not a hosted API."""
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.base_url).hostname in ("localhost", "127.0.0.1", "::1")
+
 
 PRESETS: dict[str, Preset] = {
     "vllm": Preset("http://localhost:8000/v1", "continue_final_message",
@@ -216,7 +223,7 @@ def load_servers(path: Path | None = None) -> ServersFile:
 def save_servers(servers: ServersFile, path: Path | None = None) -> Path:
     path = path or servers_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user directory
     except OSError as exc:
         raise ConfigError(f"Cannot create {path.parent}: {exc.strerror}") from None
     data = servers.model_dump(exclude_defaults=True)
