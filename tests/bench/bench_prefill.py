@@ -1,59 +1,110 @@
-"""Exact prefill on SmolLM2: how often each ``prefill_mode`` continues as grammar-forced
-decoding does, and what a long prefill costs in each.
+"""Prefill modes on SmolLM2, as a user meets them: what a long prefill costs, how often a
+JSON-list prefill gives valid JSON (with and without ``--schema``), and how often a prefill
+that ends mid-word, mid-identifier or on a space continues as unbroken text would.
 
-    python tests/bench/bench_prefill.py [--chars 40] [--tokens 30] [--prefill-tokens 1000]
-                                        [--runs 3] [--no-table] [--no-timing]
+    python tests/bench/bench_prefill.py [--cost] [--json] [--boundary] [--forced]
+                                        [--runs 3] [--prefill-tokens 1000]
 
-Table: for each of the prompts and prefills below, greedy, the first ``--chars`` characters of
-the continuation in modes none (the tokenizer's split), heal and exact, against grammar-forced
-decoding (the reference in tests/local/test_exact.py: one constrained step per prefill
-token). Timing: a ``--prefill-tokens`` prefill and one generated token, plain (mode none: one
-pass), exact, and forced token by token; best of ``--runs`` for the first two, one run of the
-last. Not a pytest test.
+Modes: none (the tokenizer's split), heal, chars (the default: the reply given the
+prefill's characters) and, with ``--forced``, forced (grammar-forced decoding's split; slow
+on text the model would not write, so it is opt-in here too). Greedy throughout, on CPU,
+the prefix cache off (``LLMCLI_LOCAL_PREFIX_CACHE=0``) so that every pass is paid, and
+speculative decoding off so that passes count the prompt's work. Without a section flag,
+all three run. Not a pytest test.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-CASES = [
-    ("Give a JSON array of 5 US states. Reply with the JSON only.", '["'),
-    ("Give a JSON array of 5 US states. Reply with the JSON only.", '["Cal'),
-    ("Give a JSON array of 3 fruits.", '["ap'),
-    ("Describe a cat as a JSON object with name and age.", '{"name": "'),
-    ("Describe a cat as a JSON object with name and age.", '{\n  "'),
-    ("What is 6 times 7?", "Answer: "),
-    ("What is 6 times 7?", "Answer:"),
-    ("Pick a number between 1 and 10.", "My number is: "),
-    ("Pick a number between 1 and 10.", "My number is "),
-    ("What is the URL of Google's homepage?", "The URL is http:"),
-    ("What is the URL of Google's homepage?", "https://www."),
-    ("Write a quicksort in Python.", "```python\ndef quicksor"),
-    ("Write a quicksort in Python.", "def quicksort(arr):\n    "),
-    ("Write a quicksort in Python.", "```python\n"),
-    ("Write a hello world in C.", "#include <std"),
-    ("Write a Python function that adds two numbers.", "def add(a, b):\n\treturn "),
-    ("Name three US states.", "1."),
-    ("Name three US states.", "1. Cal"),
-    ("Name three US states.", "Here are three US states:\n\n"),
-    ("What is the capital of France?", "The capital of France is "),
-    ("What is the capital of France?", "Par"),
-    ("What is pi?", "Pi is approximately 3.14"),
-    ("Translate 'good morning' to French.", "Bonjour"),
-    ("Say hello in Japanese.", "こんに"),
-    ("Write a sentence with an emoji.", "I love pizza 🍕"),
-    ("Write a sentence about the café.", "The café is naï"),
-    ("Finish the sentence: The weather today is", "The weather today is"),
-    ("List two colors.", "- Red\n- "),
-    ("Write a haiku about the sea.", "Waves "),
-    ("How do chat templates end a turn?", "With the token <|im_end|>"),
+THINGS = ["US states", "fruits", "colors", "animals", "countries in Europe", "programming "
+          "languages", "vegetables", "musical instruments", "planets", "car brands",
+          "prime numbers as strings", "dog breeds", "capital cities", "sports",
+          "chemical elements", "flowers", "rivers", "famous scientists", "board games",
+          "kitchen utensils"]
+LIST_SCHEMA = {"type": "array", "items": {"type": "string"}}
+
+PROSE = ("The committee met on a grey Tuesday morning to review the quarterly report on "
+         "regional rainfall. Several members noted that the northern valleys had received "
+         "almost twice the usual amount, while the coastal towns reported a dry spring and "
+         "early restrictions on garden watering. After a long discussion about reservoirs, "
+         "pipelines and the cost of new pumping stations, the chair asked the engineers to "
+         "prepare three options, each with a budget, a timetable and an honest account of "
+         "the risks, before the next meeting in June. ")
+PYTHON = '''def merge_intervals(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge overlapping closed intervals and return them sorted by start."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.updated = float(burst), 0.0
+
+    def allow(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+'''
+
+
+def _starts(expected: str) -> Callable[[str], bool]:
+    return lambda text: text.startswith(expected)
+
+
+def _no_space(text: str) -> bool:
+    return bool(text) and not text[0].isspace()
+
+
+def _goes_on(text: str) -> bool:
+    return bool(text.strip())
+
+
+#: Prefills that end mid-word, mid-identifier, on a space, in a URL scheme, mid-character,
+#: or type a special token's name; and what unbroken text does next.
+BOUNDARY: list[tuple[str, str, Callable[[str], bool]]] = [
+    ("What is the URL of Google's homepage?", "The URL is http:", _starts("//")),
+    ("What is the URL of Google's homepage?", "https://www.goo", _starts("gle")),
+    ("Write a quicksort in Python.", "```python\ndef quicksor", _starts("t")),
+    ("Write a Python function that reverses a string.", "def reverse_str", _starts("ing")),
+    ("Write an SQL query that selects all users.", "SELECT * FR", _starts("OM")),
+    ("Write an SQL query that selects all users.", "SELECT * FROM us", _starts("ers")),
+    ("Describe a cat as a JSON object with name and age.", '{"na', _starts('me"')),
+    ("Describe a cat as a JSON object with name and age.", '{"name": "Whiskers", "a',
+     _starts('ge"')),
+    ("Name three US states.", "1. Califor", _starts("nia")),
+    ("What is the capital of France?", "The capital of France is Par", _starts("is")),
+    ("Write a hello world in C.", "#include <std", _starts("io.h>")),
+    ("Write a hello world in Python.", 'print("Hello, Wor', _starts("ld")),
+    ("What is 6 times 7?", "Answer: ", _no_space),
+    ("Pick a number between 1 and 10.", "My number is: ", _no_space),
+    ("Say hello in Japanese.", "こんにち", _starts("は")),
+    ("Translate 'thank you' to German.", "Dank", _starts("e")),
+    ("How does ChatML end a turn?", "ChatML ends each turn with the token <|im_end|>",
+     _goes_on),
+    ("Write a JavaScript function that adds two numbers.", "function addNumb",
+     _starts("ers")),
+    ("Give the HTML for a link to example.com.", '<a href="https://exa', _starts("mple.com")),
+    ("List two colors.", "- Red\n- Blu", _starts("e")),
 ]
 
 
@@ -64,136 +115,111 @@ def _load() -> Any:
     return loader.load(SmolLM2().source(), device="cpu")
 
 
-def _text(backend: Any, tokens: list[int], pending: bytes) -> str:
-    data = b""
-    for token in tokens:
-        if token in backend.eos_ids:
-            break
-        data += backend.vocab.bytes_of(token)
-    return data[len(pending):].decode("utf-8", errors="replace")
-
-
-def reference_text(backend: Any, messages: Any, prefill: str, tokens: int) -> str:
-    from tests.local.test_exact import reference
-
-    forced = dataclasses.replace(backend, eos_ids=frozenset())
-    split, generated = reference(forced, messages, prefill.encode(), tokens)
-    covered = sum(len(backend.vocab.bytes_of(t)) for t in split)
-    return _text(backend, generated, prefill.encode()[covered:])
-
-
-def mode_text(backend: Any, messages: Any, prefill: str, mode: str, tokens: int) -> str:
+def _run(backend: Any, question: str, prefill: str, mode: str, tokens: int,
+         grammar: str | None = None) -> tuple[str, dict[str, Any], float]:
     from llmcli_local import decode
 
-    settings = decode.GenerationSettings(max_tokens=tokens, prefill_mode=mode)  # type: ignore[arg-type]
-    return "".join(e for e in decode.generate(backend, messages, prefill, settings)
-                   if isinstance(e, str))
-
-
-def table(backend: Any, chars: int, tokens: int) -> None:
-    modes = ("none", "heal", "exact")
-    hits = dict.fromkeys(modes, 0)
-    misses: dict[str, list[str]] = {m: [] for m in modes}
-    for question, prefill in CASES:
-        messages = [{"role": "user", "content": question}]
-        want = reference_text(backend, messages, prefill, tokens)[:chars]
-        for mode in modes:
-            got = mode_text(backend, messages, prefill, mode, tokens)[:chars]
-            if got == want:
-                hits[mode] += 1
-            else:
-                misses[mode].append(f"{prefill!r}: {got!r} vs {want!r}")
-    print(f"| mode | same first {chars} characters as grammar-forced decoding |")
-    print("|---|---|")
-    for mode in modes:
-        print(f"| {mode} | {hits[mode]}/{len(CASES)} |")
-    for mode in modes:
-        for miss in misses[mode]:
-            print(f"  {mode} miss: {miss}")
-
-
-def forced_steps(backend: Any, messages: Any, prefill: bytes) -> list[int]:
-    """Grammar forcing as a runtime does it: one constrained step per prefill token (the
-    mask from the vocabulary index, as fast as exact mode's), until the prefill is covered."""
-    import torch
-    from llmcli_local import decode
-
-    vocab = backend.vocab
-    ids = backend.encode(decode.render(backend, messages, "", {}))
-    with torch.inference_mode():
-        logits, cache = backend.prompt(ids, len(ids) + len(prefill) + 1)
-        remaining = prefill
-        split: list[int] = []
-        while remaining:
-            allowed = vocab.consistent(remaining)
-            token = allowed[int(torch.argmax(logits[torch.tensor(allowed)]))]
-            split.append(token)
-            remaining = remaining[len(vocab.bytes_of(token)):]
-            logits = backend.step(cache, token)
-    return split
-
-
-def timing(backend: Any, prefill_tokens: int, runs: int, kind: str) -> None:
-    from llmcli_local import decode
-
-    forced = dataclasses.replace(backend, eos_ids=frozenset())
-    sentence = ("The quick brown fox jumps over the lazy dog while the committee reviews the "
-                "quarterly report on regional rainfall. ")
-    ids = backend.encode(sentence * (prefill_tokens // 10 + 10))[:prefill_tokens]
-    prefill = b"".join(backend.vocab.bytes_of(i) for i in ids).decode()
-    # "copy": the text is in the question and the prefill repeats it (text the model would
-    # write itself, as when resuming or quoting); "unseen": the prefill is the only place the
-    # text appears, and the model's own split of it is not the tokenizer's.
-    question = ("Continue the text." if kind == "unseen" else
-                "Repeat this text exactly:\n\n" + prefill)
-    messages = [{"role": "user", "content": question}]
-
-    def run(mode: str) -> dict[str, Any]:
-        settings = decode.GenerationSettings(max_tokens=1, prefill_mode=mode)  # type: ignore[arg-type]
-        events = list(decode.generate(forced, messages, prefill, settings))
-        return dict(events[-1].details)
-
-    best = {"none": float("inf"), "exact": float("inf")}
-    details: dict[str, Any] = {}
-    run("none")  # warm-up
-    for _ in range(runs):
-        for mode in best:
-            start = time.perf_counter()
-            details[mode] = run(mode)
-            best[mode] = min(best[mode], time.perf_counter() - start)
+    settings = decode.GenerationSettings(max_tokens=tokens, prefill_mode=mode,  # type: ignore[arg-type]
+                                         speculative=False, grammar=grammar)
     start = time.perf_counter()
-    forced_steps(forced, messages, prefill.encode())
-    stepped = time.perf_counter() - start
-    split = details["exact"].get("prefill_tokens")
-    print(f"{kind}: prefill {len(ids)} tokens; exact split: {split} tokens in "
-          f"{details['exact']['forward_passes']} pass(es)")
-    print(f"plain one pass (prefill_mode none): {best['none']:.3f} s")
-    print(f"exact:                              {best['exact']:.3f} s "
-          f"({best['exact'] / best['none']:.2f}x plain)")
-    print(f"forced token by token:              {stepped:.3f} s "
-          f"({stepped / best['exact']:.1f}x exact)")
+    events = list(decode.generate(backend, [{"role": "user", "content": question}], prefill,
+                                  settings))
+    elapsed = time.perf_counter() - start
+    return "".join(e for e in events if isinstance(e, str)), dict(events[-1].details), elapsed
+
+
+def cost(backend: Any, modes: list[str], prefill_tokens: int, runs: int) -> None:
+    for kind, text in (("prose", PROSE), ("python", PYTHON)):
+        ids = backend.encode(text * (prefill_tokens // 50 + 2))[:prefill_tokens]
+        prefill = b"".join(backend.vocab.bytes_of(i) for i in ids).decode("utf-8", "replace")
+        own = len(backend.encode(prefill))
+        best = dict.fromkeys(modes, float("inf"))
+        details: dict[str, dict[str, Any]] = {}
+        _run(backend, "Continue the text.", prefill, "none", 1)  # warm-up
+        for _ in range(runs):  # interleaved, so that load on the machine hits all alike
+            for mode in modes:
+                if mode == "forced" and details.get("forced"):
+                    continue  # one run: it takes minutes
+                _, details[mode], seconds = _run(backend, "Continue the text.", prefill, mode, 1)
+                best[mode] = min(best[mode], seconds)
+        print(f"\n{kind}: a {own}-token prefill (the tokenizer's count), one token generated")
+        print("| mode | time | × none | prefill tokens | forward passes |")
+        print("|---|---:|---:|---:|---:|")
+        for mode in modes:
+            d = details[mode]
+            print(f"| {mode} | {best[mode]:.2f} s | {best[mode] / best['none']:.2f} | "
+                  f"{d.get('prefill_tokens', own)} | {d['forward_passes']} |")
+
+
+def json_lists(backend: Any, modes: list[str], tokens: int) -> None:
+    from llmcli_local import grammar
+
+    schema = grammar.from_schema(LIST_SCHEMA)
+    print(f"\nJSON lists: 20 prompts 'Give a JSON array of 5 X. Reply with the JSON only.', "
+          f"prefill '[\"', max_tokens {tokens}")
+    print("| mode | valid lists | with --schema | closed by budget (schema) | schema time |")
+    print("|---|---:|---:|---:|---:|")
+    for mode in modes:
+        valid = valid_schema = closed = 0
+        seconds = 0.0
+        for thing in THINGS:
+            question = f"Give a JSON array of 5 {thing}. Reply with the JSON only."
+            for with_schema in (False, True):
+                text, details, elapsed = _run(backend, question, '["', mode, tokens,
+                                              schema if with_schema else None)
+                try:
+                    ok = isinstance(json.loads('["' + text), list)
+                except ValueError:
+                    ok = False
+                if with_schema:
+                    valid_schema += ok
+                    closed += bool(details.get("closed_by_budget"))
+                    seconds += elapsed
+                else:
+                    valid += ok
+        print(f"| {mode} | {valid}/20 | {valid_schema}/20 | {closed} | {seconds:.1f} s |")
+
+
+def boundaries(backend: Any, modes: list[str], tokens: int) -> None:
+    print(f"\nBoundary prefills: {len(BOUNDARY)} that end mid-word, mid-identifier, on a "
+          "space, in a URL, mid-character or type <|im_end|>")
+    print("| mode | continue as unbroken text |")
+    print("|---|---:|")
+    misses: dict[str, list[str]] = {}
+    for mode in modes:
+        hits = 0
+        for question, prefill, check in BOUNDARY:
+            text, _, _ = _run(backend, question, prefill, mode, tokens)
+            if check(text):
+                hits += 1
+            else:
+                misses.setdefault(mode, []).append(f"{prefill!r} -> {text[:24]!r}")
+        print(f"| {mode} | {hits}/{len(BOUNDARY)} |")
+    for mode, lines in misses.items():
+        for line in lines:
+            print(f"  {mode} miss: {line}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chars", type=int, default=40)
-    parser.add_argument("--tokens", type=int, default=30)
-    parser.add_argument("--prefill-tokens", type=int, default=1000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--cost", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--boundary", action="store_true")
+    parser.add_argument("--forced", action="store_true", help="also time and score forced")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-table", action="store_true")
-    parser.add_argument("--no-timing", action="store_true")
-    parser.add_argument("--kind", choices=["copy", "unseen"], action="append",
-                        help="timing prefills (default: copy)")
+    parser.add_argument("--prefill-tokens", type=int, default=1000)
+    parser.add_argument("--json-tokens", type=int, default=100)
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    os.environ["LLMCLI_LOCAL_PREFIX_CACHE"] = "0"
     backend = _load()
-    if not args.no_table:
-        table(backend, args.chars, args.tokens)
-    if not args.no_timing:
-        for kind in args.kind or ["copy"]:
-            timing(backend, args.prefill_tokens, args.runs, kind)
+    modes = ["none", "heal", "chars", *(["forced"] if args.forced else [])]
+    every = not (args.cost or args.json or args.boundary)
+    if every or args.cost:
+        cost(backend, modes, args.prefill_tokens, args.runs)
+    if every or args.json:
+        json_lists(backend, modes, args.json_tokens)
+    if every or args.boundary:
+        boundaries(backend, modes, 12)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ that **boundary region** ``R`` can be split differently once more characters fol
 3. **Canonical only.** A cover whose text the tokenizer would split otherwise
    (``[`` + ``"C`` where it writes ``["`` + ``C``) is not one the model was trained on, and
    is dropped; so is one that a grammar (``--schema``) forbids.
-4. **Choice.** Greedy takes the most probable next *character* (summed over every cover that
-   writes it), then the most probable cover that writes it; sampling draws a cover from the
-   exact distribution (Gumbel-max over the covers' log-probabilities, rejecting those dropped
-   above). The chosen path is kept in the cache, the cover's token is the first generated
-   one, and decoding goes on as usual.
+4. **Choice.** Greedy takes the most probable cover: the likeliest first token given the
+   prefill's characters (for a prefill that ends where the model's own tokens end, what plain
+   greedy decoding takes); sampling draws a cover from the exact distribution (Gumbel-max
+   over the covers' log-probabilities, rejecting those dropped above), so the next
+   characters follow the exact next-character distribution (:func:`next_chars`). The
+   chosen path is kept in the cache, the cover's token is the first generated one, and
+   decoding goes on as usual.
 
 :func:`plan` finds the region and the paths before any pass (the scheduler sizes a cache
 from it); :func:`start` runs the pass and chooses.
@@ -447,21 +449,13 @@ def choose(backend: Backend[Any], p: Plan, logp: torch.Tensor, *, temperature: f
         keys = covers.logp[keep].double()
     order = keep[torch.argsort(keys, descending=True)].tolist()
     def enough(valid: list[tuple[int, Cover]], rest: float) -> bool:
-        if temperature > 0:
-            return True  # the first valid cover in Gumbel order is the draw
-        # Greedy: once the covers left cannot lift another character above the leader.
-        ranked = sorted((math.exp(m) for m in _masses(covers, valid).values()), reverse=True)
-        return math.exp(rest) < ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)
+        # The first valid cover in this order: the likeliest (greedy), or the draw.
+        return True
 
     valid, seen = _valid(backend, covers, order, allowed, enough)
     if not valid:  # nothing canonical (a tokenizer this cannot read): the likeliest cover
         valid = [(order[0], covers[order[0]])]
     pick = valid[0][1]
-    if temperature <= 0:
-        # The likeliest next character, then its likeliest cover.
-        mass = _masses(covers, valid)
-        char = max(mass, key=lambda c: mass[c])
-        pick = next(cover for _, cover in valid if cover.char == char)
     start = p.starts[pick.j]
     node = pick.end if pick.end >= 0 else start
     return Choice(path=p.path(node) if node >= 0 else [], first=pick.token,
