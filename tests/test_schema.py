@@ -271,3 +271,80 @@ def test_json_says_when_the_token_limit_cut_the_reply(test_models) -> None:
             response.json()
     finally:
         type(model).execute = original
+
+
+# -- references stay inside the schema -------------------------------------------------------
+
+
+@pytest.mark.parametrize("ref", [
+    "file:///etc/passwd", "file:/etc/passwd", "file://localhost/etc/passwd#/x",
+    "FILE:///etc/passwd", "/etc/passwd", "../etc/passwd", "other.json#/$defs/a",
+    "http://127.0.0.1:9/schema.json", "https://example.invalid/s.json#/x",
+    "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66", "//example.invalid/s.json",
+])
+def test_a_ref_outside_the_schema_is_refused(ref: str) -> None:
+    for schema in ({"$ref": ref}, {"type": "object", "properties": {"a": {"$ref": ref}}},
+                   {"items": {"anyOf": [{"type": "string"}, {"$dynamicRef": ref}]}},
+                   {"$defs": {"a": {"$ref": ref}}, "x-extension": {"$ref": ref}}):
+        with pytest.raises(schemas.InvalidSchemaError, match="points outside the schema"):
+            schemas.parse_schema(json.dumps(schema))
+
+
+def test_an_id_does_not_open_a_way_out() -> None:
+    # "passwd" resolves against the $id to file:///etc/passwd: not a part of the schema.
+    with pytest.raises(schemas.InvalidSchemaError, match="'passwd' points outside"):
+        schemas.check_schema({"$id": "file:///etc/", "properties": {"a": {"$ref": "passwd"}}})
+
+
+@pytest.mark.parametrize("schema", [
+    {"$defs": {"a": {"type": "integer"}}, "properties": {"x": {"$ref": "#/$defs/a"}}},
+    {"definitions": {"a": {"type": "integer"}}, "items": {"$ref": "#/definitions/a"}},
+    {"$defs": {"a": {"$anchor": "num", "type": "integer"}}, "items": {"$ref": "#num"}},
+    {"$id": "https://example.invalid/root.json", "$defs": {
+        "a": {"$id": "item.json", "type": "integer"}},
+     "properties": {"x": {"$ref": "item.json"},
+                    "y": {"$ref": "https://example.invalid/item.json"}}},
+    {"$dynamicAnchor": "node", "type": "object",
+     "properties": {"kids": {"type": "array", "items": {"$dynamicRef": "#node"}}}},
+    # A property named $ref is a name, and enum values are data.
+    {"properties": {"$ref": {"type": "string"}}, "enum": [{"$ref": "file:///etc/passwd"}]},
+])
+def test_refs_inside_the_schema_are_kept(schema: dict) -> None:
+    assert schemas.check_schema(schema) is schema
+
+
+@pytest.mark.parametrize(("schema", "words"), [
+    ({"$ref": "#/$defs/missing"}, "does not resolve inside the schema"),
+    ({"$ref": "#nowhere"}, "does not resolve inside the schema"),
+    ({"$ref": "#"}, "refers to itself without end"),
+    ({"allOf": [{"$ref": "#/$defs/b"}], "$defs": {"b": {"$ref": "#"}}}, "without end"),
+])
+def test_broken_internal_refs_are_refused(schema: dict, words: str) -> None:
+    with pytest.raises(schemas.InvalidSchemaError, match=words):
+        schemas.check_schema(schema)
+
+
+def test_validation_never_retrieves_a_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even a schema that skipped check_schema: the validator's registry is empty and
+    # retrieves nothing (jsonschema's default would open the URL with urllib).
+    import urllib.request
+
+    def retrieve(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a reference was retrieved")
+
+    monkeypatch.setattr(urllib.request, "urlopen", retrieve)
+    with pytest.raises(schemas.InvalidSchemaError, match="does not resolve"):
+        schemas.validation_error({"$ref": "http://127.0.0.1:9/s.json"}, 1)
+
+
+def test_cli_schema_with_a_file_ref_is_one_line(test_models, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"enum": ["SECRET-1b9"]}))
+    for schema in (json.dumps({"$ref": f"file://{secret}"}), str(tmp_path / "s.json")):
+        (tmp_path / "s.json").write_text(json.dumps({"$ref": f"{secret}"}))
+        result = CliRunner().invoke(cli, ["-m", "test-eats", "--schema", schema, "Say"])
+        assert result.exit_code == 1
+        assert "points outside the schema" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert "SECRET" not in result.output and "Traceback" not in result.output
+    assert not test_models.requests

@@ -267,6 +267,16 @@ def run_cli(user_dir: Path, *args: str, timeout: float = 60) -> subprocess.Compl
                           env=env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels"))
 
 
+def logged(user_dir: Path) -> list[Any]:
+    """The rows of a user directory's log (none if there is no log)."""
+    import sqlite3
+
+    if not (user_dir / "logs.db").exists():
+        return []
+    with sqlite3.connect(user_dir / "logs.db") as db:
+        return list(db.execute("select * from responses"))
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
     assert result.returncode != 0
     assert result.stdout == ""
@@ -297,8 +307,7 @@ def test_cli_schema_with_a_file_ref_reads_nothing(tmp_path: Path, counting: Coun
                                   str(schema_file), "Say", timeout=30),
                           "points outside the schema")
     assert counting.hits == []
-    assert not (tmp_path / "user" / "logs.db").exists() or "fifo" not in (
-        tmp_path / "user" / "logs.db").read_bytes().decode("latin-1")
+    assert logged(tmp_path / "user") == []
 
 
 def test_a_template_with_a_file_ref_is_refused(tmp_path: Path) -> None:
@@ -406,6 +415,22 @@ def test_a_foreign_host_is_forbidden(guarded: Server, host: str) -> None:
 def test_loopback_and_allowed_hosts_are_served(guarded: Server, host: str) -> None:
     reply = chat(guarded, {"messages": USER}, headers={"Host": host})
     assert reply.status_code == 200, reply.text
+
+
+def test_a_server_on_another_address_allows_that_address() -> None:
+    from llmcli.serve.guard import HostCheck
+
+    specific = HostCheck((), ("192.0.2.7", 8000))
+    assert specific.allows("192.0.2.7", 8000) and specific.allows("localhost", None)
+    assert not specific.allows("192.0.2.8", 8000)
+    assert not specific.allows("evil.example", 8000)
+    everywhere = HostCheck((), ("0.0.0.0", 8000))
+    assert everywhere.allows(socket.gethostname().lower(), 8000)
+    assert everywhere.allows("127.0.0.9", None)
+    assert not everywhere.allows("192.0.2.8", 8000)  # no address of this machine
+    assert not everywhere.allows("evil.example", 8000)
+    loopback = HostCheck((), ("127.0.0.1", 8000))
+    assert not loopback.allows("192.0.2.7", 8000)
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", "https://evil.example:443",
