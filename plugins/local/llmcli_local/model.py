@@ -45,8 +45,9 @@ class LocalModel(llmcli.Model):
         return self._source
 
     def prefill_note(self) -> str:
-        return ("native prefill; exact split on: the model's own tokens, as grammar-forced "
-                "decoding (-o prefill_mode heal|none)")
+        return ("native prefill; prefill_mode chars: the reply given your prefill's "
+                "characters, its last piece weighed over every canonical split in one pass "
+                "(-o prefill_mode heal|none|forced)")
 
     def execute(self, request: Request) -> Iterator[Chunk]:
         options = request.options

@@ -144,17 +144,16 @@ class LeanBackend:
         with torch.inference_mode():
             cache = self._new_cache(ids, capacity, keep=1)
             start = cache.position
-            rows = body - start
             end = body + count
             depth: list[int] = []
-            mask = torch.zeros((rows + count, end), dtype=torch.bool)
-            mask[:rows, :body] = torch.ones((rows, body), dtype=torch.bool).tril(start)
-            mask[rows:, :body] = True
+            # The nodes' rows: each sees the body, its ancestors and itself.
+            mask = torch.zeros((count, end), dtype=torch.bool)
+            mask[:, :body] = True
             for i, parent in enumerate(parents):
                 depth.append(0 if parent < 0 else depth[parent] + 1)
                 if parent >= 0:
-                    mask[rows + i] = mask[rows + parent]
-                mask[rows + i, body + i] = True
+                    mask[i] = mask[parent]
+                mask[i, body + i] = True
             positions = list(range(start, body)) + [body + d for d in depth]
             states = self.decoder.states(cache.buffers, [*ids[start:], *tokens], start,
                                          count + 1, tree=(positions, mask))

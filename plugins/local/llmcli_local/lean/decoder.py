@@ -139,23 +139,29 @@ class Decoder:
         """The same pass; the final-normed hidden states of its last ``keep`` positions,
         shape (keep, hidden): the output head (``weights.lm_head``) turns a row into logits.
 
-        ``tree``: the pass's RoPE positions and its attention mask, shape (count, start +
-        count), True where a row attends: several continuations scored in one pass, each
-        row seeing only the cache and its own ancestors (:mod:`llmcli_local.boundary`)."""
+        ``tree``: the pass's RoPE positions, and the attention mask of its last rows (shape
+        (rows, start + count), True where a row attends): a tree of continuations after the
+        causal rows, scored in the same pass, each seeing the cache, the causal rows and its
+        own ancestors (:mod:`llmcli_local.boundary`). The causal rows keep the causal kernel,
+        so a long prompt with a tree costs what it costs without one."""
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         weights = self.weights
         count = len(ids)
         end = start + count
         index = torch.tensor(ids, dtype=torch.long, device=weights.embed.device)
         x = weights.embed[index].unsqueeze(0)  # (1, count, hidden)
-        mask = None
+        causal = count  # rows attended causally; the rest (a tree's) through ``leaves``
+        leaves = None
         if tree is not None:
             positions = torch.tensor(tree[0], device=x.device).unsqueeze(0)
-            mask = tree[1].to(x.device)
+            leaves = tree[1].to(x.device)
+            causal = count - int(leaves.shape[0])
         else:
             positions = torch.arange(start, end, device=x.device).unsqueeze(0)
-            if start > 0 and count > 1:
-                mask = torch.ones((count, end), dtype=torch.bool, device=x.device).tril(start)
+        mask = None
+        if start > 0 and causal > 1:
+            mask = torch.ones((causal, start + causal), dtype=torch.bool,
+                              device=x.device).tril(start)
         cos, sin = self.rotary(x, positions)  # (1, count, dim)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         half = dim // 2
@@ -170,10 +176,16 @@ class Decoder:
             buffer[0, :, start:end] = k[0]
             buffer[1, :, start:end] = v[0]
             attended = F.scaled_dot_product_attention(
-                q, buffer[0, :, :end].unsqueeze(0), buffer[1, :, :end].unsqueeze(0),
-                attn_mask=mask, is_causal=mask is None and count > 1, scale=self.scaling,
+                q[:, :, :causal], buffer[0, :, :start + causal].unsqueeze(0),
+                buffer[1, :, :start + causal].unsqueeze(0), attn_mask=mask,
+                is_causal=mask is None and causal > 1, scale=self.scaling,
                 enable_gqa=heads != kv_heads,
             )
+            if leaves is not None:
+                attended = torch.cat((attended, F.scaled_dot_product_attention(
+                    q[:, :, causal:], buffer[0, :, :end].unsqueeze(0),
+                    buffer[1, :, :end].unsqueeze(0), attn_mask=leaves, scale=self.scaling,
+                    enable_gqa=heads != kv_heads)), dim=2)
             attended = attended.transpose(1, 2).reshape(1, count, heads * dim)
             x = x + linear(attended, layer.out, layer.out_bias)
             x = x + _mlp(layer, _rms(x, layer.norm_post, self.eps))
