@@ -140,7 +140,7 @@ def test_the_next_call_is_served_by_the_worker_with_the_same_text(workers: Worke
     served = _api_call(workers)
     assert served["text"] + "\n" == first
     assert served["pid"] == info["pid"] and served["tokens"] == 8
-    assert served["torch"] is False
+    assert served["torch"] is False and served["mode"] == "chars"
     assert workers.ask("-o", "keep_alive", "60") == first
     # The caller still logs every exchange, whoever ran it.
     assert workers.logged() == [("complete", first.rstrip("\n"))] * 3
@@ -170,7 +170,8 @@ def _api_call(workers: Workers) -> dict[str, Any]:
         " keep_alive='1m')\n"
         "text = r.text()\n"
         "print(json.dumps({'text': text, 'pid': r.usage().details.get('worker_pid'),"
-        " 'tokens': r.usage().output_tokens, 'torch': 'torch' in sys.modules}))\n"
+        " 'tokens': r.usage().output_tokens, 'torch': 'torch' in sys.modules,"
+        " 'mode': r.usage().details.get('prefill_mode')}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=workers.env, capture_output=True,
                             text=True, timeout=120)

@@ -26,7 +26,7 @@ US_STATES = {
 
 def test_readme_main_job_gives_state_names(smollm2: Any) -> None:
     """The README's `make run` job (the Makefile's PROMPT and PREFILL, default options, so
-    exact prefill): a complete JSON array of US state names, starting with the prefill."""
+    character-level prefill): a complete JSON array of US state names, starting with the prefill."""
     import re
     from pathlib import Path
 
@@ -35,19 +35,20 @@ def test_readme_main_job_gives_state_names(smollm2: Any) -> None:
     prefill = re.search(r"^PREFILL\s*\?=\s*(.+)$", makefile, re.M).group(1)  # type: ignore[union-attr]
     response = smollm2.prompt(question, prefill=prefill, log=False)
     text = response.text()
-    assert text.startswith(prefill) and response.usage().details["prefill_mode"] == "exact"
+    assert text.startswith(prefill) and response.usage().details["prefill_mode"] == "chars"
     states = json.loads(text)
     assert len(states) == 3 and set(states) <= US_STATES, states
 
 
-def test_json_list_prefill_in_heal_mode(smollm2: Any) -> None:
-    """`["` in heal mode: the tokenizer's `["`, healed, continues as a list of strings. (In
-    exact mode SmolLM2's own split of `["` is a token that opens a Python docstring, as grammar
-    forcing gives; see
-    docs/prefill.md and test_exact_smollm2.)"""
+@pytest.mark.parametrize("mode", ["chars", "heal"])
+def test_json_list_prefill_gives_a_list_of_strings(smollm2: Any, mode: str) -> None:
+    """`["` under the default (character level: `["` is a whole pre-token, and the
+    likeliest cover is the tokenizer's own token) and in heal mode continues as a list of
+    strings. (In forced mode SmolLM2's own split of `["` opens a Python docstring, as grammar
+    forcing gives; see docs/prefill.md and test_exact_smollm2.)"""
     response = smollm2.prompt(
         "Give a JSON array of 5 US states. Reply with the JSON only.", prefill='["',
-        max_tokens=40, log=False, prefill_mode="heal",
+        max_tokens=40, log=False, prefill_mode=mode,
     )
     text = response.text()
     assert text.startswith('["') and not text.startswith('[""')

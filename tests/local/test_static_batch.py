@@ -139,8 +139,9 @@ def test_a_sequence_joins_a_running_static_batch(tiny: Any) -> None:
 
 
 def test_grammar_runs_and_exact_prefill_in_a_static_batch(tiny: Any) -> None:
-    """A schema's forced runs go through ``extend`` on an adopted cache; exact prefill's
-    prompt pass truncates its cache before adoption; heal and none ride along."""
+    """A schema's forced runs go through ``extend`` on an adopted cache; forced prefill's
+    prompt pass truncates its cache before adoption, character-level prefill's keeps one
+    path of its tree; heal and none ride along."""
     from llmcli_local import grammar
     from llmcli_local.scheduler import Scheduler
 
@@ -150,6 +151,7 @@ def test_grammar_runs_and_exact_prefill_in_a_static_batch(tiny: Any) -> None:
         ("Describe", "", {"max_tokens": 60, "grammar": schema}),
         ("Hi", "def quicksor", {"max_tokens": 15, "prefill_mode": "exact"}),
         ("URL", "The URL is http:", {"max_tokens": 25}),
+        ("Code", "def quicks", {"max_tokens": 20}),  # chars: several split paths
         ("Describe", '{"the_first', {"max_tokens": 50, "grammar": schema}),
         ("List", '["Cal', {"max_tokens": 12, "prefill_mode": "heal"}),
         ("Test", "This is a te", {"max_tokens": 9, "prefill_mode": "none"}),
@@ -167,7 +169,7 @@ def test_grammar_runs_and_exact_prefill_in_a_static_batch(tiny: Any) -> None:
     batched = [(h.text(), h.usage) for h in handles]
     assert [t for t, _ in batched] == [t for t, _ in alone]
     assert batched[0][1].details["forced_tokens"] > 0
-    assert batched[3][1].details["forced_tokens"] > 0
+    assert batched[4][1].details["forced_tokens"] > 0
     assert scheduler.peak_batch == len(calls) and fast.static.fallbacks == 0
     assert fast.static.occupied == 0
 
