@@ -224,3 +224,22 @@ def test_forced_keeps_exact_as_its_old_name() -> None:
     assert LocalOptions().prefill_mode == "chars"
     assert LocalOptions(prefill_mode="exact").prefill_mode == "forced"
     assert GenerationSettings(prefill_mode="exact").mode == "forced"  # type: ignore[arg-type]
+
+
+def test_an_added_token_is_never_part_of_the_region(thinking_model_dir: Any) -> None:
+    """``<think>`` is an added token: text after it never merges with it, so the region
+    starts after it, and a prefill that ends with one has nothing to weigh."""
+    from tests.local.conftest import load
+
+    backend = load(thinking_model_dir)
+    think = backend.encode("<think>")
+    assert len(think) == 1 and think[0] in backend.vocab.atomic
+    template = backend.render(MESSAGES)
+    head = backend.encode(template)
+    ends = boundary.plan(backend, head, template, "<think>")
+    assert ends.region == b"" and ends.body == [*head, *think]
+    after = boundary.plan(backend, head, template, "<think>\n")
+    assert after.region == b"\n" and after.body == [*head, *think]
+    for prefill in ("<think>", "<think>\n"):
+        out = list(decode.generate(backend, MESSAGES, prefill, GenerationSettings(max_tokens=3)))
+        assert out[-1].details["prefill_mode"] == "chars" and out[-1].output_tokens == 3

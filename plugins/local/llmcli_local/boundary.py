@@ -190,9 +190,15 @@ def plan(backend: Backend[Any], template_ids: Sequence[int], template: str,
         first = max(i for i, offset in enumerate(offsets[:-1]) if offset <= start) \
             if offsets[:-1] else 0
     first = max(0, min(first, len(tokens) - 1), len(tokens) - MAX_REGION_TOKENS)
+    # An added token (``<think>``) is never split or merged: the region starts after it,
+    # and is empty where the prefill ends with one.
+    first = max([first, *(i + 1 for i in range(first, len(tokens))
+                          if tokens[i] in vocab.atomic)])
     region = data[offsets[first]:]
     out = Plan(body=[*template_ids, *tokens[:first]], region=region, canon=tokens[first:],
                body_prefill=first)
+    if not region:
+        return out
     canon_at = {offsets[k] - offsets[first]: k - first for k in range(first, len(tokens))}
     for j in range(len(region)):
         rest = region[j:]

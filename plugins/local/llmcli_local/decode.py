@@ -178,6 +178,8 @@ def _prepare(backend: Backend[Any], messages: Messages, prefill: str,
         template = render(backend, messages, "", settings.template_kwargs)
         plan = boundary.plan(backend, backend.encode(template), template, prefill)
         budget = _budget(settings, context, len(plan.body) + len(plan.canon))
+        if not plan.region:  # the prefill ends with an added token: nothing to weigh
+            return Prepared(plan.body, len(plan.body) + budget, budget)
         # Room for every path the pass scores; one of them stays.
         return Prepared(plan.body, len(plan.body) + len(plan.tokens) + budget, budget,
                         boundary=plan)
