@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,16 +219,32 @@ def open_read_only(path: Path) -> Database:
     return db
 
 
+class _Pending:
+    """A record waiting for a :class:`SharedLog` write, and how that write went."""
+
+    def __init__(self, record: ResponseRecord) -> None:
+        self.record = record
+        self.written = False
+        self.error: BaseException | None = None
+
+
 class SharedLog:
-    """One log connection for many threads (``llmcli serve``, ``llmcli batch``): a lock keeps
-    their transactions apart, and every record is written with ``tags`` (``batch_id``).
-    Opened at once, so that a log that cannot be opened fails before any request."""
+    """One log connection for many threads (``llmcli serve``, ``llmcli batch``), every record
+    written with ``tags`` (``batch_id``). Opened at once, so that a log that cannot be
+    opened fails before any request.
+
+    Writes are grouped: a thread that finds another writing queues its record, and the
+    next writer commits every queued record in one transaction (each commit waits for the
+    disk: two hundred responses ending at once are a few commits, not two hundred). Each
+    caller returns once its own record is written, or raises what its write raised."""
 
     def __init__(self, path: Path | None = None, **tags: Any) -> None:
         self._store = LogStore(path=path)
         self.path = self._store.path
         self._tags = tags
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while writing
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
 
     def check(self) -> None:
         """Write a row and take it back, now: a log that opens but cannot be written (a
@@ -251,11 +268,47 @@ class SharedLog:
         record = response if isinstance(response, ResponseRecord) else response.record()
         if self._tags or tags:
             record = replace(record, **self._tags, **tags)
+        pending = _Pending(record)
+        with self._queue_lock:
+            self._queue.append(pending)
         with self._lock:
-            self._store.log(record)
+            if not pending.written:  # nobody took it along: write what is queued
+                self._write_queued()
+        if pending.error is not None:
+            raise pending.error
+
+    def _write_queued(self) -> None:
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        if not group:
+            return
+        try:
+            self._store.log_many([p.record for p in group])
+        except Exception:
+            if len(group) == 1:
+                group[0].error = sys.exc_info()[1]
+            else:  # one bad record must not cost the others theirs: each on its own
+                for p in group:
+                    try:
+                        self._store.log_many([p.record])
+                    except Exception as exc:
+                        p.error = exc
+        except BaseException:  # Ctrl-C in the writer: the group waits for the next one
+            with self._queue_lock:
+                self._queue[:0] = group
+            raise
+        for p in group:
+            p.written = True
+
+    def flush(self) -> None:
+        """Write what is queued now (a server stopping: before it says it has stopped)."""
+        with self._lock:
+            self._write_queued()
 
     def close(self) -> None:
+        """Write what is queued, then close."""
         with self._lock:
+            self._write_queued()
             self._store.close()
 
 
@@ -295,30 +348,38 @@ class LogStore:
     def log(self, response: ResponseRecord | Recordable) -> None:
         """Write one response (a finished Response is a valid logger: ``log=store.log``)."""
         record = response if isinstance(response, ResponseRecord) else response.record()
-        row = record.row()
-        # Keys are scrubbed where messages are made; this is the last gate before disk.
-        row["error"] = config.scrub(record.error) if record.error else None
+        self.log_many([record])
+
+    def log_many(self, records: list[ResponseRecord]) -> None:
+        """Write responses in one transaction: all of them, or (on an error) none."""
         with _db_errors(self.path), _interrupts_held():
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                if record.conversation_id is not None:
-                    self.db.table("conversations").insert(
-                        {
-                            "id": record.conversation_id,
-                            "name": record.conversation_name or _title(record.prompt),
-                            "model": record.model,
-                            "datetime_utc": record.datetime_utc,
-                        },
-                        ignore=True,
-                    )
-                if record.schema_id is not None and record.schema_json is not None:
-                    self.db.table("schemas").insert(
-                        {"id": record.schema_id, "content": record.schema_json}, ignore=True)
-                self.db.table("responses").insert(row)
+                for record in records:
+                    self._insert(record)
                 self.db.execute("COMMIT")
             except BaseException:
                 _rollback(self.db)
                 raise
+
+    def _insert(self, record: ResponseRecord) -> None:
+        row = record.row()
+        # Keys are scrubbed where messages are made; this is the last gate before disk.
+        row["error"] = config.scrub(record.error) if record.error else None
+        if record.conversation_id is not None:
+            self.db.table("conversations").insert(
+                {
+                    "id": record.conversation_id,
+                    "name": record.conversation_name or _title(record.prompt),
+                    "model": record.model,
+                    "datetime_utc": record.datetime_utc,
+                },
+                ignore=True,
+            )
+        if record.schema_id is not None and record.schema_json is not None:
+            self.db.table("schemas").insert(
+                {"id": record.schema_id, "content": record.schema_json}, ignore=True)
+        self.db.table("responses").insert(row)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from llmcli.serve.protocol import (
     parse,
 )
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["ServeSettings", "create_app", "shutting_down_body"]
 
 
 @dataclass
@@ -158,6 +158,8 @@ class _Run:
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     in_flight: set[Exchange] = set()
+    #: Set when the grace period is over: a request prepared from then on is not started.
+    stopping = asyncio.Event()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -170,6 +172,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         for exchange in await stop_all(left, STOP_WAIT):
             settings.say(f"{exchange.response.id} did not stop when cancelled; logged as "
                          "partial")
+        flush = getattr(settings.log_to, "flush", None)
+        if flush is not None:  # rows still queued for the log are written before "stopped"
+            await asyncio.to_thread(flush)
 
     # No /docs, /redoc or /openapi.json: nothing is public but /health.
     app = FastAPI(title="llmcli serve", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -235,6 +240,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """Prepare and start a response; wait for its first chunk so that a failure before
         any text is answered with a status, not inside a 200 stream."""
         model, response = await run_in_threadpool(prepare, chat)
+        if stopping.is_set():  # prepared after the grace period ended: never started
+            raise SHUTTING_DOWN
         exchange = Exchange(response, model_slots(model), on_done=done)
         in_flight.add(exchange)
         exchange.start()
@@ -358,6 +365,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         request in flight ends now with SHUTTING_DOWN, a 503 or an error event closing its
         stream, so each response completes; their threads are cancelled and log what
         arrived as partial."""
+        stopping.set()
         left = [exchange for exchange in list(in_flight) if not exchange.cancelled]
         if left:
             settings.say(f"cancelling {len(left)} request(s) in flight")
@@ -463,6 +471,18 @@ async def _openai_events(run: _Run, first: str | None) -> AsyncIterator[str]:
     if chat.include_usage:
         yield frame(None, usage=_openai_usage(response))
     yield "data: [DONE]\n\n"
+
+
+def shutting_down_body(path: str, stream: bool) -> bytes:
+    """What ends a request that is still running when the server stops, in its wire's shape:
+    a 503's body, or a stream's closing error event."""
+    anthropic = path.startswith("/v1/messages")
+    if not stream:
+        return json.dumps(anthropic_body(SHUTTING_DOWN) if anthropic
+                          else openai_body(SHUTTING_DOWN)).encode()
+    if anthropic:
+        return _event("error", {"error": anthropic_body(SHUTTING_DOWN)["error"]}).encode()
+    return (_data(openai_body(SHUTTING_DOWN)) + "data: [DONE]\n\n").encode()
 
 
 def _event(name: str, payload: dict[str, Any]) -> str:

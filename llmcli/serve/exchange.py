@@ -31,7 +31,7 @@ __all__ = ["STOP_WAIT", "Exchange", "model_slots", "stop_all"]
 #: Seconds the threads of cancelled exchanges get to end at shutdown (they end within
 #: milliseconds once their connections are shut down, or an SDK's retry pause), before the
 #: ones still running are logged from the event loop (:func:`stop_all`).
-STOP_WAIT = 1.0
+STOP_WAIT = 0.8
 
 _slots: dict[tuple[str | None, str], threading.BoundedSemaphore] = {}
 _slots_guard = threading.Lock()
@@ -147,7 +147,11 @@ async def stop_all(exchanges: Collection[Exchange], wait: float) -> list[Exchang
     while any(e.thread.is_alive() for e in exchanges) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     stuck = [e for e in exchanges if e.thread.is_alive()]
-    for exchange in stuck:
-        # A log write may wait for SQLite's lock: not on the event loop.
-        await asyncio.to_thread(exchange.response.abandon)
+
+    def abandon() -> None:
+        for exchange in stuck:
+            exchange.response.abandon()
+
+    if stuck:
+        await asyncio.to_thread(abandon)  # log writes may wait: not on the event loop
     return stuck

@@ -4,14 +4,16 @@ is the real one), then serve until Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from llmcli.serve.app import ServeSettings, create_app
+from llmcli.serve.app import ServeSettings, create_app, shutting_down_body
 from llmcli.serve.guard import http_protocol
 
 __all__ = ["bind", "serve"]
@@ -44,7 +46,7 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     settings.bound = (bound_host, bound_port)  # a model whose URL is this: refused
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     # The h11 protocol with a deadline on request headers (guard.http_protocol).
-    # llmcli keeps the grace period itself (_Server); uvicorn's own limit, a second later,
+    # llmcli keeps the grace period itself (_server); uvicorn's own limit, a second later,
     # only cancels what still runs then (a handler stuck past its exchange's end).
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace + 1,
                             lifespan="on", http=http_protocol(settings.read_timeout))
@@ -69,15 +71,75 @@ def _server(config: Any, grace: float, cut_short: Callable[[], None]) -> Any:
     request's task, breaks a stream mid-event and logs a traceback.)"""
     import uvicorn
 
+    config.app = _AnswerWhenCancelled(config.app)
+
     class Server(uvicorn.Server):
+        #: When the first Ctrl-C or SIGTERM came: the grace period counts from it (a busy
+        #: event loop may start the shutdown itself a while later).
+        signalled: float | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.signalled is None:
+                self.signalled = time.monotonic()
+            super().handle_exit(sig, frame)
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            timer = asyncio.get_running_loop().call_later(grace, cut_short)
+            began = self.signalled if self.signalled is not None else time.monotonic()
+            # The event loop's clock is time.monotonic().
+            timer = asyncio.get_running_loop().call_at(began + grace, cut_short)
+            # uvicorn's own limit (it cancels what still runs) a second after the cut.
+            # (typed int, but handed to asyncio.timeout, which takes any number of seconds)
+            self.config.timeout_graceful_shutdown = max(  # type: ignore[assignment]
+                0.0, began + grace + 1 - time.monotonic())
             try:
                 await super().shutdown(sockets)
             finally:
                 timer.cancel()
 
     return Server(config)
+
+
+class _AnswerWhenCancelled:
+    """The ASGI application as uvicorn runs it. A request still running a second after the
+    grace period (its response had not ended when llmcli cut it short) has its task
+    cancelled by uvicorn; it then ends here with a 503 or its stream's closing error event,
+    as a request cut short at the grace period's end does, instead of a traceback on stderr
+    and a connection dropped mid-event."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = ended = stream = False
+
+        async def watched(message: Any) -> None:
+            nonlocal started, ended, stream
+            if message["type"] == "http.response.start":
+                started = True
+                stream = any(name.lower() == b"content-type" and value.startswith(
+                    b"text/event-stream") for name, value in message.get("headers", []))
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                ended = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:  # uvicorn only cancels a request when it stops
+            if ended:
+                return
+            with contextlib.suppress(Exception):
+                if not started:
+                    await send({"type": "http.response.start", "status": 503, "headers": [
+                        (b"content-type", b"application/json"), (b"connection", b"close")]})
+                    body = shutting_down_body(scope.get("path", ""), stream=False)
+                elif stream:
+                    body = shutting_down_body(scope.get("path", ""), stream=True)
+                else:  # a whole body under way: only its end is left to send
+                    body = b""
+                await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class _QuietSignals:
