@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -355,7 +357,6 @@ def test_sigkill_mid_write_loses_no_committed_row_and_leaves_the_log_whole(
     import signal
     import subprocess
     import sys
-    import time
 
     from tests.script import env_for
 
@@ -420,3 +421,51 @@ def test_a_reply_printed_though_the_log_write_fails_is_a_warning(test_models,
     assert as_json.returncode == 0 and '"text": "reply to: hello"' in as_json.stdout
     assert len(as_json.stderr.strip().splitlines()) == 1
     assert [r["prompt"] for r in LogStore().recent(None)] == ["first"]  # nothing lost
+
+
+def _record(prompt: str, id: str | None = None) -> Any:
+    import uuid
+
+    from llmcli.record import ResponseRecord
+
+    return ResponseRecord(id=id or uuid.uuid4().hex, model="test-eats", prompt=prompt,
+                          system=None, prefill="", prefill_support="eats", text="t",
+                          status="complete", datetime_utc="2026-01-01T00:00:00.000+00:00")
+
+
+def test_a_shared_log_groups_waiting_writes_and_one_bad_row_costs_no_other(
+        user_dir: Path) -> None:
+    import threading
+
+    from llmcli.log import SharedLog
+
+    log = SharedLog(batch_id="b1")
+    log(_record("first", id="same-id"))
+    errors: dict[str, BaseException] = {}
+
+    def write(prompt: str, id: str | None = None) -> None:
+        try:
+            log(_record(prompt, id), batch_line=prompt)
+        except Exception as exc:
+            errors[prompt] = exc
+
+    # Hold the writer back while thirty threads queue their rows, one of them a duplicate
+    # id: the next writer takes them all; the duplicate alone fails.
+    with log._lock:
+        threads = [threading.Thread(target=write, args=(f"row {i}",)) for i in range(29)]
+        threads.append(threading.Thread(target=write, args=("dup", "same-id")))
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(log._queue) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(log._queue) == 30
+    for thread in threads:
+        thread.join(10)
+    assert list(errors) == ["dup"] and isinstance(errors["dup"], LogError)
+    log.close()
+    rows = LogStore().recent(None)
+    assert sorted(r["prompt"] for r in rows) == sorted(["first", *(f"row {i}" for i in
+                                                                   range(29))])
+    assert {r["batch_id"] for r in rows} == {"b1"}
+    assert all(r["batch_line"] == r["prompt"] for r in rows if r["prompt"] != "first")

@@ -7,6 +7,8 @@ held to as well)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import resource
 import signal
 import subprocess
@@ -227,3 +229,73 @@ def test_a_planted_key_never_leaves_the_server(tmp_path: Path) -> None:
     assert code == 0
     assert PLANTED not in out + err
     assert all(PLANTED not in str(row) for row in rows)
+
+
+def test_a_backend_no_cancellation_reaches_is_logged_at_shutdown_and_not_waited_for(
+        tmp_path: Path) -> None:
+    """The test model sleeps before each chunk (no socket to shut down): at the end of the
+    grace period the client gets its 503, the exchange is logged as partial from the event
+    loop, and the process does not wait for the sleeping thread."""
+    user = tmp_path / "user"
+    env = env_for(user, LLMCLI_LOAD_PLUGINS="llmcli-testmodels")
+    subprocess.run([str(SCRIPT), "models", "options", "set", "test-eats", "delay", "10"],
+                   env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL,
+                   timeout=60)
+    server = start_server(user, "-m", "test-eats", "--grace", "0")
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(httpx.post(
+        server.v1 + "/chat/completions", timeout=30,
+        json={"messages": [{"role": "user", "content": "sleepy"}]})))
+    thread.start()
+    time.sleep(1.0)  # the exchange is asleep in its backend
+    started = time.monotonic()
+    code, out, err = server.stop()
+    elapsed = time.monotonic() - started
+    thread.join(10)
+    assert code == 0 and elapsed < 0 + 2, (elapsed, err)
+    assert out.splitlines()[-1] == "llmcli serve: stopped"
+    [answer] = answers
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "shutting_down"
+    [row] = server.rows()
+    assert (row["prompt"], row["status"], row["error"]) == ("sleepy", "partial",
+                                                            "interrupted")
+    assert "did not stop when cancelled; logged as partial" in err
+    assert "Traceback" not in err
+
+
+def test_a_request_uvicorn_cancels_at_its_deadline_still_gets_an_answer() -> None:
+    """The last resort: a request still running when uvicorn cancels it (a second after the
+    grace period) ends with SHUTTING_DOWN in its wire's shape, not a traceback."""
+    from llmcli.serve.server import _AnswerWhenCancelled
+
+    async def run(path: str, stream: bool | None) -> list[dict[str, Any]]:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if stream is not None:
+                kind = b"text/event-stream" if stream else b"application/json"
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", kind)]})
+                await send({"type": "http.response.body", "body": b"data: {}\n\n",
+                            "more_body": True})
+            await asyncio.sleep(3600)
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        task = asyncio.create_task(_AnswerWhenCancelled(app)(
+            {"type": "http", "path": path}, None, send))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await task  # answered, not re-raised
+        return sent
+
+    before = asyncio.run(run("/v1/chat/completions", None))
+    assert before[0]["status"] == 503
+    assert json.loads(before[1]["body"])["error"]["code"] == "shutting_down"
+    streamed = asyncio.run(run("/v1/chat/completions", True))
+    assert streamed[-1]["body"].endswith(b"data: [DONE]\n\n")
+    assert b'"shutting_down"' in streamed[-1]["body"] and not streamed[-1]["more_body"]
+    claude = asyncio.run(run("/v1/messages", True))
+    assert claude[-1]["body"].startswith(b"event: error\n")
+    assert b"overloaded_error" in claude[-1]["body"]
