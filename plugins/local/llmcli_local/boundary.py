@@ -309,18 +309,21 @@ class Covers:
         region = p.region
         parts: list[torch.Tensor] = []
         self._meta: list[tuple[int, int, torch.Tensor]] = []  # (j, exact end or -1, ids)
+        lengths = _lengths(vocab)
+        text_ids = _text_ids(vocab, self._eos)
         for j, node in p.starts.items():
             base = self._path_logp(logp, node)
-            beyond = [t for t in vocab.starting_with(region[j:])
-                      if len(vocab.bytes_of(t)) > len(region) - j]
-            if beyond:
-                ids = torch.tensor(beyond, dtype=torch.long)
+            ids = torch.tensor(vocab.starting_with(region[j:]), dtype=torch.long)
+            ids = ids[lengths[ids] > len(region) - j]
+            if len(ids):
                 parts.append(base + logp[node + 1, ids])
                 self._meta.append((j, -1, ids))
             for end in p.exact_ends.get(j, []):
-                ids = _text_ids(vocab, self._eos)
-                parts.append(base + float(logp[node + 1, p.tokens[end]]) + logp[end + 1, ids])
-                self._meta.append((j, end, ids))
+                # Only the likeliest next tokens can be among the covers weighed.
+                row = logp[end + 1, text_ids]
+                top = torch.topk(row, min(MAX_CANDIDATES, len(row)))
+                parts.append(base + float(logp[node + 1, p.tokens[end]]) + top.values)
+                self._meta.append((j, end, text_ids[top.indices]))
         #: Log-probability of each cover (flat over every kind).
         self.logp = torch.cat(parts) if parts else torch.empty(0)
         self._owner = torch.cat([torch.full((len(x),), k, dtype=torch.long)
@@ -470,6 +473,18 @@ def choose(backend: Backend[Any], p: Plan, logp: torch.Tensor, *, temperature: f
 
 
 _TEXT_IDS: weakref.WeakKeyDictionary[Vocab, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+_LENGTHS: weakref.WeakKeyDictionary[Vocab, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def _lengths(vocab: Vocab) -> torch.Tensor:
+    """Every token's length in bytes (special tokens: 0)."""
+    lengths = _LENGTHS.get(vocab)
+    if lengths is None:
+        lengths = torch.tensor([len(b or b"") for b in vocab.token_bytes], dtype=torch.long)
+        _LENGTHS[vocab] = lengths
+    return lengths
 
 
 def _text_ids(vocab: Vocab, eos: frozenset[int]) -> torch.Tensor:
