@@ -37,12 +37,13 @@ TEXT = " and the rest of the reply."
 async def one_client(client: openai.AsyncOpenAI, n: int) -> tuple[str, str]:
     """(kind, outcome) of client ``n``: "complete", "left" or "cut" (an error event)."""
     kind = "fast" if n < FAST else "leaving" if n < FAST + LEAVING else "slow"
-    stream = await client.chat.completions.create(
-        model="fast" if kind == "fast" else "slow", stream=True,
-        messages=[{"role": "user", "content": f"client {n} ({kind})"},
-                  {"role": "assistant", "content": "Well,", "prefix": True}])
     text = ""
     try:
+        # A 503 here (the stream had not begun when the grace period ended) is cut too.
+        stream = await client.chat.completions.create(
+            model="fast" if kind == "fast" else "slow", stream=True,
+            messages=[{"role": "user", "content": f"client {n} ({kind})"},
+                      {"role": "assistant", "content": "Well,", "prefix": True}])
         async for chunk in stream:
             if chunk.choices:
                 text += chunk.choices[0].delta.content or ""
