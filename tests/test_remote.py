@@ -311,3 +311,31 @@ def test_the_kit_imports_no_sdk_or_http_library() -> None:
 
 def test_redaction_marker_is_the_cores() -> None:
     assert config.REDACTED == "[REDACTED]"
+
+
+def test_a_request_waits_300_seconds_unless_told_otherwise(acme: types.ModuleType) -> None:
+    llmcli.get_model("acme-1").prompt("Go on", log=False).text()
+    assert Client.made[-1]["timeout"] == 300.0  # not the SDK's own 600 s
+    llmcli.get_model("acme-1").prompt("Go on", log=False, timeout=7).text()
+    assert Client.made[-1]["timeout"] == 7.0
+
+
+@pytest.mark.parametrize(("plugin", "model"), [("llmcli-openai", "gpt-4o"),
+                                               ("llmcli-anthropic", "claude-sonnet-4-5")])
+def test_the_sdk_clients_get_the_timeout_and_a_short_connect(
+        load_plugins: Any, plugin: str, model: str) -> None:
+    from llmcli import api
+    from llmcli.remote import Call
+
+    load_plugins(plugin)
+    found: Any = llmcli.get_model(model)
+    for given, expected in ((None, (5.0, 300.0)), (30.0, (5.0, 30.0)), (2.0, (2.0, 2.0))):
+        options = {} if given is None else {"timeout": given}
+        request = api.prompt(found, "x", key="sk-test-0000", log=False, options=options).request
+        call = Call(request=request, sdk=found.import_sdk(), base_url="http://127.0.0.1:9",
+                    timeout=given or 300.0)
+        client = found.connect(call)
+        try:
+            assert (client.timeout.connect, client.timeout.read) == expected
+        finally:
+            found.close(client)
