@@ -3,9 +3,9 @@
 Backends are synchronous generators; running each on a thread lets remote requests proceed
 concurrently and never blocks the event loop. A model that declares how many calls it takes at
 once (``batch_concurrency``, as ``llmcli batch`` reads it: the local runtime declares 8, what
-its scheduler steps together) gets that many slots; further requests to it wait for a slot on
-their own thread, so they never hold up anything else, and a client that leaves while waiting
-frees its place at once.
+its scheduler steps together) gets that many slots; further requests to it queue on the event
+loop for a slot, holding no thread, so they never hold up anything else, and a client that
+leaves while waiting frees its place at once.
 
 Cancelling (a client that went away, or shutdown) stops the response at once, even while its
 backend waits on an upstream that says nothing (:meth:`llmcli.Response.cancel` shuts its
@@ -18,6 +18,7 @@ daemons: a backend stuck where no cancellation reaches never holds the process u
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -51,6 +52,12 @@ def model_slots(model: Model) -> threading.BoundedSemaphore | None:
                                  threading.BoundedSemaphore(declared))
 
 
+#: How often a request queued for a model's slot looks for a free one (event-loop time only).
+_SLOT_POLL = 0.02
+#: Requests waiting for a slot, by the slots' id, first come first served.
+_queued: dict[int, collections.deque[Exchange]] = {}
+
+
 class Exchange:
     """Iterate ``response`` on a thread; ``chunks()`` yields its normalized chunks."""
 
@@ -65,10 +72,33 @@ class Exchange:
         self._cancelled = threading.Event()
         self.thread = threading.Thread(target=self._pump, daemon=True,
                                        name=f"llmcli-serve-{response.id[:8]}")
+        self._waiting: asyncio.Task[None] | None = None
 
     def start(self) -> Exchange:
-        self.thread.start()
+        """Run the response on its thread; where the model's slots are all taken, wait for
+        one on the event loop first, in arrival order, so that a queued request holds no
+        thread."""
+        slots = self._slots
+        if slots is None or (not _queued.get(id(slots)) and slots.acquire(blocking=False)):
+            self.thread.start()
+        else:
+            self._waiting = self._loop.create_task(self._wait_for_slot(slots))
         return self
+
+    async def _wait_for_slot(self, slots: threading.BoundedSemaphore) -> None:
+        queue = _queued.setdefault(id(slots), collections.deque())
+        queue.append(self)
+        try:
+            while not (queue[0] is self and slots.acquire(blocking=False)):
+                if self.cancelled:
+                    self._put("end")
+                    if self._on_done is not None:
+                        self._on_done(self)
+                    return
+                await asyncio.sleep(_SLOT_POLL)
+        finally:
+            queue.remove(self)
+        self.thread.start()
 
     def cancel(self, error: BaseException | None = None) -> None:
         """Stop the response now, from any thread (the event loop's: it never blocks). With
@@ -93,11 +123,7 @@ class Exchange:
         try:
             if self._slots is None:
                 self._iterate()
-            else:
-                while not self._slots.acquire(timeout=0.1):
-                    if self.cancelled:
-                        self._put("end")
-                        return
+            else:  # started holding a slot (start, _wait_for_slot)
                 try:
                     self._iterate()
                 finally:

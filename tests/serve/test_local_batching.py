@@ -254,3 +254,56 @@ def test_a_models_slots_are_its_declared_batch_concurrency() -> None:
     assert [slots.acquire(blocking=False) for _ in range(3)] == [True, True, False]
     slots.release()
     slots.release()
+
+
+class _Held:
+    """A response stand-in whose chunks wait for ``go``: what Exchange reads of one."""
+
+    def __init__(self, name: str) -> None:
+        self.id = name
+        self.go = threading.Event()
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.go.set()
+
+    def __iter__(self) -> Iterator[str]:
+        self.go.wait(10)
+        yield self.id
+
+
+def test_requests_beyond_a_models_slots_queue_without_a_thread() -> None:
+    """Beyond its declared slots, requests to a model wait on the event loop: no thread is
+    started for them until a slot is free, and one cancelled while queued never starts."""
+    import asyncio
+
+    from llmcli.serve.exchange import Exchange
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    async def scenario() -> None:
+        slots = threading.BoundedSemaphore(2)
+        held = [_Held(f"r{i}") for i in range(5)]
+        exchanges = [Exchange(h, slots).start() for h in held]  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        assert [e.thread.ident is not None for e in exchanges] == [True, True] + [False] * 3
+        exchanges[3].cancel()  # leaves the queue: never runs
+        held[0].go.set()
+        assert [c async for c in exchanges[0].chunks()] == ["r0"]
+        await until(lambda: exchanges[2].thread.ident is not None)
+        await asyncio.sleep(0.1)
+        assert exchanges[4].thread.ident is None  # r1 and r2 hold the two slots
+        for h in held:
+            h.go.set()
+        for i in (1, 2, 4):
+            assert [c async for c in exchanges[i].chunks()] == [f"r{i}"]
+        assert [c async for c in exchanges[3].chunks()] == []
+        assert exchanges[3].thread.ident is None  # never started
+
+    asyncio.run(scenario())
