@@ -263,13 +263,10 @@ def concurrency_limit(model: Model) -> int | None:
     ``llmcli batch`` and ``llmcli serve`` both keep it.
 
     A plugin declares it with a ``batch_concurrency`` attribute (the local runtime's
-    models declare 8, what its scheduler batches); a local model that declares none runs one
-    at a time."""
+    models declare 8, what its scheduler batches)."""
     declared = getattr(model, "batch_concurrency", None)
     if isinstance(declared, int) and declared >= 1:
         return declared
-    if type(model).__module__.split(".")[0] == "llmcli_local":
-        return 1
     return None
 
 

@@ -90,16 +90,16 @@ def _forced(backend: Any) -> Any:
 def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from llmcli_local import decode, loader
-    from llmcli_local.backend import BackendOptions
+    from llmcli_local.config import RuntimeConfig
 
     # "ours" is what a user gets (the lean backend); "ours-cuda-graphs" the transformers
     # backend's static cache and CUDA graphs; every other row loads through transformers,
     # which model.generate and transformers' own decode step need.
     options = {
-        "ours": BackendOptions(),
-        "ours-cuda-graphs": BackendOptions(kv_cache="static", cuda_graphs=True),
-    }.get(engine_name, BackendOptions(engine="transformers"))
-    loaded = loader.load(_source(args), device=args.device, options=options,
+        "ours": RuntimeConfig.build(),
+        "ours-cuda-graphs": RuntimeConfig.build().replace(kv_cache="static", cuda_graphs=True),
+    }.get(engine_name, RuntimeConfig.build().replace(engine="transformers"))
+    loaded = loader.load(_source(args), options.replace(device=args.device),
                          show_progress=True)
     device = loaded.device
     messages = _messages(loaded, args.prompt_tokens)
@@ -114,13 +114,13 @@ def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
         forced = _forced(loaded)
 
         def ours(tokens: int) -> None:
-            settings = decode.GenerationSettings(max_tokens=tokens, token_healing=False)
+            settings = decode.GenerationSettings(max_tokens=tokens, prefill_mode="none")
             for _ in decode.generate(forced, messages, "", settings):
                 pass
             sync()
 
         prompt_len = len(decode.build_prompt(
-            loaded, messages, "", decode.GenerationSettings(token_healing=False)).ids)
+            loaded, messages, "", decode.GenerationSettings(prefill_mode="none")).ids)
         run = ours
     else:
         static = engine_name == "generate-static-compiled"
@@ -156,7 +156,7 @@ def worker(engine_name: str, args: argparse.Namespace) -> dict[str, Any]:
         # pays only this; the first also pays ~3 s of torch/transformers imports).
         loader.unload_all()
         start = time.perf_counter()
-        loader.load(_source(args), device=args.device)
+        loader.load(_source(args), RuntimeConfig.build().replace(device=args.device))
         result["cached_load_s"] = time.perf_counter() - start
     return result
 
@@ -169,7 +169,7 @@ def _prefill_cost(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     prefill_ids = loaded.encode(SENTENCE * 60)[: args.prefill_tokens]
     prefill = b"".join(loaded.vocab.bytes_of(i) for i in prefill_ids).decode()
     messages = [{"role": "user", "content": "Continue the text."}]
-    settings = decode.GenerationSettings(token_healing=False)
+    settings = decode.GenerationSettings(prefill_mode="none")
     full = decode.build_prompt(loaded, messages, prefill, settings).ids
     head = decode.build_prompt(loaded, messages, "", settings).ids
     forced = full[len(head):]

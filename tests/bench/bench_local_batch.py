@@ -50,8 +50,10 @@ QUESTIONS = [
 
 def _load(args: argparse.Namespace) -> Any:
     from llmcli_local import loader
+    from llmcli_local.config import RuntimeConfig
 
-    backend = loader.load(_source(args), device=args.device, show_progress=True)
+    config = RuntimeConfig.build().replace(device=args.device)
+    backend = loader.load(_source(args), config, show_progress=True)
     # No end-of-turn: every call writes exactly the tokens asked for.
     return dataclasses.replace(backend, eos_ids=frozenset())
 

@@ -3,7 +3,7 @@ JSON-list prefill gives valid JSON (with and without ``--schema``), and how ofte
 that ends mid-word, mid-identifier or on a space continues as unbroken text would.
 
     python tests/bench/bench_prefill.py [--cost] [--json] [--boundary] [--forced]
-                                        [--runs 3] [--prefill-tokens 1000]
+                                        [--runs 3] [--prefill-tokens 1000] [--threads N]
 
 Modes: none (the tokenizer's split), heal, chars (the default: the reply given the
 prefill's characters) and, with ``--forced``, forced (grammar-forced decoding's split; slow
@@ -110,9 +110,10 @@ BOUNDARY: list[tuple[str, str, Callable[[str], bool]]] = [
 
 def _load() -> Any:
     from llmcli_local import loader
+    from llmcli_local.config import RuntimeConfig
     from llmcli_local.model import SmolLM2
 
-    return loader.load(SmolLM2().source(), device="cpu")
+    return loader.load(SmolLM2().source(), RuntimeConfig.build().replace(device="cpu"))
 
 
 def _run(backend: Any, question: str, prefill: str, mode: str, tokens: int,
@@ -217,8 +218,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prefill-tokens", type=int, default=1000)
     parser.add_argument("--json-tokens", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: its default); 1 makes CPU time steadier on "
+                             "a shared machine")
     args = parser.parse_args()
     os.environ["LLMCLI_LOCAL_PREFIX_CACHE"] = "0"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     backend = _load()
     modes = ["none", "heal", "chars", *(["forced"] if args.forced else [])]
     every = not (args.cost or args.json or args.boundary)

@@ -41,14 +41,13 @@ def _prompt_ids(backend: Any, prompt_tokens: int) -> list[int]:
 def _ours(scheme: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from llmcli_local import loader
-    from llmcli_local.backend import BackendOptions
+    from llmcli_local.config import RuntimeConfig
     from llmcli_local.sources import ModelSource, smollm2_path
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    backend = loader.load(ModelSource("gguf", smollm2_path()), device="cpu",
-                          options=BackendOptions(engine="lean", quantize=scheme),
-                          show_progress=False)
+    config = RuntimeConfig.build().replace(device="cpu", engine="lean", quantize=scheme)
+    backend = loader.load(ModelSource("gguf", smollm2_path()), config, show_progress=False)
     load = time.perf_counter() - start
     ids = _prompt_ids(backend, args.prompt_tokens)
     capacity = len(ids) + args.decode_tokens + 1

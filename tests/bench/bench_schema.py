@@ -52,9 +52,10 @@ LONG_KEYS = {
 
 def _load() -> Any:
     from llmcli_local import loader
+    from llmcli_local.config import RuntimeConfig
     from llmcli_local.model import SmolLM2
 
-    return loader.load(SmolLM2().source(), device="cpu")
+    return loader.load(SmolLM2().source(), RuntimeConfig.build().replace(device="cpu"))
 
 
 def _run(backend: Any, prompt: str, prefill: str, schema: dict[str, Any] | None,

@@ -53,8 +53,9 @@ def main() -> None:
     parser.add_argument("--span", type=int, default=128)
     args = parser.parse_args()
     from llmcli_local import loader
+    from llmcli_local.config import RuntimeConfig
 
-    backend = loader.load(_source(args), device=args.device)
+    backend = loader.load(_source(args), RuntimeConfig.build().replace(device=args.device))
     decoder = backend.decoder
     embed = decoder.weights.embed
     layers = len(decoder.weights.layers)

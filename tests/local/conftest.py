@@ -80,14 +80,21 @@ def without_eos(backend: Any) -> Any:
     return dataclasses.replace(backend, eos_ids=frozenset())
 
 
+def configured(**changes: Any) -> Any:
+    """The configuration a call would build from the test's environment, with ``changes``
+    (``LLMCLI_LOCAL_CACHE`` and the other variables a test sets are read, as in a call)."""
+    from llmcli_local.config import RuntimeConfig
+
+    return RuntimeConfig.build().replace(**changes)
+
+
 def load(directory: Path, device: str = "cpu", **options: Any) -> Any:
-    """``loader.load`` of a Hugging Face model directory with these backend options."""
+    """``loader.load`` of a Hugging Face model directory with these settings (the
+    environment's for the rest)."""
     from llmcli_local import loader
-    from llmcli_local.backend import BackendOptions
     from llmcli_local.sources import ModelSource
 
-    return loader.load(ModelSource("hf", directory), device=device,
-                       options=BackendOptions(**options))
+    return loader.load(ModelSource("hf", directory), configured(device=device, **options))
 
 
 @pytest.fixture

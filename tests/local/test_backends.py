@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llmcli_local import decode, lean  # noqa: E402
-from llmcli_local.backend import BackendOptions, choose_backend  # noqa: E402
+from llmcli_local.backend import choose_backend  # noqa: E402
+from llmcli_local.config import RuntimeConfig  # noqa: E402
 from llmcli_local.lean.config import unsupported  # noqa: E402
 
 from llmcli.errors import ConfigError  # noqa: E402
@@ -36,25 +37,33 @@ def run(backend: Any, prefill: str = "", **settings: Any) -> Usage:
 def test_choose_backend(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMCLI_LOCAL_ENGINE", raising=False)
     choose = choose_backend
-    assert choose(BackendOptions(), "cpu", tiny_model_dir) == "lean"
-    assert choose(BackendOptions(), "cuda", tiny_model_dir) == "lean"
-    assert choose(BackendOptions(engine="transformers"), "cpu", tiny_model_dir) == "transformers"
-    assert choose(BackendOptions(kv_cache="static"), "cpu", tiny_model_dir) == "transformers"
-    assert choose(BackendOptions(cuda_graphs=True), "cuda", tiny_model_dir) == "transformers"
+    assert choose(RuntimeConfig(), "cpu", tiny_model_dir) == "lean"
+    assert choose(RuntimeConfig(), "cuda", tiny_model_dir) == "lean"
+    assert choose(RuntimeConfig(engine="transformers"), "cpu", tiny_model_dir) == "transformers"
+    assert choose(RuntimeConfig(kv_cache="static"), "cpu", tiny_model_dir) == "transformers"
+    assert choose(RuntimeConfig(cuda_graphs=True), "cuda", tiny_model_dir) == "transformers"
     # Without the model directory (the keep-alive key): what the request alone decides.
-    assert choose(BackendOptions(), "auto", None) == "auto"
-    assert choose(BackendOptions(engine="lean"), "auto", None) == "lean"
-    assert choose(BackendOptions(kv_cache="static"), "auto", None) == "transformers"
+    assert choose(RuntimeConfig(), "auto", None) == "auto"
+    assert choose(RuntimeConfig(engine="lean"), "auto", None) == "lean"
+    assert choose(RuntimeConfig(kv_cache="static"), "auto", None) == "transformers"
     with pytest.raises(ConfigError, match="need engine=transformers"):
-        choose(BackendOptions(engine="lean", kv_cache="static"), "cpu", tiny_model_dir)
+        choose(RuntimeConfig(engine="lean", kv_cache="static"), "cpu", tiny_model_dir)
     with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA GPU"):
-        choose(BackendOptions(cuda_graphs=True), "cpu", None)
+        choose(RuntimeConfig(cuda_graphs=True), "cpu", None)
+    # LLMCLI_LOCAL_ENGINE is -o engine's default, read into the call's configuration.
+    from llmcli_local.options import LocalOptions
+
     monkeypatch.setenv("LLMCLI_LOCAL_ENGINE", "transformers")
-    assert choose(BackendOptions(), "auto", None) == "transformers"
-    assert choose(BackendOptions(engine="lean"), "cpu", tiny_model_dir) == "lean"
+    assert choose(RuntimeConfig.build(LocalOptions()), "auto", None) == "transformers"
+    lean = RuntimeConfig.build(LocalOptions(engine="lean"))
+    assert choose(lean, "cpu", tiny_model_dir) == "lean"
+    # A cache option only transformers has picks the backend, whatever the variable says.
+    monkeypatch.setenv("LLMCLI_LOCAL_ENGINE", "lean")
+    static = RuntimeConfig.build(LocalOptions(kv_cache="static"))
+    assert choose(static, "cpu", tiny_model_dir) == "transformers"
     monkeypatch.setenv("LLMCLI_LOCAL_ENGINE", "fastest")
     with pytest.raises(ConfigError, match="Unknown local engine 'fastest'"):
-        choose(BackendOptions(), "cpu", tiny_model_dir)
+        RuntimeConfig.build(LocalOptions())
 
 
 def test_the_lean_backend_declines_what_it_does_not_implement(tiny_model_dir: Path) -> None:
@@ -89,9 +98,9 @@ def test_the_whole_prompt_and_a_long_prefill_take_one_forward_pass(
     tiny_hf: Any, forward_calls: list[int]
 ) -> None:
     prefill = "This is a test. " * 60
-    usage = run(tiny_hf, prefill, max_tokens=5, token_healing=False)
+    usage = run(tiny_hf, prefill, max_tokens=5, prefill_mode="none")
     prompt_ids = decode.build_prompt(
-        tiny_hf, MESSAGES, prefill, decode.GenerationSettings(token_healing=False)
+        tiny_hf, MESSAGES, prefill, decode.GenerationSettings(prefill_mode="none")
     ).ids
     assert len(prompt_ids) > 200
     assert forward_calls[0] == len(prompt_ids) == usage.input_tokens
@@ -111,7 +120,7 @@ def test_the_lean_backend_takes_the_prompt_in_one_pass(
     monkeypatch.setattr(decoder, "step",
                         lambda b, t, p: calls.append(("step", 1)) or step(b, t, p))
     prefill = "This is a test. " * 60
-    usage = run(without_eos(tiny), prefill, max_tokens=5, token_healing=False)
+    usage = run(without_eos(tiny), prefill, max_tokens=5, prefill_mode="none")
     assert usage.input_tokens > 200
     assert calls == [("prompt", usage.input_tokens)] + [("step", 1)] * 4
     assert usage.details["forward_passes"] == usage.output_tokens == 5

@@ -223,7 +223,7 @@ def test_forced_keeps_exact_as_its_old_name() -> None:
 
     assert LocalOptions().prefill_mode == "chars"
     assert LocalOptions(prefill_mode="exact").prefill_mode == "forced"
-    assert GenerationSettings(prefill_mode="exact").mode == "forced"  # type: ignore[arg-type]
+    assert GenerationSettings(prefill_mode="exact").prefill_mode == "forced"  # type: ignore[arg-type]
 
 
 def test_an_added_token_is_never_part_of_the_region(thinking_model_dir: Any) -> None:

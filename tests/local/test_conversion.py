@@ -156,16 +156,15 @@ def test_a_converted_gguf_is_the_same_model(
 ) -> None:
     import torch
     from llmcli_local import decode, loader
-    from llmcli_local.backend import BackendOptions
     from llmcli_local.sources import ModelSource, inspect_path
 
-    from tests.local.conftest import load, without_eos, write_tiny_gguf
+    from tests.local.conftest import configured, load, without_eos, write_tiny_gguf
 
     original = request.getfixturevalue(fixture)
     gguf = write_tiny_gguf(original, tmp_path / f"tiny-{arch}.gguf", arch)
     assert inspect_path(str(gguf)).format == "gguf"
-    transformers = BackendOptions(engine="transformers")
-    converted = loader.load(ModelSource("gguf", gguf), device="cpu", options=transformers)
+    transformers = configured(device="cpu", engine="transformers")
+    converted = loader.load(ModelSource("gguf", gguf), transformers)
     reference = load(original, engine="transformers")
     ids = torch.tensor([list(range(3, 60))])
     with torch.no_grad():
@@ -177,7 +176,7 @@ def test_a_converted_gguf_is_the_same_model(
     for text in texts:
         assert converted.tokenizer(text)["input_ids"] == reference.tokenizer(text)["input_ids"]
 
-    chosen = loader.load(ModelSource("gguf", gguf), device="cpu")
+    chosen = loader.load(ModelSource("gguf", gguf), configured(device="cpu"))
     assert chosen.name == engine_name
     messages = [{"role": "user", "content": "Write quicksort."}]
     settings = decode.GenerationSettings(max_tokens=12)

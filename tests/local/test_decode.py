@@ -49,18 +49,18 @@ def test_healing_constraint_regenerates_the_removed_text(
 def test_healing_off_feeds_the_prefill_as_is(tiny_any: Any) -> None:
     tiny = tiny_any
     _, healed = run(tiny, "The URL is http:", max_tokens=2, prefill_mode="heal")
-    _, plain = run(tiny, "The URL is http:", max_tokens=2, token_healing=False)
+    _, plain = run(tiny, "The URL is http:", max_tokens=2, prefill_mode="none")
     assert plain.details["healed"] == ""
     assert plain.input_tokens > healed.input_tokens
 
 
 def test_stop_sequence_ends_the_text_before_it(tiny_any: Any) -> None:
     tiny = tiny_any
-    chunks, usage = run(tiny, "Answer:", max_tokens=30, token_healing=False)
+    chunks, usage = run(tiny, "Answer:", max_tokens=30, prefill_mode="none")
     text = "".join(chunks)
     assert usage.stop_reason == "max_tokens" and len(text) > 12
     stop = text[8:11]
-    chunks, usage = run(tiny, "Answer:", max_tokens=30, token_healing=False, stop=[stop])
+    chunks, usage = run(tiny, "Answer:", max_tokens=30, prefill_mode="none", stop=[stop])
     assert "".join(chunks) == text[: text.find(stop)]
     assert usage.stop_reason == "stop_sequence"
     assert not any(stop in c for c in chunks)
@@ -101,7 +101,7 @@ def test_streaming_equals_decoding_the_whole_output_at_once(
     for seed in range(3):
         tokens.clear()
         chunks, _ = run(tiny, "日本", max_tokens=40, temperature=1.0, seed=seed,
-                        token_healing=False)
+                        prefill_mode="none")
         whole = b"".join(tiny.vocab.bytes_of(t) for t in tokens if t not in tiny.eos_ids)
         # Chunk boundaries never split a character: streaming changes nothing.
         assert "".join(chunks) == whole.decode("utf-8", errors="replace")

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from tests.local.conftest import configured
+
 pytestmark = pytest.mark.slow
 
 PREFILLS = ['["', '["Cal', "Answer: ", "My number is: ", "The URL is http:",
@@ -20,7 +22,7 @@ def test_exact_is_grammar_forced_decoding_on_smollm2(smollm2: Any, prefill: str,
 
     from tests.local.test_exact import exact_tokens, reference, without_eos
 
-    backend = without_eos(loader.load(smollm2.source(), device="cpu"))
+    backend = without_eos(loader.load(smollm2.source(), configured(device="cpu")))
     messages = [{"role": "user", "content": "Give a short answer."}]
     want = reference(backend, messages, prefill.encode(), 8)
     split, generated, usage = exact_tokens(backend, messages, prefill, 8, recorded_tokens)

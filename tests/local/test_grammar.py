@@ -136,19 +136,6 @@ def test_closed_objects() -> None:
     assert out["$defs"]["x"]["additionalProperties"] is True
 
 
-def test_mask_rows_masks_each_row_by_its_own_grammar(tiny: Any) -> None:
-    import torch
-    from llmcli_local import grammar
-
-    tokenizer = grammar.tokenizer_for(tiny.vocab, tiny.eos_ids, tiny.encode)
-    yes = grammar.Constraint(tokenizer, grammar.from_text('start: "yes"'))
-    logits = torch.zeros(3, len(tiny.vocab))
-    masked = grammar.mask_rows(logits, [yes, None, yes])
-    assert torch.isfinite(masked[1]).all()
-    allowed = torch.isfinite(masked[0]).nonzero().flatten().tolist()
-    assert allowed and all(b"yes".startswith(tiny.vocab.bytes_of(t)) for t in allowed)
-
-
 def test_local_model_declares_native_and_json_round_trips(tiny_model_dir: Path) -> None:
     from llmcli_local.model import LocalModel
     from llmcli_local.sources import ModelSource

@@ -161,9 +161,10 @@ def test_the_next_call_is_served_by_the_worker_with_the_same_text(workers: Worke
     assert workers.sockets() == []
 
 
-def _api_call(workers: Workers) -> dict[str, Any]:
-    """A call through the Python API in a fresh process: its text, the pid of the worker that
-    answered (None: none did), its output tokens, and whether it imported torch."""
+def _api_call(workers: Workers, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """A call through the Python API in a fresh process (with ``env``, by default the
+    test's): its text, the pid of the worker that answered (None: none did), its output
+    tokens, and whether it imported torch."""
     code = (
         "import json, sys, llmcli\n"
         f"r = llmcli.get_model('tiny').prompt('Hi', prefill={PREFILL!r}, max_tokens=8,"
@@ -173,8 +174,8 @@ def _api_call(workers: Workers) -> dict[str, Any]:
         " 'tokens': r.usage().output_tokens, 'torch': 'torch' in sys.modules,"
         " 'mode': r.usage().details.get('prefill_mode')}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=workers.env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], env=env or workers.env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     served: dict[str, Any] = json.loads(result.stdout)
     return served
@@ -241,30 +242,35 @@ def _fresh_pid(workers: Workers, old: int) -> int | None:
 
 
 def _address(workers: Workers) -> Any:
-    from llmcli_local.backend import BackendOptions
+    from llmcli_local.config import RuntimeConfig
     from llmcli_local.keepalive.client import WorkerAddress
     from llmcli_local.sources import ModelSource
 
-    address = WorkerAddress.for_model("tiny", ModelSource("hf", workers.model_dir), "auto",
-                                      BackendOptions())
+    # The configuration the CLI builds from its environment: the key of its worker.
+    address = WorkerAddress.for_model("tiny", ModelSource("hf", workers.model_dir),
+                                      RuntimeConfig.build(environ=workers.env))
     assert address is not None
     return address
 
 
 def test_a_client_that_goes_away_does_not_stop_the_worker(workers: Workers) -> None:
-    from llmcli_local.backend import BackendOptions
+    import dataclasses
+
+    from llmcli_local.config import GenerationSettings, RuntimeConfig
 
     workers.ask("-o", "keep_alive", "60")
     pid = workers.ping()["pid"]
-    address = _address(workers)
+    # The running worker's own socket (a key computed now would change with any code edit).
+    address = dataclasses.replace(_address(workers), key=workers.sockets()[0].stem)
     # Greedy, the tiny random model writes all 500 tokens (it never picks its end of turn).
-    settings = {"max_tokens": 500}
+    settings = GenerationSettings(max_tokens=500)
     messages = [{"role": "user", "content": "Hi"}]
-    chunks = address.request(messages, PREFILL, settings, BackendOptions(), 60)
+    chunks = address.request(messages, PREFILL, settings, RuntimeConfig(), 60)
     assert chunks is not None
     assert isinstance(next(chunks), str)
     chunks.close()  # Ctrl-C in the caller: the socket closes mid-reply
-    again = address.request(messages, PREFILL, {"max_tokens": 4}, BackendOptions(), 60)
+    again = address.request(messages, PREFILL, GenerationSettings(max_tokens=4),
+                            RuntimeConfig(), 60)
     assert again is not None
     usage = [c for c in again if not isinstance(c, str)][0]
     assert usage.output_tokens == 4 and usage.details["worker_pid"] == pid
@@ -352,16 +358,18 @@ def test_a_run_directory_others_can_read_is_never_used(workers: Workers) -> None
 
 def test_the_worker_key_follows_the_weights(workers: Workers, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from llmcli_local.backend import BackendOptions
+    from llmcli_local.config import RuntimeConfig
     from llmcli_local.keepalive.client import WorkerAddress
+    from llmcli_local.options import LocalOptions
     from llmcli_local.sources import ModelSource
 
     model = tmp_path / "model"
     shutil.copytree(workers.model_dir, model)
 
     def key(device: str = "auto", **options: Any) -> str:
-        address = WorkerAddress.for_model("m", ModelSource("hf", model), device,
-                                          BackendOptions(**options))
+        # As a call makes it: its options and the environment, read once.
+        config = RuntimeConfig.build(LocalOptions(device=device, **options))
+        address = WorkerAddress.for_model("m", ModelSource("hf", model), config)
         assert address is not None
         return str(address.key)
 
@@ -378,9 +386,43 @@ def test_the_worker_key_follows_the_weights(workers: Workers, tmp_path: Path,
     assert key() != first
     monkeypatch.delenv("LLMCLI_LOCAL_DRAFT")
     assert key() == first
+    # Every setting of the configuration is part of the key (a running worker keeps the
+    # batch, the caches and the pools it started with), the quantized weights included.
+    assert key(quantize="int8") not in (first, key(quantize="int4"))
+    for name, value in (("LLMCLI_LOCAL_MAX_BATCH", "3"), ("LLMCLI_LOCAL_KV_BUDGET", "512"),
+                        ("LLMCLI_LOCAL_PREFIX_CACHE", "0"), ("LLMCLI_LOCAL_PREFIX_CACHE", "99"),
+                        ("LLMCLI_LOCAL_STATIC_BATCH", "1"), ("LLMCLI_LOCAL_STATIC_BATCH", "0"),
+                        ("LLMCLI_LOCAL_STATIC_LENGTH", "512"), ("LLMCLI_LOCAL_THREADS", "1"),
+                        ("LLMCLI_LOCAL_DRAFT", "int8"),
+                        ("LLMCLI_LOCAL_CACHE", str(tmp_path / "elsewhere"))):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert key() != first, name
+    assert key() == first
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert first != key()
+
+
+@pytest.mark.parametrize(("name", "value"), [("LLMCLI_LOCAL_PREFIX_CACHE", "0"),
+                                             ("LLMCLI_LOCAL_MAX_BATCH", "3")])
+def test_a_worker_is_not_reused_under_another_setting(workers: Workers, name: str,
+                                                      value: str) -> None:
+    """A worker keeps the prefix cache, the batch size (and static batch) it was started
+    with: a call made under another setting is not served by it. It runs in its own process
+    and starts a worker of its own, and from then on each setting reaches its own worker."""
+    workers.ask("-o", "keep_alive", "60")
+    old = workers.ping()["pid"]
+    plain = _api_call(workers)
+    assert plain["pid"] == old
+    changed = {**workers.env, name: value}
+    first = _api_call(workers, changed)
+    assert first["pid"] is None  # not the running worker: in process
+    assert first["text"] == plain["text"]
+    new = _wait(lambda: _fresh_pid(workers, old), 60, "the other setting's worker")
+    assert len(workers.sockets()) == 2
+    assert _api_call(workers, changed)["pid"] == new
+    assert _api_call(workers)["pid"] == old
 
 
 def test_keep_alive_durations(load_plugins: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -406,7 +448,7 @@ def test_keep_alive_durations(load_plugins: Any, monkeypatch: pytest.MonkeyPatch
 def test_a_run_directory_too_deep_for_a_socket_is_not_used(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmcli_local.backend import BackendOptions
+    from llmcli_local.config import RuntimeConfig
     from llmcli_local.keepalive.client import WorkerAddress
     from llmcli_local.sources import ModelSource
 
@@ -414,11 +456,11 @@ def test_a_run_directory_too_deep_for_a_socket_is_not_used(
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-    assert WorkerAddress.for_model("tiny", source, "auto", BackendOptions()) is None
+    assert WorkerAddress.for_model("tiny", source, RuntimeConfig()) is None
     short = tempfile.mkdtemp(prefix="llw", dir="/tmp")
     monkeypatch.setenv("XDG_RUNTIME_DIR", short)
     try:
-        assert WorkerAddress.for_model("tiny", source, "auto", BackendOptions())
+        assert WorkerAddress.for_model("tiny", source, RuntimeConfig())
     finally:
         shutil.rmtree(short)
 
@@ -441,7 +483,7 @@ def test_concurrent_clients_are_batched_by_the_worker(workers: Workers) -> None:
     by its scheduler) instead of one after the other, with the text each gets alone."""
     import dataclasses
 
-    from llmcli_local.backend import BackendOptions
+    from llmcli_local.config import GenerationSettings, RuntimeConfig
 
     workers.ask("-o", "keep_alive", "60")
     pid = workers.ping()["pid"]
@@ -451,7 +493,8 @@ def test_concurrent_clients_are_batched_by_the_worker(workers: Workers) -> None:
     prefills = ["def quicksor", "The URL is http:", '["Cal', "This is a te"]
 
     def ask(prefill: str) -> tuple[str, Any]:
-        chunks = address.request(messages, prefill, {"max_tokens": 60}, BackendOptions(), 60)
+        chunks = address.request(messages, prefill, GenerationSettings(max_tokens=60),
+                                 RuntimeConfig(), 60)
         assert chunks is not None
         got = list(chunks)
         return "".join(c for c in got if isinstance(c, str)), got[-1]

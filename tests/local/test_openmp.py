@@ -74,15 +74,15 @@ def test_loading_and_submitting_leave_the_scheduler_the_only_team(tiny_model_dir
         from pathlib import Path
 
         from llmcli_local import loader
-        from llmcli_local.backend import BackendOptions
+        from llmcli_local.config import RuntimeConfig
         from llmcli_local.decode import GenerationSettings
         from llmcli_local.scheduler import Scheduler
         from llmcli_local.sources import ModelSource
 
         base = tasks()
         parallel_loop()
-        backend = loader.load(ModelSource("hf", Path(sys.argv[1])), device="cpu",
-                              options=BackendOptions())
+        config = RuntimeConfig.build().replace(device="cpu")
+        backend = loader.load(ModelSource("hf", Path(sys.argv[1])), config)
         print(settled(base) == base)  # the load gave this thread's team back
 
         parallel_loop()  # the caller computes something of its own, then calls

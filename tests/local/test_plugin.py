@@ -16,6 +16,7 @@ from llmcli_local.sources import inspect_path
 import llmcli
 from llmcli.capabilities import PrefillSupport
 from llmcli.errors import ConfigError, OptionsError
+from tests.local.conftest import configured
 
 
 def test_importing_and_registering_does_not_import_torch() -> None:
@@ -152,4 +153,4 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tiny_model_dir: Path) ->
     from llmcli_local.sources import ModelSource
 
     with pytest.raises(ConfigError, match="no CUDA GPU"):
-        loader.load(ModelSource("hf", tiny_model_dir), device="cuda")
+        loader.load(ModelSource("hf", tiny_model_dir), configured(device="cuda"))

@@ -117,10 +117,14 @@ def test_the_store_is_bounded_and_keeps_what_is_worth_it(tiny_model_dir: Path) -
 
 
 def test_zero_turns_it_off(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmcli_local.config import RuntimeConfig
+
     monkeypatch.setenv("LLMCLI_LOCAL_PREFIX_CACHE", "0")
-    assert lean_backend.load(tiny_model_dir, "cpu", torch.float32).prefixes is None
+    config = RuntimeConfig.build()
+    assert lean_backend.load(tiny_model_dir, "cpu", torch.float32, config).prefixes is None
     monkeypatch.setenv("LLMCLI_LOCAL_PREFIX_CACHE", "500")
-    prefixes = lean_backend.load(tiny_model_dir, "cpu", torch.float32).prefixes
+    config = RuntimeConfig.build()
+    prefixes = lean_backend.load(tiny_model_dir, "cpu", torch.float32, config).prefixes
     assert prefixes is not None and prefixes.positions == 500
 
 

@@ -12,19 +12,25 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llmcli_local.backend import BackendOptions, choose_backend  # noqa: E402
+from llmcli_local.backend import choose_backend  # noqa: E402
+from llmcli_local.config import RuntimeConfig  # noqa: E402
 from llmcli_local.lean import backend as lean_backend  # noqa: E402
 from llmcli_local.lean import quant  # noqa: E402
 from llmcli_local.lean.config import LeanConfig  # noqa: E402
 from llmcli_local.lean.weights import CpuLinear, Weights, load_weights  # noqa: E402
 
 from llmcli.errors import ConfigError  # noqa: E402
+from tests.local.conftest import configured  # noqa: E402
 
 SCHEMES = ["int8", "int4"]
 #: Largest |logit difference| from full precision allowed on the tiny model (logits of
 #: magnitude about 1): int8's per-channel rounding and bf16 activations, int4's groups.
 TOLERANCE = {"int8": 0.03, "int4": 0.25}
 MESSAGES = [{"role": "user", "content": "Say something about the weather."}]
+
+
+def quantized_as(scheme: str) -> RuntimeConfig:
+    return RuntimeConfig.model_validate({"quantize": scheme})
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +74,7 @@ def test_full_precision_stays_the_default_and_untouched(tiny_model_dir: Path) ->
     (gate, up, the output head) are stored transposed; tied embeddings stay one copy."""
     backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32)
     weights: Weights = backend.decoder.weights
-    assert BackendOptions().quantize == "none"
+    assert RuntimeConfig().quantize == "none"
     raw = load_weights(tiny_model_dir, LeanConfig.read(tiny_model_dir), "cpu", torch.float32)
     head = weights.lm_head
     assert isinstance(head, CpuLinear) and head.transposed
@@ -98,7 +104,7 @@ def test_quantized_logits_are_close_to_full_precision(model: str, scheme: str,
                                                       request: pytest.FixtureRequest) -> None:
     directory = request.getfixturevalue(model)
     full = lean_backend.load(directory, "cpu", torch.float32)
-    quantized = lean_backend.load(directory, "cpu", torch.float32, scheme)
+    quantized = lean_backend.load(directory, "cpu", torch.float32, quantized_as(scheme))
     assert not isinstance(quantized.decoder.weights.lm_head, torch.Tensor)
     ids = full.encode(full.render(MESSAGES))
     expected, full_cache = full.prompt(ids, len(ids) + 8)
@@ -138,13 +144,14 @@ def test_quantized_output_starts_with_the_prefill(tiny_model_dir: Path, user_dir
                                 prefill_mode=prefill_mode, keep_alive=0, max_tokens=8)
         assert response.text().startswith(prefill)
     [key] = [k for k in loader.loaded_models() if k[0] == str(tiny_model_dir)]
-    assert key[2] == f"lean-{scheme}"
+    # Loaded for this configuration: the quantized weights, apart from the full ones.
+    assert key[2:] == ("lean", RuntimeConfig.build().replace(quantize=scheme).loaded_key())
     loader.unload_all()
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_batched_steps_on_quantized_weights(tiny_model_dir: Path, scheme: str) -> None:
-    backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32, quantized_as(scheme))
     prompts = [backend.encode(backend.render([{"role": "user", "content": text}]))
                for text in ["Hello", "Tell me a long story about the sea", "Why?"]]
     alone, together, tokens = [], [], []
@@ -169,7 +176,7 @@ def test_quantized_weights_are_cached_and_reused(tiny_model_dir: Path, scheme: s
     path = quant.cache_path(tiny_model_dir, scheme)
     assert path.is_relative_to(_private_cache) and scheme in path.name
     assert not path.exists()
-    first = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    first = lean_backend.load(tiny_model_dir, "cpu", torch.float32, quantized_as(scheme))
     assert path.is_file()
     written = path.stat().st_mtime_ns
 
@@ -177,7 +184,7 @@ def test_quantized_weights_are_cached_and_reused(tiny_model_dir: Path, scheme: s
         raise AssertionError("quantized again instead of reading the cache")
 
     monkeypatch.setattr(quant, "quantize", no_quantizing)
-    second = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    second = lean_backend.load(tiny_model_dir, "cpu", torch.float32, quantized_as(scheme))
     assert path.stat().st_mtime_ns == written
     ids = first.encode(first.render(MESSAGES))
     assert torch.equal(first.prompt(ids, len(ids))[0], second.prompt(ids, len(ids))[0])
@@ -191,8 +198,8 @@ def test_a_gguf_conversion_keeps_its_quantization_beside_it(tiny_gguf: Path) -> 
     from llmcli_local.sources import ModelSource
 
     loader.unload_all()
-    backend = loader.load(ModelSource("gguf", tiny_gguf), device="cpu",
-                          options=BackendOptions(quantize="int8"), show_progress=False)
+    config = configured(device="cpu", quantize="int8")
+    backend = loader.load(ModelSource("gguf", tiny_gguf), config, show_progress=False)
     path = quant.cache_path(backend.directory, "int8")
     assert path.parent == backend.directory and path.is_file()
     loader.unload_all()
@@ -200,13 +207,13 @@ def test_a_gguf_conversion_keeps_its_quantization_beside_it(tiny_gguf: Path) -> 
 
 def test_quantize_is_refused_where_it_cannot_apply(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="not supported on the transformers backend"):
-        choose_backend(BackendOptions(engine="transformers", quantize="int8"), "cpu",
+        choose_backend(RuntimeConfig(engine="transformers", quantize="int8"), "cpu",
                        tiny_model_dir)
     with pytest.raises(ConfigError, match="not supported on the transformers backend"):
-        choose_backend(BackendOptions(kv_cache="static", quantize="int4"), "cpu", None)
+        choose_backend(RuntimeConfig(kv_cache="static", quantize="int4"), "cpu", None)
     with pytest.raises(ConfigError, match="CPU only"):
-        choose_backend(BackendOptions(quantize="int8"), "cuda", tiny_model_dir)
-    assert choose_backend(BackendOptions(quantize="int8"), "cpu", tiny_model_dir) == "lean"
+        choose_backend(RuntimeConfig(quantize="int8"), "cuda", tiny_model_dir)
+    assert choose_backend(RuntimeConfig(quantize="int8"), "cpu", tiny_model_dir) == "lean"
 
 
 def test_the_option_is_validated() -> None:
@@ -216,7 +223,7 @@ def test_the_option_is_validated() -> None:
     assert LocalOptions(quantize="int8").quantize == "int8"
     with pytest.raises(ValueError):
         LocalOptions(quantize="int3")
-    assert BackendOptions.of(LocalOptions(quantize="int4")).quantize == "int4"
+    assert RuntimeConfig.build(LocalOptions(quantize="int4")).quantize == "int4"
 
 
 @pytest.mark.slow
@@ -230,9 +237,8 @@ def test_smollm2_quantized_text_starts_with_the_prefill(smollm2: Any, scheme: st
                               keep_alive=0, max_tokens=24)
     text = response.text()
     assert text.startswith("1.") and "2." in text
-    full = loader.load(smollm2.source(), device="cpu")
-    quantized = loader.load(smollm2.source(), device="cpu",
-                            options=BackendOptions(quantize=scheme))
+    full = loader.load(smollm2.source(), configured(device="cpu"))
+    quantized = loader.load(smollm2.source(), configured(device="cpu", quantize=scheme))
     ids = full.encode(full.render([{"role": "user", "content": "Name three US states."}]))
     expected, _ = full.prompt(ids, len(ids))
     got, _ = quantized.prompt(ids, len(ids))
@@ -284,7 +290,7 @@ def test_the_fused_step_computes_what_the_unfused_one_does(model: str,
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_quantized_layers_are_fused(tiny_model_dir: Path, scheme: str) -> None:
-    backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32, quantized_as(scheme))
     layer = backend.decoder.weights.layers[0]
     assert backend.decoder.fused
     assert layer.q is None and layer.gate is None and layer.qkv is not None
@@ -305,7 +311,7 @@ def test_a_new_cache_file_replaces_older_formats(tiny_model_dir: Path, scheme: s
     for stale in (older, other, layout):
         stale.write_bytes(b"old")
     assert older != path
-    lean_backend.load(tiny_model_dir, "cpu", torch.float32, scheme)
+    lean_backend.load(tiny_model_dir, "cpu", torch.float32, quantized_as(scheme))
     assert path.is_file() and not older.exists()
     assert other.exists() and layout.exists()
 

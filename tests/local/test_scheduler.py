@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from llmcli_local.config import RuntimeConfig
 
 from llmcli.errors import ConfigError
-from tests.local.conftest import without_eos
+from tests.local.conftest import configured, without_eos
 
 #: (user message, prefill, settings): prompts of different lengths, every prefill mode.
 CALLS: list[tuple[str, str, dict[str, Any]]] = [
@@ -322,7 +323,7 @@ def test_local_model_calls_from_threads_are_batched(tiny_model_dir: Any, load_pl
     with pytest.MonkeyPatch.context() as env:
         # serve and batch follow the scheduler's own limit.
         env.setenv("LLMCLI_LOCAL_MAX_BATCH", "3")
-        assert model.batch_concurrency == 3 == scheduler.env_max_batch()
+        assert model.batch_concurrency == 3 == RuntimeConfig.build().max_batch
     expected = model.prompt("Hi", prefill="def ", max_tokens=30, log=False).text()
     backend = next(b for k, b in loader.loaded_models().items() if k[0] == str(tiny_model_dir))
     texts: list[str] = []
@@ -349,7 +350,7 @@ def test_smollm2_greedy_text_batched_is_the_text_alone(smollm2: Any) -> None:
     steps): each text is the one it gets alone."""
     from llmcli_local import loader
 
-    backend = loader.load(smollm2.source(), device="cpu")
+    backend = loader.load(smollm2.source(), configured(device="cpu"))
     calls: list[tuple[str, str, dict[str, Any]]] = [
         ("Name three US states.", "1.", {"max_tokens": 40}),
         ("Give a JSON array of 5 fruits. Reply with the JSON only.", '["', {"max_tokens": 40}),

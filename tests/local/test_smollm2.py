@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.local.conftest import configured
+
 pytestmark = pytest.mark.slow
 
 
@@ -81,7 +83,7 @@ def test_cache_is_reused_and_loads_fast(smollm2: Any, shared_local_cache: Path) 
     assert len(converted) == 1
     loader.unload_all()
     started = time.perf_counter()
-    loader.load(smollm2.source(), device="cpu")
+    loader.load(smollm2.source(), configured(device="cpu"))
     # Reading the safetensors cache, not dequantizing the GGUF again (that takes ~15 s).
     assert time.perf_counter() - started < 5
     assert list(shared_local_cache.glob("*/llmcli-local.json")) == converted
@@ -111,14 +113,13 @@ def test_lean_backend_matches_transformers_on_smollm2(
     bytes, end-of-turn ids, close logits and the same greedy tokens."""
     import torch
     from llmcli_local import decode, loader
-    from llmcli_local.backend import BackendOptions
 
     from llmcli.models import Usage
 
     tokens = recorded_tokens  # speculative decoding off: every token is sampled
     source = smollm2.source()
-    reference = loader.load(source, device="cpu", options=BackendOptions(engine="transformers"))
-    fast = loader.load(source, device="cpu")
+    reference = loader.load(source, configured(device="cpu", engine="transformers"))
+    fast = loader.load(source, configured(device="cpu"))
     assert fast.name == "lean" and reference.name == "transformers"
     assert fast.vocab.token_bytes == reference.vocab.token_bytes
     assert fast.vocab.atomic == reference.vocab.atomic

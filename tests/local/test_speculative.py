@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from llmcli_local.config import RuntimeConfig
 
-from tests.local.conftest import without_eos
+from tests.local.conftest import configured, without_eos
 from tests.local.test_scheduler import CALLS, _batched, _messages, _settings
 
 PROMPTS = [("Hi", "def quicksor"), ("Give me a URL please", "The URL is http:"),
@@ -202,7 +203,7 @@ def test_the_draft_loads_by_size_or_when_asked(tiny_model_dir: Path,
             monkeypatch.delenv("LLMCLI_LOCAL_DRAFT", raising=False)
         else:
             monkeypatch.setenv("LLMCLI_LOCAL_DRAFT", value)
-        return load(tiny_model_dir)
+        return load(tiny_model_dir, draft=RuntimeConfig.build().draft)
 
     try:
         assert fresh(None).draft is None
@@ -228,7 +229,7 @@ def test_smollm2_speculates_by_default_and_its_text_is_its_own(smollm2: Any) -> 
     of its proposals, and every text is the one decoding one step per token gives."""
     from llmcli_local import loader
 
-    backend = loader.load(smollm2.source(), device="cpu")
+    backend = loader.load(smollm2.source(), configured(device="cpu"))
     assert backend.draft is not None
     cases: list[tuple[str, str, dict[str, Any]]] = [
         ("Name three US states.", "1.", {"max_tokens": 40}),

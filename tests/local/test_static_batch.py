@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from llmcli_local.config import RuntimeConfig  # noqa: E402
+
 from tests.local.conftest import load, without_eos  # noqa: E402
 from tests.local.test_grammar import LONG_KEYS  # noqa: E402
 from tests.local.test_scheduler import CALLS, _alone, _batched, _messages, _settings  # noqa: E402
@@ -28,20 +30,21 @@ def static(backend: Any, slots: int = 8, length: int = 512, **options: Any) -> A
 def test_cpu_backends_have_no_static_batch_by_default(tiny: Any,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from llmcli_local.lean import backend as lean
-    from llmcli_local.lean.static import buckets, wanted
+    from llmcli_local.lean.static import buckets
 
     assert tiny.static is None and not tiny.graphed_single
-    assert not wanted("cpu") and wanted("cuda")
+    default = RuntimeConfig()
+    assert not default.static_batch_on("cpu") and default.static_batch_on("cuda")
     monkeypatch.setenv("LLMCLI_LOCAL_STATIC_BATCH", "1")
     monkeypatch.setenv("LLMCLI_LOCAL_MAX_BATCH", "6")
     monkeypatch.setenv("LLMCLI_LOCAL_STATIC_LENGTH", "100")
-    forced = lean.load(tiny.directory, "cpu", torch.float32)
+    forced = lean.load(tiny.directory, "cpu", torch.float32, RuntimeConfig.build())
     assert forced.static is not None and not forced.static.graphs
     assert not forced.graphed_single  # a lone CPU call stays the plain loop
     assert (forced.static.slots, forced.static.length) == (6, 100)
     assert buckets(6) == [1, 2, 4, 6] and buckets(8) == [1, 2, 4, 8] and buckets(1) == [1]
     monkeypatch.setenv("LLMCLI_LOCAL_STATIC_BATCH", "0")
-    assert not wanted("cuda")
+    assert not RuntimeConfig.build().static_batch_on("cuda")
 
 
 def test_static_steps_match_the_dynamic_ones(tiny: Any) -> None:
@@ -228,7 +231,7 @@ def test_the_static_step_runs_on_quantized_weights(tiny: Any, scheme: str,
     from llmcli_local.lean import backend as lean
 
     monkeypatch.setenv("LLMCLI_LOCAL_CACHE", str(tmp_path / "cache"))
-    plain = lean.load(tiny.directory, "cpu", torch.float32, scheme)
+    plain = lean.load(tiny.directory, "cpu", torch.float32, RuntimeConfig(quantize=scheme))
     fast = static(plain, slots=2, length=64)
     prompts = [[1, 5, 9, 33, 7], [2, 40, 41]]
     pairs = [(plain.prompt(p, 32)[1], fast.prompt(p, 32)[1]) for p in prompts]

@@ -19,16 +19,16 @@ all call it. Cheap to import: no torch.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from llmcli.errors import ConfigError
+from llmcli_local.config import ENGINES, BackendName, Engine, KVCache, Quantize
 
 if TYPE_CHECKING:
     import torch
+    from tokenizers import Tokenizer
 
     from llmcli_local.healing import Vocab
 
@@ -36,29 +36,31 @@ __all__ = [
     "ENGINES",
     "Backend",
     "BackendName",
-    "BackendOptions",
     "BackendRequest",
     "BatchStep",
+    "Cache",
+    "Draft",
+    "Drafting",
+    "Engine",
+    "GraphedSingle",
+    "KVCache",
+    "KeptPrefixes",
+    "Quantize",
+    "Releases",
     "Scores",
+    "TreeBackend",
     "choose_backend",
     "common_prefix",
     "end_of_turn_ids",
 ]
-
-#: Values of ``-o engine`` (and of ``LLMCLI_LOCAL_ENGINE``): "auto" lets :func:`choose_backend`
-#: decide; the others name a backend.
-ENGINES = ("auto", "lean", "transformers")
-BackendName = Literal["lean", "transformers"]
-Engine = Literal["auto", "lean", "transformers"]
-KVCache = Literal["dynamic", "static"]
-Quantize = Literal["none", "int8", "int4"]
 
 #: Names of tokens that end an assistant turn in common chat templates.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
 
 
 class BackendRequest(Protocol):
-    """What :func:`choose_backend` reads of a call's options (``LocalOptions`` has these)."""
+    """What :func:`choose_backend` reads of a call's configuration
+    (:class:`~llmcli_local.config.RuntimeConfig`)."""
 
     @property
     def engine(self) -> Engine: ...
@@ -70,27 +72,12 @@ class BackendRequest(Protocol):
     def quantize(self) -> Quantize: ...
 
 
-@dataclass(frozen=True)
-class BackendOptions:
-    """The backend options of one call, apart from the rest of ``LocalOptions``: what the
-    loader, the keep-alive wire format and the tests pass around."""
-
-    engine: Engine = "auto"
-    kv_cache: KVCache = "dynamic"
-    cuda_graphs: bool = False
-    quantize: Quantize = "none"
-
-    @classmethod
-    def of(cls, request: BackendRequest) -> BackendOptions:
-        return cls(engine=request.engine, kv_cache=request.kv_cache,
-                   cuda_graphs=request.cuda_graphs, quantize=request.quantize)
-
-
 def choose_backend(options: BackendRequest, device: str,
                    model_dir: Path | None) -> Engine:
     """The backend for a call: ``"lean"`` or ``"transformers"``.
 
-    ``options.engine`` (else ``LLMCLI_LOCAL_ENGINE``) may force one; a static KV cache and
+    ``options.engine`` (``-o engine``, else ``LLMCLI_LOCAL_ENGINE``: the configuration has
+    both) may force one; a static KV cache and
     CUDA graphs exist only on transformers' path. ``"auto"`` then takes the lean backend
     wherever it implements the model in ``model_dir``. Without ``model_dir`` (the keep-alive
     key, computed before a GGUF is converted) the answer is what the request alone decides,
@@ -114,13 +101,9 @@ def _choose(options: BackendRequest, device: str, model_dir: Path | None) -> Eng
         if options.cuda_graphs and device == "cpu":
             raise ConfigError("cuda_graphs needs a CUDA GPU (device=cuda)")
         return "transformers"
-    requested: str = options.engine
-    if requested == "auto":
-        requested = os.environ.get("LLMCLI_LOCAL_ENGINE", "").strip().lower() or "auto"
+    requested = options.engine
     if requested == "transformers":
         return "transformers"
-    if requested not in ENGINES:
-        raise ConfigError(f"Unknown local engine {requested!r} (choose from: {', '.join(ENGINES)})")
     if model_dir is None:
         return "lean" if requested == "lean" else "auto"
     from llmcli_local.lean.config import why_not
@@ -156,9 +139,35 @@ def end_of_turn_ids(declared: Iterable[Any], vocab: Mapping[str, int]) -> frozen
     return frozenset(ids)
 
 
-#: A backend's KV cache for one sequence: only the backend that made it reads it.
-CacheT = TypeVar("CacheT")
-CacheIn = TypeVar("CacheIn", contravariant=True)
+class Cache(Protocol):
+    """What the decode loop reads of one sequence's KV cache; the rest (the tensors) only
+    the backend that made it reads."""
+
+    @property
+    def position(self) -> int:
+        """Positions filled: the next token goes here."""
+        ...
+
+    @property
+    def capacity(self) -> int | None:
+        """Positions it has room for in all (None: it grows as needed)."""
+        ...
+
+    @property
+    def ids(self) -> list[int]:
+        """The token ids at positions ``0 .. position - 1``."""
+        ...
+
+    @property
+    def cached(self) -> int:
+        """Prompt positions its first pass took from a kept prefix (usage:
+        ``cached_tokens``; 0 where none)."""
+        ...
+
+
+#: A backend's KV cache for one sequence.
+CacheT = TypeVar("CacheT", bound=Cache)
+CacheIn = TypeVar("CacheIn", bound=Cache, contravariant=True)
 
 
 class Scores(Protocol):
@@ -173,13 +182,20 @@ class Scores(Protocol):
         """Logits (fp32) over the whole vocabulary at ``row``."""
         ...
 
+    def all(self) -> torch.Tensor:
+        """Every row's logits (fp32), shape (rows, vocab)."""
+        ...
+
     def gather(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Logits (fp32) of ``ids[i, c]`` at row ``rows[i]``: shape ``ids.shape``."""
         ...
 
 
 class Backend(Protocol[CacheT]):
-    """A loaded model as the decode loop sees it."""
+    """A loaded model as the decode loop sees it. What some backends can do beyond it is
+    declared by the protocols below (:class:`BatchStep`, :class:`Releases`,
+    :class:`GraphedSingle`, :class:`Drafting`, :class:`TreeBackend`), each checked with
+    ``isinstance`` where it is used."""
 
     @property
     def name(self) -> BackendName:
@@ -202,6 +218,12 @@ class Backend(Protocol[CacheT]):
         """The longest sequence the model takes (``max_position_embeddings``), if it says."""
         ...
 
+    @property
+    def loaded_model(self) -> object:
+        """What this backend's variants (``dataclasses.replace`` of it, transformers' cache
+        options) share: the loaded weights. A model's scheduler is keyed by it."""
+        ...
+
     # -- the tokenizer side
 
     @property
@@ -214,6 +236,12 @@ class Backend(Protocol[CacheT]):
 
     @property
     def chat_template(self) -> str: ...
+
+    @property
+    def fast_tokenizer(self) -> Tokenizer | None:
+        """The ``tokenizers`` tokenizer behind :meth:`encode`, where there is one (its
+        pre-tokenizer tells character-level prefill where the last piece starts)."""
+        ...
 
     def render(self, messages: Sequence[Mapping[str, str]], **template_kwargs: Any) -> str:
         """The chat template over ``messages`` with an open assistant turn."""
@@ -248,24 +276,95 @@ class Backend(Protocol[CacheT]):
         ...
 
 
+# -- what some backends can do beyond Backend (the lean one does all of it)
+
+
+@runtime_checkable
 class BatchStep(Protocol[CacheIn]):
     """A backend that steps several sequences in one forward pass (continuous batching):
-    every weight is read once for all of them. The lean backend has it; the scheduler runs
-    a backend without it one sequence at a time."""
+    every weight is read once for all of them. The scheduler runs a backend without it one
+    sequence at a time."""
 
     def step_batch(self, caches: Sequence[CacheIn], tokens: Sequence[int]) -> torch.Tensor:
         """Logits (fp32), shape (rows, vocab): row ``i`` after ``tokens[i]`` at the next
         position of ``caches[i]``; each cache advances by one."""
         ...
 
-    # Optional, read with getattr by the scheduler (the lean backend has both):
-    #
-    # ``release(cache) -> None``: the sequence of ``cache`` has ended and its cache will not
-    # be stepped again; a backend that holds per-sequence state for batched steps (the lean
-    # backend's static KV pool, :mod:`llmcli_local.lean.static`) frees it. Called for every
-    # sequence that leaves, whether or not it was ever batched.
-    #
-    # ``graphed_single: bool``: True where a lone sequence should step through
-    # :meth:`step_batch` (one row) rather than :meth:`Backend.step`, e.g. because a captured
-    # CUDA graph of one row beats the plain step's kernel launches. Without it (or False) a
-    # lone sequence steps with ``step``, bit for bit the unbatched loop.
+
+@runtime_checkable
+class Releases(Protocol[CacheIn]):
+    """A backend that holds something of a sequence beyond its cache: it is told when the
+    sequence has ended (the lean backend keeps its prefix for later prompts, and frees its
+    slot in the static KV pool). The scheduler calls it for every sequence that leaves,
+    whether or not it was ever batched."""
+
+    def release(self, cache: CacheIn) -> None: ...
+
+
+@runtime_checkable
+class GraphedSingle(Protocol):
+    """A backend whose lone sequence may step through :meth:`BatchStep.step_batch` (one row)
+    rather than :meth:`Backend.step`: where a captured CUDA graph of one row beats the plain
+    step's kernel launches (the lean backend's static batch on CUDA)."""
+
+    @property
+    def graphed_single(self) -> bool:
+        """False: a lone sequence steps with ``step``, bit for bit the unbatched loop."""
+        ...
+
+
+class KeptPrefixes(Protocol):
+    """Prompt prefixes a backend keeps from finished sequences
+    (:class:`~llmcli_local.lean.prefix.PrefixStore`)."""
+
+    def longest(self, ids: Sequence[int]) -> int:
+        """How many positions of ``ids`` a prompt pass would take from a kept prefix."""
+        ...
+
+
+class Draft(Protocol[CacheT]):
+    """Speculative decoding's draft, as the decode loop drives it: a cheaper model over the
+    same tokenizer (:mod:`llmcli_local.lean.draft`) that proposes the next tokens."""
+
+    @property
+    def prefixes(self) -> KeptPrefixes | None: ...
+
+    def prompt(self, ids: Sequence[int], capacity: int) -> tuple[torch.Tensor, CacheT]: ...
+
+    def step(self, cache: CacheT, token: int) -> torch.Tensor: ...
+
+    def extend(self, cache: CacheT, ids: Sequence[int]) -> Scores: ...
+
+    def truncate(self, cache: CacheT, length: int) -> None: ...
+
+    def release(self, cache: CacheT) -> None:
+        """The sequence has ended: its draft cache is kept for a prompt that starts the same."""
+        ...
+
+
+@runtime_checkable
+class Drafting(Protocol[CacheIn]):
+    """A backend that decodes speculatively: its draft proposes, one pass verifies."""
+
+    @property
+    def draft(self) -> Draft[Any] | None:
+        """The draft (None: one step per token)."""
+        ...
+
+    def verify(self, cache: CacheIn, ids: Sequence[int]) -> torch.Tensor:
+        """One pass over ``ids`` at the cache's next positions: the logits after every one
+        of them, shape (len(ids), vocab)."""
+        ...
+
+
+@runtime_checkable
+class TreeBackend(Protocol[CacheT]):
+    """A backend that scores a tree of continuations in the prompt's own pass (the lean
+    one: :meth:`~llmcli_local.lean.backend.LeanBackend.prompt_tree`); character-level
+    prefill (:mod:`llmcli_local.boundary`) scores the others' paths one pass each."""
+
+    def prompt_tree(self, ids: Sequence[int], tokens: Sequence[int],
+                    parents: Sequence[int], capacity: int) -> tuple[Scores, CacheT]: ...
+
+    def keep_path(self, cache: CacheT, body: int, nodes: Sequence[int]) -> None: ...
+

@@ -36,15 +36,14 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
-from llmcli_local.backend import Backend, Scores
+from llmcli_local.backend import Backend, TreeBackend
 from llmcli_local.healing import Vocab, plan_healing
 
-__all__ = ["Choice", "Cover", "Covers", "Plan", "TreeBackend", "choose", "next_chars", "plan",
-           "start"]
+__all__ = ["Choice", "Cover", "Covers", "Plan", "choose", "next_chars", "plan", "start"]
 
 #: The boundary region holds at most this many of the tokenizer's prefill tokens (a very
 #: long last pre-token, such as a base64 blob, keeps its earlier tokens as they are).
@@ -55,17 +54,6 @@ MAX_CANDIDATES = 4096
 CUTOFF = 30.0
 #: An end of the reply right after the prefill, in the next-character distribution.
 END = -1
-
-
-@runtime_checkable
-class TreeBackend(Protocol):
-    """A backend that scores a tree of continuations in the prompt's own pass (the lean
-    one: :meth:`~llmcli_local.lean.backend.LeanBackend.prompt_tree`)."""
-
-    def prompt_tree(self, ids: Sequence[int], tokens: Sequence[int],
-                    parents: Sequence[int], capacity: int) -> tuple[Scores, Any]: ...
-
-    def keep_path(self, cache: Any, body: int, nodes: Sequence[int]) -> None: ...
 
 
 # -- the tokenizer: text with special-token names kept as text, and its pre-tokens
@@ -108,7 +96,7 @@ def _encoder(backend: Backend[Any]) -> _Encoder | None:
     tokenizer is not a ``tokenizers`` one."""
     vocab = backend.vocab
     if vocab not in _ENCODERS:
-        inner = getattr(getattr(backend, "tokenizer", None), "backend_tokenizer", None)
+        inner = backend.fast_tokenizer
         try:
             _ENCODERS[vocab] = _Encoder(inner) if inner is not None else None
         except Exception:  # a tokenizer that cannot be copied: the fallback split
@@ -241,8 +229,7 @@ def _scores(backend: Backend[Any], p: Plan, capacity: int) -> tuple[torch.Tensor
     and the forward passes spent."""
     if isinstance(backend, TreeBackend):
         scores, cache = backend.prompt_tree(p.body, p.tokens, p.parents, capacity)
-        rows = _all(scores)
-        return torch.log_softmax(rows.float(), dim=-1).cpu(), cache, 1
+        return torch.log_softmax(scores.all().float(), dim=-1).cpu(), cache, 1
     scores, cache = backend.prompt_scores(p.body, capacity, keep=1)
     found = [scores.full(0)]
     passes = 1
@@ -254,13 +241,6 @@ def _scores(backend: Backend[Any], p: Plan, capacity: int) -> tuple[torch.Tensor
         passes += 1
     backend.truncate(cache, len(p.body))
     return torch.log_softmax(torch.stack(found).float(), dim=-1).cpu(), cache, passes
-
-
-def _all(scores: Scores) -> torch.Tensor:
-    every = getattr(scores, "all", None)
-    if callable(every):
-        return every()
-    return torch.stack([scores.full(i) for i in range(len(scores))])
 
 
 # -- the choice

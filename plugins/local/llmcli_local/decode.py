@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,25 +20,27 @@ from llmcli.capabilities import StopReason
 from llmcli.errors import ConfigError
 from llmcli.models import Usage
 from llmcli_local import boundary, exact
-from llmcli_local.backend import Backend, common_prefix
+from llmcli_local.backend import Backend, Cache, Draft, Drafting, Scores, common_prefix
+from llmcli_local.config import GenerationSettings
 from llmcli_local.healing import HealPlan, plan_healing
 from llmcli_local.streaming import TextStream
 
-__all__ = ["PREFILL_MODES", "Decoding", "GenerationSettings", "Prepared", "Prompt",
-           "build_prompt", "generate", "prepare", "render", "sample_next", "start"]
+if TYPE_CHECKING:
+    from llmcli_local.grammar import Constraint
+
+__all__ = ["Decoding", "GenerationSettings", "Prepared", "Prompt", "build_prompt",
+           "generate", "prepare", "render", "sample_next", "start"]
 
 Messages = Sequence[Mapping[str, str]]
 
-#: How the prefill is split into tokens: ``chars`` (the default), the model's reply given
-#: the prefill's characters: the tokenizer's split, its boundary region weighed over every
-#: canonical split in the same pass (:mod:`llmcli_local.boundary`); ``heal``, the tokenizer's
-#: split with its last token(s) backed off and regenerated; ``none``, the tokenizer's split as
-#: it is; ``forced``, grammar-forced decoding's split, verified in passes
-#: (:mod:`llmcli_local.exact`: the reference of old, slow on text the model would not write).
-PREFILL_MODES = ("chars", "heal", "none", "forced")
-PrefillMode = Literal["chars", "heal", "none", "forced"]
-#: ``exact`` was ``forced``'s name until the default became ``chars``.
-OLD_PREFILL_MODES = {"exact": "forced"}
+# How the prefill is split into tokens (``settings.prefill_mode``,
+# :data:`llmcli_local.config.PREFILL_MODES`): ``chars`` (the default), the model's reply
+# given the prefill's characters: the tokenizer's split, its boundary region weighed over
+# every canonical split in the same pass (:mod:`llmcli_local.boundary`); ``heal``, the
+# tokenizer's split with its last token(s) backed off and regenerated; ``none``, the
+# tokenizer's split as it is; ``forced``, grammar-forced decoding's split, verified in
+# passes (:mod:`llmcli_local.exact`: the reference of old, slow on text the model would not
+# write).
 
 #: Speculative decoding: the draft's first round proposes this many tokens; a round the
 #: model takes whole proposes two more next time (up to DRAFT_MAX), one it does not, one more
@@ -51,34 +53,6 @@ DRAFT_MAX = 8
 #: speculation saves about half a step per token).
 DRAFT_CATCH_UP = 64
 DRAFT_REPAY = 16
-
-
-@dataclass
-class GenerationSettings:
-    """What a call asks of the decode loop (the rest of ``LocalOptions`` picks the backend)."""
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    prefill_mode: PrefillMode = "chars"
-    #: The old switch: False means ``prefill_mode="none"``.
-    token_healing: bool = True
-    template_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: Constrained decoding: llguidance's grammar text (:mod:`llmcli_local.grammar`), or None.
-    grammar: str | None = None
-    #: Speculative decoding where the backend has a draft (:mod:`llmcli_local.lean.draft`)
-    #: and the choice is greedy and free; False: one step per token.
-    speculative: bool = True
-
-    @property
-    def mode(self) -> PrefillMode:
-        if not self.token_healing:
-            return "none"
-        mode: Any = OLD_PREFILL_MODES.get(self.prefill_mode, self.prefill_mode)
-        return mode
 
 
 @dataclass
@@ -103,7 +77,8 @@ def build_prompt(backend: Backend[Any], messages: Messages, prefill: str,
     # Template and prefill are tokenized together (the template already holds BOS and the
     # special tokens), exactly as the model saw such text in training.
     ids = backend.encode(text)
-    heal = plan_healing(ids, prefill, backend.vocab) if settings.mode == "heal" else HealPlan()
+    healing = settings.prefill_mode == "heal"
+    heal = plan_healing(ids, prefill, backend.vocab) if healing else HealPlan()
     return Prompt(ids=ids[: len(ids) - heal.backed_off], heal=heal)
 
 
@@ -158,7 +133,7 @@ class Prepared:
     exact_prefill: bytes | None = None
     first_draft: list[int] = field(default_factory=list)
     #: The grammar's state (:class:`llmcli_local.grammar.Constraint`), the prefill checked.
-    constraint: Any = None
+    constraint: Constraint | None = None
     #: ``chars`` with a prefill: the body, the boundary region and its paths.
     boundary: boundary.Plan | None = None
 
@@ -174,7 +149,7 @@ def prepare(backend: Backend[Any], messages: Messages, prefill: str,
 def _prepare(backend: Backend[Any], messages: Messages, prefill: str,
              settings: GenerationSettings) -> Prepared:
     context = backend.context_length or 1 << 30
-    if settings.mode == "chars" and prefill:
+    if settings.prefill_mode == "chars" and prefill:
         template = render(backend, messages, "", settings.template_kwargs)
         plan = boundary.plan(backend, backend.encode(template), template, prefill)
         budget = _budget(settings, context, len(plan.body) + len(plan.canon))
@@ -183,7 +158,7 @@ def _prepare(backend: Backend[Any], messages: Messages, prefill: str,
         # Room for every path the pass scores; one of them stays.
         return Prepared(plan.body, len(plan.body) + len(plan.tokens) + budget, budget,
                         boundary=plan)
-    if settings.mode == "forced" and prefill:
+    if settings.prefill_mode == "forced" and prefill:
         template = render(backend, messages, "", settings.template_kwargs)
         template_ids = backend.encode(template)
         prefill_bytes = prefill.encode("utf-8")
@@ -266,7 +241,7 @@ def _generator(backend: Backend[Any], settings: GenerationSettings) -> torch.Gen
 
 
 def grammar_constraint(backend: Backend[Any], settings: GenerationSettings,
-                       prefill: str) -> Any:
+                       prefill: str) -> Constraint | None:
     """The grammar's state for a call, or None; a prefill the grammar cannot start with
     fails here, before any forward pass."""
     if settings.grammar is None:
@@ -274,13 +249,12 @@ def grammar_constraint(backend: Backend[Any], settings: GenerationSettings,
     from llmcli_local import grammar
 
     tokenizer = grammar.tokenizer_for(backend.vocab, backend.eos_ids, backend.encode)
-    constraint = grammar.Constraint(tokenizer, settings.grammar,
-                                    json_text=grammar.describe(settings.grammar) == "json_schema")
+    constraint = grammar.Constraint(tokenizer, settings.grammar)
     constraint.check_prefill(prefill.encode("utf-8"))
     return constraint
 
 
-def _grammar_mask(constraint: Any, logits: torch.Tensor) -> torch.Tensor:
+def _grammar_mask(constraint: Constraint, logits: torch.Tensor) -> torch.Tensor:
     masked = constraint.apply(logits)
     if not bool(torch.isfinite(masked).any()):
         raise ConfigError("Constrained decoding: no token can continue both the prefill and "
@@ -295,7 +269,7 @@ class Decoding:
     together."""
 
     def __init__(self, backend: Backend[Any], settings: GenerationSettings, *,
-                 logits: torch.Tensor, cache: Any, pending: bytes,
+                 logits: torch.Tensor, cache: Cache, pending: bytes,
                  allowed: Callable[[bytes], list[int]], budget: int, input_tokens: int,
                  forward_passes: int, prefill_tokens: int | None, started: float,
                  generator: torch.Generator | None = None, first: int | None = None,
@@ -323,16 +297,19 @@ class Decoding:
         self.first_text_at: float | None = None
         self.prompt_seconds = time.perf_counter() - started
         #: The grammar's state with a schema or grammar (:mod:`llmcli_local.grammar`).
-        self.constraint: Any = None
+        self.constraint: Constraint | None = None
         #: Tokens the grammar forced, taken without a choice (run in one pass each run).
         self.forced_tokens = 0
         #: Tokens written to end a JSON reply the budget would have cut (``--schema``).
         self.closed_tokens = 0
-        #: Speculative decoding: the draft model (None: none, or not this call's), its
-        #: cache for this sequence, how many tokens to propose next, and how many it
-        #: proposed and the model kept.
-        self.draft: Any = getattr(backend, "draft", None) if settings.speculative else None
-        self.draft_cache: Any = None
+        #: Speculative decoding: the backend that verifies and its draft (None: none, or
+        #: not this call's), the draft's cache for this sequence, how many tokens to
+        #: propose next, and how many it proposed and the model kept.
+        self.verifier: Drafting[Any] | None = None
+        self.draft: Draft[Any] | None = None
+        if settings.speculative and isinstance(backend, Drafting):
+            self.verifier, self.draft = backend, backend.draft
+        self.draft_cache: Cache | None = None
         self.draft_next = DRAFT_START
         self.draft_proposed = 0
         self.draft_accepted = 0
@@ -392,7 +369,7 @@ class Decoding:
             return closing
         return self.constraint.forced()[:left]
 
-    def extended(self, run: Sequence[int], scores: Any) -> None:
+    def extended(self, run: Sequence[int], scores: Scores) -> None:
         """The logits after a run of tokens (a sampled one and those forced after it),
         from one pass over the run."""
         self.logits = scores.full(len(run) - 1)
@@ -437,17 +414,18 @@ class Decoding:
         first it is not ends the round (the next :meth:`choose` takes the model's choice
         there). The cache keeps what was kept. None: no round now (no room, or the draft
         would first have to catch up on a long prompt that a short reply cannot repay)."""
-        cache = self.cache
+        cache, verifier = self.cache, self.verifier
+        if verifier is None or cache.capacity is None:
+            return None
         room = min(self.draft_next, self.budget - self.produced,
                    cache.capacity - cache.position - 1)
         if room < 1:
             return None
-        proposals = self._propose(token, room)
+        proposals = self._propose(token, room, cache.capacity)
         if proposals is None:
             return None
         position = cache.position
-        model: Any = self.backend  # a backend with a draft has verify (the lean one)
-        logits = model.verify(cache, [token, *proposals])
+        logits = verifier.verify(cache, [token, *proposals])
         self.forward_passes += 1
         self.draft_proposed += len(proposals)
         text, kept = "", 0
@@ -466,27 +444,28 @@ class Decoding:
                            else max(1, kept + 1))
         return text
 
-    def _propose(self, token: int, count: int) -> list[int] | None:
+    def _propose(self, token: int, count: int, capacity: int) -> list[int] | None:
         """Up to ``count`` greedy tokens of the draft after the sequence and ``token`` (fewer
         where it proposes an end of turn). The draft's cache first catches up on what it has
         not seen (the prompt, on the first round; the model's choice that ended the last
         round) in one pass; a catch-up of more than :data:`DRAFT_CATCH_UP` tokens waits
         until the reply is long enough to repay it (None until then)."""
         draft = self.draft
+        assert draft is not None
         ids = [*self.cache.ids, token]
         held = self.draft_cache
         if held is not None:
             common = min(common_prefix(held.ids, ids), len(ids) - 1)
         else:  # what the draft kept of an earlier call that started the same
-            kept = getattr(draft, "prefixes", None)
+            kept = draft.prefixes
             common = min(kept.longest(ids), len(ids) - 1) if kept is not None else 0
         missing = len(ids) - common
         if missing > DRAFT_CATCH_UP and self.produced * DRAFT_REPAY < missing:
             return None
         with torch.inference_mode():
             if held is None:
-                logits, self.draft_cache = draft.prompt(ids, self.cache.capacity)
-                held = self.draft_cache
+                logits, held = draft.prompt(ids, capacity)
+                self.draft_cache = held
             else:
                 draft.truncate(held, common)
                 scores = draft.extend(held, ids[common:])
@@ -502,7 +481,7 @@ class Decoding:
     def release_draft(self) -> None:
         """The sequence has ended: the draft's cache is kept for a prompt that starts the
         same (as the model's own, :meth:`LeanBackend.release`)."""
-        if self.draft_cache is not None:
+        if self.draft is not None and self.draft_cache is not None:
             self.draft.release(self.draft_cache)
             self.draft_cache = None
 
@@ -524,7 +503,7 @@ class Decoding:
             output_tokens=self.produced,
             stop_reason=self.stop_reason.value,
             details={
-                "prefill_mode": self.settings.mode,
+                "prefill_mode": self.settings.prefill_mode,
                 "healed": self.healed.decode("utf-8", errors="replace"),
                 **({"prefill_tokens": self.prefill_tokens}
                    if self.prefill_tokens is not None else {}),
@@ -546,8 +525,7 @@ class Decoding:
                    if self.draft_proposed else {}),
                 # Prompt positions a kept prefix gave (llmcli_local.lean.prefix), as OpenAI
                 # names them.
-                **({"cached_tokens": cached}
-                   if (cached := getattr(self.cache, "cached", 0)) else {}),
+                **({"cached_tokens": self.cache.cached} if self.cache.cached else {}),
             },
         )
 

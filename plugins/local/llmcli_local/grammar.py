@@ -7,8 +7,10 @@ leaves only one way on (fixed keys, punctuation) it names the forced tokens
 (:meth:`Constraint.forced`), which the decode loop runs in one pass instead of one step each.
 
 Grammars: a JSON Schema (:func:`from_schema`), a Lark grammar, or a GBNF one (llama.cpp's
-format; :func:`from_text` tells them apart). What crosses to a keep-alive worker is the
-grammar's text (:data:`GrammarText`), compiled again there.
+format; :func:`from_text` tells them apart), each a :class:`~llmcli_local.config.Grammar`:
+llguidance's grammar text, and whether it is a JSON Schema's (the constraint then closes a
+reply the token budget would cut). That is what crosses to a keep-alive worker, in the
+call's :class:`~llmcli_local.config.GenerationSettings`; it is compiled again there.
 
 Imported when a call has a schema or a grammar (llguidance); torch only where a model runs,
 so a keep-alive client turns a schema into grammar text without it.
@@ -16,7 +18,6 @@ so a keep-alive client turns a schema into grammar text without it.
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,17 +26,14 @@ import llguidance
 
 from llmcli.errors import ConfigError
 from llmcli.schema import closed
+from llmcli_local.config import Grammar
 
 if TYPE_CHECKING:
     import torch
 
     from llmcli_local.healing import Vocab
 
-__all__ = ["Constraint", "GrammarText", "closed", "from_schema", "from_text", "mask_rows",
-           "tokenizer_for"]
-
-#: llguidance's grammar format (a JSON string, or Lark text): what a worker receives.
-GrammarText = str
+__all__ = ["Constraint", "Grammar", "closed", "from_schema", "from_text", "tokenizer_for"]
 
 #: JSON the way models write it inline: ``{"a": 1, "b": [2, 3]}``. Without free whitespace
 #: the keys, colons and commas are forced (and run in one pass); a prefill must use the same
@@ -44,14 +42,14 @@ JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": 
                                 "key_separator": ": "}
 
 
-def from_schema(schema: dict[str, Any]) -> GrammarText:
+def from_schema(schema: dict[str, Any]) -> Grammar:
     """llguidance's grammar for a JSON Schema, objects closed (:func:`llmcli.schema.closed`:
     a small model given the choice keeps inventing keys)."""
-    return str(llguidance.LLMatcher.grammar_from_json_schema(
-        closed(schema), defaults=JSON_OPTIONS))  # type: ignore[arg-type]
+    return Grammar(text=str(llguidance.LLMatcher.grammar_from_json_schema(
+        closed(schema), defaults=JSON_OPTIONS)), json_schema=True)  # type: ignore[arg-type]
 
 
-def from_text(text: str) -> GrammarText:
+def from_text(text: str) -> Grammar:
     """A grammar file's text: Lark (llguidance's own dialect) or GBNF (``root ::= ...``)."""
     from llguidance.gbnf_to_lark import any_to_lark
 
@@ -59,7 +57,7 @@ def from_text(text: str) -> GrammarText:
         lark = any_to_lark(text)
     except Exception as exc:  # the converter raises plain exceptions on bad GBNF
         raise ConfigError(f"Invalid grammar: {exc}") from None
-    return str(llguidance.LLMatcher.grammar_from_lark(lark))
+    return Grammar(text=str(llguidance.LLMatcher.grammar_from_lark(lark)))
 
 
 class _Wrapped:
@@ -205,13 +203,12 @@ class JsonCloser:
 class Constraint:
     """One sequence's grammar state."""
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: GrammarText,
-                 json_text: bool = False) -> None:
-        error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: Grammar) -> None:
+        error = llguidance.LLMatcher.validate_grammar(grammar.text, tokenizer)
         if error and not error.startswith("WARNING"):
             raise ConfigError(f"Invalid grammar: {error}")
         self.tokenizer = tokenizer
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar.text, log_level=0)
         if self.matcher.is_error():
             raise ConfigError(f"Invalid grammar: {self.matcher.get_error()}")
         import torch
@@ -220,7 +217,7 @@ class Constraint:
         self._prefill = b""
         self._after: Any = None
         #: For a JSON Schema's grammar: the text so far, to close it within the budget.
-        self.closer = JsonCloser() if json_text else None
+        self.closer = JsonCloser() if grammar.json_schema else None
         self._bits = torch.arange(32, dtype=torch.int32)
 
     def check_prefill(self, data: bytes) -> None:
@@ -339,23 +336,3 @@ class Constraint:
     @property
     def accepting(self) -> bool:
         return bool(self.matcher.is_accepting())
-
-
-def mask_rows(logits: torch.Tensor, constraints: Sequence[Constraint | None]) -> torch.Tensor:
-    """A batch's logits (rows, vocab), each row masked by its own sequence's constraint (or
-    left as it is): for the batched engine."""
-    import torch
-
-    rows = [c.apply(logits[i]) if c is not None else logits[i]
-            for i, c in enumerate(constraints)]
-    return torch.stack(rows) if rows else logits
-
-
-def describe(grammar: GrammarText) -> str:
-    """A short name for a grammar (usage details)."""
-    try:
-        data = json.loads(grammar)
-    except ValueError:
-        return "lark"
-    first = (data.get("grammars") or [{}])[0]
-    return "json_schema" if "json_schema" in first else "lark"

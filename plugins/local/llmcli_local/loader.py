@@ -27,13 +27,8 @@ from typing import Any
 
 from llmcli import progress
 from llmcli.errors import ConfigError
-from llmcli_local.backend import (
-    Backend,
-    BackendOptions,
-    BackendRequest,
-    Quantize,
-    choose_backend,
-)
+from llmcli_local.backend import Backend, choose_backend
+from llmcli_local.config import RuntimeConfig
 from llmcli_local.openmp import release_team
 from llmcli_local.sources import ModelSource, cache_root
 
@@ -46,12 +41,13 @@ _MARKER = "llmcli-local.json"
 _HASHES = ".sha256"
 _CHUNK = 1 << 20
 
-#: Loaded backends by (model path, device, backend name).
-_loaded: dict[tuple[str, str, str], Backend[Any]] = {}
+#: Loaded backends by (model path, device, backend name, ``RuntimeConfig.loaded_key()``).
+LoadedKey = tuple[str, str, str, str]
+_loaded: dict[LoadedKey, Backend[Any]] = {}
 _lock = threading.Lock()
 
 
-def loaded_models() -> dict[tuple[str, str, str], Backend[Any]]:
+def loaded_models() -> dict[LoadedKey, Backend[Any]]:
     return _loaded
 
 
@@ -72,12 +68,14 @@ def _stages(title: str, show_progress: bool) -> Iterator[Callable[[str], None]]:
         yield show
 
 
-def source_sha256(path: Path, show_progress: bool = False) -> str:
-    """The SHA-256 of ``path``'s content; remembered in the cache by its path, size and
-    modification time, so only a new or changed file is read in full."""
+def source_sha256(path: Path, show_progress: bool = False, root: Path | None = None) -> str:
+    """The SHA-256 of ``path``'s content; remembered in the cache (``root``, by default
+    :func:`~llmcli_local.sources.cache_root`) by its path, size and modification time, so
+    only a new or changed file is read in full."""
     stat = path.stat()
     version = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo = cache_root() / _HASHES / hashlib.sha256(version.encode()).hexdigest()[:32]
+    root = cache_root() if root is None else root
+    memo = root / _HASHES / hashlib.sha256(version.encode()).hexdigest()[:32]
     with contextlib.suppress(OSError, UnicodeDecodeError):
         known = memo.read_text().strip()
         if len(known) == 64:
@@ -99,9 +97,10 @@ def source_sha256(path: Path, show_progress: bool = False) -> str:
     return found
 
 
-def cache_dir_for(path: Path, show_progress: bool = False) -> Path:
+def cache_dir_for(path: Path, show_progress: bool = False, root: Path | None = None) -> Path:
     """One cache directory per GGUF content, wherever the file is and whoever runs it."""
-    return cache_root() / source_sha256(path, show_progress)[:32]
+    root = cache_root() if root is None else root
+    return root / source_sha256(path, show_progress, root)[:32]
 
 
 def _offline() -> None:
@@ -148,13 +147,14 @@ def _cannot_write(directory: Path, exc: OSError) -> ConfigError:
     )
 
 
-def convert_gguf(path: Path, show_progress: bool = True) -> Path:
-    """Dequantize ``path`` into its cache directory (once) and return that directory.
+def convert_gguf(path: Path, show_progress: bool = True, root: Path | None = None) -> Path:
+    """Dequantize ``path`` into its cache directory under ``root`` (once; by default
+    :func:`~llmcli_local.sources.cache_root`) and return that directory.
 
     Progress is one status line on a terminal's stderr, stage by stage with the seconds
     spent (reading the tokenizer, dequantizing tensors n/N, writing the cache), and one
     plain line when stderr is not a terminal."""
-    target = cache_dir_for(path, show_progress)
+    target = cache_dir_for(path, show_progress, root)
     if (target / _MARKER).is_file():
         return target
     _offline()
@@ -170,7 +170,7 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
         print(f"Converting {path.name} into the local cache (once)...", file=sys.stderr)
     try:
         with _stages(f"Converting {path.name} (once)", show_progress) as show:
-            _convert(path, work, show)
+            _convert(path, work, show, target.parent)
         if target.exists() and not (target / _MARKER).is_file():
             shutil.rmtree(target, ignore_errors=True)  # debris without its marker
         try:
@@ -194,7 +194,7 @@ def convert_gguf(path: Path, show_progress: bool = True) -> Path:
     return target
 
 
-def _convert(path: Path, work: Path, show: Callable[[str], None]) -> None:
+def _convert(path: Path, work: Path, show: Callable[[str], None], root: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -230,7 +230,8 @@ def _convert(path: Path, work: Path, show: Callable[[str], None]) -> None:
     )
     stat = path.stat()
     (work / _MARKER).write_text(json.dumps({
-        "source": str(path.resolve()), "sha256": source_sha256(path), "size": stat.st_size,
+        "source": str(path.resolve()), "sha256": source_sha256(path, root=root),
+        "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
     }))
 
@@ -245,34 +246,35 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
-def _set_cpu_threads() -> None:
+def _set_cpu_threads(threads: int | None) -> None:
     """torch defaults to one thread per physical core, which suits decoding; the user may
-    override it with LLMCLI_LOCAL_THREADS (OMP_NUM_THREADS is honoured by torch itself)."""
+    override it with LLMCLI_LOCAL_THREADS (``RuntimeConfig.threads``; OMP_NUM_THREADS is
+    honoured by torch itself)."""
     import torch
 
-    wanted = os.environ.get("LLMCLI_LOCAL_THREADS", "").strip()
-    if wanted.isdigit() and int(wanted) > 0:
-        torch.set_num_threads(int(wanted))
+    if threads:
+        torch.set_num_threads(threads)
 
 
-def load(source: ModelSource, device: str = "auto", options: BackendRequest | None = None,
+def load(source: ModelSource, config: RuntimeConfig | None = None,
          show_progress: bool = True) -> Backend[Any]:
-    """The model for ``source`` on ``device``, on the backend that
-    :func:`~llmcli_local.backend.choose_backend` picks for ``options``; loaded once per
-    process (the cache options of the transformers backend are per call, on the same
-    loaded model)."""
-    options = options or BackendOptions()
+    """The model for ``source`` as ``config`` says (its device, and the backend that
+    :func:`~llmcli_local.backend.choose_backend` picks for it; the defaults without one);
+    loaded once per process and configuration (the cache options of the transformers
+    backend are per call, on the same loaded model)."""
+    config = config or RuntimeConfig()
     with _lock:
         _offline()
-        resolved = pick_device(device)
+        resolved = pick_device(config.device)
         directory = (
-            convert_gguf(source.path, show_progress) if source.format == "gguf" else source.path
+            convert_gguf(source.path, show_progress, config.cache_root)
+            if source.format == "gguf" else source.path
         )
-        chosen = choose_backend(options, resolved, directory)
-        key = (str(source.path), resolved, chosen + _quantized(options.quantize))
+        chosen = choose_backend(config, resolved, directory)
+        key = (str(source.path), resolved, chosen, config.loaded_key())
         backend = _loaded.get(key)
         if backend is None:
-            backend = _read(chosen, directory, resolved, options.quantize)
+            backend = _read(chosen, directory, resolved, config)
             # Keep one model per device in memory: a conversation reuses it, while switching
             # models does not pile up gigabytes.
             for other in [k for k in _loaded if k[1] == resolved]:
@@ -283,21 +285,15 @@ def load(source: ModelSource, device: str = "auto", options: BackendRequest | No
         from llmcli_local.transformers_backend import TransformersBackend
 
         if isinstance(backend, TransformersBackend):
-            return backend.configured(options.kv_cache, options.cuda_graphs)
+            return backend.configured(config.kv_cache, config.cuda_graphs)
         return backend
 
 
-def _quantized(scheme: str) -> str:
-    """The part of a loaded model's key that says its weights are quantized."""
-    return "" if scheme == "none" else f"-{scheme}"
-
-
-def _read(chosen: str, directory: Path, device: str,
-          quantize: Quantize = "none") -> Backend[Any]:
+def _read(chosen: str, directory: Path, device: str, config: RuntimeConfig) -> Backend[Any]:
     import torch
 
     if device == "cpu":
-        _set_cpu_threads()
+        _set_cpu_threads(config.threads)
     # bf16 on GPUs (fast and exact enough); fp32 on CPU, where bf16 matmuls are slow
     # on most machines and numerics matter more than memory for small models.
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -305,7 +301,7 @@ def _read(chosen: str, directory: Path, device: str,
         if chosen == "lean":
             from llmcli_local.lean import backend as lean
 
-            return lean.load(directory, device, dtype, quantize)
+            return lean.load(directory, device, dtype, config)
         from llmcli_local.transformers_backend import load as load_transformers
 
         return load_transformers(directory, device, dtype)

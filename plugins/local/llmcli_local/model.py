@@ -10,8 +10,8 @@ import llmcli
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.config import long_lived
 from llmcli.models import Chunk, Request
-from llmcli_local.backend import BackendOptions
-from llmcli_local.options import LocalOptions, env_max_batch
+from llmcli_local.config import GenerationSettings, Grammar, RuntimeConfig
+from llmcli_local.options import LocalOptions
 from llmcli_local.sources import ModelSource, smollm2_path
 
 __all__ = ["LocalModel", "LocalOptions", "SmolLM2"]
@@ -27,11 +27,12 @@ class LocalModel(llmcli.Model):
     can_stream = True
     needs_key = None
     Options = LocalOptions  # type: ignore[assignment]  # as llmcli.remote does
+
     @property
     def batch_concurrency(self) -> int:
         """Calls ``llmcli batch`` and ``llmcli serve`` run at once: the scheduler's
         ``max_batch`` (``LLMCLI_LOCAL_MAX_BATCH``, default 8), which steps them together."""
-        return env_max_batch()
+        return RuntimeConfig.build().max_batch
 
     def __init__(self, model_id: str, source: ModelSource | None,
                  aliases: tuple[str, ...] = ()) -> None:
@@ -60,40 +61,41 @@ class LocalModel(llmcli.Model):
         template_kwargs: dict[str, Any] = {}
         if options.enable_thinking is not None:
             template_kwargs["enable_thinking"] = options.enable_thinking
-        settings: dict[str, Any] = dict(
-            max_tokens=options.max_tokens, temperature=options.temperature,
-            top_p=options.top_p, top_k=options.top_k, seed=options.seed, stop=list(options.stop),
-            prefill_mode=options.prefill_mode, template_kwargs=template_kwargs,
-            speculative=options.speculative,
-        )
+        grammar: Grammar | None = None
         if request.schema is not None:
             from llmcli_local.grammar import from_schema
 
-            settings["grammar"] = from_schema(request.schema)
+            grammar = from_schema(request.schema)
         elif request.grammar is not None:
             from llmcli_local.grammar import from_text
 
-            settings["grammar"] = from_text(request.grammar)
-        backend_options = BackendOptions.of(options)
+            grammar = from_text(request.grammar)
+        settings = GenerationSettings(
+            max_tokens=options.max_tokens, temperature=options.temperature,
+            top_p=options.top_p, top_k=options.top_k, seed=options.seed,
+            stop=tuple(options.stop), prefill_mode=options.prefill_mode,
+            template_kwargs=template_kwargs, grammar=grammar, speculative=options.speculative,
+        )
+        # The call's configuration: read from the environment here, once, and passed down.
+        config = RuntimeConfig.build(options)
         worker = None
         if options.keep_alive > 0 and not _loaded_here(source):
             from llmcli_local.keepalive.client import WorkerAddress
 
-            worker = WorkerAddress.for_model(self.model_id, source, options.device,
-                                             backend_options)
-            remote = worker.request(messages, request.prefill, settings, backend_options,
+            worker = WorkerAddress.for_model(self.model_id, source, config)
+            remote = worker.request(messages, request.prefill, settings, config,
                                     options.keep_alive) if worker else None
             if remote is not None:
                 yield from remote
                 return
 
-        from llmcli_local import decode, loader, scheduler
+        from llmcli_local import loader, scheduler
 
-        backend = loader.load(source, device=options.device, options=backend_options)
+        backend = loader.load(source, config)
         # Through this process's scheduler of the model: calls from several threads at once
         # (llmcli batch, llmcli serve) are batched; a lone call runs exactly as generate.
-        yield from scheduler.shared(backend).generate(
-            messages, request.prefill, decode.GenerationSettings(**settings), backend
+        yield from scheduler.shared(backend, config).generate(
+            messages, request.prefill, settings, backend
         )
         if worker is not None and not long_lived():
             # For the calls of the processes to come. A process that makes many calls

@@ -3,35 +3,27 @@ import (no torch)."""
 
 from __future__ import annotations
 
-import os
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 import llmcli
 from llmcli.models import StrList
+from llmcli_local.config import (
+    DEFAULT_KEEP_ALIVE,
+    Device,
+    Engine,
+    KVCache,
+    MaxTokens,
+    PrefillModeField,
+    Quantize,
+    Temperature,
+    TopK,
+    TopP,
+    default_keep_alive,
+)
 
 __all__ = ["DEFAULT_KEEP_ALIVE", "LocalOptions", "parse_duration"]
-
-#: How long a local model stays loaded in its background worker after a call, unless
-#: ``-o keep_alive`` or ``LLMCLI_LOCAL_KEEP_ALIVE`` says otherwise (Ollama's default too).
-DEFAULT_KEEP_ALIVE = "5m"
-#: Sequences the scheduler steps together at most (``LLMCLI_LOCAL_MAX_BATCH``).
-DEFAULT_MAX_BATCH = 8
-
-
-def env_int(name: str, default: int) -> int:
-    """A positive whole number from the environment; ``default`` when unset or not one."""
-    value = os.environ.get(name, "").strip()
-    try:
-        return max(1, int(value)) if value else default
-    except ValueError:
-        return default
-
-
-def env_max_batch() -> int:
-    """The scheduler's ``max_batch``, which ``llmcli batch`` and ``serve`` also follow."""
-    return env_int("LLMCLI_LOCAL_MAX_BATCH", DEFAULT_MAX_BATCH)
 
 
 def parse_duration(value: Any) -> float:
@@ -55,18 +47,17 @@ def parse_duration(value: Any) -> float:
 class LocalOptions(llmcli.Options):
     """``-o`` options of every local model."""
 
-    max_tokens: int = Field(256, ge=1, le=131072, description="Most tokens to generate")
-    temperature: float = Field(
-        0.0, ge=0.0, le=5.0,
-        description="0 = greedy (deterministic, the default); higher = more varied",
+    max_tokens: MaxTokens = Field(256, description="Most tokens to generate")
+    temperature: Temperature = Field(
+        0.0, description="0 = greedy (deterministic, the default); higher = more varied",
     )
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass")
-    top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens (0 = all)")
+    top_p: TopP = Field(1.0, description="Nucleus sampling mass")
+    top_k: TopK = Field(0, description="Sample from the k likeliest tokens (0 = all)")
     seed: int | None = Field(None, description="Seed for sampling: same seed, same text")
     stop: StrList = Field(
         default_factory=list, description="Stop sequences (never included in the output)"
     )
-    prefill_mode: Literal["chars", "heal", "none", "forced"] = Field(
+    prefill_mode: PrefillModeField = Field(
         "chars",
         description="How the prefill is split into tokens: chars = the reply given the "
         "prefill's characters (the tokenizer's split, its last piece weighed over every "
@@ -80,19 +71,19 @@ class LocalOptions(llmcli.Options):
     enable_thinking: bool | None = Field(
         None, description="Passed to chat templates that have a thinking switch"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run")
-    kv_cache: Literal["dynamic", "static"] = Field(
+    device: Device = Field("auto", description="Where to run")
+    kv_cache: KVCache = Field(
         "dynamic", description="KV cache: grows as needed, or preallocated"
     )
     cuda_graphs: bool = Field(
         False, description="CUDA only: compile the decode step into a CUDA graph"
     )
-    engine: Literal["auto", "lean", "transformers"] = Field(
+    engine: Engine = Field(
         "auto",
         description="auto: the lean backend (no transformers) where it implements the model, "
         "else transformers; or force lean or transformers",
     )
-    quantize: Literal["none", "int8", "int4"] = Field(
+    quantize: Quantize = Field(
         "none",
         description="Lean backend on CPU: weight-only int8 (per channel) or int4 (groups of "
         "32) for the linear layers and output head, quantized once and cached; none = the "
@@ -105,16 +96,11 @@ class LocalOptions(llmcli.Options):
         "faster); 0 = one step per token (LLMCLI_LOCAL_DRAFT=none loads no draft)",
     )
     keep_alive: float = Field(
-        default_factory=lambda: os.environ.get("LLMCLI_LOCAL_KEEP_ALIVE", DEFAULT_KEEP_ALIVE),
+        default_factory=default_keep_alive,
         validate_default=True,
         description="Keep the model loaded in a background worker this long after a call "
         "(300, 90s, 5m, 1h; 0 = off; default 5m, or LLMCLI_LOCAL_KEEP_ALIVE)",
     )
-
-    @field_validator("prefill_mode", mode="before")
-    @classmethod
-    def _old_mode_name(cls, value: Any) -> Any:
-        return "forced" if value == "exact" else value
 
     @field_validator("keep_alive", mode="before")
     @classmethod

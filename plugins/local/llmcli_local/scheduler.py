@@ -22,11 +22,14 @@ Requests beyond ``max_batch`` or the KV budget wait in the queue (back-pressure)
 their token ids, no cache. A single running sequence steps with ``backend.step``, so one
 call's output is bit for bit the unbatched loop's; batched rows can differ from a run alone
 only in the last bit of a matmul (see ``Decoder.step_batch``), so greedy text differs only
-where two tokens tie to within that. A backend without ``step_batch`` (transformers) runs one
-sequence at a time (``max_batch`` 1), queued the same way. A backend whose
-``graphed_single`` is true (the lean one on CUDA: a CUDA graph of one row) takes a lone
-sequence's step through ``step_batch`` too; a backend with ``release`` is told when a
-sequence leaves (the lean one frees its cache's slot in the static KV pool).
+where two tokens tie to within that. What a backend can do beyond
+:class:`~llmcli_local.backend.Backend` is read from its protocols: a backend that is no
+:class:`~llmcli_local.backend.BatchStep` (transformers) runs one sequence at a time
+(``max_batch`` 1), queued the same way; a :class:`~llmcli_local.backend.GraphedSingle`
+whose ``graphed_single`` is true (the lean one on CUDA: a CUDA graph of one row) takes a
+lone sequence's step through ``step_batch`` too; a :class:`~llmcli_local.backend.Releases`
+is told when a sequence leaves (the lean one keeps its prefix and frees its cache's slot in
+the static KV pool).
 
 :func:`shared` gives the one scheduler of a loaded model in this process: the in-process
 path of ``LocalModel``, ``llmcli batch``'s threads and the keep-alive worker's connections
@@ -47,16 +50,13 @@ from typing import Any
 
 from llmcli.models import Usage
 from llmcli_local import decode
-from llmcli_local.backend import Backend
+from llmcli_local.backend import Backend, BatchStep, GraphedSingle, Releases
+from llmcli_local.config import DEFAULT_KV_BUDGET, DEFAULT_MAX_BATCH, RuntimeConfig
 from llmcli_local.openmp import release_team
-from llmcli_local.options import DEFAULT_MAX_BATCH, env_int, env_max_batch
 
-__all__ = ["DEFAULT_KV_BUDGET", "DEFAULT_MAX_BATCH", "CANCELLED", "Handle", "Scheduler",
+__all__ = ["CANCELLED", "DEFAULT_KV_BUDGET", "DEFAULT_MAX_BATCH", "Handle", "Scheduler",
            "shared"]
 
-#: KV-cache positions the running sequences may hold together (``LLMCLI_LOCAL_KV_BUDGET``):
-#: SmolLM2-135M keeps 46 KB per position in fp32, so about 380 MB.
-DEFAULT_KV_BUDGET = 8192
 #: A handle's ``stop_reason`` once it was cancelled before its end.
 CANCELLED = "cancelled"
 
@@ -149,20 +149,21 @@ class _Entry:
 class Scheduler:
     """Runs the sequences submitted to one loaded model, batching their decode steps."""
 
-    def __init__(self, backend: Backend[Any], max_batch: int | None = None,
-                 kv_budget: int | None = None) -> None:
+    def __init__(self, backend: Backend[Any], max_batch: int = DEFAULT_MAX_BATCH,
+                 kv_budget: int = DEFAULT_KV_BUDGET) -> None:
         self.backend = backend
-        self._step_batch = getattr(backend, "step_batch", None)
-        #: Told when a sequence leaves (its cache's static slot, if any, is freed).
-        self._release = getattr(backend, "release", None)
+        self._batched: BatchStep[Any] | None = (
+            backend if isinstance(backend, BatchStep) else None)
+        #: Told when a sequence leaves (its prefix kept, its cache's static slot freed).
+        self._releases: Releases[Any] | None = (
+            backend if isinstance(backend, Releases) else None)
         #: A lone sequence steps through ``step_batch`` too (a CUDA graph of one row).
-        self._single = (self._step_batch is not None
-                        and bool(getattr(backend, "graphed_single", False)))
-        wanted = max_batch or env_max_batch()
+        self._single = (self._batched is not None and isinstance(backend, GraphedSingle)
+                        and backend.graphed_single)
         #: At most this many sequences run together (1 without a batched step).
-        self.max_batch = wanted if self._step_batch is not None else 1
+        self.max_batch = max_batch if self._batched is not None else 1
         #: KV-cache positions the running sequences may hold together.
-        self.kv_budget = kv_budget or env_int("LLMCLI_LOCAL_KV_BUDGET", DEFAULT_KV_BUDGET)
+        self.kv_budget = kv_budget
         self._cond = threading.Condition()
         self._waiting: deque[_Entry] = deque()
         self._reserved = 0
@@ -310,8 +311,8 @@ class Scheduler:
         sequence = entry.sequence
         entry.sequence = None  # its cache goes with it
         if sequence is not None:
-            if self._release is not None:
-                self._release(sequence.cache)
+            if self._releases is not None:
+                self._releases.release(sequence.cache)
             sequence.release_draft()
         with self._cond:
             self._reserved -= entry.reserved
@@ -360,7 +361,7 @@ class Scheduler:
             return
         self.steps += 1
         try:
-            if self._step_batch is None or (len(moving) == 1 and not self._single):
+            if self._batched is None or (len(moving) == 1 and not self._single):
                 # One row: the unbatched step, so a lone call is exactly the plain loop's
                 # (with a draft, speculative decoding's round: maybe more tokens' text).
                 for entry in moving:
@@ -376,8 +377,8 @@ class Scheduler:
                 self.batched_steps += 1
                 for entry in moving:
                     entry.batch = max(entry.batch, len(moving))
-            logits = self._step_batch([e.sequence.cache for e in moving if e.sequence],
-                                      [e.token for e in moving])
+            logits = self._batched.step_batch(
+                [e.sequence.cache for e in moving if e.sequence], [e.token for e in moving])
             for row, entry in enumerate(moving):
                 assert entry.sequence is not None
                 entry.sequence.stepped(logits[row])
@@ -404,23 +405,18 @@ _shared: weakref.WeakValueDictionary[int, Scheduler] = weakref.WeakValueDictiona
 _shared_lock = threading.Lock()
 
 
-def _weights_of(backend: Backend[Any]) -> object:
-    """What a backend's variants share (the lean decoder, the transformers model)."""
-    for name in ("decoder", "model"):
-        held = getattr(backend, name, None)
-        if held is not None:
-            return held
-    return backend
-
-
-def shared(backend: Backend[Any]) -> Scheduler:
-    """The scheduler of this loaded model in this process (made on first use; it lives
-    while anything uses it). Variants of one model (``dataclasses.replace`` of a backend,
-    transformers' cache options) share it, and pass themselves to :meth:`Scheduler.submit`."""
-    weights = _weights_of(backend)
+def shared(backend: Backend[Any], config: RuntimeConfig | None = None) -> Scheduler:
+    """The scheduler of this loaded model in this process (made on first use, with
+    ``config``'s ``max_batch`` and ``kv_budget``; it lives while anything uses it). Variants
+    of one model (``dataclasses.replace`` of a backend, transformers' cache options) share
+    it, and pass themselves to :meth:`Scheduler.submit`. The loader loads a model again for
+    another configuration (:meth:`RuntimeConfig.loaded_key`), so one loaded model's
+    scheduler is made with the configuration it was loaded with."""
+    weights = backend.loaded_model
     with _shared_lock:
         scheduler = _shared.get(id(weights))
-        if scheduler is None or _weights_of(scheduler.backend) is not weights:
-            scheduler = Scheduler(backend)
+        if scheduler is None or scheduler.backend.loaded_model is not weights:
+            config = config or RuntimeConfig()
+            scheduler = Scheduler(backend, config.max_batch, config.kv_budget)
             _shared[id(weights)] = scheduler
         return scheduler

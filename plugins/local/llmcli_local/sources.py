@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llmcli import config
 from llmcli.errors import ConfigError
+from llmcli_local.config import cache_root as configured_cache_root
 
 __all__ = [
     "SMOLLM2_FILE",
@@ -40,11 +39,11 @@ class ModelSource:
 
 
 def cache_root() -> Path:
-    """Where converted weights live: ``LLMCLI_LOCAL_CACHE`` when set (tests share one across
-    a run), else ``local/`` in llmcli's cache directory (``config.cache_dir()``: the
-    platform's, or ``LLMCLI_CACHE_PATH``), shared by every user directory."""
-    env = os.environ.get("LLMCLI_LOCAL_CACHE")
-    return Path(env) if env else config.cache_dir() / "local"
+    """Where converted weights live, for code that has no call's
+    :class:`~llmcli_local.config.RuntimeConfig` (``llmcli local remove``, the quantized
+    weights' cache): :func:`llmcli_local.config.cache_root`, as a call's
+    ``RuntimeConfig.cache_root`` finds it."""
+    return configured_cache_root()
 
 
 def smollm2_path() -> Path:

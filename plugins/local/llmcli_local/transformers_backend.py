@@ -18,13 +18,16 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from llmcli.errors import ConfigError
-from llmcli_local.backend import KVCache, end_of_turn_ids
+from llmcli_local.backend import Backend, KVCache, end_of_turn_ids
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 __all__ = ["TransformersBackend", "TransformersCache", "TransformersScores", "load",
            "quiet_transformers"]
@@ -56,6 +59,11 @@ class TransformersCache:
     #: The static length (a multiple of _STATIC_ROUNDING), or None for a dynamic cache.
     capacity: int | None
     position: int = 0
+    #: The token ids at positions 0..position.
+    ids: list[int] = field(default_factory=list)
+    #: Prompt positions taken from a kept prefix: none here (the transformers backend
+    #: keeps none).
+    cached: int = 0
 
 
 @dataclass
@@ -70,6 +78,9 @@ class TransformersScores:
 
     def full(self, row: int) -> torch.Tensor:
         return self.logits[row].float()
+
+    def all(self) -> torch.Tensor:
+        return self.logits.float()
 
     def gather(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         device = self.logits.device
@@ -104,6 +115,17 @@ class TransformersBackend:
         if (kv_cache, cuda_graphs) == (self.kv_cache, self.cuda_graphs):
             return self
         return dataclasses.replace(self, kv_cache=kv_cache, cuda_graphs=cuda_graphs)
+
+    @property
+    def loaded_model(self) -> Any:
+        """What its cache-option variants share (the scheduler is keyed by it)."""
+        return self.model
+
+    @property
+    def fast_tokenizer(self) -> Tokenizer | None:
+        tokenizer: Tokenizer | None = (self.tokenizer.backend_tokenizer
+                                       if self.tokenizer.is_fast else None)
+        return tokenizer
 
     @property
     def chat_template(self) -> str:
@@ -142,6 +164,7 @@ class TransformersBackend:
         # A static cache keeps its stale tail: the causal mask built from cache_position
         # hides it until it is overwritten.
         cache.position = length
+        del cache.ids[length:]
 
     def _new_cache(self, capacity: int) -> TransformersCache:
         from transformers import DynamicCache, StaticCache
@@ -190,6 +213,7 @@ class TransformersBackend:
                 logits_to_keep=keep,
             )
             cache.position += len(ids)
+            cache.ids.extend(ids)
             # Clone: a CUDA-graph output buffer is overwritten by the next replay.
             return out.logits[0, -keep:].float().clone()
 
@@ -218,3 +242,9 @@ def load(directory: Path, device: str, dtype: torch.dtype) -> TransformersBacken
         cache_keyword="cache" if "cache" in inspect.signature(model.forward).parameters
         else "past_key_values",
     )
+
+
+if TYPE_CHECKING:
+    def _is(backend: TransformersBackend) -> Backend[TransformersCache]:
+        """mypy checks that it is a :class:`~llmcli_local.backend.Backend` (only that)."""
+        return backend

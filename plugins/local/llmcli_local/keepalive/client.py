@@ -17,7 +17,8 @@ from typing import IO, Any
 import llmcli
 from llmcli.errors import PartialResponseError, ProviderError
 from llmcli.models import Chunk
-from llmcli_local.backend import BackendOptions, Engine, Quantize, choose_backend
+from llmcli_local.backend import choose_backend
+from llmcli_local.config import GenerationSettings, RuntimeConfig
 from llmcli_local.keepalive.protocol import (
     PROTOCOL,
     GenerateRequest,
@@ -29,7 +30,7 @@ from llmcli_local.keepalive.protocol import (
     run_dir,
     send,
 )
-from llmcli_local.sources import ModelSource, cache_root
+from llmcli_local.sources import ModelSource
 
 __all__ = ["WorkerAddress", "ask", "running", "stop_all"]
 
@@ -45,19 +46,16 @@ def _stamps(paths: list[Path]) -> list[str]:
     return out
 
 
-def _key(source: ModelSource, device: str, engine: Engine, quantize: str = "none") -> str:
-    """Everything a worker's answers depend on: the weights and their version, the device,
-    the backend, the threads, the draft, the cache, the interpreter and the code of llmcli
-    and this plugin."""
+def _key(source: ModelSource, config: RuntimeConfig) -> str:
+    """Everything a worker's answers depend on: the weights and their version, its whole
+    configuration (``config``, the worker's: device, backend, weights, threads, draft,
+    batching, caches), the interpreter and the code of llmcli and this plugin."""
     weights = source.path
     code = [_PACKAGE, Path(llmcli.__file__).resolve().parent]
     fields = [
         str(PROTOCOL), source.format, str(weights.resolve()),
         *_stamps([weights, *sorted(weights.iterdir())] if weights.is_dir() else [weights]),
-        device, engine, quantize, os.environ.get("LLMCLI_LOCAL_THREADS", ""),
-        # Whether the worker loads a speculative draft (llmcli_local.lean.draft).
-        os.environ.get("LLMCLI_LOCAL_DRAFT", ""),
-        str(cache_root().resolve()),
+        config.digest(),
         # The environment, not the name it was started by (python, python3.11, a script).
         sys.prefix, os.path.realpath(sys.executable),
         *_stamps([f for d in code for f in sorted(d.rglob("*.py"))]),
@@ -67,31 +65,31 @@ def _key(source: ModelSource, device: str, engine: Engine, quantize: str = "none
 
 @dataclass(frozen=True)
 class WorkerAddress:
-    """Where the worker for one model (on one device and backend) listens, or would."""
+    """Where the worker for one model and configuration listens, or would."""
 
     name: str
     source: ModelSource
-    device: str
-    #: ``choose_backend``'s answer for the request (part of the key).
-    engine: Engine
+    #: What the worker runs: the call's configuration as a worker serves it
+    #: (``RuntimeConfig.for_worker``, with ``choose_backend``'s answer for the call); its
+    #: digest is part of the key, so any setting that changes what a worker does makes
+    #: another worker.
+    config: RuntimeConfig
     key: str
     directory: Path
-    #: ``-o quantize``: the worker's weights (part of the key).
-    quantize: Quantize = "none"
 
     @classmethod
-    def for_model(cls, name: str, source: ModelSource, device: str,
-                  options: BackendOptions) -> WorkerAddress | None:
-        """The address for this model and request; None where keep-alive cannot be used."""
-        engine = choose_backend(options, device, None)
+    def for_model(cls, name: str, source: ModelSource,
+                  config: RuntimeConfig) -> WorkerAddress | None:
+        """The address for this model and call; None where keep-alive cannot be used."""
+        served = config.for_worker(choose_backend(config, config.device, None))
         directory = run_dir()
         if directory is None:
             return None
         try:
-            key = _key(source, device, engine, options.quantize)
+            key = _key(source, served)
         except OSError:
             return None  # the weights are gone: the in-process load says so clearly
-        address = cls(name, source, device, engine, key, directory, options.quantize)
+        address = cls(name, source, served, key, directory)
         # A socket's path must fit in sun_path (104 bytes on macOS, 108 on Linux).
         return address if len(os.fsencode(address.socket_path)) < 100 else None
 
@@ -99,12 +97,15 @@ class WorkerAddress:
     def socket_path(self) -> Path:
         return self.directory / f"{self.key}.sock"
 
-    def request(self, messages: list[dict[str, str]], prefill: str, settings: dict[str, Any],
-                options: BackendOptions, keep_alive: float) -> Iterator[Chunk] | None:
-        """The worker's reply as chunks, or None when no worker answered (run in process)."""
+    def request(self, messages: list[dict[str, str]], prefill: str,
+                settings: GenerationSettings, config: RuntimeConfig,
+                keep_alive: float) -> Iterator[Chunk] | None:
+        """The worker's reply as chunks, or None when no worker answered (run in process).
+        ``config``: the call's own (the worker takes its cache options)."""
+        request = GenerateRequest(messages=messages, prefill=prefill, settings=settings,
+                                  config=config, keep_alive=keep_alive)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         reader = conn.makefile("rb")
-        request = GenerateRequest(messages, prefill, settings, options, keep_alive)
         try:
             conn.connect(str(self.socket_path))
             send(conn, request.to_message())
@@ -125,9 +126,8 @@ class WorkerAddress:
         if directory is None:
             return
         spec = WorkerSpec(name=self.name, format=self.source.format,
-                          path=str(self.source.path.resolve()), device=self.device,
-                          engine=self.engine, key=self.key, keep_alive=keep_alive,
-                          quantize=self.quantize)
+                          path=str(self.source.path.resolve()), key=self.key,
+                          keep_alive=keep_alive, config=self.config)
         try:
             log = os.open(directory / f"{self.key}.log",
                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

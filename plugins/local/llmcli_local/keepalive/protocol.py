@@ -2,10 +2,12 @@
 wire, how a worker is started (its :class:`WorkerSpec`), and how errors cross.
 
 Wire format: one JSON object per line over a Unix socket. The client sends
-``{"op": "generate", "v": PROTOCOL, ...}`` (a :class:`GenerateRequest`), ``{"op": "ping"}``
-or ``{"op": "stop"}``. A generation is answered by ``{"t": text}`` per piece, ``{"u": usage}``,
-then ``{"end": true}``, or at any point by ``{"e": {"type", "message"}}``; ping and stop by
-``{"worker": info}``.
+``{"op": "generate", "v": PROTOCOL, ...}`` (a :class:`GenerateRequest`: the call's
+:class:`~llmcli_local.config.GenerationSettings` and
+:class:`~llmcli_local.config.RuntimeConfig` as typed objects, validated on both ends),
+``{"op": "ping"}`` or ``{"op": "stop"}``. A generation is answered by ``{"t": text}`` per
+piece, ``{"u": usage}``, then ``{"end": true}``, or at any point by
+``{"e": {"type", "message"}}``; ping and stop by ``{"worker": info}``.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import socket
 import stat
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from llmcli.errors import ConfigError, LLMCLIError, ProviderError
 from llmcli.models import Chunk, Usage
-from llmcli_local.backend import BackendOptions, Engine, Quantize
+from llmcli_local.config import GenerationSettings, RuntimeConfig
 from llmcli_local.sources import Format
 
 __all__ = [
@@ -42,7 +46,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a message changes shape.
-PROTOCOL = 2
+PROTOCOL = 3
 END: dict[str, Any] = {"end": True}
 
 
@@ -68,49 +72,57 @@ def run_dir(create: bool = True) -> Path | None:
     return path
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
+class WorkerSpec(BaseModel):
     """What a worker serves, as its client starts it (JSON on the worker's command line)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     format: Format
     path: str
-    device: str
-    #: What :func:`~llmcli_local.backend.choose_backend` made of the request ("auto" is
-    #: decided by the worker's loader, as it would be in process).
-    engine: Engine
     key: str
-    keep_alive: float
-    quantize: Quantize = "none"
+    keep_alive: float = Field(ge=0)
+    #: What the worker loads and runs (``RuntimeConfig.for_worker``: the engine as the
+    #: call decided it; "auto" is decided by the worker's loader, as it would be in
+    #: process). Its digest is part of ``key``.
+    config: RuntimeConfig
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
-        return cls(**json.loads(text))
+        return cls.model_validate_json(text)
 
 
-@dataclass(frozen=True)
-class GenerateRequest:
+class GenerateRequest(BaseModel):
+    """One call, as a client sends it to a worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     messages: list[dict[str, str]]
     prefill: str
-    #: ``decode.GenerationSettings`` as keyword arguments.
-    settings: dict[str, Any]
-    backend: BackendOptions = field(default_factory=BackendOptions)
-    keep_alive: float = 0.0
+    settings: GenerationSettings
+    #: The call's configuration; the worker serves its own (its spec's) with this one's
+    #: transformers cache options (``kv_cache``, ``cuda_graphs``).
+    config: RuntimeConfig
+    keep_alive: float = Field(default=0.0, ge=0)
 
     def to_message(self) -> dict[str, Any]:
-        return {"op": "generate", "v": PROTOCOL, "messages": self.messages,
-                "prefill": self.prefill, "settings": self.settings,
-                "backend": asdict(self.backend), "keep_alive": self.keep_alive}
+        return {"op": "generate", "v": PROTOCOL, **self.model_dump(mode="json")}
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> GenerateRequest:
-        return cls(messages=list(message["messages"]), prefill=str(message["prefill"]),
-                   settings=dict(message["settings"]),
-                   backend=BackendOptions(**message.get("backend", {})),
-                   keep_alive=float(message.get("keep_alive", 0)))
+        """The request in ``message``, validated; a :class:`ProviderError` saying what is
+        wrong where it is not one."""
+        try:
+            return cls.model_validate({k: v for k, v in message.items()
+                                       if k not in ("op", "v")})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ProviderError(f"The local model's worker refused the request: {where}: "
+                                f"{first['msg']}", provider="local") from None
 
 
 def send(conn: socket.socket, message: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmcli_local.backend import Backend, BackendOptions
+from llmcli_local.backend import Backend
 from llmcli_local.keepalive.protocol import (
     END,
     PROTOCOL,
@@ -62,9 +62,7 @@ class Worker:
         from llmcli_local import loader
 
         try:
-            self.backend = loader.load(
-                self.source, device=self.spec.device, show_progress=False,
-                options=BackendOptions(engine=self.spec.engine, quantize=self.spec.quantize))
+            self.backend = loader.load(self.source, self.spec.config, show_progress=False)
         except BaseException as exc:  # noqa: BLE001 - told to the waiting callers
             self._load_error = exc
             print(f"Could not load {self.spec.name}: {exc}", file=sys.stderr)  # the log
@@ -77,8 +75,8 @@ class Worker:
     def info(self) -> dict[str, Any]:
         backend = self.backend
         return {"pid": os.getpid(), "model": self.spec.name, "path": self.spec.path,
-                "device": backend.device if backend is not None else self.spec.device,
-                "engine": backend.name if backend is not None else self.spec.engine,
+                "device": backend.device if backend is not None else self.spec.config.device,
+                "engine": backend.name if backend is not None else self.spec.config.engine,
                 "keep_alive": self.idle, "loading": not self.loaded.is_set()}
 
     def _idle_for(self) -> float | None:
@@ -137,23 +135,20 @@ class Worker:
             pass  # a client that went away or spoke nonsense: serve the next
 
     def generate(self, conn: socket.socket, message: dict[str, Any]) -> None:
-        from llmcli_local import decode, loader, scheduler
+        from llmcli_local import loader, scheduler
 
         self.loaded.wait()
         if self._load_error is not None:
             send(conn, error_message(self._load_error))
             return
         try:
-            request = GenerateRequest.from_message(message)
+            request = GenerateRequest.from_message(message)  # validated again here
             # The same loaded model; only the transformers backend's cache options vary.
-            backend = loader.load(self.source, device=self.spec.device, show_progress=False,
-                                  options=BackendOptions(
-                                      engine=self.spec.engine, quantize=self.spec.quantize,
-                                      kv_cache=request.backend.kv_cache,
-                                      cuda_graphs=request.backend.cuda_graphs))
-            handle = scheduler.shared(backend).submit(
-                request.messages, request.prefill,
-                decode.GenerationSettings(**request.settings), backend)
+            config = self.spec.config.replace(kv_cache=request.config.kv_cache,
+                                              cuda_graphs=request.config.cuda_graphs)
+            backend = loader.load(self.source, config, show_progress=False)
+            handle = scheduler.shared(backend, config).submit(
+                request.messages, request.prefill, request.settings, backend)
         except Exception as exc:  # noqa: BLE001 - reported to the client, worker carries on
             send(conn, error_message(exc))
             return

@@ -11,18 +11,21 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from llmcli_local.backend import end_of_turn_ids
+from llmcli_local.config import RuntimeConfig
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 from llmcli_local.lean.config import LeanConfig
 from llmcli_local.lean.decoder import Decoder, KVBuffers
 from llmcli_local.lean.draft import draft_weights
-from llmcli_local.lean.prefix import PrefixStore, env_positions
-from llmcli_local.lean.quant import Scheme, linear
+from llmcli_local.lean.prefix import PrefixStore
+from llmcli_local.lean.quant import linear
 from llmcli_local.lean.quant import rows as head_rows
-from llmcli_local.lean.static import StaticBatch, static_length, wanted
+from llmcli_local.lean.static import StaticBatch
 from llmcli_local.lean.tokenizer import LeanTokenizer
 from llmcli_local.lean.weights import for_cpu, load_weights
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from llmcli_local.lean.weights import Linear
 
 __all__ = ["LeanBackend", "LeanCache", "LeanScores", "load"]
@@ -79,10 +82,10 @@ class LeanBackend:
     name: Literal["lean"] = "lean"
     #: The static batch (:mod:`llmcli_local.lean.static`): a preallocated KV pool and CUDA
     #: graphs for batched steps; None: batches step through ``Decoder.step_batch``. On by
-    #: default on CUDA (``LLMCLI_LOCAL_STATIC_BATCH`` overrides). Variants share it.
+    #: default on CUDA (``RuntimeConfig.static_batch`` overrides). Variants share it.
     static: StaticBatch | None = None
     #: Finished sequences' caches, for prompt passes that start the same
-    #: (:mod:`llmcli_local.lean.prefix`); None: ``LLMCLI_LOCAL_PREFIX_CACHE=0``. Variants
+    #: (:mod:`llmcli_local.lean.prefix`); None: ``RuntimeConfig.prefix_cache`` 0. Variants
     #: share it.
     prefixes: PrefixStore | None = None
     #: Speculative decoding's draft (:mod:`llmcli_local.lean.draft`): this model with int4
@@ -94,6 +97,15 @@ class LeanBackend:
         """Whether a lone sequence should step through :meth:`step_batch` too (the
         scheduler asks): where a bucket-1 CUDA graph beats the plain step."""
         return self.static is not None and self.static.single
+
+    @property
+    def loaded_model(self) -> Decoder:
+        """What its variants share (the scheduler is keyed by it)."""
+        return self.decoder
+
+    @property
+    def fast_tokenizer(self) -> Tokenizer:
+        return self.tokenizer.backend_tokenizer
 
     @property
     def chat_template(self) -> str:
@@ -238,26 +250,29 @@ class LeanBackend:
 
 
 def load(directory: Path, device: str, dtype: torch.dtype,
-         quantize: Scheme = "none") -> LeanBackend:
+         settings: RuntimeConfig | None = None) -> LeanBackend:
+    """The model in ``directory`` on ``device`` (resolved), configured by ``settings``
+    (its weights' ``quantize``, ``draft``, ``prefix_cache``, static batch and
+    ``max_batch``; the defaults without it)."""
+    settings = settings or RuntimeConfig()
+    quantize = settings.quantize
     config = LeanConfig.read(directory)
     tokenizer = LeanTokenizer(directory)
     weights = load_weights(directory, config, device, dtype, quantize)
     drafted = None
     if device == "cpu" and quantize == "none":
         # Before for_cpu: the draft quantizes the checkpoint's own (out, in) tensors.
-        drafted = draft_weights(weights, directory)
+        drafted = draft_weights(weights, directory, settings.draft)
         for_cpu(weights)
         if drafted is not None:
             drafted.embed = weights.embed  # tied: now a view of the head's copy, not the file
     decoder = Decoder(config, weights)
     token_bytes, atomic = token_bytes_from_tokenizer(tokenizer)
     static = None
-    if wanted(device):
-        from llmcli_local.options import env_max_batch
-
-        static = StaticBatch(decoder, env_max_batch(),
-                             static_length(config.max_position_embeddings))
-    kept = env_positions()
+    if settings.static_batch_on(device):
+        static = StaticBatch(decoder, settings.max_batch,
+                             settings.static_positions(config.max_position_embeddings))
+    kept = settings.prefix_cache
     backend = LeanBackend(
         tokenizer=tokenizer, decoder=decoder, vocab=Vocab(token_bytes, atomic),
         eos_ids=end_of_turn_ids([*config.eos_token_ids, tokenizer.eos_token_id],
@@ -270,3 +285,14 @@ def load(directory: Path, device: str, dtype: torch.dtype,
         backend.draft = replace(backend, decoder=Decoder(config, drafted), static=None,
                                 prefixes=PrefixStore(kept) if kept else None)
     return backend
+
+
+if TYPE_CHECKING:
+    from llmcli_local import backend as seam
+
+    def _can(backend: LeanBackend) -> tuple[
+            seam.Backend[LeanCache], seam.BatchStep[LeanCache], seam.Releases[LeanCache],
+            seam.GraphedSingle, seam.Drafting[LeanCache], seam.Draft[LeanCache],
+            seam.TreeBackend[LeanCache]]:
+        """mypy checks that it has every capability the runtime uses it for."""
+        return backend, backend, backend, backend, backend, backend, backend

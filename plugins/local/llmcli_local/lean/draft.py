@@ -15,37 +15,23 @@ layers are its own, read from the same cache as ``-o quantize int4``'s (quantize
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from llmcli_local.config import DraftChoice
 from llmcli_local.lean.weights import Weights
 
-__all__ = ["MIN_PARAMETERS", "DraftChoice", "draft_weights", "env_draft"]
+__all__ = ["MIN_PARAMETERS", "draft_weights"]
 
 log = logging.getLogger(__name__)
-
-DraftChoice = Literal["auto", "none", "int4", "int8"]
 
 #: ``auto`` drafts for models of at least this many parameters in their linear layers: below
 #: that a step is bound by its operations' count, not by reading weights, and a quantized
 #: step costs about what a full-precision one does.
 MIN_PARAMETERS = 50_000_000
-
-
-def env_draft() -> DraftChoice:
-    """``LLMCLI_LOCAL_DRAFT``: ``auto`` (the default: int4 for models of at least
-    :data:`MIN_PARAMETERS` on CPU at full precision), ``int4`` or ``int8`` (whatever the
-    size), ``none`` (no draft is loaded)."""
-    value = os.environ.get("LLMCLI_LOCAL_DRAFT", "").strip().lower()
-    if value in ("none", "0", "off", "false"):
-        return "none"
-    if value in ("int4", "int8"):
-        return value  # type: ignore[return-value]
-    return "auto"
 
 
 def _parameters(weights: Weights) -> int:
@@ -61,13 +47,16 @@ def _parameters(weights: Weights) -> int:
 
 
 def draft_weights(weights: Weights, directory: Path,
-                  choice: DraftChoice | None = None) -> Weights | None:
+                  choice: DraftChoice = "auto") -> Weights | None:
     """A copy of full-precision ``weights`` whose linear layers and output head are
     quantized (the other tensors shared, not copied), or None: no draft wanted, or the
-    model's shapes do not suit the kernel (the model then decodes one step per token)."""
+    model's shapes do not suit the kernel (the model then decodes one step per token).
+
+    ``choice`` (``RuntimeConfig.draft``, from ``LLMCLI_LOCAL_DRAFT``): ``auto`` drafts in
+    int4 for models of at least :data:`MIN_PARAMETERS` (on CPU at full precision, where the
+    lean backend asks), ``int4`` or ``int8`` whatever the size, ``none`` never."""
     from llmcli_local.lean.quant import Int4Weight, quantize_weights
 
-    choice = env_draft() if choice is None else choice
     if choice == "none" or (choice == "auto" and _parameters(weights) < MIN_PARAMETERS):
         return None
     scheme: Literal["int4", "int8"] = "int8" if choice == "int8" else "int4"

@@ -9,13 +9,13 @@ with at least :data:`MIN_REUSE` of those takes them from the copy and runs only 
 
 The kept positions are the same computation as a fresh pass (same weights, same positions),
 done in a different number of passes: logits agree to float rounding, not to the bit, as
-between a batched step and a lone one. Bounded by ``LLMCLI_LOCAL_PREFIX_CACHE`` positions in
-all (2048 by default, least recently used dropped first; ``0`` turns it off).
+between a batched step and a lone one. Bounded by ``RuntimeConfig.prefix_cache`` positions
+in all (``LLMCLI_LOCAL_PREFIX_CACHE``: 2048 by default, least recently used dropped first;
+``0`` turns it off).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 
@@ -24,20 +24,12 @@ import torch
 from llmcli_local.backend import common_prefix
 from llmcli_local.lean.decoder import KVBuffers
 
-__all__ = ["DEFAULT_POSITIONS", "MIN_REUSE", "PrefixStore", "env_positions"]
+__all__ = ["MIN_REUSE", "PrefixStore"]
 
-#: Positions kept in all, unless ``LLMCLI_LOCAL_PREFIX_CACHE`` says otherwise.
-DEFAULT_POSITIONS = 2048
 #: A shorter shared prefix is not worth looking after. A chat template's system prompt is
 #: longer: SmolLM2's default one is about 30 tokens, shared by every call that sets none,
 #: and its pass costs about two decode steps on a 2-core CPU.
 MIN_REUSE = 16
-
-
-def env_positions() -> int:
-    """``LLMCLI_LOCAL_PREFIX_CACHE``: positions kept in all; 0 keeps none."""
-    value = os.environ.get("LLMCLI_LOCAL_PREFIX_CACHE", "").strip()
-    return int(value) if value.isdigit() else DEFAULT_POSITIONS
 
 
 class PrefixStore:

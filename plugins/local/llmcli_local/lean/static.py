@@ -7,8 +7,8 @@ each sequence's own buffer: exact, fast on CPU, but a GPU spends a decode step l
 small kernels, and Python's loop over rows grows with the batch. Here:
 
 - **The pool**: per layer one tensor of shape (2, slots, kv_heads, length + 1, head_dim),
-  allocated at the first batched step (``slots``: ``LLMCLI_LOCAL_MAX_BATCH``; ``length``:
-  ``LLMCLI_LOCAL_STATIC_LENGTH``, 4096 by default, at most the model's context). Index
+  allocated at the first batched step (``slots``: ``RuntimeConfig.max_batch``; ``length``:
+  ``RuntimeConfig.static_positions``, 4096 by default, at most the model's context). Index
   ``length`` is a scratch position: rows that do not step write there.
 - **Adoption**: a sequence's cache moves into a free slot at its first batched step (its K/V
   at positions ``[0, position)`` copied, then ``cache.buffers`` points at the slot's
@@ -37,7 +37,6 @@ A step falls back to ``Decoder.step_batch`` (correct, only slower) when a cache 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -52,32 +51,12 @@ from llmcli_local.lean.quant import linear
 if TYPE_CHECKING:
     from llmcli_local.lean.backend import LeanCache
 
-__all__ = ["DEFAULT_STATIC_LENGTH", "StaticBatch", "static_step", "wanted"]
+__all__ = ["StaticBatch", "static_step"]
 
-#: Positions per slot of the static pool (``LLMCLI_LOCAL_STATIC_LENGTH``).
-DEFAULT_STATIC_LENGTH = 4096
 #: The shortest span of keys a step attends over (spans are powers of two from here).
 MIN_SPAN = 128
 
 _log = logging.getLogger(__name__)
-
-
-def wanted(device: str) -> bool:
-    """Whether a backend on ``device`` steps its batches through a static batch:
-    ``LLMCLI_LOCAL_STATIC_BATCH`` (1/0) if set, else on CUDA only."""
-    value = os.environ.get("LLMCLI_LOCAL_STATIC_BATCH", "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return device == "cuda"
-
-
-def static_length(context_length: int | None) -> int:
-    from llmcli_local.options import env_int
-
-    length = env_int("LLMCLI_LOCAL_STATIC_LENGTH", DEFAULT_STATIC_LENGTH)
-    return min(length, context_length) if context_length else length
 
 
 def buckets(slots: int) -> list[int]:
