@@ -8,6 +8,7 @@ from llmcli.capabilities import PrefillSupport as PrefillSupport
 from llmcli.capabilities import SchemaSupport as SchemaSupport
 from llmcli.errors import ConfigError as ConfigError
 from llmcli.errors import ConversationError as ConversationError
+from llmcli.errors import InvalidSchemaError as InvalidSchemaError
 from llmcli.errors import KeyNeededError as KeyNeededError
 from llmcli.errors import LLMCLIError as LLMCLIError
 from llmcli.errors import LogError as LogError
@@ -17,6 +18,8 @@ from llmcli.errors import PartialResponseError as PartialResponseError
 from llmcli.errors import PluginError as PluginError
 from llmcli.errors import PrefillUnsupportedError as PrefillUnsupportedError
 from llmcli.errors import ProviderError as ProviderError
+from llmcli.errors import SchemaUnsupportedError as SchemaUnsupportedError
+from llmcli.errors import SchemaValidationError as SchemaValidationError
 from llmcli.errors import UnknownModelError as UnknownModelError
 from llmcli.models import Conversation as Conversation
 from llmcli.models import KeySpec as KeySpec
@@ -30,9 +33,6 @@ from llmcli.models import emulation_instruction as emulation_instruction
 from llmcli.normalize import normalize_stream as normalize_stream
 from llmcli.normalize import normalize_text as normalize_text
 from llmcli.record import Message as Message
-from llmcli.schema import InvalidSchemaError as InvalidSchemaError
-from llmcli.schema import SchemaUnsupportedError as SchemaUnsupportedError
-from llmcli.schema import SchemaValidationError as SchemaValidationError
 
 __version__: str
 __all__: list[str]

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from llmcli import api, config
-from llmcli.errors import LLMCLIError, ProviderError
+from llmcli.errors import BatchInputError, LLMCLIError, ProviderError
 from llmcli.models import Model, Response, concurrency_limit
 
 if TYPE_CHECKING:
@@ -54,10 +54,6 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 RATE_LIMIT_ATTEMPTS = 8
 FAILURE_ATTEMPTS = 3
 MAX_BACKOFF_S = 30.0
-
-
-class InputError(LLMCLIError):
-    """The input as a whole cannot be read (a CSV without a prompt column, not UTF-8)."""
 
 
 # -- input ----------------------------------------------------------------------------------
@@ -143,14 +139,14 @@ def read_input(stream: IO[str], fmt: Literal["jsonl", "csv"] = "jsonl") -> list[
             lines.append(_line_from(number, data))
         return lines
     except UnicodeDecodeError:
-        raise InputError("The input is not UTF-8 text") from None
+        raise BatchInputError("The input is not UTF-8 text") from None
 
 
 def _read_csv(stream: IO[str]) -> list[Line]:
     reader = csv.DictReader(stream)
     if "prompt" not in (reader.fieldnames or []):
-        raise InputError("CSV input needs a 'prompt' column (found: "
-                         + ", ".join(reader.fieldnames or ["nothing"]) + ")")
+        raise BatchInputError("CSV input needs a 'prompt' column (found: "
+                              + ", ".join(reader.fieldnames or ["nothing"]) + ")")
     lines = []
     for row in reader:
         number = reader.line_num
@@ -168,7 +164,7 @@ def _read_csv(stream: IO[str]) -> list[Line]:
 
 
 def refuse_duplicate_ids(lines: list[Line]) -> None:
-    """An InputError, before anything runs, when two readable lines share an id (as
+    """A BatchInputError, before anything runs, when two readable lines share an id (as
     OpenAI's Batch API refuses duplicate ``custom_id``s): rows are joined on ids and resume
     goes by them, so a duplicate would be skipped or answered twice."""
     where: dict[str, list[Line]] = {}
@@ -185,7 +181,7 @@ def refuse_duplicate_ids(lines: list[Line]) -> None:
     if len(duplicated) > 1:
         more = len(duplicated) - 1
         message += f" (and {more} more duplicated id{'s' if more > 1 else ''})"
-    raise InputError(message + "; ids must be unique (resume goes by them): nothing was run")
+    raise BatchInputError(message + "; ids must be unique (resume goes by them): nothing was run")
 
 
 def parse_group(spec: str | Iterable[str] | None) -> list[str]:

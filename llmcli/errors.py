@@ -10,6 +10,17 @@
      ├── LogError                 the log database cannot be opened or written
      ├── ConfigError              a user configuration file is malformed
      ├── PluginError              an installed plugin defines an unknown or malformed hook
+ ├── PromptInputError         the prompt command's input or flags cannot be used (binary
+ │                            stdin, an empty prompt, flags that exclude each other)
+ ├── TemplateError            a template cannot be read, saved or applied
+ ├── FragmentError            a fragment (-f) cannot be read
+ ├── LogsInputError           bad arguments to ``llmcli logs``
+ ├── BatchInputError          the batch input cannot be used (unreadable, not UTF-8, no
+ │                            prompt column, duplicate ids, the output is the input)
+ ├── InvalidSchemaError       a --schema that is malformed
+ ├── SchemaUnsupportedError   a model that cannot honour a schema (or not with this prefill)
+ ├── SchemaValidationError    a reply that is not JSON or does not conform to the schema
+ ├── ProbeError               an OpenAI-compatible server that could not be probed
      └── ProviderError            the backend failed
           ├── ProviderStatusError       the API answered with an HTTP error status
           ├── ProviderTimeoutError      no answer within the time limit
@@ -94,6 +105,44 @@ class ConfigError(LLMCLIError):
 class PluginError(LLMCLIError):
     """A plugin cannot be loaded as written: an unknown or misspelled hook, or a hook with
     the wrong signature. The message names the plugin, the module and the fix."""
+
+
+class PromptInputError(LLMCLIError):
+    """The prompt command cannot use its input or flags (``llmcli.cli.prompt``)."""
+
+
+class TemplateError(LLMCLIError):
+    """A template cannot be read, saved or applied (``llmcli.cli.templates``)."""
+
+
+class FragmentError(LLMCLIError):
+    """A fragment cannot be read (``llmcli.cli.fragments``)."""
+
+
+class LogsInputError(LLMCLIError):
+    """Bad arguments to ``llmcli logs`` (``llmcli.cli.logs``)."""
+
+
+class BatchInputError(LLMCLIError):
+    """The batch input cannot be used as a whole (a CSV without a prompt column, not UTF-8,
+    duplicate ids, unreadable, the output file is the input)."""
+
+
+class InvalidSchemaError(LLMCLIError):
+    """The schema itself is malformed (not JSON, not a JSON Schema, a bad concise field)."""
+
+
+class SchemaUnsupportedError(LLMCLIError):
+    """The model cannot honour a schema (or not together with this prefill)."""
+
+
+class SchemaValidationError(LLMCLIError):
+    """A reply is not JSON, or does not conform to the schema."""
+
+
+class ProbeError(LLMCLIError):
+    """An OpenAI-compatible server could not be asked (unreachable, timed out, refused the
+    key); raised by ``llmcli_openai``'s probe."""
 
 
 class ProviderError(LLMCLIError):

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmcli.errors import LLMCLIError
+from llmcli.errors import InvalidSchemaError, SchemaUnsupportedError, SchemaValidationError
 
 __all__ = [
     "InvalidSchemaError",
@@ -52,18 +52,6 @@ DEFAULT_RETRIES = 2
 
 _TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer",
           "float": "number", "number": "number", "bool": "boolean", "boolean": "boolean"}
-
-
-class InvalidSchemaError(LLMCLIError):
-    """The schema itself is malformed (not JSON, not a JSON Schema, a bad concise field)."""
-
-
-class SchemaUnsupportedError(LLMCLIError):
-    """The model cannot honour a schema (or not together with this prefill)."""
-
-
-class SchemaValidationError(LLMCLIError):
-    """A reply is not JSON, or does not conform to the schema."""
 
 
 def concise_schema(text: str) -> dict[str, Any]:

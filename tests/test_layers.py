@@ -1,5 +1,6 @@
 """The core is one-way: CLI → API → models (the plugin contract and Response) → normalizer,
-record → log, with no import pointing back up, not even one made inside a function. And the
+record → log, with no import pointing back up, not even one made inside a function. No
+module of the core or of any plugin imports itself back through others (a cycle). And the
 core's declared dependencies are exactly the third-party packages it imports."""
 
 from __future__ import annotations
@@ -115,3 +116,158 @@ def test_declared_dependencies_are_exactly_the_imported_ones() -> None:
     }
     third_party = imported - set(sys.stdlib_module_names) - {"llmcli", "__future__"}
     assert third_party == declared
+
+
+# -- no import cycle, in the core or any plugin -----------------------------------------------
+
+#: Import edges (importer, imported) left out of the cycle check, each with its reason. Keep
+#: this empty where possible: a new entry needs a reason no refactoring could remove.
+CYCLE_ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def package_roots() -> list[Path]:
+    """The directory each top-level package's name is relative to: the repository for
+    ``llmcli``, each plugin's distribution folder for its package."""
+    return [ROOT] + sorted(p for p in (ROOT / "plugins").iterdir() if p.is_dir())
+
+
+def all_modules() -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for base in package_roots():
+        for package in sorted(p.parent for p in base.glob("*/__init__.py")):
+            if base == ROOT and package.name != "llmcli":
+                continue  # tests/, docs/ and the like are no package of the product
+            for path in package.rglob("*.py"):
+                parts = path.relative_to(base).with_suffix("").parts
+                modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imported_modules(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The known modules ``name`` imports at run time (in functions too), each resolved to
+    the module itself: ``from pkg import sub`` is ``pkg.sub`` when that is a module."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def resolve(target: str) -> str | None:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    found: set[str] = set()
+
+    def add(target: str | None) -> None:
+        if target and target != name:
+            found.add(target)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(resolve(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                add(sub if sub in known else resolve(base))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = all_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        try:
+            graph[name] = imported_modules(name, path, known)
+        except (OSError, SyntaxError):
+            # A file removed or half-written while the suite runs (another checkout at work):
+            # the other tests report a broken file; this one judges only what parses.
+            graph[name] = set()
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_no_import_cycle() -> None:
+    graph = import_graph()
+    assert "llmcli.serve.app" in graph and any(n.startswith("llmcli_openai") for n in graph)
+    for importer, imported in CYCLE_ALLOWED:
+        graph.get(importer, set()).discard(imported)
+    found = cycles(graph)
+    assert not found, "import cycles (type-only imports under `if TYPE_CHECKING:` aside): " + (
+        "; ".join(" <-> ".join(component) for component in found))
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_llmcli_error_lives_in_errors_py() -> None:
+    """One place for the exception tree: a subclass of LLMCLIError defined anywhere else (in
+    the core or a plugin) would hide from it, and could share a name with another."""
+    tree = ast.parse((CORE / "errors.py").read_text())
+    ours = {"LLMCLIError"}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and b.id in ours for b in node.bases):
+            assert node.name not in ours, f"errors.py defines {node.name} twice"
+            ours.add(node.name)
+    elsewhere = []
+    for name, path in all_modules().items():
+        if path == CORE / "errors.py":
+            continue
+        try:
+            classes = [n for n in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(n, ast.ClassDef)]
+        except (OSError, SyntaxError):
+            continue
+        for node in classes:
+            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
+                     for b in node.bases}
+            if bases & ours:
+                elsewhere.append(f"{name}.{node.name}")
+    assert not elsewhere, f"move these to llmcli/errors.py (unique names): {elsewhere}"

@@ -13,11 +13,7 @@ from typing import IO, Any, Literal
 
 import click
 
-from llmcli.errors import LLMCLIError
-
-
-class BatchInputError(LLMCLIError):
-    pass
+from llmcli.errors import BatchInputError
 
 
 @click.command(name="batch")
@@ -65,7 +61,7 @@ def batch(
     """
     from llmcli import config
     from llmcli.batch import Batch, read_input, resume_output
-    from llmcli.cli.prompt import parse_options
+    from llmcli.cli.options import parse_options
 
     config.mark_long_lived()
     if input_path != "-" and output_path != "-" and (

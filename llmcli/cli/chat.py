@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from llmcli.cli.prompt import parse_options, warn_if_not_logged
+from llmcli.cli.options import parse_options
+from llmcli.cli.prompt import warn_if_not_logged
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:

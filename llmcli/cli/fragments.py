@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llmcli.errors import LLMCLIError
+from llmcli.errors import FragmentError
 
 #: Long enough for a slow page, short enough that a dead host does not look like a hang:
 #: the limit for the whole download, not only for each wait.
@@ -18,10 +18,6 @@ URL_TIMEOUT = 30.0
 #: The most a URL's fragment may be (10 MiB: more text than any model's context); a larger
 #: page is refused, whatever it claims to be, before more than this is read.
 MAX_URL_BYTES = 10 * 1024 * 1024
-
-
-class FragmentError(LLMCLIError):
-    pass
 
 
 def is_url(reference: str) -> bool:

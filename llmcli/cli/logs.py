@@ -12,16 +12,12 @@ from click_default_group import DefaultGroup
 
 from llmcli import config
 from llmcli.cli import render
-from llmcli.errors import ConversationError, LLMCLIError, LogError, UnknownModelError
+from llmcli.errors import ConversationError, LogError, LogsInputError, UnknownModelError
 
 if TYPE_CHECKING:
     from llmcli.log import LogStore
 
 DEFAULT_COUNT = 3
-
-
-class LogsInputError(LLMCLIError):
-    pass
 
 
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)

@@ -6,20 +6,13 @@ import difflib
 import json
 import re
 import sys
-import typing
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from llmcli import progress
-from llmcli.errors import LLMCLIError, OptionsError
-
-if TYPE_CHECKING:
-    from llmcli.models import Model
-
-
-class InputError(LLMCLIError):
-    pass
+from llmcli.cli.options import parse_options
+from llmcli.errors import LLMCLIError, PromptInputError
 
 
 def read_stdin() -> str:
@@ -35,7 +28,8 @@ def read_stdin() -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError("Standard input is not UTF-8 text; pipe text, not binary data") from None
+        raise PromptInputError(
+            "Standard input is not UTF-8 text; pipe text, not binary data") from None
 
 
 #: Commands of simonw/llm that llmcli does not have: ``llmcli embed`` must not become a
@@ -54,12 +48,12 @@ def refuse_command_word(args: list[str], commands: list[str]) -> None:
         return
     hint = f"to send it as a prompt, run: llmcli prompt {word}"
     if word in LLM_COMMANDS:
-        raise InputError(f"'{word}' is an llm command that llmcli does not have; {hint}")
+        raise PromptInputError(f"'{word}' is an llm command that llmcli does not have; {hint}")
     if len(args) == 1:
         close = difflib.get_close_matches(word, [*commands, *LLM_COMMANDS], n=3, cutoff=0.75)
         if close:
-            raise InputError(f"Unknown command '{word}' (did you mean: {', '.join(close)}?); "
-                             f"{hint}")
+            raise PromptInputError(f"Unknown command '{word}' (did you mean: {', '.join(close)}?); "
+                                   f"{hint}")
 
 
 def extract_code_block(text: str) -> str | None:
@@ -78,34 +72,6 @@ def extract_code_block(text: str) -> str | None:
 
 
 _FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[^\n`]*\n(?P<body>.*)", re.MULTILINE | re.DOTALL)
-
-
-def _is_list_field(model: Model, name: str) -> bool:
-    field = model.Options.model_fields.get(name)
-    if field is None:
-        return False
-    annotation = field.annotation
-    args = [annotation, *typing.get_args(annotation)]
-    return any(typing.get_origin(a) is list or a is list for a in args)
-
-
-def parse_options(model: Model, pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key, value in pairs:
-        if _is_list_field(model, key):
-            if value.startswith("["):
-                try:
-                    items = json.loads(value)
-                except ValueError:
-                    raise OptionsError(f"Option {key!r}: {value!r} is not a JSON list") from None
-            else:
-                items = [value]
-            options.setdefault(key, []).extend(items)
-        elif key in options:
-            raise OptionsError(f"Option {key!r} was given twice")
-        else:
-            options[key] = value
-    return options
 
 
 @click.command(name="prompt")
@@ -186,7 +152,7 @@ def prompt(
     from llmcli import api
 
     if schema and schema_multi:
-        raise InputError("Give --schema or --schema-multi, not both")
+        raise PromptInputError("Give --schema or --schema-multi, not both")
     parsed_schema = None
     if schema or schema_multi:
         from llmcli.schema import multi, parse_schema
@@ -202,7 +168,7 @@ def prompt(
         return
 
     if extract and as_json:
-        raise InputError("--extract prints text; it cannot be combined with --json")
+        raise PromptInputError("--extract prints text; it cannot be combined with --json")
     stdin_text = read_stdin()
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
     template_options: dict[str, Any] = {}
@@ -217,7 +183,7 @@ def prompt(
         template_options, extract = inputs.options, inputs.extract and not as_json
         parsed_schema = parsed_schema or inputs.schema
     if not text.strip():
-        raise InputError("Empty prompt: pass PROMPT or pipe text on standard input")
+        raise PromptInputError("Empty prompt: pass PROMPT or pipe text on standard input")
 
     if continue_ or conversation_id:
         conversation = api.load_conversation(conversation_id, model=model_name)
@@ -306,7 +272,7 @@ def _save_template(name: str, prompt: str | None, system: str | None, model: str
 
     given = [flag for flag, used in refused.items() if used]
     if given:
-        raise InputError(f"--save cannot be combined with {', '.join(given)}")
+        raise PromptInputError(f"--save cannot be combined with {', '.join(given)}")
     template = template_from_command(
         name, prompt=prompt, system=system, model=model, prefill=prefill, options=options,
         params=params, extract=extract, fragments=fragments, system_fragments=system_fragments,
@@ -321,7 +287,7 @@ def _read_grammar(path: str | None) -> str | None:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"Cannot read grammar file {path}: {exc}") from None
+        raise PromptInputError(f"Cannot read grammar file {path}: {exc}") from None
 
 
 def _print_usage(response: Any, show: bool) -> None:

@@ -21,12 +21,7 @@ from typing import Any
 import click
 from click_default_group import DefaultGroup
 
-from llmcli.errors import LLMCLIError
-
-
-class TemplateError(LLMCLIError):
-    pass
-
+from llmcli.errors import TemplateError
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -312,7 +307,7 @@ def template_from_command(
     parsed: dict[str, Any] = {}
     if model is not None:
         from llmcli import api
-        from llmcli.cli.prompt import parse_options
+        from llmcli.cli.options import parse_options
 
         resolved = api.get_model(model)
         parsed = parse_options(resolved, options)

@@ -11,15 +11,17 @@ from typing import Any
 
 from llmcli.config import scrub
 from llmcli.errors import (
+    InvalidSchemaError,
     KeyNeededError,
     LLMCLIError,
     OptionsError,
     PrefillUnsupportedError,
     ProviderError,
     RefusedModelError,
+    SchemaUnsupportedError,
+    SchemaValidationError,
     UnknownModelError,
 )
-from llmcli.schema import InvalidSchemaError, SchemaUnsupportedError, SchemaValidationError
 
 __all__ = ["WireError", "anthropic_body", "from_exception", "openai_body"]
 

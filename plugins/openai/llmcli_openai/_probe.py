@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmcli.capabilities import PrefillSupport
-from llmcli.errors import LLMCLIError
+from llmcli.errors import ProbeError
 from llmcli.models import Request
 
 from ._models import ChatOptions
@@ -45,10 +45,6 @@ PROBE_MAX_TOKENS = 3
 #: so on the wire; ``trailing_assistant`` relies on the server's default.
 STYLE_ORDER: tuple[PrefillStyle, ...] = ("continue_final_message", "trailing_assistant",
                                          "prefix")
-
-
-class ProbeError(LLMCLIError):
-    """The server could not be asked (unreachable, timed out, refused the key)."""
 
 
 def classify(text: str) -> ModeOutcome:

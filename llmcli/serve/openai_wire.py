@@ -1,0 +1,120 @@
+"""The OpenAI wire: ``POST /v1/chat/completions``, a reply or a stream of
+``chat.completion.chunk`` events, OpenAI's usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from fastapi.responses import Response as HTTPResponse
+
+from llmcli.models import Response
+from llmcli.serve.errors import from_exception, openai_body
+from llmcli.serve.protocol import OpenAIRequest, openai_chat, parse
+from llmcli.serve.runner import (
+    SHUTTING_DOWN,
+    AfterPrefill,
+    Run,
+    Runner,
+    cached_tokens,
+    sse,
+    tokens,
+)
+
+__all__ = ["data", "router"]
+
+FINISH = {"end_turn": "stop", "stop": "stop", "stop_sequence": "stop",
+          "max_tokens": "length", "length": "length", "tool_use": "tool_calls",
+          "content_filter": "content_filter"}
+
+
+def router(runner: Runner) -> APIRouter:
+    routes = APIRouter()
+
+    async def completion(request: Request) -> HTTPResponse:
+        chat = openai_chat(parse(OpenAIRequest, await request.body()))
+        run, first = await runner.start(request, chat)
+        if chat.stream:
+            return sse(_events(run, first))
+        text = await run.rest(first)
+        response = run.response
+        usage = response.usage()
+        return JSONResponse({
+            "id": f"chatcmpl-{response.id}",
+            "object": "chat.completion",
+            "created": run.created,
+            "model": run.model.model_id,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant",
+                            "content": text if chat.echo else text[len(chat.prefill):]},
+                "logprobs": None,
+                "finish_reason": FINISH.get(usage.stop_reason or "", "stop"),
+            }],
+            "usage": _usage(response),
+            "prefill_support": response.prefill_support.value,
+        })
+
+    @routes.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> HTTPResponse:
+        return await runner.handle(request, False, completion)
+
+    return routes
+
+
+def _usage(response: Response) -> dict[str, Any]:
+    usage = response.usage()
+    prompt, completion = tokens(usage.input_tokens), tokens(usage.output_tokens)
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
+    if cached := cached_tokens(usage):  # of prompt_tokens, as OpenAI reports them
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
+
+
+def data(payload: Any) -> str:
+    """One server-sent event as OpenAI streams them."""
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
+    chat, response = run.chat, run.response
+    base = {"id": f"chatcmpl-{response.id}", "object": "chat.completion.chunk",
+            "created": run.created, "model": run.model.model_id}
+
+    def frame(delta: dict[str, Any] | None, finish: str | None = None,
+              usage: dict[str, int] | None = None) -> str:
+        choices = [] if delta is None else [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        payload: dict[str, Any] = {**base, "choices": choices}
+        if chat.include_usage:
+            payload["usage"] = usage
+        return data(payload)
+
+    strip = AfterPrefill(chat.prefill)
+    try:
+        yield frame({"role": "assistant", "content": ""})
+        if first is not None:
+            piece = run.content(first, strip)
+            if piece:
+                yield frame({"content": piece})
+        async for chunk in run.chunks:
+            piece = run.content(chunk, strip)
+            if piece:
+                yield frame({"content": piece})
+    except (Exception, asyncio.CancelledError) as exc:
+        error = SHUTTING_DOWN if isinstance(exc, asyncio.CancelledError) else from_exception(exc)
+        yield data(openai_body(error))
+        yield "data: [DONE]\n\n"
+        return
+    finally:
+        run.close()
+    stop = response.usage().stop_reason or ""
+    yield frame({}, FINISH.get(stop, "stop"))
+    if chat.include_usage:
+        yield frame(None, usage=_usage(response))
+    yield "data: [DONE]\n\n"
