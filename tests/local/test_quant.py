@@ -251,8 +251,8 @@ def test_smollm2_quantized_text_starts_with_the_prefill(smollm2: Any, scheme: st
 def test_the_fused_step_computes_what_the_unfused_one_does(model: str,
                                                            request: pytest.FixtureRequest
                                                            ) -> None:
-    """Quantized weights come fused (qkv, gate_up) and step through ``_step_fused``, a
-    rearrangement of the same computation (RoPE as a matrix, SDPA, the norm as a sum). Fused
+    """Quantized weights come fused (qkv, gate_up): the same layer (``Decoder.forward``)
+    calls them through fused projections, split after one kernel call. Fused
     in full precision, its logits must be the unfused step's to float rounding, one row or
     several, and the K/V it writes the same: a wrong rotation or head mapping would show
     here far above the quantization noise."""

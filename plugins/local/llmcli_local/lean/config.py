@@ -8,9 +8,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LeanConfig", "RopeConfig", "read_json", "rope_config", "unsupported", "why_not"]
+__all__ = ["FAMILIES", "Family", "LeanConfig", "RopeConfig", "read_json", "rope_config",
+           "unsupported", "why_not"]
 
-_FAMILIES = {"llama", "mistral", "qwen2"}
+
+@dataclass(frozen=True)
+class Family:
+    """What a llama-like family changes in the lean layer (:mod:`llmcli_local.lean.decoder`:
+    one layer definition for every family). Each field is read from here into
+    :class:`LeanConfig`, and from there by the weights' loader and the layer; RoPE (default
+    or llama 3.1's scaling) and tied output heads are read from config.json for every
+    family alike. Adding a family is one entry in :data:`FAMILIES` and a test against
+    transformers (docs/architecture.md, "Adding a llama-like family")."""
+
+    #: q, k and v always carry a bias (qwen2's ``self_attn.{q,k,v}_proj.bias``).
+    qkv_bias: bool = False
+    #: config.json's ``attention_bias`` gives q, k, v and o a bias (qwen3); where False, a
+    #: config that sets it is refused (llama: untested here).
+    attention_bias: bool = False
+    #: q and k are RMS-normed over each head before RoPE (qwen3's ``self_attn.q_norm`` and
+    #: ``k_norm``, one weight of ``head_dim`` each).
+    qk_norm: bool = False
+    #: ``sliding_window`` alone turns the window on (mistral); else it takes
+    #: ``use_sliding_window`` too (qwen2, qwen3). A window is refused either way.
+    window_always: bool = False
+
+
+#: The families the lean backend runs (config.json's ``model_type``), and how each differs.
+FAMILIES: dict[str, Family] = {
+    "llama": Family(),
+    "mistral": Family(window_always=True),
+    "qwen2": Family(qkv_bias=True),
+    "qwen3": Family(attention_bias=True, qk_norm=True),
+}
 #: Tokenizer classes whose transformers loader uses tokenizer.json as it is (checked: the
 #: tests compare rendering and ids with transformers); others may rebuild it on load.
 _TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast", "GPT2Tokenizer",
@@ -65,7 +95,8 @@ def unsupported(config: dict[str, Any]) -> str | None:
     """None when the lean forward pass implements the model ``config`` (a config.json)
     describes, else the reason it does not."""
     model_type = config.get("model_type")
-    if model_type not in _FAMILIES:
+    family = FAMILIES.get(str(model_type))
+    if family is None:
         return f"architecture {model_type!r}"
     if config.get("quantization_config"):
         return "quantized weights"
@@ -74,10 +105,10 @@ def unsupported(config: dict[str, Any]) -> str | None:
     if any(t != "full_attention" for t in config.get("layer_types") or []):
         return "sliding-window layers"
     if config.get("sliding_window") and (
-        model_type == "mistral" or config.get("use_sliding_window")
+        family.window_always or config.get("use_sliding_window")
     ):
         return "sliding-window attention"
-    if model_type == "llama" and config.get("attention_bias"):
+    if config.get("attention_bias") and not family.attention_bias:
         return "attention bias"
     rope = rope_config(config)
     return rope if isinstance(rope, str) else None
@@ -123,6 +154,12 @@ class LeanConfig:
     rms_norm_eps: float
     tie_word_embeddings: bool
     rope: RopeConfig
+    #: q, k and v carry a bias (:attr:`Family.qkv_bias`, or ``attention_bias``).
+    qkv_bias: bool
+    #: The output projection carries a bias (``attention_bias`` where the family reads it).
+    out_bias: bool
+    #: q and k are RMS-normed per head before RoPE (:attr:`Family.qk_norm`).
+    qk_norm: bool
     max_position_embeddings: int | None
     #: End-of-turn ids as config.json and generation_config.json declare them.
     eos_token_ids: tuple[Any, ...]
@@ -135,6 +172,8 @@ class LeanConfig:
             raise ValueError(f"the lean backend cannot run this model: {rope}")
         heads = int(config["num_attention_heads"])
         generation = read_json(directory / "generation_config.json")
+        family = FAMILIES[str(config["model_type"])]
+        biased = family.attention_bias and bool(config.get("attention_bias"))
         return cls(
             model_type=str(config["model_type"]),
             layers=int(config["num_hidden_layers"]),
@@ -144,6 +183,9 @@ class LeanConfig:
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             rope=rope,
+            qkv_bias=family.qkv_bias or biased,
+            out_bias=biased,
+            qk_norm=family.qk_norm,
             max_position_embeddings=config.get("max_position_embeddings"),
             eos_token_ids=(generation.get("eos_token_id"), config.get("eos_token_id")),
         )

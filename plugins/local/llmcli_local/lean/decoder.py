@@ -1,38 +1,50 @@
-"""The lean backend's forward pass, for llama-family models (llama, mistral, qwen2), on CPU
-or CUDA: a prompt pass over many tokens, then a one-token step, both writing a preallocated
-KV buffer in place.
+"""The lean backend's forward pass, for llama-like families (llama, mistral, qwen2, qwen3), on
+CPU or CUDA: **one layer definition**, :meth:`Decoder.forward`, that every pass runs.
 
 transformers' model code spends about a third of a CPU decode step outside the matrix
 multiplications (module calls, mask building, cache concatenation). Here the same weights
-run as a flat sequence of operations; the prompt pass uses ``scaled_dot_product_attention``
-and the step grouped-query attention as two small matmuls. RoPE and RMSNorm are computed as
-transformers computes them, so logits agree with it (the tests compare them). Fusing QKV and
-gate/up into single matmuls was tried in full precision: no faster here, and the copies cost
-memory. Quantized weights (``-o quantize``) are fused (:mod:`llmcli_local.lean.quant`): there
-the kernels are fast enough that the number of operations per step decides, and their
-one-token step is :meth:`Decoder.step`'s leaner variant (``_step_fused``).
+run as a flat sequence of operations, and what differs between passes is injected:
+
+- **the attention** (:mod:`llmcli_local.lean.attention`): :class:`~.attention.Causal` for a
+  prompt pass, ``extend`` and ``verify`` (and a tree of continuations scored in the same
+  pass), :class:`~.attention.PerRow` for decode steps, one row or a batch, and
+  :class:`~.attention.Pooled` for the static batch's step (:mod:`llmcli_local.lean.static`);
+- **the projections** (:class:`Projections`, each layer's weights as callables, built once):
+  q/k/v and gate/up apart in full precision, or fused into one kernel call each for
+  quantized weights (:mod:`llmcli_local.lean.quant`, where the number of operations per step
+  decides). Fusing them in full precision was tried: no faster here, and the copies cost
+  memory. On CPU a full-precision weight chooses its own kernel by rows
+  (:class:`~llmcli_local.lean.weights.CpuLinear`).
+
+What a family changes is a field of :class:`~llmcli_local.lean.config.LeanConfig` (its
+:class:`~llmcli_local.lean.config.Family`): q/k/v and o biases, q/k norms, RoPE's scaling,
+tied heads. RMSNorm is ``F.rms_norm`` (normalised in fp32, scaled in the model's dtype: on
+CPU bit for bit what transformers' ``LlamaRMSNorm`` computes, in fewer operations), and RoPE
+is computed as transformers computes it (:class:`Rotary`), so logits agree with it (the tests
+compare them).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from llmcli_local.lean.attention import Attention, Causal, Heads, KVBuffers, PerRow
 from llmcli_local.lean.config import LeanConfig, RopeConfig
-from llmcli_local.lean.quant import linear
 from llmcli_local.lean.weights import Layer, Weights
 
 if TYPE_CHECKING:
     from llmcli_local.lean.weights import Linear
 
-__all__ = ["Decoder", "KVBuffers", "Rotary", "inv_freq"]
+__all__ = ["Decoder", "KVBuffers", "Projections", "Rotary", "inv_freq"]
 
-#: Per layer, keys and values of shape (2, kv_heads, capacity, head_dim).
-KVBuffers = list[torch.Tensor]
+#: A projection: its input (rows, in) to its output (rows, out), bias included.
+Project = Callable[[torch.Tensor], torch.Tensor]
 
 
 def inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
@@ -58,46 +70,142 @@ def inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
 
 
 class Rotary:
-    """RoPE cos/sin as transformers' default rotary embedding computes them (fp32 angles,
-    then cast to the activations' dtype)."""
+    """RoPE: the angles as transformers' rotary embedding computes them (fp32, then cos and
+    sin cast to the activations' dtype), and their rotation of q and k, ``v * cos +
+    rotate_half(v) * sin``, applied to q and k of every head together (shape (rows, heads +
+    kv_heads, head_dim)) by one of two kernels of the same computation:
 
-    def __init__(self, inv_freq: torch.Tensor) -> None:
-        self.inv_freq = inv_freq
+    - **a decode step** (one token per row: few rows): one batched product with a matrix per
+      row, ``v @ rope[row]``: one kernel (a CUDA graph's step wants few), and on CPU the
+      fastest for a row or a few (SmolLM2's shape: 4.8 µs a layer, against 18.6 for the
+      rotate-half form on q and k apart);
+    - **a pass** (many rows): ``v * cos + roll(v, half) * signed_sin``, elementwise, where the
+      per-row matrices would cost more than the rotation itself (400 rows: 0.10 ms a layer,
+      against 0.65 ms by matrices and 0.11 ms for q and k apart). Bit for bit transformers'
+      ``v * cos + rotate_half(v) * sin`` (``(-a) * s == a * (-s)`` exactly), so a prompt
+      pass computes what it computed before this class (tested): with ``addcmul``'s single
+      rounding instead, SmolLM2's int8 prompt logits moved from 1.37 to 1.58 of full
+      precision's, the bf16 casts before each quantized kernel amplifying last-bit changes.
 
-    def __call__(self, x: torch.Tensor, position_ids: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device,
-                                                                   dtype=torch.float)
+    The two agree to float rounding (the tests compare a pass's K/V with the steps')."""
+
+    def __init__(self, rope: RopeConfig, head_dim: int, device: torch.device) -> None:
+        self.inv_freq = inv_freq(rope, head_dim).to(device)
+        self.half = head_dim // 2
+        half = torch.arange(self.half)
+        swap = torch.zeros((head_dim, head_dim), dtype=torch.float32)
+        swap[half + self.half, half] = -1.0
+        swap[half, half + self.half] = 1.0
+        sign = torch.ones(head_dim)
+        sign[:self.half] = -1.0
+        #: rotate-half as a matrix (``v @ swap == cat(-v[half:], v[:half])``) and as a sign
+        #: (``roll(v, half) * sign``), per dtype.
+        self._tables: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {
+            torch.float32: (swap.to(device), sign.to(device))}
+
+    def _of(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        tables = self._tables.get(dtype)
+        if tables is None:
+            swap, sign = self._tables[torch.float32]
+            tables = self._tables[dtype] = (swap.to(dtype), sign.to(dtype))
+        return tables
+
+    def angles(self, positions: torch.Tensor, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at ``positions`` (rows,), shape (rows, head_dim), in ``dtype``."""
+        freqs = positions.unsqueeze(1).float() * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype=x.dtype), emb.sin().to(dtype=x.dtype)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def at(self, positions: torch.Tensor, dtype: torch.dtype, step: bool
+           ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The rotation at ``positions`` (one per row) of q and k (rows, heads, head_dim):
+        by per-row matrices for a decode ``step``, elementwise for a pass."""
+        cos, sin = self.angles(positions, dtype)
+        swap, sign = self._of(dtype)
+        if step:
+            rope = torch.diag_embed(cos) + swap * sin.unsqueeze(1)  # (rows, dim, dim)
+            return lambda qk: torch.bmm(qk, rope)
+        cos, signed, half = cos.unsqueeze(1), (sin * sign).unsqueeze(1), self.half
+        # A multiply and an add, not addcmul's fused one: transformers' rounding, bit for
+        # bit (quantized weights' bf16 casts amplify any last-bit change).
+        return lambda qk: qk * cos + qk.roll(half, -1) * signed
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # As transformers' LlamaRMSNorm: normalise in fp32, scale in the model's dtype.
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+def _call(weight: Linear | None, bias: torch.Tensor | None = None) -> Project:
+    """``linear(h, weight, bias)`` as a callable that looks nothing up: a CPU or quantized
+    weight is its own kernel call."""
+    assert weight is not None
+    if isinstance(weight, torch.Tensor):
+        return lambda h: F.linear(h, weight, bias)
+    if bias is None:
+        return weight
+    return lambda h: weight(h) + bias
 
 
-def _qkv(layer: Layer, h: torch.Tensor, sizes: tuple[int, int, int]
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k and v of ``h`` (..., hidden): three projections, or one fused (quantized)."""
+def _qkv(layer: Layer, shape: Heads) -> Callable[[torch.Tensor],
+                                                 tuple[torch.Tensor, torch.Tensor]]:
+    """The normed input (rows, hidden) to q and k together, (rows, heads + kv_heads,
+    head_dim), and v (rows, kv_heads, head_dim): one kernel call where the weights are fused
+    (quantized), else three, q and k joined for RoPE's one call."""
+    heads, kv_heads, dim = shape.heads, shape.kv_heads, shape.dim
+    rotated = heads + kv_heads
+    k_end = rotated * dim
     if layer.qkv is not None:
-        q, k, v = linear(h, layer.qkv, layer.qkv_bias).split(sizes, dim=-1)
-        return q, k, v
-    assert layer.q is not None and layer.k is not None and layer.v is not None
-    return (linear(h, layer.q, layer.q_bias), linear(h, layer.k, layer.k_bias),
-            linear(h, layer.v, layer.v_bias))
+        fused = _call(layer.qkv, layer.qkv_bias)
+
+        def qkv(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = fused(h)
+            rows = out.shape[0]
+            return (out[:, :k_end].view(rows, rotated, dim),
+                    out[:, k_end:].view(rows, kv_heads, dim))
+        return qkv
+    q, k, v = (_call(layer.q, layer.q_bias), _call(layer.k, layer.k_bias),
+               _call(layer.v, layer.v_bias))
+
+    def apart(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = h.shape[0]
+        return (torch.cat((q(h), k(h)), dim=-1).view(rows, rotated, dim),
+                v(h).view(rows, kv_heads, dim))
+    return apart
 
 
-def _mlp(layer: Layer, h: torch.Tensor) -> torch.Tensor:
-    """The gated MLP of ``h``: gate and up apart, or one fused projection (quantized)."""
+def _mlp(layer: Layer) -> Project:
+    """The gated MLP of the normed input: gate and up in one kernel call where they are
+    fused (quantized), else apart."""
+    down = _call(layer.down)
     if layer.gate_up is not None:
-        gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
-    else:
-        assert layer.gate is not None and layer.up is not None
-        gate, up = linear(h, layer.gate), linear(h, layer.up)
-    return linear(F.silu(gate) * up, layer.down)
+        gate_up = _call(layer.gate_up)
+
+        def fused(h: torch.Tensor) -> torch.Tensor:
+            gate, up = gate_up(h).chunk(2, dim=-1)
+            return down(F.silu(gate) * up)
+        return fused
+    gate, up = _call(layer.gate), _call(layer.up)
+    return lambda h: down(F.silu(gate(h)) * up(h))
+
+
+@dataclass(frozen=True)
+class Projections:
+    """One layer's weights as :meth:`Decoder.forward` calls them (built once)."""
+
+    norm_in: torch.Tensor
+    norm_post: torch.Tensor
+    #: The normed input to q and k before RoPE, and v (:func:`_qkv`).
+    qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    #: q's and k's norm weights per head, shape (heads + kv_heads, head_dim), or None.
+    qk_norm: torch.Tensor | None
+    out: Project
+    mlp: Project
+
+    @classmethod
+    def of(cls, layer: Layer, shape: Heads) -> Projections:
+        qk_norm = None
+        if layer.q_norm is not None and layer.k_norm is not None:
+            qk_norm = torch.cat((layer.q_norm.expand(shape.heads, shape.dim),
+                                 layer.k_norm.expand(shape.kv_heads, shape.dim)))
+        return cls(layer.norm_in, layer.norm_post, _qkv(layer, shape), qk_norm,
+                   _call(layer.out, layer.out_bias), _mlp(layer))
 
 
 class Decoder:
@@ -107,20 +215,52 @@ class Decoder:
         self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
         self.eps = config.rms_norm_eps
         self.scaling = config.head_dim ** -0.5
+        self.shape = Heads(self.heads, self.kv_heads, self.head_dim, self.scaling)
         self.weights = weights
-        self.rotary = Rotary(inv_freq(config.rope, config.head_dim).to(weights.embed.device))
-        self.sizes = (self.heads * self.head_dim, self.kv_heads * self.head_dim,
-                      self.kv_heads * self.head_dim)
-        #: Quantized weights come fused: their one-token step is the lean variant.
+        self.rotary = Rotary(config.rope, config.head_dim, weights.embed.device)
+        #: Quantized weights come fused (q/k/v and gate/up one kernel call each).
         self.fused = all(layer.qkv is not None and layer.gate_up is not None
                          for layer in weights.layers)
-        self._fused_cache: list[Any] | None = None
-        half = self.head_dim // 2
-        swap = torch.zeros((self.head_dim, self.head_dim), dtype=torch.float32)
-        swap[torch.arange(half) + half, torch.arange(half)] = -1.0
-        swap[torch.arange(half), torch.arange(half) + half] = 1.0
-        #: RoPE's rotate-half as a matrix: ``x @ swap == cat(-x[half:], x[:half])``.
-        self._swap = swap.to(weights.embed.device)
+        self._layers: list[Projections] | None = None
+        self._head: Project | None = None
+
+    @property
+    def layers(self) -> list[Projections]:
+        """Each layer's weights as the forward pass calls them, built at the first pass
+        (the weights are not to change after it)."""
+        if self._layers is None:
+            self._layers = [Projections.of(layer, self.shape) for layer in self.weights.layers]
+        return self._layers
+
+    def head(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits (rows, vocab) of final-normed states (rows, hidden)."""
+        if self._head is None:
+            self._head = _call(self.weights.lm_head)
+        return self._head(states)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, attention: Attention,
+                step: bool, keep: int | None = None) -> torch.Tensor:
+        """**The llama layer**, every layer in turn, for the embedded tokens ``x`` (rows,
+        hidden) at ``positions`` (rows,): the final-normed hidden states of the last ``keep``
+        rows (all by default). ``attention`` writes each layer's K/V and attends;
+        ``step``: one token per row (RoPE by per-row matrices, :class:`Rotary`).
+
+        Nothing here reads a tensor's value on the host: the static batch captures it as a
+        CUDA graph."""
+        heads, dim, eps = self.heads, self.head_dim, self.eps
+        hidden = (x.shape[-1],)
+        norm = torch.rms_norm  # F.rms_norm without its Python wrapper (each call counts)
+        rotate = self.rotary.at(positions, x.dtype, step)
+        for index, layer in enumerate(self.layers):
+            qk, v = layer.qkv(layer.norm_in * norm(x, hidden, None, eps))
+            if layer.qk_norm is not None:
+                qk = layer.qk_norm * norm(qk, (dim,), None, eps)
+            qk = rotate(qk)
+            x = x + layer.out(attention(index, qk[:, :heads], qk[:, heads:], v))
+            x = x + layer.mlp(layer.norm_post * norm(x, hidden, None, eps))
+        if keep is not None:
+            x = x[x.shape[0] - keep:]
+        return self.weights.norm * norm(x, hidden, None, eps)
 
     def new_buffers(self, capacity: int) -> KVBuffers:
         """Empty per-layer [keys, values] buffers of ``capacity`` positions."""
@@ -131,7 +271,7 @@ class Decoder:
     def prompt(self, buffers: KVBuffers, ids: list[int], start: int) -> torch.Tensor:
         """Last-position logits for ``ids`` at positions ``start``.. in one causal pass (as
         transformers' forward computes them); their K/V are written into ``buffers``."""
-        return linear(self.states(buffers, ids, start, 1)[-1:], self.weights.lm_head)[0]
+        return self.head(self.states(buffers, ids, start, 1))[0]
 
     def states(self, buffers: KVBuffers, ids: list[int], start: int,
                keep: int, tree: tuple[list[int], torch.Tensor] | None = None
@@ -144,173 +284,26 @@ class Decoder:
         causal rows, scored in the same pass, each seeing the cache, the causal rows and its
         own ancestors (:mod:`llmcli_local.boundary`). The causal rows keep the causal kernel,
         so a long prompt with a tree costs what it costs without one."""
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        weights = self.weights
-        count = len(ids)
-        end = start + count
-        index = torch.tensor(ids, dtype=torch.long, device=weights.embed.device)
-        x = weights.embed[index].unsqueeze(0)  # (1, count, hidden)
-        causal = count  # rows attended causally; the rest (a tree's) through ``leaves``
+        embed = self.weights.embed
+        device = embed.device
+        x = embed[torch.tensor(ids, dtype=torch.long, device=device)]  # (count, hidden)
         leaves = None
         if tree is not None:
-            positions = torch.tensor(tree[0], device=x.device).unsqueeze(0)
-            leaves = tree[1].to(x.device)
-            causal = count - int(leaves.shape[0])
+            positions = torch.tensor(tree[0], device=device)
+            leaves = tree[1].to(device)
         else:
-            positions = torch.arange(start, end, device=x.device).unsqueeze(0)
-        mask = None
-        if start > 0 and causal > 1:
-            mask = torch.ones((causal, start + causal), dtype=torch.bool,
-                              device=x.device).tril(start)
-        cos, sin = self.rotary(x, positions)  # (1, count, dim)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        half = dim // 2
-        for layer, buffer in zip(weights.layers, buffers, strict=True):
-            h = _rms(x, layer.norm_in, self.eps)
-            q, k, v = _qkv(layer, h, self.sizes)
-            q = q.reshape(1, count, heads, dim).transpose(1, 2)
-            k = k.reshape(1, count, kv_heads, dim).transpose(1, 2)
-            v = v.reshape(1, count, kv_heads, dim).transpose(1, 2)
-            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
-            buffer[0, :, start:end] = k[0]
-            buffer[1, :, start:end] = v[0]
-            attended = F.scaled_dot_product_attention(
-                q[:, :, :causal], buffer[0, :, :start + causal].unsqueeze(0),
-                buffer[1, :, :start + causal].unsqueeze(0), attn_mask=mask,
-                is_causal=mask is None and causal > 1, scale=self.scaling,
-                enable_gqa=heads != kv_heads,
-            )
-            if leaves is not None:
-                attended = torch.cat((attended, F.scaled_dot_product_attention(
-                    q[:, :, causal:], buffer[0, :, :end].unsqueeze(0),
-                    buffer[1, :, :end].unsqueeze(0), attn_mask=leaves, scale=self.scaling,
-                    enable_gqa=heads != kv_heads)), dim=2)
-            attended = attended.transpose(1, 2).reshape(1, count, heads * dim)
-            x = x + linear(attended, layer.out, layer.out_bias)
-            x = x + _mlp(layer, _rms(x, layer.norm_post, self.eps))
-        return _rms(x[0, count - keep:], weights.norm, self.eps)
+            positions = torch.arange(start, start + len(ids), device=device)
+        attention = Causal(self.shape, buffers, start, len(ids), leaves)
+        return self.forward(x, positions, attention, step=False, keep=keep)
 
     def step(self, buffers: KVBuffers, token: int, position: int) -> torch.Tensor:
         """Logits for ``token`` at ``position``; its K/V are written at that position."""
-        if self.fused:
-            return self._step_fused([buffers], [token], [position])[0]
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        weights = self.weights
-        group = heads // kv_heads
-        q_size = heads * dim
-        x = weights.embed[token].unsqueeze(0)  # (1, hidden)
-        positions = torch.tensor([[position]], device=x.device)
-        cos, sin = self.rotary(x.unsqueeze(0), positions)
-        cos, sin = cos.reshape(1, dim), sin.reshape(1, dim)
-        half = dim // 2
-        end = position + 1
-        for layer, buffer in zip(weights.layers, buffers, strict=True):
-            h = _rms(x, layer.norm_in, self.eps)
-            q, k, v = _qkv(layer, h, self.sizes)
-            q, k, v = q.reshape(heads, dim), k.reshape(kv_heads, dim), v.reshape(kv_heads, dim)
-            q = q * cos + torch.cat((-q[:, half:], q[:, :half]), dim=-1) * sin
-            k = k * cos + torch.cat((-k[:, half:], k[:, :half]), dim=-1) * sin
-            buffer[0, :, position] = k
-            buffer[1, :, position] = v
-            keys = buffer[0, :, :end]  # (kv_heads, end, dim)
-            values = buffer[1, :, :end]
-            scores = torch.matmul(q.view(kv_heads, group, dim), keys.transpose(1, 2))
-            attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
-            attended = torch.matmul(attention, values).reshape(1, q_size)
-            x = x + linear(attended, layer.out, layer.out_bias)
-            x = x + _mlp(layer, _rms(x, layer.norm_post, self.eps))
-        x = _rms(x, weights.norm, self.eps)
-        return linear(x, weights.lm_head)[0]
+        x = self.weights.embed[token:token + 1]  # (1, hidden): a view, no gather
+        positions = torch.tensor([position], device=x.device)
+        attention = PerRow(self.shape, [buffers], [position])
+        return self.head(self.forward(x, positions, attention, step=True))[0]
 
-    def _step_fused(self, buffers: list[KVBuffers], tokens: list[int],
-                    positions: list[int]) -> torch.Tensor:
-        """:meth:`step` and :meth:`step_batch` on fused (quantized) weights, in fewer
-        operations: on CPU a step of this model is about 30 small operations per layer
-        around four kernel calls, and each operation costs a few microseconds whatever its
-        size. The same computation, arranged differently: RoPE as one product with a
-        per-row matrix (the rotate-half of q and k together), the norm's mean as a sum,
-        each layer's weights called directly (:meth:`_fused_layers`). Logits agree with the
-        unfused step's to float rounding (tested). One row or many run the same operations
-        row by row, so a row's logits are the same batched or alone."""
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        weights = self.weights
-        eps, scaling = self.eps, self.scaling
-        group = heads // kv_heads
-        rows = len(tokens)
-        rotated = heads + kv_heads
-        q_end = heads * dim
-        k_end = q_end + kv_heads * dim
-        device = weights.embed.device
-        x = weights.embed[torch.tensor(tokens, dtype=torch.long, device=device)]  # (rows, hidden)
-        rope = self.rope(x, torch.tensor(positions, device=device))
-        inverse = 1.0 / x.shape[-1]
-        spans = [(buffers[row], positions[row], positions[row] + 1) for row in range(rows)]
-        rsqrt, bmm, softmax = torch.rsqrt, torch.bmm, torch.softmax
-        for index, (norm_in, qkv_of, out_of, norm_post, gate_up_of, down_of) in enumerate(
-                self._fused_layers()):
-            h = x * rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
-            qkv = qkv_of(h * norm_in)  # (rows, q + k + v)
-            qk = bmm(qkv[:, :k_end].view(rows, rotated, dim), rope)
-            values = qkv[:, k_end:].view(rows, kv_heads, dim)
-            outputs = []
-            for row, (sequence, position, end) in enumerate(spans):
-                buffer = sequence[index]
-                buffer[0, :, position] = qk[row, heads:]
-                buffer[1, :, position] = values[row]
-                scores = bmm(qk[row, :heads].view(kv_heads, group, dim),
-                             buffer[0, :, :end].transpose(1, 2))
-                outputs.append(bmm(softmax(scores.mul_(scaling), -1), buffer[1, :, :end]))
-            x = x + out_of(torch.stack(outputs).view(rows, q_end))
-            h = x * rsqrt(torch.sum(x * x, -1, keepdim=True).mul_(inverse).add_(eps))
-            gate, up = gate_up_of(h * norm_post).chunk(2, dim=-1)
-            x = x + down_of(F.silu(gate) * up)
-        x = _rms(x, weights.norm, self.eps)
-        return linear(x, weights.lm_head)
-
-    def _fused_layers(self) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor],
-                                          Callable[[torch.Tensor], torch.Tensor], torch.Tensor,
-                                          Callable[[torch.Tensor], torch.Tensor],
-                                          Callable[[torch.Tensor], torch.Tensor]]]:
-        """Per layer: norm_in, qkv, out, norm_post, gate_up and down, each projection a
-        callable of its input (bias included): the step's loop looks nothing else up."""
-        if self._fused_cache is None:
-            def call(weight: Linear | None, bias: torch.Tensor | None = None
-                     ) -> Callable[[torch.Tensor], torch.Tensor]:
-                assert weight is not None
-                if bias is None and not isinstance(weight, torch.Tensor):
-                    return weight  # a quantized weight is its own kernel call
-                return lambda h: linear(h, weight, bias)
-
-            self._fused_cache = [
-                (layer.norm_in, call(layer.qkv, layer.qkv_bias),
-                 call(layer.out, layer.out_bias), layer.norm_post, call(layer.gate_up),
-                 call(layer.down))
-                for layer in self.weights.layers]
-        return self._fused_cache
-
-    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """RoPE as one matrix per row, shape (rows, head_dim, head_dim), in ``x``'s dtype:
-        ``v @ rope[row] == v * cos + rotate_half(v) * sin`` at ``positions[row]``, so that q
-        and k of every head take it in one batched product (the fused step, the static
-        batch's step). ``x``: the rows' activations (rows, hidden); ``positions``: (rows,)."""
-        cos, sin = self.rotary(x.unsqueeze(0), positions.unsqueeze(0))  # (1, rows, dim)
-        return torch.diag_embed(cos[0]) + self._swap.to(x.dtype) * sin[0].unsqueeze(1)
-
-    def rows_qkv(self, layer: Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q and k (RoPE applied) and v of one token per row: ``h`` (rows, hidden) normed,
-        ``cos``/``sin`` (rows, 1, head_dim) at each row's position; shapes (rows, heads or
-        kv_heads, head_dim). :meth:`step_batch`'s projections."""
-        rows, dim, half = h.shape[0], self.head_dim, self.head_dim // 2
-        q, k, v = _qkv(layer, h, self.sizes)
-        q = q.reshape(rows, self.heads, dim)
-        k = k.reshape(rows, self.kv_heads, dim)
-        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
-        return q, k, v.reshape(rows, self.kv_heads, dim)
-
-    def step_batch(self, buffers: list[KVBuffers], tokens: list[int],
+    def step_batch(self, buffers: Sequence[KVBuffers], tokens: list[int],
                    positions: list[int]) -> torch.Tensor:
         """One decode step for several sequences at once: row ``i`` is ``tokens[i]`` at
         ``positions[i]`` of the sequence whose KV buffers are ``buffers[i]``. Logits, shape
@@ -321,39 +314,9 @@ class Decoder:
         with exactly the operations of :meth:`step`, so a row sees nothing of the others.
         A batched matmul may round its last bit differently from a one-row one: greedy text
         can differ from a run alone only where two tokens tie to within that rounding."""
-        if self.fused:
-            return self._step_fused(buffers, tokens, positions)
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        weights = self.weights
-        group = heads // kv_heads
-        q_size = heads * dim
-        rows = len(tokens)
-        device = weights.embed.device
-        x = weights.embed[torch.tensor(tokens, dtype=torch.long, device=device)]  # (rows, hidden)
-        position_ids = torch.tensor([positions], device=device)
-        cos, sin = self.rotary(x.unsqueeze(0), position_ids)  # (1, rows, dim)
-        cos, sin = cos.reshape(rows, 1, dim), sin.reshape(rows, 1, dim)
-        full = x.dtype == torch.float32  # .float() and back would be no-ops
-        for index, layer in enumerate(weights.layers):
-            q, k, v = self.rows_qkv(layer, _rms(x, layer.norm_in, self.eps), cos, sin)
-            # Per row as in step (the same operations; fewer Python calls: this loop is
-            # what batching adds per layer).
-            kv = torch.stack((k, v), dim=1)  # (rows, 2, kv_heads, dim)
-            queries = q.view(rows, kv_heads, group, dim)
-            outputs = []
-            for row in range(rows):
-                end = positions[row] + 1
-                buffer = buffers[row][index]
-                buffer[:, :, end - 1] = kv[row]
-                cached = buffer[:, :, :end]  # (2, kv_heads, end, dim)
-                scores = torch.matmul(queries[row], cached[0].mT)
-                if full:
-                    attention = torch.softmax(scores * self.scaling, dim=-1)
-                else:
-                    attention = torch.softmax(scores.float() * self.scaling, dim=-1).to(q.dtype)
-                outputs.append(torch.matmul(attention, cached[1]))
-            attended = torch.stack(outputs).view(rows, q_size)
-            x = x + linear(attended, layer.out, layer.out_bias)
-            x = x + _mlp(layer, _rms(x, layer.norm_post, self.eps))
-        x = _rms(x, weights.norm, self.eps)
-        return linear(x, weights.lm_head)
+        embed = self.weights.embed
+        device = embed.device
+        x = embed[torch.tensor(tokens, dtype=torch.long, device=device)]  # (rows, hidden)
+        attention = PerRow(self.shape, buffers, positions)
+        return self.head(self.forward(x, torch.tensor(positions, device=device), attention,
+                                      step=True))

@@ -43,10 +43,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
-from llmcli_local.lean.decoder import Decoder, _mlp, _qkv
-from llmcli_local.lean.quant import linear
+from llmcli_local.lean.attention import Pooled
+from llmcli_local.lean.decoder import Decoder
 
 if TYPE_CHECKING:
     from llmcli_local.lean.backend import LeanCache
@@ -78,42 +77,16 @@ def static_step(decoder: Decoder, pools: Sequence[torch.Tensor], tokens: torch.T
     Shapes are fixed by the arguments' sizes and nothing here reads a tensor's value on the
     host: the step can be captured as a CUDA graph. ``rows`` is ``arange(len(tokens))``.
 
-    Written for few operations, since a GPU runs a small model's step at the pace of its
-    kernels, not of its arithmetic (docs/benchmarks.md, "On a GPU"): the norms are
-    ``F.rms_norm`` (one fused kernel on CUDA), RoPE is one batched product for q and k
-    together (:meth:`Decoder.rope`, as the fused step does it), and attention is
-    one ``scaled_dot_product_attention`` whose queries are a key head's group. The same
+    The decoder's one layer (:meth:`Decoder.forward`) with the pool's attention
+    (:class:`~llmcli_local.lean.attention.Pooled`), which is what makes it few operations,
+    since a GPU runs a small model's step at the pace of its kernels, not of its arithmetic
+    (docs/benchmarks.md, "On a GPU"): the norms are ``F.rms_norm`` (one fused kernel on
+    CUDA), RoPE is one batched product for q and k together, and attention is one
+    ``scaled_dot_product_attention`` whose queries are a key head's group. The same
     computation as :meth:`Decoder.step`, to float rounding (tested)."""
-    heads, kv_heads, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
-    weights = decoder.weights
-    group = heads // kv_heads
-    eps = decoder.eps
-    count = int(tokens.shape[0])
-    span = int(key_index.shape[0])
-    x = weights.embed[tokens]  # (rows, hidden)
-    rope = decoder.rope(x, positions)  # (rows, dim, dim)
-    # A key takes part up to the row's own position (True: attend).
-    visible = (key_index.unsqueeze(0) <= positions.unsqueeze(1)).view(count, 1, 1, span)
-    for layer, full in zip(weights.layers, pools, strict=True):
-        pool = full[:, :count]  # (2, rows, kv_heads, length + 1, dim)
-        q, k, v = _qkv(layer, _norm(x, layer.norm_in, eps), decoder.sizes)
-        qk = torch.bmm(torch.cat((q, k), dim=-1).view(count, heads + kv_heads, dim), rope)
-        pool[:, rows, :, positions] = torch.stack(
-            (qk[:, heads:], v.view(count, kv_heads, dim)), dim=1)  # (rows, 2, kv_heads, dim)
-        # Keys and values (rows, kv_heads, span, dim): slots and heads merge into one batch
-        # dimension without a copy (why slots come after keys/values in the pool); a key
-        # head's group of query heads are its queries.
-        attended = F.scaled_dot_product_attention(
-            qk[:, :heads].reshape(count, kv_heads, group, dim), pool[0, :, :, :span],
-            pool[1, :, :, :span], attn_mask=visible, scale=decoder.scaling)
-        x = x + linear(attended.reshape(count, heads * dim), layer.out, layer.out_bias)
-        x = x + _mlp(layer, _norm(x, layer.norm_post, eps))
-    return linear(_norm(x, weights.norm, eps), weights.lm_head)
-
-
-def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``decoder._rms`` (normalised in fp32, scaled in the model's dtype) in two operations."""
-    return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
+    attention = Pooled(decoder.shape, pools, rows, positions, key_index)
+    return decoder.head(decoder.forward(decoder.weights.embed[tokens], positions, attention,
+                                        step=True))
 
 
 class _Eager:

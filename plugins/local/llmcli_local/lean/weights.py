@@ -164,6 +164,10 @@ class Layer:
     qkv_bias: torch.Tensor | None = None
     #: gate and up stacked along the output, when fused.
     gate_up: Linear | None = None
+    #: RMSNorm weights over each head of q and of k, shape (head_dim,), where the family
+    #: norms them before RoPE (``LeanConfig.qk_norm``: qwen3).
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
 
 
 @dataclass
@@ -204,23 +208,28 @@ def load_weights(directory: Path, config: LeanConfig, device: str,
             raise KeyError(f"{name} is missing from the weights")
         return tensor.to(device=device, dtype=dtype)
 
-    def bias(name: str) -> torch.Tensor | None:
-        tensor = state.get(name)
-        return None if tensor is None else tensor.to(device=device, dtype=dtype)
+    def optional(name: str, wanted: bool) -> torch.Tensor | None:
+        """A tensor the family's config asks for (then required), else none."""
+        return weight(name) if wanted else None
 
     layers = []
     for i in range(config.layers):
-        p = f"model.layers.{i}."
+        p = f"model.layers.{i}.self_attn."
         layers.append(Layer(
-            norm_in=weight(p + "input_layernorm.weight"),
-            norm_post=weight(p + "post_attention_layernorm.weight"),
-            q=weight(p + "self_attn.q_proj.weight"), k=weight(p + "self_attn.k_proj.weight"),
-            v=weight(p + "self_attn.v_proj.weight"),
-            q_bias=bias(p + "self_attn.q_proj.bias"), k_bias=bias(p + "self_attn.k_proj.bias"),
-            v_bias=bias(p + "self_attn.v_proj.bias"),
-            out=weight(p + "self_attn.o_proj.weight"), out_bias=bias(p + "self_attn.o_proj.bias"),
-            gate=weight(p + "mlp.gate_proj.weight"), up=weight(p + "mlp.up_proj.weight"),
-            down=weight(p + "mlp.down_proj.weight"),
+            norm_in=weight(f"model.layers.{i}.input_layernorm.weight"),
+            norm_post=weight(f"model.layers.{i}.post_attention_layernorm.weight"),
+            q=weight(p + "q_proj.weight"), k=weight(p + "k_proj.weight"),
+            v=weight(p + "v_proj.weight"),
+            q_bias=optional(p + "q_proj.bias", config.qkv_bias),
+            k_bias=optional(p + "k_proj.bias", config.qkv_bias),
+            v_bias=optional(p + "v_proj.bias", config.qkv_bias),
+            out=weight(p + "o_proj.weight"),
+            out_bias=optional(p + "o_proj.bias", config.out_bias),
+            gate=weight(f"model.layers.{i}.mlp.gate_proj.weight"),
+            up=weight(f"model.layers.{i}.mlp.up_proj.weight"),
+            down=weight(f"model.layers.{i}.mlp.down_proj.weight"),
+            q_norm=optional(p + "q_norm.weight", config.qk_norm),
+            k_norm=optional(p + "k_norm.weight", config.qk_norm),
         ))
     embed = weight("model.embed_tokens.weight")
     weights = Weights(
