@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from llmcli.errors import ConfigError
-from llmcli_local.config import ENGINES, BackendName, Engine, KVCache, Quantize
+from llmcli_local.config import ENGINES, BackendName, BackendRequest, Engine, KVCache, Quantize
 
 if TYPE_CHECKING:
     import torch
@@ -56,20 +56,6 @@ __all__ = [
 
 #: Names of tokens that end an assistant turn in common chat templates.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
-
-
-class BackendRequest(Protocol):
-    """What :func:`choose_backend` reads of a call's configuration
-    (:class:`~llmcli_local.config.RuntimeConfig`)."""
-
-    @property
-    def engine(self) -> Engine: ...
-    @property
-    def kv_cache(self) -> KVCache: ...
-    @property
-    def cuda_graphs(self) -> bool: ...
-    @property
-    def quantize(self) -> Quantize: ...
 
 
 def choose_backend(options: BackendRequest, device: str,

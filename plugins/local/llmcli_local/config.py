@@ -175,11 +175,10 @@ def _switch(environ: Mapping[str, str] | None, name: str) -> bool | None:
     return True if value in _ON else False if value in _OFF else None
 
 
-class CallOptions(Protocol):
-    """What :meth:`RuntimeConfig.build` reads of a call's options (``LocalOptions``)."""
+class BackendRequest(Protocol):
+    """What :func:`~llmcli_local.backend.choose_backend` reads of a call's configuration
+    (:class:`RuntimeConfig`, or a call's options)."""
 
-    @property
-    def device(self) -> Device: ...
     @property
     def engine(self) -> Engine: ...
     @property
@@ -188,6 +187,14 @@ class CallOptions(Protocol):
     def cuda_graphs(self) -> bool: ...
     @property
     def quantize(self) -> Quantize: ...
+
+
+class CallOptions(BackendRequest, Protocol):
+    """What :meth:`RuntimeConfig.build` reads of a call's options (``LocalOptions``): the
+    backend's choices, and the device."""
+
+    @property
+    def device(self) -> Device: ...
 
 
 # -- the runtime's configuration ------------------------------------------------------------
