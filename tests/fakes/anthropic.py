@@ -78,7 +78,10 @@ class FakeAnthropic(ScriptedServer):
             "authorization", "").removeprefix("Bearer ")
         if sent_key != self.api_key:
             return error(401, "authentication_error", "invalid x-api-key")
-        body = request.body
+        return self.answer(request.body)
+
+    def answer(self, body: Any) -> Reply:
+        """A Messages request (``model`` in the body) answered as the API would."""
         if not isinstance(body, dict) or "max_tokens" not in body or not body.get("messages"):
             return error(400, "invalid_request_error", "messages: Field required")
         model = body.get("model", "")
@@ -101,7 +104,8 @@ class FakeAnthropic(ScriptedServer):
         if body.get("stream"):
             return Reply(events=self._events(model, text, thinking, stop_reason, stop_sequence,
                                              usage_in, usage_out),
-                         cut_after=self.cut_after, delay=self.delay)
+                         cut_after=self.cut_after, delay=self.delay,
+                         headers=self.stream_headers)
         content_blocks: list[dict[str, Any]] = []
         if thinking:
             content_blocks.append({"type": "thinking", "thinking": self.thinking_text,
@@ -114,6 +118,16 @@ class FakeAnthropic(ScriptedServer):
             "usage": {"input_tokens": usage_in, "output_tokens": usage_out,
                       **self._cache_usage()},
         }, delay=self.delay)
+
+    #: The streamed reply's headers (a platform's own content type).
+    stream_headers: dict[str, str] = {}
+
+    def frame(self, payload: dict[str, Any]) -> str | bytes:
+        """One stream event as this wire frames it (SSE here)."""
+        return sse(payload, payload["type"])
+
+    def error_frame(self, error_type: str, message: str) -> str | bytes:
+        return error_event(error_type, message)
 
     def _cache_usage(self) -> dict[str, int]:
         if not self.cache_read:
@@ -130,45 +144,40 @@ class FakeAnthropic(ScriptedServer):
         return text, "end_turn", None
 
     def _events(self, model: str, text: str, thinking: bool, stop_reason: str,
-                stop_sequence: str | None, usage_in: int, usage_out: int) -> list[str]:
-        events = [sse({"type": "message_start", "message": {
+                stop_sequence: str | None, usage_in: int, usage_out: int) -> list[str | bytes]:
+        events = [self.frame({"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": usage_in, "output_tokens": 1, **self._cache_usage()}}},
-            "message_start")]
+            "usage": {"input_tokens": usage_in, "output_tokens": 1, **self._cache_usage()}}})]
         index = 0
         if thinking:
             events += [
-                sse({"type": "content_block_start", "index": 0,
-                     "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
-                    "content_block_start"),
-                sse({"type": "content_block_delta", "index": 0,
-                     "delta": {"type": "thinking_delta", "thinking": self.thinking_text}},
-                    "content_block_delta"),
-                sse({"type": "content_block_delta", "index": 0,
-                     "delta": {"type": "signature_delta", "signature": "sig"}},
-                    "content_block_delta"),
-                sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+                self.frame({"type": "content_block_start", "index": 0,
+                     "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+                self.frame({"type": "content_block_delta", "index": 0,
+                     "delta": {"type": "thinking_delta", "thinking": self.thinking_text}}),
+                self.frame({"type": "content_block_delta", "index": 0,
+                     "delta": {"type": "signature_delta", "signature": "sig"}}),
+                self.frame({"type": "content_block_stop", "index": 0}),
             ]
             index = 1
         events += [
-            sse({"type": "content_block_start", "index": index,
-                 "content_block": {"type": "text", "text": ""}}, "content_block_start"),
-            sse({"type": "ping"}, "ping"),
+            self.frame({"type": "content_block_start", "index": index,
+                 "content_block": {"type": "text", "text": ""}}),
+            self.frame({"type": "ping"}),
         ]
         for n, piece in enumerate(split_text(text, self.chunk_size)):
             if self.error_after_deltas is not None and n == self.error_after_deltas:
-                events.append(error_event("overloaded_error", "Overloaded"))
+                events.append(self.error_frame("overloaded_error", "Overloaded"))
                 return events
-            events.append(sse({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "text_delta", "text": piece}},
-                              "content_block_delta"))
+            events.append(self.frame({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "text_delta", "text": piece}}))
         events += [
-            sse({"type": "content_block_stop", "index": index}, "content_block_stop"),
-            sse({"type": "message_delta",
+            self.frame({"type": "content_block_stop", "index": index}),
+            self.frame({"type": "message_delta",
                  "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                 "usage": {"output_tokens": usage_out}}, "message_delta"),
+                 "usage": {"output_tokens": usage_out}}),
         ]
         if not self.unfinished:
-            events.append(sse({"type": "message_stop"}, "message_stop"))
+            events.append(self.frame({"type": "message_stop"}))
         return events

@@ -35,6 +35,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any  # parsed JSON, or raw text when not JSON
+    #: The body's bytes as sent (what a request signature covers).
+    raw: bytes = b""
 
 
 @dataclass
@@ -94,7 +96,8 @@ class FakeServer:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 recorded = RecordedRequest(
-                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                    raw,
                 )
                 server.requests.append(recorded)
                 reply = server.handle(recorded)

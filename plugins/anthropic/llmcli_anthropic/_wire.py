@@ -182,6 +182,14 @@ _TYPE_STATUS = {
     "rate_limit_error": 429,
     "api_error": 500,
     "overloaded_error": 529,
+    # Bedrock's event-stream exceptions (the SDK turns them into error events).
+    "validationException": 400,
+    "accessDeniedException": 403,
+    "modelTimeoutException": 408,
+    "throttlingException": 429,
+    "modelStreamErrorException": 500,
+    "internalServerException": 500,
+    "serviceUnavailableException": 503,
 }
 
 
