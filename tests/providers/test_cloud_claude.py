@@ -370,3 +370,48 @@ def test_classes_are_exported() -> None:
         "bedrock/anthropic.claude-haiku-4-5-20251001-v1:0")
     assert VertexClaude("claude-haiku-4-5@20251001").model_id == (
         "vertex/claude-haiku-4-5@20251001")
+
+
+# -- the docs ----------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "providers"
+
+
+def run_blocks(name: str) -> None:
+    text = (DOCS / name).read_text()
+    blocks = text.split("```python\n")[1:]
+    assert blocks
+    for i, block in enumerate(blocks):
+        exec(compile(block.split("```")[0], f"{name}[{i}]", "exec"), {})
+
+
+def rows_match_capability(name: str, models: Any, cls: Any) -> None:
+    lines = (DOCS / name).read_text().splitlines()
+    for platform_id, aliases in models:
+        model = cls(platform_id, aliases)
+        row = next(line for line in lines if line.startswith(f"| `{model.model_id}` |"))
+        kind = ("native (eats)" if model.prefill_support is PrefillSupport.EATS_PREFIX
+                else "emulated")
+        assert row.endswith(f"| {kind} |") and f"`{aliases[0]}`" in row, row
+
+
+def test_bedrock_docs_examples_run(bedrock: FakeBedrock,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from llmcli_anthropic._cloud import BEDROCK_MODELS
+
+    bedrock.reply = "2, 3]"
+    run_blocks("bedrock.md")
+    assert capsys.readouterr().out.splitlines() == ["eats", "[2, 3]", "emulated"]
+    rows_match_capability("bedrock.md", BEDROCK_MODELS, BedrockClaude)
+
+
+def test_vertex_docs_examples_run(vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from llmcli_anthropic._cloud import VERTEX_MODELS
+
+    monkeypatch.delenv("CLOUD_ML_REGION")  # the example names its region and project
+    monkeypatch.delenv("ANTHROPIC_VERTEX_PROJECT_ID")
+    vertex.reply = "2, 3]"
+    run_blocks("vertex.md")
+    assert capsys.readouterr().out.splitlines() == ["[2, 3]", "emulated"]
+    rows_match_capability("vertex.md", VERTEX_MODELS, VertexClaude)

@@ -295,3 +295,25 @@ def test_model_class_and_options() -> None:
     assert model.get_prefill_support(GeminiOptions(prefill_strict=True)) is (
         PrefillSupport.EATS_PREFIX)
     assert config.REDACTED  # the core's redaction marker exists for the scrubbed errors
+
+
+def test_docs_examples_run(served: FakeGemini, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "providers" / "gemini.md"
+    blocks = doc.read_text().split("```python\n")[1:]
+    assert blocks
+    served.reply = "2, 3]"
+    for i, block in enumerate(blocks):
+        exec(compile(block.split("```")[0], f"{doc.name}[{i}]", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.splitlines()[:4] == ["[2, 3]", "end_turn", "emulated", "unsupported"]
+    # The page's table is the plugin's.
+    for model_id, _ in gemini_models.KNOWN_MODELS:
+        model = GeminiModel(model_id)
+        kind = "native (eats)" if model.prefill_support is PrefillSupport.EATS_PREFIX \
+            else "emulated"
+        assert f"| `{model_id}` |" in doc.read_text()
+        row = next(line for line in doc.read_text().splitlines()
+                   if line.startswith(f"| `{model_id}` |"))
+        assert row.endswith(f"| {kind} |"), row
