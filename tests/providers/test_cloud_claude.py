@@ -345,7 +345,8 @@ def test_vertex_bad_token_never_shown(vertex: FakeVertex,
 
 
 def test_vertex_fake_is_faithful(vertex: FakeVertex) -> None:
-    """What the plugin avoids really fails on the fake: the SDK's own version field."""
+    """What the plugin avoids really fails on the fake: the first-party version field (what
+    the SDK sends by default since it pinned 2026-10-21)."""
     import anthropic
 
     client: Any = anthropic.AnthropicVertex(region=vertex.region, project_id=vertex.project,
@@ -353,7 +354,8 @@ def test_vertex_fake_is_faithful(vertex: FakeVertex) -> None:
                                             base_url=vertex.url + "/v1")
     with pytest.raises(anthropic.BadRequestError, match="anthropic_version"):
         client.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=10,
-                               messages=[{"role": "user", "content": "q"}])
+                               messages=[{"role": "user", "content": "q"}],
+                               extra_body={"anthropic_version": "2026-10-21"})
 
 
 def test_bedrock_fake_is_faithful(bedrock: FakeBedrock) -> None:
@@ -362,7 +364,8 @@ def test_bedrock_fake_is_faithful(bedrock: FakeBedrock) -> None:
     client: Any = anthropic.AnthropicBedrock(aws_region=bedrock.region, max_retries=0)
     with pytest.raises(anthropic.BadRequestError, match="Invalid API version"):
         client.messages.create(model="anthropic.claude-sonnet-4-5-20250929-v1:0", max_tokens=10,
-                               messages=[{"role": "user", "content": "q"}])
+                               messages=[{"role": "user", "content": "q"}],
+                               extra_body={"anthropic_version": "2026-10-21"})
 
 
 def test_classes_are_exported() -> None:
@@ -415,3 +418,22 @@ def test_vertex_docs_examples_run(vertex: FakeVertex, monkeypatch: pytest.Monkey
     run_blocks("vertex.md")
     assert capsys.readouterr().out.splitlines() == ["[2, 3]", "emulated"]
     rows_match_capability("vertex.md", VERTEX_MODELS, VertexClaude)
+
+
+def test_old_sdks_stream_exception_is_read() -> None:
+    """anthropic SDKs before 2.x raise a Bedrock stream exception as a ValueError holding the
+    decoded message; the plugin reads its type and message from it (no network)."""
+    from botocore.eventstream import EventStreamBuffer
+    from llmcli_anthropic._cloud import stream_exception
+
+    from tests.fakes.cloud import bedrock_exception
+
+    buffer = EventStreamBuffer()
+    buffer.add_data(bedrock_exception("serviceUnavailableException", "The model is busy."))
+    (message,) = list(buffer)
+    exc = ValueError(f"Bad response code, expected 200: {message.to_response_dict()}")
+    fault = stream_exception(exc)
+    assert fault is not None
+    assert (fault.status, fault.message, fault.kind) == (
+        503, "The model is busy.", "serviceUnavailableException")
+    assert stream_exception(ValueError("something else")) is None

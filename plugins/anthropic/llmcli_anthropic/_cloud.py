@@ -25,7 +25,7 @@ from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import KeySpec, Request
 from llmcli.models import Options as BaseOptions
-from llmcli.remote import Call, WireRequest, transport_error
+from llmcli.remote import Call, HTTPFault, WireRequest, transport_error
 
 from . import _wire
 from ._models import ClaudeModel, ClaudeOptions, prefill_support
@@ -73,6 +73,24 @@ def claude_id_of(platform_id: str) -> str:
     if match is not None:
         return match.group(1)
     return platform_id.partition("@")[0]
+
+
+_OLD_DECODER = re.compile(r"^Bad response code, expected 200: .*?':exception-type': '(\w+)'"
+                          r".*?\\?\"message\\?\":\s*\\?\"(.*?)\\?\"", re.DOTALL)
+
+
+def stream_exception(exc: BaseException) -> HTTPFault | None:
+    """An exception message inside a Bedrock event stream, as anthropic SDKs before 2.x
+    raise it (``ValueError("Bad response code, expected 200: {...}")``; newer ones turn it
+    into an ``error`` event): its type and message, with the status it stands for."""
+    if not isinstance(exc, ValueError):
+        return None
+    match = _OLD_DECODER.match(str(exc))
+    if match is None:
+        return None
+    kind, message = match.groups()
+    return _wire.status_fault(200, {"error": {"type": kind, "message": message}},
+                              fallback=message)
 
 
 class BedrockOptions(ClaudeOptions):
@@ -154,7 +172,7 @@ class _CloudClaude(ClaudeModel):
         return args
 
     def http_fault(self, exc: BaseException, call: Call) -> Any:
-        fault = super().http_fault(exc, call)
+        fault = super().http_fault(exc, call) or stream_exception(exc)
         if fault is not None:
             return fault
         setup = isinstance(exc, (ValueError, RuntimeError)) and not isinstance(
