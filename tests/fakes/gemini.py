@@ -53,7 +53,7 @@ class FakeGemini(ScriptedServer):
         self.api_key = api_key
         #: What the model writes (after the prefill, when the API eats it).
         self.reply = "Hello from Gemini."
-        self.chunk_size = 4
+        self.chunk_size = 2
         #: Streaming: close the connection after this many frames.
         self.cut_after: int | None = None
         #: Streaming: an error frame after this many text chunks.

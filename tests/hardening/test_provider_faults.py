@@ -91,6 +91,9 @@ def assert_one_line_error(result: Any, provider: Provider, *needles: str) -> Non
 WRONG_KEY = "sk-wrong-" + "9" * 20
 
 BAD_KEY = {
+    # The Gemini API answers a bad key with 400 INVALID_ARGUMENT (not 401).
+    "gemini": "Gemini rejected the request (400, INVALID_ARGUMENT): API key not valid. Please "
+              "pass a valid API key. Run 'llmcli keys set gemini' or set GEMINI_API_KEY",
     "anthropic": "Anthropic rejected the API key (401): invalid x-api-key. Run 'llmcli keys "
                  "set anthropic' or set ANTHROPIC_API_KEY.",
     "mistral": "Mistral rejected the API key (401): Unauthorized. Run 'llmcli keys set "
@@ -107,11 +110,14 @@ def test_bad_key(backend: tuple[Provider, Any]) -> None:
     with pytest.raises(ProviderStatusError) as info:
         response.text()
     assert str(info.value) == BAD_KEY[provider.name]
-    assert (info.value.status, info.value.provider) == (401, provider.error_id)
+    assert (info.value.status, info.value.provider) == (BAD_KEY_STATUS.get(provider.name, 401),
+                                                        provider.error_id)
     assert WRONG_KEY[-12:] not in str(info.value)
     assert response.status == "error"
     assert posts(server) == 1  # a 401 is not retried
 
+
+BAD_KEY_STATUS = {"gemini": 400}
 
 #: What the fake's error says, per status.
 SAID = {400: "max_tokens: must be positive", 403: "Not for this key",
@@ -122,6 +128,8 @@ SAID = {400: "max_tokens: must be positive", 403: "Not for this key",
 #: SDK retries within a time window, so it says "after retrying" rather than a count.
 STATUS_WORDING: dict[tuple[int, int], dict[str, str]] = {
     (400, 0): {
+        "gemini": "Gemini rejected the request (400, INVALID_ARGUMENT): max_tokens: must be "
+                  "positive",
         "anthropic": "Anthropic rejected the request (400, invalid_request_error): max_tokens: "
                      "must be positive",
         "mistral": "Mistral rejected the request (400, code invalid_request_error): "
@@ -129,6 +137,8 @@ STATUS_WORDING: dict[tuple[int, int], dict[str, str]] = {
         "openai": "OpenAI rejected the request (400): max_tokens: must be positive",
     },
     (403, 0): {
+        "gemini": "Gemini refused the request (403): Not for this key. Check the key: Run "
+                  "'llmcli keys set gemini' or set GEMINI_API_KEY.",
         "anthropic": "Anthropic refused the request (403): Not for this key. Check the key: "
                      "Run 'llmcli keys set anthropic' or set ANTHROPIC_API_KEY.",
         "mistral": "Mistral refused the request (403): Not for this key. Check the key: Run "
@@ -137,12 +147,15 @@ STATUS_WORDING: dict[tuple[int, int], dict[str, str]] = {
                   "'llmcli keys set openai' or set OPENAI_API_KEY.",
     },
     (404, 0): {
+        "gemini": "Gemini found nothing there (404): The model `nope` does not exist",
         "anthropic": "Anthropic found nothing there (404): The model `nope` does not exist",
         "mistral": "Mistral found nothing there (404): The model `nope` does not exist",
         "openai": "OpenAI found nothing there (404): The model `nope` does not exist. Check "
                   "the model name 'gpt-4o' and the base URL {base_url}",
     },
     (429, 1): {
+        "gemini": "Gemini rate limit (429) after 1 retry: Number of requests exceeded. Wait, "
+                  "or raise -o max_retries.",
         "anthropic": "Anthropic rate limit (429) after 1 retry: Number of requests exceeded. "
                      "Wait, or raise -o max_retries.",
         "mistral": "Mistral rate limit (429) after retrying: Number of requests exceeded. "
@@ -151,16 +164,19 @@ STATUS_WORDING: dict[tuple[int, int], dict[str, str]] = {
                   "or raise -o max_retries.",
     },
     (503, 0): {
+        "gemini": "Gemini server error (503): Service unavailable",
         "anthropic": "Anthropic server error (503): Service unavailable",
         "mistral": "Mistral server error (503): Service unavailable",
         "openai": "OpenAI server error (503): Service unavailable",
     },
     (503, 2): {
+        "gemini": "Gemini server error (503) after 2 retries: Service unavailable",
         "anthropic": "Anthropic server error (503) after 2 retries: Service unavailable",
         "mistral": "Mistral server error (503) after retrying: Service unavailable",
         "openai": "OpenAI server error (503) after 2 retries: Service unavailable",
     },
     (529, 0): {
+        "gemini": "Gemini server error (529): Overloaded",
         "anthropic": "Anthropic is overloaded (529): Overloaded. Try again later.",
         "mistral": "Mistral server error (529): Overloaded",
         "openai": "OpenAI server error (529): Overloaded",
@@ -231,6 +247,7 @@ def test_broken_stream_wording(backend: tuple[Provider, Any]) -> None:
 
 
 ENDED_EARLY = {
+    "gemini": "Gemini: the stream ended before the model finished (no finishReason)",
     "anthropic": "Anthropic: the stream ended before the model finished (no message_stop)",
     "mistral": "Mistral: the stream ended before the model finished (no finish_reason)",
     "openai": "OpenAI: the stream ended before the model finished (no finish_reason)",
@@ -266,6 +283,9 @@ def test_a_key_in_the_provider_message_is_redacted(backend: tuple[Provider, Any]
 
 def test_retry_after_is_respected(backend: tuple[Provider, Any]) -> None:
     provider, server = backend
+    if provider.name == "gemini":
+        pytest.skip("google-genai's retries (tenacity) back off on their own and do not read "
+                    "Retry-After")
     server.enqueue(provider.error(429, "slow down", {"retry-after": "0.4"}))
     started = time.monotonic()
     assert provider.ask().text().startswith(provider.prefill)
@@ -376,7 +396,7 @@ def test_auth_errors_say_how_to_set_the_key(backend: tuple[Provider, Any], statu
 def test_wrong_key_is_never_shown(backend: tuple[Provider, Any]) -> None:
     provider, _ = backend
     result = run(provider, "-o", "max_retries", "0", key=WRONG_KEY)
-    assert_one_line_error(result, provider, "401")
+    assert_one_line_error(result, provider, str(BAD_KEY_STATUS.get(provider.name, 401)))
     assert result.stderr.strip() == "Error: " + BAD_KEY[provider.name]
     assert WRONG_KEY not in result.output and WRONG_KEY[-12:] not in result.output
 
@@ -401,8 +421,9 @@ def test_client_errors_show_the_provider_message(backend: tuple[Provider, Any], 
 def test_transient_errors_are_retried(backend: tuple[Provider, Any], status: int,
                                       headers: dict[str, str]) -> None:
     provider, server = backend
-    if status == 529 and provider.name == "mistral":
-        pytest.skip("529 is Anthropic's 'overloaded'; Mistral's SDK retries 429/500/502/503/504")
+    if status == 529 and provider.name in ("mistral", "gemini"):
+        pytest.skip("529 is Anthropic's 'overloaded'; Mistral's and Gemini's SDKs retry "
+                    "429/500/502/503/504")
     server.enqueue(provider.error(status, "try again (fake)", headers))
     result = run(provider, "-o", "max_retries", "2")
     assert result.exit_code == 0, result.output

@@ -24,6 +24,7 @@ import pytest
 
 import llmcli
 from tests.fakes import anthropic as fa
+from tests.fakes import gemini as fg
 from tests.fakes import mistral as fm
 from tests.fakes import openai as fo
 from tests.fakes.base import Reply
@@ -124,6 +125,16 @@ PROVIDERS: dict[str, Provider] = {
                                                               headers=headers),
         reply_attribute="continuation", base_url_option=False,
     ),
+    "gemini": Provider(
+        name="gemini", plugin="llmcli-gemini", sdk="google", display="Gemini",
+        error_id="gemini", model="gemini-3.5-flash", any_id="gemini/gemini-2.5-flash",
+        key="AIzaFakeGeminiKey0123456789", key_env="GEMINI_API_KEY",
+        base_url_env="GOOGLE_GEMINI_BASE_URL", url_suffix="",
+        prompt="List two letters as JSON.", prefill='["',
+        make=lambda key: fg.FakeGemini(api_key=key),
+        error=lambda status, message, headers: fg.error(status, message, headers),
+        reply_attribute="reply",
+    ),
 }
 
 
@@ -131,12 +142,15 @@ def fast_retries_for_every_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without Retry-After the SDKs back off from 0.5 s; milliseconds keep the suite quick."""
     import anthropic._base_client
     import openai._base_client
+    from llmcli_gemini import _models as gemini_models
     from llmcli_mistral import _models as mistral_models
 
     monkeypatch.setattr(anthropic._base_client, "INITIAL_RETRY_DELAY", 0.01)
     monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.01)
     monkeypatch.setattr(mistral_models, "RETRY_TUNING",
                         {"initial_ms": 5, "max_ms": 20, "jitter_ms": 0, "slack_ms": 500})
+    monkeypatch.setattr(gemini_models, "RETRY_TUNING",
+                        {"initial_delay": 0.01, "max_delay": 0.02, "jitter": 0.0})
 
 
 @contextlib.contextmanager

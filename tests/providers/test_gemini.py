@@ -211,7 +211,8 @@ def test_bad_key_one_line_no_key(served: FakeGemini) -> None:
     assert result.exit_code == 1
     err = result.stderr.strip()
     assert err == ("Error: Gemini rejected the request (400, INVALID_ARGUMENT): API key not "
-                   "valid. Please pass a valid API key")
+                   "valid. Please pass a valid API key. Run 'llmcli keys set gemini' or set "
+                   "GEMINI_API_KEY")
     assert wrong not in result.output
     assert posts(served) == 1
 

@@ -227,7 +227,8 @@ class BedrockClaude(_CloudClaude):
     def setup_error(self, exc: BaseException) -> ProviderError:
         return transport_error(
             "Bedrock", "other", provider_id="bedrock",
-            detail=f"{exc}. Set AWS_REGION (or -o aws_region) and AWS credentials "
+            detail=f"{str(exc).rstrip('.')}. Set AWS_REGION (or -o aws_region) and AWS "
+                   "credentials "
                    "(environment, AWS_PROFILE, or AWS_BEARER_TOKEN_BEDROCK)")
 
 
@@ -275,6 +276,6 @@ class VertexClaude(_CloudClaude):
     def setup_error(self, exc: BaseException) -> ProviderError:
         return transport_error(
             "Vertex AI", "other", provider_id="vertex",
-            detail=f"{exc}. Set CLOUD_ML_REGION (or -o region), ANTHROPIC_VERTEX_PROJECT_ID "
-                   "(or -o project_id) and Google credentials (gcloud auth "
-                   "application-default login)")
+            detail=f"{str(exc).rstrip('.')}. Set CLOUD_ML_REGION (or -o region), "
+                   "ANTHROPIC_VERTEX_PROJECT_ID (or -o project_id) and Google credentials "
+                   "(gcloud auth application-default login)")

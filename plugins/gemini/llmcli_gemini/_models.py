@@ -126,7 +126,13 @@ class GeminiModel(RemoteModel):
 
     def http_fault(self, exc: BaseException, call: Call) -> HTTPFault | ProviderError | None:
         if isinstance(exc, call.sdk.errors.APIError):
-            return _wire.status_fault(exc.code, exc.details, fallback=str(exc.message or exc))
+            fault = _wire.status_fault(exc.code, exc.details, fallback=str(exc.message or exc))
+            if fault.status == 400 and "API key" in fault.message:
+                # The Gemini API answers a bad key with 400 INVALID_ARGUMENT, not 401: say
+                # how to set one all the same.
+                return HTTPFault(400, f"{fault.message.rstrip('.')}. {self.key_hint()}",
+                                 fault.kind)
+            return fault
         return None
 
     def retried_status(self, status: int) -> bool:
