@@ -437,3 +437,14 @@ def test_old_sdks_stream_exception_is_read() -> None:
     assert (fault.status, fault.message, fault.kind) == (
         503, "The model is busy.", "serviceUnavailableException")
     assert stream_exception(ValueError("something else")) is None
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_bedrock_schema_is_validated_not_sent(bedrock: FakeBedrock, stream: bool) -> None:
+    bedrock.reply = '{"n": 3}'
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    response = ask(BEDROCK_NATIVE, prefill=None, schema=schema, stream=stream)
+    assert response.json() == {"n": 3}
+    body = posts(bedrock)[-1].body
+    assert "output_config" not in body
+    assert '"n"' in body["messages"][-1]["content"]  # the validated mode's instruction
