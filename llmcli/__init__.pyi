@@ -6,6 +6,7 @@ from llmcli.api import get_models as get_models
 from llmcli.api import load_conversation as load_conversation
 from llmcli.capabilities import PrefillSupport as PrefillSupport
 from llmcli.capabilities import SchemaSupport as SchemaSupport
+from llmcli.contract import Model as Model
 from llmcli.errors import ConfigError as ConfigError
 from llmcli.errors import ConversationError as ConversationError
 from llmcli.errors import InvalidSchemaError as InvalidSchemaError
@@ -21,18 +22,18 @@ from llmcli.errors import ProviderError as ProviderError
 from llmcli.errors import SchemaUnsupportedError as SchemaUnsupportedError
 from llmcli.errors import SchemaValidationError as SchemaValidationError
 from llmcli.errors import UnknownModelError as UnknownModelError
-from llmcli.models import Conversation as Conversation
-from llmcli.models import KeySpec as KeySpec
-from llmcli.models import Model as Model
-from llmcli.models import Options as Options
-from llmcli.models import PrefillSent as PrefillSent
-from llmcli.models import Request as Request
-from llmcli.models import Response as Response
-from llmcli.models import Usage as Usage
-from llmcli.models import emulation_instruction as emulation_instruction
 from llmcli.normalize import normalize_stream as normalize_stream
 from llmcli.normalize import normalize_text as normalize_text
 from llmcli.record import Message as Message
+from llmcli.request import KeySpec as KeySpec
+from llmcli.request import Options as Options
+from llmcli.request import PrefillSent as PrefillSent
+from llmcli.request import Request as Request
+from llmcli.request import Usage as Usage
+from llmcli.request import emulation_instruction as emulation_instruction
+from llmcli.response import Conversation as Conversation
+from llmcli.response import Response as Response
+from llmcli.spec import PromptSpec as PromptSpec
 
 __version__: str
 __all__: list[str]

@@ -1,7 +1,8 @@
 """The library's front door: find models, prompt them, continue logged conversations.
 
-    resolve the model (here) → prepare_response: options, prefill capability, key, log
-    (llmcli.models) → model.execute() → normalizer (in Response) → record → log
+    resolve the model (here) → PromptSpec (llmcli.spec) → prepare_response: options,
+    prefill capability, key, log (llmcli.prepare) → model.execute() → normalizer (in
+    Response, llmcli.response) → record → log
 
 The CLI calls this module (and reads the log to browse it); nothing in the core imports it.
 """
@@ -12,21 +13,16 @@ import difflib
 from typing import Any
 
 from llmcli import config
+from llmcli.contract import Model
 from llmcli.errors import ConfigError, OptionsError, UnknownModelError
-from llmcli.models import (
-    Conversation,
-    Logger,
-    Model,
-    Response,
-    prepare_response,
-    resolve_key,
-    validate_options,
-)
 from llmcli.plugins import load_plugins, registered_models
+from llmcli.prepare import prepare_response, resolve_key, validate_options
 from llmcli.record import history
+from llmcli.response import Conversation, Response
+from llmcli.spec import Logger, PromptSpec
 
 __all__ = ["get_models", "get_model", "get_default_model", "prompt", "validate_options",
-           "resolve_key", "key_is_set", "load_conversation", "Logger"]
+           "resolve_key", "key_is_set", "load_conversation", "Logger", "PromptSpec"]
 
 #: Preferred default when the user has not chosen one: the offline local model.
 FALLBACK_DEFAULT = "smollm2"
@@ -122,32 +118,18 @@ def load_conversation(conversation_id: str | None = None, *,
     return Conversation(model, id=cid, name=row["name"], history=history(records))
 
 
-def prompt(
-    model: Model,
-    prompt: str,
-    *,
-    system: str | None = None,
-    prefill: str | None = None,
-    stream: bool = True,
-    key: str | None = None,
-    log: bool | Logger = True,
-    conversation: Conversation | None = None,
-    options: dict[str, Any] | None = None,
-    schema: dict[str, Any] | str | None = None,
-    grammar: str | None = None,
-) -> Response:
-    """``model.prompt(...)`` with the options as a dict (so no option name can clash with
-    these arguments). Nothing is sent until the response is iterated or ``text()`` is
-    called; every check that needs no network fails here, before any request.
+def prompt(model: Model, prompt: str | PromptSpec, /, **fields: Any) -> Response:
+    """Prepare the response to ``prompt``: a :class:`~llmcli.spec.PromptSpec`, or a prompt's
+    text with the spec's fields as keywords (``options`` a dict, so no option name can clash
+    with them). Nothing is sent until the response is iterated or ``text()`` is called; every
+    check that needs no network fails here, before any request.
 
-    The model's stored default options (``llmcli models options set``) apply beneath
-    ``options``."""
+    The model's stored default options (``llmcli models options set``) apply beneath the
+    spec's ``options``."""
+    spec = PromptSpec.of(prompt, **fields)
     defaults = config.load_model_options().get(model.model_id, {})
     try:
-        return prepare_response(model, prompt, system=system, prefill=prefill, stream=stream,
-                                key=key, log=log, conversation=conversation,
-                                options={**defaults, **(options or {})}, schema=schema,
-                                grammar=grammar)
+        return prepare_response(model, spec.replace(options={**defaults, **spec.options}))
     except OptionsError as exc:
         if not defaults:
             raise

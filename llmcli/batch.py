@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from llmcli import api, config
+from llmcli.contract import Model, concurrency_limit
 from llmcli.errors import BatchInputError, LLMCLIError, ProviderError
-from llmcli.models import Model, Response, concurrency_limit
+from llmcli.response import Response
+from llmcli.spec import PromptSpec
 
 if TYPE_CHECKING:
     from llmcli.log import SharedLog
@@ -550,10 +552,14 @@ class Batch:
             merged = {**self.options_for(model), **line.options}
             # Options, prefill capability and key: the same checks as a single prompt,
             # without sending anything.
-            api.prompt(model, line.prompt, system=self._system(line),
-                       prefill=self._prefill(line), key=self.key, log=False, options=merged)
+            api.prompt(model, self._spec(line).replace(log=False, options=merged))
             options[id(model)] = merged
         return _Planned(line, group, options)
+
+    def _spec(self, line: Line) -> PromptSpec:
+        """The line's prompt spec: its fields over the batch's defaults."""
+        return PromptSpec(line.prompt, system=self._system(line), prefill=self._prefill(line),
+                          key=self.key)
 
     def _system(self, line: Line) -> str | None:
         return line.system if line.system is not None else self.system
@@ -658,10 +664,8 @@ class Batch:
                 log: Any = False
                 if self._logger is not None:  # each exchange names the line it answers
                     log = functools.partial(self._logger, batch_line=line.key)
-                response = api.prompt(
-                    model, line.prompt, system=self._system(line), prefill=prefill,
-                    key=self.key, log=log, options=planned.options[id(model)],
-                )
+                response = api.prompt(model, self._spec(line).replace(
+                    log=log, options=planned.options[id(model)]))
                 with self._lock:
                     self._in_flight[response.id] = response
                 for _ in response:

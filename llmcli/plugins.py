@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from llmcli.errors import PluginError
 
 if TYPE_CHECKING:
-    from llmcli.models import Model
+    from llmcli.contract import Model
 
 __all__ = ["ENTRY_POINT_GROUP", "HOOKS", "HookSpec", "Plugin", "load_plugins",
            "register_plugin_module", "registered_models", "reset"]

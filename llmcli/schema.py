@@ -7,7 +7,8 @@ OpenAI's strict mode wants). :func:`schema_id` names a schema by its content (th
 each schema once under it). :func:`check_reply` parses a reply and validates it.
 
 How a model honours a schema is its :class:`~llmcli.capabilities.SchemaSupport`; the core
-(:mod:`llmcli.models`) adds the instruction and the retries of the ``validated`` mode.
+(:mod:`llmcli.prepare`, :mod:`llmcli.response`) adds the instruction and the retries of the
+``validated`` mode.
 
 Imports only :mod:`llmcli.errors`; ``jsonschema`` (and its ``referencing``) is imported when a
 schema is checked. A schema never makes the validator read a file or a URL

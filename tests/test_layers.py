@@ -1,4 +1,5 @@
-"""The core is one-way: CLI → API → models (the plugin contract and Response) → normalizer,
+"""The core is one-way: CLI → API → models (the plugin contract, request preparation, the
+Response) → spec and request data → normalizer,
 record → log, with no import pointing back up, not even one made inside a function. No
 module of the core or of any plugin imports itself back through others (a cycle). And the
 core's declared dependencies are exactly the third-party packages it imports."""
@@ -23,7 +24,12 @@ RANKS = {
     "llmcli.serve": 5.5,  # llmcli serve: the HTTP server over the API
     "llmcli.api": 5,
     "llmcli.remote": 5,  # the provider kit: plugins build on it, the core never imports it
-    "llmcli.models": 4,
+    "llmcli.models": 4,  # the model layer's names in one import (re-exports only)
+    "llmcli.contract": 3.9,  # the plugin contract: Model, what plugins subclass
+    "llmcli.prepare": 3.8,  # request preparation: checks, options, keys, alternatives
+    "llmcli.response": 3.7,  # the Response runtime, Conversation, the schema retry loop
+    "llmcli.request": 2.5,  # what core and backend exchange: Request, Usage, Options, ...
+    "llmcli.spec": 2.5,  # PromptSpec, the frozen prompt every front end builds
     "llmcli.plugins": 3,  # the registry: loads plugins, imports no model code
     "llmcli.normalize": 3,
     "llmcli.log": 3,  # writes and reads records, knows no model or Response

@@ -125,10 +125,10 @@ def test_refused_prefill_suggests_native_models_usable_now_first(test_models,
         model.prompt("x", prefill="[")
     # Not test-emulated (emulation is what a strict refusal avoids); the keyed one last.
     assert info.value.alternatives == ["test-eats", "test-echoes", "test-keyed"]
-    from llmcli import models
+    from llmcli import prepare
 
     keyed = llmcli.get_model("test-keyed")
-    monkeypatch.setattr(models, "_usable_now", lambda m: m is keyed)
+    monkeypatch.setattr(prepare, "_usable_now", lambda m: m is keyed)
     with pytest.raises(PrefillUnsupportedError) as info:
         model.prompt("x", prefill="[")
     assert info.value.alternatives[0] == "test-keyed"

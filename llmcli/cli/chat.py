@@ -20,7 +20,9 @@ from llmcli.cli.prompt import warn_if_not_logged
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
-    from llmcli.models import Conversation, Model
+    from llmcli.contract import Model
+    from llmcli.response import Conversation
+    from llmcli.spec import PromptSpec
 
 HELP = """\
 Type 'exit' or 'quit' (or press Ctrl-D) to leave; Ctrl-C stops a reply.
@@ -75,6 +77,15 @@ class ChatState:
         prefill = self.next_prefill if self.next_prefill is not None else self.prefill
         self.next_prefill = None
         return prefill
+
+    def spec(self, text: str) -> PromptSpec:
+        """The next turn's prompt spec, for the line ``text`` (it uses up a ``!prefill``
+        and the fragments' context)."""
+        from llmcli.spec import PromptSpec
+
+        return PromptSpec(self.message(text), system=self.system, prefill=self.turn_prefill(),
+                          key=self.key, log=self.log, conversation=self.conversation,
+                          options=self.options, schema=self.schema)
 
 
 def _read_line(prompt: str) -> str | None:
@@ -153,17 +164,7 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
     """Send one message and stream the reply; Ctrl-C stops the reply, not the chat."""
     from llmcli import api
 
-    response = api.prompt(
-        state.model,
-        state.message(text),
-        system=state.system,
-        prefill=state.turn_prefill(),
-        key=state.key,
-        log=state.log,
-        conversation=state.conversation,
-        options=state.options,
-        schema=state.schema,
-    )
+    response = api.prompt(state.model, state.spec(text))
     wrote_newline = True
     try:
         for chunk in response:

@@ -14,7 +14,7 @@ from click_default_group import DefaultGroup
 from llmcli.cli.render import table
 
 if TYPE_CHECKING:
-    from llmcli.models import Model
+    from llmcli.contract import Model
 
 
 def _type_name(annotation: Any) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from llmcli.errors import OptionsError
 
 if TYPE_CHECKING:
-    from llmcli.models import Model
+    from llmcli.contract import Model
 
 __all__ = ["parse_options"]
 

@@ -150,6 +150,7 @@ def prompt(
     llmcli -t summarize -f notes.md    # a saved template, with a file's contents
     """
     from llmcli import api
+    from llmcli.spec import PromptSpec
 
     if schema and schema_multi:
         raise PromptInputError("Give --schema or --schema-multi, not both")
@@ -191,8 +192,7 @@ def prompt(
     else:
         model = api.get_model(model_name)
         conversation = model.conversation()
-    response = api.prompt(
-        model,
+    spec = PromptSpec(
         text,
         system=system,
         prefill=prefill,
@@ -204,6 +204,7 @@ def prompt(
         schema=parsed_schema,
         grammar=_read_grammar(grammar_file),
     )
+    response = api.prompt(model, spec)
 
     if as_json:
         try:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from fastapi.responses import Response as HTTPResponse
 
-from llmcli.models import Usage
+from llmcli.request import Usage
 from llmcli.serve.errors import anthropic_body, from_exception
 from llmcli.serve.protocol import AnthropicRequest, anthropic_chat, parse
 from llmcli.serve.runner import (

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.responses import Response as HTTPResponse
 
 from llmcli.capabilities import PrefillSupport
-from llmcli.models import Logger, Model
+from llmcli.contract import Model
 from llmcli.serve import anthropic_wire, openai_wire
 from llmcli.serve.errors import WireError, anthropic_body, openai_body
 from llmcli.serve.guard import (
@@ -36,6 +36,7 @@ from llmcli.serve.guard import (
     served_models,
 )
 from llmcli.serve.runner import SHUTTING_DOWN, Runner
+from llmcli.spec import Logger
 
 __all__ = ["ServeSettings", "create_app", "shutting_down_body"]
 

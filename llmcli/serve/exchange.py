@@ -25,7 +25,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
-from llmcli.models import Model, Response, concurrency_limit
+from llmcli.contract import Model, concurrency_limit
+from llmcli.response import Response
 
 __all__ = ["STOP_WAIT", "Exchange", "model_slots", "stop_all"]
 
@@ -41,7 +42,7 @@ _slots_guard = threading.Lock()
 def model_slots(model: Model) -> threading.BoundedSemaphore | None:
     """The slots of ``model``, shared by every request to it (None: no limit).
 
-    The limit is the one ``llmcli batch`` keeps (:func:`llmcli.models.concurrency_limit`:
+    The limit is the one ``llmcli batch`` keeps (:func:`llmcli.contract.concurrency_limit`:
     the model's ``batch_concurrency``); models that declare none (the remote providers) run
     as many requests as arrive."""
     declared = concurrency_limit(model)

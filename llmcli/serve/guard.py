@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from llmcli import api
+from llmcli.contract import Model, Request
 from llmcli.errors import LLMCLIError
-from llmcli.models import Model, Request
 from llmcli.serve.errors import WireError, anthropic_body, openai_body
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from fastapi.responses import Response as HTTPResponse
 
-from llmcli.models import Response
+from llmcli.response import Response
 from llmcli.serve.errors import from_exception, openai_body
 from llmcli.serve.protocol import OpenAIRequest, openai_chat, parse
 from llmcli.serve.runner import (

@@ -27,11 +27,14 @@ from fastapi.responses import Response as HTTPResponse
 
 from llmcli import api, config
 from llmcli.config import scrub
-from llmcli.models import Conversation, Logger, Model, Response, Usage
+from llmcli.contract import Model
+from llmcli.request import Usage
+from llmcli.response import Conversation, Response
 from llmcli.serve.errors import WireError, anthropic_body, from_exception, openai_body
 from llmcli.serve.exchange import STOP_WAIT, Exchange, model_slots, stop_all
 from llmcli.serve.guard import choose_model, refuse_loop
 from llmcli.serve.protocol import Chat
+from llmcli.spec import Logger, PromptSpec
 
 if TYPE_CHECKING:
     from llmcli.serve.app import ServeSettings
@@ -154,9 +157,10 @@ class Runner:
         conversation = Conversation(model, history=chat.history)
         # Always streamed from the backend, so a client that goes away stops generation at
         # once; the normalized text is the same either way.
-        response = api.prompt(model, chat.prompt, system=chat.system, prefill=chat.prefill,
-                              stream=True, log=self.logger(), conversation=conversation,
-                              options=options, schema=chat.schema)
+        response = api.prompt(model, PromptSpec(
+            chat.prompt, system=chat.system, prefill=chat.prefill, stream=True,
+            log=self.logger(), conversation=conversation, options=options,
+            schema=chat.schema))
         refuse_loop(self.settings, model, response.request)
         return model, response
 

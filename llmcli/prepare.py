@@ -1,0 +1,171 @@
+"""Request preparation: every check that needs no network, before any request.
+
+:func:`prepare_response` takes a model and a :class:`~llmcli.spec.PromptSpec` and makes the
+:class:`~llmcli.response.Response`: options validated (:func:`validate_options`), prefill and
+schema capability checked (naming alternatives when a prefill is refused), the key resolved
+(:func:`resolve_key`) and, when logging, the log opened. It asks the plugin registry for other
+models only to name alternatives in an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from llmcli import config
+from llmcli import schema as schemas
+from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.errors import KeyNeededError, LLMCLIError, OptionsError, PrefillUnsupportedError
+from llmcli.request import Options, Request
+from llmcli.response import Conversation, Response
+from llmcli.spec import Logger, PromptSpec
+
+if TYPE_CHECKING:
+    from llmcli.contract import Model
+
+__all__ = ["NATIVE_PREFILL", "prepare_response", "resolve_key", "validate_options"]
+
+
+def validate_options(model: Model, options: Mapping[str, Any]) -> Options:
+    try:
+        return model.Options(**options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        # A model's own validator says "Value error, temperature is not accepted…": keep
+        # its words, not pydantic's prefix.
+        reason = str(error["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):
+            reason = reason.removeprefix(prefix)
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(model.Options.model_fields) or "none"
+            message = f"Unknown option {where!r} for {model.model_id} (known: {known})"
+        elif where:
+            message = f"Option {where!r} for {model.model_id}: {reason}"
+        else:  # a check across options: its message names them
+            message = f"Options for {model.model_id}: {reason}"
+        raise OptionsError(message) from None
+
+
+def resolve_key(model: Model, explicit: str | None = None) -> str | None:
+    spec = model.needs_key
+    if spec is None:
+        return None
+    key = config.get_key(spec.name, spec.env_var, explicit)
+    if not key:
+        raise KeyNeededError(model.model_id, spec.name, spec.env_var)
+    config.remember_secret(key)
+    return key
+
+
+def _usable_now(model: Model) -> bool:
+    if model.needs_key is None:
+        return True
+    try:
+        return config.get_key(model.needs_key.name, model.needs_key.env_var) is not None
+    except LLMCLIError:  # a broken keys file: not usable until it is fixed
+        return False
+
+
+NATIVE_PREFILL = (PrefillSupport.EATS_PREFIX, PrefillSupport.ECHOES_PREFIX)
+
+
+def _alternatives(exclude: Model) -> list[str]:
+    """Models that take a prefill natively (eats or echoes; emulation is what a strict
+    refusal avoids), for the error that refuses one: those usable now (local, or with a
+    key set) first."""
+    from llmcli.plugins import registered_models
+
+    native = [m for m in registered_models() if m is not exclude
+              and m.get_prefill_support(m.Options()) in NATIVE_PREFILL]
+    native.sort(key=lambda m: not _usable_now(m))  # stable: registration order otherwise
+    return [m.model_id for m in native[:5]]
+
+
+def _open_log() -> Logger:
+    # Opened now, not when the response ends: a prompt that cannot be logged fails before
+    # its request is sent. The log package imports sqlite-utils, so only when logging.
+    from llmcli.log import LogStore
+
+    return LogStore().log_once
+
+
+def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> Response:
+    """Prepare the response to ``spec`` (or to a prompt's text and ``fields``, the
+    :class:`~llmcli.spec.PromptSpec` fields); nothing is sent until it is iterated or
+    ``text()`` is called.
+
+    Every check that can fail without the network fails here, before any request: options,
+    prefill capability, schema (valid, and honoured by this model with this prefill), key,
+    and (when logging) that the log can be opened."""
+    spec = PromptSpec.of(spec, **fields)
+    if not spec.prompt.strip():
+        # The same rule as the command line's: nothing to send is an error, not a request.
+        raise LLMCLIError("Empty prompt: the prompt has no text")
+    validated = validate_options(model, spec.options)
+    stream = spec.stream and model.can_stream
+    support = model.get_prefill_support(validated, stream=stream)
+    prefill = spec.prefill or ""
+    if prefill and support is PrefillSupport.UNSUPPORTED:
+        raise PrefillUnsupportedError(model.model_id, model.prefill_note(), _alternatives(model))
+    schema, grammar = spec.schema, spec.grammar
+    parsed_schema: dict[str, Any] | None = None
+    schema_support: SchemaSupport | None = None
+    if schema is not None:
+        parsed_schema = schemas.parse_schema(schema)
+        schema_support = model.get_schema_support(validated)
+        if schema_support is SchemaSupport.UNSUPPORTED:
+            raise schemas.SchemaUnsupportedError(
+                f"{model.model_id} cannot honour a schema (structured output); run "
+                "'llmcli models' to see which models can")
+        refusal = model.schema_refusal(validated, prefill)
+        if refusal:
+            raise schemas.SchemaUnsupportedError(f"{model.model_id}: {refusal}")
+    if grammar is not None:
+        if schema is not None:
+            raise schemas.InvalidSchemaError("Give a schema or a grammar, not both")
+        if not grammar.strip():
+            raise schemas.InvalidSchemaError("Empty grammar")
+        if not model.grammar_support:
+            raise schemas.SchemaUnsupportedError(
+                f"{model.model_id} cannot enforce a grammar; --grammar works with local "
+                "models and llama.cpp servers")
+    resolved_key = resolve_key(model, spec.key)
+    conversation = spec.conversation
+    if conversation is not None and conversation.model is not model:
+        # A conversation continued with another model keeps its history.
+        conversation.model = model
+    request = Request(
+        model_id=model.model_id,
+        prompt=spec.prompt,
+        system=spec.system,
+        history=conversation.history() if conversation is not None else [],
+        prefill=prefill,
+        prefill_support=support,
+        options=validated,
+        stream=stream,
+        key=resolved_key,
+        schema=parsed_schema,
+        schema_support=schema_support,
+        grammar=grammar,
+        instruction=(schemas.instruction(parsed_schema)
+                     if schema_support is SchemaSupport.VALIDATED and parsed_schema else ""),
+    )
+    log = spec.log
+    logger: Logger | None
+    if callable(log):
+        logger = log
+    elif log and config.logging_enabled():
+        logger = _open_log()
+    else:
+        logger = None
+    if conversation is None:
+        # Every response belongs to a conversation, as on the command line: a plain
+        # model.prompt() starts a new one.
+        conversation = Conversation(model)
+    response = Response(model, request, conversation=conversation, logger=logger)
+    response.schema_retries = max(0, spec.schema_retries)
+    conversation.responses.append(response)
+    return response

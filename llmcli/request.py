@@ -1,0 +1,116 @@
+"""What the core and a backend exchange: the request a backend is handed and the events it
+yields back, with the base of every model's ``-o`` options.
+
+These are the data half of the plugin contract (:mod:`llmcli.contract` adds the
+:class:`~llmcli.contract.Model` class and re-exports them). They import nothing above the
+capabilities and the record, so the response runtime and request preparation build on them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.record import Message
+
+__all__ = ["Chunk", "KeySpec", "Options", "PrefillSent", "Request", "StrList", "Usage",
+           "emulation_instruction"]
+
+
+class Options(BaseModel):
+    """Base for a model's ``-o`` options. Unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _as_str_list(value: Any) -> Any:
+    # "###" from Python or "-o stop '###'" is one item; '["a", "b"]' is a JSON list.
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                return json.loads(stripped)
+            except ValueError:
+                pass
+        return [value]
+    return value
+
+
+#: An option type for lists of strings (stop sequences): accepts one string, a JSON list
+#: or a list, so ``-o stop '###'``, ``-o stop '["a","b"]'`` and ``stop=["a"]`` all work.
+StrList = Annotated[list[str], BeforeValidator(_as_str_list)]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The API key a model needs: its name in ``llmcli keys`` and its environment variable."""
+
+    name: str
+    env_var: str | None = None
+
+
+@dataclass(frozen=True)
+class PrefillSent:
+    """Yielded by a backend, before any text, when the prefill it sent differs from the
+    user's (e.g. trailing whitespace removed). The normalizer reconciles the two."""
+
+    text: str
+
+
+@dataclass
+class Usage:
+    """Yielded by a backend at the end of a response, with what it knows."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    stop_reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Chunk = str | Usage | PrefillSent
+
+
+@dataclass
+class Request:
+    """Everything a backend needs to make one call."""
+
+    model_id: str
+    prompt: str
+    system: str | None
+    history: list[Message]
+    #: The user's prefill, exactly ("" for none).
+    prefill: str
+    #: The capability in force for this request (it may depend on the options).
+    prefill_support: PrefillSupport
+    options: Options
+    stream: bool
+    #: Kept out of repr(): printing or logging a request must never show the key.
+    key: str | None = field(default=None, repr=False)
+    #: The JSON Schema the reply must conform to (``--schema``), or None.
+    schema: dict[str, Any] | None = None
+    #: How the model honours ``schema`` for this request (None without one).
+    schema_support: SchemaSupport | None = None
+    #: Text the core adds after the prompt (the ``validated`` mode's schema instruction).
+    instruction: str = ""
+    #: A grammar the reply must follow (``--grammar``: GBNF or Lark text), or None.
+    grammar: str | None = None
+
+    def messages(self) -> list[Message]:
+        """The conversation so far plus this prompt (the prefill is not included)."""
+        prompt = f"{self.prompt}\n\n{self.instruction}" if self.instruction else self.prompt
+        return [*self.history, Message("user", prompt)]
+
+
+def emulation_instruction(prefill: str) -> str:
+    """The instruction an emulating backend adds so the model starts with ``prefill``."""
+    return (
+        "Begin your reply with exactly the following text, character for character, "
+        "then continue it naturally. Do not add anything before it.\n"
+        f"<reply_prefix>{prefill}</reply_prefix>"
+    )
+
+
