@@ -112,11 +112,11 @@ class PromptInputError(LLMCLIError):
 
 
 class TemplateError(LLMCLIError):
-    """A template cannot be read, saved or applied (``llmcli.cli.templates``)."""
+    """A template cannot be read, saved or applied (``llmcli.templates``)."""
 
 
 class FragmentError(LLMCLIError):
-    """A fragment cannot be read (``llmcli.cli.fragments``)."""
+    """A fragment cannot be read (``llmcli.fragments``)."""
 
 
 class LogsInputError(LLMCLIError):

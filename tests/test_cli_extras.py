@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmcli.cli import cli
-from llmcli.cli.prompt import extract_code_block
+from llmcli.cli.common import extract_code_block
 from tests.script import SCRIPT, env_for
 
 

@@ -174,7 +174,7 @@ def test_a_url_past_the_size_limit_is_a_one_line_error(run, test_models, server:
 
 def test_a_url_must_download_within_the_time_limit(run, test_models, server: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from llmcli.cli import fragments
+    from llmcli import fragments
 
     monkeypatch.setattr(fragments, "URL_TIMEOUT", 1.0)  # each byte comes in 0.05 s
     started = time.monotonic()
@@ -186,7 +186,7 @@ def test_a_url_must_download_within_the_time_limit(run, test_models, server: str
 
 def test_a_url_at_the_size_limit_is_read(run, test_models, server: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from llmcli.cli import fragments
+    from llmcli import fragments
 
     size = len("Served text: café\n".encode())
     monkeypatch.setattr(fragments, "MAX_URL_BYTES", size)

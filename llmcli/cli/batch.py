@@ -61,7 +61,7 @@ def batch(
     """
     from llmcli import config
     from llmcli.batch import Batch, read_input, resume_output
-    from llmcli.cli.options import parse_options
+    from llmcli.cli.common import parse_options
 
     config.mark_long_lived()
     if input_path != "-" and output_path != "-" and (

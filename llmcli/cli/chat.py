@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from llmcli.cli.options import parse_options
-from llmcli.cli.prompt import warn_if_not_logged
+from llmcli.cli.common import parse_options, shared, warn_if_not_logged
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
@@ -186,26 +185,20 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
 
 
 @click.command(name="chat")
-@click.option("-m", "--model", "model_name", help="Model id or alias (see 'llmcli models').")
-@click.option("-s", "--system", help="System prompt, sent with every turn.")
-@click.option("--prefill", help="Every reply starts with this (!prefill changes one turn).")
-@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
-              help="A model option, validated by the model (repeat for several).")
-@click.option("-c", "--continue", "continue_", is_flag=True,
-              help="Continue the most recent conversation.")
-@click.option("--cid", "--conversation", "conversation_id", help="Continue this conversation.")
-@click.option("-n", "--no-log", is_flag=True, help="Do not log the turns.")
-@click.option("--key", help="API key to use, or the name of a stored key.")
-@click.option("-t", "--template", "template_name", metavar="NAME",
-              help="Use the saved template NAME: its system prompt, model, prefill and "
-              "options, and its prompt around each message.")
-@click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="KEY VALUE",
-              help="Fill the template's $KEY with VALUE (repeat for several).")
-@click.option("-f", "--fragment", "fragments", multiple=True, metavar="PATH_OR_URL",
-              help="Add a file's or a URL's contents before the first message (repeatable).")
-@click.option("--sf", "--system-fragment", "system_fragments", multiple=True,
-              metavar="PATH_OR_URL",
-              help="Add a file's or a URL's contents to the system prompt (repeatable).")
+@shared("model")
+@shared("system", help="System prompt, sent with every turn.")
+@shared("prefill", help="Every reply starts with this (!prefill changes one turn).")
+@shared("option")
+@shared("continue")
+@shared("cid")
+@shared("no_log", help="Do not log the turns.")
+@shared("key")
+@shared("template", help="Use the saved template NAME: its system prompt, model, prefill and "
+        "options, and its prompt around each message.")
+@shared("param")
+@shared("fragment", help="Add a file's or a URL's contents before the first message "
+        "(repeatable).")
+@shared("system_fragment")
 def chat(
     model_name: str | None,
     system: str | None,
@@ -233,7 +226,7 @@ def chat(
     config.mark_long_lived()
     inputs = None
     if template_name is not None or params or fragments or system_fragments:
-        from llmcli.cli.templates import resolve_chat
+        from llmcli.templates import resolve_chat
 
         inputs = resolve_chat(template_name, params, fragments, system_fragments,
                               system=system, model=model_name, prefill=prefill)

@@ -174,7 +174,7 @@ def _data_lines(store: LogStore, rows: list[dict[str, Any]]) -> list[str]:
 def _reply(row: dict[str, Any], extract: bool) -> str:
     text = str(row["text"] or "")
     if extract:
-        from llmcli.cli.prompt import extract_code_block
+        from llmcli.cli.common import extract_code_block
 
         block = extract_code_block(text)
         text = block if block is not None else text

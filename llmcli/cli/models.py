@@ -176,7 +176,7 @@ def set_option(model: str, name: str, value: str) -> None:
     llmcli models options set smollm2 stop '["END", "STOP"]'   # a list option, as with -o
     """
     from llmcli import api, config
-    from llmcli.cli.options import parse_options
+    from llmcli.cli.common import parse_options
 
     resolved = api.get_model(model)
     stored = config.load_model_options()

@@ -6,31 +6,22 @@ import difflib
 import json
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from llmcli import progress
-from llmcli.cli.options import parse_options
-from llmcli.errors import LLMCLIError, PromptInputError
+from llmcli.cli.common import (
+    extract_code_block,
+    parse_options,
+    read_stdin,
+    shared,
+    warn_if_not_logged,
+)
+from llmcli.errors import LLMCLIError, PromptInputError, TemplateError
 
-
-def read_stdin() -> str:
-    stream = getattr(sys.stdin, "buffer", None)
-    if stream is None:
-        return ""
-    try:
-        if stream.isatty():
-            return ""
-        data = stream.read()
-    except (OSError, ValueError):
-        return ""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PromptInputError(
-            "Standard input is not UTF-8 text; pipe text, not binary data") from None
-
+if TYPE_CHECKING:
+    from llmcli.templates import Template
 
 #: Commands of simonw/llm that llmcli does not have: ``llmcli embed`` must not become a
 #: prompt sent to the default model.
@@ -56,39 +47,19 @@ def refuse_command_word(args: list[str], commands: list[str]) -> None:
                                    f"{hint}")
 
 
-def extract_code_block(text: str) -> str | None:
-    """The contents of the first fenced code block; a fence left open (the reply was cut
-    short) runs to the end."""
-    match = _FENCE.search(text)
-    if match is None:
-        return None
-    body = match.group("body")
-    fence = match.group("fence")
-    closing = re.search(rf"^[ \t]*{re.escape(fence)}{re.escape(fence[0])}*[ \t]*$", body,
-                        re.MULTILINE)
-    if closing:
-        body = body[: closing.start()]
-    return body.rstrip("\n") + "\n" if body.strip() else ""
-
-
-_FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[^\n`]*\n(?P<body>.*)", re.MULTILINE | re.DOTALL)
-
-
 @click.command(name="prompt")
 @click.argument("prompt", required=False)
-@click.option("-m", "--model", "model_name", help="Model id or alias (see 'llmcli models').")
-@click.option("-s", "--system", help="System prompt.")
-@click.option("--prefill", help="The first characters of the reply; it always starts with them.")
+@shared("model")
+@shared("system")
+@shared("prefill")
 @click.option("--hide-prefill", is_flag=True,
               help="Print only the continuation (the log still stores the full text).")
-@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
-              help="A model option, validated by the model (repeat for several).")
+@shared("option")
 @click.option("--no-stream", is_flag=True, help="Wait for the whole reply instead of streaming.")
-@click.option("-c", "--continue", "continue_", is_flag=True,
-              help="Continue the most recent conversation.")
-@click.option("--cid", "--conversation", "conversation_id", help="Continue this conversation.")
-@click.option("-n", "--no-log", is_flag=True, help="Do not log this exchange.")
-@click.option("--key", help="API key to use, or the name of a stored key.")
+@shared("continue")
+@shared("cid")
+@shared("no_log")
+@shared("key")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: model, prefill, text, continuation, usage, ids.")
 @click.option("-x", "--extract", is_flag=True,
@@ -104,18 +75,13 @@ _FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[^\n`]*\n(?P<body>.*)", re.MU
               type=click.Path(exists=True, dir_okay=False),
               help="The reply follows this grammar (GBNF or Lark): local models, llama.cpp "
               "servers.")
-@click.option("-t", "--template", "template_name", metavar="NAME",
-              help="Use the saved template NAME (see 'llmcli templates').")
-@click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="KEY VALUE",
-              help="Fill the template's $KEY with VALUE (repeat for several).")
+@shared("template")
+@shared("param")
 @click.option("--save", "save_as", metavar="NAME",
               help="Save this command's prompt, system, model, options and prefill as the "
               "template NAME instead of running it.")
-@click.option("-f", "--fragment", "fragments", multiple=True, metavar="PATH_OR_URL",
-              help="Add a file's or a URL's contents to the prompt (repeatable).")
-@click.option("--sf", "--system-fragment", "system_fragments", multiple=True,
-              metavar="PATH_OR_URL",
-              help="Add a file's or a URL's contents to the system prompt (repeatable).")
+@shared("fragment")
+@shared("system_fragment")
 def prompt(
     prompt: str | None,
     model_name: str | None,
@@ -174,7 +140,7 @@ def prompt(
     text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
     template_options: dict[str, Any] = {}
     if template_name is not None or params or fragments or system_fragments:
-        from llmcli.cli.templates import resolve_inputs
+        from llmcli.templates import resolve_inputs
 
         inputs = resolve_inputs(template_name, params, fragments, system_fragments, text=text,
                                 system=system, model=model_name, prefill=prefill,
@@ -269,7 +235,7 @@ def _save_template(name: str, prompt: str | None, system: str | None, model: str
                    schema: dict[str, Any] | None, refused: dict[str, bool]) -> None:
     """``--save NAME``: the PROMPT argument, not piped input (that is the template's input
     when it is used), and the options that make a template."""
-    from llmcli.cli.templates import save_template, template_from_command
+    from llmcli.templates import save_template
 
     given = [flag for flag, used in refused.items() if used]
     if given:
@@ -279,6 +245,51 @@ def _save_template(name: str, prompt: str | None, system: str | None, model: str
         params=params, extract=extract, fragments=fragments, system_fragments=system_fragments,
         schema=schema)
     click.echo(f"Saved template {name!r} to {save_template(template)}", err=True)
+
+
+def template_from_command(
+    name: str,
+    *,
+    prompt: str | None,
+    system: str | None,
+    model: str | None,
+    prefill: str | None,
+    options: tuple[tuple[str, str], ...],
+    params: tuple[tuple[str, str], ...],
+    extract: bool,
+    fragments: tuple[str, ...],
+    system_fragments: tuple[str, ...],
+    schema: dict[str, Any] | None = None,
+) -> Template:
+    """``--save NAME``: the command's prompt, system, model, options, prefill, -p values (as
+    defaults), -x and fragments (paths made absolute), checked by the model when -m names
+    one."""
+    from llmcli.fragments import absolute
+    from llmcli.templates import Template, template_path
+
+    template_path(name)  # a bad name fails before anything else
+    if not any((prompt, system, model, prefill, options, extract, fragments, system_fragments,
+                schema)):
+        raise TemplateError("Nothing to save: give a prompt, -s, -m, --prefill, -o, -x, -f "
+                            "or --schema")
+    parsed: dict[str, Any] = {}
+    if model is not None:
+        from llmcli import api
+
+        resolved = api.get_model(model)
+        parsed = parse_options(resolved, options)
+        api.validate_options(resolved, parsed)
+    else:
+        for key, value in options:
+            previous = parsed.get(key)
+            parsed[key] = value if previous is None else [
+                *(previous if isinstance(previous, list) else [previous]), value]
+    return Template(
+        name, prompt=prompt or None, system=system, model=model, prefill=prefill or None,
+        options=parsed, defaults=dict(params), extract=extract,
+        fragments=[absolute(f) for f in fragments],
+        system_fragments=[absolute(f) for f in system_fragments], schema=schema,
+    )
 
 
 def _read_grammar(path: str | None) -> str | None:
@@ -298,13 +309,6 @@ def _print_usage(response: Any, show: bool) -> None:
 
     response.usage()  # the whole reply first
     click.echo("Token usage: " + usage_line(response.record().row()), err=True)
-
-
-def warn_if_not_logged(response: Any) -> None:
-    """One line on stderr when a reply could not be logged (a full disk): the reply itself
-    was printed, and the command does not fail for it."""
-    if response.log_error:
-        click.echo(f"Warning: this reply was not logged: {response.log_error}", err=True)
 
 
 def _interrupted(response: Any, newline: bool = True) -> None:
