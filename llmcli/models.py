@@ -6,19 +6,22 @@ from here): the plugin contract (:mod:`llmcli.contract`, with the data of
 
 from __future__ import annotations
 
-from llmcli.contract import BaseOptions, Model, concurrency_limit
-from llmcli.prepare import NATIVE_PREFILL, prepare_response, resolve_key, validate_options
-from llmcli.record import Message, ResponseRecord
-from llmcli.request import (
+# The request data (Request, Usage, Options, ...) as the contract re-exports it.
+from llmcli.contract import (
+    BaseOptions,
     Chunk,
     KeySpec,
+    Model,
     Options,
     PrefillSent,
     Request,
     StrList,
     Usage,
+    concurrency_limit,
     emulation_instruction,
 )
+from llmcli.prepare import NATIVE_PREFILL, prepare_response, resolve_key, validate_options
+from llmcli.record import Message, ResponseRecord
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 
