@@ -165,7 +165,7 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
         # Every response belongs to a conversation, as on the command line: a plain
         # model.prompt() starts a new one.
         conversation = Conversation(model)
-    response = Response(model, request, conversation=conversation, logger=logger)
+    response = Response(model, request, conversation=conversation, logger=logger, spec=spec)
     response.schema_retries = max(0, spec.schema_retries)
     conversation.responses.append(response)
     return response

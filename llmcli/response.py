@@ -28,7 +28,7 @@ from llmcli.normalize import PrefillNormalizer, normalize_text
 from llmcli.record import Message, ResponseRecord, Status, history
 from llmcli.record import continuation as continuation_of
 from llmcli.request import Chunk, Options, PrefillSent, Request, Usage
-from llmcli.spec import Logger
+from llmcli.spec import Logger, PromptSpec
 
 if TYPE_CHECKING:
     from llmcli.contract import Model
@@ -84,9 +84,15 @@ class Response:
         *,
         conversation: Conversation | None = None,
         logger: Logger | None = None,
+        spec: PromptSpec | None = None,
     ) -> None:
         self.model = model
         self.request = request
+        #: The prompt as asked (what :func:`~llmcli.prepare.prepare_response` was given);
+        #: the record may read fields from it that the backend never sees.
+        self.spec = spec or PromptSpec(request.prompt, system=request.system,
+                                       prefill=request.prefill, schema=request.schema,
+                                       grammar=request.grammar, stream=request.stream)
         self.conversation = conversation
         self.id = _new_id()
         self.datetime_utc = datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -279,3 +279,15 @@ def test_every_llmcli_error_lives_in_errors_py() -> None:
             if bases & ours:
                 elsewhere.append(f"{name}.{node.name}")
     assert not elsewhere, f"move these to llmcli/errors.py (unique names): {elsewhere}"
+
+
+def test_architecture_doc_names_every_core_module() -> None:
+    """docs/architecture.md's table is where a newcomer finds each thing: every module and
+    package of the core has its row (a new module without one fails here)."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    table = doc[doc.index("## Where things live"):doc.index("## A prompt, end to end")]
+    missing = [path.name for path in sorted(CORE.iterdir())
+               if (path.suffix == ".py" and path.name != "__init__.py"
+                   or path.is_dir() and (path / "__init__.py").exists())
+               and f"`{path.name}{'/' if path.is_dir() else ''}`" not in table]
+    assert not missing, f"give these a row in docs/architecture.md: {missing}"

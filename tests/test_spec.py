@@ -49,8 +49,10 @@ def test_cli_and_api_log_the_same_record_for_the_same_prompt(test_models) -> Non
     model = llmcli.get_model("test-eats")
     assert model.prompt("US states", system="Be brief.", prefill='["',
                         reply='Ohio"]').text() == '["Ohio"]'
-    assert api.prompt(model, PromptSpec("US states", system="Be brief.", prefill='["',
-                                        options={"reply": 'Ohio"]'})).text() == '["Ohio"]'
+    spec = PromptSpec("US states", system="Be brief.", prefill='["', options={"reply": 'Ohio"]'})
+    response = api.prompt(model, spec)
+    assert response.text() == '["Ohio"]'
+    assert response.spec == spec  # the response keeps the prompt as asked
     via_cli, via_model, via_spec = logged_rows()[::-1]
     assert via_cli["prefill"] == '["' and via_cli["system"] == "Be brief."
     assert json.loads(via_cli["options_json"])["reply"] == 'Ohio"]'
