@@ -180,7 +180,7 @@ def test_public_api_is_locked() -> None:
         "LLMCLIError", "LogError", "LogWarning", "Message", "Model", "Options", "OptionsError",
         "PartialResponseError", "PluginError", "PrefillSent", "PrefillSupport",
         "PrefillUnsupportedError",
-        "ProviderError", "Request", "Response", "UnknownModelError", "Usage",
+        "PromptSpec", "ProviderError", "Request", "Response", "UnknownModelError", "Usage",
         "SchemaSupport", "InvalidSchemaError", "SchemaUnsupportedError", "SchemaValidationError",
         "emulation_instruction", "get_default_model", "get_model", "get_models",
         "load_conversation", "normalize_stream", "normalize_text",
