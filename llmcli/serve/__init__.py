@@ -2,10 +2,11 @@
 
     protocol.py   the wire formats (pydantic) → one Chat; the prefill rules of each dialect
     app.py        the application: settings, middleware, lifespan, /v1/models, /health
-    runner.py     what every wire shares: authenticate, prepare through llmcli.api, run,
-                  the requests in flight, cutting them short; errors in the wire's shape
-    openai_wire.py     /v1/chat/completions: its routes, reply and stream rendering
-    anthropic_wire.py  /v1/messages: its routes, reply and stream rendering
+    runner.py     what every wire shares: the router of a Wire (authenticate, parse, build
+                  the PromptSpec, prepare through llmcli.api, run, stream or reply), the
+                  requests in flight, cutting them short; errors in the wire's shape
+    openai_wire.py     /v1/chat/completions: its WIRE (parser, reply and stream rendering)
+    anthropic_wire.py  /v1/messages: its WIRE (parser, reply and stream rendering)
     exchange.py   a Response run on its own thread; cancellation; a model's slots
     errors.py     llmcli's errors as HTTP statuses, in each wire's error shape
     guard.py      what a request must pass first (Host/Origin, JSON, body size and time,

@@ -8,58 +8,33 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from fastapi.responses import Response as HTTPResponse
-
 from llmcli.request import Usage
-from llmcli.serve.errors import anthropic_body, from_exception
-from llmcli.serve.protocol import AnthropicRequest, anthropic_chat, parse
-from llmcli.serve.runner import (
-    SHUTTING_DOWN,
-    AfterPrefill,
-    Run,
-    Runner,
-    cached_tokens,
-    sse,
-    tokens,
-)
+from llmcli.serve.errors import anthropic_body
+from llmcli.serve.protocol import AnthropicRequest, Chat, anthropic_chat, parse
+from llmcli.serve.runner import AfterPrefill, Run, Wire, cached_tokens, stream_failure, tokens
 
-__all__ = ["event", "router"]
+__all__ = ["WIRE", "event"]
 
 STOP = {"end_turn": "end_turn", "stop": "end_turn", "stop_sequence": "stop_sequence",
         "max_tokens": "max_tokens", "length": "max_tokens", "tool_use": "tool_use",
         "refusal": "refusal", "content_filter": "refusal"}
 
 
-def router(runner: Runner) -> APIRouter:
-    routes = APIRouter()
-
-    async def message(request: Request) -> HTTPResponse:
-        chat = anthropic_chat(parse(AnthropicRequest, await request.body()))
-        run, first = await runner.start(request, chat)
-        if chat.stream:
-            return sse(_events(run, first))
-        text = await run.rest(first)
-        response = run.response
-        usage = response.usage()
-        return JSONResponse({
-            "id": f"msg_{response.id}",
-            "type": "message",
-            "role": "assistant",
-            "model": run.model.model_id,
-            "content": [{"type": "text", "text": text[len(chat.prefill):]}],
-            "stop_reason": STOP.get(usage.stop_reason or "", "end_turn"),
-            "stop_sequence": None,
-            "usage": _usage(usage),
-            "prefill_support": response.prefill_support.value,
-        })
-
-    @routes.post("/v1/messages")
-    async def messages(request: Request) -> HTTPResponse:
-        return await runner.handle(request, True, message)
-
-    return routes
+def _message(run: Run, text: str) -> dict[str, Any]:
+    """The whole reply as one Messages API message."""
+    response = run.response
+    usage = response.usage()
+    return {
+        "id": f"msg_{response.id}",
+        "type": "message",
+        "role": "assistant",
+        "model": run.model.model_id,
+        "content": [{"type": "text", "text": text[len(run.chat.prefill):]}],
+        "stop_reason": STOP.get(usage.stop_reason or "", "end_turn"),
+        "stop_sequence": None,
+        "usage": _usage(usage),
+        "prefill_support": response.prefill_support.value,
+    }
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -101,8 +76,7 @@ async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
             if piece := strip(chunk):
                 yield delta(piece)
     except (Exception, asyncio.CancelledError) as exc:
-        error = SHUTTING_DOWN if isinstance(exc, asyncio.CancelledError) else from_exception(exc)
-        yield event("error", {"error": anthropic_body(error)["error"]})
+        yield event("error", {"error": anthropic_body(stream_failure(exc))["error"]})
         return
     finally:
         run.close()
@@ -113,3 +87,12 @@ async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
                   "stop_sequence": None},
         "usage": _usage(usage)})
     yield event("message_stop", {})
+
+
+def _chat(body: bytes) -> Chat:
+    return anthropic_chat(parse(AnthropicRequest, body))
+
+
+#: What the runner serves at ``POST /v1/messages`` (:meth:`.runner.Runner.router`).
+WIRE = Wire("/v1/messages", "messages", anthropic=True, chat=_chat, whole=_message,
+            events=_events)

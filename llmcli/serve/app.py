@@ -88,8 +88,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app = FastAPI(title="llmcli serve", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.add_middleware(Guard, settings=settings)
-    app.include_router(openai_wire.router(runner))
-    app.include_router(anthropic_wire.router(runner))
+    app.include_router(runner.router(openai_wire.WIRE))
+    app.include_router(runner.router(anthropic_wire.WIRE))
 
     # -- models and health ---------------------------------------------------------------
 

@@ -8,62 +8,37 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from fastapi.responses import Response as HTTPResponse
-
 from llmcli.response import Response
-from llmcli.serve.errors import from_exception, openai_body
-from llmcli.serve.protocol import OpenAIRequest, openai_chat, parse
-from llmcli.serve.runner import (
-    SHUTTING_DOWN,
-    AfterPrefill,
-    Run,
-    Runner,
-    cached_tokens,
-    sse,
-    tokens,
-)
+from llmcli.serve.errors import openai_body
+from llmcli.serve.protocol import Chat, OpenAIRequest, openai_chat, parse
+from llmcli.serve.runner import AfterPrefill, Run, Wire, cached_tokens, stream_failure, tokens
 
-__all__ = ["data", "router"]
+__all__ = ["WIRE", "data"]
 
 FINISH = {"end_turn": "stop", "stop": "stop", "stop_sequence": "stop",
           "max_tokens": "length", "length": "length", "tool_use": "tool_calls",
           "content_filter": "content_filter"}
 
 
-def router(runner: Runner) -> APIRouter:
-    routes = APIRouter()
-
-    async def completion(request: Request) -> HTTPResponse:
-        chat = openai_chat(parse(OpenAIRequest, await request.body()))
-        run, first = await runner.start(request, chat)
-        if chat.stream:
-            return sse(_events(run, first))
-        text = await run.rest(first)
-        response = run.response
-        usage = response.usage()
-        return JSONResponse({
-            "id": f"chatcmpl-{response.id}",
-            "object": "chat.completion",
-            "created": run.created,
-            "model": run.model.model_id,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant",
-                            "content": text if chat.echo else text[len(chat.prefill):]},
-                "logprobs": None,
-                "finish_reason": FINISH.get(usage.stop_reason or "", "stop"),
-            }],
-            "usage": _usage(response),
-            "prefill_support": response.prefill_support.value,
-        })
-
-    @routes.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> HTTPResponse:
-        return await runner.handle(request, False, completion)
-
-    return routes
+def _completion(run: Run, text: str) -> dict[str, Any]:
+    """The whole reply as one chat completion."""
+    chat, response = run.chat, run.response
+    usage = response.usage()
+    return {
+        "id": f"chatcmpl-{response.id}",
+        "object": "chat.completion",
+        "created": run.created,
+        "model": run.model.model_id,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant",
+                        "content": text if chat.echo else text[len(chat.prefill):]},
+            "logprobs": None,
+            "finish_reason": FINISH.get(usage.stop_reason or "", "stop"),
+        }],
+        "usage": _usage(response),
+        "prefill_support": response.prefill_support.value,
+    }
 
 
 def _usage(response: Response) -> dict[str, Any]:
@@ -107,8 +82,7 @@ async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
             if piece:
                 yield frame({"content": piece})
     except (Exception, asyncio.CancelledError) as exc:
-        error = SHUTTING_DOWN if isinstance(exc, asyncio.CancelledError) else from_exception(exc)
-        yield data(openai_body(error))
+        yield data(openai_body(stream_failure(exc)))
         yield "data: [DONE]\n\n"
         return
     finally:
@@ -118,3 +92,12 @@ async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
     if chat.include_usage:
         yield frame(None, usage=_usage(response))
     yield "data: [DONE]\n\n"
+
+
+def _chat(body: bytes) -> Chat:
+    return openai_chat(parse(OpenAIRequest, body))
+
+
+#: What the runner serves at ``POST /v1/chat/completions`` (:meth:`.runner.Runner.router`).
+WIRE = Wire("/v1/chat/completions", "chat_completions", anthropic=False, chat=_chat,
+            whole=_completion, events=_events)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.responses import Response as HTTPResponse
@@ -39,7 +39,8 @@ from llmcli.spec import Logger, PromptSpec
 if TYPE_CHECKING:
     from llmcli.serve.app import ServeSettings
 
-__all__ = ["SHUTTING_DOWN", "AfterPrefill", "Run", "Runner", "cached_tokens", "sse", "tokens"]
+__all__ = ["SHUTTING_DOWN", "AfterPrefill", "Run", "Runner", "Wire", "cached_tokens", "sse",
+           "stream_failure", "tokens"]
 
 #: What a request still running when the server stops (after its grace period) gets.
 SHUTTING_DOWN = WireError(503, "llmcli serve is stopping; the reply was cut short",
@@ -55,6 +56,12 @@ def cached_tokens(usage: Usage) -> int:
     where it reported none."""
     cached = usage.details.get("cached_tokens")
     return cached if isinstance(cached, int) and cached > 0 else 0
+
+
+def stream_failure(exc: BaseException) -> WireError:
+    """What ends a stream that failed after its 200: the server stopping (the task was
+    cancelled) or the failure itself, for the wire's error event."""
+    return SHUTTING_DOWN if isinstance(exc, asyncio.CancelledError) else from_exception(exc)
 
 
 def sse(events: AsyncIterator[str]) -> StreamingResponse:
@@ -74,6 +81,19 @@ class AfterPrefill:
             self._skip -= cut
             chunk = chunk[cut:]
         return chunk
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What one wire module gives the runner: its body parser, its whole reply and its
+    stream of events, and whether its errors take Anthropic's shape."""
+
+    path: str
+    name: str
+    anthropic: bool
+    chat: Callable[[bytes], Chat]
+    whole: Callable[[Run, str], dict[str, Any]]
+    events: Callable[[Run, str | None], AsyncIterator[str]]
 
 
 @dataclass
@@ -191,6 +211,25 @@ class Runner:
             run.close()
             raise
         return run, first
+
+    def router(self, wire: Wire) -> APIRouter:
+        """A wire's ``APIRouter``: ``POST wire.path``, authenticated, its body parsed into a
+        :class:`Chat` and started, then the wire's stream of events or its whole reply as
+        JSON; any failure in the wire's error shape."""
+
+        async def body(request: Request) -> HTTPResponse:
+            chat = wire.chat(await request.body())
+            run, first = await self.start(request, chat)
+            if chat.stream:
+                return sse(wire.events(run, first))
+            return JSONResponse(wire.whole(run, await run.rest(first)))
+
+        async def endpoint(request: Request) -> HTTPResponse:
+            return await self.handle(request, wire.anthropic, body)
+
+        routes = APIRouter()
+        routes.add_api_route(wire.path, endpoint, methods=["POST"], name=wire.name)
+        return routes
 
     async def handle(self, request: Request, anthropic: bool,
                      body: Callable[[Request], Awaitable[HTTPResponse]]) -> HTTPResponse:
