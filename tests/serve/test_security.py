@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -681,8 +682,10 @@ def test_no_api_description_is_public(server: Server) -> None:
 
 def start_fails(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``llmcli serve ARGS`` that must exit on its own (killed if it starts listening)."""
-    environment = env_for(Path("/nonexistent-llmcli-user"), LLMCLI_LOAD_PLUGINS="llmcli-testmodels",
-                          **env)
+    # A user directory of its own: one that a started serve may create and write in (root can
+    # create any path), never shared with another run.
+    user_dir = Path(tempfile.mkdtemp(prefix="llmcli-start-fails-")) / "user"
+    environment = env_for(user_dir, LLMCLI_LOAD_PLUGINS="llmcli-testmodels", **env)
     proc = subprocess.Popen([str(SCRIPT), "serve", "--port", "0", *args], env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
