@@ -4,9 +4,12 @@ from llmcli.api import get_default_model as get_default_model
 from llmcli.api import get_model as get_model
 from llmcli.api import get_models as get_models
 from llmcli.api import load_conversation as load_conversation
+from llmcli.attachments import Attachment as Attachment
 from llmcli.capabilities import PrefillSupport as PrefillSupport
 from llmcli.capabilities import SchemaSupport as SchemaSupport
 from llmcli.contract import Model as Model
+from llmcli.errors import AttachmentError as AttachmentError
+from llmcli.errors import AttachmentUnsupportedError as AttachmentUnsupportedError
 from llmcli.errors import ConfigError as ConfigError
 from llmcli.errors import ConversationError as ConversationError
 from llmcli.errors import InvalidSchemaError as InvalidSchemaError

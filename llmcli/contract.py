@@ -15,9 +15,10 @@ The data a backend is handed and yields (:class:`Request`, :class:`Usage`, ...) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from llmcli.attachments import Attachment
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.prepare import prepare_response
 from llmcli.request import (
@@ -73,6 +74,17 @@ class Model:
     schema_support: SchemaSupport = SchemaSupport.VALIDATED
     #: Whether ``grammar=`` (GBNF or Lark) is enforced (only native constrained decoding can).
     grammar_support: bool = False
+    #: The media types of attachments (``-a``) the model takes, a subset of
+    #: :data:`llmcli.attachments.TYPES` (``IMAGE_TYPES`` for a model that can see); empty:
+    #: none, and a prompt with one is refused before any request. A plugin turns each
+    #: resolved :class:`~llmcli.attachments.Attachment` into its wire's part (its bytes as
+    #: ``base64()`` or ``data_url()``), in one function of its own.
+    attachment_types: frozenset[str] = frozenset()
+
+    def get_attachment_types(self, options: BaseOptions) -> frozenset[str]:
+        """The attachment types for a request with these options (override when it depends
+        on them)."""
+        return self.attachment_types
 
     def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
         """The schema capability for a request with these options (override when it
@@ -106,6 +118,8 @@ class Model:
         conversation: Conversation | None = None,
         schema: dict[str, Any] | str | None = None,
         grammar: str | None = None,
+        attachments: Iterable[Attachment] = (),
+        store_attachments: bool = False,
         **options: Any,
     ) -> Response:
         """Prepare a response (see :func:`llmcli.prepare.prepare_response`); nothing is
@@ -113,7 +127,8 @@ class Model:
         this model's options."""
         return prepare_response(self, PromptSpec(
             prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
-            conversation=conversation, options=options, schema=schema, grammar=grammar))
+            conversation=conversation, options=options, schema=schema, grammar=grammar,
+            attachments=tuple(attachments), store_attachments=store_attachments))
 
     def conversation(self) -> Conversation:
         return Conversation(self)

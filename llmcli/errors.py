@@ -21,6 +21,9 @@
  ├── SchemaUnsupportedError   a model that cannot honour a schema (or not with this prefill)
  ├── SchemaValidationError    a reply that is not JSON or does not conform to the schema
  ├── ProbeError               an OpenAI-compatible server that could not be probed
+ ├── AttachmentError          an attachment (-a) cannot be read, fetched or recognised, or
+ │                            is too large or of a type llmcli does not send
+ ├── AttachmentUnsupportedError  a model that cannot take an attachment (of that type)
      └── ProviderError            the backend failed
           ├── ProviderStatusError       the API answered with an HTTP error status
           ├── ProviderTimeoutError      no answer within the time limit
@@ -143,6 +146,17 @@ class SchemaValidationError(LLMCLIError):
 class ProbeError(LLMCLIError):
     """An OpenAI-compatible server could not be asked (unreachable, timed out, refused the
     key); raised by ``llmcli_openai``'s probe."""
+
+
+class AttachmentError(LLMCLIError):
+    """An attachment that cannot be used: a missing file, an unreachable URL, an unknown
+    or refused type, more than the size limit, or (``-c``) one that was not stored and can
+    no longer be read."""
+
+
+class AttachmentUnsupportedError(LLMCLIError):
+    """A model that cannot take an attachment, or not of that type; refused before any
+    request (the message names models that can)."""
 
 
 class ProviderError(LLMCLIError):

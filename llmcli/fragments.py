@@ -1,6 +1,7 @@
 """``-f`` / ``--sf``: a file's or a URL's contents added to the prompt or the system prompt.
 
-URLs are fetched with the standard library (``urllib.request``): the core depends on no HTTP
+URLs are fetched with the standard library (``urllib.request``, through
+:func:`llmcli.attachments.fetch_url`, which ``-a URL`` shares): the core depends on no HTTP
 client, and one GET needs none.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from llmcli.errors import FragmentError
 
@@ -46,21 +46,11 @@ def read_fragment(reference: str) -> str:
 
 
 def _fetch(url: str) -> str:
-    import urllib.error
-    import urllib.request
+    from llmcli.attachments import fetch_url
 
-    request = urllib.request.Request(url, headers={"User-Agent": "llmcli"})
-    try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as reply:  # noqa: S310
-            data = _read_limited(url, reply)
-            charset = reply.headers.get_content_charset()
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the connection open
-        raise FragmentError(f"Fragment {url}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise FragmentError(f"Fragment {url}: cannot fetch it ({exc.reason})") from None
-    except (OSError, ValueError) as exc:  # timeouts, malformed URLs
-        raise FragmentError(f"Fragment {url}: cannot fetch it ({exc})") from None
+    data, content_type = fetch_url(url, f"Fragment {url}", FragmentError,
+                                   limit=MAX_URL_BYTES, timeout=URL_TIMEOUT)
+    charset = _charset(content_type)
     if charset:
         try:
             return data.decode(charset)
@@ -69,32 +59,14 @@ def _fetch(url: str) -> str:
     return _decode(url, data)
 
 
-def _read_limited(url: str, reply: Any) -> bytes:
-    """The body, at most :data:`MAX_URL_BYTES`, read within :data:`URL_TIMEOUT` seconds in
-    all (a server dripping a byte at a time never times a single read out)."""
-    import time
+def _charset(content_type: str | None) -> str | None:
+    from email.message import Message
 
-    mib, rest = divmod(MAX_URL_BYTES, 1024 * 1024)
-    limit = f"{MAX_URL_BYTES} bytes" if rest or not mib else f"{mib} MiB"
-    too_big = FragmentError(f"Fragment {url}: larger than {limit}; save it to a file and "
-                            "pass the file")
-    declared = reply.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_URL_BYTES:
-        raise too_big
-    deadline = time.monotonic() + URL_TIMEOUT
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        part = reply.read1(64 * 1024) if hasattr(reply, "read1") else reply.read(64 * 1024)
-        if not part:
-            return b"".join(parts)
-        size += len(part)
-        if size > MAX_URL_BYTES:
-            raise too_big
-        parts.append(part)
-        if time.monotonic() > deadline:
-            raise FragmentError(f"Fragment {url}: the download took longer than "
-                                f"{URL_TIMEOUT:g} s")
+    if not content_type:
+        return None
+    message = Message()
+    message["Content-Type"] = content_type
+    return message.get_content_charset()
 
 
 def _decode(reference: str, data: bytes) -> str:

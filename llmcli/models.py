@@ -6,6 +6,8 @@ from here): the plugin contract (:mod:`llmcli.contract`, with the data of
 
 from __future__ import annotations
 
+from llmcli.attachments import Attachment
+
 # The request data (Request, Usage, Options, ...) as the contract re-exports it.
 from llmcli.contract import (
     BaseOptions,
@@ -26,6 +28,7 @@ from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 
 __all__ = [
+    "Attachment",
     "NATIVE_PREFILL",
     "BaseOptions",
     "Chunk",

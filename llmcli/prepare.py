@@ -16,8 +16,17 @@ from pydantic import ValidationError
 
 from llmcli import config
 from llmcli import schema as schemas
+from llmcli.attachments import Attachment, describe_types
 from llmcli.capabilities import PrefillSupport, SchemaSupport
-from llmcli.errors import KeyNeededError, LLMCLIError, OptionsError, PrefillUnsupportedError
+from llmcli.errors import (
+    AttachmentError,
+    AttachmentUnsupportedError,
+    KeyNeededError,
+    LLMCLIError,
+    OptionsError,
+    PrefillUnsupportedError,
+)
+from llmcli.record import Message
 from llmcli.request import Options, Request
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
@@ -25,7 +34,8 @@ from llmcli.spec import Logger, PromptSpec
 if TYPE_CHECKING:
     from llmcli.contract import Model
 
-__all__ = ["NATIVE_PREFILL", "prepare_response", "resolve_key", "validate_options"]
+__all__ = ["NATIVE_PREFILL", "prepare_attachments", "prepare_response", "resend_attachments",
+           "resolve_key", "validate_options"]
 
 
 def validate_options(model: Model, options: Mapping[str, Any]) -> Options:
@@ -84,6 +94,85 @@ def _alternatives(exclude: Model) -> list[str]:
     return [m.model_id for m in native[:5]]
 
 
+def _takers(media_type: str | None, exclude: Model) -> list[str]:
+    """Models that take attachments (of ``media_type``; any, for None), for the error that
+    refuses one: those usable now first."""
+    from llmcli.plugins import registered_models
+
+    takers = [m for m in registered_models() if m is not exclude
+              and (m.get_attachment_types(m.Options()) if media_type is None
+                   else media_type in m.get_attachment_types(m.Options()))]
+    takers.sort(key=lambda m: not _usable_now(m))
+    return [m.model_id for m in takers[:5]]
+
+
+def _refuse(model: Model, media_type: str | None, takes: frozenset[str]) -> LLMCLIError:
+    others = _takers(media_type, model)
+    which = "attachments" if media_type is None else f"{media_type} attachments"
+    if takes:
+        message = (f"{model.model_id} does not take {which} (it takes "
+                   f"{describe_types(takes)})")
+    else:
+        message = f"{model.model_id} cannot take {which} (it cannot see images or read files)"
+    if others:
+        message += "; models that can: " + ", ".join(others)
+    return AttachmentUnsupportedError(message)
+
+
+def prepare_attachments(model: Model, options: Options,
+                        attachments: tuple[Attachment, ...]) -> tuple[Attachment, ...]:
+    """The prompt's attachments read (or fetched) and checked against what the model takes:
+    a model that takes none is refused before any file is read."""
+    if not attachments:
+        return ()
+    takes = model.get_attachment_types(options)
+    if not takes:
+        raise _refuse(model, None, takes)
+    resolved = tuple(a.resolve() for a in attachments)
+    for attachment in resolved:
+        if attachment.type not in takes:
+            raise _refuse(model, attachment.type, takes)
+    return resolved
+
+
+def resend_attachments(model: Model, options: Options,
+                       history: list[Message]) -> list[Message]:
+    """A continued conversation's turns with their attachments' content (``-c``): from the
+    log where it was stored, else read again from its path or URL, which must still hold
+    the same bytes (the same sha256). One clear error otherwise."""
+    takes = model.get_attachment_types(options)
+    turns: list[Message] = []
+    for message in history:
+        if not message.attachments:
+            turns.append(message)
+            continue
+        again: list[Attachment] = []
+        for attachment in message.attachments:
+            if attachment.type not in takes:
+                raise _refuse(model, attachment.type, takes)
+            again.append(_read_again(attachment))
+        turns.append(Message(message.role, message.content, tuple(again)))
+    return turns
+
+
+def _read_again(attachment: Attachment) -> Attachment:
+    if attachment.content is not None:
+        return attachment.resolve()
+    unstored = (f"The conversation's attachment {attachment.label} was not stored in the log "
+                "(use --store-attachments to keep attachments' content)")
+    if attachment.path is None and attachment.url is None:
+        raise AttachmentError(f"{unstored} and names no file or URL to read it from")
+    source = Attachment(path=attachment.path, url=attachment.url, type=attachment.type)
+    try:
+        fresh = source.resolve()
+    except AttachmentError as exc:
+        raise AttachmentError(f"{unstored}, and cannot be read again: {exc}") from None
+    if attachment.sha256 and fresh.sha256 != attachment.sha256:
+        raise AttachmentError(f"{unstored}, and {attachment.label} has changed since it "
+                              "was sent (its sha256 differs)")
+    return fresh
+
+
 def _open_log() -> Logger:
     # Opened now, not when the response ends: a prompt that cannot be logged fails before
     # its request is sent. The log package imports sqlite-utils, so only when logging.
@@ -132,16 +221,21 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
             raise schemas.SchemaUnsupportedError(
                 f"{model.model_id} cannot enforce a grammar; --grammar works with local "
                 "models and llama.cpp servers")
+    attachments = prepare_attachments(model, validated, spec.attachments)
     resolved_key = resolve_key(model, spec.key)
     conversation = spec.conversation
     if conversation is not None and conversation.model is not model:
         # A conversation continued with another model keeps its history.
         conversation.model = model
+    history = conversation.history() if conversation is not None else []
+    if any(m.attachments for m in history):
+        history = resend_attachments(model, validated, history)
     request = Request(
         model_id=model.model_id,
         prompt=spec.prompt,
         system=spec.system,
-        history=conversation.history() if conversation is not None else [],
+        history=history,
+        attachments=attachments,
         prefill=prefill,
         prefill_support=support,
         options=validated,
@@ -167,5 +261,6 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
         conversation = Conversation(model)
     response = Response(model, request, conversation=conversation, logger=logger, spec=spec)
     response.schema_retries = max(0, spec.schema_retries)
+    response.store_attachments = spec.store_attachments
     conversation.responses.append(response)
     return response

@@ -3,7 +3,8 @@
 A :class:`ResponseRecord` is a frozen snapshot of a :class:`llmcli.Response`. The same record
 is what ``Response.to_dict()`` (``llmcli --json``) prints and what the log writes and reads
 back, so both compute ``continuation`` (and everything else) the same way. Imports nothing
-from llmcli: the log and the models both build on it without importing each other.
+from llmcli but :mod:`llmcli.attachments` (the data a turn may carry): the log and the models
+both build on it without importing each other.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-__all__ = ["Message", "ResponseRecord", "Status", "continuation", "history"]
+from llmcli.attachments import Attachment
+
+__all__ = ["Message", "ResponseRecord", "Status", "attachment_info", "continuation", "history"]
 
 Status = Literal["pending", "complete", "partial", "error"]
 
@@ -22,6 +25,8 @@ Status = Literal["pending", "complete", "partial", "error"]
 class Message:
     role: Literal["user", "assistant"]
     content: str
+    #: Images and documents sent with this (user) turn, resolved.
+    attachments: tuple[Attachment, ...] = ()
 
 
 def continuation(text: str, prefill: str) -> str:
@@ -62,6 +67,12 @@ class ResponseRecord:
     conversation_name: str | None = None
     #: Not a column of ``responses``: the schema's canonical text, stored once by its id.
     schema_json: str | None = None
+    #: Not a column of ``responses``: the prompt's attachments (the ``attachments`` and
+    #: ``prompt_attachments`` tables), resolved in memory; read back from the log, with
+    #: their content only where it was stored.
+    attachments: tuple[Attachment, ...] = ()
+    #: Not a column: the log stores the attachments' content too (``--store-attachments``).
+    store_attachments: bool = False
 
     @property
     def continuation(self) -> str:
@@ -72,6 +83,8 @@ class ResponseRecord:
         row = asdict(self)
         del row["conversation_name"]
         del row["schema_json"]
+        del row["attachments"]
+        del row["store_attachments"]
         row["continuation"] = self.continuation
         return row
 
@@ -101,6 +114,8 @@ class ResponseRecord:
             },
             "status": self.status,
             "conversation_id": self.conversation_id,
+            **({"attachments": [attachment_info(a) for a in self.attachments]}
+               if self.attachments else {}),
         }
 
 
@@ -115,6 +130,12 @@ def history(records: Iterable[ResponseRecord]) -> list[Message]:
     for record in records:
         if record.status == "error" or not record.text:
             continue
-        messages.append(Message("user", record.prompt))
+        messages.append(Message("user", record.prompt, record.attachments))
         messages.append(Message("assistant", record.text))
     return messages
+
+
+def attachment_info(attachment: Attachment) -> dict[str, Any]:
+    """What ``--json`` and the log say of an attachment (never its content)."""
+    return {"type": attachment.type, "size": attachment.size, "sha256": attachment.sha256,
+            "path": attachment.path, "url": attachment.url}

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+from llmcli.attachments import Attachment
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.record import Message
 
@@ -98,11 +99,14 @@ class Request:
     instruction: str = ""
     #: A grammar the reply must follow (``--grammar``: GBNF or Lark text), or None.
     grammar: str | None = None
+    #: Images and documents sent with this prompt, resolved (bytes, type, hash), of types
+    #: the model declared; earlier turns carry theirs in ``history``.
+    attachments: tuple[Attachment, ...] = ()
 
     def messages(self) -> list[Message]:
         """The conversation so far plus this prompt (the prefill is not included)."""
         prompt = f"{self.prompt}\n\n{self.instruction}" if self.instruction else self.prompt
-        return [*self.history, Message("user", prompt)]
+        return [*self.history, Message("user", prompt, self.attachments)]
 
 
 def emulation_instruction(prefill: str) -> str:

@@ -109,6 +109,8 @@ class Response:
         self._iterator: Generator[str, None, None] | None = None
         #: Retries of the ``validated`` schema mode.
         self.schema_retries = schemas.DEFAULT_RETRIES
+        #: Log the attachments' content, not only their type, size and hash.
+        self.store_attachments = False
 
     # Convenience views of the request.
     @property
@@ -296,7 +298,7 @@ class Response:
                 attempt = replace(
                     request, history=[*attempt.messages(), Message("assistant", text)],
                     prompt=schemas.retry_prompt(error.removeprefix("the reply ")),
-                    instruction="")
+                    instruction="", attachments=())
                 continue
             for event in events:
                 if isinstance(event, Usage):
@@ -365,6 +367,8 @@ class Response:
             error=self.error,
             schema_id=schemas.schema_id(self.schema) if self.schema is not None else None,
             schema_json=schemas.dumps(self.schema) if self.schema is not None else None,
+            attachments=self.request.attachments,
+            store_attachments=self.store_attachments,
         )
 
     def to_dict(self) -> dict[str, Any]:

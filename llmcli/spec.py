@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from llmcli.attachments import Attachment
 from llmcli.schema import DEFAULT_RETRIES
 
 if TYPE_CHECKING:
@@ -55,10 +56,15 @@ class PromptSpec:
     #: The conversation this prompt continues (its earlier turns are sent), or None for a
     #: new one.
     conversation: Conversation | None = field(default=None, compare=False, repr=False)
+    #: Images and documents sent with the prompt (read or fetched when prepared).
+    attachments: tuple[Attachment, ...] = ()
+    #: Store the attachments' content in the log (else only type, size, sha256, path/url).
+    store_attachments: bool = False
 
     def __post_init__(self) -> None:
         # A copy, read-only: the caller's dict changing later cannot change this spec.
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "attachments", tuple(self.attachments))
 
     def replace(self, **changes: Any) -> PromptSpec:
         """This spec with some fields changed."""

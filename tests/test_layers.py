@@ -38,6 +38,7 @@ RANKS = {
     "llmcli.record": 2,
     "llmcli.config": 2,
     "llmcli.schema": 2,  # parses and checks JSON Schemas; imports only errors
+    "llmcli.attachments": 1.5,  # Attachment: reading, fetching, typing; imports only errors
     "llmcli.errors": 1,
     "llmcli.progress": 1,  # the one status line on stderr (CLI spinner, plugin stages)
     "llmcli.capabilities": 1,

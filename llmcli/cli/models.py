@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import click
 from click_default_group import DefaultGroup
 
+from llmcli.attachments import TYPES, describe_types
 from llmcli.cli.render import table
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ def _describe(model: Model, user_aliases: dict[str, str]) -> dict[str, object]:
         "prefill_support": support.value,
         "prefill_note": model.prefill_note(),
         "schema_support": model.get_schema_support(model.Options()).value,
+        "attachment_types": [t for t in TYPES
+                             if t in model.get_attachment_types(model.Options())],
         "plugin": model.plugin,
         "needs_key": model.needs_key.name if model.needs_key else None,
         "key_env_var": model.needs_key.env_var if model.needs_key else None,
@@ -110,7 +113,8 @@ def list_models(as_json: bool, show_options: bool) -> None:
         stored = config.load_model_options()
         for d in described:
             click.echo(f"{d['model_id']} (prefill: {d['prefill_support']}, "
-                       f"schema: {d['schema_support']})")
+                       f"schema: {d['schema_support']}, "
+                       f"attachments: {_attachments(d)})")
             mine = stored.get(str(d["model_id"]), {})
             details: list[dict[str, Any]] = d["option_details"]  # type: ignore[assignment]
             lines = [_option_line(o, mine) for o in details]
@@ -128,8 +132,14 @@ def list_models(as_json: bool, show_options: bool) -> None:
             prefill += f" ({d['prefill_note']})"
         name = str(d["model_id"]) + (" *" if d["model_id"] == default else "")
         rows.append([name, prefill, ", ".join(d["aliases"]), key,  # type: ignore[arg-type]
-                     str(d["schema_support"])])
-    table(["model", "prefill", "aliases", "key", "schema"], rows)
+                     str(d["schema_support"]), _attachments(d)])
+    table(["model", "prefill", "aliases", "key", "schema", "attachments"], rows)
+
+
+def _attachments(described: dict[str, object]) -> str:
+    """The attachment column: "images", "images, PDF", or "-" for none."""
+    types: list[str] = described["attachment_types"]  # type: ignore[assignment]
+    return describe_types(set(types)) if types else "-"
 
 
 @models.command(name="default")

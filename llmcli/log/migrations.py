@@ -91,3 +91,20 @@ def m006_batch_line(db: Database) -> None:
     resumed after a crash takes a line whose reply was logged complete but never reached
     the output file from the log, instead of paying for it again."""
     db.table("responses").add_column("batch_line", str)
+
+
+@migration
+def m009_attachments(db: Database) -> None:
+    """Attachments (``-a``): each content once, by its sha256, with its type and size, and
+    its bytes only where the user asked (``--store-attachments``; NULL otherwise); each
+    response names its attachments in order, with the path or URL they came from (what
+    ``-c`` reads again when the content was not stored)."""
+    db.table("attachments").create(
+        {"id": str, "type": str, "size": int, "content": bytes}, pk="id",
+        not_null=["type", "size"])
+    db.table("prompt_attachments").create(
+        {"response_id": str, "attachment_id": str, "position": int, "path": str, "url": str},
+        pk=("response_id", "position"),
+        foreign_keys=[("response_id", "responses", "id"),
+                      ("attachment_id", "attachments", "id")])
+    db.table("prompt_attachments").create_index(["attachment_id"])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmcli import config
+from llmcli.attachments import Attachment
 from llmcli.errors import ConversationError, LogError
 from llmcli.log._sqlite_utils import Database
 from llmcli.log.migrations import MIGRATIONS
@@ -380,6 +381,41 @@ class LogStore:
             self.db.table("schemas").insert(
                 {"id": record.schema_id, "content": record.schema_json}, ignore=True)
         self.db.table("responses").insert(row)
+        if record.attachments:
+            self._insert_attachments(record)
+
+    def _insert_attachments(self, record: ResponseRecord) -> None:
+        """The prompt's attachments: type, size and sha256 always, the bytes only where
+        ``store_attachments`` asks (kept once per sha256; a later stored copy fills in the
+        bytes of an earlier unstored one)."""
+        for position, attachment in enumerate(record.attachments):
+            content = attachment.content if record.store_attachments else None
+            self.db.execute(
+                "insert into attachments (id, type, size, content) values (?, ?, ?, ?) "
+                "on conflict(id) do update set content = coalesce(attachments.content, "
+                "excluded.content)",
+                [attachment.sha256, attachment.type, attachment.size, content])
+            self.db.table("prompt_attachments").insert({
+                "response_id": record.id, "attachment_id": attachment.sha256,
+                "position": position, "path": attachment.path, "url": attachment.url})
+
+    def attachments(self, response_ids: list[str]) -> dict[str, tuple[Attachment, ...]]:
+        """Each response's attachments in order (with their content where it was stored)."""
+        if not response_ids:
+            return {}
+        found: dict[str, list[Attachment]] = {}
+        marks = ", ".join("?" for _ in response_ids)
+        with _db_errors(self.path):
+            rows = list(self.db.query(
+                "select p.response_id, p.path, p.url, a.id, a.type, a.size, a.content "
+                "from prompt_attachments p join attachments a on a.id = p.attachment_id "
+                f"where p.response_id in ({marks}) order by p.response_id, p.position",
+                response_ids))
+        for row in rows:
+            found.setdefault(row["response_id"], []).append(Attachment(
+                path=row["path"], url=row["url"], content=row["content"], type=row["type"],
+                size=row["size"], sha256=row["id"]))
+        return {key: tuple(value) for key, value in found.items()}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -462,7 +498,11 @@ class LogStore:
             if not rows:
                 raise ConversationError(f"No conversation with id {conversation_id!r}")
             responses = self.recent(None, conversation_id=conversation_id)
-        return rows[0], [ResponseRecord.from_row(row) for row in responses]
+            attached = (self.attachments([r["id"] for r in responses])
+                        if self.db.table("prompt_attachments").exists() else {})
+        return rows[0], [replace(ResponseRecord.from_row(row),
+                                 attachments=attached.get(row["id"], ()))
+                         for row in responses]
 
     def has_conversation(self, conversation_id: str) -> bool:
         with _db_errors(self.path):

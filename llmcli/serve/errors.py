@@ -11,6 +11,8 @@ from typing import Any
 
 from llmcli.config import scrub
 from llmcli.errors import (
+    AttachmentError,
+    AttachmentUnsupportedError,
     InvalidSchemaError,
     KeyNeededError,
     LLMCLIError,
@@ -86,6 +88,12 @@ def from_exception(exc: BaseException) -> WireError:
         return WireError(400, message, "invalid_request_error", "model_refused", "model")
     if isinstance(exc, PrefillUnsupportedError):
         return WireError(400, message, "invalid_request_error", "prefill_unsupported",
+                         "messages")
+    if isinstance(exc, AttachmentUnsupportedError):
+        return WireError(400, message, "invalid_request_error", "attachments_unsupported",
+                         "messages")
+    if isinstance(exc, AttachmentError):
+        return WireError(400, message, "invalid_request_error", "invalid_attachment",
                          "messages")
     if isinstance(exc, OptionsError):
         return WireError(400, message, "invalid_request_error", "unsupported_parameter")

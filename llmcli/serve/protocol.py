@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmcli.attachments import Attachment
+from llmcli.errors import AttachmentError
 from llmcli.record import Message
 from llmcli.serve.errors import WireError
 
@@ -49,8 +51,17 @@ class _Wire(BaseModel):
 
 
 class TextPart(_Wire):
+    """A content part: text, or (read by :func:`_content`) an image or a document."""
+
     type: str
     text: str | None = None
+    #: OpenAI's ``image_url`` part: ``{"url": "data:..."}`` (or the URL alone).
+    image_url: dict[str, Any] | str | None = None
+    #: OpenAI's ``file`` part: ``{"file_data": "data:...", "filename": ...}``.
+    file: dict[str, Any] | None = None
+    #: Anthropic's ``image`` and ``document`` blocks: ``{"type": "base64", "media_type",
+    #: "data"}``.
+    source: dict[str, Any] | None = None
 
 
 class OpenAIMessage(_Wire):
@@ -135,6 +146,8 @@ class Chat:
     include_usage: bool = False
     #: The reply's JSON Schema (OpenAI's ``response_format``), or None.
     schema: dict[str, Any] | None = None
+    #: Images and documents sent with the final user message (earlier turns carry theirs).
+    attachments: tuple[Attachment, ...] = ()
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -169,17 +182,97 @@ def _text(content: str | list[TextPart] | None, where: str) -> str:
     return "".join(texts)
 
 
-def _turns(messages: list[tuple[str, str]], what: str) -> tuple[list[Message], str]:
-    """Earlier turns and the user prompt, from (role, text) pairs without the prefill."""
+# -- attachments: image (and PDF) parts, from the request's bytes only -------------------------
+#
+# llmcli serve never fetches a URL or reads a file because of a request: an image given by
+# URL is refused with a 400 (even for a remote backend that could fetch it itself: the
+# server logs what it sent by sha256, and a URL would be fetched outside its limits). Only
+# base64 content (data: URLs, Anthropic's base64 sources) becomes an Attachment.
+
+NO_URLS = ("llmcli serve does not fetch URLs: send the {what} inline as base64 (a data: URL "
+           "on the OpenAI wire, a base64 source on the Anthropic wire)")
+
+
+def _from_data_url(url: str, where: str, what: str) -> Attachment:
+    if not url.startswith("data:"):
+        raise WireError(400, f"{where}: {NO_URLS.format(what=what)}", param=where)
+    header, sep, data = url[5:].partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise WireError(400, f"{where}: a data: URL with base64 content is expected "
+                        "(data:image/png;base64,...)", param=where)
+    return _decoded(data, header.removesuffix(";base64") or None, where)
+
+
+def _decoded(data: Any, media_type: Any, where: str) -> Attachment:
+    if not isinstance(data, str) or (media_type is not None and not isinstance(media_type, str)):
+        raise WireError(400, f"{where}: the data must be base64 text", param=where)
+    try:
+        return Attachment.from_base64(data, media_type)
+    except AttachmentError as exc:
+        raise WireError(400, f"{where}: {exc}", code="invalid_attachment", param=where) from None
+
+
+def _attachment(part: TextPart, where: str) -> Attachment | None:
+    """The attachment in a content part (None for a part that is not one)."""
+    if part.type == "image_url":  # OpenAI
+        url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
+        if not isinstance(url, str):
+            raise WireError(400, f"{where}.image_url.url is required", param=where)
+        return _from_data_url(url, where, "image")
+    if part.type == "file":  # OpenAI
+        data = (part.file or {}).get("file_data")
+        if not isinstance(data, str):
+            raise WireError(400, f"{where}: a file part needs file_data (a data: URL); "
+                            "uploaded file ids are not supported", param=where)
+        return _from_data_url(data, where, "file")
+    if part.type in ("image", "document"):  # Anthropic
+        source = part.source or {}
+        if source.get("type") != "base64":
+            raise WireError(400, f"{where}: {NO_URLS.format(what=part.type)}", param=where)
+        return _decoded(source.get("data"), source.get("media_type"), where)
+    return None
+
+
+def _content(content: str | list[TextPart] | None, where: str
+             ) -> tuple[str, tuple[Attachment, ...]]:
+    """A message's text and its attachments (images, PDFs) in order."""
+    if content is None or isinstance(content, str):
+        return content or "", ()
+    texts: list[str] = []
+    attachments: list[Attachment] = []
+    for i, part in enumerate(content):
+        attachment = _attachment(part, f"{where}.content[{i}]")
+        if attachment is not None:
+            attachments.append(attachment)
+        elif part.type == "text" and part.text is not None:
+            texts.append(part.text)
+        else:
+            raise WireError(400, f"{where}.content[{i}]: only text, image and document "
+                            f"content is supported (got {part.type!r})",
+                            param=f"{where}.content")
+    return "".join(texts), tuple(attachments)
+
+
+Turn = tuple[str, str, tuple[Attachment, ...]]
+
+
+def _turns(messages: list[Turn], what: str
+           ) -> tuple[list[Message], str, tuple[Attachment, ...]]:
+    """Earlier turns, the user prompt and its attachments, from (role, text, attachments)
+    without the prefill. Only user turns may carry attachments."""
     if not messages or messages[-1][0] != "user":
         raise WireError(400, f"The {what} must end with a user message, or with an assistant "
                         "message (the prefill) right after one", param="messages")
     if not messages[-1][1].strip():
         # The command line's rule too: nothing to answer is an error, not a request.
         raise WireError(400, f"The {what}'s final user message is empty", param="messages")
-    history = [Message("user" if role == "user" else "assistant", text)
-               for role, text in messages[:-1]]
-    return history, messages[-1][1]
+    for role, _, attachments in messages:
+        if attachments and role != "user":
+            raise WireError(400, "Only user messages may carry images or documents",
+                            param="messages")
+    history = [Message("user" if role == "user" else "assistant", text, attachments)
+               for role, text, attachments in messages[:-1]]
+    return history, messages[-1][1], messages[-1][2]
 
 
 def _options(*fields: tuple[str, tuple[str, ...], Any]) -> list[WireOption]:
@@ -213,15 +306,14 @@ def openai_chat(request: OpenAIRequest) -> Chat:
     if request.tools:
         raise WireError(400, "Tools are not supported by llmcli serve", param="tools")
     system: list[str] = []
-    turns: list[tuple[str, str]] = []
+    turns: list[Turn] = []
     last = len(request.messages) - 1
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
-        text = _text(message.content, where)
         if message.role in ("system", "developer"):
-            system.append(text)
+            system.append(_text(message.content, where))
         elif message.role in ("user", "assistant"):
-            turns.append((message.role, text))
+            turns.append((message.role, *_content(message.content, where)))
         else:
             raise WireError(400, f"{where}.role: {message.role!r} messages are not supported "
                             "(use system, user or assistant)", param=f"{where}.role")
@@ -236,8 +328,8 @@ def openai_chat(request: OpenAIRequest) -> Chat:
     # continue_final_message, or simply last (llama.cpp); all three mean the same here.
     prefill = ""
     if turns and turns[-1][0] == "assistant" and final.role == "assistant":
-        prefill = turns.pop()[1]
-    history, prompt = _turns(turns, "conversation")
+        prefill = _prefill(turns.pop())
+    history, prompt, attachments = _turns(turns, "conversation")
     max_tokens = request.max_completion_tokens
     max_name = "max_completion_tokens"
     if max_tokens is None:
@@ -260,7 +352,15 @@ def openai_chat(request: OpenAIRequest) -> Chat:
         echo=request.echo,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
         schema=_response_format(request.response_format),
+        attachments=attachments,
     )
+
+
+def _prefill(turn: Turn) -> str:
+    if turn[2]:
+        raise WireError(400, "The prefill (the final assistant message) cannot carry images "
+                        "or documents", param="messages")
+    return turn[1]
 
 
 def _response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -285,10 +385,10 @@ def _response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def anthropic_chat(request: AnthropicRequest) -> Chat:
-    turns: list[tuple[str, str]] = [(m.role, _text(m.content, f"messages[{i}]"))
-             for i, m in enumerate(request.messages)]
-    prefill = turns.pop()[1] if turns[-1][0] == "assistant" else ""
-    history, prompt = _turns(turns, "messages")
+    turns: list[Turn] = [(m.role, *_content(m.content, f"messages[{i}]"))
+                         for i, m in enumerate(request.messages)]
+    prefill = _prefill(turns.pop()) if turns[-1][0] == "assistant" else ""
+    history, prompt, attachments = _turns(turns, "messages")
     system = None
     if request.system is not None:
         system = _text(request.system, "system") or None
@@ -301,4 +401,5 @@ def anthropic_chat(request: AnthropicRequest) -> Chat:
     if request.max_tokens is not None:
         options.insert(0, WireOption("max_tokens", MAX_TOKENS, request.max_tokens, True))
     return Chat(model=request.model, system=system, history=history, prompt=prompt,
-                prefill=prefill, options=options, stream=request.stream)
+                prefill=prefill, options=options, stream=request.stream,
+                attachments=attachments)

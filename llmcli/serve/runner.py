@@ -180,7 +180,7 @@ class Runner:
         response = api.prompt(model, PromptSpec(
             chat.prompt, system=chat.system, prefill=chat.prefill, stream=True,
             log=self.logger(), conversation=conversation, options=options,
-            schema=chat.schema))
+            schema=chat.schema, attachments=chat.attachments))
         refuse_loop(self.settings, model, response.request)
         return model, response
 

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from tests.fakes.base import RecordedRequest, Reply, ScriptedServer, split_text, sse
+from tests.fakes.shapes import anthropic_problem
 
 #: The fake's own notion of which models reject prefill (deliberately not the plugin's code).
 _REJECTS_PREFILL = re.compile(r"^claude-(opus|sonnet|haiku)-(4-([6-9]|\d\d)|[5-9])")
@@ -86,6 +87,9 @@ class FakeAnthropic(ScriptedServer):
             return error(400, "invalid_request_error", "messages: Field required")
         model = body.get("model", "")
         messages = body["messages"]
+        problem = anthropic_problem(messages)
+        if problem:
+            return error(400, "invalid_request_error", problem)
         last = messages[-1]
         thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
         if last["role"] == "assistant":

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.fakes.base import RecordedRequest, Reply, ScriptedServer, split_text, sse
+from tests.fakes.shapes import mistral_problem
 
 NO_PREFIX = ("Expected last role User or Tool (or Assistant with prefix True) for serving but "
              "got assistant")
@@ -61,6 +62,9 @@ class FakeMistral(ScriptedServer):
                 {"type": "missing", "loc": ["body", "messages"], "msg": "Field required"}]})
         model = body.get("model", "")
         messages = body["messages"]
+        problem = mistral_problem(messages)
+        if problem:
+            return error(400, problem)
         last = messages[-1]
         echo = ""
         if last["role"] == "assistant":

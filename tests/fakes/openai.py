@@ -36,6 +36,7 @@ from collections import deque
 from typing import Any
 
 from tests.fakes.base import FakeServer, RecordedRequest, Reply, sse
+from tests.fakes.shapes import openai_problem
 
 __all__ = ["FRESH_TURN", "PREAMBLE", "FakeOpenAI", "error_body", "error_reply"]
 
@@ -135,6 +136,9 @@ class FakeOpenAI(FakeServer):
         if self.models is not None and model not in self.models:
             return error_reply(404, f"The model `{model}` does not exist or you do not have "
                                "access to it.", code="model_not_found")
+        problem = openai_problem(body.get("messages") or [])
+        if problem:
+            return error_reply(400, problem)
         result = self._answer(request.path, body, stream=bool(body.get("stream")))
         if isinstance(result, Reply):
             return result

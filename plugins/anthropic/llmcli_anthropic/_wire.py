@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmcli import schema as schemas
 from llmcli.capabilities import PrefillSupport, SchemaSupport
-from llmcli.models import Chunk, Request, Usage, emulation_instruction
+from llmcli.models import Attachment, Chunk, Message, Request, Usage, emulation_instruction
 from llmcli.remote import HTTPFault, WireRequest
 
 if TYPE_CHECKING:
@@ -66,12 +66,26 @@ def _join_system(system: str | None, extra: str) -> str:
     return f"{system}\n\n{extra}" if system else extra
 
 
+def _message(message: Message) -> dict[str, Any]:
+    """A turn on the wire: plain text, or (with attachments) content blocks, the images and
+    documents first as Anthropic's vision guide recommends, then the text."""
+    if not message.attachments:
+        return {"role": message.role, "content": message.content}
+    blocks = [attachment_block(a) for a in message.attachments]
+    return {"role": message.role, "content": [*blocks, {"type": "text", "text": message.content}]}
+
+
+def attachment_block(attachment: Attachment) -> dict[str, Any]:
+    """An ``image`` block (png, jpeg, gif, webp) or a ``document`` block (PDF) with a base64
+    source (the SDK's ``ImageBlockParam`` / ``DocumentBlockParam``)."""
+    source = {"type": "base64", "media_type": attachment.type, "data": attachment.base64()}
+    return {"type": "image" if attachment.is_image else "document", "source": source}
+
+
 def build_request(request: Request) -> WireRequest:
     """Keyword arguments for ``client.messages.create``, and the prefill as sent."""
     options: ClaudeOptions = request.options  # type: ignore[assignment]
-    messages: list[dict[str, Any]] = [
-        {"role": m.role, "content": m.content} for m in request.messages()
-    ]
+    messages: list[dict[str, Any]] = [_message(m) for m in request.messages()]
     system = request.system
     sent_prefill: str | None = None
     prefill = request.prefill

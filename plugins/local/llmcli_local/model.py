@@ -24,6 +24,9 @@ class LocalModel(llmcli.Model):
     #: Constrained decoding (llguidance): every token is chosen within the schema.
     schema_support = SchemaSupport.NATIVE
     grammar_support = True
+    #: The runtime runs text-only models (no vision encoder): an attachment is refused before
+    #: anything is loaded, naming the models that can take one.
+    attachment_types: frozenset[str] = frozenset()
     can_stream = True
     needs_key = None
     Options = LocalOptions  # type: ignore[assignment]  # as llmcli.remote does

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
+from llmcli.attachments import IMAGE_TYPES
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request, StrList
@@ -26,6 +27,12 @@ KNOWN_MODELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("codestral-latest", ("codestral",)),
     ("open-mistral-nemo", ("mistral-nemo",)),
 )
+
+#: The models that see images (Mistral's vision page: Pixtral, Mistral Small 3.1 and later,
+#: Medium 3, Large 3): ``image_url`` chunks with a data URL. Documents are not sent (the API
+#: takes them by URL only).
+VISION_MODELS = ("pixtral", "mistral-small-latest", "mistral-medium", "mistral-large-latest",
+                 "mistral-small-25", "mistral-large-25")
 
 #: Keyword arguments for :func:`._wire.retry_plan` (tests shrink the delays).
 RETRY_TUNING: dict[str, int] = {}
@@ -93,6 +100,7 @@ class MistralModel(RemoteModel):
     def __init__(self, model_id: str, aliases: tuple[str, ...] = ()) -> None:
         self.model_id = model_id
         self.aliases = aliases
+        self.attachment_types = IMAGE_TYPES if model_id.startswith(VISION_MODELS) else frozenset()
 
     def prefill_note(self) -> str:
         return "prefix: true; the API echoes the prefill, llmcli keeps one copy"

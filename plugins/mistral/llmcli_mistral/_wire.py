@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmcli import schema as schemas
 from llmcli.capabilities import SchemaSupport, StopReason
-from llmcli.models import Chunk, Request, Usage
+from llmcli.models import Chunk, Message, Request, Usage
 from llmcli.remote import HTTPFault, WireRequest
 
 if TYPE_CHECKING:
@@ -24,13 +24,24 @@ __all__ = ["RETRIED_STATUSES", "RetryPlan", "build_request", "error_message_from
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
+def _message(message: Message) -> dict[str, Any]:
+    """A turn on the wire: plain text, or (with images) a ``text`` chunk then an
+    ``image_url`` chunk per image, whose ``image_url`` is a data URL (the SDK's
+    ``ImageURLChunk``, as Mistral's vision guide writes it)."""
+    if not message.attachments:
+        return {"role": message.role, "content": message.content}
+    chunks = [{"type": "text", "text": message.content},
+              *({"type": "image_url", "image_url": a.data_url()} for a in message.attachments)]
+    return {"role": message.role, "content": chunks}
+
+
 def build_request(request: Request) -> WireRequest:
     """Keyword arguments for ``client.chat.complete`` / ``client.chat.stream``."""
     options: MistralOptions = request.options  # type: ignore[assignment]
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages += [{"role": m.role, "content": m.content} for m in request.messages()]
+    messages += [_message(m) for m in request.messages()]
     if request.prefill:
         # Without prefix: true a trailing assistant message is a 400 (code 3230). The reply
         # then starts with the prefill again; the core strips that echo.

@@ -42,6 +42,7 @@ def _server_model(entry: ServerEntry) -> CompatibleModel:
         key_env=entry.key_env,
         aliases=tuple(entry.aliases),
         schema_field=entry.schema_field,
+        images=entry.images,
     )
 
 

@@ -134,11 +134,13 @@ def openai_servers() -> None:
 @click.option("--schema-field", type=click.Choice([*SCHEMA_FIELDS, "none"]),
               help="The request field the server enforces a --schema with (default: the "
                    "preset's; none: ask for JSON in the prompt and validate the reply).")
+@click.option("--images", is_flag=True,
+              help="The model sees images: -a sends them as image_url parts (data URLs).")
 @click.option("--replace", is_flag=True, help="Overwrite an entry with the same ID.")
 def add(server_id: str, model_name: str, preset: str | None, base_url: str | None,
         prefill_style: str | None, echoes: bool | None, do_probe: bool, key_name: str | None,
         key_env: str | None, aliases: tuple[str, ...], schema_field: str | None,
-        replace: bool) -> None:
+        replace: bool, images: bool = False) -> None:
     """Add a model served by an OpenAI-compatible server, usable as -m ID.
 
     Without --prefill-style the server is probed: two tiny requests per style (streamed
@@ -160,6 +162,7 @@ def add(server_id: str, model_name: str, preset: str | None, base_url: str | Non
         "aliases": list(aliases),
         "schema_field": (None if schema_field == "none" else schema_field) if schema_field
         else (chosen.schema_field if chosen else None),
+        **({"images": True} if images else {}),
     }
     entry = _entry(values)
     servers = _load()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from llmcli.attachments import IMAGE_TYPES, TYPES
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request
@@ -47,6 +48,8 @@ OPENAI_KEY = KeySpec("openai", "OPENAI_API_KEY")
 
 CHAT_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano")
 REASONING_MODELS = ("gpt-5", "gpt-5-mini", "gpt-5-nano", "o1", "o3", "o3-mini", "o4-mini")
+#: Models without vision (OpenAI's model pages): attachments are refused before a request.
+TEXT_ONLY_MODELS = ("o3-mini", "gpt-3.5")
 #: Reasoning models that take no system or developer message (see ``prefill_note``).
 UNSUPPORTED_MODELS = ("o1-mini", "o1-preview")
 
@@ -153,6 +156,9 @@ class OpenAIChat(_ChatCompletionsModel):
 
     prefill_support = PrefillSupport.EMULATED
     needs_key = OPENAI_KEY
+    #: Images (``image_url`` parts) and PDFs (``file`` parts); see :func:`openai_model` for
+    #: the models without vision.
+    attachment_types = frozenset(TYPES)
     Options = ChatOptions  # type: ignore[assignment]
     reasoning = False
 
@@ -185,6 +191,7 @@ class OpenAIUnsupported(OpenAIReasoning):
     prefill except by rewriting the user's own prompt, which we refuse to do silently."""
 
     prefill_support = PrefillSupport.UNSUPPORTED
+    attachment_types: frozenset[str] = frozenset()  # no vision
 
     def prefill_note(self) -> str:
         return ("it takes no system or developer message, so the prefill cannot be requested "
@@ -202,9 +209,14 @@ def openai_model(api_model: str, model_id: str | None = None) -> OpenAIChat:
     if api_model.startswith(UNSUPPORTED_MODELS):
         return OpenAIUnsupported(model_id, api_model)
     # gpt-5-chat-latest and the like are chat models despite the family name.
+    model: OpenAIChat
     if api_model.startswith(("o1", "o3", "o4", "gpt-5")) and "-chat" not in api_model:
-        return OpenAIReasoning(model_id, api_model)
-    return OpenAIChat(model_id, api_model)
+        model = OpenAIReasoning(model_id, api_model)
+    else:
+        model = OpenAIChat(model_id, api_model)
+    if api_model.startswith(TEXT_ONLY_MODELS):
+        model.attachment_types = frozenset()
+    return model
 
 
 class CompatibleModel(_ChatCompletionsModel):
@@ -225,8 +237,12 @@ class CompatibleModel(_ChatCompletionsModel):
         key_env: str | None = None,
         aliases: tuple[str, ...] = (),
         schema_field: SchemaField | None = None,
+        images: bool = False,
     ) -> None:
         self.model_id = model_id
+        # The server takes image_url parts (a vision model behind it): the user says so
+        # with 'openai-servers add --images'.
+        self.attachment_types = IMAGE_TYPES if images else frozenset()
         self.aliases = aliases
         self.prefill_style = prefill_style
         self.prefill_support = capability_for(prefill_style, echo_stream)

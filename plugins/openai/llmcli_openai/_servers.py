@@ -107,6 +107,8 @@ class ServerEntry(BaseModel):
     probe: ProbeRecord | None = None
     #: The request field for a JSON Schema (``--schema``); absent: asked for and validated.
     schema_field: SchemaField | None = None
+    #: The model sees images: attachments go as ``image_url`` parts (``--images``).
+    images: bool = False
 
     def echo(self, stream: bool) -> EchoMode:
         """What this server returns with a native prefill in one stream mode."""

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmcli import schema as schemas
+from llmcli.attachments import TYPES
 from llmcli.capabilities import PrefillSupport, SchemaSupport, StopReason
 from llmcli.errors import ProviderError
-from llmcli.models import Request, Usage, emulation_instruction
+from llmcli.models import Attachment, Message, Request, Usage, emulation_instruction
 
 __all__ = [
     "ECHO_MODES",
@@ -105,6 +106,26 @@ def openai_emulation_instruction(prefill: str) -> str:
     )
 
 
+def _message(message: Message) -> dict[str, Any]:
+    """A turn on the wire: plain text, or (with attachments) content parts, the text first
+    and then each attachment (OpenAI's vision guide's order)."""
+    if not message.attachments:
+        return {"role": message.role, "content": message.content}
+    parts = [{"type": "text", "text": message.content},
+             *(attachment_part(a) for a in message.attachments)]
+    return {"role": message.role, "content": parts}
+
+
+def attachment_part(attachment: Attachment) -> dict[str, Any]:
+    """An ``image_url`` part with a ``data:`` URL (the SDK's
+    ``ChatCompletionContentPartImageParam``), or for a PDF a ``file`` part with its
+    ``file_data`` (``File``); OpenAI-compatible servers are declared to take images only."""
+    if attachment.is_image:
+        return {"type": "image_url", "image_url": {"url": attachment.data_url()}}
+    name = f"attachment-{(attachment.sha256 or '')[:12]}{TYPES.get(attachment.type or '', '')}"
+    return {"type": "file", "file": {"filename": name, "file_data": attachment.data_url()}}
+
+
 def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
     system = request.system
     if request.prefill and backend.style == "none":
@@ -117,7 +138,7 @@ def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
         # chat models expect "system".
         messages.append({"role": "developer" if backend.reasoning else "system",
                          "content": system})
-    messages.extend({"role": m.role, "content": m.content} for m in request.messages())
+    messages.extend(_message(m) for m in request.messages())
     if request.prefill and backend.style != "none":
         final: dict[str, Any] = {"role": "assistant", "content": request.prefill}
         if backend.style == "prefix":
