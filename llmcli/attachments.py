@@ -124,7 +124,8 @@ class Attachment:
         if self.content is not None:
             data = bytes(self.content)
         elif self.url is not None:
-            data, header_type = fetch_url(self.url, f"Attachment {self.url}", AttachmentError)
+            data, header_type = fetch_url(self.url, f"Attachment {self.url}", AttachmentError,
+                                          limit=URL_BYTES, timeout=URL_TIMEOUT)
         elif self.path is not None:
             data = _read_file(self.path)
         else:
@@ -137,7 +138,7 @@ class Attachment:
             raise AttachmentError(f"Attachment {self.label} is empty")
         media_type = self.type or _sniff(data) or _from_name(self.path or self.url) \
             or _plain(header_type)
-        if media_type is None:
+        if media_type in (None, "application/octet-stream"):
             raise AttachmentError(f"Attachment {self.label}: unknown type (llmcli sends "
                                   f"{', '.join(TYPES)}); name it with --at PATH TYPE")
         if media_type not in TYPES:

@@ -176,6 +176,7 @@ def test_capability_enum_is_exactly_four() -> None:
 
 def test_public_api_is_locked() -> None:
     assert sorted(llmcli.__all__) == sorted([
+        "Attachment", "AttachmentError", "AttachmentUnsupportedError",
         "ConfigError", "Conversation", "ConversationError", "KeyNeededError", "KeySpec",
         "LLMCLIError", "LogError", "LogWarning", "Message", "Model", "Options", "OptionsError",
         "PartialResponseError", "PluginError", "PrefillSent", "PrefillSupport",
