@@ -396,3 +396,54 @@ def test_python_api_and_json_output(image: Path, claude: tuple[FakeAnthropic, di
     again = response.conversation.prompt("More?", log=False)  # type: ignore[union-attr]
     assert again.text()
     assert fake.last_body["messages"][0]["content"][0]["type"] == "image"
+
+
+def test_an_openai_compatible_server_takes_images_when_added_with_images(
+        tmp_path: Path, image: Path) -> None:
+    user = tmp_path / "user"
+    with FakeOpenAI(api_key=None, mode="llama") as fake:
+        env = {"LLMCLI_LOAD_PLUGINS": "llmcli-openai"}
+        for server_id, flags in (("seeing", ["--images"]), ("blind", [])):
+            added = run(user, "openai-servers", "add", server_id, "--model-name", "qwen-vl",
+                        "--base-url", fake.url + "/v1", "--prefill-style",
+                        "trailing_assistant", *flags, **env)
+            assert added.returncode == 0, added.stderr
+        result = run(user, "-m", "seeing", "Extract", "-a", str(image), "--prefill", PREFILL,
+                     **env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(PREFILL) and not result.stdout.startswith(PREFILL * 2)
+        [part] = [p for p in fake.requests[-1].body["messages"][0]["content"]
+                  if p["type"] == "image_url"]
+        assert part["image_url"]["url"].startswith("data:image/png;base64,")
+        sent = len(fake.requests)
+        refused = run(user, "-m", "blind", "Extract", "-a", str(image), **env)
+        assert refused.returncode == 1 and "blind cannot take attachments" in refused.stderr
+        assert len(fake.requests) == sent
+
+
+def test_the_docs_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               claude: tuple[FakeAnthropic, dict[str, str]],
+                               load_plugins: Any) -> None:
+    """docs/attachments.md's console and Python examples, against the fake."""
+    import re
+    import shlex
+
+    fake, env = claude
+    fake.reply = 'total": 12.5, "currency": "EUR"}'
+    page = (Path(__file__).parent.parent / "docs" / "attachments.md").read_text()
+    console = re.search(r"```console\n\$ (.*?)\n```", page, re.DOTALL)
+    assert console is not None
+    block = console.group(1).replace("\\\n", " ")
+    command, expected = block.split("\n", 1)
+    (tmp_path / "receipt.png").write_bytes(png())
+    monkeypatch.chdir(tmp_path)
+    args = shlex.split(command)[1:]  # drop "llmcli"
+    result = run(tmp_path / "user", *args, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    load_plugins("llmcli-anthropic")
+    [block] = re.findall(r"```python\n(.*?)```", page, re.DOTALL)[:1]
+    exec(compile(block, "docs/attachments.md", "exec"), {})
+    assert fake.last_body["messages"][0]["content"][0]["type"] == "image"

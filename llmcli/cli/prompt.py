@@ -143,6 +143,7 @@ def prompt(
         _save_template(save_as, prompt, system, model_name, prefill, options, params, extract,
                        fragments, system_fragments, parsed_schema, refused={
                            "-t/--template": template_name is not None,
+                           "-a/--at": bool(attachments or typed_attachments),
                            "-c/--cid": continue_ or conversation_id is not None})
         return
 
