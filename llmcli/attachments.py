@@ -28,7 +28,7 @@ from typing import Any
 from llmcli.errors import AttachmentError, LLMCLIError
 
 __all__ = ["IMAGE_TYPES", "MAX_BYTES", "TYPES", "URL_BYTES", "URL_TIMEOUT", "Attachment",
-           "describe_types", "fetch_url", "is_url"]
+           "describe_types", "fetch_url", "is_url", "read_path"]
 
 #: The media types llmcli sends, with the extension a file of that type has.
 TYPES: dict[str, str] = {
@@ -127,7 +127,8 @@ class Attachment:
             data, header_type = fetch_url(self.url, f"Attachment {self.url}", AttachmentError,
                                           limit=URL_BYTES, timeout=URL_TIMEOUT)
         elif self.path is not None:
-            data = _read_file(self.path)
+            data = read_path(self.path, f"Attachment {self.path}", AttachmentError,
+                             limit=MAX_BYTES)
         else:
             raise AttachmentError(f"Attachment {self.label} was not stored in the log and "
                                   "names no file or URL to read it from")
@@ -183,19 +184,21 @@ class Attachment:
         return resolved
 
 
-def _read_file(path: str) -> bytes:
+def read_path(path: str, what: str, error: type[LLMCLIError], *,
+              limit: int | None = None) -> bytes:
+    """A file's bytes (at most ``limit``, checked before reading); ``error(what + ...)`` in
+    one line when it cannot be read. Shared by ``-a PATH`` and ``-f PATH``."""
     file = Path(path).expanduser()
     try:
-        if file.is_file() and file.stat().st_size > MAX_BYTES:
-            raise AttachmentError(f"Attachment {path} is larger than "
-                                  f"{_size_words(MAX_BYTES)}")
+        if limit is not None and file.is_file() and file.stat().st_size > limit:
+            raise error(f"{what} is larger than {_size_words(limit)}")
         return file.read_bytes()
     except FileNotFoundError:
-        raise AttachmentError(f"Attachment {path}: no such file") from None
+        raise error(f"{what}: no such file") from None
     except IsADirectoryError:
-        raise AttachmentError(f"Attachment {path} is a directory, not a file") from None
+        raise error(f"{what} is a directory, not a file") from None
     except OSError as exc:
-        raise AttachmentError(f"Attachment {path}: {exc.strerror or exc}") from None
+        raise error(f"{what}: {exc.strerror or exc}") from None
 
 
 def _sniff(data: bytes) -> str | None:

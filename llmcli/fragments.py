@@ -8,7 +8,6 @@ client, and one GET needs none.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from llmcli.errors import FragmentError
 
@@ -33,15 +32,9 @@ def read_fragment(reference: str) -> str:
     """The text of a file path or an http(s) URL; one clear line when it cannot be had."""
     if is_url(reference):
         return _fetch(reference)
-    path = Path(reference).expanduser()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FragmentError(f"Fragment {reference!r}: no such file") from None
-    except IsADirectoryError:
-        raise FragmentError(f"Fragment {reference!r} is a directory, not a file") from None
-    except OSError as exc:
-        raise FragmentError(f"Fragment {reference!r}: {exc.strerror or exc}") from None
+    from llmcli.attachments import read_path
+
+    data = read_path(reference, f"Fragment {reference!r}", FragmentError)
     return _decode(reference, data)
 
 
