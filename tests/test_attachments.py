@@ -248,10 +248,34 @@ def test_mistral_takes_image_url_chunks(tmp_path: Path, image: Path) -> None:
         "image_url": "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()}
 
 
+def test_gemini_takes_inline_data_parts(tmp_path: Path, image: Path) -> None:
+    from tests.fakes.gemini import FakeGemini
+
+    key = "AIzaFakeGeminiKey0123456789"
+    with FakeGemini(api_key=key) as fake:
+        fake.reply = 'total": 2}'
+        result = run(tmp_path / "user", "-m", "gemini-3.5-flash", "Extract", "-a", str(image),
+                     "--prefill", PREFILL, LLMCLI_LOAD_PLUGINS="llmcli-gemini",
+                     GOOGLE_GEMINI_BASE_URL=fake.url, GEMINI_API_KEY=key)
+        body = fake.requests[-1].body
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"total": 2}\n'
+    [inline, text] = body["contents"][0]["parts"]
+    assert text == {"text": "Extract"}
+    blob = inline["inlineData"]  # the SDK writes the blob's own field as mime_type
+    assert (blob.get("mimeType") or blob.get("mime_type")) == "image/png"
+    assert blob["data"] == base64.b64encode(image.read_bytes()).decode()
+
+
 def test_the_fakes_refuse_a_wrong_shape() -> None:
     """The checks the fakes make are real: a block the SDK's types do not allow, or bytes
     that are not the declared type, is a 400 (what the tests above rely on)."""
-    from tests.fakes.shapes import anthropic_problem, mistral_problem, openai_problem
+    from tests.fakes.shapes import (
+        anthropic_problem,
+        gemini_problem,
+        mistral_problem,
+        openai_problem,
+    )
 
     data = base64.b64encode(png()).decode()
     good = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
@@ -266,6 +290,10 @@ def test_the_fakes_refuse_a_wrong_shape() -> None:
         {"type": "image_url", "image_url": "data:image/png;base64," + data}]}]) is not None
     assert mistral_problem([{"role": "user", "content": [
         {"type": "image", "source": good["source"]}]}]) is not None
+    assert gemini_problem([{"role": "user", "parts": [
+        {"inlineData": {"mimeType": "image/png", "data": data}}]}]) is None
+    assert gemini_problem([{"role": "user", "parts": [
+        {"inline_image": {"mimeType": "image/png", "data": data}}]}]) is not None
 
 
 def test_the_local_model_refuses_before_any_request_naming_models_that_can(

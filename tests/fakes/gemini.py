@@ -23,6 +23,7 @@ import re
 from typing import Any
 
 from tests.fakes.base import RecordedRequest, Reply, ScriptedServer, split_text
+from tests.fakes.shapes import gemini_problem
 
 MODEL_TURN = "Requests ending with a model turn are not supported."
 _REJECTS_MODEL_TURN = re.compile(r"^gemini-(3\.5-flash-lite|3\.([6-9]|\d\d)|([4-9]|\d\d)[.-])")
@@ -83,6 +84,9 @@ class FakeGemini(ScriptedServer):
         for content in contents:
             if content.get("role") not in ("user", "model") or not content.get("parts"):
                 return error(400, "Please use a valid role: user, model.")
+        problem = gemini_problem(contents)
+        if problem:
+            return error(400, problem)
         config = body.get("generationConfig") or {}
         if config.get("responseJsonSchema") is not None and (
                 config.get("responseMimeType") != "application/json"):

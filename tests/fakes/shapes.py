@@ -154,3 +154,29 @@ def mistral_problem(messages: list[dict[str, Any]]) -> str | None:
                 if problem:
                     return problem
     return None
+
+
+def gemini_problem(contents: list[dict[str, Any]]) -> str | None:
+    """Why Gemini's API would refuse these contents' parts (the SDK's ``Part``, read from the
+    REST JSON as the SDK itself reads it), or None."""
+    import json
+
+    from google.genai.types import Part
+
+    for i, content in enumerate(contents):
+        for j, part in enumerate(content.get("parts") or []):
+            where = f"contents[{i}].parts[{j}]"
+            try:
+                Part.model_validate_json(json.dumps(part))
+            except ValidationError as exc:
+                return f"{where}: not a valid Part: {exc.errors()[0]['msg']}"
+            # Protobuf's JSON takes either spelling (the SDK sends inlineData.mime_type).
+            inline = part.get("inlineData", part.get("inline_data"))
+            if inline is not None:
+                if content.get("role") != "user":
+                    return f"{where}: inline data is only checked in user turns"
+                media_type = inline.get("mimeType", inline.get("mime_type", ""))
+                problem = _data(inline.get("data", ""), media_type, where)
+                if problem:
+                    return problem
+    return None

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
+from llmcli.attachments import TYPES
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request, StrList
@@ -66,6 +67,8 @@ class GeminiModel(RemoteModel):
     #: response_json_schema with response_mime_type application/json.
     schema_support = SchemaSupport.NATIVE
     Options = GeminiOptions
+    #: Gemini models are multimodal: images and PDFs as ``inline_data`` parts.
+    attachment_types = frozenset(TYPES)
 
     def __init__(self, model_id: str, aliases: tuple[str, ...] = ()) -> None:
         self.model_id = model_id

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from llmcli.capabilities import PrefillSupport, SchemaSupport, StopReason
-from llmcli.models import Chunk, Request, Usage, emulation_instruction
+from llmcli.models import Attachment, Chunk, Request, Usage, emulation_instruction
 from llmcli.remote import HTTPFault, WireRequest
 
 if TYPE_CHECKING:
@@ -49,14 +49,22 @@ def _join_system(system: str | None, extra: str) -> str:
     return f"{system}\n\n{extra}" if system else extra
 
 
-def _content(role: str, text: str) -> dict[str, Any]:
-    return {"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]}
+def _content(role: str, text: str, attachments: tuple[Attachment, ...] = ()) -> dict[str, Any]:
+    parts = [*(attachment_part(a) for a in attachments), {"text": text}]
+    return {"role": "model" if role == "assistant" else "user", "parts": parts}
+
+
+def attachment_part(attachment: Attachment) -> dict[str, Any]:
+    """An ``inline_data`` part (the SDK's ``Part.inline_data``, a ``Blob``): the bytes
+    themselves (the SDK sends them base64-encoded as ``inlineData``) and their media type.
+    Placed before the text, as Google's image-understanding guide does."""
+    return {"inline_data": {"mime_type": attachment.type, "data": attachment.content}}
 
 
 def build_request(request: Request) -> WireRequest:
     """Keyword arguments for ``client.models.generate_content`` (and ``_stream``)."""
     options: GeminiOptions = request.options  # type: ignore[assignment]
-    contents = [_content(m.role, m.content) for m in request.messages()]
+    contents = [_content(m.role, m.content, m.attachments) for m in request.messages()]
     system = request.system
     if request.prefill and request.prefill_support is PrefillSupport.EATS_PREFIX:
         contents.append(_content("assistant", request.prefill))
