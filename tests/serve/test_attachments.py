@@ -60,13 +60,15 @@ def server(fake: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-def oai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+def oai(server: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def claude(server: Server) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+def claude(server: Server) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0) as client:
+        yield client
 
 
 def _image_sent(fake: FakeAnthropic) -> dict[str, Any]:
