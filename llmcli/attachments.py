@@ -11,16 +11,13 @@ goes on the wire is each plugin's (the bytes as base64, or a ``data:`` URL). The
 llmcli knows are :data:`TYPES`; any other is refused with a clear error, as is more than
 :data:`MAX_BYTES`.
 
-Imports nothing from llmcli but the errors; ``puremagic`` (pure Python, imported when a type
-must be sniffed) recognises the content, as ``llm`` does.
+Imports nothing from llmcli but the errors, and no module that costs start-up time until an
+attachment is used (``record`` and the CLI import this one); ``puremagic`` (pure Python)
+recognises the content, as ``llm`` does.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import mimetypes
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -145,11 +142,15 @@ class Attachment:
         if media_type not in TYPES:
             raise AttachmentError(f"Attachment {self.label}: type {media_type} is not one "
                                   f"llmcli sends ({', '.join(TYPES)})")
+        import hashlib
+
         return replace(self, content=data, type=media_type, size=len(data),
                        sha256=hashlib.sha256(data).hexdigest())
 
     def base64(self) -> str:
         """The content as base64 text (resolve first)."""
+        import base64
+
         return base64.b64encode(self._bytes()).decode("ascii")
 
     def data_url(self) -> str:
@@ -169,6 +170,7 @@ class Attachment:
         """An attachment from a request's base64 text (``llmcli serve``): the bytes only,
         resolved at once, its type recognised from the bytes; an AttachmentError for text
         that is not base64, or bytes that are not the declared type."""
+        import base64
         import binascii
 
         try:
@@ -214,6 +216,8 @@ def _sniff(data: bytes) -> str | None:
 def _from_name(name: str | None) -> str | None:
     if not name:
         return None
+    import mimetypes
+
     guessed, _ = mimetypes.guess_type(name.split("?", 1)[0])
     return guessed
 
@@ -247,6 +251,8 @@ def fetch_url(url: str, what: str, error: type[LLMCLIError], *, limit: int = URL
 
 def _read_limited(what: str, reply: Any, error: type[LLMCLIError], limit: int,
                   timeout: float) -> bytes:
+    import time
+
     too_big = error(f"{what}: larger than {_size_words(limit)}; save it to a file and "
                     "pass the file")
     declared = reply.headers.get("Content-Length")
