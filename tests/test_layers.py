@@ -31,7 +31,7 @@ RANKS = {
     "llmcli.request": 2.5,  # what core and backend exchange: Request, Usage, Options, ...
     "llmcli.spec": 2.5,  # PromptSpec, the frozen prompt every front end builds
     "llmcli.templates": 2.5,  # saved prompts: load, save, apply (no click)
-    "llmcli.fragments": 1.5,  # -f/--sf: a file's or a URL's text (never from serve)
+    "llmcli.fragments": 1.6,  # -f/--sf: a file's or a URL's text, read as attachments are
     "llmcli.plugins": 3,  # the registry: loads plugins, imports no model code
     "llmcli.normalize": 3,
     "llmcli.log": 3,  # writes and reads records, knows no model or Response
