@@ -56,3 +56,20 @@ class StopReason(StrEnum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class ReasoningPrefill(StrEnum):
+    """How a prefill meets a reasoning model's thinking (``-o reasoning_prefill``). Each
+    model declares which it takes (``Model.reasoning_prefills``); the prefill capability
+    above is unchanged by it: the answer begins with the prefill exactly once, and the
+    reasoning is never part of it."""
+
+    #: The model thinks freely; its answer is forced to begin with the prefill.
+    AFTER = "after"
+    #: The thinking is closed empty (the documented "no think"), then the prefill follows.
+    SKIP = "skip"
+    #: The prefill is asked for in the prompt, thinking left on (as without the option).
+    EMULATE = "emulate"
+
+    def __str__(self) -> str:
+        return self.value

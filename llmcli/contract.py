@@ -19,13 +19,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from llmcli.attachments import Attachment
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
 from llmcli.prepare import prepare_response
 from llmcli.request import (
     Chunk,
     KeySpec,
     Options,
     PrefillSent,
+    Reasoning,
+    ReasoningPrefillOption,
     Request,
     StrList,
     Usage,
@@ -34,8 +36,9 @@ from llmcli.request import (
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 
-__all__ = ["Chunk", "KeySpec", "Model", "Options", "PrefillSent", "Request", "StrList",
-           "Usage", "concurrency_limit", "emulation_instruction"]
+__all__ = ["Chunk", "KeySpec", "Model", "Options", "PrefillSent", "Reasoning",
+           "ReasoningPrefillOption", "Request", "StrList", "Usage", "concurrency_limit",
+           "emulation_instruction"]
 
 BaseOptions = Options
 
@@ -96,8 +99,15 @@ class Model:
         provider that refuses both at once), or None."""
         return None
 
+    def reasoning_prefills(self) -> dict[ReasoningPrefill, str]:
+        """The ``-o reasoning_prefill`` policies this model takes, each with how it is
+        honoured ("native": on the wire or in the runtime; "emulated": asked for in the
+        prompt). Empty (the default): the option is refused. ``llmcli models`` shows it."""
+        return {}
+
     def execute(self, request: Request) -> Iterator[Chunk]:
-        """Call the backend; yield text chunks, then optionally a :class:`Usage`.
+        """Call the backend; yield text chunks (and :class:`Reasoning`, the model's
+        thinking, where it returns any), then optionally a :class:`Usage`.
 
         Raise :class:`llmcli.errors.ProviderError` (with the provider's own message) on
         failure. Never touch the prefill beyond sending it: the core normalizes the text.

@@ -59,6 +59,17 @@ def validate_options(model: Model, options: Mapping[str, Any]) -> Options:
         raise OptionsError(message) from None
 
 
+def _check_reasoning_prefill(model: Model, options: Options) -> None:
+    policy = getattr(options, "reasoning_prefill", None)
+    if policy is None:
+        return
+    taken = model.reasoning_prefills()
+    if policy not in taken:
+        takes = ", ".join(str(p) for p in taken) or "none (it is not a reasoning model)"
+        raise OptionsError(f"Option 'reasoning_prefill' for {model.model_id}: {policy} is "
+                           f"not supported (it takes: {takes})")
+
+
 def resolve_key(model: Model, explicit: str | None = None) -> str | None:
     spec = model.needs_key
     if spec is None:
@@ -194,6 +205,7 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
         # The same rule as the command line's: nothing to send is an error, not a request.
         raise LLMCLIError("Empty prompt: the prompt has no text")
     validated = validate_options(model, spec.options)
+    _check_reasoning_prefill(model, validated)
     stream = spec.stream and model.can_stream
     support = model.get_prefill_support(validated, stream=stream)
     prefill = spec.prefill or ""

@@ -29,7 +29,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -368,6 +368,12 @@ class RemoteModel(Model):
         invalid JSON are recognised by the template)."""
         return None
 
+    def fallback(self, fault: HTTPFault, request: Request) -> tuple[Request, str] | None:
+        """A known refusal that another form of the same request avoids (a server that
+        refuses a prefill while its template thinks): that request, sent once instead, and
+        what changed (kept in the log's usage details as ``retried``). None by default."""
+        return None
+
     def close(self, client: Any) -> None:
         """Release the client's connections (one client per request)."""
         close = getattr(client, "close", None)
@@ -406,17 +412,34 @@ class RemoteModel(Model):
             yield PrefillSent(wire.sent_prefill)
         client = None
         streaming = False  # the stream has started: the SDK does not retry from here
+        retried = ""
         try:
             client = self.connect(call)
-            reply = self.send(client, wire, call)
+            try:
+                reply = self.send(client, wire, call)
+            except Exception as exc:
+                fault = self.http_fault(exc, call)
+                again = self.fallback(fault, request) if isinstance(fault, HTTPFault) else None
+                if again is None:
+                    raise
+                request, retried = again
+                call = replace(call, request=request)
+                wire = self.build(request)
+                reply = self.send(client, wire, call)
             if not request.stream:
-                yield from self.read_complete(reply, call)
+                for chunk in self.read_complete(reply, call):
+                    if retried and isinstance(chunk, Usage):
+                        chunk.details["retried"] = retried
+                    yield chunk
                 return
             streaming = True
             finished = False
             with reply if hasattr(reply, "__enter__") else contextlib.nullcontext():
                 for chunk in self.read_stream(reply, call):
-                    finished = finished or isinstance(chunk, Usage)
+                    if isinstance(chunk, Usage):
+                        finished = True
+                        if retried:
+                            chunk.details["retried"] = retried
                     yield chunk
             if not finished:
                 raise transport_error(self.provider_name, "ended", detail=self.end_marker,

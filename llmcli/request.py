@@ -12,20 +12,31 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from llmcli.attachments import Attachment
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
 from llmcli.record import Message
 
-__all__ = ["Chunk", "KeySpec", "Options", "PrefillSent", "Request", "StrList", "Usage",
-           "emulation_instruction"]
+__all__ = ["Chunk", "KeySpec", "Options", "PrefillSent", "Reasoning", "ReasoningPrefillOption",
+           "Request", "StrList", "Usage", "emulation_instruction"]
 
 
 class Options(BaseModel):
     """Base for a model's ``-o`` options. Unknown keys are an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReasoningPrefillOption(Options):
+    """``-o reasoning_prefill``, for the options of a model that reasons (see
+    :class:`~llmcli.capabilities.ReasoningPrefill`); which values a model takes is its
+    :meth:`~llmcli.contract.Model.reasoning_prefills`."""
+
+    reasoning_prefill: ReasoningPrefill | None = Field(
+        default=None, description="With a prefill on a thinking model: after (think, then "
+        "the answer starts with the prefill), skip (no thinking), emulate (asked for in the "
+        "prompt); default: the model's own")
 
 
 def _as_str_list(value: Any) -> Any:
@@ -62,6 +73,16 @@ class PrefillSent:
     text: str
 
 
+@dataclass(frozen=True)
+class Reasoning:
+    """Yielded by a backend for the model's thinking, in order, before or among the text
+    chunks (Anthropic thinking blocks, ``reasoning_content``, a local ``<think>`` block).
+    Never answer text: the normalizer does not see it, and the prefill contract holds for
+    the answer alone."""
+
+    text: str
+
+
 @dataclass
 class Usage:
     """Yielded by a backend at the end of a response, with what it knows."""
@@ -72,7 +93,7 @@ class Usage:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-Chunk = str | Usage | PrefillSent
+Chunk = str | Usage | PrefillSent | Reasoning
 
 
 @dataclass

@@ -158,8 +158,9 @@ class FakeAnthropic(ScriptedServer):
             events += [
                 self.frame({"type": "content_block_start", "index": 0,
                      "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
-                self.frame({"type": "content_block_delta", "index": 0,
-                     "delta": {"type": "thinking_delta", "thinking": self.thinking_text}}),
+                *(self.frame({"type": "content_block_delta", "index": 0,
+                              "delta": {"type": "thinking_delta", "thinking": piece}})
+                  for piece in split_text(self.thinking_text, self.chunk_size)),
                 self.frame({"type": "content_block_delta", "index": 0,
                      "delta": {"type": "signature_delta", "signature": "sig"}}),
                 self.frame({"type": "content_block_stop", "index": 0}),

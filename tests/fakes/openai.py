@@ -22,6 +22,14 @@ Modes, modelled on what the real servers do (see docs/PREFILL notes in /work/sha
 * ``fresh``: llama-cpp-python's own server: a trailing assistant turn is closed and a new
   one answered, whatever the flags (the prefill does nothing).
 
+Reasoning (#28): with ``reasoning`` set, the model thinks first, unless the request turns the
+template's thinking off (``chat_template_kwargs: {"enable_thinking": false}``, the Qwen3
+switch vLLM and llama-server pass to the template); the thinking comes back in
+``reasoning_field`` (``reasoning_content``: DeepSeek, vLLM, llama-server; ``reasoning``:
+vLLM's newer name, OpenRouter), on the message, or as deltas before the content's. In
+``llama-server`` mode a thinking template refuses a trailing assistant message with llama.cpp's
+400 "Assistant response prefill is incompatible with enable_thinking." (common/chat.cpp).
+
 The "model" continues a prefill ending in "Thursday," with " Friday" (what a probe asks), any
 other prefill with ``continuation``.
 
@@ -38,11 +46,15 @@ from typing import Any
 from tests.fakes.base import FakeServer, RecordedRequest, Reply, sse
 from tests.fakes.shapes import openai_problem
 
-__all__ = ["FRESH_TURN", "PREAMBLE", "FakeOpenAI", "error_body", "error_reply"]
+__all__ = ["FRESH_TURN", "PREAMBLE", "THINKING_PREFILL", "FakeOpenAI", "error_body",
+           "error_reply"]
 
 PREAMBLE = "Sure, here it is:\n"
 #: What a server says when it starts a new turn instead of continuing the prefill.
 FRESH_TURN = "[a fresh turn that ignores the prefill]"
+
+#: llama.cpp's refusal of a prefill while the template thinks (ggml-org/llama.cpp#21889).
+THINKING_PREFILL = "Assistant response prefill is incompatible with enable_thinking."
 
 _PREFIX_TAG = re.compile(r"<reply_prefix>(.*?)</reply_prefix>", re.DOTALL)
 
@@ -89,6 +101,11 @@ class FakeOpenAI(FakeServer):
         self.finish_reason = "stop"
         #: Streaming: end with [DONE] but no chunk carrying a finish_reason.
         self.unfinished = False
+        #: The model's thinking ("" for a model that does not think), and its field.
+        self.reasoning = ""
+        self.reasoning_field = "reasoning_content"
+        #: Set per request: whether this reply thinks.
+        self._thinks = False
 
     def start(self) -> FakeOpenAI:
         super().start()
@@ -139,6 +156,12 @@ class FakeOpenAI(FakeServer):
         problem = openai_problem(body.get("messages") or [])
         if problem:
             return error_reply(400, problem)
+        kwargs = body.get("chat_template_kwargs") or {}
+        self._thinks = bool(self.reasoning) and kwargs.get("enable_thinking") is not False
+        messages = body.get("messages") or []
+        if (self.mode == "llama-server" and self._thinks and messages
+                and messages[-1].get("role") == "assistant"):
+            return error_reply(400, THINKING_PREFILL)
         result = self._answer(request.path, body, stream=bool(body.get("stream")))
         if isinstance(result, Reply):
             return result
@@ -215,12 +238,16 @@ class FakeOpenAI(FakeServer):
         return {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
                 "completion_tokens_details": {"reasoning_tokens": 0}}
 
+    def _thought(self) -> dict[str, str]:
+        return {self.reasoning_field: self.reasoning} if self._thinks else {}
+
     def _completion(self, model: str, text: str) -> dict[str, Any]:
         return {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
             "model": model, "system_fingerprint": "fp_fake",
             "choices": [{"index": 0, "finish_reason": self.finish_reason, "logprobs": None,
-                         "message": {"role": "assistant", "content": text, "refusal": None}}],
+                         "message": {"role": "assistant", "content": text, "refusal": None,
+                                     **self._thought()}}],
             "usage": self._usage(),
         }
 
@@ -239,7 +266,11 @@ class FakeOpenAI(FakeServer):
     def _events(self, model: str, text: str, include_usage: bool) -> list[str]:
         events = [sse(self._chunk(model, {"role": "assistant", "content": ""}, None,
                                   include_usage))]
-        pieces = [text[i : i + self.chunk_size] for i in range(0, len(text), self.chunk_size)]
+        size = self.chunk_size
+        for i in range(0, len(self.reasoning) if self._thinks else 0, size):
+            events.append(sse(self._chunk(model, {self.reasoning_field: self.reasoning[i:i + size]},
+                                          None, include_usage)))
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
         for n, piece in enumerate(pieces):
             if self.malformed_after is not None and n == self.malformed_after:
                 events.append('data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')

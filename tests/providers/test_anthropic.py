@@ -13,12 +13,14 @@ from llmcli_anthropic import ClaudeModel, ClaudeOptions, native_prefill, prefill
 
 import llmcli
 from llmcli import PrefillSupport, config, emulation_instruction
+from llmcli.capabilities import ReasoningPrefill
 from llmcli.errors import (
     OptionsError,
     PartialResponseError,
     PrefillUnsupportedError,
     ProviderError,
 )
+from llmcli.models import Reasoning
 from tests.fakes.anthropic import (
     NO_PREFILL,
     THINKING_PREFILL,
@@ -481,3 +483,62 @@ def test_build_request_pure() -> None:
     wire = build_request(request(NO_NATIVE, "{"))
     assert wire.params["messages"][-1]["role"] == "user"
     assert wire.params["system"] == emulation_instruction("{")
+
+
+# -- reasoning (#28) -------------------------------------------------------------------------
+
+
+def _events(response: llmcli.Response) -> list[Any]:
+    """What the backend yields for a prepared response, Reasoning events included."""
+    return list(response.model.execute(response.request))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("model", [NATIVE, NO_NATIVE])
+def test_thinking_blocks_come_back_as_reasoning_before_the_text(
+        served: FakeAnthropic, stream: bool, model: str) -> None:
+    served.reply = "Paris."
+    served.thinking_text = "The capital of France: that is Paris, surely."
+    served.chunk_size = 7
+    events = _events(ask(model, prefill=None, stream=stream, thinking=True))
+    reasoning = [i for i, e in enumerate(events) if isinstance(e, Reasoning)]
+    assert "".join(events[i].text for i in reasoning) == served.thinking_text
+    if stream:
+        assert len(reasoning) > 1  # thinking_delta by thinking_delta, as it arrives
+    text = [i for i, e in enumerate(events) if isinstance(e, str) and e]
+    assert max(reasoning) < min(text)
+    assert "".join(e for e in events if isinstance(e, str)) == "Paris."
+    # The reply is the text alone; the signature is never shown.
+    assert ask(model, prefill=None, stream=stream, thinking=True).text() == "Paris."
+    assert not any("sig" in e.text for e in events if isinstance(e, Reasoning))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_reasoning_prefill_skip_turns_thinking_off_for_a_native_prefill(
+        served: FakeAnthropic, stream: bool) -> None:
+    served.reply = 'a"]'
+    r = ask(NATIVE, stream=stream, thinking=True, reasoning_prefill="skip")
+    assert r.prefill_support is PrefillSupport.EATS_PREFIX
+    assert r.text() == '["a"]'
+    assert "thinking" not in served.last_body
+    assert messages(served)[-1] == {"role": "assistant", "content": '["'}
+    # Without a prefill the policy has nothing to do: thinking stays on.
+    ask(NATIVE, prefill=None, stream=stream, thinking=True, reasoning_prefill="skip").text()
+    assert served.last_body["thinking"]["type"] == "enabled"
+    # Claude 4.6+: no thinking, the prefill emulated.
+    r = ask(NO_NATIVE, stream=stream, thinking=True, reasoning_prefill="skip")
+    assert r.text() == '["a"]' and "thinking" not in served.last_body
+    assert r.prefill_support is PrefillSupport.EMULATED
+
+
+def test_reasoning_prefill_after_is_refused_before_any_request(served: FakeAnthropic) -> None:
+    """A thinking block at the start of a final assistant message must carry Anthropic's
+    signature: a client cannot close the thinking itself, so 'after' is not offered."""
+    model = llmcli.get_model(NATIVE)
+    assert model.reasoning_prefills() == {ReasoningPrefill.SKIP: "native",
+                                          ReasoningPrefill.EMULATE: "emulated"}
+    with pytest.raises(OptionsError, match="after is not supported.*takes: skip, emulate"):
+        ask(NATIVE, thinking=True, reasoning_prefill="after")
+    assert served.requests == []
+    ask(NATIVE, thinking=True, reasoning_prefill="emulate").text()
+    assert messages(served)[-1]["role"] == "user"

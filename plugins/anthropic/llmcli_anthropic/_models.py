@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from llmcli.attachments import TYPES
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
 from llmcli.errors import ProviderError
-from llmcli.models import Chunk, KeySpec, Request, StrList
+from llmcli.models import Chunk, KeySpec, ReasoningPrefillOption, Request, StrList
 from llmcli.models import Options as BaseOptions
 from llmcli.remote import BaseURLOption, Call, HTTPFault, RemoteModel, RemoteOptions, WireRequest
 
@@ -45,7 +45,7 @@ DEFAULT_THINKING_BUDGET = 2048
 SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k")
 
 
-class ClaudeOptions(RemoteOptions, BaseURLOption):
+class ClaudeOptions(RemoteOptions, BaseURLOption, ReasoningPrefillOption):
     max_tokens: int = Field(
         default=DEFAULT_MAX_TOKENS, ge=1, description="Most tokens to generate"
     )
@@ -97,7 +97,8 @@ class ClaudeOptions(RemoteOptions, BaseURLOption):
 def prefill_support(model_id: str, options: ClaudeOptions) -> PrefillSupport:
     """Native (eats) when the model and options allow it, otherwise emulated, or refused
     when the user asked for strict native prefill."""
-    if _wire.native_prefill(model_id) and not options.thinking_on:
+    skip = options.reasoning_prefill is ReasoningPrefill.SKIP
+    if _wire.native_prefill(model_id) and (skip or not options.thinking_on):
         return PrefillSupport.EATS_PREFIX
     if options.prefill_strict:
         return PrefillSupport.UNSUPPORTED
@@ -132,6 +133,13 @@ class ClaudeModel(RemoteModel):
         if _wire.native_prefill(self.model_id):
             return "emulated with -o thinking 1: the API forbids prefill with extended thinking"
         return "Claude 4.6+ reject assistant prefill; llmcli emulates it unless -o prefill_strict 1"
+
+    def reasoning_prefills(self) -> dict[ReasoningPrefill, str]:
+        # after: the API wants a thinking block, signed by Anthropic, at the start of a
+        # final assistant message: a client cannot close the thinking itself.
+        # skip: thinking off for a prefilled call (native prefill up to 4.5).
+        skip = "native" if _wire.native_prefill(self.model_id) else "emulated"
+        return {ReasoningPrefill.SKIP: skip, ReasoningPrefill.EMULATE: "emulated"}
 
     def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
         if _wire.structured_outputs(self.model_id):

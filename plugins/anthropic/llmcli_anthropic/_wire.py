@@ -10,8 +10,16 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from llmcli import schema as schemas
-from llmcli.capabilities import PrefillSupport, SchemaSupport
-from llmcli.models import Attachment, Chunk, Message, Request, Usage, emulation_instruction
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
+from llmcli.models import (
+    Attachment,
+    Chunk,
+    Message,
+    Reasoning,
+    Request,
+    Usage,
+    emulation_instruction,
+)
 from llmcli.remote import HTTPFault, WireRequest
 
 if TYPE_CHECKING:
@@ -82,6 +90,14 @@ def attachment_block(attachment: Attachment) -> dict[str, Any]:
     return {"type": "image" if attachment.is_image else "document", "source": source}
 
 
+def thinking_sent(options: ClaudeOptions, prefill: str) -> bool:
+    """Whether the request turns thinking on: ``-o thinking`` (or a budget), unless a
+    prefill comes with ``-o reasoning_prefill skip`` (then the prefill is native where the
+    model takes one: the API forbids a prefill with thinking on)."""
+    skipped = bool(prefill) and options.reasoning_prefill is ReasoningPrefill.SKIP
+    return options.thinking_on and not skipped
+
+
 def build_request(request: Request) -> WireRequest:
     """Keyword arguments for ``client.messages.create``, and the prefill as sent."""
     options: ClaudeOptions = request.options  # type: ignore[assignment]
@@ -112,7 +128,7 @@ def build_request(request: Request) -> WireRequest:
         # Anthropic's JSON outputs: every object must be closed (additionalProperties false).
         params["output_config"] = {"format": {"type": "json_schema",
                                               "schema": schemas.closed(request.schema)}}
-    if options.thinking_on:
+    if thinking_sent(options, prefill):
         if native_prefill(request.model_id):
             params["thinking"] = {"type": "enabled", "budget_tokens": options.budget}
         else:
@@ -126,7 +142,12 @@ def build_request(request: Request) -> WireRequest:
 
 
 def read_message(message: Any) -> Iterator[Chunk]:
-    # With thinking on, the content also holds thinking blocks; only text is the reply.
+    # With thinking on, the content also holds thinking blocks (``thinking``, with its
+    # ``signature``; ``redacted_thinking`` is encrypted and has no text): the reasoning,
+    # never the reply.
+    for block in message.content:
+        if block.type == "thinking" and getattr(block, "thinking", ""):
+            yield Reasoning(block.thinking)
     yield "".join(block.text for block in message.content if block.type == "text")
     usage = Usage(output_tokens=message.usage.output_tokens, stop_reason=message.stop_reason)
     _take_input(usage, message.usage)
@@ -158,7 +179,8 @@ def _take_input(usage: Usage, raw: Any, earlier: Any = None) -> None:
 
 
 def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
-    """Text deltas, then the usage once ``message_stop`` has arrived (only then)."""
+    """Text deltas (thinking deltas as :class:`Reasoning`; a signature delta has nothing to
+    show), then the usage once ``message_stop`` has arrived (only then)."""
     usage = Usage()
     start: Any = None
     finished = False
@@ -169,6 +191,8 @@ def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
         elif event.type == "content_block_delta":
             if event.delta.type == "text_delta":
                 yield event.delta.text
+            elif event.delta.type == "thinking_delta" and event.delta.thinking:
+                yield Reasoning(event.delta.thinking)
         elif event.type == "message_delta":
             usage.stop_reason = event.delta.stop_reason
             usage.output_tokens = event.usage.output_tokens

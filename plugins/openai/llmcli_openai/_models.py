@@ -8,18 +8,20 @@ translation is in :mod:`._wire`. The ``openai`` package is imported inside ``exe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
 
 from llmcli.attachments import IMAGE_TYPES, TYPES
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
 from llmcli.errors import ProviderError
-from llmcli.models import Chunk, KeySpec, Request
+from llmcli.models import Chunk, KeySpec, ReasoningPrefillOption, Request
 from llmcli.models import Options as BaseOptions
 from llmcli.remote import Call, HTTPFault, RemoteModel, RemoteOptions, WireRequest
 
 from ._wire import (
+    THINKING_PREFILL_REFUSED,
     Backend,
     EchoMode,
     PrefillStyle,
@@ -54,7 +56,7 @@ TEXT_ONLY_MODELS = ("o3-mini", "gpt-3.5")
 UNSUPPORTED_MODELS = ("o1-mini", "o1-preview")
 
 
-class ChatOptions(RemoteOptions):
+class ChatOptions(RemoteOptions, ReasoningPrefillOption):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass")
@@ -62,7 +64,7 @@ class ChatOptions(RemoteOptions):
     seed: int | None = Field(None, description="Best-effort deterministic sampling")
 
 
-class ReasoningOptions(RemoteOptions):
+class ReasoningOptions(RemoteOptions, ReasoningPrefillOption):
     # No temperature/top_p: OpenAI's reasoning models reject them; failing at -o time is
     # clearer than a 400 after the request.
     max_tokens: int | None = Field(
@@ -185,6 +187,12 @@ class OpenAIReasoning(OpenAIChat):
     def prefill_note(self) -> str:
         return "the developer message asks the model to start with the prefill"
 
+    def reasoning_prefills(self) -> dict[ReasoningPrefill, str]:
+        # Chat Completions returns no reasoning text for OpenAI's models (the reasoning
+        # summaries are in the Responses API, which this plugin does not call), and takes
+        # no prefill: it can only be asked for.
+        return {ReasoningPrefill.EMULATE: "emulated"}
+
 
 class OpenAIUnsupported(OpenAIReasoning):
     """o1-mini and o1-preview: no system or developer message, so nowhere to ask for the
@@ -200,6 +208,10 @@ class OpenAIUnsupported(OpenAIReasoning):
     def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
         # No structured outputs, and no system message to ask for the schema in.
         return SchemaSupport.UNSUPPORTED
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= 120 else message[:117] + "..."
 
 
 def openai_model(api_model: str, model_id: str | None = None) -> OpenAIChat:
@@ -267,7 +279,28 @@ class CompatibleModel(_ChatCompletionsModel):
         return super().key_hint()
 
     def get_prefill_support(self, options: BaseOptions, stream: bool = True) -> PrefillSupport:
+        if getattr(options, "reasoning_prefill", None) is ReasoningPrefill.EMULATE:
+            return PrefillSupport.EMULATED
         return capability_for(self.prefill_style, self.backend.echo(stream))
+
+    def reasoning_prefills(self) -> dict[ReasoningPrefill, str]:
+        # skip: chat_template_kwargs {"enable_thinking": false}, the prefill in the server's
+        # style. after: a server thinks inside the assistant turn its template opens, so a
+        # client cannot put the prefill after thinking it has not seen yet.
+        skip = "emulated" if self.prefill_style == "none" else "native"
+        return {ReasoningPrefill.SKIP: skip, ReasoningPrefill.EMULATE: "emulated"}
+
+    def fallback(self, fault: HTTPFault, request: Request) -> tuple[Request, str] | None:
+        # llama-server refuses a prefill while the template thinks: the same request with
+        # the thinking closed (skip) is one it takes. Once: the retried request is skip.
+        policy = getattr(request.options, "reasoning_prefill", None)
+        if (fault.status != 400 or THINKING_PREFILL_REFUSED not in fault.message
+                or not request.prefill or policy is not None):
+            return None
+        options = request.options.model_copy(update={"reasoning_prefill": ReasoningPrefill.SKIP})
+        note = ("reasoning_prefill skip: the server refused a prefill with thinking on "
+                f"({_short(fault.message)})")
+        return replace(request, options=options), note
 
     def prefill_note(self) -> str:
         notes = {

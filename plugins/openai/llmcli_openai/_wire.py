@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from llmcli import schema as schemas
 from llmcli.attachments import TYPES
-from llmcli.capabilities import PrefillSupport, SchemaSupport, StopReason
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, StopReason
 from llmcli.errors import ProviderError
-from llmcli.models import Attachment, Message, Request, Usage, emulation_instruction
+from llmcli.models import Attachment, Message, Reasoning, Request, Usage, emulation_instruction
 
 __all__ = [
     "ECHO_MODES",
@@ -31,7 +31,9 @@ __all__ = [
     "capability_for",
     "completion_events",
     "openai_emulation_instruction",
+    "THINKING_PREFILL_REFUSED",
     "provider_message",
+    "reasoning_of",
     "stop_reason",
     "stream_events",
 ]
@@ -126,9 +128,17 @@ def attachment_part(attachment: Attachment) -> dict[str, Any]:
     return {"type": "file", "file": {"filename": name, "file_data": attachment.data_url()}}
 
 
+def _style(request: Request, backend: Backend) -> PrefillStyle:
+    """The prefill style for this request: the backend's, or "none" (asked for in the
+    prompt) under ``-o reasoning_prefill emulate``."""
+    policy = getattr(request.options, "reasoning_prefill", None)
+    return "none" if policy is ReasoningPrefill.EMULATE else backend.style
+
+
 def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
     system = request.system
-    if request.prefill and backend.style == "none":
+    style = _style(request, backend)
+    if request.prefill and style == "none":
         instruction = openai_emulation_instruction(request.prefill)
         # Appended after the user's own system prompt: the last instruction wins ties.
         system = f"{system}\n\n{instruction}" if system else instruction
@@ -139,9 +149,9 @@ def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
         messages.append({"role": "developer" if backend.reasoning else "system",
                          "content": system})
     messages.extend(_message(m) for m in request.messages())
-    if request.prefill and backend.style != "none":
+    if request.prefill and style != "none":
         final: dict[str, Any] = {"role": "assistant", "content": request.prefill}
-        if backend.style == "prefix":
+        if style == "prefix":
             final["prefix"] = True
         messages.append(final)
     return messages
@@ -166,9 +176,15 @@ def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
         value = getattr(opts, name, None)
         if value is not None:
             kwargs[name] = value
-    if request.prefill and backend.style == "continue_final_message":
+    if request.prefill and _style(request, backend) == "continue_final_message":
         # vLLM defaults add_generation_prompt to true and 400s when both are true.
         kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+    if (request.prefill and getattr(opts, "reasoning_prefill", None) is ReasoningPrefill.SKIP
+            and not backend.reasoning):
+        # Qwen3-style templates' documented "no think" (vLLM, llama-server, SGLang): the
+        # template closes an empty thinking block, the prefill follows.
+        kwargs.setdefault("extra_body", {})["chat_template_kwargs"] = {
+            "enable_thinking": False}
     if request.grammar is not None:
         kwargs.setdefault("extra_body", {})["grammar"] = request.grammar
     if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
@@ -231,8 +247,24 @@ def _usage(raw: Any, reason: str | None) -> Usage:
     return usage
 
 
-def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage]:
-    """Text deltas of choice 0, then one :class:`Usage` once a finish_reason has arrived.
+#: What llama-server answers (400) to a trailing assistant message while the template's
+#: thinking is on (ggml-org/llama.cpp#21889).
+THINKING_PREFILL_REFUSED = "prefill is incompatible with enable_thinking"
+
+
+def reasoning_of(part: Any) -> str:
+    """The reasoning in a message or a delta: ``reasoning_content`` (DeepSeek, vLLM,
+    llama-server, LiteLLM), or ``reasoning`` (vLLM's newer name, OpenRouter, Ollama)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(part, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage | Reasoning]:
+    """Text deltas of choice 0 (its reasoning deltas as :class:`Reasoning`), then one
+    :class:`Usage` once a finish_reason has arrived.
 
     A stream that ends without one was cut short (a proxy closing the connection cleanly,
     for instance): no Usage then, and the kit reports the stream as broken.
@@ -246,6 +278,9 @@ def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage]:
             if getattr(choice, "index", 0) != 0:
                 continue
             delta = getattr(choice, "delta", None)
+            thought = reasoning_of(delta) if delta is not None else ""
+            if thought:
+                yield Reasoning(thought)
             content = getattr(delta, "content", None) if delta is not None else None
             if content:
                 yield content
@@ -255,12 +290,15 @@ def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage]:
         yield _usage(raw_usage, reason)
 
 
-def completion_events(completion: Any, provider: str) -> Iterator[str | Usage]:
+def completion_events(completion: Any, provider: str) -> Iterator[str | Usage | Reasoning]:
     choices = getattr(completion, "choices", None) or []
     if not choices:
         raise ProviderError(f"{provider}: the response has no choices", provider=provider)
     choice = choices[0]
     message = choice.message
+    thought = reasoning_of(message)
+    if thought:
+        yield Reasoning(thought)
     # A refusal arrives in its own field with content null; show it rather than nothing.
     text = message.content if message.content is not None else getattr(message, "refusal", "")
     if text:
