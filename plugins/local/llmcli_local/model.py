@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import llmcli
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
 from llmcli.config import long_lived
-from llmcli.models import Chunk, Request
+from llmcli.models import Chunk, Request, Usage
+from llmcli_local import thinking
 from llmcli_local.config import GenerationSettings, Grammar, RuntimeConfig
 from llmcli_local.options import LocalOptions
 from llmcli_local.sources import ModelSource, smollm2_path
@@ -53,6 +54,11 @@ class LocalModel(llmcli.Model):
                 "characters, its last piece weighed over every canonical split in one pass "
                 "(-o prefill_mode heal|none|forced)")
 
+    def reasoning_prefills(self) -> dict[ReasoningPrefill, str]:
+        # Both in the runtime, for a model whose chat template thinks (without one there is
+        # no thinking to place the prefill after; the policy then changes nothing).
+        return {ReasoningPrefill.AFTER: "native", ReasoningPrefill.SKIP: "native"}
+
     def execute(self, request: Request) -> Iterator[Chunk]:
         options = request.options
         assert isinstance(options, LocalOptions)
@@ -80,31 +86,121 @@ class LocalModel(llmcli.Model):
             template_kwargs=template_kwargs, grammar=grammar, speculative=options.speculative,
         )
         # The call's configuration: read from the environment here, once, and passed down.
-        config = RuntimeConfig.build(options)
-        worker = None
-        if options.keep_alive > 0 and not _loaded_here(source):
+        runner = _Runner(self.model_id, source, RuntimeConfig.build(options), options.keep_alive)
+        template = None
+        if options.enable_thinking is not False and source.format == "hf":
+            template = thinking.template_of(source.path, template_kwargs)
+        if (template is None or not template.thinks
+                or request.prefill.lstrip().startswith(thinking.OPEN)):
+            # No thinking here, or a prefill that writes the block itself (one that closes
+            # it early caps the thinking): as any prefill.
+            yield from _split(runner.generate(messages, request.prefill, settings),
+                              opened=False, when=not request.prefill)
+        elif not request.prefill:
+            yield from _split(runner.generate(messages, "", settings), opened=template.opens)
+        elif options.reasoning_prefill is ReasoningPrefill.SKIP:
+            yield from _noted(runner.generate(
+                messages, thinking.skip_prefill(template, request.prefill), settings), "skip")
+        else:
+            yield from _after(runner, messages, request.prefill, settings, template)
+        runner.done()
+
+
+class _Runner:
+    """Where a call's generations run: a keep-alive worker's, or this process's scheduler
+    (then a worker is started for the processes to come, once the call is done)."""
+
+    def __init__(self, model_id: str, source: ModelSource, config: RuntimeConfig,
+                 keep_alive: float) -> None:
+        self.source, self.config, self.keep_alive = source, config, keep_alive
+        self.worker: Any = None
+        self.ran_here = False
+        if keep_alive > 0 and not _loaded_here(source):
             from llmcli_local.keepalive.client import WorkerAddress
 
-            worker = WorkerAddress.for_model(self.model_id, source, config)
-            remote = worker.request(messages, request.prefill, settings, config,
-                                    options.keep_alive) if worker else None
+            self.worker = WorkerAddress.for_model(model_id, source, config)
+
+    def generate(self, messages: list[dict[str, str]], prefill: str,
+                 settings: GenerationSettings) -> Iterator[Chunk]:
+        if self.worker is not None and not self.ran_here:
+            remote = self.worker.request(messages, prefill, settings, self.config,
+                                         self.keep_alive)
             if remote is not None:
                 yield from remote
                 return
-
         from llmcli_local import loader, scheduler
 
-        backend = loader.load(source, config)
+        self.ran_here = True
+        backend = loader.load(self.source, self.config)
         # Through this process's scheduler of the model: calls from several threads at once
         # (llmcli batch, llmcli serve) are batched; a lone call runs exactly as generate.
-        yield from scheduler.shared(backend, config).generate(
-            messages, request.prefill, settings, backend
-        )
-        if worker is not None and not long_lived():
+        yield from scheduler.shared(backend, self.config).generate(
+            messages, prefill, settings, backend)
+
+    def done(self) -> None:
+        if self.worker is not None and self.ran_here and not long_lived():
             # For the calls of the processes to come. A process that makes many calls
             # itself (serve, batch, chat) keeps the model loaded here instead: a worker
             # would be a second copy of it.
-            worker.start(options.keep_alive)
+            self.worker.start(self.keep_alive)
+
+
+def _split(chunks: Iterator[Chunk], opened: bool, when: bool = True) -> Iterator[Chunk]:
+    """The reply with its ``<think>`` block as :class:`Reasoning` (only where a reply can
+    start with one: not after a prefill)."""
+    if not when:
+        yield from chunks
+        return
+    splitter = thinking.ThinkSplitter(opened=opened)
+    for chunk in chunks:
+        if isinstance(chunk, str):
+            yield from splitter.feed(chunk)
+        else:
+            if isinstance(chunk, Usage):
+                yield from splitter.finish()
+            yield chunk
+    yield from splitter.finish()
+
+
+def _noted(chunks: Iterator[Chunk], policy: str) -> Iterator[Chunk]:
+    for chunk in chunks:
+        if isinstance(chunk, Usage):
+            chunk.details["reasoning_prefill"] = policy
+        yield chunk
+
+
+def _after(runner: _Runner, messages: list[dict[str, str]], prefill: str,
+           settings: GenerationSettings, template: thinking.ThinkingTemplate
+           ) -> Iterator[Chunk]:
+    """``after``, built from two ordinary generations (no scheduler change): the model
+    thinks until it closes the block (a stop at ``</think>``; ``max_tokens`` caps it), then
+    the prompt, its thinking, the closing tag and the prefill are continued as any prefilled
+    call (the same boundary treatment; the kept prompt prefix makes the second pass cheap).
+    """
+    think_settings = settings.model_copy(update={"stop": (thinking.CLOSE,), "grammar": None})
+    splitter = thinking.ThinkSplitter(opened=True)
+    thought: list[str] = []
+    spent: Usage | None = None
+    for chunk in runner.generate(messages, template.opening, think_settings):
+        if isinstance(chunk, str):
+            thought.append(chunk)
+            yield from splitter.feed(chunk)
+        elif isinstance(chunk, Usage):
+            spent = chunk
+    yield from splitter.finish()
+    text = "".join(thought)
+    for chunk in runner.generate(messages, thinking.after_prefill(template, text, prefill),
+                                 settings):
+        if isinstance(chunk, Usage):
+            thinking_tokens = spent.output_tokens if spent is not None else None
+            if thinking_tokens is not None and chunk.output_tokens is not None:
+                chunk.output_tokens += thinking_tokens
+            chunk.details["reasoning_prefill"] = "after"
+            if thinking_tokens is not None:
+                chunk.details["reasoning_tokens"] = thinking_tokens
+            if spent is not None and spent.stop_reason == "max_tokens":
+                chunk.details["reasoning_cut"] = "max_tokens"
+        yield chunk
 
 
 def _loaded_here(source: ModelSource) -> bool:

@@ -7,8 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-import llmcli
-from llmcli.models import StrList
+from llmcli.models import ReasoningPrefillOption, StrList
 from llmcli_local.config import (
     DEFAULT_KEEP_ALIVE,
     Device,
@@ -44,7 +43,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-class LocalOptions(llmcli.Options):
+class LocalOptions(ReasoningPrefillOption):
     """``-o`` options of every local model."""
 
     max_tokens: MaxTokens = Field(256, description="Most tokens to generate")
