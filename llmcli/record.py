@@ -63,6 +63,8 @@ class ResponseRecord:
     schema_id: str | None = None
     #: ``Usage.details`` as JSON (None where the backend reported none).
     usage_json: str | None = None
+    #: The model's reasoning, apart from the answer (None where the backend returned none).
+    reasoning: str | None = None
     #: Not a column of ``responses``: the name a new conversation is logged under.
     conversation_name: str | None = None
     #: Not a column of ``responses``: the schema's canonical text, stored once by its id.
@@ -106,6 +108,7 @@ class ResponseRecord:
             "prefill_support": self.prefill_support,
             "text": self.text,
             "continuation": self.continuation,
+            "reasoning": self.reasoning,
             "usage": {
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,

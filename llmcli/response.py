@@ -27,7 +27,7 @@ from llmcli.errors import LLMCLIError, LogWarning, PartialResponseError, Provide
 from llmcli.normalize import PrefillNormalizer, normalize_text
 from llmcli.record import Message, ResponseRecord, Status, history
 from llmcli.record import continuation as continuation_of
-from llmcli.request import Chunk, Options, PrefillSent, Request, Usage
+from llmcli.request import Chunk, Options, PrefillSent, Reasoning, Request, Usage
 from llmcli.spec import Logger, PromptSpec
 
 if TYPE_CHECKING:
@@ -105,8 +105,11 @@ class Response:
         self.log_error: str | None = None
         self._cancellation = Cancellation()
         self._chunks: list[str] = []
+        self._reasoning: list[str] = []
+        #: Text chunks and reasoning in the order they arrived (for ``parts()``).
+        self._parts: list[str | Reasoning] = []
         self._usage = Usage()
-        self._iterator: Generator[str, None, None] | None = None
+        self._iterator: Generator[str | Reasoning, None, None] | None = None
         #: Retries of the ``validated`` schema mode.
         self.schema_retries = schemas.DEFAULT_RETRIES
         #: Log the attachments' content, not only their type, size and hash.
@@ -156,12 +159,30 @@ class Response:
             raise
 
     def __iter__(self) -> Iterator[str]:
+        for part in self.parts():
+            if isinstance(part, str):
+                yield part
+
+    def parts(self) -> Iterator[str | Reasoning]:
+        """The normalized text chunks and the model's :class:`~llmcli.request.Reasoning`,
+        in the order they arrived (iterating the response gives the text alone)."""
         if self.done:
-            yield from list(self._chunks)
+            yield from list(self._parts)
             return
         if self._iterator is None:
             self._iterator = self._run()
         yield from self._iterator
+
+    @property
+    def reasoning(self) -> str | None:
+        """The model's reasoning (it runs the response): its thinking blocks or
+        ``reasoning_content`` joined, never part of ``text()``; None where the backend
+        returned none."""
+        self.text()
+        return self.reasoning_so_far()
+
+    def reasoning_so_far(self) -> str | None:
+        return "".join(self._reasoning) if self._reasoning else None
 
     def text(self) -> str:
         for _ in self:
@@ -211,7 +232,12 @@ class Response:
     def stop_reason(self) -> str | None:
         return self.usage().stop_reason
 
-    def _run(self) -> Generator[str, None, None]:
+    def _text(self, out: str) -> str:
+        self._chunks.append(out)
+        self._parts.append(out)
+        return out
+
+    def _run(self) -> Generator[str | Reasoning, None, None]:
         normalizer = PrefillNormalizer(self.prefill, self.prefill_support)
         started = time.monotonic()
         raw_seen = False
@@ -229,8 +255,12 @@ class Response:
                     raw_seen = raw_seen or bool(event)
                     out = normalizer.feed(event)
                     if out:
-                        self._chunks.append(out)
-                        yield out
+                        yield self._text(out)
+                elif isinstance(event, Reasoning):
+                    if event.text:
+                        self._reasoning.append(event.text)
+                        self._parts.append(event)
+                        yield event
                 elif isinstance(event, PrefillSent):
                     normalizer.set_sent_prefill(event.text)
                 elif isinstance(event, Usage):
@@ -240,8 +270,7 @@ class Response:
                 return
             tail = normalizer.finish()
             if tail:
-                self._chunks.append(tail)
-                yield tail
+                yield self._text(tail)
             self.status = "complete"
         except BaseException as exc:
             # Interrupted (Ctrl-C, the consumer stopped iterating, cancel()) or failed: keep
@@ -254,7 +283,7 @@ class Response:
                 return  # the failure was the cancellation's doing (a connection shut down)
             tail = normalizer.finish() if raw_seen else ""
             if tail:
-                self._chunks.append(tail)
+                self._text(tail)
             self.status = "partial" if raw_seen else "error"
             error = self._as_llmcli_error(exc, raw_seen)
             self.error = str(error)
@@ -269,7 +298,7 @@ class Response:
     def _interrupted(self, normalizer: PrefillNormalizer) -> None:
         tail = normalizer.finish()
         if tail:
-            self._chunks.append(tail)
+            self._text(tail)
         self.status = "partial"
         self.error = "interrupted"
 
@@ -362,6 +391,7 @@ class Response:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             stop_reason=usage.stop_reason,
+            reasoning=self.reasoning_so_far(),
             usage_json=json.dumps(usage.details, default=str) if usage.details else None,
             duration_ms=self.duration_ms,
             error=self.error,

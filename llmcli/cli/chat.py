@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from llmcli.cli.common import parse_options, shared, warn_if_not_logged
+from llmcli.cli.render import ReasoningView
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ Type 'exit' or 'quit' (or press Ctrl-D) to leave; Ctrl-C stops a reply.
   !multi … !end   send several lines as one message
   !edit           write the next message in $EDITOR
   !model NAME     continue the conversation with another model
+  !reasoning      show or hide the model's reasoning (!reasoning on|off)
   !help           this list"""
 
 EXIT_WORDS = ("exit", "quit")
@@ -54,6 +56,8 @@ class ChatState:
     wrap: Callable[[str], str] | None = None
     #: ``-t``'s schema, for every reply.
     schema: dict[str, Any] | None = None
+    #: Show the reasoning (None: on a terminal); ``-R`` and ``!reasoning`` change it.
+    show_reasoning: bool | None = None
 
     def message(self, text: str) -> str:
         """What the next turn sends for the line ``text``."""
@@ -152,6 +156,14 @@ def _command(state: ChatState, line: str) -> str | None:
             click.echo(f"Model: {state.model.model_id}", err=True)
         else:
             _switch_model(state, rest.strip())
+    elif word == "!reasoning":
+        choice = rest.strip().lower()
+        if choice not in ("", "on", "off"):
+            click.echo("!reasoning takes on or off", err=True)
+            return None
+        shown = ReasoningView(state.show_reasoning).enabled
+        state.show_reasoning = (not shown) if not choice else choice == "on"
+        click.echo(f"Reasoning: {'shown' if state.show_reasoning else 'hidden'}", err=True)
     elif word == "!help":
         click.echo(HELP, err=True)
     else:
@@ -165,12 +177,18 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
 
     response = api.prompt(state.model, state.spec(text))
     wrote_newline = True
+    thoughts = ReasoningView(state.show_reasoning)
     try:
-        for chunk in response:
+        for chunk in response.parts():
+            if not isinstance(chunk, str):  # the model's reasoning, on stderr
+                thoughts.write(chunk.text)
+                continue
+            thoughts.close()
             out.write(chunk)
             out.flush()
             wrote_newline = chunk.endswith("\n")
     except KeyboardInterrupt:
+        thoughts.close()
         response.close()
         out.write("\n")
         out.flush()
@@ -178,6 +196,7 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
         click.echo(f"Interrupted: the reply so far is {what}.", err=True)
         return
     finally:
+        thoughts.close()
         if not wrote_newline:
             out.write("\n")
             out.flush()
@@ -192,6 +211,8 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
 @shared("continue")
 @shared("cid")
 @shared("no_log", help="Do not log the turns.")
+@click.option("--reasoning/--no-reasoning", " /-R", "show_reasoning", default=None,
+              help="Show the model's reasoning (default: on a terminal), or hide it (-R).")
 @shared("key")
 @shared("template", help="Use the saved template NAME: its system prompt, model, prefill and "
         "options, and its prompt around each message.")
@@ -207,6 +228,7 @@ def chat(
     continue_: bool,
     conversation_id: str | None,
     no_log: bool,
+    show_reasoning: bool | None,
     key: str | None,
     template_name: str | None,
     params: tuple[tuple[str, str], ...],
@@ -245,7 +267,8 @@ def chat(
     state = ChatState(conversation, system, prefill, option_pairs=options, options=parsed,
                       key=key, log=not no_log, context=inputs.context if inputs else None,
                       wrap=inputs.message if inputs else None,
-                      schema=inputs.schema if inputs else None)
+                      schema=inputs.schema if inputs else None,
+                      show_reasoning=show_reasoning)
     _enable_history()
     click.echo(f"Chatting with {model.model_id} (prefill: "
                f"{model.get_prefill_support(api.validate_options(model, parsed)).value})",

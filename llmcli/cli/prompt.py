@@ -18,6 +18,7 @@ from llmcli.cli.common import (
     shared,
     warn_if_not_logged,
 )
+from llmcli.cli.render import ReasoningView
 from llmcli.errors import LLMCLIError, PromptInputError, TemplateError
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ def refuse_command_word(args: list[str], commands: list[str]) -> None:
 @click.option("--no-stream", is_flag=True, help="Wait for the whole reply instead of streaming.")
 @shared("continue")
 @shared("cid")
+@click.option("--reasoning/--no-reasoning", " /-R", "show_reasoning", default=None,
+              help="Show the model's reasoning on stderr (default: on a terminal only), or "
+              "hide it (-R).")
 @shared("no_log")
 @shared("key")
 @click.option("--json", "as_json", is_flag=True,
@@ -101,6 +105,7 @@ def prompt(
     no_stream: bool,
     continue_: bool,
     conversation_id: str | None,
+    show_reasoning: bool | None,
     no_log: bool,
     key: str | None,
     as_json: bool,
@@ -221,8 +226,13 @@ def prompt(
     skip = len(response.prefill) if hide_prefill else 0
     wrote_newline = True
     out = sys.stdout
+    thoughts = ReasoningView(show_reasoning)
     try:
-        for chunk in progress.until_first(response):  # a spinner until the first text
+        for chunk in progress.until_first(response.parts()):  # a spinner until the first
+            if not isinstance(chunk, str):  # the model's reasoning
+                thoughts.write(chunk.text)
+                continue
+            thoughts.close()
             if skip:
                 dropped = min(skip, len(chunk))
                 chunk, skip = chunk[dropped:], skip - dropped
@@ -231,12 +241,15 @@ def prompt(
                 out.flush()
                 wrote_newline = chunk.endswith("\n")
     except KeyboardInterrupt:
+        thoughts.close()
         _interrupted(response)
     except LLMCLIError:
+        thoughts.close()
         if not wrote_newline:
             out.write("\n")
         warn_if_not_logged(response)
         raise
+    thoughts.close()
     if not wrote_newline:
         out.write("\n")
     out.flush()

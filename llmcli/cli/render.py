@@ -74,6 +74,8 @@ def full_entry(row: Mapping[str, Any], *, usage: bool = False, truncate: bool = 
     lines += ["", "Prompt:", part(row["prompt"])]
     if row.get("prefill"):
         lines += ["", f"Prefill ({row['prefill_support']}):", part(row["prefill"])]
+    if row.get("reasoning"):
+        lines += ["", "Reasoning:", part(row["reasoning"])]
     lines += ["", "Response:", part(row["text"])]
     if row.get("error"):
         lines += ["", f"Error ({row['status']}):", row["error"]]
@@ -101,8 +103,49 @@ def short_entry(row: Mapping[str, Any], *, usage: bool = False) -> str:
     fields.append(("prompt", one_line(row["prompt"], SHORT_WIDTH)))
     if row.get("prefill"):
         fields.append(("prefill", row["prefill"]))
+    if row.get("reasoning"):
+        fields.append(("reasoning", one_line(row["reasoning"], SHORT_WIDTH)))
     fields.append(("text", one_line(row["text"], SHORT_WIDTH)))
     if usage:
         fields.append(("usage", usage_line(row)))
     return "\n".join(("- " if n == 0 else "  ") + f"{key}: {_yaml_scalar(str(value))}"
                      for n, (key, value) in enumerate(fields))
+
+
+# -- reasoning (the model's thinking, on stderr) ---------------------------------------------
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+class ReasoningView:
+    """Writes a reply's reasoning to stderr as it arrives, before the answer: dimmed on a
+    terminal; never in a pipe unless asked (``show`` True: ``--reasoning``), never with
+    ``show`` False (``-R``/``--no-reasoning``). The answer's first text closes it with a
+    blank line."""
+
+    def __init__(self, show: bool | None, stream: Any = None) -> None:
+        from llmcli.progress import is_terminal as stream_is_terminal
+
+        self.stream = stream or sys.stderr
+        terminal = stream_is_terminal(self.stream)
+        self.enabled = terminal if show is None else show
+        self.dim = terminal
+        self._open = False
+
+    def write(self, text: str) -> None:
+        if not self.enabled or not text:
+            return
+        if not self._open:
+            self._open = True
+            if self.dim:
+                self.stream.write(DIM)
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """The reasoning is over (the answer starts, or the reply ended)."""
+        if not self._open:
+            return
+        self._open = False
+        self.stream.write((RESET if self.dim else "") + "\n\n")
+        self.stream.flush()

@@ -108,3 +108,10 @@ def m009_attachments(db: Database) -> None:
         foreign_keys=[("response_id", "responses", "id"),
                       ("attachment_id", "attachments", "id")])
     db.table("prompt_attachments").create_index(["attachment_id"])
+
+
+@migration
+def m010_reasoning(db: Database) -> None:
+    """The model's reasoning (thinking blocks, ``reasoning_content``, a local ``<think>``
+    block), kept apart from the answer; NULL where the backend returned none."""
+    db.table("responses").add_column("reasoning", str)

@@ -12,6 +12,9 @@ imitates the capability:
 * test-unsupported: refuses prefills (the core stops them before ``execute``);
 * test-keyed: eats, and needs the key ``testkey`` (env ``TESTKEY_API_KEY``).
 
+``-o thinking TEXT`` makes a model reason first: TEXT comes back as
+:class:`~llmcli.models.Reasoning` chunks (``chunk_size`` at a time) before the reply.
+
 In-process tests can also queue exact wire replies: ``TestModel.queue.append([...chunks])``.
 """
 
@@ -25,7 +28,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from llmcli import KeySpec, Model, Options, PrefillSupport, ProviderError, Request, Usage
-from llmcli.models import Chunk, PrefillSent
+from llmcli.models import Chunk, PrefillSent, Reasoning
 
 
 class TestOptions(Options):
@@ -42,6 +45,8 @@ class TestOptions(Options):
     leak_key: bool = False
     #: Report this many prompt tokens as read from a prompt cache (``Usage.details``).
     cached: int | None = Field(default=None, ge=0)
+    #: The model's reasoning, returned before the reply (as a thinking model's).
+    thinking: str | None = None
 
 
 class TestModel(Model):
@@ -90,6 +95,11 @@ class TestModel(Model):
             text = self.wire_text(request, sent)
             size = options.chunk_size
             chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        thought = options.thinking or ""
+        for i in range(0, len(thought), options.chunk_size):
+            if options.delay:
+                time.sleep(options.delay)
+            yield Reasoning(thought[i:i + options.chunk_size])
         produced = 0
         for i, chunk in enumerate(chunks):
             if options.fail_after is not None and i >= options.fail_after:
