@@ -117,3 +117,34 @@ def test_on_a_terminal_dimmed_before_the_answer(user_dir: Path, hide: bool) -> N
         assert THOUGHT not in out and "A:reply to: q" in out
     else:
         assert f"\x1b[2m{THOUGHT}\x1b[0m\n\nA:reply to: q" in out
+
+
+def test_models_lists_the_policies_each_model_takes(load_plugins: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLI_TEST_MODELS", "1")
+    load_plugins("llmcli-testmodels", "llmcli-anthropic", "llmcli-openai", "llmcli-local")
+    data = {d["model_id"]: d for d in json.loads(run("models", "--json").stdout)}
+    assert data["claude-sonnet-4-5"]["reasoning_prefill"] == {"skip": "native",
+                                                             "emulate": "emulated"}
+    assert data["claude-opus-4-7"]["reasoning_prefill"] == {"skip": "emulated",
+                                                           "emulate": "emulated"}
+    assert data["o3"]["reasoning_prefill"] == {"emulate": "emulated"}
+    assert data["gpt-4o"]["reasoning_prefill"] == {}
+    assert data["smollm2"]["reasoning_prefill"] == {"after": "native", "skip": "native"}
+    assert data["test-eats"]["reasoning_prefill"] == {}
+    rows = {line.split("\t")[0].rstrip(" *"): line.split("\t")
+            for line in run("models").stdout.splitlines()}
+    assert rows["model"][-1] == "reasoning prefill"
+    assert rows["claude-sonnet-4-5"][-1] == "skip (native), emulate (emulated)"
+    assert rows["test-eats"][-1] == "-"
+    listed = run("models", "--options").stdout
+    assert "claude-opus-4-7 (prefill: emulated, schema: native, reasoning prefill: skip, " \
+        "emulate)" in listed
+
+
+def test_a_policy_the_model_does_not_take_is_one_line_before_any_request(
+        test_models: Any) -> None:
+    result = run("-m", "test-eats", "-o", "reasoning_prefill", "after", "q")
+    assert result.exit_code != 0
+    assert "Unknown option 'reasoning_prefill'" in result.stderr  # not a reasoning model
+    assert test_models.requests == []

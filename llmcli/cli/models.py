@@ -77,6 +77,7 @@ def _describe(model: Model, user_aliases: dict[str, str]) -> dict[str, object]:
         "schema_support": model.get_schema_support(model.Options()).value,
         "attachment_types": [t for t in TYPES
                              if t in model.get_attachment_types(model.Options())],
+        "reasoning_prefill": {str(p): how for p, how in model.reasoning_prefills().items()},
         "plugin": model.plugin,
         "needs_key": model.needs_key.name if model.needs_key else None,
         "key_env_var": model.needs_key.env_var if model.needs_key else None,
@@ -112,9 +113,10 @@ def list_models(as_json: bool, show_options: bool) -> None:
     if show_options:
         stored = config.load_model_options()
         for d in described:
+            names = ", ".join(d["reasoning_prefill"]) or "-"  # type: ignore[arg-type]
             click.echo(f"{d['model_id']} (prefill: {d['prefill_support']}, "
                        f"schema: {d['schema_support']}, "
-                       f"attachments: {_attachments(d)})")
+                       f"attachments: {_attachments(d)}, reasoning prefill: {names})")
             mine = stored.get(str(d["model_id"]), {})
             details: list[dict[str, Any]] = d["option_details"]  # type: ignore[assignment]
             lines = [_option_line(o, mine) for o in details]
@@ -131,9 +133,12 @@ def list_models(as_json: bool, show_options: bool) -> None:
         if d["prefill_note"]:
             prefill += f" ({d['prefill_note']})"
         name = str(d["model_id"]) + (" *" if d["model_id"] == default else "")
+        policies: dict[str, str] = d["reasoning_prefill"]  # type: ignore[assignment]
+        reasoning = ", ".join(f"{p} ({how})" for p, how in policies.items()) or "-"
         rows.append([name, prefill, ", ".join(d["aliases"]), key,  # type: ignore[arg-type]
-                     str(d["schema_support"]), _attachments(d)])
-    table(["model", "prefill", "aliases", "key", "schema", "attachments"], rows)
+                     str(d["schema_support"]), _attachments(d), reasoning])
+    table(["model", "prefill", "aliases", "key", "schema", "attachments", "reasoning prefill"],
+          rows)
 
 
 def _attachments(described: dict[str, object]) -> str:

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmcli.request import Usage
+from llmcli.request import Reasoning, Usage
 from llmcli.serve.errors import anthropic_body
 from llmcli.serve.protocol import AnthropicRequest, Chat, anthropic_chat, parse
 from llmcli.serve.runner import AfterPrefill, Run, Wire, cached_tokens, stream_failure, tokens
@@ -29,7 +29,8 @@ def _message(run: Run, text: str) -> dict[str, Any]:
         "type": "message",
         "role": "assistant",
         "model": run.model.model_id,
-        "content": [{"type": "text", "text": text[len(run.chat.prefill):]}],
+        "content": [*_thinking(response.reasoning_so_far()),
+                    {"type": "text", "text": text[len(run.chat.prefill):]}],
         "stop_reason": STOP.get(usage.stop_reason or "", "end_turn"),
         "stop_sequence": None,
         "usage": _usage(usage),
@@ -49,44 +50,88 @@ def _usage(usage: Usage) -> dict[str, Any]:
             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
 
 
+def _thinking(reasoning: str | None) -> list[dict[str, Any]]:
+    """The reasoning as a thinking block. Its signature is empty: llmcli cannot sign one as
+    Anthropic does, so a client sending it back gets it ignored, never verified."""
+    if reasoning is None:
+        return []
+    return [{"type": "thinking", "thinking": reasoning, "signature": ""}]
+
+
 def event(name: str, payload: dict[str, Any]) -> str:
     """One server-sent event as Anthropic streams them."""
     return f"event: {name}\ndata: {json.dumps({'type': name, **payload})}\n\n"
 
 
-async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
+async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]:
     response = run.response
     strip = AfterPrefill(run.chat.prefill)
+    blocks = _Blocks()
     try:
         yield event("message_start", {"message": {
             "id": f"msg_{response.id}", "type": "message", "role": "assistant",
             "model": run.model.model_id, "content": [], "stop_reason": None,
             "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
-        yield event("content_block_start",
-                    {"index": 0, "content_block": {"type": "text", "text": ""}})
+        # The first block opens at once (a thinking block when the reply starts with its
+        # reasoning), then the ping, as Anthropic's stream has them.
+        for line in blocks.open("thinking" if isinstance(first, Reasoning) else "text"):
+            yield line
         yield event("ping", {})
-
-        def delta(text: str) -> str:
-            return event("content_block_delta",
-                         {"index": 0, "delta": {"type": "text_delta", "text": text}})
-
-        if first is not None and (piece := strip(first)):
-            yield delta(piece)
+        if first is not None:
+            for line in blocks.add(first, strip):
+                yield line
         async for chunk in run.chunks:
-            if piece := strip(chunk):
-                yield delta(piece)
+            for line in blocks.add(chunk, strip):
+                yield line
     except (Exception, asyncio.CancelledError) as exc:
         yield event("error", {"error": anthropic_body(stream_failure(exc))["error"]})
         return
     finally:
         run.close()
     usage = response.usage()
-    yield event("content_block_stop", {"index": 0})
+    if blocks.kind != "text":  # a reply that ended in its reasoning still has a text block
+        for line in blocks.open("text"):
+            yield line
+    yield event("content_block_stop", {"index": blocks.index})
     yield event("message_delta", {
         "delta": {"stop_reason": STOP.get(usage.stop_reason or "", "end_turn"),
                   "stop_sequence": None},
         "usage": _usage(usage)})
     yield event("message_stop", {})
+
+
+class _Blocks:
+    """The stream's content blocks: a thinking block for the reasoning, a text block for the
+    answer, a new one each time the kind changes (indexed from 0, as Anthropic's)."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.kind = ""
+
+    def open(self, kind: str) -> list[str]:
+        lines = []
+        if self.index >= 0:
+            lines.append(event("content_block_stop", {"index": self.index}))
+        self.index += 1
+        self.kind = kind
+        block = ({"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking"
+                 else {"type": "text", "text": ""})
+        lines.append(event("content_block_start", {"index": self.index,
+                                                   "content_block": block}))
+        return lines
+
+    def add(self, chunk: str | Reasoning, strip: AfterPrefill) -> list[str]:
+        if isinstance(chunk, Reasoning):
+            lines = self.open("thinking") if self.kind != "thinking" else []
+            delta = {"type": "thinking_delta", "thinking": chunk.text}
+        else:
+            piece = strip(chunk)
+            if not piece:
+                return []
+            lines = self.open("text") if self.kind != "text" else []
+            delta = {"type": "text_delta", "text": piece}
+        lines.append(event("content_block_delta", {"index": self.index, "delta": delta}))
+        return lines
 
 
 def _chat(body: bytes) -> Chat:

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from llmcli.contract import Model, concurrency_limit
+from llmcli.request import Reasoning
 from llmcli.response import Response
 
 __all__ = ["STOP_WAIT", "Exchange", "model_slots", "stop_all"]
@@ -60,7 +61,8 @@ _queued: dict[int, collections.deque[Exchange]] = {}
 
 
 class Exchange:
-    """Iterate ``response`` on a thread; ``chunks()`` yields its normalized chunks."""
+    """Iterate ``response`` on a thread; ``chunks()`` yields its normalized chunks and its
+    reasoning."""
 
     def __init__(self, response: Response, slots: threading.BoundedSemaphore | None = None,
                  on_done: Callable[[Exchange], None] | None = None) -> None:
@@ -140,7 +142,7 @@ class Exchange:
     def _iterate(self) -> None:
         if self.cancelled:
             return
-        chunks = iter(self.response)
+        chunks = self.response.parts()  # the text, and the model's reasoning
         try:
             for chunk in chunks:
                 self._put("chunk", chunk)
@@ -152,8 +154,9 @@ class Exchange:
             if close is not None:
                 close()
 
-    async def chunks(self) -> AsyncIterator[str]:
-        """Normalized chunks as they arrive; raises what the response raised."""
+    async def chunks(self) -> AsyncIterator[str | Reasoning]:
+        """Normalized chunks (and :class:`Reasoning`) as they arrive; raises what the
+        response raised."""
         while True:
             kind, value = await self._queue.get()
             if kind == "chunk":

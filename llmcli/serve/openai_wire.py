@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from llmcli.request import Reasoning
 from llmcli.response import Response
 from llmcli.serve.errors import openai_body
 from llmcli.serve.protocol import Chat, OpenAIRequest, openai_chat, parse
@@ -24,6 +25,10 @@ def _completion(run: Run, text: str) -> dict[str, Any]:
     """The whole reply as one chat completion."""
     chat, response = run.chat, run.response
     usage = response.usage()
+    message: dict[str, Any] = {
+        "role": "assistant", "content": text if chat.echo else text[len(chat.prefill):]}
+    if (reasoning := response.reasoning_so_far()) is not None:
+        message["reasoning_content"] = reasoning  # vLLM's and DeepSeek's field
     return {
         "id": f"chatcmpl-{response.id}",
         "object": "chat.completion",
@@ -31,8 +36,7 @@ def _completion(run: Run, text: str) -> dict[str, Any]:
         "model": run.model.model_id,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant",
-                        "content": text if chat.echo else text[len(chat.prefill):]},
+            "message": message,
             "logprobs": None,
             "finish_reason": FINISH.get(usage.stop_reason or "", "stop"),
         }],
@@ -56,7 +60,7 @@ def data(payload: Any) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
+async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]:
     chat, response = run.chat, run.response
     base = {"id": f"chatcmpl-{response.id}", "object": "chat.completion.chunk",
             "created": run.created, "model": run.model.model_id}
@@ -71,16 +75,20 @@ async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
         return data(payload)
 
     strip = AfterPrefill(chat.prefill)
+
+    def delta(chunk: str | Reasoning) -> dict[str, Any] | None:
+        if isinstance(chunk, Reasoning):  # streamed as vLLM streams it
+            return {"reasoning_content": chunk.text}
+        piece = run.content(chunk, strip)
+        return {"content": piece} if piece else None
+
     try:
         yield frame({"role": "assistant", "content": ""})
-        if first is not None:
-            piece = run.content(first, strip)
-            if piece:
-                yield frame({"content": piece})
+        if first is not None and (piece := delta(first)):
+            yield frame(piece)
         async for chunk in run.chunks:
-            piece = run.content(chunk, strip)
-            if piece:
-                yield frame({"content": piece})
+            if piece := delta(chunk):
+                yield frame(piece)
     except (Exception, asyncio.CancelledError) as exc:
         yield data(openai_body(stream_failure(exc)))
         yield "data: [DONE]\n\n"

@@ -7,8 +7,12 @@ prefill rules live here, in one place per wire:
 * OpenAI: the final assistant message is the prefill, whether it is marked ``"prefix": true``
   (Mistral, DeepSeek), sent with ``continue_final_message: true`` and
   ``add_generation_prompt: false`` (vLLM; both true is a 400, as vLLM does), or simply last
-  (llama.cpp since PR 13174).
-* Anthropic: a trailing assistant message is the prefill (Anthropic's own semantics).
+  (llama.cpp since PR 13174). ``prefix`` has three states (standardcompletions): an explicit
+  ``"prefix": false``, or ``add_generation_prompt: true`` sent without
+  ``continue_final_message`` (what vLLM does with it), makes the final assistant message a
+  finished turn, not a prefill (``"prefix": true`` wins over ``add_generation_prompt``).
+* Anthropic: a trailing assistant message is the prefill (Anthropic's own semantics);
+  thinking blocks a client sends back in earlier assistant turns are not part of the text.
 
 Unknown request fields are ignored, as OpenAI-compatible servers do.
 """
@@ -67,8 +71,9 @@ class TextPart(_Wire):
 class OpenAIMessage(_Wire):
     role: str
     content: str | list[TextPart] | None = None
-    #: Mistral's and DeepSeek's marker of a final assistant message to continue.
-    prefix: bool = False
+    #: Mistral's and DeepSeek's marker of a final assistant message to continue; three
+    #: states: absent (None), true (a prefill), false (a finished turn).
+    prefix: bool | None = None
 
 
 class StreamOptions(_Wire):
@@ -95,7 +100,8 @@ class OpenAIRequest(_Wire):
     # vLLM's extensions.
     echo: bool = False
     continue_final_message: bool = False
-    add_generation_prompt: bool = True
+    #: vLLM's default is true; None: not sent (which matters: see :func:`openai_chat`).
+    add_generation_prompt: bool | None = None
 
 
 class AnthropicMessage(_Wire):
@@ -168,6 +174,11 @@ def parse(cls: type[T], body: bytes) -> T:
         raise WireError(400, f"Invalid field {where!r}: {error['msg']}", param=where) from None
 
 
+#: Content parts that are the model's reasoning, sent back by clients with earlier turns
+#: (Anthropic's thinking blocks): not part of a turn's text.
+REASONING_PARTS = ("thinking", "redacted_thinking")
+
+
 def _text(content: str | list[TextPart] | None, where: str) -> str:
     if content is None:
         return ""
@@ -175,6 +186,8 @@ def _text(content: str | list[TextPart] | None, where: str) -> str:
         return content
     texts = []
     for i, part in enumerate(content):
+        if part.type in REASONING_PARTS:
+            continue
         if part.type != "text" or part.text is None:
             raise WireError(400, f"{where}.content[{i}]: only text content is supported "
                             f"(got {part.type!r})", param=f"{where}.content")
@@ -298,7 +311,7 @@ STOP = ("stop", "stop_sequences")
 
 
 def openai_chat(request: OpenAIRequest) -> Chat:
-    if request.continue_final_message and request.add_generation_prompt:
+    if request.continue_final_message and request.add_generation_prompt is not False:
         raise WireError(400, "Cannot set both continue_final_message and add_generation_prompt "
                         "to true", param="continue_final_message")
     if request.n not in (None, 1):
@@ -324,8 +337,19 @@ def openai_chat(request: OpenAIRequest) -> Chat:
     if request.continue_final_message and final.role != "assistant":
         raise WireError(400, "continue_final_message is set but the final message is not from "
                         "the assistant", param="continue_final_message")
-    # Any trailing assistant message is the prefill: marked with "prefix", flagged with
+    # A trailing assistant message is the prefill: marked with "prefix", flagged with
     # continue_final_message, or simply last (llama.cpp); all three mean the same here.
+    # Unless the request says it is a finished turn: "prefix": false, or a generation
+    # prompt asked for (add_generation_prompt true without continue_final_message).
+    finished = final.prefix is False or (
+        final.prefix is not True and request.add_generation_prompt is True
+        and not request.continue_final_message)
+    if final.role == "assistant" and finished:
+        why = ('"prefix": false' if final.prefix is False
+               else "add_generation_prompt true without continue_final_message")
+        raise WireError(400, f"The final assistant message is a finished turn ({why}), not a "
+                        "prefill, and llmcli answers a user message: end the conversation with "
+                        "one, or send the assistant message as a prefill", param="messages")
     prefill = ""
     if turns and turns[-1][0] == "assistant" and final.role == "assistant":
         prefill = _prefill(turns.pop())

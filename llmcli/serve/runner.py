@@ -28,7 +28,7 @@ from fastapi.responses import Response as HTTPResponse
 from llmcli import api, config
 from llmcli.config import scrub
 from llmcli.contract import Model
-from llmcli.request import Usage
+from llmcli.request import Reasoning, Usage
 from llmcli.response import Conversation, Response
 from llmcli.serve.errors import WireError, anthropic_body, from_exception, openai_body
 from llmcli.serve.exchange import STOP_WAIT, Exchange, model_slots, stop_all
@@ -93,7 +93,7 @@ class Wire:
     anthropic: bool
     chat: Callable[[bytes], Chat]
     whole: Callable[[Run, str], dict[str, Any]]
-    events: Callable[[Run, str | None], AsyncIterator[str]]
+    events: Callable[[Run, str | Reasoning | None], AsyncIterator[str]]
 
 
 @dataclass
@@ -104,19 +104,20 @@ class Run:
     model: Model
     response: Response
     exchange: Exchange
-    chunks: AsyncIterator[str]
+    chunks: AsyncIterator[str | Reasoning]
     watcher: asyncio.Task[None]
     created: int = field(default_factory=lambda: int(time.time()))
 
     def content(self, chunk: str, strip: AfterPrefill) -> str:
         return chunk if self.chat.echo else strip(chunk)
 
-    async def rest(self, first: str | None) -> str:
-        """The whole normalized text (for a reply that is not streamed)."""
+    async def rest(self, first: str | Reasoning | None) -> str:
+        """The whole normalized text (for a reply that is not streamed; its reasoning is
+        the response's)."""
         try:
             parts = [first] if first else []
             parts += [chunk async for chunk in self.chunks]
-            return "".join(parts)
+            return "".join(p for p in parts if isinstance(p, str))
         finally:
             self.close()
 
@@ -194,7 +195,8 @@ class Runner:
             # The client has its reply all the same; the operator hears about the log.
             self.settings.say(f"warning: {response.id} was not logged: {response.log_error}")
 
-    async def start(self, request: Request, chat: Chat) -> tuple[Run, str | None]:
+    async def start(self, request: Request, chat: Chat
+                    ) -> tuple[Run, str | Reasoning | None]:
         """Prepare and start a response; wait for its first chunk so that a failure before
         any text is answered with a status, not inside a 200 stream."""
         model, response = await run_in_threadpool(self.prepare, chat)

@@ -12,8 +12,9 @@ imitates the capability:
 * test-unsupported: refuses prefills (the core stops them before ``execute``);
 * test-keyed: eats, and needs the key ``testkey`` (env ``TESTKEY_API_KEY``).
 
-``-o thinking TEXT`` makes a model reason first: TEXT comes back as
-:class:`~llmcli.models.Reasoning` chunks (``chunk_size`` at a time) before the reply.
+``-o thinking TEXT`` (or ``LLMCLI_TEST_THINKING=TEXT``, for a server's test) makes a model
+reason first: TEXT comes back as :class:`~llmcli.models.Reasoning` chunks (``chunk_size`` at
+a time) before the reply.
 
 In-process tests can also queue exact wire replies: ``TestModel.queue.append([...chunks])``.
 """
@@ -95,7 +96,7 @@ class TestModel(Model):
             text = self.wire_text(request, sent)
             size = options.chunk_size
             chunks = [text[i : i + size] for i in range(0, len(text), size)]
-        thought = options.thinking or ""
+        thought = options.thinking or os.environ.get("LLMCLI_TEST_THINKING", "")
         for i in range(0, len(thought), options.chunk_size):
             if options.delay:
                 time.sleep(options.delay)
