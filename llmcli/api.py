@@ -10,6 +10,7 @@ The CLI calls this module (and reads the log to browse it); nothing in the core 
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any
 
 from llmcli import config
@@ -17,12 +18,13 @@ from llmcli.contract import Model
 from llmcli.errors import ConfigError, OptionsError, UnknownModelError
 from llmcli.plugins import load_plugins, registered_models
 from llmcli.prepare import prepare_response, resolve_key, validate_options
-from llmcli.record import history
+from llmcli.record import ResponseRecord, history
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 
 __all__ = ["get_models", "get_model", "get_default_model", "prompt", "validate_options",
-           "resolve_key", "key_is_set", "load_conversation", "Logger", "PromptSpec"]
+           "resolve_key", "key_is_set", "load_conversation", "continue_reply", "Logger",
+           "PromptSpec"]
 
 #: Preferred default when the user has not chosen one: the offline local model.
 FALLBACK_DEFAULT = "smollm2"
@@ -98,6 +100,14 @@ def load_conversation(conversation_id: str | None = None, *,
     memory (:func:`llmcli.record.history`). It continues with ``model`` when given (an id,
     an alias or a Model), else with the model of its latest turn (a chat may have switched
     models with ``!model``)."""
+    cid, row, records = _logged(conversation_id)
+    if not isinstance(model, Model):
+        model = get_model(model or (records[-1].model if records else row["model"]))
+    return Conversation(model, id=cid, name=row["name"], history=history(records))
+
+
+def _logged(conversation_id: str | None) -> tuple[str, dict[str, Any], list[ResponseRecord]]:
+    """A logged conversation's id, row and records: this id, or the most recent one."""
     from llmcli.errors import ConversationError
     from llmcli.log import LogStore
 
@@ -113,9 +123,46 @@ def load_conversation(conversation_id: str | None = None, *,
         row, records = store.conversation(cid)
     finally:
         store.close()
-    if not isinstance(model, Model):
-        model = get_model(model or (records[-1].model if records else row["model"]))
-    return Conversation(model, id=cid, name=row["name"], history=history(records))
+    return cid, row, records
+
+
+def continue_reply(conversation: Conversation | str | None = None, /, *,
+                   model: str | Model | None = None, **fields: Any) -> Response:
+    """Continue the last reply of a conversation where it was cut off (its token limit, an
+    interruption): the same prompt, that reply's text as the prefill. ``conversation`` is a
+    :class:`Conversation` (its last response this session, else its log), a logged
+    conversation's id, or None for the most recent one. The new response's text is the whole
+    reply, and the log links it to the reply it extends. ``fields`` are
+    :class:`~llmcli.spec.PromptSpec` fields; ``options`` are merged over the reply's own."""
+    from llmcli.errors import ConversationError
+    from llmcli.record import continuable
+
+    if isinstance(conversation, Conversation) and conversation.responses:
+        if model is not None:
+            conversation.model = model if isinstance(model, Model) else get_model(model)
+        return conversation.responses[-1].continue_reply(**fields)
+    wanted = conversation.id if isinstance(conversation, Conversation) else conversation
+    cid, row, records = _logged(wanted)
+    last = next((r for r in reversed(records) if r.status != "pending"), None)
+    if last is None:
+        raise ConversationError(f"Conversation {cid} has no reply to continue")
+    why = continuable(last)
+    if why is not None:
+        raise ConversationError(f"The last reply of conversation {cid} cannot be continued: "
+                                f"{why}")
+    chosen = model if isinstance(model, Model) else get_model(model or last.model)
+    earlier = [r for r in records if r.id not in (last.id, last.continues_id)]
+    target = Conversation(chosen, id=cid, name=row["name"], history=history(earlier))
+    if isinstance(conversation, Conversation):  # keep the caller's object: its next turns
+        conversation.model, conversation._loaded_history = chosen, target._loaded_history
+        target = conversation
+    options = {**json.loads(last.options_json or "{}"), **fields.pop("options", {})}
+    if last.schema_json and "schema" not in fields:
+        fields["schema"] = json.loads(last.schema_json)
+    spec = PromptSpec(last.prompt, **{"system": last.system, **fields, "prefill": last.text,
+                                      "options": options, "continues": last.id,
+                                      "conversation": target})
+    return prompt(chosen, spec)
 
 
 def prompt(model: Model, prompt: str | PromptSpec, /, **fields: Any) -> Response:

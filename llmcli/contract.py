@@ -130,6 +130,7 @@ class Model:
         grammar: str | None = None,
         attachments: Iterable[Attachment] = (),
         store_attachments: bool = False,
+        continues: str | None = None,
         **options: Any,
     ) -> Response:
         """Prepare a response (see :func:`llmcli.prepare.prepare_response`); nothing is
@@ -138,7 +139,8 @@ class Model:
         return prepare_response(self, PromptSpec(
             prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
             conversation=conversation, options=options, schema=schema, grammar=grammar,
-            attachments=tuple(attachments), store_attachments=store_attachments))
+            attachments=tuple(attachments), store_attachments=store_attachments,
+            continues=continues))
 
     def conversation(self) -> Conversation:
         return Conversation(self)

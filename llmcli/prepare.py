@@ -239,7 +239,8 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
     if conversation is not None and conversation.model is not model:
         # A conversation continued with another model keeps its history.
         conversation.model = model
-    history = conversation.history() if conversation is not None else []
+    history = (conversation.history(excluding=spec.continues)
+               if conversation is not None else [])
     if any(m.attachments for m in history):
         history = resend_attachments(model, validated, history)
     request = Request(
@@ -272,6 +273,7 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
         # model.prompt() starts a new one.
         conversation = Conversation(model)
     response = Response(model, request, conversation=conversation, logger=logger, spec=spec)
+    response.continues = spec.continues
     response.schema_retries = max(0, spec.schema_retries)
     response.store_attachments = spec.store_attachments
     conversation.responses.append(response)

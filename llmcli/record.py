@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from llmcli.attachments import Attachment
 
-__all__ = ["Message", "ResponseRecord", "Status", "attachment_info", "continuation", "history"]
+__all__ = ["Message", "ResponseRecord", "Status", "attachment_info", "continuable", "continuation",
+           "history"]
 
 Status = Literal["pending", "complete", "partial", "error"]
 
@@ -65,6 +66,8 @@ class ResponseRecord:
     usage_json: str | None = None
     #: The model's reasoning, apart from the answer (None where the backend returned none).
     reasoning: str | None = None
+    #: The id of the cut-off reply this one continues (its text is this one's prefill).
+    continues_id: str | None = None
     #: Not a column of ``responses``: the name a new conversation is logged under.
     conversation_name: str | None = None
     #: Not a column of ``responses``: the schema's canonical text, stored once by its id.
@@ -119,6 +122,7 @@ class ResponseRecord:
             "conversation_id": self.conversation_id,
             **({"attachments": [attachment_info(a) for a in self.attachments]}
                if self.attachments else {}),
+            "continues_id": self.continues_id,
         }
 
 
@@ -128,10 +132,13 @@ def history(records: Iterable[ResponseRecord]) -> list[Message]:
     The one rule, for a conversation held in memory and one loaded from the log alike: a
     response that produced no text (it failed before any arrived) is not a turn, so no
     empty assistant message is ever sent; a partial one counts with what arrived. A
-    prefilled turn is its full text, prefill included."""
+    prefilled turn is its full text, prefill included. A reply that a later one continues
+    (``continues_id``) is not a turn of its own: the continuation holds the whole reply."""
+    records = list(records)
+    continued = {r.continues_id for r in records if r.continues_id and r.text}
     messages: list[Message] = []
     for record in records:
-        if record.status == "error" or not record.text:
+        if record.status == "error" or not record.text or record.id in continued:
             continue
         messages.append(Message("user", record.prompt, record.attachments))
         messages.append(Message("assistant", record.text))
@@ -142,3 +149,13 @@ def attachment_info(attachment: Attachment) -> dict[str, Any]:
     """What ``--json`` and the log say of an attachment (never its content)."""
     return {"type": attachment.type, "size": attachment.size, "sha256": attachment.sha256,
             "path": attachment.path, "url": attachment.url}
+
+
+def continuable(record: ResponseRecord) -> str | None:
+    """Why ``record`` cannot be continued (it finished), or None: a reply that stopped on
+    its token limit or was cut short (partial) can be."""
+    if record.status == "partial" or record.stop_reason == "max_tokens":
+        return None
+    if record.status == "error" or not record.text:
+        return "it has no text (it failed before any arrived)"
+    return f"it finished (stop: {record.stop_reason or record.status})"

@@ -23,9 +23,15 @@ from llmcli import config
 from llmcli import schema as schemas
 from llmcli.cancel import Cancellation
 from llmcli.capabilities import PrefillSupport, SchemaSupport
-from llmcli.errors import LLMCLIError, LogWarning, PartialResponseError, ProviderError
+from llmcli.errors import (
+    ConversationError,
+    LLMCLIError,
+    LogWarning,
+    PartialResponseError,
+    ProviderError,
+)
 from llmcli.normalize import PrefillNormalizer, normalize_text
-from llmcli.record import Message, ResponseRecord, Status, history
+from llmcli.record import Message, ResponseRecord, Status, continuable, history
 from llmcli.record import continuation as continuation_of
 from llmcli.request import Chunk, Options, PrefillSent, Reasoning, Request, Usage
 from llmcli.spec import Logger, PromptSpec
@@ -57,12 +63,14 @@ class Conversation:
         #: Turns loaded from the log (for ``-c``/``--cid``) before this session's responses.
         self._loaded_history = list(history or [])
 
-    def history(self) -> list[Message]:
+    def history(self, excluding: str | None = None) -> list[Message]:
         """The turns the next prompt carries: those loaded from the log, then this
-        session's, by the same rule (:func:`llmcli.record.history`)."""
+        session's, by the same rule (:func:`llmcli.record.history`); without the response
+        ``excluding`` (the reply a continuation extends)."""
         for response in self.responses:
             response.text()  # a response never read is run now: its reply is a turn
-        return [*self._loaded_history, *history(r.record() for r in self.responses)]
+        return [*self._loaded_history, *history(
+            r.record() for r in self.responses if r.id != excluding)]
 
     def prompt(self, prompt: str, **kwargs: Any) -> Response:
         return self.model.prompt(prompt, conversation=self, **kwargs)
@@ -114,6 +122,8 @@ class Response:
         self.schema_retries = schemas.DEFAULT_RETRIES
         #: Log the attachments' content, not only their type, size and hash.
         self.store_attachments = False
+        #: The id of the cut-off reply this one continues, or None.
+        self.continues: str | None = None
 
     # Convenience views of the request.
     @property
@@ -392,6 +402,7 @@ class Response:
             output_tokens=usage.output_tokens,
             stop_reason=usage.stop_reason,
             reasoning=self.reasoning_so_far(),
+            continues_id=self.continues,
             usage_json=json.dumps(usage.details, default=str) if usage.details else None,
             duration_ms=self.duration_ms,
             error=self.error,
@@ -400,6 +411,24 @@ class Response:
             attachments=self.request.attachments,
             store_attachments=self.store_attachments,
         )
+
+    def continue_reply(self, **fields: Any) -> Response:
+        """A new response that continues this one where it was cut off (its token limit,
+        an interruption): the same prompt, with this reply's text as the prefill, in the same
+        conversation. Its text is the whole reply; the log links it to this one. ``fields``
+        are :class:`~llmcli.spec.PromptSpec` fields (``options`` merged over this one's, to
+        raise ``max_tokens`` say). Nothing is sent until it is read."""
+        self.text()
+        why = continuable(self.record())
+        if why is not None:
+            raise ConversationError(f"Response {self.id} cannot be continued: {why}")
+        options = {**self.options.model_dump(exclude_defaults=True),
+                   **fields.pop("options", {})}
+        fields = {"system": self.system, "stream": self.request.stream,
+                  "schema": self.schema, "grammar": self.request.grammar, **fields}
+        return self.model.prompt(self.prompt, prefill=self.text_so_far(),
+                                 conversation=self.conversation, continues=self.id,
+                                 **fields, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``llmcli --json`` prints (the text so far; it does not run the response)."""

@@ -53,6 +53,9 @@ class PromptSpec:
     #: Log the exchange (True: to the log database when logging is on), or not, or hand it
     #: to this callable.
     log: bool | Logger = field(default=True, compare=False)
+    #: The id of the reply this prompt extends (``continue_reply``): its text is the
+    #: prefill, and it is not sent as an earlier turn; None for a new reply.
+    continues: str | None = None
     #: The conversation this prompt continues (its earlier turns are sent), or None for a
     #: new one.
     conversation: Conversation | None = field(default=None, compare=False, repr=False)

@@ -31,6 +31,7 @@ Type 'exit' or 'quit' (or press Ctrl-D) to leave; Ctrl-C stops a reply.
   !edit           write the next message in $EDITOR
   !model NAME     continue the conversation with another model
   !reasoning      show or hide the model's reasoning (!reasoning on|off)
+  !continue       continue the last reply where it was cut off (max_tokens, Ctrl-C)
   !help           this list"""
 
 EXIT_WORDS = ("exit", "quit")
@@ -175,7 +176,20 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
     """Send one message and stream the reply; Ctrl-C stops the reply, not the chat."""
     from llmcli import api
 
-    response = api.prompt(state.model, state.spec(text))
+    _stream(state, api.prompt(state.model, state.spec(text)), out)
+
+
+def _continue(state: ChatState, out: TextIO) -> None:
+    """``!continue``: the last reply, continued where it was cut off; only the new text is
+    written (the cut-off reply is on the screen above), the log has the whole reply."""
+    from llmcli import api
+
+    response = api.continue_reply(state.conversation, model=state.model, key=state.key,
+                                  log=state.log, options=state.options)
+    _stream(state, response, out, skip=len(response.prefill))
+
+
+def _stream(state: ChatState, response: Any, out: TextIO, skip: int = 0) -> None:
     wrote_newline = True
     thoughts = ReasoningView(state.show_reasoning)
     try:
@@ -184,6 +198,11 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
                 thoughts.write(chunk.text)
                 continue
             thoughts.close()
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
+                if not chunk:
+                    continue
             out.write(chunk)
             out.flush()
             wrote_newline = chunk.endswith("\n")
@@ -285,6 +304,9 @@ def chat(
             if not line.strip():
                 continue
             text: str | None = line
+            if line.strip() == "!continue":
+                _continue(state, out)
+                continue
             if line.startswith("!"):
                 try:
                     text = _command(state, line.rstrip("\n"))

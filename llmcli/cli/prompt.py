@@ -59,6 +59,9 @@ def refuse_command_word(args: list[str], commands: list[str]) -> None:
 @click.option("--no-stream", is_flag=True, help="Wait for the whole reply instead of streaming.")
 @shared("continue")
 @shared("cid")
+@click.option("--continue-reply", "continue_reply", is_flag=True,
+              help="Continue the conversation's last reply where it was cut off (max_tokens "
+              "or interrupted): its text is the prefill (the latest conversation, or -c/--cid).")
 @click.option("--reasoning/--no-reasoning", " /-R", "show_reasoning", default=None,
               help="Show the model's reasoning on stderr (default: on a terminal only), or "
               "hide it (-R).")
@@ -105,6 +108,7 @@ def prompt(
     no_stream: bool,
     continue_: bool,
     conversation_id: str | None,
+    continue_reply: bool,
     show_reasoning: bool | None,
     no_log: bool,
     key: str | None,
@@ -154,44 +158,55 @@ def prompt(
 
     if extract and as_json:
         raise PromptInputError("--extract prints text; it cannot be combined with --json")
-    given = _attachments(attachments, typed_attachments)
-    stdin_text = "" if any(a.content is not None for a in given) else read_stdin()
-    text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
-    template_options: dict[str, Any] = {}
-    if template_name is not None or params or fragments or system_fragments:
-        from llmcli.templates import resolve_inputs
-
-        inputs = resolve_inputs(template_name, params, fragments, system_fragments, text=text,
-                                system=system, model=model_name, prefill=prefill,
-                                extract=extract and not as_json)
-        text, system, model_name, prefill = (inputs.text, inputs.system, inputs.model,
-                                             inputs.prefill)
-        template_options, extract = inputs.options, inputs.extract and not as_json
-        parsed_schema = parsed_schema or inputs.schema
-    if not text.strip():
-        raise PromptInputError("Empty prompt: pass PROMPT or pipe text on standard input")
-
-    if continue_ or conversation_id:
+    if continue_reply:
+        if (prompt or prefill is not None or template_name or fragments or system_fragments
+                or attachments or typed_attachments):
+            raise PromptInputError("--continue-reply takes no prompt, prefill, template or "
+                                   "attachment: it continues the last reply with its own")
         conversation = api.load_conversation(conversation_id, model=model_name)
         model = conversation.model
+        response = api.continue_reply(
+            conversation.id, model=model, options=parse_options(model, options),
+            stream=not no_stream and not as_json and not extract, key=key, log=not no_log)
     else:
-        model = api.get_model(model_name)
-        conversation = model.conversation()
-    spec = PromptSpec(
-        text,
-        system=system,
-        prefill=prefill,
-        stream=not no_stream and not as_json and not extract,
-        key=key,
-        log=not no_log,  # the API opens the log now: one that cannot be written fails here
-        conversation=conversation,
-        options={**template_options, **parse_options(model, options)},
-        schema=parsed_schema,
-        grammar=_read_grammar(grammar_file),
-        attachments=given,
-        store_attachments=store_attachments,
-    )
-    response = api.prompt(model, spec)
+        given = _attachments(attachments, typed_attachments)
+        stdin_text = "" if any(a.content is not None for a in given) else read_stdin()
+        text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
+        template_options: dict[str, Any] = {}
+        if template_name is not None or params or fragments or system_fragments:
+            from llmcli.templates import resolve_inputs
+
+            inputs = resolve_inputs(template_name, params, fragments, system_fragments, text=text,
+                                    system=system, model=model_name, prefill=prefill,
+                                    extract=extract and not as_json)
+            text, system, model_name, prefill = (inputs.text, inputs.system, inputs.model,
+                                                 inputs.prefill)
+            template_options, extract = inputs.options, inputs.extract and not as_json
+            parsed_schema = parsed_schema or inputs.schema
+        if not text.strip():
+            raise PromptInputError("Empty prompt: pass PROMPT or pipe text on standard input")
+
+        if continue_ or conversation_id:
+            conversation = api.load_conversation(conversation_id, model=model_name)
+            model = conversation.model
+        else:
+            model = api.get_model(model_name)
+            conversation = model.conversation()
+        spec = PromptSpec(
+            text,
+            system=system,
+            prefill=prefill,
+            stream=not no_stream and not as_json and not extract,
+            key=key,
+            log=not no_log,  # the API opens the log now: one that cannot be written fails here
+            conversation=conversation,
+            options={**template_options, **parse_options(model, options)},
+            schema=parsed_schema,
+            grammar=_read_grammar(grammar_file),
+            attachments=given,
+            store_attachments=store_attachments,
+        )
+        response = api.prompt(model, spec)
 
     if as_json:
         try:

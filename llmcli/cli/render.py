@@ -72,7 +72,11 @@ def full_entry(row: Mapping[str, Any], *, usage: bool = False, truncate: bool = 
     if row.get("system"):
         lines += ["", "System:", part(row["system"])]
     lines += ["", "Prompt:", part(row["prompt"])]
-    if row.get("prefill"):
+    if row.get("continues_id"):
+        # A continuation's prefill is the reply it extends: shown once, joined, below.
+        lines += ["", f"Continues {row['continues_id']} (its text, continued: the whole "
+                  "reply is below)"]
+    elif row.get("prefill"):
         lines += ["", f"Prefill ({row['prefill_support']}):", part(row["prefill"])]
     if row.get("reasoning"):
         lines += ["", "Reasoning:", part(row["reasoning"])]
@@ -101,7 +105,9 @@ def short_entry(row: Mapping[str, Any], *, usage: bool = False) -> str:
     if row.get("system"):
         fields.append(("system", one_line(row["system"], SHORT_WIDTH)))
     fields.append(("prompt", one_line(row["prompt"], SHORT_WIDTH)))
-    if row.get("prefill"):
+    if row.get("continues_id"):
+        fields.append(("continues", row["continues_id"]))
+    elif row.get("prefill"):
         fields.append(("prefill", row["prefill"]))
     if row.get("reasoning"):
         fields.append(("reasoning", one_line(row["reasoning"], SHORT_WIDTH)))

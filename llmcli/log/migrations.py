@@ -115,3 +115,10 @@ def m010_reasoning(db: Database) -> None:
     """The model's reasoning (thinking blocks, ``reasoning_content``, a local ``<think>``
     block), kept apart from the answer; NULL where the backend returned none."""
     db.table("responses").add_column("reasoning", str)
+
+
+@migration
+def m008_continues(db: Database) -> None:
+    """A reply that continues a cut-off one (``llmcli --continue-reply``, chat's
+    ``!continue``, ``response.continue_reply()``) names it; NULL otherwise."""
+    db.table("responses").add_column("continues_id", str)

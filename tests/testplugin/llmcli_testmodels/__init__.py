@@ -48,6 +48,8 @@ class TestOptions(Options):
     cached: int | None = Field(default=None, ge=0)
     #: The model's reasoning, returned before the reply (as a thinking model's).
     thinking: str | None = None
+    #: Stop after this many chunks, as a reply that reached its token limit (0: never).
+    cut_after: int = Field(default=0, ge=0)
 
 
 class TestModel(Model):
@@ -102,6 +104,9 @@ class TestModel(Model):
                 time.sleep(options.delay)
             yield Reasoning(thought[i:i + options.chunk_size])
         produced = 0
+        stop_reason = "end_turn"
+        if options.cut_after and len(chunks) > options.cut_after:
+            chunks, stop_reason = chunks[:options.cut_after], "max_tokens"
         for i, chunk in enumerate(chunks):
             if options.fail_after is not None and i >= options.fail_after:
                 raise ProviderError("test provider: connection reset mid-stream", status=None,
@@ -111,7 +116,7 @@ class TestModel(Model):
             produced += 1
             yield chunk
         yield Usage(input_tokens=len(request.prompt.split()), output_tokens=produced,
-                    stop_reason="end_turn",
+                    stop_reason=stop_reason,
                     details={} if options.cached is None else {"cached_tokens": options.cached})
 
 
