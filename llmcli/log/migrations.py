@@ -118,7 +118,7 @@ def m010_reasoning(db: Database) -> None:
 
 
 @migration
-def m008_continues(db: Database) -> None:
+def m011_continues(db: Database) -> None:
     """A reply that continues a cut-off one (``llmcli --continue-reply``, chat's
     ``!continue``, ``response.continue_reply()``) names it; NULL otherwise."""
     db.table("responses").add_column("continues_id", str)

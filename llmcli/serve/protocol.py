@@ -254,6 +254,8 @@ def _content(content: str | list[TextPart] | None, where: str
     texts: list[str] = []
     attachments: list[Attachment] = []
     for i, part in enumerate(content):
+        if part.type in REASONING_PARTS:  # sent back with an earlier turn: not its text
+            continue
         attachment = _attachment(part, f"{where}.content[{i}]")
         if attachment is not None:
             attachments.append(attachment)
