@@ -72,10 +72,13 @@ LOOKUP_NGRAM = 3
 #: text: 17 of 20 proposals on a list, about half on a haiku) and follows each round's
 #: outcome with this weight.
 START_RATE = 0.7
+#: A lookup's rate starts lower: a repeated n-gram is a weaker sign than a model's guess.
+LOOKUP_START_RATE = 0.4
 RATE_WEIGHT = 0.3
-#: A row that could speculate but did not drifts back towards START_RATE by this weight a
-#: step, so that a draft that failed on one stretch of text is tried again on a later one.
-RECOVER = 0.05
+#: A row that could speculate but did not drifts back towards its start rates by this
+#: weight a step, so that a draft that failed on one stretch of text is tried again on a
+#: later one.
+RECOVER = 0.02
 #: Where a row's proposals come from.
 MODEL, LOOKUP = "model", "lookup"
 
@@ -91,7 +94,7 @@ class Speculation:
     cache: Cache | None = None
     next: int = DRAFT_START
     rate: float = START_RATE
-    lookup_rate: float = START_RATE
+    lookup_rate: float = LOOKUP_START_RATE
     proposed: int = 0
     accepted: int = 0
 
@@ -112,7 +115,7 @@ class Speculation:
     def idle(self) -> None:
         """It could have speculated and did not: each rate drifts back towards the start."""
         self.rate += RECOVER * (START_RATE - self.rate)
-        self.lookup_rate += RECOVER * (START_RATE - self.lookup_rate)
+        self.lookup_rate += RECOVER * (LOOKUP_START_RATE - self.lookup_rate)
 
     def release(self) -> None:
         """The sequence has ended: a model draft's cache is kept for a prompt that starts
@@ -159,7 +162,9 @@ def lookup(ids: Sequence[int], count: int, ngram: int = LOOKUP_NGRAM) -> list[in
 def expected(rate: float, proposals: int) -> float:
     """Tokens a round is expected to keep: its own token, then each proposal while every
     one before it was taken (each with probability ``rate``)."""
-    return sum(rate ** j for j in range(proposals + 1))
+    if rate >= 1.0:
+        return proposals + 1.0
+    return (1.0 - rate ** (proposals + 1)) / (1.0 - rate)
 
 
 @dataclass(eq=False)
@@ -199,22 +204,30 @@ class Policy:
         if not candidates:
             return
         n = len(rows)
+        if n == 1 and _limit(rows[0], DRAFT_MAX, MODEL):
+            # A lone row with a model draft proposes its adaptive count (4 first, two more
+            # after a round taken whole, one more than kept after one that was not): what
+            # the cost fits would choose gained less (1.40x the plain loop against 1.99x,
+            # docs/benchmarks.md): they under-state how little a lone row's pass costs.
+            row = rows[0]
+            row.count, row.source = _limit(row, DRAFT_MAX, MODEL), MODEL
+            return
         best_rate = n / costs.step(n) * (1 + costs.margin)
         best: tuple[str, list[Row], int] | None = None
         for source in (MODEL, LOOKUP):
-            ranked = sorted((r for r in candidates if _limit(r, DRAFT_MAX, source)),
-                            key=lambda r: _rate(r, source), reverse=True)
+            limits = [(r, _limit(r, DRAFT_MAX, source), _rate(r, source)) for r in candidates]
+            ranked = sorted((c for c in limits if c[1]), key=lambda c: c[2], reverse=True)
             for j in range(1, len(ranked) + 1):
-                chosen = ranked[:j]
-                for k in range(1, DRAFT_MAX + 1):
-                    counts = [_limit(r, k, source) for r in chosen]
-                    tokens = n - j + sum(expected(_rate(r, source), c)
-                                         for r, c in zip(chosen, counts, strict=True))
+                top = ranked[:j]
+                for k in range(1, max(c[1] for c in top) + 1):
+                    counts = [min(k, c[1]) for c in top]
+                    tokens = n - j + sum(expected(c[2], m)
+                                         for c, m in zip(top, counts, strict=True))
                     cost = costs.verify(n, n + sum(counts))
                     if source == MODEL:
                         cost += max(counts) * costs.draft(j)
                     if tokens / cost > best_rate:
-                        best_rate, best = tokens / cost, (source, chosen, k)
+                        best_rate, best = tokens / cost, (source, [c[0] for c in top], k)
         if best is not None:
             source, chosen, k = best
             for row in chosen:
