@@ -147,16 +147,27 @@ def lookup(ids: Sequence[int], count: int, ngram: int = LOOKUP_NGRAM) -> list[in
     one token), the copy running on into its own proposals where it reaches the end (a
     repeating pattern repeats); none where nothing matches."""
     end = len(ids)
-    for size in range(min(ngram, end - 1), 0, -1):
-        tail = list(ids[end - size:])
-        for start in range(end - size - 1, -1, -1):
-            if list(ids[start:start + size]) == tail:
-                copied = list(ids)
-                source = start + size
-                for offset in range(count):
-                    copied.append(copied[source + offset])
-                return copied[end:]
-    return []
+    if end < 2:
+        return []
+    last, source, matched = ids[-1], -1, 0
+    # From the latest earlier occurrence of the last token back: the first that matches the
+    # most of the last ``ngram`` tokens (one step over the ids, every step of the loop).
+    for at in range(end - 2, -1, -1):
+        if ids[at] != last:
+            continue
+        size = 1
+        while size < ngram and at - size >= 0 and ids[at - size] == ids[end - 1 - size]:
+            size += 1
+        if size > matched:
+            source, matched = at + 1, size
+            if size == ngram:
+                break
+    if not matched:
+        return []
+    copied = list(ids)
+    for offset in range(count):
+        copied.append(copied[source + offset])
+    return copied[end:]
 
 
 def expected(rate: float, proposals: int) -> float:
