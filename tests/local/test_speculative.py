@@ -38,6 +38,10 @@ class _Cache:
     def __init__(self, ids: list[int]) -> None:
         self.ids = list(ids)
 
+    @property
+    def position(self) -> int:
+        return len(self.ids)
+
 
 class _Scores:
     def __init__(self, rows: Any) -> None:

@@ -79,6 +79,9 @@ RATE_WEIGHT = 0.3
 #: weight a step, so that a draft that failed on one stretch of text is tried again on a
 #: later one.
 RECOVER = 0.02
+#: In a step of several rows, a model draft proposes only when at most this many of the
+#: row's positions are missing from its cache (:func:`_current`).
+CURRENT = 2
 #: Where a row's proposals come from.
 MODEL, LOOKUP = "model", "lookup"
 
@@ -226,7 +229,8 @@ class Policy:
         best_rate = n / costs.step(n) * (1 + costs.margin)
         best: tuple[str, list[Row], int] | None = None
         for source in (MODEL, LOOKUP):
-            limits = [(r, _limit(r, DRAFT_MAX, source), _rate(r, source)) for r in candidates]
+            limits = [(r, _limit(r, DRAFT_MAX, source), _rate(r, source)) for r in candidates
+                      if source == LOOKUP or _current(r)]
             ranked = sorted((c for c in limits if c[1]), key=lambda c: c[2], reverse=True)
             for j in range(1, len(ranked) + 1):
                 top = ranked[:j]
@@ -248,6 +252,17 @@ class Policy:
                 spec = row.sequence.speculation
                 assert spec is not None
                 spec.idle()
+
+
+def _current(row: Row) -> bool:
+    """Whether ``row``'s model draft has seen all but the last couple of its tokens: in a
+    step of several rows only such a draft proposes. A draft that is further behind would
+    first catch up in a pass of its own (the prompt and the reply so far), which the cost
+    fits leave out; with it, 8 calls' tails measured slower (docs/benchmarks.md)."""
+    spec = row.sequence.speculation
+    assert spec is not None
+    held = spec.cache
+    return held is not None and row.sequence.cache.position - held.position <= CURRENT
 
 
 def _rate(row: Row, source: str) -> float:
