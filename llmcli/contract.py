@@ -15,11 +15,12 @@ The data a backend is handed and yields (:class:`Request`, :class:`Usage`, ...) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from llmcli.attachments import Attachment
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, SchemaSupport, ToolSupport
+from llmcli.chain import DEFAULT_CHAIN_LIMIT, AfterCall, BeforeCall, ChainResponse
 from llmcli.prepare import prepare_response
 from llmcli.request import (
     Chunk,
@@ -28,14 +29,20 @@ from llmcli.request import (
     PrefillSent,
     Request,
     StrList,
+    ToolCall,
+    ToolResult,
     Usage,
     emulation_instruction,
 )
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
+from llmcli.tools import Tool
 
 __all__ = ["Chunk", "KeySpec", "Model", "Options", "PrefillSent", "Request", "StrList",
-           "Usage", "concurrency_limit", "emulation_instruction"]
+           "ToolCall", "ToolResult", "Usage", "concurrency_limit", "emulation_instruction"]
+
+#: What ``tools=`` accepts: Tool objects and plain functions.
+ToolLike = Tool | Callable[..., Any]
 
 BaseOptions = Options
 
@@ -96,6 +103,14 @@ class Model:
         provider that refuses both at once), or None."""
         return None
 
+    #: How the model calls tools (see :class:`ToolSupport`): by default it cannot.
+    tool_support: ToolSupport = ToolSupport.NONE
+
+    def get_tool_support(self, options: BaseOptions) -> ToolSupport:
+        """The tool capability for a request with these options (override when it
+        depends on them, or on the server behind the model)."""
+        return self.tool_support
+
     def execute(self, request: Request) -> Iterator[Chunk]:
         """Call the backend; yield text chunks, then optionally a :class:`Usage`.
 
@@ -120,15 +135,47 @@ class Model:
         grammar: str | None = None,
         attachments: Iterable[Attachment] = (),
         store_attachments: bool = False,
+        tools: Iterable[ToolLike] = (),
+        tool_results: Iterable[ToolResult] = (),
         **options: Any,
     ) -> Response:
         """Prepare a response (see :func:`llmcli.prepare.prepare_response`); nothing is
         sent yet. The keywords are the :class:`~llmcli.spec.PromptSpec` fields; the rest are
-        this model's options."""
+        this model's options. With ``tools``, the reply may call them
+        (``response.tool_calls()``); :meth:`chain` also runs them."""
         return prepare_response(self, PromptSpec(
             prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
             conversation=conversation, options=options, schema=schema, grammar=grammar,
-            attachments=tuple(attachments), store_attachments=store_attachments))
+            attachments=tuple(attachments), store_attachments=store_attachments,
+            tools=tuple(tools), tool_results=tuple(tool_results)))  # type: ignore[arg-type]
+
+    def chain(
+        self,
+        prompt: str,
+        *,
+        tools: Iterable[ToolLike] = (),
+        chain_limit: int | None = DEFAULT_CHAIN_LIMIT,
+        prefill_final: str | None = None,
+        before_call: BeforeCall | None = None,
+        after_call: AfterCall | None = None,
+        system: str | None = None,
+        prefill: str | None = None,
+        stream: bool = True,
+        key: str | None = None,
+        log: bool | Logger = True,
+        conversation: Conversation | None = None,
+        **options: Any,
+    ) -> ChainResponse:
+        """Prompt with ``tools`` and run the calls the model makes, sending each turn's
+        results back, until a reply calls no tool (see :class:`llmcli.chain.ChainResponse`).
+        ``chain_limit`` bounds the responses (None: no limit); ``prefill`` starts the first
+        turn, ``prefill_final`` each turn after a tool result."""
+        spec = PromptSpec(
+            prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
+            conversation=conversation, options=options,
+            tools=tuple(tools))  # type: ignore[arg-type]
+        return ChainResponse(self, spec, chain_limit=chain_limit, prefill_final=prefill_final,
+                             before_call=before_call, after_call=after_call)
 
     def conversation(self) -> Conversation:
         return Conversation(self)

@@ -25,7 +25,7 @@ from llmcli.cancel import Cancellation
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import LLMCLIError, LogWarning, PartialResponseError, ProviderError
 from llmcli.normalize import PrefillNormalizer, normalize_text
-from llmcli.record import Message, ResponseRecord, Status, history
+from llmcli.record import Message, ResponseRecord, Status, ToolCall, history
 from llmcli.record import continuation as continuation_of
 from llmcli.request import Chunk, Options, PrefillSent, Request, Usage
 from llmcli.spec import Logger, PromptSpec
@@ -67,6 +67,10 @@ class Conversation:
     def prompt(self, prompt: str, **kwargs: Any) -> Response:
         return self.model.prompt(prompt, conversation=self, **kwargs)
 
+    def chain(self, prompt: str, **kwargs: Any) -> Any:
+        """Run a tool chain in this conversation (see :meth:`llmcli.Model.chain`)."""
+        return self.model.chain(prompt, conversation=self, **kwargs)
+
 
 class Response:
     """One exchange. Iterate it for normalized chunks; ``text()`` drains and joins them.
@@ -105,6 +109,7 @@ class Response:
         self.log_error: str | None = None
         self._cancellation = Cancellation()
         self._chunks: list[str] = []
+        self._tool_calls: list[ToolCall] = []
         self._usage = Usage()
         self._iterator: Generator[str, None, None] | None = None
         #: Retries of the ``validated`` schema mode.
@@ -207,6 +212,21 @@ class Response:
         self.text()
         return self._usage
 
+    def tool_calls(self) -> list[ToolCall]:
+        """The tools the model called in this reply, in order (it runs the response)."""
+        self.text()
+        return list(self._tool_calls)
+
+    def fail(self, error: LLMCLIError) -> None:
+        """End a response that will not be sent (a chain whose tool call failed: this turn
+        would have carried the results): logged once as ``error`` with the reason, its tool
+        results kept."""
+        if self.done:
+            return
+        self.status, self.error = "error", str(error)
+        self.duration_ms = 0
+        self._log()
+
     @property
     def stop_reason(self) -> str | None:
         return self.usage().stop_reason
@@ -231,6 +251,8 @@ class Response:
                     if out:
                         self._chunks.append(out)
                         yield out
+                elif isinstance(event, ToolCall):
+                    self._tool_calls.append(event)
                 elif isinstance(event, PrefillSent):
                     normalizer.set_sent_prefill(event.text)
                 elif isinstance(event, Usage):
@@ -369,6 +391,8 @@ class Response:
             schema_json=schemas.dumps(self.schema) if self.schema is not None else None,
             attachments=self.request.attachments,
             store_attachments=self.store_attachments,
+            tool_calls=tuple(self._tool_calls),
+            tool_results=self.request.tool_results,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -77,6 +77,7 @@ def _describe(model: Model, user_aliases: dict[str, str]) -> dict[str, object]:
         "schema_support": model.get_schema_support(model.Options()).value,
         "attachment_types": [t for t in TYPES
                              if t in model.get_attachment_types(model.Options())],
+        "tool_support": model.get_tool_support(model.Options()).value,
         "plugin": model.plugin,
         "needs_key": model.needs_key.name if model.needs_key else None,
         "key_env_var": model.needs_key.env_var if model.needs_key else None,
@@ -114,7 +115,7 @@ def list_models(as_json: bool, show_options: bool) -> None:
         for d in described:
             click.echo(f"{d['model_id']} (prefill: {d['prefill_support']}, "
                        f"schema: {d['schema_support']}, "
-                       f"attachments: {_attachments(d)})")
+                       f"attachments: {_attachments(d)}, tools: {d['tool_support']})")
             mine = stored.get(str(d["model_id"]), {})
             details: list[dict[str, Any]] = d["option_details"]  # type: ignore[assignment]
             lines = [_option_line(o, mine) for o in details]
@@ -132,8 +133,8 @@ def list_models(as_json: bool, show_options: bool) -> None:
             prefill += f" ({d['prefill_note']})"
         name = str(d["model_id"]) + (" *" if d["model_id"] == default else "")
         rows.append([name, prefill, ", ".join(d["aliases"]), key,  # type: ignore[arg-type]
-                     str(d["schema_support"]), _attachments(d)])
-    table(["model", "prefill", "aliases", "key", "schema", "attachments"], rows)
+                     str(d["schema_support"]), _attachments(d), str(d["tool_support"])])
+    table(["model", "prefill", "aliases", "key", "schema", "attachments", "tools"], rows)
 
 
 def _attachments(described: dict[str, object]) -> str:
