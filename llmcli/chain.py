@@ -108,7 +108,7 @@ class ChainResponse:
             results: list[ToolResult] = []
             next_spec = self.spec.replace(
                 prompt="", prefill=self.prefill_final or None, tool_results=(),
-                conversation=response.conversation)
+                tool_choice="auto", conversation=response.conversation)
             try:
                 for call in calls:
                     results.append(self._answer(call))

@@ -137,6 +137,7 @@ class Model:
         store_attachments: bool = False,
         tools: Iterable[ToolLike] = (),
         tool_results: Iterable[ToolResult] = (),
+        tool_choice: str = "auto",
         **options: Any,
     ) -> Response:
         """Prepare a response (see :func:`llmcli.prepare.prepare_response`); nothing is
@@ -147,13 +148,15 @@ class Model:
             prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
             conversation=conversation, options=options, schema=schema, grammar=grammar,
             attachments=tuple(attachments), store_attachments=store_attachments,
-            tools=tuple(tools), tool_results=tuple(tool_results)))  # type: ignore[arg-type]
+            tools=tuple(tools), tool_results=tuple(tool_results),  # type: ignore[arg-type]
+            tool_choice=tool_choice))
 
     def chain(
         self,
         prompt: str,
         *,
         tools: Iterable[ToolLike] = (),
+        tool_choice: str = "auto",
         chain_limit: int | None = DEFAULT_CHAIN_LIMIT,
         prefill_final: str | None = None,
         before_call: BeforeCall | None = None,
@@ -169,11 +172,12 @@ class Model:
         """Prompt with ``tools`` and run the calls the model makes, sending each turn's
         results back, until a reply calls no tool (see :class:`llmcli.chain.ChainResponse`).
         ``chain_limit`` bounds the responses (None: no limit); ``prefill`` starts the first
-        turn, ``prefill_final`` each turn after a tool result."""
+        turn, ``prefill_final`` each turn after a tool result; ``tool_choice`` holds for the
+        first turn (the later ones may answer in text)."""
         spec = PromptSpec(
             prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
             conversation=conversation, options=options,
-            tools=tuple(tools))  # type: ignore[arg-type]
+            tools=tuple(tools), tool_choice=tool_choice)  # type: ignore[arg-type]
         return ChainResponse(self, spec, chain_limit=chain_limit, prefill_final=prefill_final,
                              before_call=before_call, after_call=after_call)
 

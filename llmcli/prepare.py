@@ -25,6 +25,7 @@ from llmcli.errors import (
     LLMCLIError,
     OptionsError,
     PrefillUnsupportedError,
+    ToolDefinitionError,
     ToolsUnsupportedError,
 )
 from llmcli.record import Message
@@ -194,6 +195,11 @@ def _tool_support(model: Model, spec: PromptSpec, options: Options) -> ToolSuppo
         raise schemas.SchemaUnsupportedError(
             "Give tools or a schema/grammar, not both: a reply that may call a tool is "
             "constrained by the tools")
+    names = [tool.name for tool in spec.tools]
+    if spec.tool_choice not in ("auto", "required", "none", *names):
+        raise ToolDefinitionError(
+            f"tool_choice {spec.tool_choice!r}: give auto, required, none or one of the "
+            f"tools ({', '.join(names) or 'none given'})")
     return support
 
 
@@ -274,6 +280,7 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
         tools=spec.tools,
         tool_support=tool_support,
         tool_results=spec.tool_results,
+        tool_choice=spec.tool_choice,
     )
     log = spec.log
     logger: Logger | None

@@ -111,6 +111,8 @@ class Request:
     #: The results of the previous turn's tool calls, sent with this prompt (which may then
     #: be empty).
     tool_results: tuple[ToolResult, ...] = ()
+    #: "auto", "required", "none" or a tool's name (see :class:`llmcli.spec.PromptSpec`).
+    tool_choice: str = "auto"
 
     def messages(self) -> list[Message]:
         """The conversation so far plus this prompt (the prefill is not included); the

@@ -68,6 +68,9 @@ class PromptSpec:
     #: The results of the previous turn's tool calls (a chain's next turn; the prompt may
     #: then be empty).
     tool_results: tuple[ToolResult, ...] = ()
+    #: Whether the reply may or must call a tool: "auto" (text or a call), "required" (a
+    #: call), "none" (text), or one tool's name (a call of it).
+    tool_choice: str = "auto"
 
     def __post_init__(self) -> None:
         # A copy, read-only: the caller's dict changing later cannot change this spec.

@@ -248,3 +248,14 @@ def test_the_log_keeps_calls_and_results_and_resumes_the_conversation(
     assert "Tool results:\nweather -> {" in out
     shown = json.loads(CliRunner().invoke(cli, ["logs", "--json", "-n", "0"]).output)
     assert shown[0]["tool_calls"][0]["name"] == "weather"
+
+
+def test_tool_choice_is_checked_and_reaches_the_request(test_models) -> None:
+    model = llmcli.get_model("test-tools")
+    with pytest.raises(ToolDefinitionError, match="tool_choice 'nope': give auto, required"):
+        model.prompt("x", tools=[weather], tool_choice="nope")
+    model.prompt("x", tools=[weather], tool_choice="weather").text()
+    assert test_models.requests[-1].tool_choice == "weather"
+    test_models.queue.append([ToolCall("c1", "weather", {"city": "Oslo"})])
+    model.chain("x", tools=[weather], tool_choice="required").text()
+    assert [r.tool_choice for r in test_models.requests[-2:]] == ["required", "auto"]
