@@ -16,11 +16,12 @@ an error with them, so the log keeps what happened.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmcli.errors import ChainLimitError, ToolError
 from llmcli.prepare import prepare_response
-from llmcli.record import ToolCall, ToolResult
+from llmcli.record import ResponseRecord, ToolCall, ToolResult
+from llmcli.request import Usage
 from llmcli.response import Response
 from llmcli.spec import PromptSpec
 from llmcli.tools import run_call
@@ -94,6 +95,35 @@ class ChainResponse:
         self.text()
         return [result for response in self.responses
                 for result in response.request.tool_results]
+
+    # The surface the command line uses on a Response, for the chain as a whole.
+    @property
+    def prefill(self) -> str:
+        return self.spec.prefill or ""
+
+    @property
+    def continuation(self) -> str:
+        return self.text()[len(self.prefill):]
+
+    @property
+    def log_error(self) -> str | None:
+        return next((r.log_error for r in self.responses if r.log_error), None)
+
+    def usage(self) -> Usage:
+        """The last turn's usage (``record()`` is the last turn's too)."""
+        self.text()
+        return self.last.usage()
+
+    def record(self) -> ResponseRecord:
+        return self.last.record()
+
+    def close(self) -> None:
+        self.last.close()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The last turn as ``Response.to_dict`` shows it, with every turn under
+        ``responses`` (``llmcli --json`` with tools)."""
+        return {**self.last.to_dict(), "responses": [r.to_dict() for r in self.responses]}
 
     def _run(self) -> Iterator[str]:
         while True:

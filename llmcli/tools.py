@@ -33,7 +33,7 @@ from llmcli.errors import (
 )
 from llmcli.record import ToolCall, ToolResult
 
-__all__ = ["Tool", "as_tools", "builtin_tools", "run_call"]
+__all__ = ["Tool", "as_tools", "builtin_tools", "functions_from_code", "run_call"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
@@ -185,6 +185,22 @@ def _check_schema(tool: Tool, arguments: dict[str, Any]) -> None:
         where = ".".join(str(p) for p in exc.absolute_path) or "arguments"
         raise ToolArgumentsError(
             f"Tool {tool.name!r}: argument {where!r}: {exc.message}") from None
+
+
+def functions_from_code(code: str, origin: str = "--functions") -> list[Tool]:
+    """The tools a piece of Python defines: every function defined at its top level whose
+    name does not start with ``_``. **This runs the code**, as ``--functions`` says."""
+    namespace: dict[str, Any] = {"__name__": "llmcli_functions"}
+    try:
+        exec(compile(code, origin, "exec"), namespace)  # noqa: S102 - the user's own code
+    except Exception as exc:
+        raise ToolDefinitionError(f"{origin}: {_one_line(exc)}") from None
+    found = [value for name, value in namespace.items()
+             if inspect.isfunction(value) and not name.startswith("_")
+             and value.__module__ == "llmcli_functions"]
+    if not found:
+        raise ToolDefinitionError(f"{origin} defines no function")
+    return [Tool.function(fn) for fn in found]
 
 
 # -- built-in tools ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from llmcli.cli.common import (
     shared,
     warn_if_not_logged,
 )
+from llmcli.cli.tools_cmd import chain_settings, resolve_tools, tool_options
 from llmcli.errors import LLMCLIError, PromptInputError, TemplateError
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def refuse_command_word(args: list[str], commands: list[str]) -> None:
 @click.option("--store-attachments", is_flag=True,
               help="Store the attachments' content in the log (else only type, size, sha256 "
               "and path or URL).")
+@tool_options
 def prompt(
     prompt: str | None,
     model_name: str | None,
@@ -117,6 +119,13 @@ def prompt(
     attachments: tuple[str, ...] = (),
     typed_attachments: tuple[tuple[str, str], ...] = (),
     store_attachments: bool = False,
+    tool_names: tuple[str, ...] = (),
+    functions: tuple[str, ...] = (),
+    tools_debug: bool = False,
+    tools_approve: bool = False,
+    tool_choice: str = "auto",
+    chain_limit: int = 5,
+    prefill_final: str | None = None,
 ) -> None:
     """Send PROMPT (and any piped standard input) to a model.
 
@@ -185,8 +194,15 @@ def prompt(
         grammar=_read_grammar(grammar_file),
         attachments=given,
         store_attachments=store_attachments,
+        tools=resolve_tools(tool_names, functions),
+        tool_choice=tool_choice,
     )
-    response = api.prompt(model, spec)
+    response: Any
+    if spec.tools:
+        response = api.chain(model, spec, **chain_settings(
+            tools_debug, tools_approve, chain_limit, prefill_final))
+    else:
+        response = api.prompt(model, spec)
 
     if as_json:
         try:
