@@ -133,3 +133,15 @@ def test_smollm2_calls_tools_with_valid_arguments_and_answers(smollm2: Any) -> N
     jsonschema.validate(first[0].arguments, dict(tool.parameters))
     assert json.loads(json.dumps(chain.responses[1].request.tool_results[0].to_dict()))
     assert chain.last.text().startswith("The answer is")
+
+
+def test_docs_tools_md_python_example_runs(smollm2: Any) -> None:
+    import re
+
+    from tests import docs_tools
+
+    blocks = re.findall(r"```python\n(.*?)```", (docs_tools.DOCS / "tools.md").read_text(),
+                        re.DOTALL)
+    assert blocks
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/tools.md[{i}]", "exec"), {})

@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from llmcli.attachments import TYPES
 from llmcli.capabilities import PrefillSupport, SchemaSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request, StrList
@@ -113,9 +112,6 @@ class ClaudeModel(RemoteModel):
     needs_key = KeySpec("anthropic", "ANTHROPIC_API_KEY")
     can_stream = True
     Options = ClaudeOptions
-    #: Every Claude model in the table sees images and reads PDFs (Anthropic's vision and
-    #: PDF-support pages).
-    attachment_types = frozenset(TYPES)
 
     def __init__(self, model_id: str, aliases: tuple[str, ...] = ()) -> None:
         self.model_id = model_id
