@@ -31,14 +31,27 @@ def _completion(run: Run, text: str) -> dict[str, Any]:
         "model": run.model.model_id,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant",
-                        "content": text if chat.echo else text[len(chat.prefill):]},
+            "message": _message(response, text if chat.echo else text[len(chat.prefill):]),
             "logprobs": None,
             "finish_reason": FINISH.get(usage.stop_reason or "", "stop"),
         }],
         "usage": _usage(response),
         "prefill_support": response.prefill_support.value,
     }
+
+
+def _tool_calls(response: Response) -> list[dict[str, Any]]:
+    """The reply's tool calls as OpenAI writes them (arguments as JSON text)."""
+    return [{"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+            for call in response.tool_calls()]
+
+
+def _message(response: Response, content: str) -> dict[str, Any]:
+    calls = _tool_calls(response)
+    if not calls:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content or None, "tool_calls": calls}
 
 
 def _usage(response: Response) -> dict[str, Any]:
@@ -87,6 +100,8 @@ async def _events(run: Run, first: str | None) -> AsyncIterator[str]:
         return
     finally:
         run.close()
+    for index, call in enumerate(_tool_calls(response)):
+        yield frame({"tool_calls": [{"index": index, **call}]})
     stop = response.usage().stop_reason or ""
     yield frame({}, FINISH.get(stop, "stop"))
     if chat.include_usage:
