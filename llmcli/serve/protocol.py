@@ -121,6 +121,7 @@ class AnthropicRequest(_Wire):
     top_k: int | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False
+    tools: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,10 @@ def _response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def anthropic_chat(request: AnthropicRequest) -> Chat:
+    if request.tools:
+        # Not yet translated on this wire: refused, never silently dropped.
+        raise WireError(400, "tools are not supported on /v1/messages yet; send them to "
+                        "/v1/chat/completions (OpenAI's wire)", param="tools")
     turns: list[Turn] = [(m.role, *_content(m.content, f"messages[{i}]"))
                          for i, m in enumerate(request.messages)]
     prefill = _prefill(turns.pop()) if turns[-1][0] == "assistant" else ""

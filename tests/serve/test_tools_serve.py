@@ -88,3 +88,13 @@ def test_tools_on_a_model_without_them_are_a_400(server: Server) -> None:
     with pytest.raises(openai.BadRequestError, match="cannot call tools"):
         client.chat.completions.create(model="o1-mini", tools=TOOLS,
                                        messages=[{"role": "user", "content": "x"}])
+
+
+def test_anthropic_wire_refuses_tools_rather_than_dropping_them(server: Server) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError, match="not supported on /v1/messages yet"):
+        client.messages.create(model="gpt-4o-mini", max_tokens=10, tools=[{
+            "name": "get_weather", "input_schema": {"type": "object"}}],
+            messages=[{"role": "user", "content": "x"}])
