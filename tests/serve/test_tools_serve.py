@@ -1,6 +1,7 @@
 """Tools through ``llmcli serve``'s OpenAI wire: the openai SDK's agent loop (tools offered,
 the model's calls returned as ``tool_calls``, the client's ``role: tool`` results sent back,
-a prefill on the final answer), streamed and not, against the fake OpenAI provider."""
+a prefill on the final answer), streamed and not, against the fake OpenAI provider and
+SmolLM2 (its calls constrained by the grammar)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,28 @@ def test_anthropic_wire_refuses_tools_rather_than_dropping_them(server: Server) 
         client.messages.create(model="gpt-4o-mini", max_tokens=10, tools=[{
             "name": "get_weather", "input_schema": {"type": "object"}}],
             messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.slow
+def test_openai_sdk_agent_loop_against_smollm2(tmp_path_factory) -> None:
+    pytest.importorskip("llmcli_local")
+    running = start_server(tmp_path_factory.mktemp("serve") / "user", plugins="llmcli-local")
+    try:
+        client = openai.OpenAI(base_url=running.v1, api_key="unused", max_retries=0)
+        messages: Any = [{"role": "user", "content": "Weather in Paris?"}]
+        message = client.chat.completions.create(
+            model="smollm2", messages=messages, tools=TOOLS, tool_choice="required",
+            max_tokens=40, temperature=0).choices[0].message
+        (call,) = message.tool_calls or []
+        assert call.function.name == "get_weather"
+        assert isinstance(json.loads(call.function.arguments)["city"], str)
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                     {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'},
+                     {"role": "assistant", "content": "The weather in Paris is",
+                      "prefix": True}]
+        final = client.chat.completions.create(model="smollm2", messages=messages,
+                                               tools=TOOLS, max_tokens=12, temperature=0)
+        assert final.choices[0].message.tool_calls is None
+        assert final.choices[0].message.content  # the continuation after the prefill
+    finally:
+        running.stop()
