@@ -187,7 +187,7 @@ def test_public_api_is_locked() -> None:
         "load_conversation", "normalize_stream", "normalize_text",
         # tools (#29)
         "ChainLimitError", "ChainResponse", "Tool", "ToolCall", "ToolError", "ToolResult",
-        "ToolSupport", "ToolsUnsupportedError", "PromptSpec",
+        "ToolSupport", "ToolsUnsupportedError",
     ])
     for name in llmcli.__all__:
         assert hasattr(llmcli, name)

@@ -108,6 +108,9 @@ def m009_attachments(db: Database) -> None:
         foreign_keys=[("response_id", "responses", "id"),
                       ("attachment_id", "attachments", "id")])
     db.table("prompt_attachments").create_index(["attachment_id"])
+
+
+@migration
 def m008_tools(db: Database) -> None:
     """Tool calls and tool results (``tools=``, ``-T``, chains): each call a reply made, in
     order, by its response; each result a prompt carried to the model, by the response
