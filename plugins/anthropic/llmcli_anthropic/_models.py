@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.attachments import TYPES
+from llmcli.capabilities import PrefillSupport, SchemaSupport, ToolSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request, StrList
 from llmcli.models import Options as BaseOptions
@@ -112,6 +113,12 @@ class ClaudeModel(RemoteModel):
     needs_key = KeySpec("anthropic", "ANTHROPIC_API_KEY")
     can_stream = True
     Options = ClaudeOptions
+    #: Every Claude model in the table sees images and reads PDFs (Anthropic's vision and
+    #: PDF-support pages).
+    attachment_types = frozenset(TYPES)
+    #: ``tool_use`` / ``tool_result``, streamed as ``input_json_delta``; text (a prefill)
+    #: may come before a call.
+    tool_support = ToolSupport.NATIVE
 
     def __init__(self, model_id: str, aliases: tuple[str, ...] = ()) -> None:
         self.model_id = model_id
