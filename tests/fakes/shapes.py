@@ -142,7 +142,10 @@ def openai_problem(messages: list[dict[str, Any]]) -> str | None:
 
 def mistral_problem(messages: list[dict[str, Any]]) -> str | None:
     """Why Mistral's API would refuse these user messages' chunks (the SDK's ``UserMessage``)."""
-    from mistralai.client.models import UserMessage
+    try:
+        from mistralai.client.models import UserMessage
+    except ImportError:  # mistralai 1.x (make test-oldest-sdks)
+        from mistralai.models import UserMessage  # type: ignore[no-redef]
 
     for i, message in enumerate(messages):
         content = message.get("content")
