@@ -7,9 +7,12 @@ from llmcli.api import load_conversation as load_conversation
 from llmcli.attachments import Attachment as Attachment
 from llmcli.capabilities import PrefillSupport as PrefillSupport
 from llmcli.capabilities import SchemaSupport as SchemaSupport
+from llmcli.capabilities import ToolSupport as ToolSupport
+from llmcli.chain import ChainResponse as ChainResponse
 from llmcli.contract import Model as Model
 from llmcli.errors import AttachmentError as AttachmentError
 from llmcli.errors import AttachmentUnsupportedError as AttachmentUnsupportedError
+from llmcli.errors import ChainLimitError as ChainLimitError
 from llmcli.errors import ConfigError as ConfigError
 from llmcli.errors import ConversationError as ConversationError
 from llmcli.errors import InvalidSchemaError as InvalidSchemaError
@@ -24,10 +27,14 @@ from llmcli.errors import PrefillUnsupportedError as PrefillUnsupportedError
 from llmcli.errors import ProviderError as ProviderError
 from llmcli.errors import SchemaUnsupportedError as SchemaUnsupportedError
 from llmcli.errors import SchemaValidationError as SchemaValidationError
+from llmcli.errors import ToolError as ToolError
+from llmcli.errors import ToolsUnsupportedError as ToolsUnsupportedError
 from llmcli.errors import UnknownModelError as UnknownModelError
 from llmcli.normalize import normalize_stream as normalize_stream
 from llmcli.normalize import normalize_text as normalize_text
 from llmcli.record import Message as Message
+from llmcli.record import ToolCall as ToolCall
+from llmcli.record import ToolResult as ToolResult
 from llmcli.request import KeySpec as KeySpec
 from llmcli.request import Options as Options
 from llmcli.request import PrefillSent as PrefillSent
@@ -37,6 +44,7 @@ from llmcli.request import emulation_instruction as emulation_instruction
 from llmcli.response import Conversation as Conversation
 from llmcli.response import Response as Response
 from llmcli.spec import PromptSpec as PromptSpec
+from llmcli.tools import Tool as Tool
 
 __version__: str
 __all__: list[str]

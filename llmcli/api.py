@@ -14,13 +14,15 @@ import json
 from typing import Any
 
 from llmcli import config
+from llmcli.chain import ChainResponse
 from llmcli.contract import Model
 from llmcli.errors import ConfigError, OptionsError, UnknownModelError
-from llmcli.plugins import load_plugins, registered_models
+from llmcli.plugins import load_plugins, registered_models, registered_tools
 from llmcli.prepare import prepare_response, resolve_key, validate_options
 from llmcli.record import ResponseRecord, history
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
+from llmcli.tools import Tool
 
 __all__ = ["get_models", "get_model", "get_default_model", "prompt", "validate_options",
            "resolve_key", "key_is_set", "load_conversation", "continue_reply", "Logger",
@@ -182,3 +184,30 @@ def prompt(model: Model, prompt: str | PromptSpec, /, **fields: Any) -> Response
             raise
         raise OptionsError(f"{exc} (stored defaults: llmcli models options show "
                            f"{model.model_id})") from None
+
+
+def get_tools() -> list[Tool]:
+    """The tools ``-T NAME`` may name: the built-ins (``llmcli_version``, ``llmcli_time``)
+    and those plugins register (``register_tools``)."""
+    return registered_tools()
+
+
+def get_tool(name: str) -> Tool:
+    """A registered tool by name (:class:`~llmcli.errors.ToolDefinitionError` if none)."""
+    from llmcli.errors import ToolDefinitionError
+
+    tools = {tool.name: tool for tool in get_tools()}
+    if name not in tools:
+        close = difflib.get_close_matches(name, tools, n=3)
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+        raise ToolDefinitionError(f"Unknown tool: {name!r}{hint}. Run 'llmcli tools list' "
+                                  "to list them.")
+    return tools[name]
+
+
+def chain(model: Model, spec: PromptSpec, /, **settings: Any) -> ChainResponse:
+    """The tool chain for ``spec`` (:class:`~llmcli.chain.ChainResponse`; ``settings``:
+    ``chain_limit``, ``prefill_final``, ``before_call``, ``after_call``), with the model's
+    stored default options beneath the spec's, as :func:`prompt` does."""
+    defaults = config.load_model_options().get(model.model_id, {})
+    return ChainResponse(model, spec.replace(options={**defaults, **spec.options}), **settings)

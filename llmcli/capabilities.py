@@ -1,4 +1,4 @@
-"""What a model does with a prefill, and with a schema. Imports nothing from llmcli."""
+"""What a model does with a prefill, a schema and tools. Imports nothing from llmcli."""
 
 from __future__ import annotations
 
@@ -70,6 +70,16 @@ class ReasoningPrefill(StrEnum):
     SKIP = "skip"
     #: The prefill is asked for in the prompt, thinking left on (as without the option).
     EMULATE = "emulate"
+class ToolSupport(StrEnum):
+    """How a model calls tools (``tools=[...]``, ``-T``)."""
+
+    #: The provider's own tool calling (Anthropic ``tool_use``, OpenAI ``tool_calls``).
+    NATIVE = "native"
+    #: The runtime constrains the reply to text or a tool call whose arguments match the
+    #: tool's schema (the local runtime's grammar).
+    GRAMMAR = "grammar"
+    #: No tool calling: a prompt with tools is refused before any request.
+    NONE = "none"
 
     def __str__(self) -> str:
         return self.value

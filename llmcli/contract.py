@@ -15,11 +15,12 @@ The data a backend is handed and yields (:class:`Request`, :class:`Usage`, ...) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from llmcli.attachments import Attachment
-from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, ToolSupport
+from llmcli.chain import DEFAULT_CHAIN_LIMIT, AfterCall, BeforeCall, ChainResponse
 from llmcli.prepare import prepare_response
 from llmcli.request import (
     Chunk,
@@ -30,15 +31,21 @@ from llmcli.request import (
     ReasoningPrefillOption,
     Request,
     StrList,
+    ToolCall,
+    ToolResult,
     Usage,
     emulation_instruction,
 )
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
+from llmcli.tools import Tool
 
 __all__ = ["Chunk", "KeySpec", "Model", "Options", "PrefillSent", "Reasoning",
-           "ReasoningPrefillOption", "Request", "StrList", "Usage", "concurrency_limit",
-           "emulation_instruction"]
+           "ReasoningPrefillOption", "Request", "StrList", "ToolCall", "ToolResult", "Usage",
+           "concurrency_limit", "emulation_instruction"]
+
+#: What ``tools=`` accepts: Tool objects and plain functions.
+ToolLike = Tool | Callable[..., Any]
 
 BaseOptions = Options
 
@@ -104,6 +111,13 @@ class Model:
         honoured ("native": on the wire or in the runtime; "emulated": asked for in the
         prompt). Empty (the default): the option is refused. ``llmcli models`` shows it."""
         return {}
+    #: How the model calls tools (see :class:`ToolSupport`): by default it cannot.
+    tool_support: ToolSupport = ToolSupport.NONE
+
+    def get_tool_support(self, options: BaseOptions) -> ToolSupport:
+        """The tool capability for a request with these options (override when it
+        depends on them, or on the server behind the model)."""
+        return self.tool_support
 
     def execute(self, request: Request) -> Iterator[Chunk]:
         """Call the backend; yield text chunks (and :class:`Reasoning`, the model's
@@ -131,16 +145,52 @@ class Model:
         attachments: Iterable[Attachment] = (),
         store_attachments: bool = False,
         continues: str | None = None,
+        tools: Iterable[ToolLike] = (),
+        tool_results: Iterable[ToolResult] = (),
+        tool_choice: str = "auto",
         **options: Any,
     ) -> Response:
         """Prepare a response (see :func:`llmcli.prepare.prepare_response`); nothing is
         sent yet. The keywords are the :class:`~llmcli.spec.PromptSpec` fields; the rest are
-        this model's options."""
+        this model's options. With ``tools``, the reply may call them
+        (``response.tool_calls()``); :meth:`chain` also runs them."""
         return prepare_response(self, PromptSpec(
             prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
             conversation=conversation, options=options, schema=schema, grammar=grammar,
             attachments=tuple(attachments), store_attachments=store_attachments,
-            continues=continues))
+            continues=continues,
+            tools=tuple(tools), tool_results=tuple(tool_results),  # type: ignore[arg-type]
+            tool_choice=tool_choice))
+
+    def chain(
+        self,
+        prompt: str,
+        *,
+        tools: Iterable[ToolLike] = (),
+        tool_choice: str = "auto",
+        chain_limit: int | None = DEFAULT_CHAIN_LIMIT,
+        prefill_final: str | None = None,
+        before_call: BeforeCall | None = None,
+        after_call: AfterCall | None = None,
+        system: str | None = None,
+        prefill: str | None = None,
+        stream: bool = True,
+        key: str | None = None,
+        log: bool | Logger = True,
+        conversation: Conversation | None = None,
+        **options: Any,
+    ) -> ChainResponse:
+        """Prompt with ``tools`` and run the calls the model makes, sending each turn's
+        results back, until a reply calls no tool (see :class:`llmcli.chain.ChainResponse`).
+        ``chain_limit`` bounds the responses (None: no limit); ``prefill`` starts the first
+        turn, ``prefill_final`` each turn after a tool result; ``tool_choice`` holds for the
+        first turn (the later ones may answer in text)."""
+        spec = PromptSpec(
+            prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
+            conversation=conversation, options=options,
+            tools=tuple(tools), tool_choice=tool_choice)  # type: ignore[arg-type]
+        return ChainResponse(self, spec, chain_limit=chain_limit, prefill_final=prefill_final,
+                             before_call=before_call, after_call=after_call)
 
     def conversation(self) -> Conversation:
         return Conversation(self)

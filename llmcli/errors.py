@@ -24,6 +24,14 @@
  ├── AttachmentError          an attachment (-a) cannot be read, fetched or recognised, or
  │                            is too large or of a type llmcli does not send
  ├── AttachmentUnsupportedError  a model that cannot take an attachment (of that type)
+ ├── ToolsUnsupportedError    tools asked of a model that cannot call them
+ ├── ToolError                a tool call that could not be answered
+ │    ├── UnknownToolError          the model called a tool it was not given
+ │    ├── ToolArgumentsError        the call's arguments are not JSON or do not fit
+ │    ├── ToolExecutionError        the tool raised
+ │    └── ToolResultError           the tool returned something that is not JSON
+ ├── ChainLimitError          a tool chain still calling tools at its limit
+ ├── ToolDefinitionError      a function or --functions code that cannot be a tool
      └── ProviderError            the backend failed
           ├── ProviderStatusError       the API answered with an HTTP error status
           ├── ProviderTimeoutError      no answer within the time limit
@@ -157,6 +165,48 @@ class AttachmentError(LLMCLIError):
 class AttachmentUnsupportedError(LLMCLIError):
     """A model that cannot take an attachment, or not of that type; refused before any
     request (the message names models that can)."""
+class ToolsUnsupportedError(LLMCLIError):
+    """Tools were asked of a model that cannot call them (refused before any request)."""
+
+    def __init__(self, model_id: str, alternatives: list[str] | None = None) -> None:
+        self.model_id = model_id
+        self.alternatives = alternatives or []
+        message = f"Model {model_id!r} cannot call tools"
+        if self.alternatives:
+            message += "; models that can: " + ", ".join(self.alternatives)
+        super().__init__(message + ".")
+
+
+class ToolError(LLMCLIError):
+    """A tool call that could not be answered; ``result`` is what was recorded for it (a
+    :class:`llmcli.record.ToolResult`, set where the call was answered)."""
+
+    result: object = None
+
+
+class UnknownToolError(ToolError):
+    """The model called a tool by a name it was not given."""
+
+
+class ToolArgumentsError(ToolError):
+    """The call's arguments are not a JSON object, or do not match the tool's parameters."""
+
+
+class ToolExecutionError(ToolError):
+    """The tool's implementation raised."""
+
+
+class ToolResultError(ToolError):
+    """The tool returned a value that cannot be written as JSON."""
+
+
+class ChainLimitError(LLMCLIError):
+    """A tool chain reached its limit of responses while the model still called tools."""
+
+
+class ToolDefinitionError(LLMCLIError):
+    """A function (or ``--functions`` code) that cannot be made a tool, or a tool name
+    that is not registered."""
 
 
 class ProviderError(LLMCLIError):

@@ -7,6 +7,7 @@ from here): the plugin contract (:mod:`llmcli.contract`, with the data of
 from __future__ import annotations
 
 from llmcli.attachments import Attachment
+from llmcli.chain import ChainResponse
 
 # The request data (Request, Usage, Options, ...) as the contract re-exports it.
 from llmcli.contract import (
@@ -25,14 +26,16 @@ from llmcli.contract import (
     emulation_instruction,
 )
 from llmcli.prepare import NATIVE_PREFILL, prepare_response, resolve_key, validate_options
-from llmcli.record import Message, ResponseRecord
+from llmcli.record import Message, ResponseRecord, ToolCall, ToolResult
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
+from llmcli.tools import Tool
 
 __all__ = [
     "Attachment",
     "NATIVE_PREFILL",
     "BaseOptions",
+    "ChainResponse",
     "Chunk",
     "Conversation",
     "KeySpec",
@@ -48,6 +51,9 @@ __all__ = [
     "ResponseRecord",
     "StrList",
     "Response",
+    "Tool",
+    "ToolCall",
+    "ToolResult",
     "Usage",
     "concurrency_limit",
     "emulation_instruction",

@@ -3,7 +3,9 @@ in group ``llmcli`` whose target module defines any of the hooks in :data:`HOOKS
 
 * ``register_models(register)`` — call ``register(model)`` for each :class:`llmcli.Model`;
 * ``resolve_model(name) -> Model | None`` — models named on demand (``anthropic/<any id>``);
-* ``register_commands(cli)`` — add click commands to the ``llmcli`` group.
+* ``register_commands(cli)`` — add click commands to the ``llmcli`` group;
+* ``register_tools(register)`` — call ``register(tool)`` for each :class:`llmcli.Tool` (or
+  plain function) that ``-T NAME`` may offer a model.
 
 Hooks are checked when the plugin loads, so a mistake fails loudly instead of leaving a
 hook silently unused: every public callable of the module named like a hook (``register_…``,
@@ -34,9 +36,10 @@ from llmcli.errors import PluginError
 
 if TYPE_CHECKING:
     from llmcli.contract import Model
+    from llmcli.tools import Tool
 
 __all__ = ["ENTRY_POINT_GROUP", "HOOKS", "HookSpec", "Plugin", "load_plugins",
-           "register_plugin_module", "registered_models", "reset"]
+           "register_plugin_module", "registered_models", "registered_tools", "reset"]
 
 ENTRY_POINT_GROUP = "llmcli"
 
@@ -64,6 +67,9 @@ HOOKS: dict[str, HookSpec] = {
                  "return a Model for a name the plugin recognises (anthropic/<any id>), "
                  "else None"),
         HookSpec("register_commands", "cli", "add click commands to the llmcli group"),
+        HookSpec("register_tools", "register",
+                 "call register(tool) for each llmcli.Tool or plain function that -T may "
+                 "offer a model"),
     )
 }
 
@@ -79,6 +85,7 @@ class Plugin:
     #: The module's hooks, checked (None where it defines none).
     resolve_model: Callable[[str], Model | None] | None = None
     register_commands: Callable[[Any], None] | None = None
+    tools: list[Tool] = field(default_factory=list)
 
 
 def _allowed() -> set[str] | None:
@@ -147,6 +154,14 @@ def _build(name: str, module: ModuleType, version: str | None) -> Plugin:
             plugin.models.append(model)
 
         register_models(register)
+    register_tools = hooks.get("register_tools")
+    if register_tools is not None:
+        from llmcli.tools import as_tools
+
+        def register_tool(tool: Any) -> None:
+            plugin.tools.extend(as_tools([tool]))
+
+        register_tools(register_tool)
     return plugin
 
 
@@ -167,6 +182,17 @@ def load_plugins() -> list[Plugin]:
         plugins.append(_build(name, module, None))
     _plugins = plugins
     return plugins
+
+
+def registered_tools() -> list[Tool]:
+    """The tools ``-T`` may name: llmcli's built-ins, then each plugin's, by name (a later
+    one with a name already taken is left out)."""
+    from llmcli.tools import builtin_tools
+
+    tools: dict[str, Tool] = {}
+    for tool in [*builtin_tools(), *(t for p in load_plugins() for t in p.tools)]:
+        tools.setdefault(tool.name, tool)
+    return list(tools.values())
 
 
 def registered_models() -> list[Model]:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from llmcli import config
 from llmcli import schema as schemas
 from llmcli.attachments import Attachment, describe_types
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, SchemaSupport, ToolSupport
 from llmcli.errors import (
     AttachmentError,
     AttachmentUnsupportedError,
@@ -25,6 +25,8 @@ from llmcli.errors import (
     LLMCLIError,
     OptionsError,
     PrefillUnsupportedError,
+    ToolDefinitionError,
+    ToolsUnsupportedError,
 )
 from llmcli.record import Message
 from llmcli.request import Options, Request
@@ -182,6 +184,34 @@ def _read_again(attachment: Attachment) -> Attachment:
         raise AttachmentError(f"{unstored}, and {attachment.label} has changed since it "
                               "was sent (its sha256 differs)")
     return fresh
+def _tool_alternatives(exclude: Model) -> list[str]:
+    """Models that call tools, for the error that refuses tools: usable ones first."""
+    from llmcli.plugins import registered_models
+
+    able = [m for m in registered_models() if m is not exclude
+            and m.get_tool_support(m.Options()) is not ToolSupport.NONE]
+    able.sort(key=lambda m: not _usable_now(m))
+    return [m.model_id for m in able[:5]]
+
+
+def _tool_support(model: Model, spec: PromptSpec, options: Options) -> ToolSupport | None:
+    """How this request's tools are called (None without tools); refused before any
+    request where the model cannot call them."""
+    if not spec.tools and not spec.tool_results:
+        return None
+    support = model.get_tool_support(options)
+    if support is ToolSupport.NONE:
+        raise ToolsUnsupportedError(model.model_id, _tool_alternatives(model))
+    if spec.grammar is not None or spec.schema is not None:
+        raise schemas.SchemaUnsupportedError(
+            "Give tools or a schema/grammar, not both: a reply that may call a tool is "
+            "constrained by the tools")
+    names = [tool.name for tool in spec.tools]
+    if spec.tool_choice not in ("auto", "required", "none", *names):
+        raise ToolDefinitionError(
+            f"tool_choice {spec.tool_choice!r}: give auto, required, none or one of the "
+            f"tools ({', '.join(names) or 'none given'})")
+    return support
 
 
 def _open_log() -> Logger:
@@ -201,7 +231,7 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
     prefill capability, schema (valid, and honoured by this model with this prefill), key,
     and (when logging) that the log can be opened."""
     spec = PromptSpec.of(spec, **fields)
-    if not spec.prompt.strip():
+    if not spec.prompt.strip() and not spec.tool_results:
         # The same rule as the command line's: nothing to send is an error, not a request.
         raise LLMCLIError("Empty prompt: the prompt has no text")
     validated = validate_options(model, spec.options)
@@ -234,6 +264,7 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
                 f"{model.model_id} cannot enforce a grammar; --grammar works with local "
                 "models and llama.cpp servers")
     attachments = prepare_attachments(model, validated, spec.attachments)
+    tool_support = _tool_support(model, spec, validated)
     resolved_key = resolve_key(model, spec.key)
     conversation = spec.conversation
     if conversation is not None and conversation.model is not model:
@@ -259,6 +290,10 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
         grammar=grammar,
         instruction=(schemas.instruction(parsed_schema)
                      if schema_support is SchemaSupport.VALIDATED and parsed_schema else ""),
+        tools=spec.tools,
+        tool_support=tool_support,
+        tool_results=spec.tool_results,
+        tool_choice=spec.tool_choice,
     )
     log = spec.log
     logger: Logger | None

@@ -16,18 +16,52 @@ from typing import Any, Literal
 
 from llmcli.attachments import Attachment
 
-__all__ = ["Message", "ResponseRecord", "Status", "attachment_info", "continuable", "continuation",
-           "history"]
+__all__ = ["Message", "ResponseRecord", "Status", "ToolCall", "ToolResult", "attachment_info",
+           "continuable", "continuation", "history"]
 
 Status = Literal["pending", "complete", "partial", "error"]
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call to a tool, as the model asked for it: the provider's call id (made up where the
+    wire has none), the tool's name and its arguments (a JSON object). A backend yields it
+    (:mod:`llmcli.request`); ``response.tool_calls()`` returns them."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool returned for one call (``output``: its JSON text), or why it could not
+    (``error``: one line; ``output`` is then the error as the model is told it)."""
+
+    call_id: str
+    name: str
+    output: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"call_id": self.call_id, "name": self.name, "output": self.output,
+                "error": self.error}
+
+
+@dataclass(frozen=True)
 class Message:
+    """One turn. An assistant turn may carry the tool calls it made (its ``content`` is the
+    text before them, maybe empty); the user turn after it carries their results."""
+
     role: Literal["user", "assistant"]
     content: str
     #: Images and documents sent with this (user) turn, resolved.
     attachments: tuple[Attachment, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
 
 
 def continuation(text: str, prefill: str) -> str:
@@ -78,6 +112,10 @@ class ResponseRecord:
     attachments: tuple[Attachment, ...] = ()
     #: Not a column: the log stores the attachments' content too (``--store-attachments``).
     store_attachments: bool = False
+    #: Not columns of ``responses`` (the ``tool_calls`` and ``tool_results`` tables): the
+    #: calls this reply made, and the results this prompt carried to the model.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
 
     @property
     def continuation(self) -> str:
@@ -86,10 +124,9 @@ class ResponseRecord:
     def row(self) -> dict[str, Any]:
         """The row of the ``responses`` table."""
         row = asdict(self)
-        del row["conversation_name"]
-        del row["schema_json"]
-        del row["attachments"]
-        del row["store_attachments"]
+        for name in ("conversation_name", "schema_json", "attachments", "store_attachments",
+                     "tool_calls", "tool_results"):
+            del row[name]
         row["continuation"] = self.continuation
         return row
 
@@ -123,6 +160,8 @@ class ResponseRecord:
             **({"attachments": [attachment_info(a) for a in self.attachments]}
                if self.attachments else {}),
             "continues_id": self.continues_id,
+            "tool_calls": [call.to_dict() for call in self.tool_calls],
+            "tool_results": [result.to_dict() for result in self.tool_results],
         }
 
 
@@ -132,16 +171,20 @@ def history(records: Iterable[ResponseRecord]) -> list[Message]:
     The one rule, for a conversation held in memory and one loaded from the log alike: a
     response that produced no text (it failed before any arrived) is not a turn, so no
     empty assistant message is ever sent; a partial one counts with what arrived. A
-    prefilled turn is its full text, prefill included. A reply that a later one continues
-    (``continues_id``) is not a turn of its own: the continuation holds the whole reply."""
+    prefilled turn is its full text, prefill included. A turn that called tools keeps its
+    calls (its text may be empty), and the prompt after it carries their results. A reply
+    that a later one continues (``continues_id``) is not a turn of its own: the
+    continuation holds the whole reply."""
     records = list(records)
     continued = {r.continues_id for r in records if r.continues_id and r.text}
     messages: list[Message] = []
     for record in records:
-        if record.status == "error" or not record.text or record.id in continued:
+        if (record.status == "error" or not (record.text or record.tool_calls)
+                or record.id in continued):
             continue
-        messages.append(Message("user", record.prompt, record.attachments))
-        messages.append(Message("assistant", record.text))
+        messages.append(Message("user", record.prompt, record.attachments,
+                                tool_results=record.tool_results))
+        messages.append(Message("assistant", record.text, tool_calls=record.tool_calls))
     return messages
 
 

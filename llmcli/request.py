@@ -15,11 +15,12 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from llmcli.attachments import Attachment
-from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
-from llmcli.record import Message
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, ToolSupport
+from llmcli.record import Message, ToolCall, ToolResult
+from llmcli.tools import Tool
 
 __all__ = ["Chunk", "KeySpec", "Options", "PrefillSent", "Reasoning", "ReasoningPrefillOption",
-           "Request", "StrList", "Usage", "emulation_instruction"]
+           "Request", "StrList", "ToolCall", "ToolResult", "Usage", "emulation_instruction"]
 
 
 class Options(BaseModel):
@@ -93,7 +94,9 @@ class Usage:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-Chunk = str | Usage | PrefillSent | Reasoning
+#: What ``execute`` yields: text, and the events. A :class:`~llmcli.record.ToolCall` is
+#: yielded once per call, complete (a backend that streams arguments in pieces gathers them).
+Chunk = str | Usage | PrefillSent | Reasoning | ToolCall
 
 
 @dataclass
@@ -123,11 +126,21 @@ class Request:
     #: Images and documents sent with this prompt, resolved (bytes, type, hash), of types
     #: the model declared; earlier turns carry theirs in ``history``.
     attachments: tuple[Attachment, ...] = ()
+    #: The tools the model may call (empty for none), and how it calls them.
+    tools: tuple[Tool, ...] = ()
+    tool_support: ToolSupport | None = None
+    #: The results of the previous turn's tool calls, sent with this prompt (which may then
+    #: be empty).
+    tool_results: tuple[ToolResult, ...] = ()
+    #: "auto", "required", "none" or a tool's name (see :class:`llmcli.spec.PromptSpec`).
+    tool_choice: str = "auto"
 
     def messages(self) -> list[Message]:
-        """The conversation so far plus this prompt (the prefill is not included)."""
+        """The conversation so far plus this prompt (the prefill is not included); the
+        prompt's message carries this turn's tool results."""
         prompt = f"{self.prompt}\n\n{self.instruction}" if self.instruction else self.prompt
-        return [*self.history, Message("user", prompt, self.attachments)]
+        return [*self.history, Message("user", prompt, self.attachments,
+                                       tool_results=self.tool_results)]
 
 
 def emulation_instruction(prefill: str) -> str:

@@ -31,7 +31,7 @@ from llmcli.errors import (
     ProviderError,
 )
 from llmcli.normalize import PrefillNormalizer, normalize_text
-from llmcli.record import Message, ResponseRecord, Status, continuable, history
+from llmcli.record import Message, ResponseRecord, Status, ToolCall, continuable, history
 from llmcli.record import continuation as continuation_of
 from llmcli.request import Chunk, Options, PrefillSent, Reasoning, Request, Usage
 from llmcli.spec import Logger, PromptSpec
@@ -75,6 +75,10 @@ class Conversation:
     def prompt(self, prompt: str, **kwargs: Any) -> Response:
         return self.model.prompt(prompt, conversation=self, **kwargs)
 
+    def chain(self, prompt: str, **kwargs: Any) -> Any:
+        """Run a tool chain in this conversation (see :meth:`llmcli.Model.chain`)."""
+        return self.model.chain(prompt, conversation=self, **kwargs)
+
 
 class Response:
     """One exchange. Iterate it for normalized chunks; ``text()`` drains and joins them.
@@ -116,6 +120,7 @@ class Response:
         self._reasoning: list[str] = []
         #: Text chunks and reasoning in the order they arrived (for ``parts()``).
         self._parts: list[str | Reasoning] = []
+        self._tool_calls: list[ToolCall] = []
         self._usage = Usage()
         self._iterator: Generator[str | Reasoning, None, None] | None = None
         #: Retries of the ``validated`` schema mode.
@@ -238,6 +243,21 @@ class Response:
         self.text()
         return self._usage
 
+    def tool_calls(self) -> list[ToolCall]:
+        """The tools the model called in this reply, in order (it runs the response)."""
+        self.text()
+        return list(self._tool_calls)
+
+    def fail(self, error: LLMCLIError) -> None:
+        """End a response that will not be sent (a chain whose tool call failed: this turn
+        would have carried the results): logged once as ``error`` with the reason, its tool
+        results kept."""
+        if self.done:
+            return
+        self.status, self.error = "error", str(error)
+        self.duration_ms = 0
+        self._log()
+
     @property
     def stop_reason(self) -> str | None:
         return self.usage().stop_reason
@@ -271,6 +291,8 @@ class Response:
                         self._reasoning.append(event.text)
                         self._parts.append(event)
                         yield event
+                elif isinstance(event, ToolCall):
+                    self._tool_calls.append(event)
                 elif isinstance(event, PrefillSent):
                     normalizer.set_sent_prefill(event.text)
                 elif isinstance(event, Usage):
@@ -410,6 +432,8 @@ class Response:
             schema_json=schemas.dumps(self.schema) if self.schema is not None else None,
             attachments=self.request.attachments,
             store_attachments=self.store_attachments,
+            tool_calls=tuple(self._tool_calls),
+            tool_results=self.request.tool_results,
         )
 
     def continue_reply(self, **fields: Any) -> Response:

@@ -19,7 +19,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from llmcli.attachments import Attachment
+from llmcli.record import ToolResult
 from llmcli.schema import DEFAULT_RETRIES
+from llmcli.tools import Tool, as_tools
 
 if TYPE_CHECKING:
     from llmcli.response import Conversation, Response
@@ -63,11 +65,22 @@ class PromptSpec:
     attachments: tuple[Attachment, ...] = ()
     #: Store the attachments' content in the log (else only type, size, sha256, path/url).
     store_attachments: bool = False
+    #: The tools the model may call: :class:`~llmcli.tools.Tool` objects or plain functions
+    #: (made tools here, so the spec holds Tools only).
+    tools: tuple[Tool, ...] = ()
+    #: The results of the previous turn's tool calls (a chain's next turn; the prompt may
+    #: then be empty).
+    tool_results: tuple[ToolResult, ...] = ()
+    #: Whether the reply may or must call a tool: "auto" (text or a call), "required" (a
+    #: call), "none" (text), or one tool's name (a call of it).
+    tool_choice: str = "auto"
 
     def __post_init__(self) -> None:
         # A copy, read-only: the caller's dict changing later cannot change this spec.
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "attachments", tuple(self.attachments))
+        object.__setattr__(self, "tools", as_tools(self.tools))
+        object.__setattr__(self, "tool_results", tuple(self.tool_results))
 
     def replace(self, **changes: Any) -> PromptSpec:
         """This spec with some fields changed."""

@@ -185,6 +185,9 @@ def test_public_api_is_locked() -> None:
         "SchemaSupport", "InvalidSchemaError", "SchemaUnsupportedError", "SchemaValidationError",
         "emulation_instruction", "get_default_model", "get_model", "get_models",
         "load_conversation", "normalize_stream", "normalize_text",
+        # tools (#29)
+        "ChainLimitError", "ChainResponse", "Tool", "ToolCall", "ToolError", "ToolResult",
+        "ToolSupport", "ToolsUnsupportedError",
     ])
     for name in llmcli.__all__:
         assert hasattr(llmcli, name)

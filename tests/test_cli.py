@@ -175,7 +175,7 @@ def test_models_list(run) -> None:
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].split("\t") == ["model", "prefill", "aliases", "key", "schema",
-                                    "attachments", "reasoning prefill"]
+                                    "attachments", "tools", "reasoning prefill"]
     by_id = {line.split("\t")[0].rstrip(" *"): line.split("\t") for line in lines[1:]}
     assert by_id["test-echoes"][1] == "echoes"
     assert by_id["test-keyed"][3] == "needed (TESTKEY_API_KEY)"

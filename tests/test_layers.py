@@ -26,6 +26,7 @@ RANKS = {
     "llmcli.remote": 5,  # the provider kit: plugins build on it, the core never imports it
     "llmcli.models": 4,  # the model layer's names in one import (re-exports only)
     "llmcli.contract": 3.9,  # the plugin contract: Model, what plugins subclass
+    "llmcli.chain": 3.85,  # the tool-call loop over prepared responses
     "llmcli.prepare": 3.8,  # request preparation: checks, options, keys, alternatives
     "llmcli.response": 3.7,  # the Response runtime, Conversation, the schema retry loop
     "llmcli.request": 2.5,  # what core and backend exchange: Request, Usage, Options, ...
@@ -35,6 +36,7 @@ RANKS = {
     "llmcli.plugins": 3,  # the registry: loads plugins, imports no model code
     "llmcli.normalize": 3,
     "llmcli.log": 3,  # writes and reads records, knows no model or Response
+    "llmcli.tools": 2.2,  # Tool, functions as tools, answering a call; built-in tools
     "llmcli.record": 2,
     "llmcli.config": 2,
     "llmcli.schema": 2,  # parses and checks JSON Schemas; imports only errors

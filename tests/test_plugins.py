@@ -58,8 +58,9 @@ def test_hooks_are_found_and_helpers_ignored() -> None:
     ("regster_models", "did you mean register_models?"),
     ("resolve_models", "did you mean resolve_model?"),
     ("register_command", "did you mean register_commands?"),
-    ("register_tools", "Hooks: register_models(register), resolve_model(name), "
-                       "register_commands(cli)"),
+    ("register_tool", "did you mean register_tools?"),
+    ("register_widgets", "Hooks: register_models(register), resolve_model(name), "
+                         "register_commands(cli), register_tools(register)"),
 ])
 def test_a_misspelled_or_unknown_hook_fails_at_load_time(name: str, hint: str) -> None:
     plugin_module(**{name: register_one})

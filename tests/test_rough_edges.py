@@ -124,7 +124,7 @@ def test_refused_prefill_suggests_native_models_usable_now_first(test_models,
     with pytest.raises(PrefillUnsupportedError) as info:
         model.prompt("x", prefill="[")
     # Not test-emulated (emulation is what a strict refusal avoids); the keyed one last.
-    assert info.value.alternatives == ["test-eats", "test-echoes", "test-keyed"]
+    assert info.value.alternatives == ["test-eats", "test-echoes", "test-tools", "test-keyed"]
     from llmcli import prepare
 
     keyed = llmcli.get_model("test-keyed")

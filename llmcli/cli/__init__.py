@@ -49,6 +49,7 @@ BUILTINS: dict[str, tuple[str, str]] = {
                 "Install packages (plugins) into llmcli's environment with pip."),
     "uninstall": ("llmcli.cli.install",
                   "Uninstall packages (plugins) from llmcli's environment with pip."),
+    "tools": ("llmcli.cli.tools_cmd", "List the tools -T can offer a model (the default)."),
 }
 
 

@@ -17,6 +17,7 @@ import click
 
 from llmcli.cli.common import parse_options, shared, warn_if_not_logged
 from llmcli.cli.render import ReasoningView
+from llmcli.cli.tools_cmd import chain_settings, resolve_tools, tool_options
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class ChatState:
     schema: dict[str, Any] | None = None
     #: Show the reasoning (None: on a terminal); ``-R`` and ``!reasoning`` change it.
     show_reasoning: bool | None = None
+    #: ``-T``/``--functions``: offered with every turn; and the chain's settings.
+    tools: tuple[Any, ...] = ()
+    tool_choice: str = "auto"
+    chain: dict[str, Any] = field(default_factory=dict)
 
     def message(self, text: str) -> str:
         """What the next turn sends for the line ``text``."""
@@ -89,7 +94,8 @@ class ChatState:
 
         return PromptSpec(self.message(text), system=self.system, prefill=self.turn_prefill(),
                           key=self.key, log=self.log, conversation=self.conversation,
-                          options=self.options, schema=self.schema)
+                          options=self.options, schema=self.schema, tools=self.tools,
+                          tool_choice=self.tool_choice)
 
 
 def _read_line(prompt: str) -> str | None:
@@ -176,7 +182,10 @@ def _turn(state: ChatState, text: str, out: TextIO) -> None:
     """Send one message and stream the reply; Ctrl-C stops the reply, not the chat."""
     from llmcli import api
 
-    _stream(state, api.prompt(state.model, state.spec(text)), out)
+    spec = state.spec(text)
+    response: Any = (api.chain(state.model, spec, **state.chain) if spec.tools
+                     else api.prompt(state.model, spec))
+    _stream(state, response, out)
 
 
 def _continue(state: ChatState, out: TextIO) -> None:
@@ -239,6 +248,7 @@ def _stream(state: ChatState, response: Any, out: TextIO, skip: int = 0) -> None
 @shared("fragment", help="Add a file's or a URL's contents before the first message "
         "(repeatable).")
 @shared("system_fragment")
+@tool_options
 def chat(
     model_name: str | None,
     system: str | None,
@@ -253,8 +263,17 @@ def chat(
     params: tuple[tuple[str, str], ...],
     fragments: tuple[str, ...],
     system_fragments: tuple[str, ...],
+    tool_names: tuple[str, ...] = (),
+    functions: tuple[str, ...] = (),
+    tools_debug: bool = False,
+    tools_approve: bool = False,
+    tool_choice: str = "auto",
+    chain_limit: int = 5,
+    prefill_final: str | None = None,
 ) -> None:
     """Chat with a model; each turn is logged in one conversation.
+
+    Tools given with -T or --functions stay on for the whole chat.
 
     \b
     llmcli chat -m claude-haiku-4-5
@@ -287,7 +306,11 @@ def chat(
                       key=key, log=not no_log, context=inputs.context if inputs else None,
                       wrap=inputs.message if inputs else None,
                       schema=inputs.schema if inputs else None,
-                      show_reasoning=show_reasoning)
+                      show_reasoning=show_reasoning,
+                      tools=resolve_tools(tool_names, functions),
+                      chain=chain_settings(tools_debug, tools_approve, chain_limit,
+                                           prefill_final))
+    state.tool_choice = tool_choice
     _enable_history()
     click.echo(f"Chatting with {model.model_id} (prefill: "
                f"{model.get_prefill_support(api.validate_options(model, parsed)).value})",

@@ -78,6 +78,7 @@ def _describe(model: Model, user_aliases: dict[str, str]) -> dict[str, object]:
         "attachment_types": [t for t in TYPES
                              if t in model.get_attachment_types(model.Options())],
         "reasoning_prefill": {str(p): how for p, how in model.reasoning_prefills().items()},
+        "tool_support": model.get_tool_support(model.Options()).value,
         "plugin": model.plugin,
         "needs_key": model.needs_key.name if model.needs_key else None,
         "key_env_var": model.needs_key.env_var if model.needs_key else None,
@@ -116,7 +117,8 @@ def list_models(as_json: bool, show_options: bool) -> None:
             names = ", ".join(d["reasoning_prefill"]) or "-"  # type: ignore[arg-type]
             click.echo(f"{d['model_id']} (prefill: {d['prefill_support']}, "
                        f"schema: {d['schema_support']}, "
-                       f"attachments: {_attachments(d)}, reasoning prefill: {names})")
+                       f"attachments: {_attachments(d)}, tools: {d['tool_support']}, "
+                       f"reasoning prefill: {names})")
             mine = stored.get(str(d["model_id"]), {})
             details: list[dict[str, Any]] = d["option_details"]  # type: ignore[assignment]
             lines = [_option_line(o, mine) for o in details]
@@ -136,9 +138,10 @@ def list_models(as_json: bool, show_options: bool) -> None:
         policies: dict[str, str] = d["reasoning_prefill"]  # type: ignore[assignment]
         reasoning = ", ".join(f"{p} ({how})" for p, how in policies.items()) or "-"
         rows.append([name, prefill, ", ".join(d["aliases"]), key,  # type: ignore[arg-type]
-                     str(d["schema_support"]), _attachments(d), reasoning])
-    table(["model", "prefill", "aliases", "key", "schema", "attachments", "reasoning prefill"],
-          rows)
+                     str(d["schema_support"]), _attachments(d), str(d["tool_support"]),
+                     reasoning])
+    table(["model", "prefill", "aliases", "key", "schema", "attachments", "tools",
+           "reasoning prefill"], rows)
 
 
 def _attachments(described: dict[str, object]) -> str:

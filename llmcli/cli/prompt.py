@@ -19,6 +19,7 @@ from llmcli.cli.common import (
     warn_if_not_logged,
 )
 from llmcli.cli.render import ReasoningView
+from llmcli.cli.tools_cmd import chain_settings, resolve_tools, tool_options
 from llmcli.errors import LLMCLIError, PromptInputError, TemplateError
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def refuse_command_word(args: list[str], commands: list[str]) -> None:
 @click.option("--store-attachments", is_flag=True,
               help="Store the attachments' content in the log (else only type, size, sha256 "
               "and path or URL).")
+@tool_options
 def prompt(
     prompt: str | None,
     model_name: str | None,
@@ -126,6 +128,13 @@ def prompt(
     attachments: tuple[str, ...] = (),
     typed_attachments: tuple[tuple[str, str], ...] = (),
     store_attachments: bool = False,
+    tool_names: tuple[str, ...] = (),
+    functions: tuple[str, ...] = (),
+    tools_debug: bool = False,
+    tools_approve: bool = False,
+    tool_choice: str = "auto",
+    chain_limit: int = 5,
+    prefill_final: str | None = None,
 ) -> None:
     """Send PROMPT (and any piped standard input) to a model.
 
@@ -158,6 +167,7 @@ def prompt(
 
     if extract and as_json:
         raise PromptInputError("--extract prints text; it cannot be combined with --json")
+    response: Any
     if continue_reply:
         if (prompt or prefill is not None or template_name or fragments or system_fragments
                 or attachments or typed_attachments):
@@ -205,8 +215,14 @@ def prompt(
             grammar=_read_grammar(grammar_file),
             attachments=given,
             store_attachments=store_attachments,
+            tools=resolve_tools(tool_names, functions),
+            tool_choice=tool_choice,
         )
-        response = api.prompt(model, spec)
+        if spec.tools:
+            response = api.chain(model, spec, **chain_settings(
+                tools_debug, tools_approve, chain_limit, prefill_final))
+        else:
+            response = api.prompt(model, spec)
 
     if as_json:
         try:

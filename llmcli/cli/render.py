@@ -80,12 +80,38 @@ def full_entry(row: Mapping[str, Any], *, usage: bool = False, truncate: bool = 
         lines += ["", f"Prefill ({row['prefill_support']}):", part(row["prefill"])]
     if row.get("reasoning"):
         lines += ["", "Reasoning:", part(row["reasoning"])]
+    lines += _tool_results_lines(row, part)
     lines += ["", "Response:", part(row["text"])]
+    lines += _tool_calls_lines(row, part)
     if row.get("error"):
         lines += ["", f"Error ({row['status']}):", row["error"]]
     if usage:
         lines += ["", f"Token usage: {usage_line(row)}"]
     return "\n".join(lines) + "\n"
+
+
+def tool_call_line(call: Mapping[str, Any]) -> str:
+    """A tool call as ``--td`` and ``llmcli logs`` show it: ``name({"a": 1})  id=...``."""
+    arguments = json.dumps(call["arguments"], ensure_ascii=False)
+    return f"{call['name']}({arguments})  id={call['id']}"
+
+
+def tool_result_line(result: Mapping[str, Any]) -> str:
+    """A tool result: ``name -> output`` (``name failed: error`` for one that failed)."""
+    if result.get("error"):
+        return f"{result['name']} failed: {result['error']}"
+    return f"{result['name']} -> {result['output']}"
+
+
+def _tool_calls_lines(row: Mapping[str, Any], part: Any) -> list[str]:
+    calls = row.get("tool_calls") or []
+    return ["", "Tool calls:", *(part(tool_call_line(c)) for c in calls)] if calls else []
+
+
+def _tool_results_lines(row: Mapping[str, Any], part: Any) -> list[str]:
+    results = row.get("tool_results") or []
+    return (["", "Tool results:", *(part(tool_result_line(r)) for r in results)]
+            if results else [])
 
 
 def _yaml_scalar(text: str) -> str:

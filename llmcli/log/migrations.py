@@ -111,6 +111,29 @@ def m009_attachments(db: Database) -> None:
 
 
 @migration
+def m008_tools(db: Database) -> None:
+    """Tool calls and tool results (``tools=``, ``-T``, chains): each call a reply made, in
+    order, by its response; each result a prompt carried to the model, by the response
+    that sent it. Both are searched with the responses (``llmcli logs -q``)."""
+    db.table("tool_calls").create(
+        {"response_id": str, "position": int, "call_id": str, "name": str,
+         "arguments": str},
+        pk=("response_id", "position"),
+        foreign_keys=[("response_id", "responses", "id")],
+        not_null=["name", "arguments"],
+    )
+    db.table("tool_results").create(
+        {"response_id": str, "position": int, "call_id": str, "name": str, "output": str,
+         "error": str},
+        pk=("response_id", "position"),
+        foreign_keys=[("response_id", "responses", "id")],
+        not_null=["name", "output"],
+    )
+    db.table("tool_calls").enable_fts(["name", "arguments"], create_triggers=True)
+    db.table("tool_results").enable_fts(["name", "output"], create_triggers=True)
+
+
+@migration
 def m010_reasoning(db: Database) -> None:
     """The model's reasoning (thinking blocks, ``reasoning_content``, a local ``<think>``
     block), kept apart from the answer; NULL where the backend returned none."""

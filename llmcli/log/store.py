@@ -30,7 +30,7 @@ from llmcli.attachments import Attachment
 from llmcli.errors import ConversationError, LogError
 from llmcli.log._sqlite_utils import Database
 from llmcli.log.migrations import MIGRATIONS
-from llmcli.record import ResponseRecord
+from llmcli.record import ResponseRecord, ToolCall, ToolResult
 
 MIGRATIONS_TABLE = "_llmcli_migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -383,6 +383,7 @@ class LogStore:
         self.db.table("responses").insert(row)
         if record.attachments:
             self._insert_attachments(record)
+        self._insert_tools(record)
 
     def _insert_attachments(self, record: ResponseRecord) -> None:
         """The prompt's attachments: type, size and sha256 always, the bytes only where
@@ -416,6 +417,41 @@ class LogStore:
                 path=row["path"], url=row["url"], content=row["content"], type=row["type"],
                 size=row["size"], sha256=row["id"]))
         return {key: tuple(value) for key, value in found.items()}
+
+    def _insert_tools(self, record: ResponseRecord) -> None:
+        """The calls the reply made and the results its prompt carried (``m008_tools``)."""
+        if record.tool_calls:
+            self.db.table("tool_calls").insert_all(
+                {"response_id": record.id, "position": i, "call_id": call.id,
+                 "name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}
+                for i, call in enumerate(record.tool_calls))
+        if record.tool_results:
+            self.db.table("tool_results").insert_all(
+                {"response_id": record.id, "position": i, "call_id": result.call_id,
+                 "name": result.name, "output": config.scrub(result.output),
+                 "error": config.scrub(result.error) if result.error else None}
+                for i, result in enumerate(record.tool_results))
+
+    def _attach_tools(self, rows: list[dict[str, Any]]) -> None:
+        """Give each response row its ``tool_calls`` and ``tool_results`` (lists of the
+        dicts ``ToolCall.to_dict`` / ``ToolResult.to_dict`` make, as ``--json`` shows)."""
+        by_id = {row["id"]: row for row in rows}
+        for row in rows:
+            row["tool_calls"], row["tool_results"] = [], []
+        if not by_id or not self.db["tool_calls"].exists():
+            return
+        marks = ",".join("?" * len(by_id))
+        ids = list(by_id)
+        for found in self.db.query(
+                f"select * from tool_calls where response_id in ({marks}) "
+                "order by response_id, position", ids):
+            by_id[found["response_id"]]["tool_calls"].append(ToolCall(
+                found["call_id"], found["name"], json.loads(found["arguments"])).to_dict())
+        for found in self.db.query(
+                f"select * from tool_results where response_id in ({marks}) "
+                "order by response_id, position", ids):
+            by_id[found["response_id"]]["tool_results"].append(ToolResult(
+                found["call_id"], found["name"], found["output"], found["error"]).to_dict())
 
     # -- reading -------------------------------------------------------------------------
 
@@ -457,10 +493,14 @@ class LogStore:
             args.append(model)
         if query and query.split():
             where.append(
-                "responses.rowid in (select rowid from responses_fts "
-                "where responses_fts match ?)"
+                "(responses.rowid in (select rowid from responses_fts "
+                "where responses_fts match ?) or responses.id in (select response_id from "
+                "tool_calls where rowid in (select rowid from tool_calls_fts where "
+                "tool_calls_fts match ?)) or responses.id in (select response_id from "
+                "tool_results where rowid in (select rowid from tool_results_fts where "
+                "tool_results_fts match ?)))"
             )
-            args.append(fts_prefix_query(query))
+            args += [fts_prefix_query(query)] * 3
         sql = "select * from responses"
         if where:
             sql += " where " + " and ".join(where)
@@ -469,6 +509,7 @@ class LogStore:
             sql += f" limit {int(count)}"
         with _db_errors(self.path):
             rows = list(self.db.query(sql, args))
+            self._attach_tools(rows)
         return list(reversed(rows))
 
     def schema(self, schema_id: str) -> dict[str, Any] | None:
@@ -500,9 +541,14 @@ class LogStore:
             responses = self.recent(None, conversation_id=conversation_id)
             attached = (self.attachments([r["id"] for r in responses])
                         if self.db.table("prompt_attachments").exists() else {})
-        return rows[0], [replace(ResponseRecord.from_row(row),
-                                 attachments=attached.get(row["id"], ()))
-                         for row in responses]
+        return rows[0], [
+            replace(ResponseRecord.from_row({
+                **row,
+                "tool_calls": tuple(ToolCall(c["id"], c["name"], c["arguments"])
+                                    for c in row["tool_calls"]),
+                "tool_results": tuple(ToolResult(**r) for r in row["tool_results"])}),
+                attachments=attached.get(row["id"], ()))
+            for row in responses]
 
     def has_conversation(self, conversation_id: str) -> bool:
         with _db_errors(self.path):

@@ -22,6 +22,8 @@ from llmcli.errors import (
     RefusedModelError,
     SchemaUnsupportedError,
     SchemaValidationError,
+    ToolDefinitionError,
+    ToolsUnsupportedError,
     UnknownModelError,
 )
 
@@ -97,6 +99,8 @@ def from_exception(exc: BaseException) -> WireError:
                          "messages")
     if isinstance(exc, OptionsError):
         return WireError(400, message, "invalid_request_error", "unsupported_parameter")
+    if isinstance(exc, ToolsUnsupportedError | ToolDefinitionError):
+        return WireError(400, message, "invalid_request_error", "tools_unsupported", "tools")
     if isinstance(exc, InvalidSchemaError | SchemaUnsupportedError):
         return WireError(400, message, "invalid_request_error", "unsupported_response_format",
                          "response_format")

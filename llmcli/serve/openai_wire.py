@@ -25,8 +25,7 @@ def _completion(run: Run, text: str) -> dict[str, Any]:
     """The whole reply as one chat completion."""
     chat, response = run.chat, run.response
     usage = response.usage()
-    message: dict[str, Any] = {
-        "role": "assistant", "content": text if chat.echo else text[len(chat.prefill):]}
+    message = _message(response, text if chat.echo else text[len(chat.prefill):])
     if (reasoning := response.reasoning_so_far()) is not None:
         message["reasoning_content"] = reasoning  # vLLM's and DeepSeek's field
     return {
@@ -43,6 +42,20 @@ def _completion(run: Run, text: str) -> dict[str, Any]:
         "usage": _usage(response),
         "prefill_support": response.prefill_support.value,
     }
+
+
+def _tool_calls(response: Response) -> list[dict[str, Any]]:
+    """The reply's tool calls as OpenAI writes them (arguments as JSON text)."""
+    return [{"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+            for call in response.tool_calls()]
+
+
+def _message(response: Response, content: str) -> dict[str, Any]:
+    calls = _tool_calls(response)
+    if not calls:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content or None, "tool_calls": calls}
 
 
 def _usage(response: Response) -> dict[str, Any]:
@@ -95,6 +108,8 @@ async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]
         return
     finally:
         run.close()
+    for index, call in enumerate(_tool_calls(response)):
+        yield frame({"tool_calls": [{"index": index, **call}]})
     stop = response.usage().stop_reason or ""
     yield frame({}, FINISH.get(stop, "stop"))
     if chat.include_usage:

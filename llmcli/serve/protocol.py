@@ -19,15 +19,17 @@ Unknown request fields are ignored, as OpenAI-compatible servers do.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmcli.attachments import Attachment
-from llmcli.errors import AttachmentError
-from llmcli.record import Message
+from llmcli.errors import AttachmentError, ToolDefinitionError
+from llmcli.record import Message, ToolCall, ToolResult
 from llmcli.serve.errors import WireError
+from llmcli.tools import Tool
 
 __all__ = [
     "AnthropicRequest",
@@ -74,6 +76,9 @@ class OpenAIMessage(_Wire):
     #: Mistral's and DeepSeek's marker of a final assistant message to continue; three
     #: states: absent (None), true (a prefill), false (a finished turn).
     prefix: bool | None = None
+    #: An assistant message's function calls; a ``role: tool`` message's call id.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(_Wire):
@@ -93,6 +98,7 @@ class OpenAIRequest(_Wire):
     seed: int | None = None
     n: int | None = None
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     #: {"type": "json_schema", "json_schema": {"schema": ...}}, "json_object" or "text".
@@ -121,6 +127,7 @@ class AnthropicRequest(_Wire):
     top_k: int | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False
+    tools: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,11 @@ class Chat:
     schema: dict[str, Any] | None = None
     #: Images and documents sent with the final user message (earlier turns carry theirs).
     attachments: tuple[Attachment, ...] = ()
+    #: The client's tools (offered to the model, never run here), the choice, and the
+    #: results the final user turn carries.
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = "auto"
+    tool_results: tuple[ToolResult, ...] = ()
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -318,8 +330,8 @@ def openai_chat(request: OpenAIRequest) -> Chat:
                         "to true", param="continue_final_message")
     if request.n not in (None, 1):
         raise WireError(400, "Only n=1 is supported", param="n")
-    if request.tools:
-        raise WireError(400, "Tools are not supported by llmcli serve", param="tools")
+    if request.tools or any(m.tool_calls or m.role == "tool" for m in request.messages):
+        return _openai_tool_chat(request)
     system: list[str] = []
     turns: list[Turn] = []
     last = len(request.messages) - 1
@@ -411,6 +423,10 @@ def _response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def anthropic_chat(request: AnthropicRequest) -> Chat:
+    if request.tools:
+        # Not yet translated on this wire: refused, never silently dropped.
+        raise WireError(400, "tools are not supported on /v1/messages yet; send them to "
+                        "/v1/chat/completions (OpenAI's wire)", param="tools")
     turns: list[Turn] = [(m.role, *_content(m.content, f"messages[{i}]"))
                          for i, m in enumerate(request.messages)]
     prefill = _prefill(turns.pop()) if turns[-1][0] == "assistant" else ""
@@ -429,3 +445,113 @@ def anthropic_chat(request: AnthropicRequest) -> Chat:
     return Chat(model=request.model, system=system, history=history, prompt=prompt,
                 prefill=prefill, options=options, stream=request.stream,
                 attachments=attachments)
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+def _tool(name: Any, description: Any, parameters: Any, where: str) -> Tool:
+    """A client's tool: offered to the model, never run by the server."""
+    if not isinstance(parameters, dict):
+        parameters = {"type": "object", "properties": {}}
+    try:
+        return Tool(str(name), str(description or ""), parameters)
+    except ToolDefinitionError as exc:
+        raise WireError(400, f"{where}: {exc}", param=where) from None
+
+
+def _openai_tools(request: OpenAIRequest) -> tuple[tuple[Tool, ...], str]:
+    tools = []
+    for i, item in enumerate(request.tools or []):
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict) or item.get("type", "function") != "function":
+            raise WireError(400, f"tools[{i}]: only function tools are supported",
+                            param=f"tools[{i}]")
+        tools.append(_tool(function.get("name"), function.get("description"),
+                           function.get("parameters"), f"tools[{i}]"))
+    choice = request.tool_choice
+    if isinstance(choice, dict):
+        choice = str((choice.get("function") or {}).get("name"))
+    return tuple(tools), choice or "auto"
+
+
+def _arguments(text: Any, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise WireError(400, f"{where}.function.arguments must be a JSON object's text",
+                        param=where)
+    return value
+
+
+def _openai_tool_chat(request: OpenAIRequest) -> Chat:
+    """A request with tools, or with earlier calls and results: the turns as Messages
+    carrying them (``role: tool`` results join the user turn that follows)."""
+    tools, choice = _openai_tools(request)
+    system: list[str] = []
+    turns: list[Message] = []
+    results: list[ToolResult] = []
+    names: dict[str, str] = {}
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}]"
+        text = _text(message.content, where)
+        if message.role in ("system", "developer"):
+            system.append(text)
+        elif message.role == "tool":
+            call_id = message.tool_call_id or ""
+            if call_id not in names:
+                raise WireError(400, f"{where}: a 'tool' message must answer a tool call "
+                                "(tool_call_id) of an earlier assistant message",
+                                param=f"{where}.tool_call_id")
+            results.append(ToolResult(call_id, names[call_id], text))
+        elif message.role == "user":
+            turns.append(Message("user", text, tool_results=tuple(results)))
+            results = []
+        elif message.role == "assistant":
+            if results:
+                turns.append(Message("user", "", tool_results=tuple(results)))
+                results = []
+            calls = []
+            for j, call in enumerate(message.tool_calls or []):
+                function = call.get("function") or {}
+                calls.append(ToolCall(str(call.get("id")), str(function.get("name")),
+                                      _arguments(function.get("arguments"),
+                                                 f"{where}.tool_calls[{j}]")))
+                names[str(call.get("id"))] = str(function.get("name"))
+            turns.append(Message("assistant", text, tool_calls=tuple(calls)))
+        else:
+            raise WireError(400, f"{where}.role: {message.role!r} messages are not supported",
+                            param=f"{where}.role")
+    if results:
+        turns.append(Message("user", "", tool_results=tuple(results)))
+    prefill = ""
+    if turns and turns[-1].role == "assistant" and not turns[-1].tool_calls:
+        prefill = turns.pop().content
+    if not turns or turns[-1].role != "user":
+        raise WireError(400, "The conversation must end with a user or tool message, or with "
+                        "an assistant message (the prefill) right after one", param="messages")
+    final = turns.pop()
+    if not final.content.strip() and not final.tool_results:
+        raise WireError(400, "The conversation's final user message is empty",
+                        param="messages")
+    max_tokens = request.max_completion_tokens
+    max_name = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, max_name = request.max_tokens, "max_tokens"
+    return Chat(
+        model=request.model, system="\n\n".join(system) if system else None, history=turns,
+        prompt=final.content, prefill=prefill,
+        options=_options(
+            (max_name, MAX_TOKENS, max_tokens),
+            ("temperature", ("temperature",), request.temperature),
+            ("top_p", ("top_p",), request.top_p),
+            ("stop", STOP, _stops([request.stop] if isinstance(request.stop, str)
+                                  else request.stop, "stop")),
+            ("seed", SEED, request.seed),
+        ),
+        stream=request.stream, echo=request.echo,
+        include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        tools=tools, tool_choice=choice, tool_results=final.tool_results,
+    )

@@ -181,7 +181,8 @@ class Runner:
         response = api.prompt(model, PromptSpec(
             chat.prompt, system=chat.system, prefill=chat.prefill, stream=True,
             log=self.logger(), conversation=conversation, options=options,
-            schema=chat.schema, attachments=chat.attachments))
+            schema=chat.schema, attachments=chat.attachments, tools=chat.tools,
+            tool_choice=chat.tool_choice, tool_results=chat.tool_results))
         refuse_loop(self.settings, model, response.request)
         return model, response
 

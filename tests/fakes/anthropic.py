@@ -8,12 +8,19 @@ prefill is concerned:
 * streaming speaks the documented SSE events (message_start, content_block_start, ping,
   content_block_delta/text_delta, content_block_stop, message_delta, message_stop, error).
 
+Tools: a request with ``tools`` takes the next of ``fake.tool_uses`` (a list of
+``{"id", "name", "input"}`` per reply): the reply's text, then those ``tool_use`` blocks
+(streamed as ``content_block_start`` with an empty input and ``input_json_delta`` pieces),
+stop reason ``tool_use``. As the API does, a ``tool_use`` not answered by a ``tool_result``
+in the next user message is a 400.
+
 The model's text is scripted per test with ``fake.reply``; queued replies (``fake.queued``,
 see :func:`error`) are served first, one per request.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -66,6 +73,8 @@ class FakeAnthropic(ScriptedServer):
         #: Prompt tokens reported as read from the prompt cache (``cache_read_input_tokens``,
         #: not counted in ``input_tokens``); 0 sends no cache fields.
         self.cache_read = 0
+        #: Per reply to a request with tools: the tool_use blocks it ends with.
+        self.tool_uses: list[list[dict[str, Any]]] = []
 
     @property
     def last_body(self) -> dict[str, Any]:
@@ -102,19 +111,27 @@ class FakeAnthropic(ScriptedServer):
                 return error(400, "invalid_request_error", THINKING_PREFILL)
             if text != text.rstrip():
                 return error(400, "invalid_request_error", TRAILING_WHITESPACE)
+        unanswered = _unanswered_tool_use(messages)
+        if unanswered:
+            return error(400, "invalid_request_error", unanswered)
         text, stop_reason, stop_sequence = self._generate(body)
+        calls = self.tool_uses.pop(0) if body.get("tools") and self.tool_uses else []
+        if calls:
+            stop_reason, stop_sequence = "tool_use", None
         usage_in = sum(len(str(m["content"]).split()) for m in messages) + 3
         usage_out = max(1, len(text.split()))
         if body.get("stream"):
             return Reply(events=self._events(model, text, thinking, stop_reason, stop_sequence,
-                                             usage_in, usage_out),
+                                             usage_in, usage_out, calls),
                          cut_after=self.cut_after, delay=self.delay,
                          headers=self.stream_headers)
         content_blocks: list[dict[str, Any]] = []
         if thinking:
             content_blocks.append({"type": "thinking", "thinking": self.thinking_text,
                                    "signature": "sig"})
-        content_blocks.append({"type": "text", "text": text})
+        if text:
+            content_blocks.append({"type": "text", "text": text})
+        content_blocks += [{"type": "tool_use", **call} for call in calls]
         return Reply(json_body={
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": content_blocks, "stop_reason": stop_reason,
@@ -148,7 +165,8 @@ class FakeAnthropic(ScriptedServer):
         return text, "end_turn", None
 
     def _events(self, model: str, text: str, thinking: bool, stop_reason: str,
-                stop_sequence: str | None, usage_in: int, usage_out: int) -> list[str | bytes]:
+                stop_sequence: str | None, usage_in: int, usage_out: int,
+                calls: list[dict[str, Any]] | None = None) -> list[str | bytes]:
         events = [self.frame({"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None,
@@ -177,8 +195,18 @@ class FakeAnthropic(ScriptedServer):
                 return events
             events.append(self.frame({"type": "content_block_delta", "index": index,
                                "delta": {"type": "text_delta", "text": piece}}))
+        events.append(self.frame({"type": "content_block_stop", "index": index}))
+        for call in calls or []:
+            index += 1
+            events.append(self.frame({"type": "content_block_start", "index": index,
+                                      "content_block": {"type": "tool_use", "id": call["id"],
+                                                        "name": call["name"], "input": {}}}))
+            for piece in split_text(json.dumps(call["input"]), 7):
+                events.append(self.frame({"type": "content_block_delta", "index": index,
+                                          "delta": {"type": "input_json_delta",
+                                                    "partial_json": piece}}))
+            events.append(self.frame({"type": "content_block_stop", "index": index}))
         events += [
-            self.frame({"type": "content_block_stop", "index": index}),
             self.frame({"type": "message_delta",
                  "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                  "usage": {"output_tokens": usage_out}}),
@@ -186,3 +214,22 @@ class FakeAnthropic(ScriptedServer):
         if not self.unfinished:
             events.append(self.frame({"type": "message_stop"}))
         return events
+
+
+def _unanswered_tool_use(messages: list[dict[str, Any]]) -> str | None:
+    """The API's 400 for a ``tool_use`` whose id no ``tool_result`` in the next message
+    answers."""
+    for n, message in enumerate(messages):
+        content = message.get("content")
+        if message["role"] != "assistant" or not isinstance(content, list):
+            continue
+        ids = [b["id"] for b in content if b.get("type") == "tool_use"]
+        following = messages[n + 1]["content"] if n + 1 < len(messages) else []
+        answered = {b.get("tool_use_id") for b in following if isinstance(b, dict)
+                    and b.get("type") == "tool_result"} if isinstance(following, list) else set()
+        missing = [i for i in ids if i not in answered]
+        if missing and n + 1 < len(messages):
+            return (f"messages.{n + 1}: `tool_use` ids were found without `tool_result` "
+                    f"blocks immediately after: {', '.join(missing)}. Each `tool_use` block "
+                    "must have a corresponding `tool_result` block in the next message.")
+    return None

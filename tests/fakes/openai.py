@@ -33,6 +33,13 @@ vLLM's newer name, OpenRouter), on the message, or as deltas before the content'
 The "model" continues a prefill ending in "Thursday," with " Friday" (what a probe asks), any
 other prefill with ``continuation``.
 
+Tools: a request with ``tools`` takes the next of ``tool_calls`` (a list of
+``{"id", "name", "arguments"}`` per reply, arguments as JSON text): the message's
+``tool_calls`` with ``content`` null, finish_reason ``tool_calls``; streamed as the API does,
+the first delta of each call with its index, id, type and name and empty arguments, then the
+arguments in pieces. As the API does, an assistant ``tool_calls`` message not followed by a
+``role: tool`` message for each id is a 400.
+
 Queued replies (``enqueue``) are served first, one per request, for error scripts.
 """
 
@@ -106,6 +113,8 @@ class FakeOpenAI(FakeServer):
         self.reasoning_field = "reasoning_content"
         #: Set per request: whether this reply thinks.
         self._thinks = False
+        #: Per reply to a request with tools: the calls it makes.
+        self.tool_calls: list[list[dict[str, str]]] = []
 
     def start(self) -> FakeOpenAI:
         super().start()
@@ -162,6 +171,11 @@ class FakeOpenAI(FakeServer):
         if (self.mode == "llama-server" and self._thinks and messages
                 and messages[-1].get("role") == "assistant"):
             return error_reply(400, THINKING_PREFILL)
+        unanswered = _unanswered_calls(body.get("messages") or [])
+        if unanswered:
+            return error_reply(400, unanswered)
+        if body.get("tools") and self.tool_calls:
+            return self._calls(str(model), self.tool_calls.pop(0), body)
         result = self._answer(request.path, body, stream=bool(body.get("stream")))
         if isinstance(result, Reply):
             return result
@@ -231,6 +245,35 @@ class FakeOpenAI(FakeServer):
             return PREAMBLE + prefill + self.continuation
         return prefill + self.continuation
 
+    def _calls(self, model: str, calls: list[dict[str, str]], body: dict[str, Any]) -> Reply:
+        wire = [{"id": c["id"], "type": "function",
+                 "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
+        if not body.get("stream"):
+            completion = self._completion(model, "")
+            choice = completion["choices"][0]
+            choice["finish_reason"] = "tool_calls"
+            choice["message"].update(content=None, tool_calls=wire)
+            return Reply(json_body=completion)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = [sse(self._chunk(model, {"role": "assistant", "content": None}, None,
+                                  include_usage))]
+        for index, call in enumerate(calls):
+            events.append(sse(self._chunk(model, {"tool_calls": [{
+                "index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["name"], "arguments": ""}}]}, None, include_usage)))
+            text = call["arguments"]
+            for i in range(0, len(text), 5):
+                events.append(sse(self._chunk(model, {"tool_calls": [{
+                    "index": index, "function": {"arguments": text[i:i + 5]}}]}, None,
+                    include_usage)))
+        events.append(sse(self._chunk(model, {}, "tool_calls", include_usage)))
+        if include_usage:
+            events.append(sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                               "created": 1700000000, "model": model, "choices": [],
+                               "usage": self._usage()}))
+        events.append(sse("[DONE]"))
+        return Reply(events=events)
+
     # -- wire format ---------------------------------------------------------------------
 
     @staticmethod
@@ -283,3 +326,23 @@ class FakeOpenAI(FakeServer):
                                "usage": self._usage()}))
         events.append(sse("[DONE]"))
         return events
+
+
+def _unanswered_calls(messages: list[dict[str, Any]]) -> str | None:
+    """OpenAI's 400 for an assistant message with ``tool_calls`` whose ids are not each
+    answered by a following ``role: tool`` message."""
+    for n, message in enumerate(messages):
+        if message.get("role") != "assistant" or not message.get("tool_calls"):
+            continue
+        answered = set()
+        for later in messages[n + 1:]:
+            if later.get("role") != "tool":
+                break
+            answered.add(later.get("tool_call_id"))
+        missing = [c["id"] for c in message["tool_calls"] if c["id"] not in answered]
+        if missing:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                    "responding to each 'tool_call_id'. The following tool_call_ids did not "
+                    f"have response messages: {', '.join(missing)}")
+    return None
+

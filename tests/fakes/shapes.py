@@ -70,9 +70,16 @@ def _data_url(url: str, where: str) -> str | None:
 
 def anthropic_problem(messages: list[dict[str, Any]]) -> str | None:
     """Why Anthropic's API would refuse these messages' content blocks, or None."""
-    from anthropic.types import DocumentBlockParam, ImageBlockParam, TextBlockParam
+    from anthropic.types import (
+        DocumentBlockParam,
+        ImageBlockParam,
+        TextBlockParam,
+        ToolResultBlockParam,
+        ToolUseBlockParam,
+    )
 
-    kinds = {"text": TextBlockParam, "image": ImageBlockParam, "document": DocumentBlockParam}
+    kinds = {"text": TextBlockParam, "image": ImageBlockParam, "document": DocumentBlockParam,
+             "tool_use": ToolUseBlockParam, "tool_result": ToolResultBlockParam}
     for i, message in enumerate(messages):
         content = message.get("content")
         if isinstance(content, str):
@@ -85,7 +92,11 @@ def anthropic_problem(messages: list[dict[str, Any]]) -> str | None:
             problem = _typed(block, kind, where)
             if problem:
                 return problem
-            if kind is not TextBlockParam:
+            if kind is ToolUseBlockParam and message.get("role") != "assistant":
+                return f"{where}: tool_use blocks are only allowed in assistant messages"
+            if kind is ToolResultBlockParam and message.get("role") != "user":
+                return f"{where}: tool_result blocks are only allowed in user messages"
+            if kind in (ImageBlockParam, DocumentBlockParam):
                 if message.get("role") != "user":
                     return f"{where}: images and documents are only allowed in user messages"
                 source = block["source"]
@@ -131,7 +142,10 @@ def openai_problem(messages: list[dict[str, Any]]) -> str | None:
 
 def mistral_problem(messages: list[dict[str, Any]]) -> str | None:
     """Why Mistral's API would refuse these user messages' chunks (the SDK's ``UserMessage``)."""
-    from mistralai.client.models import UserMessage
+    try:
+        from mistralai.client.models import UserMessage
+    except ImportError:  # mistralai 1.x (make test-oldest-sdks)
+        from mistralai.models import UserMessage  # type: ignore[no-redef]
 
     for i, message in enumerate(messages):
         content = message.get("content")

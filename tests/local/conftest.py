@@ -102,11 +102,11 @@ def recorded_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every token ``decode.sample_next`` picks during the test, in order: every token of
     the reply but the forced ones, as speculative decoding is off here (the tokens of a
     draft the model agrees with are taken without a call to ``sample_next``)."""
-    from llmcli_local import decode
+    from llmcli_local import decode, speculation
 
     tokens: list[int] = []
     original = decode.sample_next
-    monkeypatch.setattr(decode.Decoding, "_speculating", lambda self: False)
+    monkeypatch.setattr(speculation, "eligible", lambda sequence: False)
 
     def recording(*args: Any, **kwargs: Any) -> int:
         token = original(*args, **kwargs)

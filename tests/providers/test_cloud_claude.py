@@ -38,6 +38,13 @@ VERTEX_NATIVE = "vertex/claude-sonnet-4-5@20250929"
 VERTEX_NEW = "vertex/claude-opus-4-6"
 
 
+#: What the bedrock extra (anthropic[bedrock]>=1.0) adds over the plugin's own bound: an API
+#: key, and a missing region refused. make test-oldest-sdks runs the plugin's own bound.
+NEEDS_BEDROCK_EXTRA = pytest.mark.skipif(
+    int(__import__("anthropic").__version__.split(".")[0]) < 1,
+    reason="needs the bedrock extra's anthropic>=1.0")
+
+
 @pytest.fixture(autouse=True)
 def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
     fast_retries_for_every_sdk(monkeypatch)
@@ -181,6 +188,7 @@ def test_bedrock_trailing_whitespace_and_inference_profile(bedrock: FakeBedrock)
     assert request.body["messages"][-1]["content"] == "Answer:"
 
 
+@NEEDS_BEDROCK_EXTRA
 def test_bedrock_api_key_is_a_bearer_and_never_shown(bedrock: FakeBedrock,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", bedrock.api_key)
@@ -254,6 +262,7 @@ def test_bedrock_broken_stream_is_partial(bedrock: FakeBedrock) -> None:
     assert response.text_so_far() == '["a", "b'
 
 
+@NEEDS_BEDROCK_EXTRA
 def test_bedrock_without_region_is_one_clear_line(bedrock: FakeBedrock,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_REGION")

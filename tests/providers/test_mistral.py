@@ -107,10 +107,11 @@ def test_system_and_history(served: FakeMistral) -> None:
 
 def test_the_fake_rejects_a_trailing_assistant_without_prefix(served: FakeMistral) -> None:
     """The fake is faithful: the request the plugin avoids really fails on it."""
-    from mistralai.client import Mistral, errors
+    from llmcli_mistral._models import _SDK
 
-    client: Any = Mistral(api_key=KEY, server_url=served.url)
-    with pytest.raises(errors.SDKError) as info:
+    sdk = _SDK()  # the SDK's names where this mistralai version keeps them
+    client: Any = sdk.Mistral(api_key=KEY, server_url=served.url)
+    with pytest.raises(sdk.status_errors) as info:
         client.chat.complete(model=MODEL, messages=[
             {"role": "user", "content": "q"}, {"role": "assistant", "content": "A"}])
     assert info.value.status_code == 400
@@ -146,6 +147,49 @@ def test_retry_plan() -> None:
     # 500 ms then 1000 ms of backoff, 250 ms jitter each, 1 s per attempt.
     assert plan.max_elapsed_time == 500 + 250 + 1000 + 250 + 2000
     assert (plan.initial_interval, plan.exponent) == (500, 2.0)
+    # The SDK caps each sleep, jitter included, at max_ms: so does the window.
+    capped = retry_plan(2, initial_ms=5, max_ms=20, jitter_ms=1000, slack_ms=500)
+    assert capped is not None and capped.max_elapsed_time == 20 + 20 + 2 * 500
+
+
+class _OldBackoff:
+    """BackoffStrategy as mistralai 1.x and 2.x define it: no jitter_ms."""
+
+    def __init__(self, initial_interval: int, max_interval: int, exponent: float,
+                 max_elapsed_time: int) -> None:
+        self.max_elapsed_time = max_elapsed_time
+
+
+class _NewBackoff(_OldBackoff):
+    """... and as later releases do."""
+
+    def __init__(self, initial_interval: int, max_interval: int, exponent: float,
+                 max_elapsed_time: int, jitter_ms: int | None = None) -> None:
+        super().__init__(initial_interval, max_interval, exponent, max_elapsed_time)
+        self.jitter_ms = jitter_ms
+
+
+@pytest.mark.parametrize("backoff", [_NewBackoff, _OldBackoff])
+def test_backoff_fits_the_sdk_release(monkeypatch: pytest.MonkeyPatch,
+                                      backoff: type[_OldBackoff]) -> None:
+    """mistralai took ``jitter_ms`` late; before that it added up to 1 s of its own, which
+    the retry window must then make room for. Both signatures are replayed, whichever
+    release is installed (make test-oldest-sdks runs the plugin on a 1.x one)."""
+    from llmcli_mistral import _models
+
+    monkeypatch.setattr(_models, "RETRY_TUNING", {})  # the real delays, not the tests'
+    sdk = _models._SDK()
+    sdk.BackoffStrategy = backoff
+    config = sdk.retry_config(2)
+    jitter = 250 if backoff is _NewBackoff else 1000
+    assert config.backoff.max_elapsed_time == 500 + jitter + 1000 + jitter + 2000
+    assert getattr(config.backoff, "jitter_ms", None) == (250 if jitter == 250 else None)
+
+
+def test_the_installed_release_gets_a_backoff_it_takes() -> None:
+    from llmcli_mistral import _models
+
+    assert _models._SDK().retry_config(2).backoff.max_elapsed_time > 0
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -251,6 +251,8 @@ def test_openai_account_headers_stay_with_openai(servers_file: Path,
     ("deepseek/deepseek-chat", "https://api.deepseek.com/beta", ECHOES, "DEEPSEEK_API_KEY"),
     ("openrouter/openai/gpt-4o", "https://openrouter.ai/api/v1", PrefillSupport.EMULATED,
      "OPENROUTER_API_KEY"),
+    ("sglang/Qwen/Qwen3-8B", "http://localhost:30000/v1", ECHOES, None),
+    ("lmdeploy/internlm/internlm3-8b-instruct", "http://localhost:23333/v1", ECHOES, None),
 ])
 def test_preset_names_resolve(load_plugins: Callable[..., None], name: str, url: str,
                               support: PrefillSupport, key_env: str | None) -> None:
@@ -261,6 +263,38 @@ def test_preset_names_resolve(load_plugins: Callable[..., None], name: str, url:
     assert model.backend.base_url == url  # type: ignore[attr-defined]
     assert model.backend.api_model == name.split("/", 1)[1]  # type: ignore[attr-defined]
     assert (model.needs_key.env_var if model.needs_key else None) == key_env
+
+
+@pytest.mark.parametrize(("preset", "mode", "extra_fields"), [
+    ("sglang", "vllm", {"continue_final_message": True, "add_generation_prompt": False}),
+    ("lmdeploy", "llama", {}),
+])
+def test_the_unmeasured_presets_send_their_documented_style(
+        preset: str, mode: str, extra_fields: dict[str, Any],
+        load_plugins: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SGLang and LMDeploy are presets from their own docs and source, not measured here:
+    auto (an echo is detected reply by reply), no native schema, and the probe decides at
+    'openai-servers add'. What they send is checked on a fake that continues that form."""
+    from dataclasses import replace
+
+    from llmcli_openai._servers import PRESETS, preset_echo
+
+    assert preset_echo(PRESETS[preset]) == "auto"
+    assert PRESETS[preset].schema_field is None and PRESETS[preset].key_env is None
+    with FakeOpenAI(mode, continuation=CONTINUATION) as fake:
+        monkeypatch.setitem(PRESETS, preset, replace(PRESETS[preset],
+                                                     base_url=fake.url + "/v1"))
+        load_plugins("llmcli-openai")
+        for stream in (True, False):
+            response = llmcli.get_model(f"{preset}/some/model").prompt(
+                "Hi", prefill="The answer", stream=stream, log=False)
+            assert response.text() == "The answer" + CONTINUATION
+            body = body_of(fake)
+            assert body["model"] == "some/model"
+            assert body["messages"][-1] == {"role": "assistant", "content": "The answer"}
+            assert {k: body[k] for k in extra_fields} == extra_fields
+            if not extra_fields:
+                assert "continue_final_message" not in body
 
 
 def test_unknown_prefix_is_not_claimed(load_plugins: Callable[..., None]) -> None:
@@ -449,7 +483,7 @@ def test_presets_print_the_table_the_docs_promise(load_plugins: Callable[..., No
                   for row in section.splitlines()[2:]]
     assert [row[:5] for row in documented] == printed
     assert [row[0] for row in printed] == ["vllm", "llama-server", "ollama", "deepseek",
-                                          "openrouter"]
+                                          "openrouter", "sglang", "lmdeploy"]
 
 
 @pytest.mark.parametrize("server", ["deepseek"], indirect=True)

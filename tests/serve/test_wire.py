@@ -152,7 +152,7 @@ def test_models_list_with_prefill_support(oai: openai.OpenAI, server: Server) ->
     listed = {m.id: m.model_extra["prefill_support"] for m in oai.models.list()}  # type: ignore[index]
     assert listed == {"test-eats": "eats", "test-echoes": "echoes",
                       "test-emulated": "emulated", "test-unsupported": "unsupported",
-                      "test-keyed": "eats"}
+                      "test-keyed": "eats", "test-tools": "eats"}
     ant = httpx.get(server.v1 + "/models", headers={**AUTH, "anthropic-version": "2023-06-01"})
     assert {m["id"] for m in ant.json()["data"]} == set(listed)
     assert ant.json()["has_more"] is False

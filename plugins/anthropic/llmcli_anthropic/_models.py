@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from llmcli.attachments import TYPES
-from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, ToolSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, ReasoningPrefillOption, Request, StrList
 from llmcli.models import Options as BaseOptions
@@ -117,6 +117,9 @@ class ClaudeModel(RemoteModel):
     #: Every Claude model in the table sees images and reads PDFs (Anthropic's vision and
     #: PDF-support pages).
     attachment_types = frozenset(TYPES)
+    #: ``tool_use`` / ``tool_result``, streamed as ``input_json_delta``; text (a prefill)
+    #: may come before a call.
+    tool_support = ToolSupport.NATIVE
 
     def __init__(self, model_id: str, aliases: tuple[str, ...] = ()) -> None:
         self.model_id = model_id

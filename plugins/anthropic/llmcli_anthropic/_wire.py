@@ -17,6 +17,7 @@ from llmcli.models import (
     Message,
     Reasoning,
     Request,
+    ToolCall,
     Usage,
     emulation_instruction,
 )
@@ -76,7 +77,10 @@ def _join_system(system: str | None, extra: str) -> str:
 
 def _message(message: Message) -> dict[str, Any]:
     """A turn on the wire: plain text, or (with attachments) content blocks, the images and
-    documents first as Anthropic's vision guide recommends, then the text."""
+    documents first as Anthropic's vision guide recommends, then the text; a turn with tool
+    calls or results as :func:`_tool_message` writes it."""
+    if message.tool_calls or message.tool_results:
+        return _tool_message(message)
     if not message.attachments:
         return {"role": message.role, "content": message.content}
     blocks = [attachment_block(a) for a in message.attachments]
@@ -135,7 +139,59 @@ def build_request(request: Request) -> WireRequest:
             # Claude 4.6 and later size their thinking themselves; a fixed budget is
             # deprecated there (Opus 4.7 has adaptive thinking only).
             params["thinking"] = {"type": "adaptive"}
+    if request.tools:
+        params.update(_tool_params(request))
     return WireRequest(params, sent_prefill)
+
+
+# -- tools (tool_use / tool_result) -----------------------------------------------------------
+
+
+def _tool_message(message: Message) -> dict[str, Any]:
+    """One turn; a turn with tool calls or results as content blocks (``tool_use`` on the
+    assistant's, ``tool_result`` first on the user's, as the API requires)."""
+    if not message.tool_calls and not message.tool_results:
+        return {"role": message.role, "content": message.content}
+    blocks: list[dict[str, Any]] = []
+    for result in message.tool_results:
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": result.call_id,
+                                 "content": result.output}
+        if result.error:
+            block["is_error"] = True
+        blocks.append(block)
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
+    blocks += [{"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+               for call in message.tool_calls]
+    return {"role": message.role, "content": blocks}
+
+
+def _tool_params(request: Request) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` (auto, any, none or one tool)."""
+    choice = request.tool_choice
+    wire_choice: dict[str, Any] = (
+        {"type": "auto"} if choice == "auto" else {"type": "any"} if choice == "required"
+        else {"type": "none"} if choice == "none" else {"type": "tool", "name": choice})
+    return {"tools": [{"name": tool.name, "description": tool.description,
+                       "input_schema": dict(tool.parameters)} for tool in request.tools],
+            "tool_choice": wire_choice}
+
+
+class _ToolUse:
+    """A streamed ``tool_use`` block: its id and name from ``content_block_start``, its
+    input as the ``input_json_delta`` pieces, parsed at ``content_block_stop``."""
+
+    def __init__(self, block: Any) -> None:
+        self.id, self.name = block.id, block.name
+        self.parts: list[str] = []
+
+    def call(self) -> ToolCall:
+        text = "".join(self.parts)
+        try:
+            arguments = json.loads(text) if text.strip() else {}
+        except ValueError:
+            arguments = text  # not an object: the chain reports malformed arguments
+        return ToolCall(self.id, self.name, arguments)
 
 
 # -- replies ----------------------------------------------------------------------------------
@@ -149,6 +205,9 @@ def read_message(message: Any) -> Iterator[Chunk]:
         if block.type == "thinking" and getattr(block, "thinking", ""):
             yield Reasoning(block.thinking)
     yield "".join(block.text for block in message.content if block.type == "text")
+    for block in message.content:
+        if block.type == "tool_use":
+            yield ToolCall(block.id, block.name, dict(block.input))
     usage = Usage(output_tokens=message.usage.output_tokens, stop_reason=message.stop_reason)
     _take_input(usage, message.usage)
     yield usage
@@ -184,15 +243,24 @@ def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
     usage = Usage()
     start: Any = None
     finished = False
+    tool_uses: dict[int, _ToolUse] = {}
     for event in events:
         if event.type == "message_start":
             start = event.message.usage
             _take_input(usage, start)
+        elif event.type == "content_block_start":
+            if event.content_block.type == "tool_use":
+                tool_uses[event.index] = _ToolUse(event.content_block)
+        elif event.type == "content_block_stop":
+            if event.index in tool_uses:
+                yield tool_uses.pop(event.index).call()
         elif event.type == "content_block_delta":
             if event.delta.type == "text_delta":
                 yield event.delta.text
             elif event.delta.type == "thinking_delta" and event.delta.thinking:
                 yield Reasoning(event.delta.thinking)
+            elif event.delta.type == "input_json_delta" and event.index in tool_uses:
+                tool_uses[event.index].parts.append(event.delta.partial_json)
         elif event.type == "message_delta":
             usage.stop_reason = event.delta.stop_reason
             usage.output_tokens = event.usage.output_tokens

@@ -20,6 +20,7 @@ all call it. Cheap to import: no torch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -48,6 +49,7 @@ __all__ = [
     "Quantize",
     "Releases",
     "Scores",
+    "SpeculationCosts",
     "TreeBackend",
     "choose_backend",
     "common_prefix",
@@ -323,23 +325,84 @@ class Draft(Protocol[CacheT]):
 
     def truncate(self, cache: CacheT, length: int) -> None: ...
 
+    def step_batch(self, caches: Sequence[CacheT], tokens: Sequence[int]) -> torch.Tensor:
+        """Several rows' next proposals in one step (as :meth:`BatchStep.step_batch`)."""
+        ...
+
     def release(self, cache: CacheT) -> None:
         """The sequence has ended: its draft cache is kept for a prompt that starts the same."""
         ...
 
 
+@dataclass(frozen=True)
+class SpeculationCosts:
+    """What a backend's passes cost, in units of its own one-row decode step: what the
+    speculation policy (:class:`llmcli_local.speculation.Policy`) weighs a step's proposals
+    with. Linear fits of measured times (``lean/draft.py`` holds them, per weight kind, and
+    docs/benchmarks.md the measurements):
+
+    - a plain step of ``rows`` rows (``step_batch``; one row is the unit);
+    - a verification pass over ``rows`` sequences' runs, ``tokens`` in all (``verify_batch``):
+      a base, a cost per sequence (its attention) and per token, and a steeper one per token
+      past ``knee`` (where the kernels turn compute-bound);
+    - a model draft's step of ``rows`` rows, in the same unit.
+
+    ``margin``: the gain a step's proposals must promise over the plain step before they
+    are made (the fits and the acceptance rates are estimates)."""
+
+    step_base: float
+    step_per_row: float
+    verify_base: float
+    verify_per_row: float
+    verify_per_token: float
+    knee: int = 1 << 30
+    past_knee: float = 0.0
+    draft_base: float = 0.0
+    draft_per_row: float = 0.0
+    margin: float = 0.05
+
+    def step(self, rows: int) -> float:
+        return 1.0 if rows <= 1 else self.step_base + self.step_per_row * rows
+
+    def verify(self, rows: int, tokens: int) -> float:
+        return (self.verify_base + self.verify_per_row * rows + self.verify_per_token * tokens
+                + self.past_knee * max(0, tokens - self.knee))
+
+    def draft(self, rows: int) -> float:
+        return self.draft_base + self.draft_per_row * rows
+
+
 @runtime_checkable
 class Drafting(Protocol[CacheIn]):
-    """A backend that decodes speculatively: its draft proposes, one pass verifies."""
+    """A backend that decodes speculatively: a draft proposes, one pass verifies (several
+    sequences' proposals in one pass: :meth:`verify_batch`). The scheduler decides which
+    rows speculate each step (:mod:`llmcli_local.speculation`)."""
 
     @property
     def draft(self) -> Draft[Any] | None:
-        """The draft (None: one step per token)."""
+        """The model draft (None: a lookup draft where :attr:`lookup`, else none)."""
+        ...
+
+    @property
+    def lookup(self) -> bool:
+        """Whether, without a model draft, proposals come from the sequence itself
+        (prompt lookup: what followed its last tokens where they occurred before)."""
+        ...
+
+    @property
+    def speculation_costs(self) -> SpeculationCosts:
+        """What its passes cost, for the policy."""
         ...
 
     def verify(self, cache: CacheIn, ids: Sequence[int]) -> torch.Tensor:
         """One pass over ``ids`` at the cache's next positions: the logits after every one
         of them, shape (len(ids), vocab)."""
+        ...
+
+    def verify_batch(self, caches: Sequence[CacheIn], runs: Sequence[Sequence[int]]
+                     ) -> list[torch.Tensor]:
+        """:meth:`verify` for several sequences in one pass: logits after every token of
+        each run, one tensor per sequence."""
         ...
 
 

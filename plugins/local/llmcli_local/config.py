@@ -70,7 +70,7 @@ QUANTIZE_SCHEMES: tuple[Quantize, ...] = get_args(Quantize)
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = get_args(Device)
 #: ``LLMCLI_LOCAL_DRAFT``: speculative decoding's draft (:mod:`llmcli_local.lean.draft`).
-DraftChoice = Literal["auto", "none", "int4", "int8"]
+DraftChoice = Literal["auto", "none", "int4", "int8", "lookup"]
 DRAFTS: tuple[DraftChoice, ...] = get_args(DraftChoice)
 #: ``-o prefill_mode``: how the prefill is split into tokens (:mod:`llmcli_local.decode`).
 PrefillMode = Literal["chars", "heal", "none", "forced"]
@@ -167,6 +167,8 @@ def _draft(environ: Mapping[str, str] | None) -> DraftChoice:
         return "int4"
     if value == "int8":
         return "int8"
+    if value == "lookup":
+        return "lookup"
     return "auto"
 
 

@@ -19,8 +19,8 @@ import torch
 from llmcli.capabilities import StopReason
 from llmcli.errors import ConfigError
 from llmcli.models import Usage
-from llmcli_local import boundary, exact
-from llmcli_local.backend import Backend, Cache, Draft, Drafting, Scores, common_prefix
+from llmcli_local import boundary, exact, speculation
+from llmcli_local.backend import Backend, Cache, Drafting, Scores
 from llmcli_local.config import GenerationSettings
 from llmcli_local.healing import HealPlan, plan_healing
 from llmcli_local.streaming import TextStream
@@ -41,18 +41,6 @@ Messages = Sequence[Mapping[str, str]]
 # tokenizer's split as it is; ``forced``, grammar-forced decoding's split, verified in
 # passes (:mod:`llmcli_local.exact`: the reference of old, slow on text the model would not
 # write).
-
-#: Speculative decoding: the draft's first round proposes this many tokens; a round the
-#: model takes whole proposes two more next time (up to DRAFT_MAX), one it does not, one more
-#: than it kept.
-DRAFT_START = 4
-DRAFT_MAX = 8
-#: The draft catches up on at most this many tokens at once while the reply is short: more
-#: (a long prompt the draft has not seen) waits until the reply has a token for every
-#: DRAFT_REPAY of them (a catch-up pass costs about 1/DRAFT_REPAY of a step per token, and
-#: speculation saves about half a step per token).
-DRAFT_CATCH_UP = 64
-DRAFT_REPAY = 16
 
 
 @dataclass
@@ -302,17 +290,13 @@ class Decoding:
         self.forced_tokens = 0
         #: Tokens written to end a JSON reply the budget would have cut (``--schema``).
         self.closed_tokens = 0
-        #: Speculative decoding: the backend that verifies and its draft (None: none, or
-        #: not this call's), the draft's cache for this sequence, how many tokens to
-        #: propose next, and how many it proposed and the model kept.
-        self.verifier: Drafting[Any] | None = None
-        self.draft: Draft[Any] | None = None
-        if settings.speculative and isinstance(backend, Drafting):
-            self.verifier, self.draft = backend, backend.draft
-        self.draft_cache: Cache | None = None
-        self.draft_next = DRAFT_START
-        self.draft_proposed = 0
-        self.draft_accepted = 0
+        #: Speculative decoding's state (:mod:`llmcli_local.speculation`): None where the
+        #: backend has no draft or the call asked for one step per token. Whether a step
+        #: speculates, and how far, is the caller's decision (the scheduler's policy).
+        self.speculation: speculation.Speculation | None = None
+        if settings.speculative and isinstance(backend, Drafting) and (
+                backend.draft is not None or backend.lookup):
+            self.speculation = speculation.Speculation(backend.draft)
 
     def choose(self) -> int:
         """The next token from ``logits`` (constrained while the prefill is not covered)."""
@@ -387,103 +371,17 @@ class Decoding:
                 break
         return run, text
 
-    def step_run(self, run: Sequence[int]) -> str:
-        """The next pass over ``run``: one step for one token, else one pass over all.
-        Where the backend has a draft and nothing but the argmax chooses the next tokens,
-        one token is followed by the draft's proposals in the same pass, and those the model
-        agrees with are taken (:meth:`advance`): their text, which the caller passes on
-        like :meth:`advance_run`'s (``done`` may then be set)."""
-        if len(run) == 1:
-            if self._speculating():
-                text = self._speculate(run[0])
-                if text is not None:
-                    return text
-            self.stepped(self.backend.step(self.cache, run[0]))
-        else:
-            self.extended(run, self.backend.extend(self.cache, run))
-        return ""
-
-    def _speculating(self) -> bool:
-        return (self.draft is not None and self.settings.temperature <= 0
-                and self.constraint is None and not self.pending and not self.done)
-
-    def _speculate(self, token: int) -> str | None:
-        """Speculative decoding's round after ``token`` (taken already): the draft proposes
-        the tokens after it, one pass of the model over ``token`` and the proposals scores
-        every one, and each proposal is kept while it is the model's own greedy choice; the
-        first it is not ends the round (the next :meth:`choose` takes the model's choice
-        there). The cache keeps what was kept. None: no round now (no room, or the draft
-        would first have to catch up on a long prompt that a short reply cannot repay)."""
-        cache, verifier = self.cache, self.verifier
-        if verifier is None or cache.capacity is None:
-            return None
-        room = min(self.draft_next, self.budget - self.produced,
-                   cache.capacity - cache.position - 1)
-        if room < 1:
-            return None
-        proposals = self._propose(token, room, cache.capacity)
-        if proposals is None:
-            return None
-        position = cache.position
-        logits = verifier.verify(cache, [token, *proposals])
-        self.forward_passes += 1
-        self.draft_proposed += len(proposals)
-        text, kept = "", 0
-        for row, proposal in enumerate(proposals):
-            if int(torch.argmax(logits[row])) != proposal:
-                break
-            kept += 1
-            text += self.advance(proposal)
-            if self.done:
-                break
-        self.draft_accepted += kept
-        self.backend.truncate(cache, position + 1 + kept)
-        self.logits = logits[kept]
-        # Propose more after a round the model took whole, fewer after one it did not.
-        self.draft_next = (min(self.draft_next + 2, DRAFT_MAX) if kept == len(proposals)
-                           else max(1, kept + 1))
-        return text
-
-    def _propose(self, token: int, count: int, capacity: int) -> list[int] | None:
-        """Up to ``count`` greedy tokens of the draft after the sequence and ``token`` (fewer
-        where it proposes an end of turn). The draft's cache first catches up on what it has
-        not seen (the prompt, on the first round; the model's choice that ended the last
-        round) in one pass; a catch-up of more than :data:`DRAFT_CATCH_UP` tokens waits
-        until the reply is long enough to repay it (None until then)."""
-        draft = self.draft
-        assert draft is not None
-        ids = [*self.cache.ids, token]
-        held = self.draft_cache
-        if held is not None:
-            common = min(common_prefix(held.ids, ids), len(ids) - 1)
-        else:  # what the draft kept of an earlier call that started the same
-            kept = draft.prefixes
-            common = min(kept.longest(ids), len(ids) - 1) if kept is not None else 0
-        missing = len(ids) - common
-        if missing > DRAFT_CATCH_UP and self.produced * DRAFT_REPAY < missing:
-            return None
-        with torch.inference_mode():
-            if held is None:
-                logits, held = draft.prompt(ids, capacity)
-                self.draft_cache = held
-            else:
-                draft.truncate(held, common)
-                scores = draft.extend(held, ids[common:])
-                logits = scores.full(len(scores) - 1)
-            proposals: list[int] = []
-            while True:
-                proposal = int(torch.argmax(logits))
-                proposals.append(proposal)
-                if len(proposals) >= count or proposal in self.backend.eos_ids:
-                    return proposals
-                logits = draft.step(held, proposal)
+    def step_run(self, run: Sequence[int]) -> None:
+        """The next pass over a run of several tokens (a sampled one and those a grammar
+        forced after it): one pass over all. A run of one token goes through
+        :func:`llmcli_local.speculation.step` (one step, or a speculative round)."""
+        self.extended(run, self.backend.extend(self.cache, run))
 
     def release_draft(self) -> None:
-        """The sequence has ended: the draft's cache is kept for a prompt that starts the
-        same (as the model's own, :meth:`LeanBackend.release`)."""
-        if self.draft is not None and self.draft_cache is not None:
-            self.draft.release(self.draft_cache)
-            self.draft_cache = None
+        """The sequence has ended: its draft's cache is kept for a prompt that starts the
+        same."""
+        if self.speculation is not None:
+            self.speculation.release()
 
     def stepped(self, logits: torch.Tensor) -> None:
         """The logits after the last token, from one more forward step."""
@@ -521,8 +419,9 @@ class Decoding:
                 # The budget was nearly spent: the constraint closed the JSON value.
                 **({"closed_by_budget": self.closed_tokens} if self.closed_tokens else {}),
                 # Speculative decoding: tokens the draft proposed, and those kept.
-                **({"draft_tokens": self.draft_proposed, "draft_accepted": self.draft_accepted}
-                   if self.draft_proposed else {}),
+                **({"draft_tokens": self.speculation.proposed,
+                    "draft_accepted": self.speculation.accepted}
+                   if self.speculation is not None and self.speculation.proposed else {}),
                 # Prompt positions a kept prefix gave (llmcli_local.lean.prefix), as OpenAI
                 # names them.
                 **({"cached_tokens": self.cache.cached} if self.cache.cached else {}),
@@ -544,9 +443,15 @@ def generate(backend: Backend[Any], messages: Messages, prefill: str,
                 yield text
             if sequence.done:
                 break
-            text = sequence.step_run(run)  # with a draft, maybe more tokens' text
-            if text:
-                yield text
+            if len(run) > 1:
+                sequence.step_run(run)
+                continue
+            # One token: a step, or a speculative round where the policy finds it pays
+            # (the text of the proposals kept; ``done`` may then be set).
+            row = speculation.Row(sequence, run[0])
+            speculation.step(sequence.backend, [row])
+            if row.text:
+                yield row.text
             if sequence.done:
                 break
     finally:

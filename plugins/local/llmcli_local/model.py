@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import llmcli
-from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, ToolSupport
 from llmcli.config import long_lived
 from llmcli.models import Chunk, Request, Usage
 from llmcli_local import thinking
@@ -28,6 +28,9 @@ class LocalModel(llmcli.Model):
     #: The runtime runs text-only models (no vision encoder): an attachment is refused before
     #: anything is loaded, naming the models that can take one.
     attachment_types: frozenset[str] = frozenset()
+    #: Tools through the chat template (or the system prompt), every call constrained to
+    #: the tool's schema (:mod:`llmcli_local.tools`).
+    tool_support = ToolSupport.GRAMMAR
     can_stream = True
     needs_key = None
     Options = LocalOptions  # type: ignore[assignment]  # as llmcli.remote does
@@ -63,14 +66,21 @@ class LocalModel(llmcli.Model):
         options = request.options
         assert isinstance(options, LocalOptions)
         source = self.source()
-        messages: list[dict[str, str]] = []
+        messages: list[dict[str, Any]] = []
+        template_kwargs: dict[str, Any] = {}
+        grammar: Grammar | None = None
+        if request.tools:
+            from llmcli_local import tools
+            from llmcli_local.sources import chat_template
+
+            messages, template_kwargs = tools.messages(request, chat_template(source))
+            grammar = tools.grammar(request.tools, request.tool_choice)
+            yield from tools.read_reply(self._generate(
+                request, source, messages, template_kwargs, grammar), request.prefill)
+            return
         if request.system:
             messages.append({"role": "system", "content": request.system})
         messages.extend({"role": m.role, "content": m.content} for m in request.messages())
-        template_kwargs: dict[str, Any] = {}
-        if options.enable_thinking is not None:
-            template_kwargs["enable_thinking"] = options.enable_thinking
-        grammar: Grammar | None = None
         if request.schema is not None:
             from llmcli_local.grammar import from_schema
 
@@ -79,6 +89,15 @@ class LocalModel(llmcli.Model):
             from llmcli_local.grammar import from_text
 
             grammar = from_text(request.grammar)
+        yield from self._generate(request, source, messages, template_kwargs, grammar)
+
+    def _generate(self, request: Request, source: ModelSource,
+                  messages: list[dict[str, Any]], template_kwargs: dict[str, Any],
+                  grammar: Grammar | None) -> Iterator[Chunk]:
+        options = request.options
+        assert isinstance(options, LocalOptions)
+        if options.enable_thinking is not None:
+            template_kwargs["enable_thinking"] = options.enable_thinking
         settings = GenerationSettings(
             max_tokens=options.max_tokens, temperature=options.temperature,
             top_p=options.top_p, top_k=options.top_k, seed=options.seed,

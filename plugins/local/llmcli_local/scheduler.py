@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmcli.models import Usage
-from llmcli_local import decode
+from llmcli_local import decode, speculation
 from llmcli_local.backend import Backend, BatchStep, GraphedSingle, Releases
 from llmcli_local.config import DEFAULT_KV_BUDGET, DEFAULT_MAX_BATCH, RuntimeConfig
 from llmcli_local.openmp import release_team
@@ -176,6 +176,9 @@ class Scheduler:
         self.peak_reserved = 0
         self.steps = 0
         self.batched_steps = 0
+        #: Which rows speculate each step, and how far (its counters: steps taken with
+        #: and without a draft's proposals).
+        self.policy = speculation.Policy()
 
     # -- any thread
 
@@ -360,32 +363,31 @@ class Scheduler:
         if not moving:
             return
         self.steps += 1
+        if len(moving) > 1:
+            self.batched_steps += 1
+            for entry in moving:
+                entry.batch = max(entry.batch, len(moving))
+        rows = []
+        for entry in moving:
+            assert entry.sequence is not None
+            rows.append(speculation.Row(entry.sequence, entry.token))
         try:
-            if self._batched is None or (len(moving) == 1 and not self._single):
-                # One row: the unbatched step, so a lone call is exactly the plain loop's
-                # (with a draft, speculative decoding's round: maybe more tokens' text).
-                for entry in moving:
-                    sequence = entry.sequence
-                    assert sequence is not None
-                    text = sequence.step_run(entry.run)
-                    if text:
-                        entry.handle._put(text)
-                    if sequence.done:
-                        self._leave(entry)
-                return
-            if len(moving) > 1:
-                self.batched_steps += 1
-                for entry in moving:
-                    entry.batch = max(entry.batch, len(moving))
-            logits = self._batched.step_batch(
-                [e.sequence.cache for e in moving if e.sequence], [e.token for e in moving])
-            for row, entry in enumerate(moving):
-                assert entry.sequence is not None
-                entry.sequence.stepped(logits[row])
+            # Decide which rows speculate and how far, then one pass for all of them
+            # (one row without proposals: the unbatched step, exactly the plain loop's).
+            # A lone row runs on its own backend (a variant of the loaded model), several
+            # on the scheduler's.
+            speculation.step(rows[0].sequence.backend if len(rows) == 1 else self.backend,
+                             rows, self.policy, single=self._single)
         except Exception as exc:  # noqa: BLE001 - every sequence of the step fails with it
             for entry in moving:
                 if entry.sequence is not None:  # not one that has ended already
                     self._leave(entry, "error", error=exc)
+            return
+        for entry, row in zip(moving, rows, strict=True):
+            if row.text:
+                entry.handle._put(row.text)
+            if row.sequence.done:
+                self._leave(entry)
 
 
 #: Schedulers whose worker thread runs now.

@@ -106,6 +106,34 @@ def _hf_dir_problem(path: Path) -> str | None:
     return None
 
 
+_TEMPLATES: dict[Path, str] = {}
+
+
+def chat_template(source: ModelSource) -> str:
+    """The model's chat template text, read from its files without loading it ("" where
+    none is found); tools go through it when it has a tools section."""
+    if source.path in _TEMPLATES:
+        return _TEMPLATES[source.path]
+    text = ""
+    try:
+        if source.format == "gguf":
+            from gguf import GGUFReader
+
+            field = GGUFReader(str(source.path)).fields.get("tokenizer.chat_template")
+            if field is not None:
+                text = bytes(field.parts[field.data[0]]).decode("utf-8")
+        elif (source.path / "chat_template.jinja").is_file():
+            text = (source.path / "chat_template.jinja").read_text()
+        elif (source.path / "tokenizer_config.json").is_file():
+            found = json.loads((source.path / "tokenizer_config.json").read_text())
+            text = found.get("chat_template") or ""
+            text = text if isinstance(text, str) else json.dumps(text)
+    except (OSError, ValueError, KeyError):
+        text = ""
+    _TEMPLATES[source.path] = text
+    return text
+
+
 def inspect_path(raw: str | Path) -> ModelSource:
     """Validate a GGUF file or a Hugging Face model directory; one-line ConfigError if not."""
     path = Path(raw).expanduser()

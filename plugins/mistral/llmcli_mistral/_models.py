@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +37,9 @@ VISION_MODELS = ("pixtral", "mistral-small-latest", "mistral-medium", "mistral-l
 
 #: Keyword arguments for :func:`._wire.retry_plan` (tests shrink the delays).
 RETRY_TUNING: dict[str, int] = {}
+#: The jitter that mistralai adds to each backoff delay when its ``BackoffStrategy`` takes no
+#: ``jitter_ms`` (the releases before that argument): up to one second.
+SDK_FIXED_JITTER_MS = 1000
 
 
 class MistralOptions(RemoteOptions, BaseURLOption):
@@ -59,7 +63,7 @@ class _SDK:
         try:  # mistralai >= 2 moved everything under mistralai.client
             from mistralai.client import Mistral, errors
             from mistralai.client.utils import BackoffStrategy, RetryConfig
-        except ImportError:  # pragma: no cover - mistralai 1.x
+        except ImportError:  # mistralai 1.x (the oldest allowed: make test-oldest-sdks)
             from mistralai import Mistral  # type: ignore[attr-defined,no-redef]
             from mistralai import models as errors  # type: ignore[attr-defined,no-redef]
             from mistralai.utils import (  # type: ignore[no-redef]
@@ -75,15 +79,25 @@ class _SDK:
             if isinstance(cls, type)
         )
 
+    @property
+    def takes_jitter(self) -> bool:
+        """Newer releases take ``jitter_ms``; older ones add up to a second of their own."""
+        return "jitter_ms" in inspect.signature(self.BackoffStrategy).parameters
+
     def retry_config(self, max_retries: int) -> Any:
-        plan = _wire.retry_plan(max_retries, **RETRY_TUNING)
+        tuning = dict(RETRY_TUNING)
+        if not self.takes_jitter:
+            # The window must cover the SDK's own jitter, or fewer retries fit in it.
+            tuning["jitter_ms"] = SDK_FIXED_JITTER_MS
+        plan = _wire.retry_plan(max_retries, **tuning)
         if plan is None:
             return self.RetryConfig("none", self.BackoffStrategy(0, 0, 1.0, 0), False)
-        backoff = self.BackoffStrategy(
-            plan.initial_interval, plan.max_interval, plan.exponent, plan.max_elapsed_time,
-            plan.jitter_ms,
-        )
-        return self.RetryConfig("backoff", backoff, retry_connection_errors=True)
+        args: list[Any] = [plan.initial_interval, plan.max_interval, plan.exponent,
+                           plan.max_elapsed_time]
+        if self.takes_jitter:
+            args.append(plan.jitter_ms)
+        return self.RetryConfig("backoff", self.BackoffStrategy(*args),
+                                retry_connection_errors=True)
 
 
 class MistralModel(RemoteModel):

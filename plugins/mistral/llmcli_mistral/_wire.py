@@ -145,13 +145,14 @@ def retry_plan(max_retries: int, initial_ms: int = 500, max_ms: int = 8000,
     """The SDK's backoff sized for about ``max_retries`` retries, or None for no retrying.
 
     mistralai bounds retries by elapsed time, not by count. The window is the sum of the
-    first ``max_retries`` backoff delays (with jitter) plus ``slack_ms`` per attempt for the
+    first ``max_retries`` backoff delays at their longest (the SDK sleeps the exponential
+    delay plus its jitter, capped at ``max_ms``) plus ``slack_ms`` per attempt for the
     requests themselves; a ``Retry-After`` from the server is waited out as asked. Once the
     window is spent, the last error response is what the caller gets.
     """
     if max_retries <= 0:
         return None
-    delays = sum(min(initial_ms * 2**n, max_ms) + jitter_ms for n in range(max_retries))
+    delays = sum(min(initial_ms * 2**n + jitter_ms, max_ms) for n in range(max_retries))
     return RetryPlan(initial_ms, max_ms, 2.0, delays + slack_ms * max_retries, jitter_ms)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from llmcli.attachments import IMAGE_TYPES, TYPES
-from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
+from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, ToolSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, ReasoningPrefillOption, Request
 from llmcli.models import Options as BaseOptions
@@ -163,6 +163,9 @@ class OpenAIChat(_ChatCompletionsModel):
     attachment_types = frozenset(TYPES)
     Options = ChatOptions  # type: ignore[assignment]
     reasoning = False
+    #: Function calling (``tools``, ``tool_calls`` streamed as deltas); the prefill stays
+    #: emulated: the system message asks for it as the start of the reply's text.
+    tool_support = ToolSupport.NATIVE
 
     provider_name = provider_id = "OpenAI"
 
@@ -204,6 +207,9 @@ class OpenAIUnsupported(OpenAIReasoning):
     def prefill_note(self) -> str:
         return ("it takes no system or developer message, so the prefill cannot be requested "
                 "without rewriting your prompt")
+
+    #: o1-mini and o1-preview have no function calling.
+    tool_support = ToolSupport.NONE
 
     def get_schema_support(self, options: BaseOptions) -> SchemaSupport:
         # No structured outputs, and no system message to ask for the schema in.

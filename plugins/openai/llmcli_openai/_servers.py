@@ -185,6 +185,15 @@ PRESETS: dict[str, Preset] = {
                          key_env="OPENROUTER_API_KEY",
                          note="OpenRouter: echo or eat depends on the upstream model, so "
                               "emulated; use --prefill-style trailing_assistant per model"),
+    # From their documentation and source, not measured here: echo is "auto" (detected
+    # per reply), and 'openai-servers add --preset ...' probes the server before trusting
+    # the style.
+    "sglang": Preset("http://localhost:30000/v1", "continue_final_message",
+                     note="SGLang: continue_final_message (documented; not measured "
+                          "here, the probe decides)"),
+    "lmdeploy": Preset("http://localhost:23333/v1", "trailing_assistant",
+                       note="LMDeploy: continues a trailing assistant turn (from its "
+                            "source; not measured here, the probe decides)"),
 }
 
 

@@ -7,6 +7,7 @@ so all of it is testable without a server and the plugin stays cheap to import.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ from llmcli import schema as schemas
 from llmcli.attachments import TYPES
 from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, StopReason
 from llmcli.errors import ProviderError
-from llmcli.models import Attachment, Message, Reasoning, Request, Usage, emulation_instruction
+from llmcli.models import (
+    Attachment,
+    Message,
+    Reasoning,
+    Request,
+    ToolCall,
+    Usage,
+    emulation_instruction,
+)
 
 __all__ = [
     "ECHO_MODES",
@@ -148,7 +157,8 @@ def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
         # chat models expect "system".
         messages.append({"role": "developer" if backend.reasoning else "system",
                          "content": system})
-    messages.extend(_message(m) for m in request.messages())
+    for message in request.messages():
+        messages.extend(_turn(message))
     if request.prefill and style != "none":
         final: dict[str, Any] = {"role": "assistant", "content": request.prefill}
         if style == "prefix":
@@ -193,7 +203,74 @@ def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
                 kwargs[name] = value
             else:
                 kwargs.setdefault("extra_body", {})[name] = value
+    if request.tools:
+        kwargs.update(tool_fields(request))
     return kwargs
+
+
+# -- tools (function calling) -----------------------------------------------------------------
+
+
+def _turn(message: Message) -> list[dict[str, Any]]:
+    """One turn: tool calls on the assistant's message (arguments as JSON text), each
+    result a ``role: tool`` message before the user's text."""
+    if message.tool_calls:
+        return [{"role": "assistant", "content": message.content or None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+            for call in message.tool_calls]}]
+    if message.tool_results:
+        turns: list[dict[str, Any]] = [
+            {"role": "tool", "tool_call_id": result.call_id, "content": result.output}
+            for result in message.tool_results]
+        if message.content or message.attachments:
+            turns.append(_message(message))
+        return turns
+    return [_message(message)]
+
+
+def tool_fields(request: Request) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` (auto, required, none, or one function)."""
+    choice = request.tool_choice
+    wire_choice: Any = choice if choice in ("auto", "required", "none") else {
+        "type": "function", "function": {"name": choice}}
+    return {"tools": [{"type": "function", "function": {
+        "name": tool.name, "description": tool.description,
+        "parameters": dict(tool.parameters)}} for tool in request.tools],
+        "tool_choice": wire_choice}
+
+
+def _call(call_id: str, name: str, arguments: str) -> ToolCall:
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        parsed = arguments  # not JSON: the chain reports malformed arguments
+    return ToolCall(call_id, name, parsed)
+
+
+class _StreamedCalls:
+    """``delta.tool_calls`` pieces by index: the id and name arrive first, the arguments'
+    JSON text in pieces; the calls are complete when the choice finishes."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, list[str]] = {}
+
+    def add(self, pieces: Any) -> None:
+        for piece in pieces or []:
+            entry = self.calls.setdefault(getattr(piece, "index", 0) or 0, ["", "", ""])
+            function = getattr(piece, "function", None)
+            if getattr(piece, "id", None):
+                entry[0] = piece.id
+            if function is not None and getattr(function, "name", None):
+                entry[1] += function.name
+            if function is not None and getattr(function, "arguments", None):
+                entry[2] += function.arguments
+
+    def done(self) -> Iterator[ToolCall]:
+        for index in sorted(self.calls):
+            call_id, name, arguments = self.calls[index]
+            yield _call(call_id or f"call_{index}", name, arguments)
+        self.calls.clear()
 
 
 def schema_fields(schema: dict[str, Any], field: SchemaField | None) -> dict[str, Any]:
@@ -262,7 +339,7 @@ def reasoning_of(part: Any) -> str:
     return ""
 
 
-def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage | Reasoning]:
+def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage | Reasoning | ToolCall]:
     """Text deltas of choice 0 (its reasoning deltas as :class:`Reasoning`), then one
     :class:`Usage` once a finish_reason has arrived.
 
@@ -271,6 +348,7 @@ def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage | Reasoning]:
     """
     reason: str | None = None
     raw_usage: Any = None
+    calls = _StreamedCalls()
     for chunk in chunks:
         if getattr(chunk, "usage", None) is not None:
             raw_usage = chunk.usage
@@ -284,13 +362,18 @@ def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage | Reasoning]:
             content = getattr(delta, "content", None) if delta is not None else None
             if content:
                 yield content
+            if delta is not None:
+                calls.add(getattr(delta, "tool_calls", None))
             if choice.finish_reason:
                 reason = stop_reason(choice)
+                yield from calls.done()
     if reason is not None:
         yield _usage(raw_usage, reason)
 
 
-def completion_events(completion: Any, provider: str) -> Iterator[str | Usage | Reasoning]:
+def completion_events(
+    completion: Any, provider: str
+) -> Iterator[str | Usage | Reasoning | ToolCall]:
     choices = getattr(completion, "choices", None) or []
     if not choices:
         raise ProviderError(f"{provider}: the response has no choices", provider=provider)
@@ -303,6 +386,8 @@ def completion_events(completion: Any, provider: str) -> Iterator[str | Usage | 
     text = message.content if message.content is not None else getattr(message, "refusal", "")
     if text:
         yield text
+    for call in getattr(message, "tool_calls", None) or []:
+        yield _call(call.id, call.function.name, call.function.arguments or "")
     yield _usage(getattr(completion, "usage", None), stop_reason(choice))
 
 

@@ -10,7 +10,10 @@ imitates the capability:
 * test-emulated: ``-o style repeat|skip|preamble`` — repeat the prefill, start after it, or
   write "Sure, here it is:" first;
 * test-unsupported: refuses prefills (the core stops them before ``execute``);
-* test-keyed: eats, and needs the key ``testkey`` (env ``TESTKEY_API_KEY``).
+* test-keyed: eats, and needs the key ``testkey`` (env ``TESTKEY_API_KEY``);
+* test-tools: eats, and calls tools natively: queue its turns (``ToolCall`` events among the
+  chunks); a turn that carries tool results and has nothing queued answers
+  ``results: OUTPUT; ...``.
 
 ``-o thinking TEXT`` (or ``LLMCLI_TEST_THINKING=TEXT``, for a server's test) makes a model
 reason first: TEXT comes back as :class:`~llmcli.models.Reasoning` chunks (``chunk_size`` at
@@ -28,7 +31,16 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from llmcli import KeySpec, Model, Options, PrefillSupport, ProviderError, Request, Usage
+from llmcli import (
+    KeySpec,
+    Model,
+    Options,
+    PrefillSupport,
+    ProviderError,
+    Request,
+    ToolSupport,
+    Usage,
+)
 from llmcli.models import Chunk, PrefillSent, Reasoning
 
 
@@ -56,20 +68,24 @@ class TestModel(Model):
     __test__ = False  # not a pytest class
     Options = TestOptions
     #: Exact wire replies (lists of chunks) served before any scripted reply.
-    queue: ClassVar[list[list[str]]] = []
+    queue: ClassVar[list[list[Chunk]]] = []
     #: Every request executed, for assertions.
     requests: ClassVar[list[Request]] = []
 
-    def __init__(self, model_id: str, support: PrefillSupport, key: KeySpec | None = None):
+    def __init__(self, model_id: str, support: PrefillSupport, key: KeySpec | None = None,
+                 tools: ToolSupport = ToolSupport.NONE):
         self.model_id = model_id
         self.aliases = (model_id.replace("test-", "t-"),)
         self.prefill_support = support
         self.needs_key = key
+        self.tool_support = tools
 
     def wire_text(self, request: Request, sent: str) -> str:
         options = request.options
         assert isinstance(options, TestOptions)
         continuation = options.reply
+        if continuation is None and request.tool_results:
+            continuation = "results: " + "; ".join(r.output for r in request.tool_results)
         if continuation is None:
             continuation = f"reply to: {request.prompt}"
         if self.prefill_support is PrefillSupport.ECHOES_PREFIX and options.echo:
@@ -127,6 +143,7 @@ def all_models() -> list[TestModel]:
         TestModel("test-emulated", PrefillSupport.EMULATED),
         TestModel("test-unsupported", PrefillSupport.UNSUPPORTED),
         TestModel("test-keyed", PrefillSupport.EATS_PREFIX, KeySpec("testkey", "TESTKEY_API_KEY")),
+        TestModel("test-tools", PrefillSupport.EATS_PREFIX, tools=ToolSupport.NATIVE),
     ]
 
 

@@ -9,6 +9,9 @@ projections, RoPE, residuals, MLP) is the same for every pass; only this differs
   speculative decoding's ``verify``): ``scaled_dot_product_attention`` over the sequence's
   buffer, causal; optionally a tree of continuations after the causal rows, whose rows
   attend through a mask (``Decoder.states``' ``tree``).
+- :class:`Segments`: several sequences in one pass, each a run of consecutive rows at its
+  own next positions (speculative decoding's batched verification, several rows each
+  checking a draft's proposals): :class:`Causal` per sequence on its slice of the rows.
 - :class:`PerRow`: one token per row, each of its own sequence at its own position (decode
   steps, one row or a batch): per row, grouped-query attention as two small matmuls over that
   row's own buffer, so a row sees nothing of the others and its result is the same batched
@@ -29,7 +32,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Attention", "Causal", "Heads", "KVBuffers", "PerRow", "Pooled"]
+__all__ = ["Attention", "Causal", "Heads", "KVBuffers", "PerRow", "Pooled", "Segments"]
 
 #: Per layer, keys and values of shape (2, kv_heads, capacity, head_dim).
 KVBuffers = list[torch.Tensor]
@@ -93,6 +96,26 @@ class Causal:
                 buffer[1, :, :end].unsqueeze(0), attn_mask=self.leaves, scale=shape.scaling,
                 enable_gqa=grouped)), dim=2)
         return attended[0].transpose(0, 1).reshape(self.count, shape.heads * shape.dim)
+
+
+class Segments:
+    """Several sequences' runs in one pass: rows ``bounds[i] .. bounds[i + 1]`` are
+    consecutive positions of sequence ``i`` from ``starts[i]``, attending causally to that
+    sequence's own buffers (:class:`Causal` on each slice): the projections read every
+    weight once for all the rows, attention stays per sequence."""
+
+    def __init__(self, heads: Heads, buffers: Sequence[KVBuffers], starts: Sequence[int],
+                 counts: Sequence[int]) -> None:
+        self.parts: list[tuple[Causal, int, int]] = []
+        row = 0
+        for sequence, start, count in zip(buffers, starts, counts, strict=True):
+            self.parts.append((Causal(heads, sequence, start, count), row, row + count))
+            row += count
+
+    def __call__(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                 ) -> torch.Tensor:
+        return torch.cat([causal(index, q[a:b], k[a:b], v[a:b])
+                          for causal, a, b in self.parts])
 
 
 class PerRow:

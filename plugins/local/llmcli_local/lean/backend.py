@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from llmcli_local.backend import end_of_turn_ids
+from llmcli_local.backend import SpeculationCosts, end_of_turn_ids
 from llmcli_local.config import RuntimeConfig
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 from llmcli_local.lean.config import LeanConfig
 from llmcli_local.lean.decoder import Decoder, KVBuffers
-from llmcli_local.lean.draft import draft_weights
+from llmcli_local.lean.draft import COSTS, costs, draft_weights
 from llmcli_local.lean.prefix import PrefixStore
 from llmcli_local.lean.quant import linear
 from llmcli_local.lean.quant import rows as head_rows
@@ -91,6 +91,12 @@ class LeanBackend:
     #: Speculative decoding's draft (:mod:`llmcli_local.lean.draft`): this model with int4
     #: weights, its own kept prefixes, no draft of its own; None: one step per token.
     draft: LeanBackend | None = None
+    #: Without a model draft: whether proposals come from the sequence itself (prompt
+    #: lookup; quantized weights, whose step no model draft can undercut).
+    lookup: bool = False
+    #: What its passes cost (:class:`~llmcli_local.backend.SpeculationCosts`), for the
+    #: scheduler's speculation policy: measured per weight kind (``lean/draft.py``).
+    speculation_costs: SpeculationCosts = COSTS[("none", True)]
 
     @property
     def graphed_single(self) -> bool:
@@ -210,6 +216,25 @@ class LeanBackend:
         checks a draft's proposals with it)."""
         return self.extend(cache, ids).all()
 
+    def verify_batch(self, caches: Sequence[LeanCache], runs: Sequence[Sequence[int]]
+                     ) -> list[torch.Tensor]:
+        """:meth:`verify` for several sequences in one pass: row ``i``'s logits after every
+        token of ``runs[i]`` (shape (len(runs[i]), vocab)); every weight read once for all
+        of them (:meth:`Decoder.runs`), the output head once for every row."""
+        for cache, run in zip(caches, runs, strict=True):
+            if cache.position + len(run) > cache.capacity:
+                raise RuntimeError("the pass runs past the KV buffer")
+        if len(caches) == 1:
+            return [self.verify(caches[0], runs[0])]
+        with torch.inference_mode():
+            states = self.decoder.runs([c.buffers for c in caches], runs,
+                                       [c.position for c in caches])
+            logits = linear(states, self.decoder.weights.lm_head).float()
+        for cache, run in zip(caches, runs, strict=True):
+            cache.position += len(run)
+            cache.ids.extend(run)
+        return list(logits.split([len(run) for run in runs]))
+
     def truncate(self, cache: LeanCache, length: int) -> None:
         # Positions past ``length`` are overwritten before they are read again.
         cache.position = min(cache.position, length)
@@ -284,6 +309,10 @@ def load(directory: Path, device: str, dtype: torch.dtype,
     if drafted is not None:
         backend.draft = replace(backend, decoder=Decoder(config, drafted), static=None,
                                 prefixes=PrefixStore(kept) if kept else None)
+    elif device == "cpu" and settings.draft != "none" and (
+            quantize != "none" or settings.draft == "lookup"):
+        backend.lookup = True
+    backend.speculation_costs = costs(quantize, torch.get_num_threads())
     return backend
 
 

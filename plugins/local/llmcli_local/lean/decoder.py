@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from llmcli_local.lean.attention import Attention, Causal, Heads, KVBuffers, PerRow
+from llmcli_local.lean.attention import Attention, Causal, Heads, KVBuffers, PerRow, Segments
 from llmcli_local.lean.config import LeanConfig, RopeConfig
 from llmcli_local.lean.weights import Layer, Weights
 
@@ -320,3 +320,20 @@ class Decoder:
         attention = PerRow(self.shape, buffers, positions)
         return self.head(self.forward(x, torch.tensor(positions, device=device), attention,
                                       step=True))
+
+    def runs(self, buffers: Sequence[KVBuffers], runs: Sequence[Sequence[int]],
+             starts: Sequence[int]) -> torch.Tensor:
+        """One pass over several sequences' runs of tokens: run ``i`` at positions
+        ``starts[i]``.. of the sequence whose buffers are ``buffers[i]`` (its K/V written
+        there). The final-normed hidden states of every row, shape (total, hidden), the runs'
+        rows in order. Speculative decoding's batched verification: every weight is read
+        once for all the rows; attention is per sequence (:class:`Segments`)."""
+        embed = self.weights.embed
+        device = embed.device
+        flat = [token for run in runs for token in run]
+        x = embed[torch.tensor(flat, dtype=torch.long, device=device)]
+        positions = torch.tensor([start + j for run, start in zip(runs, starts, strict=True)
+                                  for j in range(len(run))], device=device)
+        attention = Segments(self.shape, buffers, starts, [len(run) for run in runs])
+        return self.forward(x, positions, attention, step=False)
+

@@ -5,7 +5,7 @@ On CPU a full-precision decode step of a model like SmolLM2-135M reads every wei
 step over one does. The draft, the model's own weights quantized to int4 (a seventh of the
 bytes, and one fused kernel call per projection), proposes the next few tokens in a few
 cheap steps; one full-precision pass over them checks every proposal at once
-(:meth:`llmcli_local.decode.Decoding.step_run`). Under greedy decoding the text is the
+(:mod:`llmcli_local.speculation`). Under greedy decoding the text is the
 full-precision model's: a proposal is kept only where it is the full-precision argmax.
 
 The draft shares the model's embeddings, norms and tokenizer (no copy); only its linear
@@ -21,10 +21,11 @@ from typing import Literal
 
 import torch
 
+from llmcli_local.backend import SpeculationCosts
 from llmcli_local.config import DraftChoice
 from llmcli_local.lean.weights import Weights
 
-__all__ = ["MIN_PARAMETERS", "draft_weights"]
+__all__ = ["COSTS", "MIN_PARAMETERS", "costs", "draft_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,45 @@ log = logging.getLogger(__name__)
 #: that a step is bound by its operations' count, not by reading weights, and a quantized
 #: step costs about what a full-precision one does.
 MIN_PARAMETERS = 50_000_000
+
+
+#: What the lean backend's passes cost on CPU, per weight kind and for one thread or more,
+#: in one-row steps of that model (SmolLM2-135M, 2-core AMD EPYC, torch 2.13;
+#: docs/benchmarks.md, "Speculation in the scheduler").
+#:
+#: - One thread (measured here, interleaved, the machine shared): a full-precision step is
+#:   partly compute-bound, so a pass over 2 tokens costs 1.38 steps and over 9 1.59; 8 rows'
+#:   step 1.82, a pass over their 8 x 3 tokens 2.61, past 40 tokens steeply more; the int4
+#:   draft's step 0.32 (8 rows: 0.91).
+#: - Two threads (the default on 2 cores; a quiet machine's figures, docs/benchmarks.md's
+#:   one-layer table): a step reads every weight once and is bound by memory, so a pass over
+#:   8 tokens costs 0.86 of a step and 8 rows' step 1.25; the int4 draft's step 0.21 (8
+#:   rows: 0.62).
+#: - Quantized weights, either: their kernels' cost grows with the rows from the first
+#:   extra one (int8: a pass over 3 tokens 1.16 steps, over 5 1.6; int4 1.29 and 1.9), and
+#:   an int4 draft's step would cost 0.75 of an int8 step, so no model draft pays: they
+#:   draft by lookup, free, which proposes only where the text repeats itself.
+COSTS: dict[tuple[str, bool], SpeculationCosts] = {
+    ("none", False): SpeculationCosts(step_base=1.13, step_per_row=0.09, verify_base=1.1,
+                                      verify_per_row=0.1, verify_per_token=0.045, knee=40,
+                                      past_knee=0.1, draft_base=0.25, draft_per_row=0.08),
+    ("none", True): SpeculationCosts(step_base=1.0, step_per_row=0.03, verify_base=0.75,
+                                     verify_per_row=0.05, verify_per_token=0.02, knee=40,
+                                     past_knee=0.05, draft_base=0.15, draft_per_row=0.059),
+    ("int8", False): SpeculationCosts(step_base=0.8, step_per_row=0.2, verify_base=0.55,
+                                      verify_per_row=0.05, verify_per_token=0.2),
+    ("int8", True): SpeculationCosts(step_base=0.75, step_per_row=0.24, verify_base=0.55,
+                                     verify_per_row=0.05, verify_per_token=0.2),
+    ("int4", False): SpeculationCosts(step_base=0.65, step_per_row=0.3, verify_base=0.6,
+                                      verify_per_row=0.05, verify_per_token=0.27),
+    ("int4", True): SpeculationCosts(step_base=0.65, step_per_row=0.3, verify_base=0.6,
+                                     verify_per_row=0.05, verify_per_token=0.27),
+}
+
+
+def costs(quantize: str, threads: int) -> SpeculationCosts:
+    """The cost table of a model with ``quantize`` weights running on ``threads`` threads."""
+    return COSTS[(quantize, threads > 1)]
 
 
 def _parameters(weights: Weights) -> int:
@@ -57,7 +97,7 @@ def draft_weights(weights: Weights, directory: Path,
     lean backend asks), ``int4`` or ``int8`` whatever the size, ``none`` never."""
     from llmcli_local.lean.quant import Int4Weight, quantize_weights
 
-    if choice == "none" or (choice == "auto" and _parameters(weights) < MIN_PARAMETERS):
+    if choice in ("none", "lookup") or (choice == "auto" and _parameters(weights) < MIN_PARAMETERS):
         return None
     scheme: Literal["int4", "int8"] = "int8" if choice == "int8" else "int4"
     draft = replace(weights, layers=[replace(layer) for layer in weights.layers])

@@ -137,7 +137,8 @@ class LeanTokenizer:
     def apply_chat_template(self, messages: list[dict[str, Any]], tokenize: bool = False,
                             add_generation_prompt: bool = False, **kwargs: Any) -> str:
         """As transformers' ``apply_chat_template(..., tokenize=False)`` for one
-        conversation of plain string messages, without tools or documents."""
+        conversation of plain string messages (and ``tools=``, the OpenAI function shape,
+        for a template with a tools section), without documents."""
         if tokenize:
             raise ValueError("the lean tokenizer renders text only (tokenize=False)")
         if not messages:
@@ -145,9 +146,10 @@ class LeanTokenizer:
                 "Cannot apply chat template to an empty conversation. Provide at least one "
                 "message.")
         chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        tools = kwargs.pop("tools", None)
         template_kwargs = {**self.special_tokens_map, **kwargs}
         return str(_compile(self.chat_template).render(
-            messages=chat, tools=None, documents=None,
+            messages=chat, tools=tools, documents=None,
             add_generation_prompt=add_generation_prompt, **template_kwargs,
         ))
 
