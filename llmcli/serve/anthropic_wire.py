@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llmcli.request import Reasoning, Usage
+from llmcli.response import Response
 from llmcli.serve.errors import anthropic_body
 from llmcli.serve.protocol import AnthropicRequest, Chat, anthropic_chat, parse
 from llmcli.serve.runner import AfterPrefill, Run, Wire, cached_tokens, stream_failure, tokens
@@ -30,12 +31,30 @@ def _message(run: Run, text: str) -> dict[str, Any]:
         "role": "assistant",
         "model": run.model.model_id,
         "content": [*_thinking(response.reasoning_so_far()),
-                    {"type": "text", "text": text[len(run.chat.prefill):]}],
-        "stop_reason": STOP.get(usage.stop_reason or "", "end_turn"),
+                    *_content(response, text[len(run.chat.prefill):])],
+        "stop_reason": _stop(response),
         "stop_sequence": None,
         "usage": _usage(usage),
         "prefill_support": response.prefill_support.value,
     }
+
+
+def _tool_uses(response: Response) -> list[dict[str, Any]]:
+    """The reply's tool calls as ``tool_use`` blocks."""
+    return [{"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+            for call in response.tool_calls()]
+
+
+def _content(response: Response, text: str) -> list[dict[str, Any]]:
+    """A text block (left out when the reply is only tool calls), then the tool_use blocks."""
+    uses = _tool_uses(response)
+    return ([{"type": "text", "text": text}] if text or not uses else []) + uses
+
+
+def _stop(response: Response) -> str:
+    if response.tool_calls():
+        return "tool_use"
+    return STOP.get(response.usage().stop_reason or "", "end_turn")
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -64,6 +83,10 @@ def event(name: str, payload: dict[str, Any]) -> str:
 
 
 async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]:
+    """The Messages API's events. With tools offered the text block opens at its first text
+    (a reply that is only a call starts with its ``tool_use`` block); each call follows the
+    text as ``content_block_start`` (input ``{}``), one ``input_json_delta`` with the
+    arguments' JSON, and ``content_block_stop``."""
     response = run.response
     strip = AfterPrefill(run.chat.prefill)
     blocks = _Blocks()
@@ -73,9 +96,11 @@ async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]
             "model": run.model.model_id, "content": [], "stop_reason": None,
             "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
         # The first block opens at once (a thinking block when the reply starts with its
-        # reasoning), then the ping, as Anthropic's stream has them.
-        for line in blocks.open("thinking" if isinstance(first, Reasoning) else "text"):
-            yield line
+        # reasoning), then the ping, as Anthropic's stream has them; with tools offered, a
+        # text block waits for its text.
+        if isinstance(first, Reasoning) or not run.chat.tools:
+            for line in blocks.open("thinking" if isinstance(first, Reasoning) else "text"):
+                yield line
         yield event("ping", {})
         if first is not None:
             for line in blocks.add(first, strip):
@@ -88,15 +113,22 @@ async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]
         return
     finally:
         run.close()
-    usage = response.usage()
-    if blocks.kind != "text":  # a reply that ended in its reasoning still has a text block
+    uses = _tool_uses(response)
+    if blocks.kind != "text" and not uses:
+        # a reply that ended in its reasoning (or said nothing) still has a text block
         for line in blocks.open("text"):
             yield line
-    yield event("content_block_stop", {"index": blocks.index})
+    if blocks.index >= 0:
+        yield event("content_block_stop", {"index": blocks.index})
+    for index, use in enumerate(uses, start=blocks.index + 1):
+        yield event("content_block_start", {"index": index, "content_block": {
+            "type": "tool_use", "id": use["id"], "name": use["name"], "input": {}}})
+        yield event("content_block_delta", {"index": index, "delta": {
+            "type": "input_json_delta", "partial_json": json.dumps(use["input"])}})
+        yield event("content_block_stop", {"index": index})
     yield event("message_delta", {
-        "delta": {"stop_reason": STOP.get(usage.stop_reason or "", "end_turn"),
-                  "stop_sequence": None},
-        "usage": _usage(usage)})
+        "delta": {"stop_reason": _stop(response), "stop_sequence": None},
+        "usage": _usage(response.usage())})
     yield event("message_stop", {})
 
 

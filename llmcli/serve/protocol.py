@@ -68,6 +68,14 @@ class TextPart(_Wire):
     #: Anthropic's ``image`` and ``document`` blocks: ``{"type": "base64", "media_type",
     #: "data"}``.
     source: dict[str, Any] | None = None
+    #: Anthropic's ``tool_use`` block (``id``, ``name``, ``input``) and ``tool_result`` block
+    #: (``tool_use_id``, ``content``: text or text blocks, ``is_error``).
+    id: Any = None
+    name: Any = None
+    input: Any = None
+    tool_use_id: Any = None
+    content: Any = None
+    is_error: Any = None
 
 
 class OpenAIMessage(_Wire):
@@ -128,6 +136,7 @@ class AnthropicRequest(_Wire):
     stop_sequences: list[str] | None = None
     stream: bool = False
     tools: list[Any] | None = None
+    tool_choice: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -423,10 +432,10 @@ def _response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def anthropic_chat(request: AnthropicRequest) -> Chat:
-    if request.tools:
-        # Not yet translated on this wire: refused, never silently dropped.
-        raise WireError(400, "tools are not supported on /v1/messages yet; send them to "
-                        "/v1/chat/completions (OpenAI's wire)", param="tools")
+    if request.tools or request.tool_choice or any(
+            not isinstance(m.content, str) and any(b.type in TOOL_BLOCKS for b in m.content)
+            for m in request.messages):
+        return _anthropic_tool_chat(request)
     turns: list[Turn] = [(m.role, *_content(m.content, f"messages[{i}]"))
                          for i, m in enumerate(request.messages)]
     prefill = _prefill(turns.pop()) if turns[-1][0] == "assistant" else ""
@@ -434,6 +443,13 @@ def anthropic_chat(request: AnthropicRequest) -> Chat:
     system = None
     if request.system is not None:
         system = _text(request.system, "system") or None
+    options = _anthropic_options(request)
+    return Chat(model=request.model, system=system, history=history, prompt=prompt,
+                prefill=prefill, options=options, stream=request.stream,
+                attachments=attachments)
+
+
+def _anthropic_options(request: AnthropicRequest) -> list[WireOption]:
     options = _options(
         ("temperature", ("temperature",), request.temperature),
         ("top_p", ("top_p",), request.top_p),
@@ -442,9 +458,7 @@ def anthropic_chat(request: AnthropicRequest) -> Chat:
     )
     if request.max_tokens is not None:
         options.insert(0, WireOption("max_tokens", MAX_TOKENS, request.max_tokens, True))
-    return Chat(model=request.model, system=system, history=history, prompt=prompt,
-                prefill=prefill, options=options, stream=request.stream,
-                attachments=attachments)
+    return options
 
 
 # -- tools ------------------------------------------------------------------------------------
@@ -555,3 +569,127 @@ def _openai_tool_chat(request: OpenAIRequest) -> Chat:
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
         tools=tools, tool_choice=choice, tool_results=final.tool_results,
     )
+
+
+#: Anthropic's content blocks that carry tool calls and their results.
+TOOL_BLOCKS = ("tool_use", "tool_result")
+
+#: Anthropic's ``tool_choice`` types as llmcli's choices (``tool`` names one tool).
+ANTHROPIC_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
+
+
+def _anthropic_tools(request: AnthropicRequest) -> tuple[tuple[Tool, ...], str]:
+    tools = []
+    for i, item in enumerate(request.tools or []):
+        where = f"tools[{i}]"
+        if not isinstance(item, dict) or item.get("type", "custom") != "custom":
+            kind = item.get("type") if isinstance(item, dict) else None
+            raise WireError(400, f"{where}: only custom tools (name, description, "
+                            f"input_schema) are supported (got type {kind!r})", param=where)
+        if not isinstance(item.get("name"), str) or not isinstance(item.get("input_schema"),
+                                                                   dict):
+            raise WireError(400, f"{where}: a tool needs a name and an input_schema object",
+                            param=where)
+        tools.append(_tool(item["name"], item.get("description"), item["input_schema"], where))
+    choice = request.tool_choice or {"type": "auto"}
+    kind = choice.get("type")
+    if kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise WireError(400, "tool_choice: type 'tool' needs the tool's name",
+                            param="tool_choice")
+        return tuple(tools), name
+    if kind not in ANTHROPIC_CHOICE:
+        raise WireError(400, f"tool_choice.type must be auto, any, tool or none (got {kind!r})",
+                        param="tool_choice")
+    return tuple(tools), ANTHROPIC_CHOICE[kind]
+
+
+def _tool_result_text(block: TextPart, where: str) -> str:
+    """A ``tool_result``'s content: a string, or text blocks (joined)."""
+    content = block.content
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise WireError(400, f"{where}.content must be a string or a list of text blocks",
+                        param=where)
+    texts = []
+    for item in content:
+        if not isinstance(item, dict) or item.get("type") != "text" \
+                or not isinstance(item.get("text"), str):
+            raise WireError(400, f"{where}.content: only text blocks are supported in a "
+                            "tool_result", param=where)
+        texts.append(item["text"])
+    return "".join(texts)
+
+
+def _anthropic_tool_chat(request: AnthropicRequest) -> Chat:
+    """A request with tools, or with earlier ``tool_use`` / ``tool_result`` blocks: each turn
+    a Message carrying its calls (assistant) or its results (user)."""
+    tools, choice = _anthropic_tools(request)
+    turns: list[Message] = []
+    names: dict[str, str] = {}
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}]"
+        blocks = ([TextPart(type="text", text=message.content)]
+                  if isinstance(message.content, str) else message.content)
+        texts: list[str] = []
+        attachments: list[Attachment] = []
+        calls: list[ToolCall] = []
+        results: list[ToolResult] = []
+        for j, block in enumerate(blocks):
+            at = f"{where}.content[{j}]"
+            if block.type == "text" and isinstance(block.text, str):
+                texts.append(block.text)
+            elif block.type == "tool_use":
+                if message.role != "assistant":
+                    raise WireError(400, f"{at}: tool_use blocks belong in assistant messages",
+                                    param=at)
+                if not isinstance(block.id, str) or not block.id \
+                        or not isinstance(block.name, str) or not block.name \
+                        or not isinstance(block.input, dict):
+                    raise WireError(400, f"{at}: a tool_use block needs an id, a name and an "
+                                    "input object", param=at)
+                calls.append(ToolCall(block.id, block.name, block.input))
+                names[block.id] = block.name
+            elif block.type == "tool_result":
+                if message.role != "user":
+                    raise WireError(400, f"{at}: tool_result blocks belong in user messages",
+                                    param=at)
+                call_id = block.tool_use_id
+                if not isinstance(call_id, str) or call_id not in names:
+                    raise WireError(400, f"{at}: tool_use_id {call_id!r} does not answer a "
+                                    "tool_use block of an earlier assistant message", param=at)
+                output = _tool_result_text(block, at)
+                error = (output.splitlines() or ["the tool failed"])[0] \
+                    if block.is_error is True else None
+                results.append(ToolResult(call_id, names[call_id], output, error))
+            elif (attachment := _attachment(block, at)) is not None:
+                if message.role != "user":
+                    raise WireError(400, "Only user messages may carry images or documents",
+                                    param="messages")
+                attachments.append(attachment)
+            else:
+                raise WireError(400, f"{at}: only text, image, document, tool_use and "
+                                f"tool_result content is supported (got {block.type!r})",
+                                param=at)
+        turns.append(Message(message.role, "".join(texts), tuple(attachments),
+                             tool_calls=tuple(calls), tool_results=tuple(results)))
+    prefill = ""
+    if turns[-1].role == "assistant":
+        if turns[-1].tool_calls:
+            raise WireError(400, "The final assistant message (the prefill) cannot hold "
+                            "tool_use blocks: send their tool_result blocks in a user message",
+                            param="messages")
+        prefill = _prefill(("assistant", turns.pop().content, ()))
+    if not turns or turns[-1].role != "user":
+        raise WireError(400, "The messages must end with a user message, or with an "
+                        "assistant message (the prefill) right after one", param="messages")
+    final = turns.pop()
+    if not final.content.strip() and not final.tool_results:
+        raise WireError(400, "The messages' final user message is empty", param="messages")
+    system = _text(request.system, "system") or None if request.system is not None else None
+    return Chat(model=request.model, system=system, history=turns, prompt=final.content,
+                prefill=prefill, options=_anthropic_options(request), stream=request.stream,
+                attachments=final.attachments, tools=tools, tool_choice=choice,
+                tool_results=final.tool_results)

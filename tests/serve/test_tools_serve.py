@@ -91,14 +91,126 @@ def test_tools_on_a_model_without_them_are_a_400(server: Server) -> None:
                                        messages=[{"role": "user", "content": "x"}])
 
 
-def test_anthropic_wire_refuses_tools_rather_than_dropping_them(server: Server) -> None:
+ANTHROPIC_TOOLS: Any = [{"name": "get_weather", "description": "The weather in a city.",
+                         "input_schema": TOOLS[0]["function"]["parameters"]}]
+
+
+def _anthropic_ask(client: Any, messages: Any, stream: bool, **kwargs: Any) -> Any:
+    """One Messages API reply, whole or through the SDK's stream helper (which builds each
+    tool_use block's input from its input_json_delta events)."""
+    if not stream:
+        return client.messages.create(model="gpt-4o-mini", max_tokens=50, messages=messages,
+                                      tools=ANTHROPIC_TOOLS, **kwargs)
+    with client.messages.stream(model="gpt-4o-mini", max_tokens=50, messages=messages,
+                                tools=ANTHROPIC_TOOLS, **kwargs) as events:
+        return events.get_final_message()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_sdk_tool_use_loop_with_a_prefilled_final_answer(
+        server: Server, fake: FakeOpenAI, stream: bool) -> None:
     import anthropic
 
     client = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
-    with pytest.raises(anthropic.BadRequestError, match="not supported on /v1/messages yet"):
-        client.messages.create(model="gpt-4o-mini", max_tokens=10, tools=[{
-            "name": "get_weather", "input_schema": {"type": "object"}}],
-            messages=[{"role": "user", "content": "x"}])
+    fake.tool_calls = [[{"id": "call_1", "name": "get_weather",
+                         "arguments": '{"city": "Paris"}'}]]
+    messages: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    reply = _anthropic_ask(client, messages, stream, tool_choice={"type": "any"})
+    assert reply.stop_reason == "tool_use"
+    assert [(b.type, b.id, b.name, b.input) for b in reply.content] == [
+        ("tool_use", "call_1", "get_weather", {"city": "Paris"})]
+    upstream = fake.chat_requests[-1].body
+    assert upstream["tools"][0]["function"]["name"] == "get_weather"
+    assert upstream["tool_choice"] == "required"
+    # the agent runs the tool, sends its result, and prefills the final answer
+    messages += [{"role": "assistant", "content": [b.model_dump() for b in reply.content]},
+                 {"role": "user", "content": [{
+                     "type": "tool_result", "tool_use_id": "call_1",
+                     "content": [{"type": "text", "text": '{"sky": "clear"}'}]}]},
+                 {"role": "assistant", "content": "The answer is"}]
+    final = _anthropic_ask(client, messages, stream)
+    assert final.stop_reason == "end_turn"
+    assert [(b.type, b.text) for b in final.content] == [
+        ("text", " and the rest of the reply.")]  # the continuation after the prefill
+    sent = fake.chat_requests[-1].body["messages"]
+    assert [m["role"] for m in sent[-3:]] == ["user", "assistant", "tool"]
+    assert sent[-2]["tool_calls"][0]["function"] == {"name": "get_weather",
+                                                     "arguments": '{"city": "Paris"}'}
+    assert sent[-1] == {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "clear"}'}
+    assert "<reply_prefix>The answer is</reply_prefix>" in sent[0]["content"]
+
+
+def test_anthropic_stream_events_for_a_tool_use_are_the_messages_api_s(
+        server: Server, fake: FakeOpenAI) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+    fake.tool_calls = [[{"id": "call_9", "name": "get_weather",
+                         "arguments": '{"city": "Oslo"}'}]]
+    with client.messages.stream(model="gpt-4o-mini", max_tokens=50, tools=ANTHROPIC_TOOLS,
+                                messages=[{"role": "user", "content": "Oslo?"}]) as events:
+        seen = [(e.type, getattr(e, "index", None)) for e in events
+                if e.type in ("content_block_start", "content_block_delta",
+                              "content_block_stop", "message_delta")]
+        raw = events.get_final_message()
+    # the tool_use block opens with input {}, its input comes as input_json_delta
+    assert seen[0] == ("content_block_start", 0)
+    assert ("content_block_stop", 0) in seen and seen[-1] == ("message_delta", None)
+    assert raw.content[0].type == "tool_use" and raw.content[0].input == {"city": "Oslo"}
+    assert raw.stop_reason == "tool_use"
+
+
+def test_anthropic_tool_errors_are_400s_in_anthropic_s_shape(server: Server) -> None:
+    import httpx
+
+    def post(body: Any) -> httpx.Response:
+        return httpx.post(server.url + "/v1/messages", json={
+            "model": "gpt-4o-mini", "max_tokens": 10, "tools": ANTHROPIC_TOOLS, **body},
+            timeout=30)
+
+    unknown = post({"messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                                           "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2",
+                                      "content": "sunny"}]}]})
+    assert unknown.status_code == 400
+    assert unknown.json()["type"] == "error"
+    assert unknown.json()["error"]["type"] == "invalid_request_error"
+    assert "toolu_2" in unknown.json()["error"]["message"]
+    for messages, words in [
+        ([{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "get_weather",
+                                        "input": {}}]}], "belong in assistant messages"),
+        ([{"role": "user", "content": "x"},
+          {"role": "assistant", "content": [{"type": "tool_use", "id": "a",
+                                             "name": "get_weather", "input": "{}"}]},
+          {"role": "user", "content": "y"}], "input object"),
+        ([{"role": "user", "content": "x"},
+          {"role": "assistant", "content": [{"type": "tool_use", "id": "a",
+                                             "name": "get_weather", "input": {}}]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a",
+                                        "content": [{"type": "image"}]}]}], "only text"),
+    ]:
+        answer = post({"messages": messages})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert words in answer.json()["error"]["message"]
+    bad_choice = post({"messages": [{"role": "user", "content": "x"}],
+                       "tool_choice": {"type": "sometimes"}})
+    assert bad_choice.status_code == 400 and "tool_choice" in bad_choice.json()["error"]["message"]
+    server_tool = post({"messages": [{"role": "user", "content": "x"}],
+                        "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    assert server_tool.status_code == 400
+    assert "only custom tools" in server_tool.json()["error"]["message"]
+
+
+def test_anthropic_tools_on_a_model_without_them_are_a_400(server: Server) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError, match="cannot call tools"):
+        client.messages.create(model="o1-mini", max_tokens=10, tools=ANTHROPIC_TOOLS,
+                               messages=[{"role": "user", "content": "x"}])
 
 
 @pytest.mark.slow
