@@ -236,3 +236,39 @@ def test_openai_sdk_agent_loop_against_smollm2(tmp_path_factory) -> None:
         assert final.choices[0].message.content  # the continuation after the prefill
     finally:
         running.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_sdk_tool_use_loop_against_smollm2(tmp_path_factory, stream: bool) -> None:
+    import anthropic
+
+    pytest.importorskip("llmcli_local")
+    running = start_server(tmp_path_factory.mktemp("serve") / "user", plugins="llmcli-local")
+    try:
+        client = anthropic.Anthropic(base_url=running.url, api_key="unused", max_retries=0)
+
+        def ask(messages: Any, **kwargs: Any) -> Any:
+            args = dict(model="smollm2", messages=messages, tools=ANTHROPIC_TOOLS,
+                        extra_body={"temperature": 0}, **kwargs)
+            if not stream:
+                return client.messages.create(**args)
+            with client.messages.stream(**args) as events:
+                return events.get_final_message()
+
+        messages: Any = [{"role": "user", "content": "Weather in Paris?"}]
+        reply = ask(messages, tool_choice={"type": "tool", "name": "get_weather"},
+                    max_tokens=40)
+        assert reply.stop_reason == "tool_use"
+        (use,) = [b for b in reply.content if b.type == "tool_use"]
+        assert use.name == "get_weather" and isinstance(use.input["city"], str)
+        messages += [{"role": "assistant", "content": [b.model_dump() for b in reply.content]},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                   "content": '{"sky": "clear"}'}]},
+                     {"role": "assistant", "content": "The weather in Paris is"}]
+        final = ask(messages, max_tokens=12)
+        assert final.stop_reason in ("end_turn", "max_tokens")
+        assert [b.type for b in final.content] == ["text"]
+        assert final.content[0].text  # the continuation after the prefill
+    finally:
+        running.stop()
