@@ -9,11 +9,23 @@ real one where prefill is concerned:
 
 The model's text (after the prefix) is scripted per test with ``fake.reply``; queued replies
 (``fake.queued``, see :func:`error`) are served first, one per request.
+
+Tools: a request with ``tools`` takes the next of ``tool_calls`` (a list of
+``{"id", "name", "arguments"}``, arguments as JSON text) when there is one, and answers with
+``message.tool_calls`` (finish_reason ``tool_calls``); streamed, each call comes whole in one
+delta, as Mistral sends them. A request that carries tools or tool messages is checked against
+the SDK's ``ChatCompletionRequest`` (a 422 with ``detail``, as the API's validation answers),
+and as the API answers: a call id that is not 9 letters or digits is a 400 (code 3280), as is
+an assistant message with neither content nor tool_calls, or a ``role: tool`` message that
+answers no earlier call (the API's wording for that one is our guess).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from pydantic import ValidationError
 
 from tests.fakes.base import RecordedRequest, Reply, ScriptedServer, split_text, sse
 from tests.fakes.shapes import mistral_problem
@@ -46,6 +58,8 @@ class FakeMistral(ScriptedServer):
         #: Streaming: end with [DONE] but no chunk carrying a finish_reason.
         self.unfinished = False
         self.delay = 0.0
+        #: Per reply to a request with tools: the calls it makes.
+        self.tool_calls: list[list[dict[str, str]]] = []
 
     @property
     def last_body(self) -> dict[str, Any]:
@@ -65,6 +79,11 @@ class FakeMistral(ScriptedServer):
         problem = mistral_problem(messages)
         if problem:
             return error(400, problem)
+        if body.get("tools") or any(m.get("role") == "tool" or m.get("tool_calls")
+                                    for m in messages):
+            refusal = _tool_problem(body)
+            if refusal is not None:
+                return refusal
         last = messages[-1]
         echo = ""
         if last["role"] == "assistant":
@@ -72,12 +91,15 @@ class FakeMistral(ScriptedServer):
                 return error(400, NO_PREFIX, error_type="invalid_request_message_order",
                              code="3230")
             echo = last["content"]
+        base = {"id": "cmpl-fake", "model": model, "created": 1_764_000_000}
+        if body.get("tools") and self.tool_calls:
+            return self._calls(base, self.tool_calls.pop(0), bool(body.get("stream")), echo)
         text, finish = self._generate(body)
         text = echo + text
-        usage = {"prompt_tokens": sum(len(str(m["content"]).split()) for m in messages) + 3,
+        words = sum(len(str(m.get("content") or "").split()) for m in messages)
+        usage = {"prompt_tokens": words + 3,
                  "completion_tokens": max(1, len(text.split()))}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        base = {"id": "cmpl-fake", "model": model, "created": 1_764_000_000}
         if body.get("stream"):
             return Reply(events=self._events(base, text, finish, usage), cut_after=self.cut_after,
                          delay=self.delay)
@@ -88,6 +110,27 @@ class FakeMistral(ScriptedServer):
                                      "prefix": False}}],
             "usage": usage,
         }, delay=self.delay)
+
+    def _calls(self, base: dict[str, Any], calls: list[dict[str, str]], stream: bool,
+               echo: str) -> Reply:
+        wire = [{"id": c["id"], "type": "function", "index": i,
+                 "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for i, c in enumerate(calls)]
+        usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+        if not stream:
+            return Reply(json_body={
+                **base, "object": "chat.completion", "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": echo, "tool_calls": wire,
+                    "prefix": False}}]})
+        chunk = {**base, "object": "chat.completion.chunk"}
+        return Reply(events=[
+            sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                             "content": echo},
+                                       "finish_reason": None}]}),
+            sse({**chunk, "usage": usage, "choices": [{
+                "index": 0, "delta": {"tool_calls": wire}, "finish_reason": "tool_calls"}]}),
+            sse("[DONE]")])
 
     def _generate(self, body: dict[str, Any]) -> tuple[str, str]:
         text = self.reply
@@ -113,3 +156,36 @@ class FakeMistral(ScriptedServer):
             events.append(chunk({"content": ""}, finish, usage=usage))
         events.append(sse("[DONE]"))
         return events
+
+
+_CALL_ID = re.compile(r"[A-Za-z0-9]{9}")
+
+
+def _tool_problem(body: dict[str, Any]) -> Reply | None:
+    """Mistral's answer to a request with tools or tool messages it refuses, or None."""
+    from mistralai.client.models import ChatCompletionRequest
+
+    try:
+        ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return Reply(status=422, json_body={"detail": [
+            {"type": first["type"], "loc": ["body", *first["loc"]], "msg": first["msg"]}]})
+    called: set[str] = set()
+    for i, message in enumerate(body["messages"]):
+        ids = [c.get("id") for c in message.get("tool_calls") or []]
+        if message.get("role") == "tool":
+            ids.append(message.get("tool_call_id"))
+        for ident in ids:
+            if not isinstance(ident, str) or not _CALL_ID.fullmatch(ident):
+                return error(400, f"Tool call id was {ident} but must be a-z, A-Z, 0-9, with a "
+                             "length of 9.", error_type="invalid_function_call", code="3280")
+        if message.get("role") == "assistant":
+            if not message.get("content") and not message.get("tool_calls"):
+                return error(400, "Assistant message must have either content or tool_calls, "
+                             "but not none.")
+            called.update(ids)
+        if message.get("role") == "tool" and message["tool_call_id"] not in called:
+            return error(400, f"messages[{i}]: tool message {message['tool_call_id']} answers "
+                         "no tool call of an earlier assistant message")
+    return None

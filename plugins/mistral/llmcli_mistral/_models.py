@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from llmcli.attachments import IMAGE_TYPES
-from llmcli.capabilities import PrefillSupport, SchemaSupport
+from llmcli.capabilities import PrefillSupport, SchemaSupport, ToolSupport
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, Request, StrList
 from llmcli.models import Options as BaseOptions
@@ -118,6 +118,10 @@ class MistralModel(RemoteModel):
 
     def prefill_note(self) -> str:
         return "prefix: true; the API echoes the prefill, llmcli keeps one copy"
+
+    #: Function calling: ``tools``, ``tool_choice``, ``tool_calls`` (each call whole in one
+    #: streamed delta), ``role: tool`` results; the prefill stays ``prefix: true``.
+    tool_support = ToolSupport.NATIVE
 
     #: response_format json_schema (strict where the schema allows).
     schema_support = SchemaSupport.NATIVE

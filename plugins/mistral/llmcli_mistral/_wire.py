@@ -4,21 +4,24 @@ import (SDK objects are read by attribute)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmcli import schema as schemas
 from llmcli.capabilities import SchemaSupport, StopReason
-from llmcli.models import Chunk, Message, Request, Usage
+from llmcli.models import Chunk, Message, Request, ToolCall, Usage
 from llmcli.remote import HTTPFault, WireRequest
 
 if TYPE_CHECKING:
     from llmcli_mistral._models import MistralOptions
 
-__all__ = ["RETRIED_STATUSES", "RetryPlan", "build_request", "error_message_from_body",
-           "read_completion", "read_events", "retry_plan", "status_fault"]
+__all__ = ["RETRIED_STATUSES", "RetryPlan", "build_request", "call_id",
+           "error_message_from_body", "read_completion", "read_events", "retry_plan",
+           "status_fault", "tool_fields"]
 
 #: The statuses the mistralai SDK retries for chat (429, 500, 502, 503, 504).
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -41,7 +44,8 @@ def build_request(request: Request) -> WireRequest:
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages += [_message(m) for m in request.messages()]
+    for message in request.messages():
+        messages += _turn(message)
     if request.prefill:
         # Without prefix: true a trailing assistant message is a 400 (code 3230). The reply
         # then starts with the prefill again; the core strips that echo.
@@ -58,7 +62,97 @@ def build_request(request: Request) -> WireRequest:
         schema = schemas.closed(request.schema)
         params["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "reply", "schema_definition": schema, "strict": schemas.is_strict(schema)}}
+    if request.tools:
+        params.update(tool_fields(request))
     return WireRequest(params)
+
+
+# -- tools (function calling) -----------------------------------------------------------------
+
+#: Mistral refuses a tool call id that is not 9 letters or digits (400, code 3280).
+_CALL_ID = re.compile(r"[A-Za-z0-9]{9}")
+
+
+def call_id(value: str) -> str:
+    """A call id Mistral accepts: its own ids as they are, any other (a call made by another
+    provider earlier in the conversation) as 9 hex digits of its sha256, the same for the
+    call and its result."""
+    if _CALL_ID.fullmatch(value):
+        return value
+    return hashlib.sha256(value.encode()).hexdigest()[:9]
+
+
+def _turn(message: Message) -> list[dict[str, Any]]:
+    """One turn: the assistant's calls in ``tool_calls`` (arguments as JSON text), each
+    result a ``role: tool`` message (``tool_call_id``, ``name``) before the user's text."""
+    if message.tool_calls:
+        turn: dict[str, Any] = {"role": "assistant", "tool_calls": [
+            {"id": call_id(call.id), "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+            for call in message.tool_calls]}
+        if message.content:
+            turn["content"] = message.content
+        return [turn]
+    if message.tool_results:
+        turns: list[dict[str, Any]] = [
+            {"role": "tool", "tool_call_id": call_id(result.call_id), "name": result.name,
+             "content": result.output} for result in message.tool_results]
+        if message.content or message.attachments:
+            turns.append(_message(message))
+        return turns
+    return [_message(message)]
+
+
+def tool_fields(request: Request) -> dict[str, Any]:
+    """``tools`` and ``tool_choice``: auto, any (llmcli's required), none, or one function."""
+    choice = request.tool_choice
+    wire_choice: Any = (
+        "any" if choice == "required" else choice if choice in ("auto", "none")
+        else {"type": "function", "function": {"name": choice}})
+    return {"tools": [{"type": "function", "function": {
+        "name": tool.name, "description": tool.description,
+        "parameters": dict(tool.parameters)}} for tool in request.tools],
+        "tool_choice": wire_choice}
+
+
+def _arguments(value: Any) -> Any:
+    """A call's arguments: the SDK's ``Arguments`` is an object or its JSON text."""
+    if isinstance(value, dict):
+        return value
+    text = value if isinstance(value, str) else ""
+    try:
+        return json.loads(text) if text.strip() else {}
+    except ValueError:
+        return text  # not JSON: the chain reports malformed arguments
+
+
+class _StreamedCalls:
+    """``delta.tool_calls`` by index. Mistral sends each call whole in one delta; pieces of
+    the arguments' text, should they come, are joined as OpenAI's are."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, list[Any]] = {}
+
+    def add(self, pieces: Any) -> None:
+        if not isinstance(pieces, list):
+            return  # None or the SDK's Unset
+        for piece in pieces:
+            index = getattr(piece, "index", 0)
+            entry = self.calls.setdefault(index if isinstance(index, int) else 0, ["", "", ""])
+            if isinstance(getattr(piece, "id", None), str) and piece.id != "null":
+                entry[0] = piece.id
+            function = piece.function
+            entry[1] += function.name or ""
+            if isinstance(function.arguments, dict):
+                entry[2] = function.arguments
+            elif isinstance(function.arguments, str):
+                entry[2] += function.arguments
+
+    def done(self) -> Iterator[ToolCall]:
+        for index in sorted(self.calls):
+            ident, name, arguments = self.calls[index]
+            yield ToolCall(ident or f"call{index:05d}", name, _arguments(arguments))
+        self.calls.clear()
 
 
 # -- replies ----------------------------------------------------------------------------------
@@ -103,6 +197,9 @@ def _usage(usage: Any, finish_reason: Any) -> Usage:
 def read_completion(response: Any) -> Iterator[Chunk]:
     choice = response.choices[0]
     yield _text_of(choice.message.content)
+    for call in choice.message.tool_calls if isinstance(choice.message.tool_calls, list) else []:
+        ident = call.id if isinstance(call.id, str) and call.id != "null" else "call00000"
+        yield ToolCall(ident, call.function.name, _arguments(call.function.arguments))
     yield _usage(response.usage, choice.finish_reason)
 
 
@@ -110,6 +207,7 @@ def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
     """Text deltas of choice 0, then the usage once a finish_reason has arrived (only then)."""
     usage_info: Any = None
     finish_reason: Any = None
+    calls = _StreamedCalls()
     for event in events:
         chunk = event.data
         if getattr(chunk, "usage", None) is not None:
@@ -120,8 +218,10 @@ def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
         text = _text_of(choice.delta.content)
         if text:
             yield text
+        calls.add(choice.delta.tool_calls)
         if isinstance(choice.finish_reason, str):
             finish_reason = choice.finish_reason
+            yield from calls.done()
     if finish_reason is not None:
         yield _usage(usage_info, finish_reason)
 
