@@ -245,8 +245,8 @@ def test_anthropic_sdk_tool_use_loop_against_smollm2(tmp_path_factory, stream: b
 
     pytest.importorskip("llmcli_local")
     running = start_server(tmp_path_factory.mktemp("serve") / "user", plugins="llmcli-local")
+    client = anthropic.Anthropic(base_url=running.url, api_key="unused", max_retries=0)
     try:
-        client = anthropic.Anthropic(base_url=running.url, api_key="unused", max_retries=0)
 
         def ask(messages: Any, **kwargs: Any) -> Any:
             args = dict(model="smollm2", messages=messages, tools=ANTHROPIC_TOOLS,
@@ -270,5 +270,23 @@ def test_anthropic_sdk_tool_use_loop_against_smollm2(tmp_path_factory, stream: b
         assert final.stop_reason in ("end_turn", "max_tokens")
         assert [b.type for b in final.content] == ["text"]
         assert final.content[0].text  # the continuation after the prefill
+        if not stream:
+            _run_docs_example(running)
     finally:
+        client.close()
         running.stop()
+
+
+def _run_docs_example(running: Server) -> None:
+    """docs/tools.md's anthropic SDK example, against this server."""
+    import re
+
+    from tests import docs_tools
+
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```",
+                                      (docs_tools.DOCS / "tools.md").read_text(), re.DOTALL)
+                if "127.0.0.1:8000" in b]
+    block = block.replace("http://127.0.0.1:8000", running.url)
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "docs/tools.md[anthropic]", "exec"), namespace)
+    namespace["client"].close()
