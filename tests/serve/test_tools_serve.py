@@ -290,3 +290,77 @@ def _run_docs_example(running: Server) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(block, "docs/tools.md[anthropic]", "exec"), namespace)
     namespace["client"].close()
+
+
+def test_anthropic_tool_result_blocks_become_the_final_turn_s_results() -> None:
+    from llmcli.record import ToolCall as Call
+    from llmcli.serve.protocol import AnthropicRequest, anthropic_chat, parse
+
+    chat = anthropic_chat(parse(AnthropicRequest, json.dumps({
+        "model": "m", "max_tokens": 5, "tools": ANTHROPIC_TOOLS,
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+        "messages": [
+            {"role": "user", "content": "Weather in Paris and Lima?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Looking."},
+                {"type": "tool_use", "id": "toolu_a", "name": "get_weather",
+                 "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_b", "name": "get_weather",
+                 "input": {"city": "Lima"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_a", "content": "clear"},
+                {"type": "tool_result", "tool_use_id": "toolu_b", "is_error": True,
+                 "content": [{"type": "text", "text": "Error: no station\nin Lima"}]},
+                {"type": "text", "text": "Compare them."}]},
+            {"role": "assistant", "content": "Paris is"}]}).encode()))
+    assert chat.tool_choice == "get_weather" and chat.prefill == "Paris is"
+    assert [t.name for t in chat.tools] == ["get_weather"]
+    (user, assistant) = chat.history
+    assert assistant.content == "Looking."
+    assert assistant.tool_calls == (Call("toolu_a", "get_weather", {"city": "Paris"}),
+                                    Call("toolu_b", "get_weather", {"city": "Lima"}))
+    assert chat.prompt == "Compare them."
+    ok, failed = chat.tool_results
+    assert (ok.call_id, ok.name, ok.output, ok.error) == ("toolu_a", "get_weather", "clear", None)
+    assert failed.output == "Error: no station\nin Lima" and failed.error == "Error: no station"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_wire_text_then_tool_use_from_claude(tmp_path_factory, stream: bool) -> None:
+    """Claude writes text (here after a prefill) and then calls: the reply is a text block
+    at index 0 and the tool_use block at index 1, streamed as the Messages API does."""
+    import anthropic
+
+    from tests.fakes.anthropic import FakeAnthropic
+
+    key = "sk-ant-test-0123456789abcdef"
+    with FakeAnthropic(api_key=key) as claude:
+        running = start_server(tmp_path_factory.mktemp("serve") / "user",
+                               plugins="llmcli-anthropic", ANTHROPIC_BASE_URL=claude.url,
+                               ANTHROPIC_API_KEY=key)
+        client = anthropic.Anthropic(base_url=running.url, api_key="unused", max_retries=0)
+        try:
+            claude.reply = "ing the weather."
+            claude.tool_uses = [[{"id": "toolu_01", "name": "get_weather",
+                                  "input": {"city": "Paris"}}]]
+            args: Any = dict(model="claude-sonnet-4-5", max_tokens=50, tools=ANTHROPIC_TOOLS,
+                             messages=[{"role": "user", "content": "Weather in Paris?"},
+                                       {"role": "assistant", "content": "Check"}])
+            if stream:
+                with client.messages.stream(**args) as events:
+                    starts = [(e.index, e.content_block.type) for e in events
+                              if e.type == "content_block_start"]
+                    reply = events.get_final_message()
+                assert starts == [(0, "text"), (1, "tool_use")]
+            else:
+                reply = client.messages.create(**args)
+            assert reply.stop_reason == "tool_use"
+            assert [b.type for b in reply.content] == ["text", "tool_use"]
+            assert reply.content[0].text == "ing the weather."
+            assert (reply.content[1].id, reply.content[1].input) == ("toolu_01", {"city": "Paris"})
+            sent = claude.last_body
+            assert sent["tools"][0]["name"] == "get_weather"
+            assert sent["messages"][-1] == {"role": "assistant", "content": "Check"}
+        finally:
+            client.close()
+            running.stop()
