@@ -639,6 +639,8 @@ def _anthropic_tool_chat(request: AnthropicRequest) -> Chat:
         results: list[ToolResult] = []
         for j, block in enumerate(blocks):
             at = f"{where}.content[{j}]"
+            if block.type in REASONING_PARTS:  # sent back with a tool_use: not its text
+                continue
             if block.type == "text" and isinstance(block.text, str):
                 texts.append(block.text)
             elif block.type == "tool_use":

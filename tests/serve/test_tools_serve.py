@@ -302,6 +302,7 @@ def test_anthropic_tool_result_blocks_become_the_final_turn_s_results() -> None:
         "messages": [
             {"role": "user", "content": "Weather in Paris and Lima?"},
             {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Two cities.", "signature": ""},
                 {"type": "text", "text": "Looking."},
                 {"type": "tool_use", "id": "toolu_a", "name": "get_weather",
                  "input": {"city": "Paris"}},
