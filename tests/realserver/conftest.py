@@ -56,30 +56,25 @@ def _free_port() -> int:
 def llama_server(llama_server_binary: Path, tmp_path_factory: pytest.TempPathFactory,
                  ) -> Iterator[str]:
     """The base URL (``http://127.0.0.1:PORT/v1``) of a running llama-server."""
+    yield from serve_llama(llama_server_binary, tmp_path_factory)
+
+
+def serve_llama(binary: Path, tmp_path_factory: pytest.TempPathFactory,
+                *extra: str) -> Iterator[str]:
+    """Start llama-server on SmolLM2's GGUF (with ``extra`` arguments), yield its base URL
+    once healthy, stop it after."""
     from llmcli_local.sources import smollm2_path
 
     port = _free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [str(llama_server_binary), "-m", str(smollm2_path()), "--host", "127.0.0.1",
+            [str(binary), "-m", str(smollm2_path()), "--host", "127.0.0.1",
              "--port", str(port), "-c", "2048", "-np", "1", "-t", "2", "--no-webui",
-             "--no-warmup"],
+             "--no-warmup", *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama-server exited with {process.returncode}: "
-                            f"{log.read_text(errors='replace')[-2000:]}", pytrace=False)
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("llama-server did not become healthy in 120 s", pytrace=False)
-            time.sleep(0.2)
+        _wait_healthy(process, port, log, "llama-server", 120)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
