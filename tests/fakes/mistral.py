@@ -163,7 +163,10 @@ _CALL_ID = re.compile(r"[A-Za-z0-9]{9}")
 
 def _tool_problem(body: dict[str, Any]) -> Reply | None:
     """Mistral's answer to a request with tools or tool messages it refuses, or None."""
-    from mistralai.client.models import ChatCompletionRequest
+    try:
+        from mistralai.client.models import ChatCompletionRequest
+    except ImportError:  # mistralai 1.x (make test-oldest-sdks)
+        from mistralai.models import ChatCompletionRequest  # type: ignore[no-redef]
 
     try:
         ChatCompletionRequest.model_validate(body)
