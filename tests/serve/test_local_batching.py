@@ -268,7 +268,8 @@ class _Held:
         self.cancelled = True
         self.go.set()
 
-    def __iter__(self) -> Iterator[str]:
+    def parts(self) -> Iterator[str]:
+        """What Exchange iterates (a Response's text and reasoning in arrival order)."""
         self.go.wait(10)
         yield self.id
 
