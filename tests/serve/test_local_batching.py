@@ -60,6 +60,11 @@ def server(endless_dir: Path, user_dir: Path, mistral: FakeMistral,
     register_local_model(user_dir, MODEL, endless_dir)
     monkeypatch.setenv("MISTRAL_BASE_URL", mistral.url)
     monkeypatch.setenv("MISTRAL_API_KEY", MISTRAL_KEY)
+    # No speculation: the tiny model's text repeats, so prompt-lookup drafting (on by default
+    # since speculation became a scheduler decision) can write its 5000 tokens within the
+    # whole-reply client's 1.5 s, and the request would end before its client leaves. These
+    # tests are about batching and cancellation, not speed.
+    monkeypatch.setenv("LLMCLI_LOCAL_DRAFT", "none")
     load_plugins("llmcli-local", "llmcli-mistral")
     with serving() as url:
         yield url
