@@ -315,6 +315,23 @@ def _options(*fields: tuple[str, tuple[str, ...], Any]) -> list[WireOption]:
     return [WireOption(name, names, value) for name, names, value in fields if value is not None]
 
 
+def _openai_options(request: OpenAIRequest) -> list[WireOption]:
+    """The OpenAI wire's sampling fields as options: ``max_completion_tokens`` (else the
+    older ``max_tokens``), temperature, top_p, stop and seed."""
+    max_tokens = request.max_completion_tokens
+    max_name = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, max_name = request.max_tokens, "max_tokens"
+    return _options(
+        (max_name, MAX_TOKENS, max_tokens),
+        ("temperature", ("temperature",), request.temperature),
+        ("top_p", ("top_p",), request.top_p),
+        ("stop", STOP, _stops([request.stop] if isinstance(request.stop, str)
+                              else request.stop, "stop")),
+        ("seed", SEED, request.seed),
+    )
+
+
 def _stops(stops: list[str] | None, name: str) -> list[str] | None:
     if stops is None:
         return None
@@ -377,24 +394,13 @@ def openai_chat(request: OpenAIRequest) -> Chat:
     if turns and turns[-1][0] == "assistant" and final.role == "assistant":
         prefill = _prefill(turns.pop())
     history, prompt, attachments = _turns(turns, "conversation")
-    max_tokens = request.max_completion_tokens
-    max_name = "max_completion_tokens"
-    if max_tokens is None:
-        max_tokens, max_name = request.max_tokens, "max_tokens"
     return Chat(
         model=request.model,
         system="\n\n".join(system) if system else None,
         history=history,
         prompt=prompt,
         prefill=prefill,
-        options=_options(
-            (max_name, MAX_TOKENS, max_tokens),
-            ("temperature", ("temperature",), request.temperature),
-            ("top_p", ("top_p",), request.top_p),
-            ("stop", STOP, _stops([request.stop] if isinstance(request.stop, str)
-                                  else request.stop, "stop")),
-            ("seed", SEED, request.seed),
-        ),
+        options=_openai_options(request),
         stream=request.stream,
         echo=request.echo,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
@@ -550,21 +556,10 @@ def _openai_tool_chat(request: OpenAIRequest) -> Chat:
     if not final.content.strip() and not final.tool_results:
         raise WireError(400, "The conversation's final user message is empty",
                         param="messages")
-    max_tokens = request.max_completion_tokens
-    max_name = "max_completion_tokens"
-    if max_tokens is None:
-        max_tokens, max_name = request.max_tokens, "max_tokens"
     return Chat(
         model=request.model, system="\n\n".join(system) if system else None, history=turns,
         prompt=final.content, prefill=prefill,
-        options=_options(
-            (max_name, MAX_TOKENS, max_tokens),
-            ("temperature", ("temperature",), request.temperature),
-            ("top_p", ("top_p",), request.top_p),
-            ("stop", STOP, _stops([request.stop] if isinstance(request.stop, str)
-                                  else request.stop, "stop")),
-            ("seed", SEED, request.seed),
-        ),
+        options=_openai_options(request),
         stream=request.stream, echo=request.echo,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
         tools=tools, tool_choice=choice, tool_results=final.tool_results,
