@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmcli.errors import (
+    InvalidSchemaError,
     ToolArgumentsError,
     ToolDefinitionError,
     ToolError,
@@ -63,6 +64,16 @@ class Tool:
         if self.parameters.get("type", "object") != "object":
             raise ToolDefinitionError(
                 f"Tool {self.name!r}: its parameters must be a JSON Schema of an object")
+        # The parameters are checked as --schema and response_format schemas are: a valid
+        # schema whose references resolve inside it, with no loop that never ends. A
+        # client's tool in ``llmcli serve`` gets a 400, not a grammar or a validator that
+        # follows a "$ref" out of the schema.
+        from llmcli.schema import check_schema
+
+        try:
+            check_schema(dict(self.parameters))
+        except InvalidSchemaError as exc:
+            raise ToolDefinitionError(f"Tool {self.name!r}: {exc}") from None
 
     @classmethod
     def function(cls, fn: Callable[..., Any], name: str | None = None) -> Tool:

@@ -105,6 +105,23 @@ def test_bad_definitions_are_refused() -> None:
         Tool.function(positional)
 
 
+@pytest.mark.parametrize("parameters", [
+    {"type": "object", "properties": {"path": {"$ref": "file:///etc/passwd"}}},
+    {"type": "object", "properties": {"page": {"$ref": "http://127.0.0.1:9/schema.json"}}},
+    {"type": "object", "properties": {"x": {"type": "nonsense"}}},
+    {"$ref": "#"},
+])
+def test_a_tools_parameters_are_a_schema_that_stays_inside_itself(
+        parameters: dict[str, object]) -> None:
+    """Hand-written parameters are checked as --schema is: valid, references resolved only
+    inside the schema, no loop that never ends."""
+    with pytest.raises(ToolDefinitionError, match="Tool 'read': .*JSON Schema|Tool 'read': "):
+        Tool("read", "", parameters)
+    ok = {"type": "object", "$defs": {"c": {"type": "string"}},
+          "properties": {"city": {"$ref": "#/$defs/c"}}}
+    assert Tool("read", "", ok).parameters == ok
+
+
 def test_builtin_tools_are_harmless_and_answer_json() -> None:
     tools = builtin_tools()
     assert [t.name for t in tools] == ["llmcli_version", "llmcli_time"]

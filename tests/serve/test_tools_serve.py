@@ -91,6 +91,18 @@ def test_tools_on_a_model_without_them_are_a_400(server: Server) -> None:
                                        messages=[{"role": "user", "content": "x"}])
 
 
+def test_a_tool_whose_schema_points_outside_itself_is_a_400(server: Server) -> None:
+    """A client's tool parameters with a "$ref" to a file are refused before any model is
+    asked: the server never follows it."""
+    client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+    tools: Any = [{"type": "function", "function": {
+        "name": "leak", "parameters": {"type": "object", "properties": {
+            "p": {"$ref": "file:///etc/passwd"}}}}}]
+    with pytest.raises(openai.BadRequestError, match="tools\\[0\\]: Tool 'leak'"):
+        client.chat.completions.create(model="gpt-4o", tools=tools,
+                                       messages=[{"role": "user", "content": "x"}])
+
+
 ANTHROPIC_TOOLS: Any = [{"name": "get_weather", "description": "The weather in a city.",
                          "input_schema": TOOLS[0]["function"]["parameters"]}]
 
