@@ -47,7 +47,9 @@ def run(user: Path, source: Path, jobs: int, max_tokens: int) -> tuple[float, di
     out = user / f"out-{jobs}-{time.monotonic_ns()}.jsonl"
     # LLMCLI_LOCAL_THREADS goes through: on a machine others load, one torch thread per
     # process keeps OpenMP from spinning against them (see the figures in benchmarks.md).
-    threads = {k: os.environ[k] for k in ("LLMCLI_LOCAL_THREADS",) if k in os.environ}
+    # LLMCLI_LOCAL_DRAFT=none too, to measure the same runs without speculation.
+    threads = {k: os.environ[k] for k in ("LLMCLI_LOCAL_THREADS", "LLMCLI_LOCAL_DRAFT")
+               if k in os.environ}
     env = env_for(user, LLMCLI_LOAD_PLUGINS="llmcli-local", **threads)
     env.pop("LLMCLI_LOCAL_KEEP_ALIVE", None)  # -o keep_alive 0 says it on the command line
     began = time.monotonic()
