@@ -35,10 +35,12 @@ other prefill with ``continuation``.
 
 Tools: a request with ``tools`` takes the next of ``tool_calls`` (a list of
 ``{"id", "name", "arguments"}`` per reply, arguments as JSON text): the message's
-``tool_calls`` with ``content`` null, finish_reason ``tool_calls``; streamed as the API does,
-the first delta of each call with its index, id, type and name and empty arguments, then the
-arguments in pieces. As the API does, an assistant ``tool_calls`` message not followed by a
-``role: tool`` message for each id is a 400.
+``tool_calls`` with ``content`` null (or ``tool_text``, what the model says before calling),
+finish_reason ``tool_calls``, the thinking first where the model thinks; streamed as the API
+does, the reasoning deltas, the text's, then the first delta of each call with its index, id,
+type and name and empty arguments, then the arguments in pieces. As the API does, an
+assistant ``tool_calls`` message not followed by a ``role: tool`` message for each id is a
+400.
 
 Queued replies (``enqueue``) are served first, one per request, for error scripts.
 """
@@ -115,6 +117,8 @@ class FakeOpenAI(FakeServer):
         self._thinks = False
         #: Per reply to a request with tools: the calls it makes.
         self.tool_calls: list[list[dict[str, str]]] = []
+        #: What a reply that calls tools says before its calls ("": content null).
+        self.tool_text = ""
 
     def start(self) -> FakeOpenAI:
         super().start()
@@ -252,11 +256,16 @@ class FakeOpenAI(FakeServer):
             completion = self._completion(model, "")
             choice = completion["choices"][0]
             choice["finish_reason"] = "tool_calls"
-            choice["message"].update(content=None, tool_calls=wire)
+            choice["message"].update(content=self.tool_text or None, tool_calls=wire)
             return Reply(json_body=completion)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = [sse(self._chunk(model, {"role": "assistant", "content": None}, None,
                                   include_usage))]
+        size = self.chunk_size
+        for field, text in ((self.reasoning_field, self.reasoning if self._thinks else ""),
+                            ("content", self.tool_text)):
+            events += [sse(self._chunk(model, {field: text[i:i + size]}, None, include_usage))
+                       for i in range(0, len(text), size)]
         for index, call in enumerate(calls):
             events.append(sse(self._chunk(model, {"tool_calls": [{
                 "index": index, "id": call["id"], "type": "function",
