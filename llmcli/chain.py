@@ -148,9 +148,11 @@ class ChainResponse:
                 self._finished = True
                 return
             results: list[ToolResult] = []
+            # The turn that carries the results has no prompt of its own, nor the first
+            # turn's attachments: the conversation already holds them.
             next_spec = self.spec.replace(
                 prompt="", prefill=self.prefill_final or None, tool_results=(),
-                tool_choice="auto", conversation=response.conversation)
+                attachments=(), tool_choice="auto", conversation=response.conversation)
             try:
                 for call in calls:
                     results.append(self._answer(call))

@@ -10,6 +10,7 @@ models only to name alternatives in an error.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -164,7 +165,8 @@ def resend_attachments(model: Model, options: Options,
             if attachment.type not in takes:
                 raise _refuse(model, attachment.type, takes)
             again.append(_read_again(attachment))
-        turns.append(Message(message.role, message.content, tuple(again)))
+        # The turn as it was, its attachments read again: its tool calls and results too.
+        turns.append(replace(message, attachments=tuple(again)))
     return turns
 
 

@@ -149,7 +149,8 @@ def build_request(request: Request) -> WireRequest:
 
 def _tool_message(message: Message) -> dict[str, Any]:
     """One turn; a turn with tool calls or results as content blocks (``tool_use`` on the
-    assistant's, ``tool_result`` first on the user's, as the API requires)."""
+    assistant's, ``tool_result`` first on the user's, as the API requires, then its images
+    and documents and its text)."""
     if not message.tool_calls and not message.tool_results:
         return {"role": message.role, "content": message.content}
     blocks: list[dict[str, Any]] = []
@@ -159,6 +160,7 @@ def _tool_message(message: Message) -> dict[str, Any]:
         if result.error:
             block["is_error"] = True
         blocks.append(block)
+    blocks += [attachment_block(a) for a in message.attachments]
     if message.content:
         blocks.append({"type": "text", "text": message.content})
     blocks += [{"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
