@@ -122,7 +122,8 @@ class Batch:
             return None
         row = complete[-1]
         return Result(line, "ok", model=row["model"], prefill=row["prefill"] or "",
-                      text=row["text"], input_tokens=row["input_tokens"],
+                      text=row["text"], reasoning=row.get("reasoning"),
+                      input_tokens=row["input_tokens"],
                       output_tokens=row["output_tokens"], stop_reason=row["stop_reason"],
                       response_id=row["id"], duration_ms=row["duration_ms"],
                       attempts=len(rows), logged=True)
@@ -291,7 +292,9 @@ class Batch:
                 # A reply the log could not take is still a finished line: an ok row that
                 # says so (resume must not pay for it again).
                 return Result(line, "ok", model=model.model_id, prefill=prefill,
-                              text=response.text(), input_tokens=usage.input_tokens,
+                              text=response.text(),
+                              reasoning=response.reasoning_so_far(),
+                              input_tokens=usage.input_tokens,
                               output_tokens=usage.output_tokens,
                               stop_reason=usage.stop_reason, response_id=response.id,
                               duration_ms=response.duration_ms, attempts=attempt,
@@ -306,7 +309,9 @@ class Batch:
                     message = config.scrub(f"{type(exc).__name__}: {message}")
                 text = response.text_so_far() if response is not None else None
                 return Result(line, "error", model=model.model_id, prefill=prefill,
-                              text=text or None, error=f"line {line.number}: {message}",
+                              text=text or None,
+                              reasoning=response.reasoning_so_far() if response else None,
+                              error=f"line {line.number}: {message}",
                               response_id=response.id if response is not None else None,
                               duration_ms=response.duration_ms if response else None,
                               attempts=attempt, **self._logged(response))

@@ -57,6 +57,8 @@ class Result:
     model: str | None = None
     prefill: str = ""
     text: str | None = None
+    #: The model's reasoning, apart from ``text`` (None where it returned none).
+    reasoning: str | None = None
     error: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -70,7 +72,7 @@ class Result:
     log_error: str | None = None
 
     def row(self, batch_id: str) -> dict[str, Any]:
-        """The line of the output file."""
+        """The line of the output file (``reasoning`` only where the model returned some)."""
         return {
             "id": self.line.id,
             "line": self.line.number,
@@ -78,6 +80,7 @@ class Result:
             "model": self.model,
             "prefill": self.prefill,
             "text": self.text,
+            **({"reasoning": self.reasoning} if self.reasoning is not None else {}),
             "error": self.error,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                       "stop_reason": self.stop_reason},

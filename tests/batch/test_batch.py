@@ -328,6 +328,34 @@ def test_a_line_logged_complete_but_missing_from_the_output_is_not_asked_again(
     assert sorted(prompts) == sorted(f"prompt {i}" for i in range(7))  # each asked once
 
 
+def test_rows_carry_the_reasoning_where_the_model_returned_some(user_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """A line whose model thinks has its reasoning in ``reasoning``, apart from ``text``
+    (as ``--json`` shows it); a line that did not think has no such field. A row recovered
+    from the log on resume has it too."""
+    thought = "They want a state. Ohio is one."
+    source = write_jsonl(
+        tmp_path / "in.jsonl",
+        {"id": "thinks", "prompt": "states", "options": {"thinking": thought}},
+        {"id": "plain", "prompt": "states"})
+    out = tmp_path / "out.jsonl"
+    args = (str(source), "--output", str(out), "-m", "test-eats", "--prefill", "Re:")
+    result = run_batch(user_dir, *args)
+    assert result.returncode == 0, result.stderr
+    got = rows(out)
+    assert got["thinks"]["reasoning"] == thought
+    assert got["thinks"]["text"] == got["plain"]["text"] == "Re:reply to: states"
+    assert "reasoning" not in got["plain"]
+    assert {r["batch_line"]: r["reasoning"] for r in logged(user_dir)} == {
+        "thinks": thought, "plain": None}
+    # A crash after logging "thinks" and before its row: the resumed run takes it from the
+    # log, reasoning included.
+    out.write_text(json.dumps(got["plain"]) + "\n")
+    result = run_batch(user_dir, *args)
+    assert "(1 finished before a crash, taken from the log)" in result.stderr
+    assert rows(out) == got
+
+
 def test_resume_after_sigkill_never_asks_a_finished_line_again(user_dir: Path,
                                                                tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", *(
