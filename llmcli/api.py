@@ -14,11 +14,12 @@ import json
 from typing import Any
 
 from llmcli import config
+from llmcli.attachments import Attachment
 from llmcli.chain import ChainResponse
 from llmcli.contract import Model
 from llmcli.errors import ConfigError, OptionsError, UnknownModelError
 from llmcli.plugins import load_plugins, registered_models, registered_tools
-from llmcli.prepare import prepare_response, resolve_key, validate_options
+from llmcli.prepare import prepare_attachments, prepare_response, resolve_key, validate_options
 from llmcli.record import ResponseRecord, history
 from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
@@ -26,7 +27,7 @@ from llmcli.tools import Tool
 
 __all__ = ["get_models", "get_model", "get_default_model", "prompt", "validate_options",
            "resolve_key", "key_is_set", "load_conversation", "continue_reply", "Logger",
-           "PromptSpec"]
+           "PromptSpec", "check_attachment"]
 
 #: Preferred default when the user has not chosen one: the offline local model.
 FALLBACK_DEFAULT = "smollm2"
@@ -92,6 +93,15 @@ def key_is_set(model: Model) -> bool:
         return config.get_key(model.needs_key.name, model.needs_key.env_var) is not None
     except ConfigError:
         return False
+
+
+def check_attachment(model: Model, options: dict[str, Any],
+                     attachment: Attachment) -> Attachment:
+    """``attachment`` read (or fetched) now and checked against what ``model`` takes with
+    ``options``: the one-line error a prompt would give, before anything is sent (chat's
+    ``!attach``)."""
+    (resolved,) = prepare_attachments(model, validate_options(model, options), (attachment,))
+    return resolved
 
 
 def load_conversation(conversation_id: str | None = None, *,

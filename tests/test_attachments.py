@@ -475,3 +475,119 @@ def test_the_docs_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     [block] = re.findall(r"```python\n(.*?)```", page, re.DOTALL)[:1]
     exec(compile(block, "docs/attachments.md", "exec"), {})
     assert fake.last_body["messages"][0]["content"][0]["type"] == "image"
+
+
+# -- llmcli logs, llmcli batch, llmcli chat (#30) ----------------------------------------------
+
+
+def test_logs_show_each_response_s_attachments(
+        tmp_path: Path, image: Path, claude: tuple[FakeAnthropic, dict[str, str]]) -> None:
+    _, env = claude
+    user = tmp_path / "user"
+    assert run(user, "-m", "claude-sonnet-4-5", "Two of them", "-a", str(image), "-a", "-",
+               stdin=PDF, **env).returncode == 0
+    assert run(user, "-m", "claude-sonnet-4-5", "None here", **env).returncode == 0
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    size = image.stat().st_size
+    shown = run(user, "logs", "-n", "2", **env).stdout
+    first, second = shown.split("\n# ")
+    assert "Attachments:\n" in first and "Attachments:" not in second
+    assert f"image/png  {size} bytes  sha256:{digest}  {image}\n" in first
+    pdf = hashlib.sha256(PDF).hexdigest()
+    assert f"application/pdf  {len(PDF)} bytes  sha256:{pdf}  (standard input)\n" in first
+    rows = json.loads(run(user, "logs", "--json", "-n", "2", **env).stdout)
+    assert rows[0]["attachments"] == [
+        {"type": "image/png", "size": size, "sha256": digest, "path": str(image), "url": None},
+        {"type": "application/pdf", "size": len(PDF), "sha256": pdf, "path": None,
+         "url": None}]
+    assert rows[1]["attachments"] == []
+    short = run(user, "logs", "-s", "-n", "1", "-q", "Two", **env).stdout
+    assert f"  attachment: image/png, {size} bytes, {image}" in short
+
+
+def test_batch_lines_take_attachments_relative_to_the_input_file(
+        tmp_path: Path, web: str, claude: tuple[FakeAnthropic, dict[str, str]]) -> None:
+    fake, env = claude
+    folder = tmp_path / "jobs"
+    (folder / "scans").mkdir(parents=True)
+    (folder / "scans" / "a.png").write_bytes(png(2, 2))
+    (folder / "scan.bin").write_bytes(png(3, 3))
+    lines = [
+        {"id": "path", "prompt": "p1", "attachments": ["scans/a.png"]},
+        {"id": "url", "prompt": "p2", "attachments": [f"{web}/receipt.png"]},
+        {"id": "typed", "prompt": "p3", "attachments": [{"path": "scan.bin",
+                                                          "type": "IMAGE/PNG"}]},
+        {"id": "missing", "prompt": "p4", "attachments": ["scans/nope.png"]},
+        {"id": "stdin", "prompt": "p5", "attachments": ["-"]},
+        {"id": "shape", "prompt": "p6", "attachments": "scans/a.png"},
+        {"id": "plain", "prompt": "p7"},
+    ]
+    source = folder / "in.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out.jsonl"
+    user = tmp_path / "user"
+    # Run from elsewhere: the paths are the input file's.
+    proc = subprocess.run([str(SCRIPT), "batch", str(source), "--output", str(out), "-m",
+                           "claude-sonnet-4-5"], env=env_for(user, **env), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr  # some lines failed
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert {k for k, r in rows.items() if r["status"] == "ok"} == {"path", "url", "typed",
+                                                                     "plain"}
+    nope = folder / "scans" / "nope.png"
+    assert rows["missing"]["error"] == f"line 4: Attachment {nope}: no such file"
+    assert rows["stdin"]["error"] == "line 5: an attachment cannot be '-' (standard input)"
+    assert rows["shape"]["error"].startswith('line 6: "attachments" must be a list')
+    sent = {}
+    for request in fake.requests:
+        content = request.body["messages"][0]["content"]
+        text = content if isinstance(content, str) else content[-1]["text"]
+        images = [] if isinstance(content, str) else [
+            base64.b64decode(b["source"]["data"]) for b in content if b["type"] == "image"]
+        sent[text] = images
+    assert sent == {"p1": [png(2, 2)], "p2": [png(2, 2)], "p3": [png(3, 3)], "p7": []}
+    logged = {r["prompt"]: r["attachments"]
+              for r in json.loads(run(user, "logs", "--json", "-n", "0", **env).stdout)}
+    assert [a["path"] for a in logged["p1"]] == [str(folder / "scans" / "a.png")]
+    assert [a["url"] for a in logged["p2"]] == [f"{web}/receipt.png"]
+    assert logged["p7"] == []
+
+
+def test_chat_attaches_with_a_and_with_the_attach_command(
+        tmp_path: Path, image: Path, claude: tuple[FakeAnthropic, dict[str, str]]) -> None:
+    """In a real terminal: ``-a`` goes with the first message, ``!attach`` with the next one,
+    and a file that cannot be read is one error line, the chat going on."""
+    from tests.chat.terminal import Terminal
+
+    fake, env = claude
+    fake.reply = "A red square."
+    other = tmp_path / "other.png"
+    other.write_bytes(png(4, 4))
+    term = Terminal(["chat", "-m", "claude-sonnet-4-5", "-a", str(image)],
+                    env_for(tmp_path / "user", TERM="xterm", INPUTRC="/dev/null", **env))
+    try:
+        term.expect("> ")
+        term.line("What is this?")
+        term.expect("A red square.\n")
+        first = fake.last_body["messages"]
+        assert [b["type"] for b in first[0]["content"]] == ["image", "text"]
+        term.line(f"!attach {tmp_path / 'missing.png'}")
+        term.expect(f"Error: Attachment {tmp_path / 'missing.png'}: no such file")
+        term.line(f"!attach {other}")
+        term.expect(f"Attached {other} (image/png, {other.stat().st_size} bytes)")
+        term.expect("[1 attachment] > ")
+        term.line("And this one?")
+        term.expect("A red square.\n")
+        term.line("No image now")
+        term.expect("A red square.\n")
+        term.line("exit")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    second, third = (r.body["messages"] for r in fake.requests[1:3])
+    data = [base64.b64encode(png(2, 2)).decode(), base64.b64encode(png(4, 4)).decode()]
+    assert second[0]["content"][0]["source"]["data"] == data[0]  # the first turn, resent
+    assert second[2]["content"][0]["source"]["data"] == data[1]  # !attach's, this turn
+    assert second[2]["content"][1] == {"type": "text", "text": "And this one?"}
+    assert third[4] == {"role": "user", "content": "No image now"}  # used up
+    assert third[2]["content"][0]["source"]["data"] == data[1]  # kept in the conversation

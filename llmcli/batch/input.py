@@ -6,17 +6,19 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from llmcli.attachments import Attachment, is_url
 from llmcli.errors import BatchInputError
 
 __all__ = ["FIELDS", "Line", "parse_group", "read_input", "refuse_duplicate_ids"]
 
 
 #: The fields of an input line; others are ignored (HumanEval files carry ``test``, ...).
-FIELDS = ("id", "prompt", "prefill", "system", "model", "options")
+FIELDS = ("id", "prompt", "prefill", "system", "model", "options", "attachments")
 
 
 @dataclass
@@ -30,6 +32,9 @@ class Line:
     system: str | None = None
     model: str | list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: Images and PDFs sent with the prompt: paths made absolute, URLs as given (not read
+    #: yet).
+    attachments: tuple[Attachment, ...] = ()
     error: str | None = None
 
     @property
@@ -38,7 +43,34 @@ class Line:
         return str(self.id)
 
 
-def _line_from(number: int, data: Any) -> Line:
+def _attachments(number: int, value: Any, base: str) -> tuple[Attachment, ...] | str:
+    """A line's ``attachments``: each a path (relative to ``base``, the input file's
+    directory) or an http(s) URL, or ``{"path": ..., "type": ...}`` to name its media type
+    (``--at``); the reason they cannot be read otherwise."""
+    if not isinstance(value, list):
+        return f"line {number}: \"attachments\" must be a list of paths or URLs"
+    found = []
+    for entry in value:
+        item, media_type = entry, None
+        if isinstance(entry, dict) and set(entry) <= {"path", "type"}:
+            item, media_type = entry.get("path"), entry.get("type")
+            if media_type is not None and not isinstance(media_type, str):
+                return f"line {number}: an attachment's \"type\" must be a string"
+        if not isinstance(item, str) or not item.strip():
+            return (f"line {number}: each attachment must be a path or a URL "
+                    "(or {\"path\": ..., \"type\": ...})")
+        if item == "-":
+            return f"line {number}: an attachment cannot be '-' (standard input)"
+        media_type = media_type.lower() if media_type else None
+        if is_url(item):
+            found.append(Attachment(url=item, type=media_type))
+        else:
+            path = os.path.join(base, os.path.expanduser(item))
+            found.append(Attachment(path=os.path.abspath(path), type=media_type))
+    return tuple(found)
+
+
+def _line_from(number: int, data: Any, base: str = ".") -> Line:
     line = Line(number, number)
     if not isinstance(data, dict):
         line.error = f"line {number}: expected a JSON object with a \"prompt\""
@@ -76,15 +108,23 @@ def _line_from(number: int, data: Any) -> Line:
         line.error = f"line {number}: \"options\" must be a JSON object"
         return line
     line.options = dict(options or {})
+    if data.get("attachments") is not None:
+        attachments = _attachments(number, data["attachments"], base)
+        if isinstance(attachments, str):
+            line.error = attachments
+            return line
+        line.attachments = attachments
     return line
 
 
-def read_input(stream: IO[str], fmt: Literal["jsonl", "csv"] = "jsonl") -> list[Line]:
+def read_input(stream: IO[str], fmt: Literal["jsonl", "csv"] = "jsonl",
+               base: str = ".") -> list[Line]:
     """Every line of a JSON Lines file (blank lines skipped), or every row of a CSV file
-    with a ``prompt`` column; unreadable lines come back with ``error`` set."""
+    with a ``prompt`` column; unreadable lines come back with ``error`` set. Relative
+    attachment paths are relative to ``base`` (the input file's directory)."""
     try:
         if fmt == "csv":
-            return _read_csv(stream)
+            return _read_csv(stream, base)
         lines = []
         for number, raw in enumerate(stream, 1):
             if not raw.strip():
@@ -96,13 +136,13 @@ def read_input(stream: IO[str], fmt: Literal["jsonl", "csv"] = "jsonl") -> list[
                 lines.append(Line(number, number, error=f"line {number}: invalid JSON "
                                                         f"({reason})"))
                 continue
-            lines.append(_line_from(number, data))
+            lines.append(_line_from(number, data, base))
         return lines
     except UnicodeDecodeError:
         raise BatchInputError("The input is not UTF-8 text") from None
 
 
-def _read_csv(stream: IO[str]) -> list[Line]:
+def _read_csv(stream: IO[str], base: str) -> list[Line]:
     reader = csv.DictReader(stream)
     if "prompt" not in (reader.fieldnames or []):
         raise BatchInputError("CSV input needs a 'prompt' column (found: "
@@ -119,7 +159,17 @@ def _read_csv(stream: IO[str]) -> list[Line]:
                 lines.append(Line(number, data.get("id", number),
                                   error=f"line {number}: \"options\" is not a JSON object"))
                 continue
-        lines.append(_line_from(number, data))
+        if "attachments" in data:
+            # A JSON list of paths or URLs, or one path or URL alone.
+            cell = data["attachments"]
+            try:
+                data["attachments"] = json.loads(cell) if cell.lstrip().startswith("[") \
+                    else [cell]
+            except ValueError:
+                lines.append(Line(number, data.get("id", number),
+                                  error=f"line {number}: \"attachments\" is not a JSON list"))
+                continue
+        lines.append(_line_from(number, data, base))
     return lines
 
 

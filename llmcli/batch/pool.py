@@ -170,7 +170,7 @@ class Batch:
     def _spec(self, line: Line) -> PromptSpec:
         """The line's prompt spec: its fields over the batch's defaults."""
         return PromptSpec(line.prompt, system=self._system(line), prefill=self._prefill(line),
-                          key=self.key)
+                          key=self.key, attachments=line.attachments)
 
     def _system(self, line: Line) -> str | None:
         return line.system if line.system is not None else self.system

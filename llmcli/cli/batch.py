@@ -57,7 +57,7 @@ def batch(
     llmcli batch prompts.jsonl --output out.jsonl -m smollm2 --prefill '{"'
     llmcli batch humaneval.jsonl --output out.jsonl -m vllm-a,vllm-b -j 64
     Input lines: {"id": ..., "prompt": ..., "prefill": ..., "system": ..., "model": ...,
-    "options": {...}}; only "prompt" is required.
+    "options": {...}, "attachments": [...]}; only "prompt" is required.
     """
     from llmcli import config
     from llmcli.batch import Batch, read_input, resume_output
@@ -77,7 +77,9 @@ def batch(
     else:
         try:
             with open(input_path, encoding="utf-8", newline="") as f:
-                lines = read_input(f, kind)
+                # A line's attachment paths are relative to the input file, as its own
+                # directory holds them wherever the command is run from.
+                lines = read_input(f, kind, base=str(Path(input_path).parent))
         except OSError as exc:
             raise BatchInputError(f"Cannot read {input_path}: {exc.strerror}") from None
 

@@ -15,12 +15,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from llmcli.cli.common import parse_options, shared, warn_if_not_logged
+from llmcli.cli.common import (
+    attachment_from,
+    attachments_from,
+    parse_options,
+    shared,
+    warn_if_not_logged,
+)
 from llmcli.cli.render import ReasoningView
 from llmcli.cli.tools_cmd import chain_settings, resolve_tools, tool_options
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
+    from llmcli.attachments import Attachment
     from llmcli.contract import Model
     from llmcli.response import Conversation
     from llmcli.spec import PromptSpec
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
 HELP = """\
 Type 'exit' or 'quit' (or press Ctrl-D) to leave; Ctrl-C stops a reply.
   !prefill TEXT   the next reply starts with TEXT (!prefill alone clears it)
+  !attach PATH    send an image or a PDF (a path or a URL) with the next message
   !multi … !end   send several lines as one message
   !edit           write the next message in $EDITOR
   !model NAME     continue the conversation with another model
@@ -64,6 +72,9 @@ class ChatState:
     tools: tuple[Any, ...] = ()
     tool_choice: str = "auto"
     chain: dict[str, Any] = field(default_factory=dict)
+    #: ``-a``/``--at`` and ``!attach``: sent with the next message, then cleared.
+    attachments: tuple[Attachment, ...] = ()
+    store_attachments: bool = False
 
     def message(self, text: str) -> str:
         """What the next turn sends for the line ``text``."""
@@ -78,9 +89,13 @@ class ChatState:
         return self.conversation.model
 
     def prompt_line(self) -> str:
+        line = "> "
         if self.next_prefill is not None:
-            return f"prefill {self.next_prefill!r} > "
-        return "> "
+            line = f"prefill {self.next_prefill!r} > "
+        if self.attachments:
+            count = len(self.attachments)
+            line = f"[{count} attachment{'s' if count > 1 else ''}] {line}"
+        return line
 
     def turn_prefill(self) -> str | None:
         prefill = self.next_prefill if self.next_prefill is not None else self.prefill
@@ -88,14 +103,16 @@ class ChatState:
         return prefill
 
     def spec(self, text: str) -> PromptSpec:
-        """The next turn's prompt spec, for the line ``text`` (it uses up a ``!prefill``
-        and the fragments' context)."""
+        """The next turn's prompt spec, for the line ``text`` (it uses up a ``!prefill``,
+        the fragments' context and the attachments)."""
         from llmcli.spec import PromptSpec
 
+        attachments, self.attachments = self.attachments, ()
         return PromptSpec(self.message(text), system=self.system, prefill=self.turn_prefill(),
                           key=self.key, log=self.log, conversation=self.conversation,
                           options=self.options, schema=self.schema, tools=self.tools,
-                          tool_choice=self.tool_choice)
+                          tool_choice=self.tool_choice, attachments=attachments,
+                          store_attachments=self.store_attachments)
 
 
 def _read_line(prompt: str) -> str | None:
@@ -146,6 +163,8 @@ def _command(state: ChatState, line: str) -> str | None:
     word, _, rest = line.partition(" ")
     if word == "!prefill":
         state.next_prefill = rest if rest.strip() else None
+    elif word == "!attach":
+        _attach(state, rest.strip())
     elif word == "!multi":
         terminator = f"!end {rest.strip()}".strip()
         text = _read_multi(terminator)
@@ -176,6 +195,22 @@ def _command(state: ChatState, line: str) -> str | None:
     else:
         click.echo(f"Unknown chat command {word!r}; !help lists them.", err=True)
     return None
+
+
+def _attach(state: ChatState, reference: str) -> None:
+    """``!attach PATH``: read and check it now (a missing file or a type the model cannot
+    take is said at once), then send it with the next message."""
+    from llmcli import api
+
+    if not reference:
+        names = ", ".join(a.label for a in state.attachments) or "none"
+        click.echo(f"Attachments for the next message: {names}", err=True)
+        return
+    attachment = api.check_attachment(state.model, state.options,
+                                      attachment_from(reference))
+    state.attachments = (*state.attachments, attachment)
+    click.echo(f"Attached {attachment.label} ({attachment.type}, {attachment.size} bytes) "
+               "to the next message.", err=True)
 
 
 def _turn(state: ChatState, text: str, out: TextIO) -> None:
@@ -248,6 +283,10 @@ def _stream(state: ChatState, response: Any, out: TextIO, skip: int = 0) -> None
 @shared("fragment", help="Add a file's or a URL's contents before the first message "
         "(repeatable).")
 @shared("system_fragment")
+@shared("attachment", help="Send an image or a PDF with the first message (repeatable); "
+        "!attach adds one to any message.")
+@shared("attachment_type")
+@shared("store_attachments")
 @tool_options
 def chat(
     model_name: str | None,
@@ -263,6 +302,9 @@ def chat(
     params: tuple[tuple[str, str], ...],
     fragments: tuple[str, ...],
     system_fragments: tuple[str, ...],
+    attachments: tuple[str, ...] = (),
+    typed_attachments: tuple[tuple[str, str], ...] = (),
+    store_attachments: bool = False,
     tool_names: tuple[str, ...] = (),
     functions: tuple[str, ...] = (),
     tools_debug: bool = False,
@@ -311,6 +353,8 @@ def chat(
                       chain=chain_settings(tools_debug, tools_approve, chain_limit,
                                            prefill_final))
     state.tool_choice = tool_choice
+    state.attachments = attachments_from(attachments, typed_attachments, stdin=False)
+    state.store_attachments = store_attachments
     _enable_history()
     click.echo(f"Chatting with {model.model_id} (prefill: "
                f"{model.get_prefill_support(api.validate_options(model, parsed)).value})",

@@ -1,7 +1,8 @@
 """What the commands share, in one module, so that none imports another command's module
 for it: the click options ``llmcli prompt`` and ``llmcli chat`` both take (:func:`shared`),
 ``-o KEY VALUE`` parsing (:func:`parse_options`: prompt, chat, batch, ``models options``),
-standard input, code-block extraction (``-x``, ``logs -x``) and the not-logged warning."""
+``-a``/``--at`` references as attachments (:func:`attachments_from`), standard input,
+code-block extraction (``-x``, ``logs -x``) and the not-logged warning."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import click
 from llmcli.errors import OptionsError, PromptInputError
 
 if TYPE_CHECKING:
+    from llmcli.attachments import Attachment
     from llmcli.contract import Model
 
-__all__ = ["SHARED_OPTIONS", "extract_code_block", "parse_options", "read_stdin", "shared",
-           "warn_if_not_logged"]
+__all__ = ["SHARED_OPTIONS", "attachment_from", "attachments_from", "extract_code_block",
+           "parse_options", "read_stdin", "shared", "warn_if_not_logged"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +56,18 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                         {"multiple": True, "metavar": "PATH_OR_URL",
                          "help": "Add a file's or a URL's contents to the system prompt "
                          "(repeatable)."}),
+    "attachment": (("-a", "--attachment", "attachments"),
+                   {"multiple": True, "metavar": "PATH_OR_URL",
+                    "help": "Send an image or a PDF with the prompt (repeatable; '-' reads "
+                    "standard input); its type is recognised from its content."}),
+    "attachment_type": (("--at", "--attachment-type", "typed_attachments"),
+                        {"type": (str, str), "multiple": True, "metavar": "PATH TYPE",
+                         "help": "An attachment of the given media type, e.g. --at scan.bin "
+                         "image/png."}),
+    "store_attachments": (("--store-attachments",),
+                          {"is_flag": True,
+                           "help": "Store the attachments' content in the log (else only "
+                           "type, size, sha256 and path or URL)."}),
 }
 
 
@@ -81,6 +95,50 @@ def read_stdin() -> str:
     except UnicodeDecodeError:
         raise PromptInputError(
             "Standard input is not UTF-8 text; pipe text, not binary data") from None
+
+
+def attachment_from(reference: str, media_type: str | None = None,
+                    base: str | None = None) -> Attachment:
+    """One ``-a`` reference as an :class:`~llmcli.attachments.Attachment`: a URL as given,
+    a path made absolute (relative to ``base``, else the current directory), so that ``-c``
+    from another directory reads the same file. Nothing is read yet."""
+    import os
+
+    from llmcli.attachments import Attachment, is_url
+
+    if is_url(reference):
+        return Attachment(url=reference, type=media_type)
+    path = os.path.expanduser(reference)
+    if base is not None:
+        path = os.path.join(base, path)
+    return Attachment(path=os.path.abspath(path), type=media_type)
+
+
+def attachments_from(references: tuple[str, ...], typed: tuple[tuple[str, str], ...],
+                     stdin: bool = True) -> tuple[Attachment, ...]:
+    """``-a`` and ``--at`` as attachments, in the order given by kind (``-`` standard
+    input's bytes, read now, where ``stdin`` allows it). Nothing else is read yet: the
+    model is asked first."""
+    from llmcli.attachments import Attachment
+
+    def one(reference: str, media_type: str | None) -> Attachment:
+        if reference == "-":
+            if not stdin:
+                raise PromptInputError("-a - is not available here: standard input is "
+                                       "where the messages come from")
+            return Attachment(content=_read_stdin_bytes(), type=media_type)
+        return attachment_from(reference, media_type)
+
+    if sum(1 for r in (*references, *(p for p, _ in typed)) if r == "-") > 1:
+        raise PromptInputError("Standard input can be one attachment only ('-a -' once)")
+    return (*(one(r, None) for r in references), *(one(p, t.lower()) for p, t in typed))
+
+
+def _read_stdin_bytes() -> bytes:
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None or stream.isatty():
+        raise PromptInputError("-a - reads an attachment from standard input; pipe a file in")
+    return bytes(stream.read())
 
 
 def extract_code_block(text: str) -> str | None:

@@ -12,6 +12,7 @@ import click
 
 from llmcli import progress
 from llmcli.cli.common import (
+    attachments_from,
     extract_code_block,
     parse_options,
     read_stdin,
@@ -90,15 +91,9 @@ def refuse_command_word(args: list[str], commands: list[str]) -> None:
               "template NAME instead of running it.")
 @shared("fragment")
 @shared("system_fragment")
-@click.option("-a", "--attachment", "attachments", multiple=True, metavar="PATH_OR_URL",
-              help="Send an image or a PDF with the prompt (repeatable; '-' reads standard "
-              "input); its type is recognised from its content.")
-@click.option("--at", "--attachment-type", "typed_attachments", type=(str, str),
-              multiple=True, metavar="PATH TYPE",
-              help="An attachment of the given media type, e.g. --at scan.bin image/png.")
-@click.option("--store-attachments", is_flag=True,
-              help="Store the attachments' content in the log (else only type, size, sha256 "
-              "and path or URL).")
+@shared("attachment")
+@shared("attachment_type")
+@shared("store_attachments")
 @tool_options
 def prompt(
     prompt: str | None,
@@ -179,7 +174,7 @@ def prompt(
             conversation.id, model=model, options=parse_options(model, options),
             stream=not no_stream and not as_json and not extract, key=key, log=not no_log)
     else:
-        given = _attachments(attachments, typed_attachments)
+        given = attachments_from(attachments, typed_attachments)
         stdin_text = "" if any(a.content is not None for a in given) else read_stdin()
         text = "\n\n".join(part for part in (stdin_text.strip("\n"), prompt or "") if part.strip())
         template_options: dict[str, Any] = {}
@@ -350,35 +345,6 @@ def template_from_command(
         fragments=[absolute(f) for f in fragments],
         system_fragments=[absolute(f) for f in system_fragments], schema=schema,
     )
-
-
-def _attachments(references: tuple[str, ...],
-                 typed: tuple[tuple[str, str], ...]) -> tuple[Any, ...]:
-    """``-a`` and ``--at`` as attachments, in the order given by kind (a path made absolute,
-    so that ``-c`` from another directory reads the same file; ``-`` standard input's
-    bytes, read now). Nothing else is read yet: the model is asked first."""
-    import os
-
-    from llmcli.attachments import Attachment, is_url
-
-    def one(reference: str, media_type: str | None) -> Attachment:
-        if reference == "-":
-            return Attachment(content=_read_stdin_bytes(), type=media_type)
-        if is_url(reference):
-            return Attachment(url=reference, type=media_type)
-        return Attachment(path=os.path.abspath(os.path.expanduser(reference)),
-                          type=media_type)
-
-    if sum(1 for r in (*references, *(p for p, _ in typed)) if r == "-") > 1:
-        raise PromptInputError("Standard input can be one attachment only ('-a -' once)")
-    return (*(one(r, None) for r in references), *(one(p, t.lower()) for p, t in typed))
-
-
-def _read_stdin_bytes() -> bytes:
-    stream = getattr(sys.stdin, "buffer", None)
-    if stream is None or stream.isatty():
-        raise PromptInputError("-a - reads an attachment from standard input; pipe a file in")
-    return bytes(stream.read())
 
 
 def _read_grammar(path: str | None) -> str | None:

@@ -72,6 +72,8 @@ def full_entry(row: Mapping[str, Any], *, usage: bool = False, truncate: bool = 
     if row.get("system"):
         lines += ["", "System:", part(row["system"])]
     lines += ["", "Prompt:", part(row["prompt"])]
+    if row.get("attachments"):
+        lines += ["", "Attachments:", *(attachment_line(a) for a in row["attachments"])]
     if row.get("continues_id"):
         # A continuation's prefill is the reply it extends: shown once, joined, below.
         lines += ["", f"Continues {row['continues_id']} (its text, continued: the whole "
@@ -88,6 +90,13 @@ def full_entry(row: Mapping[str, Any], *, usage: bool = False, truncate: bool = 
     if usage:
         lines += ["", f"Token usage: {usage_line(row)}"]
     return "\n".join(lines) + "\n"
+
+
+def attachment_line(info: Mapping[str, Any]) -> str:
+    """An attachment as ``llmcli logs`` shows it: type, size, sha256, where it came from
+    (its path or URL; standard input's bytes have neither)."""
+    where = info.get("path") or info.get("url") or "(standard input)"
+    return f"{info['type']}  {info['size']} bytes  sha256:{info['sha256']}  {where}"
 
 
 def tool_call_line(call: Mapping[str, Any]) -> str:
@@ -131,6 +140,9 @@ def short_entry(row: Mapping[str, Any], *, usage: bool = False) -> str:
     if row.get("system"):
         fields.append(("system", one_line(row["system"], SHORT_WIDTH)))
     fields.append(("prompt", one_line(row["prompt"], SHORT_WIDTH)))
+    for info in row.get("attachments") or []:
+        where = info.get("path") or info.get("url") or "(standard input)"
+        fields.append(("attachment", f"{info['type']}, {info['size']} bytes, {where}"))
     if row.get("continues_id"):
         fields.append(("continues", row["continues_id"]))
     elif row.get("prefill"):

@@ -30,7 +30,7 @@ from llmcli.attachments import Attachment
 from llmcli.errors import ConversationError, LogError
 from llmcli.log._sqlite_utils import Database
 from llmcli.log.migrations import MIGRATIONS
-from llmcli.record import ResponseRecord, ToolCall, ToolResult
+from llmcli.record import ResponseRecord, ToolCall, ToolResult, attachment_info
 
 MIGRATIONS_TABLE = "_llmcli_migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -400,15 +400,18 @@ class LogStore:
                 "response_id": record.id, "attachment_id": attachment.sha256,
                 "position": position, "path": attachment.path, "url": attachment.url})
 
-    def attachments(self, response_ids: list[str]) -> dict[str, tuple[Attachment, ...]]:
-        """Each response's attachments in order (with their content where it was stored)."""
-        if not response_ids:
+    def attachments(self, response_ids: list[str], content: bool = True
+                    ) -> dict[str, tuple[Attachment, ...]]:
+        """Each response's attachments in order (with their content where it was stored,
+        unless ``content`` is False: type, size, sha256, path and URL only)."""
+        if not response_ids or not self.db.table("prompt_attachments").exists():
             return {}
         found: dict[str, list[Attachment]] = {}
         marks = ", ".join("?" for _ in response_ids)
+        stored = "a.content" if content else "null as content"
         with _db_errors(self.path):
             rows = list(self.db.query(
-                "select p.response_id, p.path, p.url, a.id, a.type, a.size, a.content "
+                f"select p.response_id, p.path, p.url, a.id, a.type, a.size, {stored} "
                 "from prompt_attachments p join attachments a on a.id = p.attachment_id "
                 f"where p.response_id in ({marks}) order by p.response_id, p.position",
                 response_ids))
@@ -510,6 +513,10 @@ class LogStore:
         with _db_errors(self.path):
             rows = list(self.db.query(sql, args))
             self._attach_tools(rows)
+        attached = self.attachments([row["id"] for row in rows], content=False)
+        for row in rows:
+            # As ``--json`` shows them (``attachment_info``): never their content.
+            row["attachments"] = [attachment_info(a) for a in attached.get(row["id"], ())]
         return list(reversed(rows))
 
     def schema(self, schema_id: str) -> dict[str, Any] | None:
@@ -539,15 +546,14 @@ class LogStore:
             if not rows:
                 raise ConversationError(f"No conversation with id {conversation_id!r}")
             responses = self.recent(None, conversation_id=conversation_id)
-            attached = (self.attachments([r["id"] for r in responses])
-                        if self.db.table("prompt_attachments").exists() else {})
+            attached = self.attachments([r["id"] for r in responses])
         return rows[0], [
-            replace(ResponseRecord.from_row({
+            ResponseRecord.from_row({
                 **row,
                 "tool_calls": tuple(ToolCall(c["id"], c["name"], c["arguments"])
                                     for c in row["tool_calls"]),
-                "tool_results": tuple(ToolResult(**r) for r in row["tool_results"])}),
-                attachments=attached.get(row["id"], ()))
+                "tool_results": tuple(ToolResult(**r) for r in row["tool_results"]),
+                "attachments": attached.get(row["id"], ())})
             for row in responses]
 
     def has_conversation(self, conversation_id: str) -> bool:
