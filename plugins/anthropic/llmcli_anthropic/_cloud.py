@@ -117,9 +117,17 @@ class _CloudClaude(ClaudeModel):
 
     platform = ""
     anthropic_version = ""
+    default_base_url = ""
+    needs_key = None  # type: ignore[assignment]
     #: An optional bearer credential (``llmcli keys set <name>`` or its variable). Not
     #: ``needs_key``: without one the platform's own credential chain applies.
     optional_key: KeySpec
+    #: The module the platform's client needs beside ``anthropic`` (the extra
+    #: ``anthropic[<platform>]`` installs it), and its distribution's name.
+    auth_module = ""
+    auth_package = ""
+    #: What to set when the SDK or the auth library fails before any request.
+    setup_hint = ""
 
     def __init__(self, platform_id: str, aliases: tuple[str, ...] = ()) -> None:
         self.platform_id = platform_id
@@ -184,7 +192,21 @@ class _CloudClaude(ClaudeModel):
         return None
 
     def setup_error(self, exc: BaseException) -> ProviderError:
-        raise NotImplementedError
+        return transport_error(self.provider_name, "other", provider_id=self.provider_id,
+                               detail=f"{str(exc).rstrip('.')}. {self.setup_hint}")
+
+    def import_sdk(self) -> Any:
+        import importlib
+
+        import anthropic
+
+        try:
+            importlib.import_module(self.auth_module)
+        except ImportError:
+            raise ProviderError(f"{self.provider_name} needs {self.auth_package}: pip install "
+                                f"'anthropic[{self.platform}]'",
+                                provider=self.provider_id) from None
+        return anthropic
 
 
 class BedrockClaude(_CloudClaude):
@@ -193,21 +215,11 @@ class BedrockClaude(_CloudClaude):
     platform = "bedrock"
     anthropic_version = BEDROCK_VERSION
     base_url_env = "ANTHROPIC_BEDROCK_BASE_URL"
-    default_base_url = ""
-    end_marker = "message_stop"
-    needs_key = None  # type: ignore[assignment]
     optional_key = KeySpec("bedrock", "AWS_BEARER_TOKEN_BEDROCK")
     Options = BedrockOptions  # type: ignore[assignment]
-
-    def import_sdk(self) -> Any:
-        import anthropic
-
-        try:
-            import boto3  # noqa: F401  (AnthropicBedrock signs with it)
-        except ImportError:
-            raise ProviderError("Bedrock needs boto3: pip install 'anthropic[bedrock]'",
-                                provider="bedrock") from None
-        return anthropic
+    auth_module = auth_package = "boto3"  # AnthropicBedrock signs with it
+    setup_hint = ("Set AWS_REGION (or -o aws_region) and AWS credentials (environment, "
+                  "AWS_PROFILE, or AWS_BEARER_TOKEN_BEDROCK)")
 
     def connect(self, call: Call) -> Any:
         options: BedrockOptions = call.options
@@ -224,13 +236,6 @@ class BedrockClaude(_CloudClaude):
                 "a Bedrock API key from AWS_BEARER_TOKEN_BEDROCK or 'llmcli keys set bedrock'. "
                 "The model must also be enabled in the region.")
 
-    def setup_error(self, exc: BaseException) -> ProviderError:
-        return transport_error(
-            "Bedrock", "other", provider_id="bedrock",
-            detail=f"{str(exc).rstrip('.')}. Set AWS_REGION (or -o aws_region) and AWS "
-                   "credentials "
-                   "(environment, AWS_PROFILE, or AWS_BEARER_TOKEN_BEDROCK)")
-
 
 class VertexClaude(_CloudClaude):
     provider_name = "Vertex AI"
@@ -238,23 +243,14 @@ class VertexClaude(_CloudClaude):
     platform = "vertex"
     anthropic_version = VERTEX_VERSION
     base_url_env = "ANTHROPIC_VERTEX_BASE_URL"
-    default_base_url = ""
-    end_marker = "message_stop"
-    needs_key = None  # type: ignore[assignment]
     #: An OAuth access token (``gcloud auth print-access-token``), else Application
     #: Default Credentials.
     optional_key = KeySpec("vertex", "GOOGLE_OAUTH_ACCESS_TOKEN")
     Options = VertexOptions  # type: ignore[assignment]
-
-    def import_sdk(self) -> Any:
-        import anthropic
-
-        try:
-            import google.auth  # noqa: F401  (AnthropicVertex loads ADC with it)
-        except ImportError:
-            raise ProviderError("Vertex AI needs google-auth: pip install "
-                                "'anthropic[vertex]'", provider="vertex") from None
-        return anthropic
+    auth_module, auth_package = "google.auth", "google-auth"  # AnthropicVertex loads ADC
+    setup_hint = ("Set CLOUD_ML_REGION (or -o region), ANTHROPIC_VERTEX_PROJECT_ID (or "
+                  "-o project_id) and Google credentials (gcloud auth application-default "
+                  "login)")
 
     def connect(self, call: Call) -> Any:
         options: VertexOptions = call.options
@@ -272,10 +268,3 @@ class VertexClaude(_CloudClaude):
         return ("Google credentials come from 'gcloud auth application-default login' or "
                 "GOOGLE_APPLICATION_CREDENTIALS; an access token from GOOGLE_OAUTH_ACCESS_TOKEN "
                 "or 'llmcli keys set vertex'.")
-
-    def setup_error(self, exc: BaseException) -> ProviderError:
-        return transport_error(
-            "Vertex AI", "other", provider_id="vertex",
-            detail=f"{str(exc).rstrip('.')}. Set CLOUD_ML_REGION (or -o region), "
-                   "ANTHROPIC_VERTEX_PROJECT_ID (or -o project_id) and Google credentials "
-                   "(gcloud auth application-default login)")
