@@ -22,8 +22,8 @@ from llmcli.cli.common import (
     shared,
     warn_if_not_logged,
 )
-from llmcli.cli.render import ReasoningView
-from llmcli.cli.tools_cmd import chain_settings, resolve_tools, tool_options
+from llmcli.cli.render import ReasoningView, ReplyView
+from llmcli.cli.tools_cmd import NO_TOOLS, ToolFlags, tool_options
 from llmcli.errors import LLMCLIError, OptionsError
 
 if TYPE_CHECKING:
@@ -234,24 +234,12 @@ def _continue(state: ChatState, out: TextIO) -> None:
 
 
 def _stream(state: ChatState, response: Any, out: TextIO, skip: int = 0) -> None:
-    wrote_newline = True
-    thoughts = ReasoningView(state.show_reasoning)
+    view = ReplyView(out, state.show_reasoning, skip)
     try:
-        for chunk in response.parts():
-            if not isinstance(chunk, str):  # the model's reasoning, on stderr
-                thoughts.write(chunk.text)
-                continue
-            thoughts.close()
-            if skip:
-                dropped = min(skip, len(chunk))
-                chunk, skip = chunk[dropped:], skip - dropped
-                if not chunk:
-                    continue
-            out.write(chunk)
-            out.flush()
-            wrote_newline = chunk.endswith("\n")
+        for part in response.parts():  # reasoning on stderr, text on out
+            view.write(part)
     except KeyboardInterrupt:
-        thoughts.close()
+        view.thoughts.close()
         response.close()
         out.write("\n")
         out.flush()
@@ -259,10 +247,7 @@ def _stream(state: ChatState, response: Any, out: TextIO, skip: int = 0) -> None
         click.echo(f"Interrupted: the reply so far is {what}.", err=True)
         return
     finally:
-        thoughts.close()
-        if not wrote_newline:
-            out.write("\n")
-            out.flush()
+        view.end()
         warn_if_not_logged(response)
 
 
@@ -305,13 +290,7 @@ def chat(
     attachments: tuple[str, ...] = (),
     typed_attachments: tuple[tuple[str, str], ...] = (),
     store_attachments: bool = False,
-    tool_names: tuple[str, ...] = (),
-    functions: tuple[str, ...] = (),
-    tools_debug: bool = False,
-    tools_approve: bool = False,
-    tool_choice: str = "auto",
-    chain_limit: int = 5,
-    prefill_final: str | None = None,
+    tool_flags: ToolFlags = NO_TOOLS,
 ) -> None:
     """Chat with a model; each turn is logged in one conversation.
 
@@ -349,10 +328,8 @@ def chat(
                       wrap=inputs.message if inputs else None,
                       schema=inputs.schema if inputs else None,
                       show_reasoning=show_reasoning,
-                      tools=resolve_tools(tool_names, functions),
-                      chain=chain_settings(tools_debug, tools_approve, chain_limit,
-                                           prefill_final))
-    state.tool_choice = tool_choice
+                      tools=tool_flags.tools(), chain=tool_flags.chain())
+    state.tool_choice = tool_flags.tool_choice
     state.attachments = attachments_from(attachments, typed_attachments, stdin=False)
     state.store_attachments = store_attachments
     _enable_history()

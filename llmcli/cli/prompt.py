@@ -19,8 +19,8 @@ from llmcli.cli.common import (
     shared,
     warn_if_not_logged,
 )
-from llmcli.cli.render import ReasoningView
-from llmcli.cli.tools_cmd import chain_settings, resolve_tools, tool_options
+from llmcli.cli.render import ReplyView
+from llmcli.cli.tools_cmd import NO_TOOLS, ToolFlags, tool_options
 from llmcli.errors import LLMCLIError, PromptInputError, TemplateError
 
 if TYPE_CHECKING:
@@ -123,13 +123,7 @@ def prompt(
     attachments: tuple[str, ...] = (),
     typed_attachments: tuple[tuple[str, str], ...] = (),
     store_attachments: bool = False,
-    tool_names: tuple[str, ...] = (),
-    functions: tuple[str, ...] = (),
-    tools_debug: bool = False,
-    tools_approve: bool = False,
-    tool_choice: str = "auto",
-    chain_limit: int = 5,
-    prefill_final: str | None = None,
+    tool_flags: ToolFlags = NO_TOOLS,
 ) -> None:
     """Send PROMPT (and any piped standard input) to a model.
 
@@ -210,12 +204,11 @@ def prompt(
             grammar=_read_grammar(grammar_file),
             attachments=given,
             store_attachments=store_attachments,
-            tools=resolve_tools(tool_names, functions),
-            tool_choice=tool_choice,
+            tools=tool_flags.tools(),
+            tool_choice=tool_flags.tool_choice,
         )
         if spec.tools:
-            response = api.chain(model, spec, **chain_settings(
-                tools_debug, tools_approve, chain_limit, prefill_final))
+            response = api.chain(model, spec, **tool_flags.chain())
         else:
             response = api.prompt(model, spec)
 
@@ -249,36 +242,19 @@ def prompt(
         _print_usage(response, show_usage)
         return
 
-    skip = len(response.prefill) if hide_prefill else 0
-    wrote_newline = True
-    out = sys.stdout
-    thoughts = ReasoningView(show_reasoning)
+    view = ReplyView(sys.stdout, show_reasoning,
+                     skip=len(response.prefill) if hide_prefill else 0)
     try:
-        for chunk in progress.until_first(response.parts()):  # a spinner until the first
-            if not isinstance(chunk, str):  # the model's reasoning
-                thoughts.write(chunk.text)
-                continue
-            thoughts.close()
-            if skip:
-                dropped = min(skip, len(chunk))
-                chunk, skip = chunk[dropped:], skip - dropped
-            if chunk:
-                out.write(chunk)
-                out.flush()
-                wrote_newline = chunk.endswith("\n")
+        for part in progress.until_first(response.parts()):  # a spinner until the first
+            view.write(part)
     except KeyboardInterrupt:
-        thoughts.close()
+        view.thoughts.close()
         _interrupted(response)
     except LLMCLIError:
-        thoughts.close()
-        if not wrote_newline:
-            out.write("\n")
+        view.end()
         warn_if_not_logged(response)
         raise
-    thoughts.close()
-    if not wrote_newline:
-        out.write("\n")
-    out.flush()
+    view.end()
     warn_if_not_logged(response)
     _print_usage(response, show_usage)
 

@@ -193,3 +193,35 @@ class ReasoningView:
         self._open = False
         self.stream.write((RESET if self.dim else "") + "\n\n")
         self.stream.flush()
+
+
+class ReplyView:
+    """A streamed reply on the terminal: its reasoning through a :class:`ReasoningView`,
+    its text to ``out`` less the first ``skip`` characters (a prefill hidden or already
+    shown); :meth:`end` closes the reasoning and ends the text's line."""
+
+    def __init__(self, out: Any, show_reasoning: bool | None, skip: int = 0) -> None:
+        self.out = out
+        self.thoughts = ReasoningView(show_reasoning)
+        self.skip = skip
+        self.wrote_newline = True
+
+    def write(self, part: Any) -> None:
+        """One of ``response.parts()``: reasoning, or text (which closes the reasoning)."""
+        if not isinstance(part, str):
+            self.thoughts.write(part.text)
+            return
+        self.thoughts.close()
+        if self.skip:
+            dropped = min(self.skip, len(part))
+            part, self.skip = part[dropped:], self.skip - dropped
+        if part:
+            self.out.write(part)
+            self.out.flush()
+            self.wrote_newline = part.endswith("\n")
+
+    def end(self) -> None:
+        self.thoughts.close()
+        if not self.wrote_newline:
+            self.out.write("\n")
+        self.out.flush()

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,43 @@ if TYPE_CHECKING:
 DEFAULT_CHAIN_LIMIT = 5
 
 
+@dataclass(frozen=True)
+class ToolFlags:
+    """The tool options of one command line, as :func:`tool_options` hands them to the
+    command (one ``tool_flags`` argument)."""
+
+    tool_names: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    tools_debug: bool = False
+    tools_approve: bool = False
+    tool_choice: str = "auto"
+    chain_limit: int = DEFAULT_CHAIN_LIMIT
+    prefill_final: str | None = None
+
+    def tools(self) -> tuple[Tool, ...]:
+        """The tools ``-T`` names and ``--functions`` defines."""
+        return resolve_tools(self.tool_names, self.functions)
+
+    def chain(self) -> dict[str, Any]:
+        """The keywords of :func:`llmcli.api.chain` for these options."""
+        return chain_settings(self.tools_debug, self.tools_approve, self.chain_limit,
+                              self.prefill_final)
+
+
+#: No tool options given.
+NO_TOOLS = ToolFlags()
+
+
 def tool_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The tool options, for a command that takes them (as ``tool_names``, ``functions``,
-    ``tools_debug``, ``tools_approve``, ``tool_choice``, ``chain_limit``,
-    ``prefill_final``)."""
+    """The tool options, for a command that takes them: the command gets them as one
+    :class:`ToolFlags`, its ``tool_flags`` argument."""
+    names = [f.name for f in fields(ToolFlags)]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        flags = ToolFlags(**{name: kwargs.pop(name) for name in names})
+        return fn(*args, tool_flags=flags, **kwargs)
+
     for option in reversed([
         click.option("-T", "--tool", "tool_names", multiple=True, metavar="NAME",
                      help="Offer the model this registered tool (see 'llmcli tools'); "
@@ -36,18 +71,19 @@ def tool_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Show each tool call and its result (on stderr)."),
         click.option("--ta", "--tools-approve", "tools_approve", is_flag=True,
                      help="Ask before each tool call."),
-        click.option("--tool-choice", default="auto", show_default=True, metavar="CHOICE",
+        click.option("--tool-choice", "tool_choice", default="auto", show_default=True,
+                     metavar="CHOICE",
                      help="auto (text or a call), required (a call), none, or a tool's "
                           "name; the first reply only."),
-        click.option("--chain-limit", type=click.IntRange(min=0),
+        click.option("--chain-limit", "chain_limit", type=click.IntRange(min=0),
                      default=DEFAULT_CHAIN_LIMIT, show_default=True,
                      help="The most responses one tool chain may make (0: no limit)."),
-        click.option("--prefill-final", metavar="TEXT",
+        click.option("--prefill-final", "prefill_final", metavar="TEXT",
                      help="The prefill of each reply after tool results (--prefill starts "
                           "only the first)."),
     ]):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command
 
 
 def resolve_tools(names: tuple[str, ...], functions: tuple[str, ...]) -> tuple[Tool, ...]:
