@@ -35,6 +35,12 @@ class ToolCall:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "arguments": self.arguments}
 
+    def as_function(self, call_id: str | None = None) -> dict[str, Any]:
+        """The call as the OpenAI Chat Completions wire writes it (arguments as JSON text),
+        with another id where the wire needs one (Mistral's)."""
+        return {"id": self.id if call_id is None else call_id, "type": "function",
+                "function": {"name": self.name, "arguments": json.dumps(self.arguments)}}
+
 
 @dataclass(frozen=True)
 class ToolResult:

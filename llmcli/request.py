@@ -28,6 +28,16 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def given(self, *names: str) -> dict[str, Any]:
+        """The named options that are set, by name, as a wire takes them: one this model
+        does not have, one left None and an empty list are left out; a list is copied."""
+        values: dict[str, Any] = {}
+        for name in names:
+            value = getattr(self, name, None)
+            if value is not None and value != []:
+                values[name] = list(value) if isinstance(value, list) else value
+        return values
+
 
 class ReasoningPrefillOption(Options):
     """``-o reasoning_prefill``, for the options of a model that reasons (see

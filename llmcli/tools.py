@@ -108,6 +108,11 @@ class Tool:
         return {"name": self.name, "description": self.description,
                 "parameters": dict(self.parameters)}
 
+    def as_function(self) -> dict[str, Any]:
+        """The tool as the OpenAI Chat Completions wire offers it (Mistral's and chat
+        templates' ``tools`` take the same)."""
+        return {"type": "function", "function": self.to_dict()}
+
 
 def as_tools(items: Iterable[Tool | Callable[..., Any]] | None) -> tuple[Tool, ...]:
     """Tools from :class:`Tool` objects and plain functions; two with one name are an

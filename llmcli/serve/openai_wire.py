@@ -46,9 +46,7 @@ def _completion(run: Run, text: str) -> dict[str, Any]:
 
 def _tool_calls(response: Response) -> list[dict[str, Any]]:
     """The reply's tool calls as OpenAI writes them (arguments as JSON text)."""
-    return [{"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
-            for call in response.tool_calls()]
+    return [call.as_function() for call in response.tool_calls()]
 
 
 def _message(response: Response, content: str) -> dict[str, Any]:

@@ -126,8 +126,7 @@ def build_request(request: Request) -> WireRequest:
     }
     if system:
         params["system"] = system
-    if options.stop_sequences:
-        params["stop_sequences"] = list(options.stop_sequences)
+    params.update(options.given("stop_sequences"))
     if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
         # Anthropic's JSON outputs: every object must be closed (additionalProperties false).
         params["output_config"] = {"format": {"type": "json_schema",

@@ -73,12 +73,8 @@ def build_request(request: Request) -> WireRequest:
     config: dict[str, Any] = {}
     if system:
         config["system_instruction"] = system
-    for name in ("max_output_tokens", "temperature", "top_p", "top_k", "seed"):
-        value = getattr(options, name)
-        if value is not None:
-            config[name] = value
-    if options.stop_sequences:
-        config["stop_sequences"] = list(options.stop_sequences)
+    config.update(options.given("max_output_tokens", "temperature", "top_p", "top_k", "seed",
+                                "stop_sequences"))
     if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
         config["response_mime_type"] = "application/json"
         config["response_json_schema"] = request.schema

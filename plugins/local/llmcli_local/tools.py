@@ -63,15 +63,9 @@ def grammar(tools: Sequence[Tool], choice: str = "auto") -> Grammar | None:
     return Grammar(text=str(llguidance.LLMatcher.grammar_from_lark(lark)))
 
 
-def _function(tool: Tool) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": tool.name,
-                                             "description": tool.description,
-                                             "parameters": dict(tool.parameters)}}
-
-
 def system_text(tools: Sequence[Tool]) -> str:
     """The tools offered in the system prompt (a template without a tools section)."""
-    listed = "\n".join(json.dumps(_function(t)["function"], ensure_ascii=False) for t in tools)
+    listed = "\n".join(json.dumps(t.to_dict(), ensure_ascii=False) for t in tools)
     return (
         "You can call the following tools. To call one, reply with only\n"
         f'{OPEN}{{"name": <tool name>, "arguments": <JSON object>}}{CLOSE}\n'
@@ -98,7 +92,7 @@ def messages(request: Request, template: str) -> tuple[list[dict[str, Any]], dic
         out.append({"role": "system", "content": system})
     for message in request.messages():
         out.extend(_turn(message, native))
-    kwargs: dict[str, Any] = {"tools": [_function(t) for t in request.tools]} if native else {}
+    kwargs: dict[str, Any] = {"tools": [t.as_function() for t in request.tools]} if native else {}
     return out, kwargs
 
 

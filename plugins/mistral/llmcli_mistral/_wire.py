@@ -50,13 +50,9 @@ def build_request(request: Request) -> WireRequest:
         # Without prefix: true a trailing assistant message is a 400 (code 3230). The reply
         # then starts with the prefill again; the core strips that echo.
         messages.append({"role": "assistant", "content": request.prefill, "prefix": True})
-    params: dict[str, Any] = {"model": request.model_id, "messages": messages}
-    for name in ("max_tokens", "temperature", "top_p", "random_seed"):
-        value = getattr(options, name)
-        if value is not None:
-            params[name] = value
-    if options.stop:
-        params["stop"] = list(options.stop)
+    params: dict[str, Any] = {"model": request.model_id, "messages": messages,
+                              **options.given("max_tokens", "temperature", "top_p",
+                                              "random_seed", "stop")}
     if request.schema is not None and request.schema_support is SchemaSupport.NATIVE:
         # The SDK's typed dict names the schema ``schema_definition``; the wire says "schema".
         schema = schemas.closed(request.schema)
@@ -87,9 +83,7 @@ def _turn(message: Message) -> list[dict[str, Any]]:
     result a ``role: tool`` message (``tool_call_id``, ``name``) before the user's text."""
     if message.tool_calls:
         turn: dict[str, Any] = {"role": "assistant", "tool_calls": [
-            {"id": call_id(call.id), "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
-            for call in message.tool_calls]}
+            call.as_function(call_id(call.id)) for call in message.tool_calls]}
         if message.content:
             turn["content"] = message.content
         return [turn]
@@ -109,10 +103,7 @@ def tool_fields(request: Request) -> dict[str, Any]:
     wire_choice: Any = (
         "any" if choice == "required" else choice if choice in ("auto", "none")
         else {"type": "function", "function": {"name": choice}})
-    return {"tools": [{"type": "function", "function": {
-        "name": tool.name, "description": tool.description,
-        "parameters": dict(tool.parameters)}} for tool in request.tools],
-        "tool_choice": wire_choice}
+    return {"tools": [tool.as_function() for tool in request.tools], "tool_choice": wire_choice}
 
 
 def _arguments(value: Any) -> Any:

@@ -182,10 +182,7 @@ def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
     if max_tokens is not None:
         # Reasoning models reject max_tokens; compatible servers mostly only know max_tokens.
         kwargs["max_completion_tokens" if backend.reasoning else "max_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "stop", "seed", "reasoning_effort"):
-        value = getattr(opts, name, None)
-        if value is not None:
-            kwargs[name] = value
+    kwargs.update(opts.given("temperature", "top_p", "stop", "seed", "reasoning_effort"))
     if request.prefill and _style(request, backend) == "continue_final_message":
         # vLLM defaults add_generation_prompt to true and 400s when both are true.
         kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
@@ -215,10 +212,8 @@ def _turn(message: Message) -> list[dict[str, Any]]:
     """One turn: tool calls on the assistant's message (arguments as JSON text), each
     result a ``role: tool`` message before the user's text."""
     if message.tool_calls:
-        return [{"role": "assistant", "content": message.content or None, "tool_calls": [
-            {"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
-            for call in message.tool_calls]}]
+        return [{"role": "assistant", "content": message.content or None,
+                 "tool_calls": [call.as_function() for call in message.tool_calls]}]
     if message.tool_results:
         turns: list[dict[str, Any]] = [
             {"role": "tool", "tool_call_id": result.call_id, "content": result.output}
@@ -234,10 +229,7 @@ def tool_fields(request: Request) -> dict[str, Any]:
     choice = request.tool_choice
     wire_choice: Any = choice if choice in ("auto", "required", "none") else {
         "type": "function", "function": {"name": choice}}
-    return {"tools": [{"type": "function", "function": {
-        "name": tool.name, "description": tool.description,
-        "parameters": dict(tool.parameters)}} for tool in request.tools],
-        "tool_choice": wire_choice}
+    return {"tools": [tool.as_function() for tool in request.tools], "tool_choice": wire_choice}
 
 
 def _call(call_id: str, name: str, arguments: str) -> ToolCall:
