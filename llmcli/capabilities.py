@@ -17,9 +17,6 @@ class PrefillSupport(StrEnum):
     #: The prefill cannot be honoured; a prompt with one is refused before any request.
     UNSUPPORTED = "unsupported"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 class SchemaSupport(StrEnum):
     """How a model honours a JSON Schema for its reply (``--schema``)."""
@@ -31,9 +28,6 @@ class SchemaSupport(StrEnum):
     VALIDATED = "validated"
     #: A schema cannot be honoured; a prompt with one is refused before any request.
     UNSUPPORTED = "unsupported"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class StopReason(StrEnum):
@@ -53,9 +47,6 @@ class StopReason(StrEnum):
     CONTENT_FILTER = "content_filter"
     #: The model declined to answer.
     REFUSAL = "refusal"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class ReasoningPrefill(StrEnum):
@@ -80,6 +71,3 @@ class ToolSupport(StrEnum):
     GRAMMAR = "grammar"
     #: No tool calling: a prompt with tools is refused before any request.
     NONE = "none"
-
-    def __str__(self) -> str:
-        return self.value

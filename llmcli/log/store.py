@@ -482,18 +482,12 @@ class LogStore:
             where.append("(responses.datetime_utc > ? or (responses.datetime_utc = ? and "
                          "responses.rowid > ?))")
             args += [found[0]["datetime_utc"], found[0]["datetime_utc"], found[0]["rowid"]]
-        if batch_id:
-            where.append("responses.batch_id = ?")
-            args.append(batch_id)
-        if schema_id:
-            where.append("responses.schema_id = ?")
-            args.append(schema_id)
-        if conversation_id:
-            where.append("responses.conversation_id = ?")
-            args.append(conversation_id)
-        if model:
-            where.append("responses.model = ?")
-            args.append(model)
+        equal = {"batch_id": batch_id, "schema_id": schema_id,
+                 "conversation_id": conversation_id, "model": model}
+        for column, value in equal.items():
+            if value:
+                where.append(f"responses.{column} = ?")  # a column name of ours, not input
+                args.append(value)
         if query and query.split():
             where.append(
                 "(responses.rowid in (select rowid from responses_fts "
