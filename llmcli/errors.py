@@ -10,28 +10,28 @@
      ├── LogError                 the log database cannot be opened or written
      ├── ConfigError              a user configuration file is malformed
      ├── PluginError              an installed plugin defines an unknown or malformed hook
- ├── PromptInputError         the prompt command's input or flags cannot be used (binary
- │                            stdin, an empty prompt, flags that exclude each other)
- ├── TemplateError            a template cannot be read, saved or applied
- ├── FragmentError            a fragment (-f) cannot be read
- ├── LogsInputError           bad arguments to ``llmcli logs``
- ├── BatchInputError          the batch input cannot be used (unreadable, not UTF-8, no
- │                            prompt column, duplicate ids, the output is the input)
- ├── InvalidSchemaError       a --schema that is malformed
- ├── SchemaUnsupportedError   a model that cannot honour a schema (or not with this prefill)
- ├── SchemaValidationError    a reply that is not JSON or does not conform to the schema
- ├── ProbeError               an OpenAI-compatible server that could not be probed
- ├── AttachmentError          an attachment (-a) cannot be read, fetched or recognised, or
- │                            is too large or of a type llmcli does not send
- ├── AttachmentUnsupportedError  a model that cannot take an attachment (of that type)
- ├── ToolsUnsupportedError    tools asked of a model that cannot call them
- ├── ToolError                a tool call that could not be answered
- │    ├── UnknownToolError          the model called a tool it was not given
- │    ├── ToolArgumentsError        the call's arguments are not JSON or do not fit
- │    ├── ToolExecutionError        the tool raised
- │    └── ToolResultError           the tool returned something that is not JSON
- ├── ChainLimitError          a tool chain still calling tools at its limit
- ├── ToolDefinitionError      a function or --functions code that cannot be a tool
+     ├── PromptInputError         the prompt command's input or flags cannot be used (binary
+     │                            stdin, an empty prompt, flags that exclude each other)
+     ├── TemplateError            a template cannot be read, saved or applied
+     ├── FragmentError            a fragment (-f) cannot be read
+     ├── LogsInputError           bad arguments to ``llmcli logs``
+     ├── BatchInputError          the batch input cannot be used (unreadable, not UTF-8, no
+     │                            prompt column, duplicate ids, the output is the input)
+     ├── InvalidSchemaError       a --schema that is malformed
+     ├── SchemaUnsupportedError   a model that cannot honour a schema (or not with this prefill)
+     ├── SchemaValidationError    a reply that is not JSON or does not conform to the schema
+     ├── ProbeError               an OpenAI-compatible server that could not be probed
+     ├── AttachmentError          an attachment (-a) cannot be read, fetched or recognised, or
+     │                            is too large or of a type llmcli does not send
+     ├── AttachmentUnsupportedError  a model that cannot take an attachment (of that type)
+     ├── ToolsUnsupportedError    tools asked of a model that cannot call them
+     ├── ToolError                a tool call that could not be answered
+     │    ├── UnknownToolError          the model called a tool it was not given
+     │    ├── ToolArgumentsError        the call's arguments are not JSON or do not fit
+     │    ├── ToolExecutionError        the tool raised
+     │    └── ToolResultError           the tool returned something that is not JSON
+     ├── ChainLimitError          a tool chain still calling tools at its limit
+     ├── ToolDefinitionError      a function or --functions code that cannot be a tool
      └── ProviderError            the backend failed
           ├── ProviderStatusError       the API answered with an HTTP error status
           ├── ProviderTimeoutError      no answer within the time limit
@@ -49,6 +49,13 @@ from __future__ import annotations
 
 class LLMCLIError(Exception):
     """Base class; ``str(error)`` is a single line a user can act on."""
+
+
+def _naming(message: str, alternatives: list[str], verb: str) -> str:
+    """A refusal's sentence, with the models that ``verb`` (can, do) where there are any."""
+    if alternatives:
+        message += f"; models that {verb}: " + ", ".join(alternatives)
+    return message + "."
 
 
 class UnknownModelError(LLMCLIError):
@@ -86,9 +93,7 @@ class PrefillUnsupportedError(LLMCLIError):
         message = f"Model {model_id!r} does not support prefill"
         if reason:
             message += f" ({reason})"
-        if self.alternatives:
-            message += "; models that do: " + ", ".join(self.alternatives)
-        super().__init__(message + ".")
+        super().__init__(_naming(message, self.alternatives, "do"))
 
 
 class OptionsError(LLMCLIError):
@@ -165,16 +170,16 @@ class AttachmentError(LLMCLIError):
 class AttachmentUnsupportedError(LLMCLIError):
     """A model that cannot take an attachment, or not of that type; refused before any
     request (the message names models that can)."""
+
+
 class ToolsUnsupportedError(LLMCLIError):
     """Tools were asked of a model that cannot call them (refused before any request)."""
 
     def __init__(self, model_id: str, alternatives: list[str] | None = None) -> None:
         self.model_id = model_id
         self.alternatives = alternatives or []
-        message = f"Model {model_id!r} cannot call tools"
-        if self.alternatives:
-            message += "; models that can: " + ", ".join(self.alternatives)
-        super().__init__(message + ".")
+        super().__init__(_naming(f"Model {model_id!r} cannot call tools", self.alternatives,
+                                 "can"))
 
 
 class ToolError(LLMCLIError):

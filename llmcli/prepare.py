@@ -9,7 +9,7 @@ models only to name alternatives in an error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -96,28 +96,32 @@ def _usable_now(model: Model) -> bool:
 NATIVE_PREFILL = (PrefillSupport.EATS_PREFIX, PrefillSupport.ECHOES_PREFIX)
 
 
-def _alternatives(exclude: Model) -> list[str]:
-    """Models that take a prefill natively (eats or echoes; emulation is what a strict
-    refusal avoids), for the error that refuses one: those usable now (local, or with a
-    key set) first."""
+def _others_that(can: Callable[[Model], bool], exclude: Model) -> list[str]:
+    """Up to five other registered models that ``can`` (with their default options), for
+    an error that refuses ``exclude``: those usable now (local, or with a key set) first,
+    else in registration order."""
     from llmcli.plugins import registered_models
 
-    native = [m for m in registered_models() if m is not exclude
-              and m.get_prefill_support(m.Options()) in NATIVE_PREFILL]
-    native.sort(key=lambda m: not _usable_now(m))  # stable: registration order otherwise
-    return [m.model_id for m in native[:5]]
+    able = [m for m in registered_models() if m is not exclude and can(m)]
+    able.sort(key=lambda m: not _usable_now(m))  # stable: registration order otherwise
+    return [m.model_id for m in able[:5]]
+
+
+def _alternatives(exclude: Model) -> list[str]:
+    """Models that take a prefill natively (eats or echoes; emulation is what a strict
+    refusal avoids), for the error that refuses one."""
+    return _others_that(lambda m: m.get_prefill_support(m.Options()) in NATIVE_PREFILL,
+                        exclude)
 
 
 def _takers(media_type: str | None, exclude: Model) -> list[str]:
     """Models that take attachments (of ``media_type``; any, for None), for the error that
-    refuses one: those usable now first."""
-    from llmcli.plugins import registered_models
+    refuses one."""
+    def takes(m: Model) -> bool:
+        types = m.get_attachment_types(m.Options())
+        return bool(types) if media_type is None else media_type in types
 
-    takers = [m for m in registered_models() if m is not exclude
-              and (m.get_attachment_types(m.Options()) if media_type is None
-                   else media_type in m.get_attachment_types(m.Options()))]
-    takers.sort(key=lambda m: not _usable_now(m))
-    return [m.model_id for m in takers[:5]]
+    return _others_that(takes, exclude)
 
 
 def _refuse(model: Model, media_type: str | None, takes: frozenset[str]) -> LLMCLIError:
@@ -186,14 +190,12 @@ def _read_again(attachment: Attachment) -> Attachment:
         raise AttachmentError(f"{unstored}, and {attachment.label} has changed since it "
                               "was sent (its sha256 differs)")
     return fresh
-def _tool_alternatives(exclude: Model) -> list[str]:
-    """Models that call tools, for the error that refuses tools: usable ones first."""
-    from llmcli.plugins import registered_models
 
-    able = [m for m in registered_models() if m is not exclude
-            and m.get_tool_support(m.Options()) is not ToolSupport.NONE]
-    able.sort(key=lambda m: not _usable_now(m))
-    return [m.model_id for m in able[:5]]
+
+def _tool_alternatives(exclude: Model) -> list[str]:
+    """Models that call tools, for the error that refuses tools."""
+    return _others_that(lambda m: m.get_tool_support(m.Options()) is not ToolSupport.NONE,
+                        exclude)
 
 
 def _tool_support(model: Model, spec: PromptSpec, options: Options) -> ToolSupport | None:
