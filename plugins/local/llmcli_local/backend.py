@@ -46,6 +46,7 @@ __all__ = [
     "GraphedSingle",
     "KVCache",
     "KeptPrefixes",
+    "LoadedFields",
     "Quantize",
     "Releases",
     "Scores",
@@ -125,6 +126,19 @@ def end_of_turn_ids(declared: Iterable[Any], vocab: Mapping[str, int]) -> frozen
             ids.update(int(c) for c in candidate)
     ids.update(vocab[name] for name in _END_OF_TURN if name in vocab)
     return frozenset(ids)
+
+
+@dataclass
+class LoadedFields:
+    """What every loaded backend holds the same way, read from its model directory: the
+    data half of :class:`Backend` (a backend dataclass adds its model and tokenizer)."""
+
+    vocab: Vocab
+    eos_ids: frozenset[int]
+    device: str
+    dtype: torch.dtype
+    directory: Path
+    context_length: int | None
 
 
 class Cache(Protocol):

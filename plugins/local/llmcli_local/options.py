@@ -90,9 +90,12 @@ class LocalOptions(ReasoningPrefillOption):
     )
     speculative: bool = Field(
         True,
-        description="Lean backend on CPU at full precision, greedy: the model's own int4 "
-        "weights draft a few tokens, one full-precision pass checks them (the same text, "
-        "faster); 0 = one step per token (LLMCLI_LOCAL_DRAFT=none loads no draft)",
+        description="Lean backend on CPU, greedy: a draft proposes a few tokens and one "
+        "pass of the model checks them (the same text, faster), where the scheduler expects "
+        "it to pay; the draft is the model's own int4 weights at full precision, prompt "
+        "lookup (what followed the last tokens earlier in the text) with quantized weights "
+        "or LLMCLI_LOCAL_DRAFT=lookup; 0 = one step per token (LLMCLI_LOCAL_DRAFT=none "
+        "loads no draft)",
     )
     keep_alive: float = Field(
         default_factory=default_keep_alive,

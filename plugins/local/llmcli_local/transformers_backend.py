@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from llmcli.errors import ConfigError
-from llmcli_local.backend import Backend, KVCache, end_of_turn_ids
+from llmcli_local.backend import Backend, KVCache, LoadedFields, end_of_turn_ids
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 
 if TYPE_CHECKING:
@@ -88,17 +88,11 @@ class TransformersScores:
 
 
 @dataclass
-class TransformersBackend:
+class TransformersBackend(LoadedFields):
     #: A transformers ``PreTrainedModel`` (typed Any: transformers' classes are generated).
     model: Any
     #: A transformers tokenizer.
     tokenizer: Any
-    vocab: Vocab
-    eos_ids: frozenset[int]
-    device: str
-    dtype: torch.dtype
-    directory: Path
-    context_length: int | None
     kv_cache: KVCache = "dynamic"
     cuda_graphs: bool = False
     #: Compiled decode steps (CUDA graphs), keyed by static cache length; shared by every

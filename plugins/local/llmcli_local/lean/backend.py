@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from llmcli_local.backend import SpeculationCosts, end_of_turn_ids
+from llmcli_local.backend import LoadedFields, SpeculationCosts, end_of_turn_ids
 from llmcli_local.config import RuntimeConfig
 from llmcli_local.healing import Vocab, token_bytes_from_tokenizer
 from llmcli_local.lean.config import LeanConfig
@@ -70,15 +70,9 @@ class LeanScores:
 
 
 @dataclass
-class LeanBackend:
+class LeanBackend(LoadedFields):
     tokenizer: LeanTokenizer
     decoder: Decoder
-    vocab: Vocab
-    eos_ids: frozenset[int]
-    device: str
-    dtype: torch.dtype
-    directory: Path
-    context_length: int | None
     name: Literal["lean"] = "lean"
     #: The static batch (:mod:`llmcli_local.lean.static`): a preallocated KV pool and CUDA
     #: graphs for batched steps; None: batches step through ``Decoder.step_batch``. On by
