@@ -9,6 +9,15 @@ from typing import Any
 
 import pytest
 
+
+@pytest.fixture(autouse=True)
+def _speculation_uncalibrated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a step does must not depend on how long it took: the speculation policy weighs
+    proposals with the cost fits alone here (tests of the calibration turn it back on with a
+    fake clock: test_speculative.py)."""
+    monkeypatch.setattr("llmcli_local.speculation.CALIBRATE", False)
+
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

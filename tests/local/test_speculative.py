@@ -362,3 +362,90 @@ def test_a_quantized_model_speculates_by_lookup(tiny_model_dir: Path, scheme: st
         assert [t for t, _ in results] == alone
     finally:
         loader.unload_all()
+
+
+def test_calibration_measures_the_passes_and_scales_the_fits() -> None:
+    """The costs the policy weighs are the fits times what this machine measured: seconds
+    per unit from plain steps, then how much dearer verification passes and draft steps
+    are; until a kind of step has been timed a few times, the fits hold."""
+    from llmcli_local.backend import SpeculationCosts
+    from llmcli_local.speculation import CALIBRATION_ROUNDS, REMEASURE, Calibration
+
+    fits = SpeculationCosts(step_base=1.0, step_per_row=0.03, verify_base=0.75,
+                            verify_per_row=0.05, verify_per_token=0.02, draft_base=0.15,
+                            draft_per_row=0.059)
+    measure = Calibration()
+    assert measure.must_step_plainly()  # nothing timed yet: the unit first
+    measure.plain(0.010, fits.step(1), could_speculate=True)
+    assert measure.unit == pytest.approx(0.010)
+    assert not measure.must_step_plainly()
+    verify = (2 * 0.010 * fits.verify(1, 5), fits.verify(1, 5))  # twice the fits
+    draft = (3 * 0.010 * 4 * fits.draft(1), 4 * fits.draft(1))  # three times
+    for _ in range(CALIBRATION_ROUNDS - 1):
+        measure.speculated(True, verify, draft)
+        assert measure.costs(fits, True) is fits
+    measure.speculated(True, verify, draft)
+    assert measure.calibrated(True) and not measure.calibrated(False)
+    assert measure.costs(fits, False) is fits
+    costs = measure.costs(fits, True)
+    assert 1.5 < measure.verify[True] < 2 and 2 < measure.draft[True] < 3
+    assert costs.verify(1, 5) == pytest.approx(fits.verify(1, 5) * measure.verify[True])
+    assert costs.draft(1) == pytest.approx(fits.draft(1) * measure.draft[True])
+    assert costs.step(1) == 1.0
+    # The unit is timed again now and then, and scales drift back towards the fits while
+    # the policy steps plainly.
+    for _ in range(REMEASURE - CALIBRATION_ROUNDS):
+        measure.speculated(True, verify, draft)
+    assert measure.must_step_plainly()
+    before = measure.draft[True]
+    measure.plain(0.010, fits.step(1), could_speculate=True)
+    assert not measure.must_step_plainly()
+    assert 1.0 < measure.draft[True] < before
+
+
+@pytest.mark.parametrize(("draft_steps", "pays"), [(0.05, True), (5.0, False)])
+@pytest.mark.usefixtures("model_draft_only")
+def test_a_lone_row_speculates_while_its_measured_draft_pays(
+        tiny: Any, monkeypatch: pytest.MonkeyPatch, draft_steps: float, pays: bool) -> None:
+    """On a machine where the draft's step costs a twentieth of the model's, a lone call
+    keeps speculating; where it costs five steps, the call soon steps plainly: speculation
+    never costs a user time it does not save. The text is the model's own either way.
+    (Time is a fake clock here: a plain step takes 1 s, a pass what the fits say, a draft
+    step ``draft_steps`` seconds.)"""
+    from llmcli_local import speculation
+
+    monkeypatch.setattr(speculation, "CALIBRATE", True)
+    model = without_eos(tiny)
+    want, plain = _run(model, "Hi", "def quicksor", max_tokens=60, speculative=False)
+    backend = _with_draft(model, _perfect(model))
+    now = [0.0]
+    speculation.calibration(backend).clock = lambda: now[0]
+    fits = backend.speculation_costs
+    step, verify_batch, propose = backend.step, backend.verify_batch, speculation._propose
+
+    def timed_step(cache: Any, token: int) -> Any:
+        now[0] += 1.0
+        return step(cache, token)
+
+    def timed_verify(caches: Any, runs: Any) -> Any:
+        now[0] += fits.verify(len(runs), sum(map(len, runs)))
+        return verify_batch(caches, runs)
+
+    def timed_propose(rows: Any) -> None:
+        propose(rows)
+        now[0] += draft_steps * max((len(r.proposals) for r in rows), default=0)
+
+    object.__setattr__(backend, "step", timed_step)
+    object.__setattr__(backend, "verify_batch", timed_verify)
+    monkeypatch.setattr(speculation, "_propose", timed_propose)
+    got, usage = _run(backend, "Hi", "def quicksor", max_tokens=60)
+    assert got == want
+    details = usage.details
+    assert details["draft_accepted"] == details["draft_tokens"] > 0
+    timing = speculation.CALIBRATION_ROUNDS * speculation.DRAFT_MAX
+    if pays:
+        assert details["draft_tokens"] > timing
+        assert details["forward_passes"] < plain.details["forward_passes"] // 2
+    else:
+        # The first step times the unit, a few rounds time the draft, then plain steps.
+        assert details["draft_tokens"] <= timing

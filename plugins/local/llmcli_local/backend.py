@@ -20,7 +20,7 @@ all call it. Cheap to import: no torch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -384,6 +384,16 @@ class SpeculationCosts:
 
     def draft(self, rows: int) -> float:
         return self.draft_base + self.draft_per_row * rows
+
+    def scaled(self, verify: float, draft: float) -> SpeculationCosts:
+        """These costs with the verification pass's terms times ``verify`` and the draft's
+        times ``draft`` (what :class:`llmcli_local.speculation.Calibration` measured)."""
+        return replace(self, verify_base=self.verify_base * verify,
+                       verify_per_row=self.verify_per_row * verify,
+                       verify_per_token=self.verify_per_token * verify,
+                       past_knee=self.past_knee * verify,
+                       draft_base=self.draft_base * draft,
+                       draft_per_row=self.draft_per_row * draft)
 
 
 @runtime_checkable

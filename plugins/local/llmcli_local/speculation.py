@@ -31,7 +31,9 @@ its output:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +52,9 @@ from llmcli_local.backend import (
 if TYPE_CHECKING:
     from llmcli_local.decode import Decoding
 
-__all__ = ["DRAFT_CATCH_UP", "DRAFT_MAX", "DRAFT_REPAY", "DRAFT_START", "LOOKUP",
-           "LOOKUP_NGRAM", "MODEL", "Policy", "Row", "Speculation", "eligible", "expected",
-           "lookup", "step"]
+__all__ = ["CALIBRATE", "DRAFT_CATCH_UP", "DRAFT_MAX", "DRAFT_REPAY", "DRAFT_START",
+           "LOOKUP", "LOOKUP_NGRAM", "MODEL", "Calibration", "Policy", "Row", "Speculation",
+           "calibration", "eligible", "expected", "lookup", "step"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,106 @@ RECOVER = 0.02
 CURRENT = 2
 #: Where a row's proposals come from.
 MODEL, LOOKUP = "model", "lookup"
+#: Calibrate the cost fits while running (:class:`Calibration`); tests of the mechanism
+#: turn it off, so that what a step does does not depend on how long it took.
+CALIBRATE = True
+#: The weight of each measurement in its running estimate.
+CALIBRATION_WEIGHT = 0.2
+#: A kind of step (one row, several) takes the fits' word until its proposals' passes were
+#: timed this many times: until then it speculates as the fits say (a lone row: always).
+CALIBRATION_ROUNDS = 4
+#: Of the steps that would speculate, one in this many steps plainly, so that the plain
+#: step's time (the unit every cost is weighed in) stays measured.
+REMEASURE = 32
+#: Each plain step taken while rows could have speculated moves the measured scales back
+#: towards the fits by this weight, so that a spell of load that made proposals look dear
+#: does not stop speculation for good.
+CALIBRATION_RECOVER = 0.02
+
+
+@dataclass
+class Calibration:
+    """What one backend's passes cost on this machine, as it runs: seconds per unit of the
+    fits (:class:`~llmcli_local.backend.SpeculationCosts`, measured elsewhere and for one
+    model) from its plain steps, and for one row and for several, how much dearer (or
+    cheaper) than the fits say its verification passes and its draft's steps are.
+
+    The fits were measured on one CPU, with one model, one thread count and one load; a
+    user's machine differs (two threads against one: the draft's int4 kernel gains less
+    than the full-precision step from the second thread; other processes; a GPU). The
+    policy weighs proposals with the fits times these scales, so speculation stops where it
+    costs more time than it saves, and goes on where it pays."""
+
+    clock: Callable[[], float] = time.perf_counter
+    #: Seconds per unit of the fits (a one-row plain step is 1), from plain steps.
+    unit: float | None = None
+    #: Measured over modelled cost of verification passes and of the draft's steps, for a
+    #: lone row (True) and for several (False).
+    verify: dict[bool, float] = field(default_factory=lambda: {True: 1.0, False: 1.0})
+    draft: dict[bool, float] = field(default_factory=lambda: {True: 1.0, False: 1.0})
+    #: Timed rounds with proposals, per kind.
+    rounds: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    #: Steps with proposals since the last plain one.
+    since_plain: int = 0
+
+    def calibrated(self, lone: bool) -> bool:
+        """Whether steps of this kind weigh proposals with measured costs yet."""
+        return self.unit is not None and self.rounds[lone] >= CALIBRATION_ROUNDS
+
+    def costs(self, fits: SpeculationCosts, lone: bool) -> SpeculationCosts:
+        """``fits`` as measured here (``fits`` itself until :meth:`calibrated`)."""
+        if not self.calibrated(lone):
+            return fits
+        return fits.scaled(self.verify[lone], self.draft[lone])
+
+    def must_step_plainly(self) -> bool:
+        """Whether this step, which would speculate, steps plainly to time the unit."""
+        return self.unit is None or self.since_plain >= REMEASURE
+
+    def plain(self, seconds: float, units: float, could_speculate: bool) -> None:
+        """A plain step of ``units`` (the fits' ``step(rows)``) took ``seconds``."""
+        self.since_plain = 0
+        self.unit = _follow(self.unit, seconds / units)
+        if could_speculate:
+            for scales in (self.verify, self.draft):
+                for lone, scale in scales.items():
+                    scales[lone] = scale + CALIBRATION_RECOVER * (1.0 - scale)
+
+    def speculated(self, lone: bool, verify: tuple[float, float],
+                   draft: tuple[float, float] | None) -> None:
+        """A step with proposals: its pass took ``verify[0]`` seconds for ``verify[1]``
+        units of the fits, its draft ``draft[0]`` for ``draft[1]`` (None: a lookup)."""
+        self.since_plain += 1
+        if self.unit is None:
+            return
+        self.rounds[lone] += 1
+        seconds, units = verify
+        self.verify[lone] = _follow(self.verify[lone], seconds / (units * self.unit))
+        if draft is not None and draft[1] > 0:
+            seconds, units = draft
+            self.draft[lone] = _follow(self.draft[lone], seconds / (units * self.unit))
+
+
+def _follow(estimate: float | None, measured: float) -> float:
+    if estimate is None:
+        return measured
+    return estimate + CALIBRATION_WEIGHT * (measured - estimate)
+
+
+#: Each drafting backend's calibration by the backend's id, for as long as the backend
+#: lives (backends are dataclasses, compared by value, so not hashable; variants of one
+#: loaded model are backends of their own: their weights differ, and so do their costs).
+_calibrations: dict[int, Calibration] = {}
+
+
+def calibration(backend: Drafting[Any]) -> Calibration:
+    """``backend``'s :class:`Calibration` (one per backend, kept across calls)."""
+    key = id(backend)
+    found = _calibrations.get(key)
+    if found is None:
+        found = _calibrations[key] = Calibration()
+        weakref.finalize(backend, _calibrations.pop, key, None)
+    return found
 
 
 @dataclass
@@ -210,8 +312,10 @@ class Policy:
     speculated: int = 0
     plain: int = 0
 
-    def decide(self, rows: Sequence[Row], costs: SpeculationCosts) -> None:
-        """Set ``count`` and ``source`` of each row (``count`` 0: it steps plainly)."""
+    def decide(self, rows: Sequence[Row], costs: SpeculationCosts,
+               measured: bool = False) -> None:
+        """Set ``count`` and ``source`` of each row (``count`` 0: it steps plainly).
+        ``measured``: ``costs`` are this machine's (:class:`Calibration`), not the fits."""
         for row in rows:
             row.count, row.source = 0, ""
         candidates = [r for r in rows if eligible(r.sequence)]
@@ -223,9 +327,14 @@ class Policy:
             # after a round taken whole, one more than kept after one that was not): what
             # the cost fits would choose gained less (1.40x the plain loop against 1.99x,
             # docs/benchmarks.md): they under-state how little a lone row's pass costs.
+            # Once its costs are measured here, only while that count pays: on a machine
+            # where the draft is dear, or on text it guesses badly, the row steps plainly
+            # (or takes a lookup's proposals, below).
             row = rows[0]
-            row.count, row.source = _limit(row, DRAFT_MAX, MODEL), MODEL
-            return
+            count = _limit(row, DRAFT_MAX, MODEL)
+            if not measured or _pays(row, count, costs):
+                row.count, row.source = count, MODEL
+                return
         best_rate = n / costs.step(n) * (1 + costs.margin)
         best: tuple[str, list[Row], int] | None = None
         for source in (MODEL, LOOKUP):
@@ -252,6 +361,15 @@ class Policy:
                 spec = row.sequence.speculation
                 assert spec is not None
                 spec.idle()
+
+
+def _pays(row: Row, count: int, costs: SpeculationCosts) -> bool:
+    """Whether a lone row's ``count`` proposals from its model draft are expected to give
+    more tokens per unit of time than its plain step."""
+    spec = row.sequence.speculation
+    assert spec is not None
+    cost = costs.verify(1, 1 + count) + count * costs.draft(1)
+    return expected(spec.rate, count) / cost > 1 + costs.margin
 
 
 def _current(row: Row) -> bool:
@@ -290,38 +408,79 @@ def step(backend: Backend[Any], rows: Sequence[Row], policy: Policy | None = Non
     ``single``: a lone row steps through ``step_batch`` too (a CUDA graph of one row)."""
     policy = policy if policy is not None else Policy()
     drafting = backend if isinstance(backend, Drafting) else None
-    if drafting is not None:
-        for row in rows:  # a lookup costs nothing: what it finds first, then the decision
-            if eligible(row.sequence):
-                row.found = lookup([*row.sequence.cache.ids, row.token], DRAFT_MAX)
-        policy.decide(rows, drafting.speculation_costs)
-        _propose([r for r in rows if r.count and r.source == MODEL])
-        for row in rows:
-            if row.count and row.source == LOOKUP:
-                row.proposals = row.found[:row.count]
-    with torch.inference_mode():
-        if drafting is None or not any(row.proposals for row in rows):
-            policy.plain += 1
+    if drafting is None:
+        policy.plain += 1
+        with torch.inference_mode():
             _plain(backend, rows, single)
+        return
+    lone = len(rows) == 1
+    fits = drafting.speculation_costs
+    measure = calibration(drafting) if CALIBRATE else None
+    could = False
+    for row in rows:  # a lookup costs nothing: what it finds first, then the decision
+        if eligible(row.sequence):
+            could = True
+            row.found = lookup([*row.sequence.cache.ids, row.token], DRAFT_MAX)
+    if measure is None:
+        policy.decide(rows, fits)
+    else:
+        policy.decide(rows, measure.costs(fits, lone), measured=measure.calibrated(lone))
+        if any(row.count for row in rows) and measure.must_step_plainly():
+            for row in rows:
+                row.count, row.source = 0, ""
+    clock = measure.clock if measure is not None else time.perf_counter
+    began = clock()
+    drafted = [r for r in rows if r.count and r.source == MODEL]
+    _propose(drafted)
+    for row in rows:
+        if row.count and row.source == LOOKUP:
+            row.proposals = row.found[:row.count]
+    proposed = clock()
+    with torch.inference_mode():
+        if not any(row.proposals for row in rows):
+            policy.plain += 1
+            logits = _plain(backend, rows, single)
+            if measure is not None:
+                _synchronize(logits)
+                measure.plain(clock() - proposed, fits.step(len(rows)), could)
             return
         policy.speculated += 1
         runs = [[row.token, *row.proposals] for row in rows]
         outputs = drafting.verify_batch([row.sequence.cache for row in rows], runs)
+        if measure is not None:
+            _synchronize(outputs[-1])
+            verified = clock()
+            draft = None
+            if drafted:
+                steps = max(len(r.proposals) for r in drafted)
+                draft = (proposed - began, steps * fits.draft(len(drafted)))
+            measure.speculated(lone, (verified - proposed,
+                                            fits.verify(len(rows), sum(map(len, runs)))), draft)
         for row, logits in zip(rows, outputs, strict=True):
             _apply(backend, row, logits)
 
 
-def _plain(backend: Backend[Any], rows: Sequence[Row], single: bool) -> None:
+def _synchronize(tensor: torch.Tensor) -> None:
+    """Wait for ``tensor``'s kernels (a GPU runs them after the call returns), so that a
+    timed pass is the pass."""
+    if tensor.device.type == "cuda":
+        torch.cuda.synchronize(tensor.device)
+
+
+def _plain(backend: Backend[Any], rows: Sequence[Row], single: bool) -> torch.Tensor:
+    """One step of ``rows`` without proposals; the logits it gave."""
     if len(rows) == 1 and not single:
         # One row: the unbatched step, so a lone call is exactly the plain loop's.
         row = rows[0]
-        row.sequence.stepped(backend.step(row.sequence.cache, row.token))
-        return
+        logits = backend.step(row.sequence.cache, row.token)
+        row.sequence.stepped(logits)
+        return logits
     assert isinstance(backend, BatchStep)
     logits = backend.step_batch([row.sequence.cache for row in rows],
                                 [row.token for row in rows])
     for index, row in enumerate(rows):
         row.sequence.stepped(logits[index])
+    return logits
 
 
 def _apply(backend: Backend[Any], row: Row, logits: torch.Tensor) -> None:
