@@ -1,5 +1,6 @@
 # The public API, in one place: type checkers read these imports, and llmcli/__init__.py
 # builds its lazy exports and __all__ from them (PEP 562). Add a public name here only.
+from llmcli.api import get_async_model as get_async_model
 from llmcli.api import get_default_model as get_default_model
 from llmcli.api import get_model as get_model
 from llmcli.api import get_models as get_models
@@ -8,7 +9,10 @@ from llmcli.attachments import Attachment as Attachment
 from llmcli.capabilities import PrefillSupport as PrefillSupport
 from llmcli.capabilities import SchemaSupport as SchemaSupport
 from llmcli.capabilities import ToolSupport as ToolSupport
+from llmcli.chain import AsyncChainResponse as AsyncChainResponse
 from llmcli.chain import ChainResponse as ChainResponse
+from llmcli.contract import AsyncConversation as AsyncConversation
+from llmcli.contract import AsyncModel as AsyncModel
 from llmcli.contract import Model as Model
 from llmcli.errors import AttachmentError as AttachmentError
 from llmcli.errors import AttachmentUnsupportedError as AttachmentUnsupportedError
@@ -41,6 +45,7 @@ from llmcli.request import PrefillSent as PrefillSent
 from llmcli.request import Request as Request
 from llmcli.request import Usage as Usage
 from llmcli.request import emulation_instruction as emulation_instruction
+from llmcli.response import AsyncResponse as AsyncResponse
 from llmcli.response import Conversation as Conversation
 from llmcli.response import Response as Response
 from llmcli.spec import PromptSpec as PromptSpec

@@ -15,8 +15,8 @@ from typing import Any
 
 from llmcli import config
 from llmcli.attachments import Attachment
-from llmcli.chain import ChainResponse
-from llmcli.contract import Model
+from llmcli.chain import ChainResponse, ChainSettings
+from llmcli.contract import AsyncModel, Model
 from llmcli.errors import ConfigError, OptionsError, UnknownModelError
 from llmcli.plugins import load_plugins, registered_models, registered_tools
 from llmcli.prepare import prepare_attachments, prepare_response, resolve_key, validate_options
@@ -25,9 +25,9 @@ from llmcli.response import Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 from llmcli.tools import Tool
 
-__all__ = ["get_models", "get_model", "get_default_model", "prompt", "validate_options",
-           "resolve_key", "key_is_set", "load_conversation", "continue_reply", "Logger",
-           "PromptSpec", "check_attachment"]
+__all__ = ["get_models", "get_model", "get_async_model", "get_default_model", "prompt",
+           "validate_options", "resolve_key", "key_is_set", "load_conversation",
+           "continue_reply", "Logger", "PromptSpec", "check_attachment"]
 
 #: Preferred default when the user has not chosen one: the offline local model.
 FALLBACK_DEFAULT = "smollm2"
@@ -66,6 +66,13 @@ def get_model(name: str | None = None) -> Model:
     if not suggestions:
         suggestions = [n for n in all_names if lowered in n.lower()][:3]
     raise UnknownModelError(name, suggestions)
+
+
+def get_async_model(name: str | None = None) -> AsyncModel:
+    """The model with this id or alias (the default model when None), as
+    :func:`get_model` finds it, for an event loop: ``await model.prompt(...)``,
+    ``async for chunk in model.prompt(...)`` (:class:`~llmcli.contract.AsyncModel`)."""
+    return AsyncModel(get_model(name))
 
 
 def get_default_model() -> Model:
@@ -149,10 +156,13 @@ def continue_reply(conversation: Conversation | str | None = None, /, *,
     from llmcli.errors import ConversationError
     from llmcli.record import continuable
 
-    if isinstance(conversation, Conversation) and conversation.responses:
+    last_here = (conversation.responses[-1] if isinstance(conversation, Conversation)
+                 and conversation.responses else None)
+    if isinstance(last_here, Response):
+        assert isinstance(conversation, Conversation)
         if model is not None:
             conversation.model = model if isinstance(model, Model) else get_model(model)
-        return conversation.responses[-1].continue_reply(**fields)
+        return last_here.continue_reply(**fields)
     wanted = conversation.id if isinstance(conversation, Conversation) else conversation
     cid, row, records = _logged(wanted)
     last = next((r for r in reversed(records) if r.status != "pending"), None)
@@ -220,4 +230,5 @@ def chain(model: Model, spec: PromptSpec, /, **settings: Any) -> ChainResponse:
     ``chain_limit``, ``prefill_final``, ``before_call``, ``after_call``), with the model's
     stored default options beneath the spec's, as :func:`prompt` does."""
     defaults = config.load_model_options().get(model.model_id, {})
-    return ChainResponse(model, spec.replace(options={**defaults, **spec.options}), **settings)
+    return ChainResponse(model, spec.replace(options={**defaults, **spec.options}),
+                         ChainSettings(**settings))

@@ -2,7 +2,9 @@
 
 A backend subclasses :class:`Model`, declares what it can do (prefill capability, streaming,
 the key it needs, its ``Options``) and implements :meth:`Model.execute`, a generator that
-yields text chunks and, when it knows them, :class:`Usage` and :class:`PrefillSent` events.
+yields text chunks and, when it knows them, :class:`Usage` and :class:`PrefillSent` events;
+optionally :meth:`Model.execute_async`, the same events from an async generator (by default,
+``execute`` run on a worker thread). :class:`AsyncModel` is a model's asynchronous face.
 Everything else (capability checks, keys, normalization, logging) happens in the core:
 :func:`llmcli.prepare.prepare_response` makes every check that needs no network, then a
 :class:`~llmcli.response.Response` runs ``execute`` through the normalizer and hands its
@@ -15,39 +17,110 @@ The data a backend is handed and yields (:class:`Request`, :class:`Usage`, ...) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import llmcli.request as _request
 from llmcli.attachments import Attachment
+from llmcli.bridge import iterate_on_thread
 from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, ToolSupport
-from llmcli.chain import DEFAULT_CHAIN_LIMIT, AfterCall, BeforeCall, ChainResponse
-from llmcli.prepare import prepare_response
-from llmcli.request import (
-    Chunk,
-    KeySpec,
-    Options,
-    PrefillSent,
-    Reasoning,
-    ReasoningPrefillOption,
-    Request,
-    StrList,
-    ToolCall,
-    ToolResult,
-    Usage,
-    emulation_instruction,
+from llmcli.chain import (
+    DEFAULT_CHAIN_LIMIT,
+    AfterCall,
+    AsyncChainResponse,
+    BeforeCall,
+    ChainResponse,
+    ChainSettings,
 )
-from llmcli.response import Conversation, Response
+from llmcli.prepare import prepare_async_response, prepare_response
+from llmcli.request import *  # noqa: F403 - the data a plugin is handed, in one import
+from llmcli.request import Chunk, KeySpec, Options, Request, ToolResult
+from llmcli.response import AsyncResponse, Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 from llmcli.tools import Tool
 
-__all__ = ["Chunk", "KeySpec", "Model", "Options", "PrefillSent", "Reasoning",
-           "ReasoningPrefillOption", "Request", "StrList", "ToolCall", "ToolResult", "Usage",
-           "concurrency_limit", "emulation_instruction"]
+__all__ = ["AsyncConversation", "AsyncModel", "Model", "chain_spec", "concurrency_limit",
+           "has_native_async", "prompt_spec"]
+__all__ += _request.__all__
 
 #: What ``tools=`` accepts: Tool objects and plain functions.
 ToolLike = Tool | Callable[..., Any]
 
 BaseOptions = Options
+
+_P = ParamSpec("_P")
+_S = TypeVar("_S")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def prompt_spec(
+    prompt: str,
+    *,
+    system: str | None = None,
+    prefill: str | None = None,
+    stream: bool = True,
+    key: str | None = None,
+    log: bool | Logger = True,
+    conversation: Conversation | None = None,
+    schema: dict[str, Any] | str | None = None,
+    grammar: str | None = None,
+    attachments: Iterable[Attachment] = (),
+    store_attachments: bool = False,
+    continues: str | None = None,
+    tools: Iterable[ToolLike] = (),
+    tool_results: Iterable[ToolResult] = (),
+    tool_choice: str = "auto",
+    **options: Any,
+) -> PromptSpec:
+    """The :class:`~llmcli.spec.PromptSpec` that ``model.prompt(...)``'s keywords make (the
+    same for a :class:`Model` and an :class:`AsyncModel`): the keywords are its fields, the
+    rest are the model's options."""
+    return PromptSpec(
+        prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
+        conversation=conversation, options=options, schema=schema, grammar=grammar,
+        attachments=tuple(attachments), store_attachments=store_attachments,
+        continues=continues,
+        tools=tuple(tools), tool_results=tuple(tool_results),  # type: ignore[arg-type]
+        tool_choice=tool_choice)
+
+
+def chain_spec(
+    prompt: str,
+    *,
+    chain_limit: int | None = DEFAULT_CHAIN_LIMIT,
+    prefill_final: str | None = None,
+    before_call: BeforeCall | None = None,
+    after_call: AfterCall | None = None,
+    **fields: Any,
+) -> tuple[PromptSpec, ChainSettings]:
+    """What ``model.chain(...)``'s keywords make: the first turn's spec (``fields`` as for
+    :func:`prompt_spec`: ``tools``, ``system``, ``prefill``, the model's options...) and the
+    chain's own settings."""
+    return prompt_spec(prompt, **fields), ChainSettings(
+        chain_limit=chain_limit, prefill_final=prefill_final, before_call=before_call,
+        after_call=after_call)
+
+
+def _keywords_of(build: Callable[_P, _T]) -> Callable[
+        [Callable[[_S, _T], _R]], Callable[Concatenate[_S, _P], _R]]:
+    """A method that takes what ``build`` makes, called with ``build``'s parameters: the
+    keyword list is written once (in ``build``) for every method that takes it."""
+    def decorate(method: Callable[[_S, _T], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(method)
+        def taking(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            return method(self, build(*args, **kwargs))
+
+        own = inspect.signature(build)
+        first = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        taking.__signature__ = own.replace(  # type: ignore[attr-defined]
+            parameters=[first, *own.parameters.values()],
+            return_annotation=inspect.signature(method).return_annotation)
+        taking.__doc__ = method.__doc__
+        return taking
+    return decorate
 
 
 class Model:
@@ -128,75 +201,115 @@ class Model:
         """
         raise NotImplementedError
 
+    async def execute_async(self, request: Request) -> AsyncIterator[Chunk]:
+        """The events of :meth:`execute`, for an event loop (what an
+        :class:`~llmcli.response.AsyncResponse` reads). By default ``execute`` runs on a
+        worker thread of its own, its events handed over as they come; a backend with an
+        asynchronous client overrides this so that a request holds no thread while it
+        waits. The same events, the same errors."""
+        async for event in iterate_on_thread(lambda: self.execute(request),
+                                             name=f"llmcli-{self.model_id}"):
+            yield event
+
+    def native_async(self) -> bool:
+        """Whether :meth:`execute_async` is the backend's own (see
+        :func:`has_native_async`); a template that falls back to the default says so."""
+        return type(self).execute_async is not Model.execute_async
+
     # -- user API ------------------------------------------------------------------------
 
-    def prompt(
-        self,
-        prompt: str,
-        *,
-        system: str | None = None,
-        prefill: str | None = None,
-        stream: bool = True,
-        key: str | None = None,
-        log: bool | Logger = True,
-        conversation: Conversation | None = None,
-        schema: dict[str, Any] | str | None = None,
-        grammar: str | None = None,
-        attachments: Iterable[Attachment] = (),
-        store_attachments: bool = False,
-        continues: str | None = None,
-        tools: Iterable[ToolLike] = (),
-        tool_results: Iterable[ToolResult] = (),
-        tool_choice: str = "auto",
-        **options: Any,
-    ) -> Response:
+    @_keywords_of(prompt_spec)
+    def prompt(self, spec: PromptSpec) -> Response:
         """Prepare a response (see :func:`llmcli.prepare.prepare_response`); nothing is
-        sent yet. The keywords are the :class:`~llmcli.spec.PromptSpec` fields; the rest are
-        this model's options. With ``tools``, the reply may call them
-        (``response.tool_calls()``); :meth:`chain` also runs them."""
-        return prepare_response(self, PromptSpec(
-            prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
-            conversation=conversation, options=options, schema=schema, grammar=grammar,
-            attachments=tuple(attachments), store_attachments=store_attachments,
-            continues=continues,
-            tools=tuple(tools), tool_results=tuple(tool_results),  # type: ignore[arg-type]
-            tool_choice=tool_choice))
+        sent yet. The keywords are the :class:`~llmcli.spec.PromptSpec` fields
+        (:func:`prompt_spec`); the rest are this model's options. With ``tools``, the reply
+        may call them (``response.tool_calls()``); :meth:`chain` also runs them."""
+        return prepare_response(self, spec)
 
-    def chain(
-        self,
-        prompt: str,
-        *,
-        tools: Iterable[ToolLike] = (),
-        tool_choice: str = "auto",
-        chain_limit: int | None = DEFAULT_CHAIN_LIMIT,
-        prefill_final: str | None = None,
-        before_call: BeforeCall | None = None,
-        after_call: AfterCall | None = None,
-        system: str | None = None,
-        prefill: str | None = None,
-        stream: bool = True,
-        key: str | None = None,
-        log: bool | Logger = True,
-        conversation: Conversation | None = None,
-        **options: Any,
-    ) -> ChainResponse:
+    @_keywords_of(chain_spec)
+    def chain(self, made: tuple[PromptSpec, ChainSettings]) -> ChainResponse:
         """Prompt with ``tools`` and run the calls the model makes, sending each turn's
         results back, until a reply calls no tool (see :class:`llmcli.chain.ChainResponse`).
         ``chain_limit`` bounds the responses (None: no limit); ``prefill`` starts the first
         turn, ``prefill_final`` each turn after a tool result; ``tool_choice`` holds for the
-        first turn (the later ones may answer in text)."""
-        spec = PromptSpec(
-            prompt, system=system, prefill=prefill, stream=stream, key=key, log=log,
-            conversation=conversation, options=options,
-            tools=tuple(tools), tool_choice=tool_choice)  # type: ignore[arg-type]
-        return ChainResponse(self, spec, chain_limit=chain_limit, prefill_final=prefill_final,
-                             before_call=before_call, after_call=after_call)
+        first turn (the later ones may answer in text). The other keywords are
+        :meth:`prompt`'s (:func:`chain_spec`)."""
+        spec, settings = made
+        return ChainResponse(self, spec, settings)
 
     def conversation(self) -> Conversation:
         return Conversation(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_id!r}>"
+
+
+def has_native_async(model: Model) -> bool:
+    """Whether ``model``'s requests hold no thread while they wait (its own
+    ``execute_async``), rather than running ``execute`` on a worker thread."""
+    return model.native_async()
+
+
+class AsyncModel:
+    """A model's asynchronous face (:func:`llmcli.get_async_model`): ``prompt`` takes the
+    same keywords as :meth:`Model.prompt` and makes the same checks before any request, and
+    returns an :class:`~llmcli.response.AsyncResponse`; ``chain`` an
+    :class:`~llmcli.chain.AsyncChainResponse`. Everything else is the model's."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def __getattr__(self, name: str) -> Any:
+        # Capabilities, options, aliases: the model's own.
+        return getattr(self.model, name)
+
+    @_keywords_of(prompt_spec)
+    def prompt(self, spec: PromptSpec) -> AsyncResponse:
+        """Prepare an asynchronous response (the checks of :meth:`Model.prompt`, before any
+        request); nothing is sent until it is awaited or iterated with ``async for``."""
+        return prepare_async_response(self.model, spec)
+
+    @_keywords_of(chain_spec)
+    def chain(self, made: tuple[PromptSpec, ChainSettings]) -> AsyncChainResponse:
+        """:meth:`Model.chain` for an event loop: ``await`` it or ``async for`` over it;
+        a tool may be an ``async def`` function (a plain one runs on a worker thread)."""
+        spec, settings = made
+        return AsyncChainResponse(self.model, spec, settings)
+
+    def conversation(self, conversation: Conversation | None = None) -> AsyncConversation:
+        """A new conversation, or ``conversation`` (one :func:`llmcli.load_conversation`
+        read from the log, say) continued asynchronously."""
+        return AsyncConversation(self, conversation or Conversation(self.model))
+
+    def __repr__(self) -> str:
+        return f"<AsyncModel {self.model_id!r}>"
+
+
+class AsyncConversation:
+    """A :class:`~llmcli.response.Conversation` prompted through an :class:`AsyncModel`:
+    each prompt carries the earlier turns (await each response before the next prompt)."""
+
+    def __init__(self, model: AsyncModel, conversation: Conversation) -> None:
+        self.model = model
+        self.conversation = conversation
+
+    @property
+    def id(self) -> str:
+        return self.conversation.id
+
+    @property
+    def responses(self) -> list[Any]:
+        return self.conversation.responses
+
+    def prompt(self, prompt: str, **kwargs: Any) -> AsyncResponse:
+        return self.model.prompt(prompt, conversation=self.conversation, **kwargs)
+
+    def chain(self, prompt: str, **kwargs: Any) -> AsyncChainResponse:
+        return self.model.chain(prompt, conversation=self.conversation, **kwargs)
 
 
 def concurrency_limit(model: Model) -> int | None:

@@ -6,58 +6,35 @@ from here): the plugin contract (:mod:`llmcli.contract`, with the data of
 
 from __future__ import annotations
 
+import llmcli.request as _request
 from llmcli.attachments import Attachment
-from llmcli.chain import ChainResponse
-
-# The request data (Request, Usage, Options, ...) as the contract re-exports it.
+from llmcli.chain import AsyncChainResponse, ChainResponse
 from llmcli.contract import (
+    AsyncConversation,
+    AsyncModel,
     BaseOptions,
-    Chunk,
-    KeySpec,
     Model,
-    Options,
-    PrefillSent,
-    Reasoning,
-    ReasoningPrefillOption,
-    Request,
-    StrList,
-    Usage,
+    chain_spec,
     concurrency_limit,
-    emulation_instruction,
+    has_native_async,
+    prompt_spec,
 )
-from llmcli.prepare import NATIVE_PREFILL, prepare_response, resolve_key, validate_options
-from llmcli.record import Message, ResponseRecord, ToolCall, ToolResult
-from llmcli.response import Conversation, Response
+from llmcli.prepare import (
+    NATIVE_PREFILL,
+    prepare_async_response,
+    prepare_response,
+    resolve_key,
+    validate_options,
+)
+from llmcli.record import Message, ResponseRecord
+from llmcli.request import *  # noqa: F403 - the data core and backend exchange, as before
+from llmcli.response import AsyncResponse, Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 from llmcli.tools import Tool
 
-__all__ = [
-    "Attachment",
-    "NATIVE_PREFILL",
-    "BaseOptions",
-    "ChainResponse",
-    "Chunk",
-    "Conversation",
-    "KeySpec",
-    "Logger",
-    "Message",
-    "Model",
-    "Options",
-    "PrefillSent",
-    "PromptSpec",
-    "Reasoning",
-    "ReasoningPrefillOption",
-    "Request",
-    "ResponseRecord",
-    "StrList",
-    "Response",
-    "Tool",
-    "ToolCall",
-    "ToolResult",
-    "Usage",
-    "concurrency_limit",
-    "emulation_instruction",
-    "prepare_response",
-    "resolve_key",
-    "validate_options",
-]
+__all__ = ["Attachment", "AsyncChainResponse", "AsyncConversation", "AsyncModel",
+           "AsyncResponse", "BaseOptions", "ChainResponse", "Conversation", "Logger", "Message",
+           "Model", "NATIVE_PREFILL", "PromptSpec", "ResponseRecord", "Response", "Tool",
+           "chain_spec", "concurrency_limit", "has_native_async", "prepare_async_response",
+           "prepare_response", "prompt_spec", "resolve_key", "validate_options"]
+__all__ += _request.__all__

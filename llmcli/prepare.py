@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -31,14 +31,16 @@ from llmcli.errors import (
 )
 from llmcli.record import Message
 from llmcli.request import Options, Request
-from llmcli.response import Conversation, Response
+from llmcli.response import AsyncResponse, BaseResponse, Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 
 if TYPE_CHECKING:
     from llmcli.contract import Model
 
-__all__ = ["NATIVE_PREFILL", "prepare_attachments", "prepare_response", "resend_attachments",
-           "resolve_key", "validate_options"]
+__all__ = ["NATIVE_PREFILL", "prepare_async_response", "prepare_attachments", "prepare_response",
+           "resend_attachments", "resolve_key", "validate_options"]
+
+_R = TypeVar("_R", bound=BaseResponse)
 
 
 def validate_options(model: Model, options: Mapping[str, Any]) -> Options:
@@ -234,7 +236,17 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
     Every check that can fail without the network fails here, before any request: options,
     prefill capability, schema (valid, and honoured by this model with this prefill), key,
     and (when logging) that the log can be opened."""
-    spec = PromptSpec.of(spec, **fields)
+    return _prepare(Response, model, PromptSpec.of(spec, **fields))
+
+
+def prepare_async_response(model: Model, spec: PromptSpec | str, /,
+                           **fields: Any) -> AsyncResponse:
+    """:func:`prepare_response` for an event loop: the same checks, before any request, and
+    an :class:`~llmcli.response.AsyncResponse` over the model's ``execute_async``."""
+    return _prepare(AsyncResponse, model, PromptSpec.of(spec, **fields))
+
+
+def _prepare(kind: type[_R], model: Model, spec: PromptSpec) -> _R:
     if not spec.prompt.strip() and not spec.tool_results:
         # The same rule as the command line's: nothing to send is an error, not a request.
         raise LLMCLIError("Empty prompt: the prompt has no text")
@@ -311,7 +323,7 @@ def prepare_response(model: Model, spec: PromptSpec | str, /, **fields: Any) -> 
         # Every response belongs to a conversation, as on the command line: a plain
         # model.prompt() starts a new one.
         conversation = Conversation(model)
-    response = Response(model, request, conversation=conversation, logger=logger, spec=spec)
+    response = kind(model, request, conversation=conversation, logger=logger, spec=spec)
     response.continues = spec.continues
     response.schema_retries = max(0, spec.schema_retries)
     response.store_attachments = spec.store_attachments

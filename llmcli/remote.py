@@ -7,7 +7,12 @@ Anthropic, Mistral and OpenAI plugins have in common is here:
   → read the reply or the stream → turn any failure into a typed error → close), with hooks
   for what differs (:meth:`~RemoteModel.import_sdk`, :meth:`~RemoteModel.build`,
   :meth:`~RemoteModel.connect`, :meth:`~RemoteModel.send`, :meth:`~RemoteModel.read_complete`,
-  :meth:`~RemoteModel.read_stream`, :meth:`~RemoteModel.http_fault`);
+  :meth:`~RemoteModel.stream_reader` or :meth:`~RemoteModel.read_stream`,
+  :meth:`~RemoteModel.http_fault`); and ``execute_async``, the same template over the SDK's
+  asynchronous client (:meth:`~RemoteModel.connect_async`, :meth:`~RemoteModel.send_async`,
+  :meth:`~RemoteModel.close_async`), so that a request holds no thread while it waits: the
+  same build, the same error mapping, retries, scrubbing and timeouts (one
+  :class:`Exchange` each, which both templates drive);
 * :class:`RemoteOptions` (``timeout``, ``max_retries``) and :class:`BaseURLOption`
   (``base_url``), declared once;
 * :func:`scrub`, the one redaction of provider messages (the core's ``[REDACTED]``);
@@ -28,9 +33,9 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import Field
 
@@ -50,9 +55,11 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "BaseURLOption",
     "Call",
+    "Exchange",
     "HTTPFault",
     "RemoteModel",
     "RemoteOptions",
+    "StreamReader",
     "WireRequest",
     "key_hint",
     "resolve_prefixed",
@@ -305,6 +312,87 @@ class Call:
         return None if self.timeout is None else min(self.timeout, CONNECT_TIMEOUT)
 
 
+class StreamReader(Protocol):
+    """A stream's translation without I/O, fed one SDK event at a time (what
+    :meth:`RemoteModel.stream_reader` returns): the same reader serves the synchronous
+    stream and the asynchronous one."""
+
+    def feed(self, event: Any) -> Iterable[Chunk]:
+        """The chunks this event makes (text, :class:`~llmcli.models.Reasoning`, tool
+        calls), if any."""
+        ...
+
+    def end(self) -> Iterable[Chunk]:
+        """The stream has ended: what is left, then one :class:`~llmcli.models.Usage` only
+        if the provider said the reply finished."""
+        ...
+
+
+class Exchange:
+    """One call of :meth:`RemoteModel.execute` or ``execute_async``, without its I/O: the
+    request built, the fallback a known refusal takes, each chunk tagged on its way out,
+    a stream that ended early, and any failure as the typed, scrubbed error. The two
+    templates differ only in how they wait."""
+
+    def __init__(self, model: RemoteModel, request: Request) -> None:
+        self.model = model
+        self.request = request
+        options = request.options
+        self.call = Call(request=request, sdk=model.import_sdk(), base_url=model.endpoint(request),
+                         timeout=getattr(options, "timeout", None) or DEFAULT_TIMEOUT,
+                         max_retries=getattr(options, "max_retries", 2),
+                         secrets=(request.key,) if request.key else ())
+        self.wire = model.build(request)
+        #: What the fallback changed ("" when the request went as built).
+        self.retried = ""
+        #: The stream has started: the SDK does not retry from here.
+        self.streaming = False
+        self.finished = False
+
+    def prefill_sent(self) -> Iterator[Chunk]:
+        if self.wire.sent_prefill is not None:
+            yield PrefillSent(self.wire.sent_prefill)
+
+    def fall_back(self, exc: Exception) -> bool:
+        """Whether the refusal ``exc`` has another form of the request to send instead (now
+        in :attr:`wire`)."""
+        fault = self.model.http_fault(exc, self.call)
+        again = (self.model.fallback(fault, self.request) if isinstance(fault, HTTPFault)
+                 else None)
+        if again is None:
+            return False
+        self.request, self.retried = again
+        self.call = replace(self.call, request=self.request)
+        self.wire = self.model.build(self.request)
+        return True
+
+    def tagged(self, chunk: Chunk) -> Chunk:
+        """A chunk on its way out; the :class:`Usage` that says the reply finished."""
+        if isinstance(chunk, Usage):
+            self.finished = True
+            if self.retried:
+                chunk.details["retried"] = self.retried
+        return chunk
+
+    def check_finished(self) -> None:
+        """A stream that ended without its end marker was cut short."""
+        if not self.finished:
+            model = self.model
+            raise transport_error(model.provider_name, "ended", detail=model.end_marker,
+                                  provider_id=model._provider_id())
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Any failure inside as the typed, scrubbed one-line error."""
+        try:
+            yield
+        except LLMCLIError:
+            raise
+        except Exception as exc:
+            # from None: an SDK's exception chain can carry the request's headers (the key).
+            raise self.model.error_for(exc, self.call, mid_stream=self.streaming) from None
+
+
 # Exceptions recognised by class name, so that this module imports no HTTP library: httpx's,
 # and the SDKs' wrappers around them (anthropic and openai: APITimeoutError is a kind of
 # APIConnectionError; mistralai raises httpx's own).
@@ -356,11 +444,46 @@ class RemoteModel(Model):
         """Text, then a :class:`~llmcli.models.Usage`, from a whole reply."""
         raise NotImplementedError
 
-    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
-        """Text as it arrives, then one :class:`~llmcli.models.Usage`, yielded only if the
-        provider said the reply finished: a stream that ends without it was cut short, and
-        the template reports that as :class:`BrokenStreamError`."""
+    def stream_reader(self, call: Call) -> StreamReader:
+        """The stream's translation, fed one event at a time (:class:`StreamReader`): text
+        as it arrives, then one :class:`~llmcli.models.Usage`, only if the provider said the
+        reply finished (a stream that ends without it was cut short, and the template
+        reports that as :class:`BrokenStreamError`). Implement this, or :meth:`read_stream`
+        alone for a model without ``execute_async``."""
         raise NotImplementedError
+
+    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
+        """Text as it arrives, then one :class:`~llmcli.models.Usage`: by default, the
+        :meth:`stream_reader` fed each event of ``stream``."""
+        reader = self.stream_reader(call)
+        for event in stream:
+            yield from reader.feed(event)
+        yield from reader.end()
+
+    # -- hooks of execute_async (connect_async and stream_reader make it native) -----------
+
+    def connect_async(self, call: Call) -> Any:
+        """An asynchronous client for this call, as :meth:`connect` makes the other."""
+        raise NotImplementedError
+
+    async def send_async(self, client: Any, wire: WireRequest, call: Call) -> Any:
+        """:meth:`send` on the asynchronous client: the whole reply, or an async stream. By
+        default :meth:`send`'s call awaited, for an SDK whose asynchronous client has the
+        same methods (Anthropic's, OpenAI's)."""
+        return await self.send(client, wire, call)
+
+    async def close_async(self, client: Any) -> None:
+        """Release the asynchronous client's connections."""
+        close = getattr(client, "close", None)
+        if callable(close):
+            await close()
+
+    def native_async(self) -> bool:
+        """Whether this model implements the hooks of ``execute_async`` (else it runs
+        ``execute`` on a worker thread)."""
+        own = type(self)
+        return (own.connect_async is not RemoteModel.connect_async
+                and own.stream_reader is not RemoteModel.stream_reader)
 
     def http_fault(self, exc: BaseException, call: Call) -> HTTPFault | ProviderError | None:
         """An SDK's HTTP error as an :class:`HTTPFault`, a ready error for a failure only this
@@ -401,57 +524,65 @@ class RemoteModel(Model):
     # -- the template ------------------------------------------------------------------------
 
     def execute(self, request: Request) -> Iterator[Chunk]:
-        sdk = self.import_sdk()
-        options = request.options
-        call = Call(request=request, sdk=sdk, base_url=self.endpoint(request),
-                    timeout=getattr(options, "timeout", None) or DEFAULT_TIMEOUT,
-                    max_retries=getattr(options, "max_retries", 2),
-                    secrets=(request.key,) if request.key else ())
-        wire = self.build(request)
-        if wire.sent_prefill is not None:
-            yield PrefillSent(wire.sent_prefill)
+        run = Exchange(self, request)
+        yield from run.prefill_sent()
         client = None
-        streaming = False  # the stream has started: the SDK does not retry from here
-        retried = ""
-        try:
-            client = self.connect(call)
+        with run.errors():
             try:
-                reply = self.send(client, wire, call)
-            except Exception as exc:
-                fault = self.http_fault(exc, call)
-                again = self.fallback(fault, request) if isinstance(fault, HTTPFault) else None
-                if again is None:
-                    raise
-                request, retried = again
-                call = replace(call, request=request)
-                wire = self.build(request)
-                reply = self.send(client, wire, call)
-            if not request.stream:
-                for chunk in self.read_complete(reply, call):
-                    if retried and isinstance(chunk, Usage):
-                        chunk.details["retried"] = retried
-                    yield chunk
-                return
-            streaming = True
-            finished = False
-            with reply if hasattr(reply, "__enter__") else contextlib.nullcontext():
-                for chunk in self.read_stream(reply, call):
-                    if isinstance(chunk, Usage):
-                        finished = True
-                        if retried:
-                            chunk.details["retried"] = retried
-                    yield chunk
-            if not finished:
-                raise transport_error(self.provider_name, "ended", detail=self.end_marker,
-                                      provider_id=self._provider_id())
-        except LLMCLIError:
-            raise
-        except Exception as exc:
-            # from None: an SDK's exception chain can carry the request's headers (the key).
-            raise self.error_for(exc, call, mid_stream=streaming) from None
-        finally:
-            if client is not None:
-                self.close(client)
+                client = self.connect(run.call)
+                try:
+                    reply = self.send(client, run.wire, run.call)
+                except Exception as exc:
+                    if not run.fall_back(exc):
+                        raise
+                    reply = self.send(client, run.wire, run.call)
+                if not run.request.stream:
+                    yield from map(run.tagged, self.read_complete(reply, run.call))
+                    return
+                run.streaming = True
+                with reply if hasattr(reply, "__enter__") else contextlib.nullcontext():
+                    yield from map(run.tagged, self.read_stream(reply, run.call))
+                run.check_finished()
+            finally:
+                if client is not None:
+                    self.close(client)
+
+    async def execute_async(self, request: Request) -> AsyncIterator[Chunk]:
+        """:meth:`execute` over the SDK's asynchronous client (where the plugin implements
+        its hooks: :meth:`native_async`); otherwise ``execute`` on a worker thread."""
+        if not self.native_async():
+            async for chunk in super().execute_async(request):
+                yield chunk
+            return
+        run = Exchange(self, request)
+        for chunk in run.prefill_sent():
+            yield chunk
+        client = None
+        with run.errors():
+            try:
+                client = self.connect_async(run.call)
+                try:
+                    reply = await self.send_async(client, run.wire, run.call)
+                except Exception as exc:
+                    if not run.fall_back(exc):
+                        raise
+                    reply = await self.send_async(client, run.wire, run.call)
+                if not run.request.stream:
+                    for chunk in self.read_complete(reply, run.call):
+                        yield run.tagged(chunk)
+                    return
+                run.streaming = True
+                reader = self.stream_reader(run.call)
+                async with reply if hasattr(reply, "__aenter__") else contextlib.nullcontext():
+                    async for event in reply:
+                        for chunk in reader.feed(event):
+                            yield run.tagged(chunk)
+                for chunk in reader.end():
+                    yield run.tagged(chunk)
+                run.check_finished()
+            finally:
+                if client is not None:
+                    await self.close_async(client)
 
     def error_for(self, exc: BaseException, call: Call, *,
                   mid_stream: bool = False) -> ProviderError:

@@ -1,7 +1,12 @@
 """The response runtime: a :class:`Response` runs a backend's ``execute`` through the
 normalizer (and, in the ``validated`` schema mode, the schema retry loop), keeps what
 arrived, and hands its :class:`~llmcli.record.ResponseRecord` to the log once, when it ends.
-A :class:`Conversation` is the sequence of responses whose turns each prompt carries.
+An :class:`AsyncResponse` does the same on an event loop, over the backend's
+``execute_async``. Both are a :class:`BaseResponse`: what a response keeps, its record and its
+log are written once there, and every event of either goes through one :class:`Consumer` (the
+normalizer, the sent prefill, reasoning, tool calls, usage, the status an ending leaves) and
+one schema retry loop (:meth:`BaseResponse._attempts`). A :class:`Conversation` is the
+sequence of responses whose turns each prompt carries.
 
 Responses are made by :func:`llmcli.prepare.prepare_response`; this module knows models only
 through the contract they implement (``execute``), never the registry, the API or the CLI.
@@ -9,12 +14,14 @@ through the contract they implement (``execute``), never the registry, the API o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,7 +46,7 @@ from llmcli.spec import Logger, PromptSpec
 if TYPE_CHECKING:
     from llmcli.contract import Model
 
-__all__ = ["Conversation", "Response"]
+__all__ = ["AsyncResponse", "BaseResponse", "Consumer", "Conversation", "Response"]
 
 #: The end of a backend's events (``next(events, _END)``).
 _END: Any = object()
@@ -59,7 +66,7 @@ class Conversation:
         self.model = model
         self.id = id or _new_id()
         self.name = name
-        self.responses: list[Response] = []
+        self.responses: list[BaseResponse] = []
         #: Turns loaded from the log (for ``-c``/``--cid``) before this session's responses.
         self._loaded_history = list(history or [])
 
@@ -68,7 +75,7 @@ class Conversation:
         session's, by the same rule (:func:`llmcli.record.history`); without the response
         ``excluding`` (the reply a continuation extends)."""
         for response in self.responses:
-            response.text()  # a response never read is run now: its reply is a turn
+            response._settle()  # a response never read is run now: its reply is a turn
         return [*self._loaded_history, *history(
             r.record() for r in self.responses if r.id != excluding)]
 
@@ -80,8 +87,84 @@ class Conversation:
         return self.model.chain(prompt, conversation=self, **kwargs)
 
 
-class Response:
-    """One exchange. Iterate it for normalized chunks; ``text()`` drains and joins them.
+class Consumer:
+    """One run of a response: every event its backend yields goes through here, whether a
+    :class:`Response` pulls the events on its thread or an :class:`AsyncResponse` awaits them
+    on an event loop. It feeds the text to the prefill normalizer, keeps the reasoning, the
+    tool calls, the usage and the prefill the backend says it sent, and, when the run ends,
+    sets the status (``complete``; ``partial`` when interrupted or broken after some text;
+    ``error``), maps the failure to its one-line error and hands the response to its log,
+    once."""
+
+    def __init__(self, response: BaseResponse) -> None:
+        self.response = response
+        self.normalizer = PrefillNormalizer(response.prefill, response.prefill_support)
+        self.started = time.monotonic()
+        #: Whether the backend has sent any text (a failure after it leaves a partial reply).
+        self.raw_seen = False
+
+    def take(self, event: Chunk) -> str | Reasoning | None:
+        """Keep one event; return what the response gives out for it (normalized text, or
+        the model's reasoning), if anything."""
+        response = self.response
+        if isinstance(event, str):
+            self.raw_seen = self.raw_seen or bool(event)
+            out = self.normalizer.feed(event)
+            return response._text(out) if out else None
+        if isinstance(event, Reasoning):
+            if not event.text:
+                return None
+            response._reasoning.append(event.text)
+            response._parts.append(event)
+            return event
+        if isinstance(event, ToolCall):
+            response._tool_calls.append(event)
+        elif isinstance(event, PrefillSent):
+            self.normalizer.set_sent_prefill(event.text)
+        elif isinstance(event, Usage):
+            response._usage = event
+        return None
+
+    def complete(self) -> str | None:
+        """The backend has finished: what the normalizer still held, if anything."""
+        tail = self.normalizer.finish()
+        self.response.status = "complete"
+        return self.response._text(tail) if tail else None
+
+    def interrupted(self) -> None:
+        """Stopped before its end (the consumer went away, a cancel): what arrived is kept,
+        as ``partial``."""
+        tail = self.normalizer.finish()
+        if tail:
+            self.response._text(tail)
+        self.response.status, self.response.error = "partial", "interrupted"
+
+    def stopped(self, exc: BaseException, *, interrupted: bool) -> BaseException | None:
+        """The run ended with ``exc``: an interruption (``interrupted``: the consumer stopped
+        or the response was cancelled) keeps what arrived; a failure is mapped to its typed,
+        scrubbed error. Returns what to raise (``exc`` itself, its mapped error, or None for
+        a failure that was a cancellation's doing, which ends the run quietly)."""
+        if interrupted or self.response.cancelled:
+            self.interrupted()
+            return exc if interrupted else None
+        tail = self.normalizer.finish() if self.raw_seen else ""
+        if tail:
+            self.response._text(tail)
+        response = self.response
+        response.status = "partial" if self.raw_seen else "error"
+        error = response._as_llmcli_error(exc, self.raw_seen)
+        response.error = str(error)
+        return error
+
+    def end(self) -> None:
+        """Time the run; the logging is the caller's (:meth:`BaseResponse._log`, on a thread
+        when on an event loop)."""
+        self.response.duration_ms = int((time.monotonic() - self.started) * 1000)
+
+
+class BaseResponse:
+    """What a response keeps and logs, for :class:`Response` (iterated on a thread) and
+    :class:`AsyncResponse` (awaited on an event loop) alike.
 
     The text always begins with ``prefill``. The response is logged once, when it ends:
     ``complete``, ``partial`` (interrupted or broken after some text) or ``error``. A log
@@ -122,7 +205,6 @@ class Response:
         self._parts: list[str | Reasoning] = []
         self._tool_calls: list[ToolCall] = []
         self._usage = Usage()
-        self._iterator: Generator[str | Reasoning, None, None] | None = None
         #: Retries of the ``validated`` schema mode.
         self.schema_retries = schemas.DEFAULT_RETRIES
         #: Log the attachments' content, not only their type, size and hash.
@@ -159,94 +241,25 @@ class Response:
     def schema(self) -> dict[str, Any] | None:
         return self.request.schema
 
-    def json(self) -> Any:
-        """The reply parsed as JSON (it runs the response); with a schema, validated
-        against it (:class:`llmcli.schema.SchemaValidationError` if it does not conform)."""
-        text = self.text()
-        try:
-            if self.schema is None:
-                return schemas.parse_reply(text)
-            return schemas.check_reply(self.schema, text)
-        except schemas.SchemaValidationError as exc:
-            if self.stop_reason == "max_tokens":
-                raise schemas.SchemaValidationError(
-                    f"{exc} (the reply stopped at its token limit: raise max_tokens)") from None
-            raise
-
-    def __iter__(self) -> Iterator[str]:
-        for part in self.parts():
-            if isinstance(part, str):
-                yield part
-
-    def parts(self) -> Iterator[str | Reasoning]:
-        """The normalized text chunks and the model's :class:`~llmcli.request.Reasoning`,
-        in the order they arrived (iterating the response gives the text alone)."""
-        if self.done:
-            yield from list(self._parts)
-            return
-        if self._iterator is None:
-            self._iterator = self._run()
-        yield from self._iterator
-
-    @property
-    def reasoning(self) -> str | None:
-        """The model's reasoning (it runs the response): its thinking blocks or
-        ``reasoning_content`` joined, never part of ``text()``; None where the backend
-        returned none."""
-        self.text()
-        return self.reasoning_so_far()
-
     def reasoning_so_far(self) -> str | None:
         return "".join(self._reasoning) if self._reasoning else None
 
-    def text(self) -> str:
-        for _ in self:
-            pass
+    def text_so_far(self) -> str:
         return "".join(self._chunks)
-
-    def close(self) -> None:
-        """Stop a response mid-stream; what arrived is kept and logged as partial."""
-        if self._iterator is not None and not self.done:
-            self._iterator.close()
-
-    def cancel(self) -> None:
-        """Stop the response from any thread, even while its backend waits for an upstream
-        that says nothing: the connections the backend opened are shut down, and the thread
-        iterating the response sees the iteration end at once, with what arrived kept and
-        logged as partial (error ``interrupted``). A response not started yet never
-        connects."""
-        self._cancellation.cancel()
 
     @property
     def cancelled(self) -> bool:
         return self._cancellation.is_set()
 
     def abandon(self) -> None:
-        """Give up on a response whose thread did not end when cancelled (a backend stuck
+        """Give up on a response whose run did not end when cancelled (a backend stuck
         somewhere no cancellation reaches): it is logged now, from the calling thread, as
         partial (error ``interrupted``) with what arrived. It is logged once: whatever its
-        own thread does later is not logged again."""
-        self.cancel()
+        own run does later is not logged again."""
+        self._cancellation.cancel()
         if self.status == "pending":
             self.status, self.error = "partial", "interrupted"
         self._log()
-
-    def text_so_far(self) -> str:
-        return "".join(self._chunks)
-
-    @property
-    def continuation(self) -> str:
-        """The text after the prefill."""
-        return continuation_of(self.text(), self.prefill)
-
-    def usage(self) -> Usage:
-        self.text()
-        return self._usage
-
-    def tool_calls(self) -> list[ToolCall]:
-        """The tools the model called in this reply, in order (it runs the response)."""
-        self.text()
-        return list(self._tool_calls)
 
     def fail(self, error: LLMCLIError) -> None:
         """End a response that will not be sent (a chain whose tool call failed: this turn
@@ -258,94 +271,42 @@ class Response:
         self.duration_ms = 0
         self._log()
 
-    @property
-    def stop_reason(self) -> str | None:
-        return self.usage().stop_reason
+    def _settle(self) -> None:
+        """Make sure the reply is there before a conversation's next turn carries it."""
+        raise NotImplementedError
+
+    def _parse_json(self, text: str) -> Any:
+        try:
+            if self.schema is None:
+                return schemas.parse_reply(text)
+            return schemas.check_reply(self.schema, text)
+        except schemas.SchemaValidationError as exc:
+            if self._usage.stop_reason == "max_tokens":
+                raise schemas.SchemaValidationError(
+                    f"{exc} (the reply stopped at its token limit: raise max_tokens)") from None
+            raise
 
     def _text(self, out: str) -> str:
         self._chunks.append(out)
         self._parts.append(out)
         return out
 
-    def _run(self) -> Generator[str | Reasoning, None, None]:
-        normalizer = PrefillNormalizer(self.prefill, self.prefill_support)
-        started = time.monotonic()
-        raw_seen = False
-        cancellation = self._cancellation
-        events = self._events()
-        try:
-            while not cancellation.is_set():
-                # The backend runs under the cancellation only while it is asked for its next
-                # event: the sockets it connects then are the ones cancel() shuts down.
-                with cancellation.running():
-                    event = next(events, _END)
-                if event is _END or cancellation.is_set():
-                    break
-                if isinstance(event, str):
-                    raw_seen = raw_seen or bool(event)
-                    out = normalizer.feed(event)
-                    if out:
-                        yield self._text(out)
-                elif isinstance(event, Reasoning):
-                    if event.text:
-                        self._reasoning.append(event.text)
-                        self._parts.append(event)
-                        yield event
-                elif isinstance(event, ToolCall):
-                    self._tool_calls.append(event)
-                elif isinstance(event, PrefillSent):
-                    normalizer.set_sent_prefill(event.text)
-                elif isinstance(event, Usage):
-                    self._usage = event
-            if cancellation.is_set():
-                self._interrupted(normalizer)
-                return
-            tail = normalizer.finish()
-            if tail:
-                yield self._text(tail)
-            self.status = "complete"
-        except BaseException as exc:
-            # Interrupted (Ctrl-C, the consumer stopped iterating, cancel()) or failed: keep
-            # what arrived.
-            stopped = isinstance(exc, GeneratorExit | KeyboardInterrupt)
-            if stopped or cancellation.is_set():
-                self._interrupted(normalizer)
-                if stopped:
-                    raise
-                return  # the failure was the cancellation's doing (a connection shut down)
-            tail = normalizer.finish() if raw_seen else ""
-            if tail:
-                self._text(tail)
-            self.status = "partial" if raw_seen else "error"
-            error = self._as_llmcli_error(exc, raw_seen)
-            self.error = str(error)
-            if error is exc:
-                raise
-            raise error from exc
-        finally:
-            events.close()
-            self.duration_ms = int((time.monotonic() - started) * 1000)
-            self._log()
-
-    def _interrupted(self, normalizer: PrefillNormalizer) -> None:
-        tail = normalizer.finish()
-        if tail:
-            self._text(tail)
-        self.status = "partial"
-        self.error = "interrupted"
-
-    def _events(self) -> Generator[Chunk, None, None]:
-        """The backend's events; in the ``validated`` schema mode, those of the first
-        attempt whose reply conforms (each attempt buffered, a failed one sent back with its
-        error, :data:`llmcli.schema.DEFAULT_RETRIES` times at most)."""
+    def _validated(self) -> bool:
+        """Whether the reply is checked against a schema, attempt after attempt."""
         request = self.request
-        if request.schema is None or request.schema_support is not SchemaSupport.VALIDATED:
-            yield from self.model.execute(request)
-            return
+        return request.schema is not None and request.schema_support is SchemaSupport.VALIDATED
+
+    def _attempts(self) -> Generator[Request, list[Chunk], list[Chunk]]:
+        """The ``validated`` schema mode, without I/O: it yields each attempt's request and
+        is sent back that attempt's events (buffered); it returns the events of the first
+        attempt whose reply conforms (a failed one is sent back with its error,
+        :attr:`schema_retries` times at most)."""
+        request = self.request
+        assert request.schema is not None
         schema = request.schema
         attempt = request
         for tries in range(1, self.schema_retries + 2):
-            events = list(self.model.execute(attempt))
+            events = yield attempt
             sent = next((e.text for e in events if isinstance(e, PrefillSent)), None)
             text = normalize_text("".join(e for e in events if isinstance(e, str)),
                                   request.prefill, request.prefill_support, sent)
@@ -364,8 +325,8 @@ class Response:
             for event in events:
                 if isinstance(event, Usage):
                     event.details["schema_attempts"] = tries
-                yield event
-            return
+            return events
+        raise AssertionError("unreachable")  # the last try returns or raises
 
     def _as_llmcli_error(self, exc: BaseException, partial: bool) -> BaseException:
         scrub = config.scrub
@@ -436,6 +397,138 @@ class Response:
             tool_results=self.request.tool_results,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """What ``llmcli --json`` prints (the text so far; it does not run the response)."""
+        return self.record().to_dict()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model.model_id!r} {self.status}>"
+
+
+class Response(BaseResponse):
+    """One exchange. Iterate it for normalized chunks; ``text()`` drains and joins them.
+    See :class:`BaseResponse` for what is kept and logged."""
+
+    def __init__(self, model: Model, request: Request, **kwargs: Any) -> None:
+        super().__init__(model, request, **kwargs)
+        self._iterator: Generator[str | Reasoning, None, None] | None = None
+
+    def json(self) -> Any:
+        """The reply parsed as JSON (it runs the response); with a schema, validated
+        against it (:class:`llmcli.schema.SchemaValidationError` if it does not conform)."""
+        return self._parse_json(self.text())
+
+    def __iter__(self) -> Iterator[str]:
+        for part in self.parts():
+            if isinstance(part, str):
+                yield part
+
+    def parts(self) -> Iterator[str | Reasoning]:
+        """The normalized text chunks and the model's :class:`~llmcli.request.Reasoning`,
+        in the order they arrived (iterating the response gives the text alone)."""
+        if self.done:
+            yield from list(self._parts)
+            return
+        if self._iterator is None:
+            self._iterator = self._run()
+        yield from self._iterator
+
+    @property
+    def reasoning(self) -> str | None:
+        """The model's reasoning (it runs the response): its thinking blocks or
+        ``reasoning_content`` joined, never part of ``text()``; None where the backend
+        returned none."""
+        self.text()
+        return self.reasoning_so_far()
+
+    def text(self) -> str:
+        for _ in self:
+            pass
+        return "".join(self._chunks)
+
+    def _settle(self) -> None:
+        self.text()
+
+    def close(self) -> None:
+        """Stop a response mid-stream; what arrived is kept and logged as partial."""
+        if self._iterator is not None and not self.done:
+            self._iterator.close()
+
+    def cancel(self) -> None:
+        """Stop the response from any thread, even while its backend waits for an upstream
+        that says nothing: the connections the backend opened are shut down, and the thread
+        iterating the response sees the iteration end at once, with what arrived kept and
+        logged as partial (error ``interrupted``). A response not started yet never
+        connects."""
+        self._cancellation.cancel()
+
+    @property
+    def continuation(self) -> str:
+        """The text after the prefill."""
+        return continuation_of(self.text(), self.prefill)
+
+    def usage(self) -> Usage:
+        self.text()
+        return self._usage
+
+    def tool_calls(self) -> list[ToolCall]:
+        """The tools the model called in this reply, in order (it runs the response)."""
+        self.text()
+        return list(self._tool_calls)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.usage().stop_reason
+
+    def _run(self) -> Generator[str | Reasoning, None, None]:
+        run = Consumer(self)
+        cancellation = self._cancellation
+        events = self._events()
+        try:
+            while not cancellation.is_set():
+                # The backend runs under the cancellation only while it is asked for its next
+                # event: the sockets it connects then are the ones cancel() shuts down.
+                with cancellation.running():
+                    event = next(events, _END)
+                if event is _END or cancellation.is_set():
+                    break
+                part = run.take(event)
+                if part is not None:
+                    yield part
+            if cancellation.is_set():
+                run.interrupted()
+                return
+            tail = run.complete()
+            if tail:
+                yield tail
+        except BaseException as exc:
+            # Interrupted (Ctrl-C, the consumer stopped iterating, cancel()) or failed: keep
+            # what arrived.
+            error = run.stopped(exc, interrupted=isinstance(exc, GeneratorExit | KeyboardInterrupt))
+            if error is exc:
+                raise
+            if error is not None:
+                raise error from exc
+        finally:
+            events.close()
+            run.end()
+            self._log()
+
+    def _events(self) -> Generator[Chunk, None, None]:
+        """The backend's events; in the ``validated`` schema mode, those of the first
+        attempt whose reply conforms (:meth:`BaseResponse._attempts`)."""
+        if not self._validated():
+            yield from self.model.execute(self.request)
+            return
+        attempts = self._attempts()
+        attempt = next(attempts)
+        while True:
+            try:
+                attempt = attempts.send(list(self.model.execute(attempt)))
+            except StopIteration as done:
+                yield from done.value
+                return
+
     def continue_reply(self, **fields: Any) -> Response:
         """A new response that continues this one where it was cut off (its token limit,
         an interruption): the same prompt, with this reply's text as the prefill, in the same
@@ -454,9 +547,177 @@ class Response:
                                  conversation=self.conversation, continues=self.id,
                                  **fields, **options)
 
-    def to_dict(self) -> dict[str, Any]:
-        """What ``llmcli --json`` prints (the text so far; it does not run the response)."""
-        return self.record().to_dict()
 
-    def __repr__(self) -> str:
-        return f"<Response {self.model.model_id!r} {self.status}>"
+class AsyncResponse(BaseResponse):
+    """One exchange on an event loop, over the backend's ``execute_async``: ``async for``
+    gives the normalized chunks, ``await response`` runs it to its end (and returns it),
+    ``await response.text()`` joins the text. The same events, normalizer, schema retries and
+    log as :class:`Response` (:class:`BaseResponse`); the log is written on a worker thread,
+    off the event loop.
+
+    Cancelling the task that runs it (or :meth:`cancel`) stops it at once: what arrived is
+    kept and logged as partial (error ``interrupted``)."""
+
+    def __init__(self, model: Model, request: Request, **kwargs: Any) -> None:
+        super().__init__(model, request, **kwargs)
+        self._iterator: AsyncGenerator[str | Reasoning, None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Waiting for the backend's next event (where cancel() may cancel the task).
+        self._waiting = False
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._text_only()
+
+    async def _text_only(self) -> AsyncIterator[str]:
+        async for part in self.parts():
+            if isinstance(part, str):
+                yield part
+
+    async def parts(self) -> AsyncIterator[str | Reasoning]:
+        """The normalized text chunks and the model's :class:`~llmcli.request.Reasoning`,
+        in the order they arrived."""
+        if self.done:
+            for part in list(self._parts):
+                yield part
+            return
+        if self._iterator is None:
+            self._iterator = self._run()
+        async for part in self._iterator:
+            yield part
+
+    def __await__(self) -> Generator[Any, None, AsyncResponse]:
+        return self._finish().__await__()
+
+    async def _finish(self) -> AsyncResponse:
+        async for _ in self.parts():
+            pass
+        return self
+
+    async def text(self) -> str:
+        await self._finish()
+        return self.text_so_far()
+
+    async def json(self) -> Any:
+        """The reply parsed as JSON, validated against the schema where there is one."""
+        return self._parse_json(await self.text())
+
+    async def reasoning(self) -> str | None:
+        """The model's reasoning (it runs the response); None where there was none."""
+        await self._finish()
+        return self.reasoning_so_far()
+
+    async def usage(self) -> Usage:
+        await self._finish()
+        return self._usage
+
+    async def tool_calls(self) -> list[ToolCall]:
+        """The tools the model called in this reply, in order (it runs the response)."""
+        await self._finish()
+        return list(self._tool_calls)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the model stopped (once the response has run)."""
+        return self._usage.stop_reason
+
+    def _settle(self) -> None:
+        if not self.done:
+            raise ConversationError(
+                f"Response {self.id} has not been run: await it before the conversation's "
+                "next prompt")
+
+    async def aclose(self) -> None:
+        """Stop the response mid-stream; what arrived is kept and logged as partial."""
+        iterator = self._iterator
+        if iterator is not None and not self.done:
+            await iterator.aclose()
+
+    def cancel(self) -> None:
+        """Stop the response from any thread or task: the task running it ends its
+        iteration at once, even while the backend waits on its upstream, with what arrived
+        kept and logged as partial (error ``interrupted``). A response not started yet never
+        sends its request."""
+        self._cancellation.cancel()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing runs
+                loop.call_soon_threadsafe(self._interrupt)
+
+    def _interrupt(self) -> None:
+        # On the loop: the running task is suspended now; only while it waits for the
+        # backend's next event does the cancel land there (not in its consumer's code).
+        task = self._task
+        if self._waiting and task is not None and not task.done():
+            task.cancel()
+
+    async def _run(self) -> AsyncGenerator[str | Reasoning, None]:
+        run = Consumer(self)
+        self._task, self._loop = asyncio.current_task(), asyncio.get_running_loop()
+        events = self._events()
+        try:
+            while not self.cancelled:
+                self._waiting = True
+                try:
+                    event = await anext(events, _END)
+                finally:
+                    self._waiting = False
+                if event is _END or self.cancelled:
+                    break
+                part = run.take(event)
+                if part is not None:
+                    yield part
+            if self.cancelled:
+                run.interrupted()
+                return
+            tail = run.complete()
+            if tail:
+                yield tail
+        except BaseException as exc:
+            ours = isinstance(exc, asyncio.CancelledError) and self.cancelled
+            if ours and self._task is not None:
+                self._task.uncancel()  # cancel() asked for it: the iteration just ends
+            interrupted = isinstance(exc, GeneratorExit | KeyboardInterrupt
+                                     | asyncio.CancelledError) and not ours
+            error = run.stopped(exc, interrupted=interrupted)
+            if error is exc:
+                raise
+            if error is not None:
+                raise error from exc
+        finally:
+            self._task = None
+            await events.aclose()
+            run.end()
+            await _log_off_loop(self)
+
+    async def _events(self) -> AsyncGenerator[Chunk, None]:
+        """The backend's events, as :meth:`Response._events` gives them."""
+        execute = self.model.execute_async
+        if not self._validated():
+            async for event in execute(self.request):
+                yield event
+            return
+        attempts = self._attempts()
+        attempt = next(attempts)
+        while True:
+            events = [event async for event in execute(attempt)]
+            try:
+                attempt = attempts.send(events)
+            except StopIteration as done:
+                for event in done.value:
+                    yield event
+                return
+
+
+async def _log_off_loop(response: BaseResponse) -> None:
+    """Log ``response`` on a worker thread: a SQLite write may wait for the file's lock,
+    and the event loop must not. Where no thread can start (the loop is closing), here."""
+    if response._logger is None:
+        return
+    try:
+        await asyncio.shield(asyncio.to_thread(response._log))
+    except RuntimeError:
+        response._log()
+    except asyncio.CancelledError:
+        response._log()  # a second cancel while writing: the write still happens once
+        raise

@@ -24,12 +24,12 @@ from llmcli.schema import DEFAULT_RETRIES
 from llmcli.tools import Tool, as_tools
 
 if TYPE_CHECKING:
-    from llmcli.response import Conversation, Response
+    from llmcli.response import BaseResponse, Conversation
 
 __all__ = ["Logger", "PromptSpec"]
 
 #: What ``log=`` accepts besides True/False: called once with each finished Response.
-Logger = Callable[["Response"], None]
+Logger = Callable[["BaseResponse"], None]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ not given gets :class:`~llmcli.errors.UnknownToolError`, never a lookup elsewher
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
@@ -34,7 +35,8 @@ from llmcli.errors import (
 )
 from llmcli.record import ToolCall, ToolResult
 
-__all__ = ["Tool", "as_tools", "builtin_tools", "functions_from_code", "run_call"]
+__all__ = ["Tool", "as_tools", "builtin_tools", "functions_from_code", "run_call",
+           "run_call_async"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
@@ -140,6 +142,39 @@ def _fail(error: ToolError, call: ToolCall) -> ToolError:
 def run_call(tools: Iterable[Tool], call: ToolCall) -> ToolResult:
     """Answer one call: the result, or a :class:`~llmcli.errors.ToolError` (with
     ``.result``, the result recorded for it) saying in one line why not."""
+    tool = _tool_for(tools, call)
+    try:
+        value = _invoke(tool, call.arguments)
+    except ToolError as exc:
+        raise _fail(exc, call) from None
+    return _result(call, value)
+
+
+async def run_call_async(tools: Iterable[Tool], call: ToolCall) -> ToolResult:
+    """:func:`run_call` on an event loop: an ``async def`` tool is awaited here, a plain
+    one runs on a worker thread (it may block)."""
+    tool = _tool_for(tools, call)
+    try:
+        if is_async(tool):
+            value = await _awaited(tool, _invoke(tool, call.arguments))
+        else:
+            value = await asyncio.to_thread(_invoke, tool, call.arguments)
+    except ToolError as exc:
+        raise _fail(exc, call) from None
+    return _result(call, value)
+
+
+def is_async(tool: Tool) -> bool:
+    """Whether the tool's implementation is an ``async def`` function (its call is a
+    coroutine to await)."""
+    implementation = tool.implementation
+    return any(inspect.iscoroutinefunction(f) for f in
+               (implementation, getattr(implementation, "__wrapped__", None),
+                getattr(implementation, "raw_function", None)))
+
+
+def _tool_for(tools: Iterable[Tool], call: ToolCall) -> Tool:
+    """The tool ``call`` names, if it can be run with these arguments."""
     by_name = {tool.name: tool for tool in tools}
     tool = by_name.get(call.name)
     if tool is None:
@@ -152,10 +187,10 @@ def run_call(tools: Iterable[Tool], call: ToolCall) -> ToolResult:
     if not isinstance(call.arguments, dict):
         raise _fail(ToolArgumentsError(
             f"Tool {call.name!r}: the arguments are not a JSON object"), call)
-    try:
-        value = _invoke(tool, call.arguments)
-    except ToolError as exc:
-        raise _fail(exc, call) from None
+    return tool
+
+
+def _result(call: ToolCall, value: Any) -> ToolResult:
     if isinstance(value, str):
         output = value
     else:
@@ -166,6 +201,15 @@ def run_call(tools: Iterable[Tool], call: ToolCall) -> ToolResult:
                 f"Tool {call.name!r} returned a {type(value).__name__}, which is not JSON"),
                 call) from None
     return ToolResult(call.id, call.name, output)
+
+
+async def _awaited(tool: Tool, pending: Any) -> Any:
+    try:
+        return await pending
+    except ToolError:
+        raise
+    except Exception as exc:
+        raise ToolExecutionError(f"Tool {tool.name!r} raised {_one_line(exc)}") from None
 
 
 def _invoke(tool: Tool, arguments: dict[str, Any]) -> Any:

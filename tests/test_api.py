@@ -188,6 +188,9 @@ def test_public_api_is_locked() -> None:
         # tools (#29)
         "ChainLimitError", "ChainResponse", "Tool", "ToolCall", "ToolError", "ToolResult",
         "ToolSupport", "ToolsUnsupportedError",
+        # the async API (#29 item 7)
+        "AsyncChainResponse", "AsyncConversation", "AsyncModel", "AsyncResponse",
+        "get_async_model",
     ])
     for name in llmcli.__all__:
         assert hasattr(llmcli, name)

@@ -45,6 +45,7 @@ RANKS = {
     "llmcli.progress": 1,  # the one status line on stderr (CLI spinner, plugin stages)
     "llmcli.capabilities": 1,
     "llmcli.cancel": 1,  # cancelling a response from another thread (its sockets)
+    "llmcli.bridge": 1.2,  # a sync iterator on an event loop, from one thread (execute_async)
 }
 
 

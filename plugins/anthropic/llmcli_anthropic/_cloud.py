@@ -221,7 +221,9 @@ class BedrockClaude(_CloudClaude):
     setup_hint = ("Set AWS_REGION (or -o aws_region) and AWS credentials (environment, "
                   "AWS_PROFILE, or AWS_BEARER_TOKEN_BEDROCK)")
 
-    def connect(self, call: Call) -> Any:
+    client_class = "AnthropicBedrock"
+
+    def client_args(self, call: Call) -> dict[str, Any]:
         options: BedrockOptions = call.options
         args = self._timeouts(call)
         key = self.bearer()
@@ -229,7 +231,7 @@ class BedrockClaude(_CloudClaude):
             args["api_key"] = key  # a Bedrock API key: Authorization: Bearer
         args["aws_region"] = options.aws_region
         args["aws_profile"] = options.aws_profile
-        return call.sdk.AnthropicBedrock(**args)
+        return args
 
     def key_hint(self) -> str:
         return ("AWS credentials come from the environment, AWS_PROFILE or -o aws_profile; "
@@ -252,7 +254,9 @@ class VertexClaude(_CloudClaude):
                   "-o project_id) and Google credentials (gcloud auth application-default "
                   "login)")
 
-    def connect(self, call: Call) -> Any:
+    client_class = "AnthropicVertex"
+
+    def client_args(self, call: Call) -> dict[str, Any]:
         options: VertexOptions = call.options
         args = self._timeouts(call)
         if options.region is not None:
@@ -262,7 +266,7 @@ class VertexClaude(_CloudClaude):
         token = self.bearer()
         if token:
             args["access_token"] = token
-        return call.sdk.AnthropicVertex(**args)
+        return args
 
     def key_hint(self) -> str:
         return ("Google credentials come from 'gcloud auth application-default login' or "

@@ -13,7 +13,15 @@ from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport,
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, ReasoningPrefillOption, Request, StrList
 from llmcli.models import Options as BaseOptions
-from llmcli.remote import BaseURLOption, Call, HTTPFault, RemoteModel, RemoteOptions, WireRequest
+from llmcli.remote import (
+    BaseURLOption,
+    Call,
+    HTTPFault,
+    RemoteModel,
+    RemoteOptions,
+    StreamReader,
+    WireRequest,
+)
 
 from . import _wire
 
@@ -169,12 +177,22 @@ class ClaudeModel(RemoteModel):
     def build(self, request: Request) -> WireRequest:
         return _wire.build_request(request)
 
-    def connect(self, call: Call) -> Any:
+    #: The SDK's client class (its asynchronous twin is ``Async`` + this name).
+    client_class = "Anthropic"
+
+    def client_args(self, call: Call) -> dict[str, Any]:
+        """The client's arguments, the same for the synchronous and asynchronous one."""
         args: dict[str, Any] = {"api_key": call.request.key, "base_url": call.base_url,
                                 "max_retries": call.max_retries}
         if call.timeout is not None:
             args["timeout"] = call.sdk.Timeout(call.timeout, connect=call.connect_timeout)
-        return call.sdk.Anthropic(**args)
+        return args
+
+    def connect(self, call: Call) -> Any:
+        return getattr(call.sdk, self.client_class)(**self.client_args(call))
+
+    def connect_async(self, call: Call) -> Any:
+        return getattr(call.sdk, f"Async{self.client_class}")(**self.client_args(call))
 
     def send(self, client: Any, wire: WireRequest, call: Call) -> Any:
         if call.request.stream:
@@ -184,8 +202,8 @@ class ClaudeModel(RemoteModel):
     def read_complete(self, reply: Any, call: Call) -> Iterator[Chunk]:
         return _wire.read_message(reply)
 
-    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
-        return _wire.read_events(stream)
+    def stream_reader(self, call: Call) -> StreamReader:
+        return _wire.EventReader()
 
     def http_fault(self, exc: BaseException, call: Call) -> HTTPFault | ProviderError | None:
         if isinstance(exc, call.sdk.APIStatusError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from llmcli import schema as schemas
@@ -26,7 +26,7 @@ from llmcli.remote import HTTPFault, WireRequest
 if TYPE_CHECKING:
     from llmcli_anthropic._models import ClaudeOptions
 
-__all__ = ["build_request", "error_message_from_body", "native_prefill", "read_events",
+__all__ = ["EventReader", "build_request", "error_message_from_body", "native_prefill",
            "read_message", "status_fault"]
 
 # claude-<family>-<major>[-<minor>][-<yyyymmdd>] (Claude 4 and later) or the older
@@ -238,17 +238,23 @@ def _take_input(usage: Usage, raw: Any, earlier: Any = None) -> None:
         usage.details.pop("cached_tokens", None)
 
 
-def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
-    """Text deltas (thinking deltas as :class:`Reasoning`; a signature delta has nothing to
-    show), then the usage once ``message_stop`` has arrived (only then)."""
-    usage = Usage()
-    start: Any = None
-    finished = False
-    tool_uses: dict[int, _ToolUse] = {}
-    for event in events:
+class EventReader:
+    """A stream's events, one at a time (a :class:`llmcli.remote.StreamReader`): text deltas
+    (thinking deltas as :class:`Reasoning`; a signature delta has nothing to show), each tool
+    use once its block stops, then the usage once ``message_stop`` has arrived (only
+    then)."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.start: Any = None
+        self.finished = False
+        self.tool_uses: dict[int, _ToolUse] = {}
+
+    def feed(self, event: Any) -> Iterator[Chunk]:
+        usage, tool_uses = self.usage, self.tool_uses
         if event.type == "message_start":
-            start = event.message.usage
-            _take_input(usage, start)
+            self.start = event.message.usage
+            _take_input(usage, self.start)
         elif event.type == "content_block_start":
             if event.content_block.type == "tool_use":
                 tool_uses[event.index] = _ToolUse(event.content_block)
@@ -268,11 +274,13 @@ def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
             if getattr(event.usage, "input_tokens", None) is not None:
                 # Cumulative counts, where a server sends them here (message_start's may be
                 # provisional); a cache field it leaves out keeps message_start's value.
-                _take_input(usage, event.usage, start)
+                _take_input(usage, event.usage, self.start)
         elif event.type == "message_stop":
-            finished = True
-    if finished:
-        yield usage
+            self.finished = True
+
+    def end(self) -> Iterator[Chunk]:
+        if self.finished:
+            yield self.usage
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -159,8 +159,22 @@ class MistralModel(RemoteModel):
     def read_complete(self, reply: Any, call: Call) -> Iterator[Chunk]:
         return _wire.read_completion(reply)
 
-    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
-        return _wire.read_events(stream)
+    def stream_reader(self, call: Call) -> _wire.EventReader:
+        return _wire.EventReader()
+
+    def connect_async(self, call: Call) -> Any:
+        return self.connect(call)  # one client object holds both transports
+
+    async def send_async(self, client: Any, wire: WireRequest, call: Call) -> Any:
+        if call.request.stream:
+            return await client.chat.stream_async(**wire.params)
+        return await client.chat.complete_async(**wire.params)
+
+    async def close_async(self, client: Any) -> None:
+        http = getattr(getattr(client, "sdk_configuration", None), "async_client", None)
+        close = getattr(http, "aclose", None)
+        if callable(close):
+            await close()
 
     def http_fault(self, exc: BaseException, call: Call) -> HTTPFault | ProviderError | None:
         if isinstance(exc, call.sdk.status_errors):

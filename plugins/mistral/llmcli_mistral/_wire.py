@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +19,8 @@ from llmcli.remote import HTTPFault, WireRequest
 if TYPE_CHECKING:
     from llmcli_mistral._models import MistralOptions
 
-__all__ = ["RETRIED_STATUSES", "RetryPlan", "build_request", "call_id",
-           "error_message_from_body", "read_completion", "read_events", "retry_plan",
+__all__ = ["RETRIED_STATUSES", "EventReader", "RetryPlan", "build_request", "call_id",
+           "error_message_from_body", "read_completion", "retry_plan",
            "status_fault", "tool_fields"]
 
 #: The statuses the mistralai SDK retries for chat (429, 500, 502, 503, 504).
@@ -194,27 +194,34 @@ def read_completion(response: Any) -> Iterator[Chunk]:
     yield _usage(response.usage, choice.finish_reason)
 
 
-def read_events(events: Iterable[Any]) -> Iterator[Chunk]:
-    """Text deltas of choice 0, then the usage once a finish_reason has arrived (only then)."""
-    usage_info: Any = None
-    finish_reason: Any = None
-    calls = _StreamedCalls()
-    for event in events:
+class EventReader:
+    """A stream's events, one at a time (a :class:`llmcli.remote.StreamReader`): text deltas
+    of choice 0, its tool calls once it finishes, then the usage once a finish_reason has
+    arrived (only then)."""
+
+    def __init__(self) -> None:
+        self.usage_info: Any = None
+        self.finish_reason: Any = None
+        self.calls = _StreamedCalls()
+
+    def feed(self, event: Any) -> Iterator[Chunk]:
         chunk = event.data
         if getattr(chunk, "usage", None) is not None:
-            usage_info = chunk.usage
+            self.usage_info = chunk.usage
         if not chunk.choices:
-            continue
+            return
         choice = chunk.choices[0]
         text = _text_of(choice.delta.content)
         if text:
             yield text
-        calls.add(choice.delta.tool_calls)
+        self.calls.add(choice.delta.tool_calls)
         if isinstance(choice.finish_reason, str):
-            finish_reason = choice.finish_reason
-            yield from calls.done()
-    if finish_reason is not None:
-        yield _usage(usage_info, finish_reason)
+            self.finish_reason = choice.finish_reason
+            yield from self.calls.done()
+
+    def end(self) -> Iterator[Chunk]:
+        if self.finish_reason is not None:
+            yield _usage(self.usage_info, self.finish_reason)
 
 
 # -- retries ----------------------------------------------------------------------------------

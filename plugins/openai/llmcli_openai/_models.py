@@ -23,6 +23,7 @@ from llmcli.remote import Call, HTTPFault, RemoteModel, RemoteOptions, WireReque
 from ._wire import (
     THINKING_PREFILL_REFUSED,
     Backend,
+    ChunkReader,
     EchoMode,
     PrefillStyle,
     SchemaField,
@@ -30,7 +31,6 @@ from ._wire import (
     capability_for,
     completion_events,
     provider_message,
-    stream_events,
 )
 
 __all__ = [
@@ -96,6 +96,12 @@ class _ChatCompletionsModel(RemoteModel):
         return WireRequest(build_create_kwargs(request, self.backend))
 
     def connect(self, call: Call) -> Any:
+        return self._client(call.sdk.OpenAI, call)
+
+    def connect_async(self, call: Call) -> Any:
+        return self._client(call.sdk.AsyncOpenAI, call)
+
+    def _client(self, kind: Any, call: Call) -> Any:
         args: dict[str, Any] = {
             # Keyless local servers still need some bearer value for the SDK to start.
             "api_key": call.request.key or "no-key-needed",
@@ -104,7 +110,7 @@ class _ChatCompletionsModel(RemoteModel):
         }
         if call.timeout is not None:
             args["timeout"] = call.sdk.Timeout(call.timeout, connect=call.connect_timeout)
-        client = call.sdk.OpenAI(**args)
+        client = kind(**args)
         if self.backend.base_url is not None:
             # The SDK picks up OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment;
             # those identify an OpenAI account and are not for third-party servers.
@@ -118,8 +124,8 @@ class _ChatCompletionsModel(RemoteModel):
     def read_complete(self, reply: Any, call: Call) -> Iterator[Chunk]:
         return completion_events(reply, self.provider_name)
 
-    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
-        return stream_events(stream)
+    def stream_reader(self, call: Call) -> ChunkReader:
+        return ChunkReader()
 
     def http_fault(self, exc: BaseException, call: Call) -> HTTPFault | ProviderError | None:
         openai, name = call.sdk, self.provider_name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ __all__ = [
     "provider_message",
     "reasoning_of",
     "stop_reason",
-    "stream_events",
+    "ChunkReader",
 ]
 
 PrefillStyle = Literal["continue_final_message", "prefix", "trailing_assistant", "none"]
@@ -331,19 +331,23 @@ def reasoning_of(part: Any) -> str:
     return ""
 
 
-def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage | Reasoning | ToolCall]:
-    """Text deltas of choice 0 (its reasoning deltas as :class:`Reasoning`), then one
-    :class:`Usage` once a finish_reason has arrived.
+class ChunkReader:
+    """A stream's chunks, one at a time (a :class:`llmcli.remote.StreamReader`): text deltas
+    of choice 0 (its reasoning deltas as :class:`Reasoning`), its tool calls once it
+    finishes, then one :class:`Usage` once a finish_reason has arrived.
 
     A stream that ends without one was cut short (a proxy closing the connection cleanly,
     for instance): no Usage then, and the kit reports the stream as broken.
     """
-    reason: str | None = None
-    raw_usage: Any = None
-    calls = _StreamedCalls()
-    for chunk in chunks:
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.raw_usage: Any = None
+        self.calls = _StreamedCalls()
+
+    def feed(self, chunk: Any) -> Iterator[str | Usage | Reasoning | ToolCall]:
         if getattr(chunk, "usage", None) is not None:
-            raw_usage = chunk.usage
+            self.raw_usage = chunk.usage
         for choice in getattr(chunk, "choices", None) or []:
             if getattr(choice, "index", 0) != 0:
                 continue
@@ -355,12 +359,14 @@ def stream_events(chunks: Iterable[Any]) -> Iterator[str | Usage | Reasoning | T
             if content:
                 yield content
             if delta is not None:
-                calls.add(getattr(delta, "tool_calls", None))
+                self.calls.add(getattr(delta, "tool_calls", None))
             if choice.finish_reason:
-                reason = stop_reason(choice)
-                yield from calls.done()
-    if reason is not None:
-        yield _usage(raw_usage, reason)
+                self.reason = stop_reason(choice)
+                yield from self.calls.done()
+
+    def end(self) -> Iterator[Usage]:
+        if self.reason is not None:
+            yield _usage(self.raw_usage, self.reason)
 
 
 def completion_events(
