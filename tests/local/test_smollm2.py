@@ -153,3 +153,26 @@ def test_lean_backend_matches_transformers_on_smollm2(
                 (usage.output_tokens, usage.stop_reason, usage.details["healed"])
 
         assert greedy(fast) == greedy(reference)
+
+
+def test_async_model_end_to_end(smollm2: Any, user_dir: Path) -> None:
+    """get_async_model("smollm2"): the real model through the default execute_async (one
+    worker thread, bridged), streamed on the loop; the reply begins with the prefill once and
+    is logged like a synchronous one."""
+    import asyncio
+    import sqlite3
+
+    import llmcli
+
+    async def main() -> tuple[list[str], llmcli.AsyncResponse]:
+        response = llmcli.get_async_model("smollm2").prompt(
+            "Name a US state.", prefill="The state of", max_tokens=6)
+        return [chunk async for chunk in response], response
+
+    chunks, response = asyncio.run(main())
+    text = "".join(chunks)
+    assert text.startswith("The state of") and text.count("The state of") == 1
+    assert response.status == "complete" and response.text_so_far() == text
+    with sqlite3.connect(user_dir / "logs.db") as db:
+        [(status, logged)] = db.execute("select status, text from responses").fetchall()
+    assert (status, logged) == ("complete", text)
