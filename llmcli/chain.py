@@ -17,7 +17,7 @@ an error with them, so the log keeps what happened.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -25,7 +25,7 @@ from llmcli.errors import ChainLimitError, ToolError
 from llmcli.prepare import prepare_async_response, prepare_response
 from llmcli.record import ResponseRecord, ToolCall, ToolResult
 from llmcli.request import Reasoning, Usage
-from llmcli.response import AsyncResponse, BaseResponse, Response
+from llmcli.response import AsyncResponse, AsyncRun, BaseResponse, Response, Run
 from llmcli.spec import PromptSpec
 from llmcli.tools import run_call, run_call_async
 
@@ -105,6 +105,12 @@ class _Chain(Generic[_R]):
         ``responses`` (``llmcli --json`` with tools)."""
         return {**self.last.to_dict(), "responses": [r.to_dict() for r in self.responses]}
 
+    def _ended(self) -> bool:
+        return self._finished
+
+    def _kept(self) -> list[str]:
+        return list(self._chunks)
+
     def _results_so_far(self) -> list[ToolResult]:
         return [result for response in self.responses
                 for result in response.request.tool_results]
@@ -170,25 +176,15 @@ class _Chain(Generic[_R]):
         return f"<{type(self).__name__} {self.model.model_id!r} {len(self.responses)} responses>"
 
 
-class ChainResponse(_Chain[Response]):
+class ChainResponse(_Chain[Response], Run[str]):
     """The turns of one tool chain. Iterate it for the text of every turn as it arrives;
     ``text()`` joins it all; ``responses`` holds each turn's Response."""
-
-    def __init__(self, model: Model, spec: PromptSpec,
-                 settings: ChainSettings = ChainSettings()) -> None:
-        super().__init__(model, spec, settings)
-        self._iterator: Iterator[str] | None = None
 
     def _prepare(self, model: Model, spec: PromptSpec) -> Response:
         return prepare_response(model, spec)
 
     def __iter__(self) -> Iterator[str]:
-        if self._finished:
-            yield from list(self._chunks)
-            return
-        if self._iterator is None:
-            self._iterator = self._run()
-        yield from self._iterator
+        return self._read()
 
     def parts(self) -> Iterator[str | Reasoning]:
         """The text of every turn as it arrives, as :meth:`Response.parts
@@ -199,8 +195,8 @@ class ChainResponse(_Chain[Response]):
     @property
     def reasoning(self) -> str | None:
         """The turns' reasoning, joined; None where no turn returned any."""
-        self.text()
-        return self.reasoning_so_far()
+        found = [r.reasoning for r in self.responses if r.reasoning]
+        return "\n\n".join(found) if found else None
 
     def text(self) -> str:
         for _ in self:
@@ -228,7 +224,7 @@ class ChainResponse(_Chain[Response]):
     def close(self) -> None:
         self.last.close()
 
-    def _run(self) -> Iterator[str]:
+    def _run(self) -> Generator[str, None, None]:
         while True:
             response = self.responses[-1]
             for chunk in response:
@@ -252,29 +248,17 @@ class ChainResponse(_Chain[Response]):
         return self._answered(call, result)
 
 
-class AsyncChainResponse(_Chain[AsyncResponse]):
+class AsyncChainResponse(_Chain[AsyncResponse], AsyncRun[str]):
     """:class:`ChainResponse` on an event loop: ``async for`` gives the text of every turn
     as it arrives, ``await chain`` runs it to its end (and returns it), ``await
     chain.text()`` joins it. A tool may be an ``async def`` function (awaited on the loop);
     a plain one runs on a worker thread."""
 
-    def __init__(self, model: Model, spec: PromptSpec,
-                 settings: ChainSettings = ChainSettings()) -> None:
-        super().__init__(model, spec, settings)
-        self._iterator: AsyncIterator[str] | None = None
-
     def _prepare(self, model: Model, spec: PromptSpec) -> AsyncResponse:
         return prepare_async_response(model, spec)
 
-    async def __aiter__(self) -> AsyncIterator[str]:
-        if self._finished:
-            for chunk in list(self._chunks):
-                yield chunk
-            return
-        if self._iterator is None:
-            self._iterator = self._run()
-        async for chunk in self._iterator:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._read()
 
     def __await__(self) -> Any:
         return self._finish().__await__()
@@ -302,7 +286,7 @@ class AsyncChainResponse(_Chain[AsyncResponse]):
         await self._finish()
         return await self.last.usage()
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def _run(self) -> AsyncGenerator[str, None]:
         while True:
             response = self.responses[-1]
             async for chunk in response:

@@ -41,8 +41,8 @@ from llmcli.response import AsyncResponse, Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 from llmcli.tools import Tool
 
-__all__ = ["AsyncConversation", "AsyncModel", "Model", "chain_spec", "concurrency_limit",
-           "has_native_async", "prompt_spec"]
+__all__ = ["AsyncConversation", "AsyncModel", "BaseOptions", "Model", "chain_spec",
+           "concurrency_limit", "has_native_async", "prompt_spec"]
 __all__ += _request.__all__
 
 #: What ``tools=`` accepts: Tool objects and plain functions.

@@ -9,25 +9,10 @@ from __future__ import annotations
 import llmcli.request as _request
 from llmcli.attachments import Attachment
 from llmcli.chain import AsyncChainResponse, ChainResponse
-from llmcli.contract import (
-    AsyncConversation,
-    AsyncModel,
-    BaseOptions,
-    Model,
-    chain_spec,
-    concurrency_limit,
-    has_native_async,
-    prompt_spec,
-)
-from llmcli.prepare import (
-    NATIVE_PREFILL,
-    prepare_async_response,
-    prepare_response,
-    resolve_key,
-    validate_options,
-)
+from llmcli.contract import *  # Model, AsyncModel, ...: named in __all__
+from llmcli.prepare import *  # prepare_response, resolve_key, ...
 from llmcli.record import Message, ResponseRecord
-from llmcli.request import *  # noqa: F403 - the data core and backend exchange, as before
+from llmcli.request import *  # the data core and backend exchange
 from llmcli.response import AsyncResponse, Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 from llmcli.tools import Tool

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from llmcli import config
 from llmcli import schema as schemas
@@ -46,7 +46,10 @@ from llmcli.spec import Logger, PromptSpec
 if TYPE_CHECKING:
     from llmcli.contract import Model
 
-__all__ = ["AsyncResponse", "BaseResponse", "Consumer", "Conversation", "Response"]
+__all__ = ["AsyncResponse", "AsyncRun", "BaseResponse", "Consumer", "Conversation", "Once",
+           "Response", "Run"]
+
+_T = TypeVar("_T")
 
 #: The end of a backend's events (``next(events, _END)``).
 _END: Any = object()
@@ -125,8 +128,12 @@ class Consumer:
             response._usage = event
         return None
 
-    def complete(self) -> str | None:
-        """The backend has finished: what the normalizer still held, if anything."""
+    def ending(self, *, cancelled: bool) -> str | None:
+        """The backend's events are over (``cancelled``: cut short by a cancel): the status,
+        and what the normalizer still held, to give out, if anything."""
+        if cancelled:
+            self.interrupted()
+            return None
         tail = self.normalizer.finish()
         self.response.status = "complete"
         return self.response._text(tail) if tail else None
@@ -275,6 +282,12 @@ class BaseResponse:
         """Make sure the reply is there before a conversation's next turn carries it."""
         raise NotImplementedError
 
+    def _ended(self) -> bool:
+        return self.done
+
+    def _kept(self) -> list[str | Reasoning]:
+        return list(self._parts)
+
     def _parse_json(self, text: str) -> Any:
         try:
             if self.schema is None:
@@ -405,13 +418,57 @@ class BaseResponse:
         return f"<{type(self).__name__} {self.model.model_id!r} {self.status}>"
 
 
-class Response(BaseResponse):
+class Once(Generic[_T]):
+    """Something run once (a response, a chain): the first reader starts its run, later
+    ones read on from it or, once it has ended (:meth:`_ended`), read what it gave
+    (:meth:`_kept`)."""
+
+    def _ended(self) -> bool:
+        raise NotImplementedError
+
+    def _kept(self) -> list[_T]:
+        raise NotImplementedError
+
+
+class Run(Once[_T]):
+    """:class:`Once`, iterated on the caller's thread."""
+
+    _iterator: Generator[_T, None, None] | None = None
+
+    def _run(self) -> Generator[_T, None, None]:
+        raise NotImplementedError
+
+    def _read(self) -> Iterator[_T]:
+        if not self._ended():
+            if self._iterator is None:
+                self._iterator = self._run()
+            yield from self._iterator
+        else:
+            yield from self._kept()
+
+
+class AsyncRun(Once[_T]):
+    """:class:`Once`, on an event loop."""
+
+    _iterator: AsyncGenerator[_T, None] | None = None
+
+    def _run(self) -> AsyncGenerator[_T, None]:
+        raise NotImplementedError
+
+    async def _read(self) -> AsyncIterator[_T]:
+        if self._ended():
+            for item in self._kept():
+                yield item
+            return
+        if self._iterator is None:
+            self._iterator = self._run()
+        async for item in self._iterator:
+            yield item
+
+
+class Response(BaseResponse, Run[str | Reasoning]):
     """One exchange. Iterate it for normalized chunks; ``text()`` drains and joins them.
     See :class:`BaseResponse` for what is kept and logged."""
-
-    def __init__(self, model: Model, request: Request, **kwargs: Any) -> None:
-        super().__init__(model, request, **kwargs)
-        self._iterator: Generator[str | Reasoning, None, None] | None = None
 
     def json(self) -> Any:
         """The reply parsed as JSON (it runs the response); with a schema, validated
@@ -426,12 +483,7 @@ class Response(BaseResponse):
     def parts(self) -> Iterator[str | Reasoning]:
         """The normalized text chunks and the model's :class:`~llmcli.request.Reasoning`,
         in the order they arrived (iterating the response gives the text alone)."""
-        if self.done:
-            yield from list(self._parts)
-            return
-        if self._iterator is None:
-            self._iterator = self._run()
-        yield from self._iterator
+        return self._read()
 
     @property
     def reasoning(self) -> str | None:
@@ -495,10 +547,7 @@ class Response(BaseResponse):
                 part = run.take(event)
                 if part is not None:
                     yield part
-            if cancellation.is_set():
-                run.interrupted()
-                return
-            tail = run.complete()
+            tail = run.ending(cancelled=cancellation.is_set())
             if tail:
                 yield tail
         except BaseException as exc:
@@ -548,7 +597,7 @@ class Response(BaseResponse):
                                  **fields, **options)
 
 
-class AsyncResponse(BaseResponse):
+class AsyncResponse(BaseResponse, AsyncRun[str | Reasoning]):
     """One exchange on an event loop, over the backend's ``execute_async``: ``async for``
     gives the normalized chunks, ``await response`` runs it to its end (and returns it),
     ``await response.text()`` joins the text. The same events, normalizer, schema retries and
@@ -560,7 +609,6 @@ class AsyncResponse(BaseResponse):
 
     def __init__(self, model: Model, request: Request, **kwargs: Any) -> None:
         super().__init__(model, request, **kwargs)
-        self._iterator: AsyncGenerator[str | Reasoning, None] | None = None
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Waiting for the backend's next event (where cancel() may cancel the task).
@@ -574,17 +622,10 @@ class AsyncResponse(BaseResponse):
             if isinstance(part, str):
                 yield part
 
-    async def parts(self) -> AsyncIterator[str | Reasoning]:
+    def parts(self) -> AsyncIterator[str | Reasoning]:
         """The normalized text chunks and the model's :class:`~llmcli.request.Reasoning`,
         in the order they arrived."""
-        if self.done:
-            for part in list(self._parts):
-                yield part
-            return
-        if self._iterator is None:
-            self._iterator = self._run()
-        async for part in self._iterator:
-            yield part
+        return self._read()
 
     def __await__(self) -> Generator[Any, None, AsyncResponse]:
         return self._finish().__await__()
@@ -667,10 +708,7 @@ class AsyncResponse(BaseResponse):
                 part = run.take(event)
                 if part is not None:
                     yield part
-            if self.cancelled:
-                run.interrupted()
-                return
-            tail = run.complete()
+            tail = run.ending(cancelled=self.cancelled)
             if tail:
                 yield tail
         except BaseException as exc:

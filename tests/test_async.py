@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,21 +22,16 @@ from llmcli.contract import has_native_async
 from llmcli.errors import PartialResponseError, ProviderStatusError
 from llmcli.record import ToolCall
 from tests.fakes.silent import SilentUpstream
-from tests.providers.conftest import PROVIDERS, Provider, fast_retries_for_every_sdk, serving
+from tests.hardening import test_provider_faults
+from tests.providers.conftest import PROVIDERS, Provider, serving
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
+#: Each provider in turn, its fake serving (the fault matrix's fixture).
+backend = test_provider_faults.backend
+
 #: The providers whose plugin implements execute_async natively.
 NATIVE = ("anthropic", "mistral", "openai")
-
-
-@pytest.fixture(params=sorted(PROVIDERS))
-def backend(request: pytest.FixtureRequest, load_plugins: Callable[..., None],
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Provider, Any]]:
-    fast_retries_for_every_sdk(monkeypatch)
-    provider = PROVIDERS[request.param]
-    with serving(provider, monkeypatch, load_plugins) as server:
-        yield provider, server
 
 
 def logged(user_dir: Path) -> list[dict[str, Any]]:
