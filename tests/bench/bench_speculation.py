@@ -61,11 +61,18 @@ UNPREDICTABLE = "Write a strange poem about a clock that dreams of the sea."
 
 def _load(quantize: str) -> Any:
     from llmcli_local import loader
-    from llmcli_local.config import RuntimeConfig
     from llmcli_local.sources import ModelSource, smollm2_path
 
+    source = ModelSource("gguf", smollm2_path())
+    try:
+        from llmcli_local.config import RuntimeConfig
+    except ImportError:  # a checkout before RuntimeConfig (#27), run by --before or pair.py
+        from llmcli_local.backend import BackendOptions
+
+        return loader.load(source, device="cpu", show_progress=False,
+                           options=BackendOptions(engine="lean", quantize=quantize))
     config = RuntimeConfig.build().replace(device="cpu", engine="lean", quantize=quantize)
-    return loader.load(ModelSource("gguf", smollm2_path()), config, show_progress=False)
+    return loader.load(source, config, show_progress=False)
 
 
 def _calls(scheduler: Any, backend: Any, prompts: list[str], tokens: int, speculative: bool,
