@@ -24,7 +24,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import llmcli.request as _request
 from llmcli.attachments import Attachment
-from llmcli.bridge import iterate_on_thread
 from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, ToolSupport
 from llmcli.chain import (
     DEFAULT_CHAIN_LIMIT,
@@ -207,6 +206,8 @@ class Model:
         worker thread of its own, its events handed over as they come; a backend with an
         asynchronous client overrides this so that a request holds no thread while it
         waits. The same events, the same errors."""
+        from llmcli.bridge import iterate_on_thread  # asyncio: not at the CLI's start-up
+
         async for event in iterate_on_thread(lambda: self.execute(request),
                                              name=f"llmcli-{self.model_id}"):
             yield event

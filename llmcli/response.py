@@ -14,7 +14,6 @@ through the contract they implement (``execute``), never the registry, the API o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import threading
@@ -44,6 +43,8 @@ from llmcli.request import Chunk, Options, PrefillSent, Reasoning, Request, Usag
 from llmcli.spec import Logger, PromptSpec
 
 if TYPE_CHECKING:
+    import asyncio
+
     from llmcli.contract import Model
 
 __all__ = ["AsyncResponse", "AsyncRun", "BaseResponse", "Consumer", "Conversation", "Once",
@@ -693,6 +694,8 @@ class AsyncResponse(BaseResponse, AsyncRun[str | Reasoning]):
             task.cancel()
 
     async def _run(self) -> AsyncGenerator[str | Reasoning, None]:
+        import asyncio  # here: the CLI's start-up does not pay for it
+
         run = Consumer(self)
         self._task, self._loop = asyncio.current_task(), asyncio.get_running_loop()
         events = self._events()
@@ -750,6 +753,8 @@ class AsyncResponse(BaseResponse, AsyncRun[str | Reasoning]):
 async def _log_off_loop(response: BaseResponse) -> None:
     """Log ``response`` on a worker thread: a SQLite write may wait for the file's lock,
     and the event loop must not. Where no thread can start (the loop is closing), here."""
+    import asyncio  # here: the CLI's start-up does not pay for it
+
     if response._logger is None:
         return
     try:

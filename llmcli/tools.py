@@ -16,7 +16,6 @@ not given gets :class:`~llmcli.errors.UnknownToolError`, never a lookup elsewher
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import re
@@ -153,6 +152,8 @@ def run_call(tools: Iterable[Tool], call: ToolCall) -> ToolResult:
 async def run_call_async(tools: Iterable[Tool], call: ToolCall) -> ToolResult:
     """:func:`run_call` on an event loop: an ``async def`` tool is awaited here, a plain
     one runs on a worker thread (it may block)."""
+    import asyncio  # here: the CLI's start-up does not pay for it
+
     tool = _tool_for(tools, call)
     try:
         if is_async(tool):

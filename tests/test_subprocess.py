@@ -16,7 +16,7 @@ import pytest
 from tests.script import SCRIPT, env_for
 
 HEAVY = ["anthropic", "openai", "mistralai", "torch", "transformers", "tokenizers", "gguf",
-         "numpy", "httpx", "rich", "sqlite_utils"]
+         "numpy", "httpx", "rich", "sqlite_utils", "asyncio"]
 
 
 def test_installed_script_prefilled_prompt(user_dir: Path) -> None:
@@ -60,8 +60,9 @@ def test_startup_imports_no_sdk_or_torch(user_dir: Path, args: list[str]) -> Non
                             text=True, timeout=60)
     line = [ln for ln in result.stderr.splitlines() if ln.startswith("LOADED=")][-1]
     loaded = set(filter(None, line[len("LOADED="):].split(",")))
+    # asyncio (40 ms): only the async API and serve need it.
     forbidden = {"anthropic", "openai", "mistralai", "torch", "transformers", "tokenizers",
-                 "gguf"}
+                 "gguf", "asyncio"}
     assert not loaded & forbidden, loaded
     if args == ["--help"]:
         assert not loaded & {"httpx", "rich", "sqlite_utils", "numpy"}, loaded
