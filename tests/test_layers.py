@@ -36,6 +36,7 @@ RANKS = {
     "llmcli.plugins": 3,  # the registry: loads plugins, imports no model code
     "llmcli.normalize": 3,
     "llmcli.log": 3,  # writes and reads records, knows no model or Response
+    "llmcli.tooltext": 2.6,  # tools as text: the prompt, the grammar, the reply read back
     "llmcli.tools": 2.2,  # Tool, functions as tools, answering a call; built-in tools
     "llmcli.record": 2,
     "llmcli.config": 2,

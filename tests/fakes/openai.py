@@ -42,11 +42,21 @@ type and name and empty arguments, then the arguments in pieces. As the API does
 assistant ``tool_calls`` message not followed by a ``role: tool`` message for each id is a
 400.
 
+Tool calling as the servers do it (``tool_parser`` False: llama-server without ``--jinja``,
+vLLM without ``--enable-auto-tool-choice``): ``llama-server`` mode refuses ``tools`` with
+llama.cpp's 500 ``tools param requires --jinja flag``; ``vllm`` mode refuses ``tool_choice``
+"auto" with its 400 and serves "required" and a named function (its guided decoding). A
+request carrying a grammar (``grammar``: llama-server; ``structured_outputs.grammar``: vLLM)
+gets the next scripted calls written as ``<tool_call>`` text (or the usual text when none is
+scripted), and a 400 when the grammar (GBNF, read with llguidance) does not accept that text:
+what a real server's constrained decoding would never produce.
+
 Queued replies (``enqueue``) are served first, one per request, for error scripts.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections import deque
@@ -119,6 +129,11 @@ class FakeOpenAI(FakeServer):
         self.tool_calls: list[list[dict[str, str]]] = []
         #: What a reply that calls tools says before its calls ("": content null).
         self.tool_text = ""
+        #: The server parses tool calls itself (llama-server --jinja; vLLM
+        #: --enable-auto-tool-choice --tool-call-parser ...).
+        self.tool_parser = True
+        #: The grammars requests carried (GBNF), in order.
+        self.grammars: list[str] = []
 
     def start(self) -> FakeOpenAI:
         super().start()
@@ -178,9 +193,20 @@ class FakeOpenAI(FakeServer):
         unanswered = _unanswered_calls(body.get("messages") or [])
         if unanswered:
             return error_reply(400, unanswered)
+        refused = self._tool_refusal(body)
+        if refused is not None:
+            return refused
+        grammar = body.get("grammar") if self.mode == "llama-server" else (
+            (body.get("structured_outputs") or {}).get("grammar") if self.mode == "vllm" else None)
         if body.get("tools") and self.tool_calls:
             return self._calls(str(model), self.tool_calls.pop(0), body)
         result = self._answer(request.path, body, stream=bool(body.get("stream")))
+        if grammar is not None:
+            self.grammars.append(grammar)
+            if self.tool_calls:
+                result = "".join(_call_text(c) for c in self.tool_calls.pop(0))
+            if isinstance(result, str) and not _grammar_accepts(grammar, result):
+                return error_reply(400, f"the reply {result!r} does not match the grammar")
         if isinstance(result, Reply):
             return result
         if self.invalid_json and not body.get("stream"):
@@ -190,6 +216,17 @@ class FakeOpenAI(FakeServer):
             return Reply(events=self._events(str(model), result, include_usage),
                          cut_after=self.cut_after, delay=self.delay)
         return Reply(json_body=self._completion(str(model), result), delay=self.delay)
+
+    def _tool_refusal(self, body: dict[str, Any]) -> Reply | None:
+        """The servers' refusals of tools they cannot call (measured on the real ones)."""
+        if self.tool_parser or not body.get("tools"):
+            return None
+        if self.mode == "llama-server":
+            return error_reply(500, "tools param requires --jinja flag", type_="server_error")
+        if self.mode == "vllm" and body.get("tool_choice", "auto") == "auto":
+            return error_reply(400, '"auto" tool choice requires --enable-auto-tool-choice '
+                               "and --tool-call-parser to be set", type_="BadRequestError")
+        return None
 
     def _continue(self, prefill: str | None) -> str:
         if prefill is not None and prefill.rstrip().endswith("Thursday,"):
@@ -335,6 +372,32 @@ class FakeOpenAI(FakeServer):
                                "usage": self._usage()}))
         events.append(sse("[DONE]"))
         return events
+
+
+def _call_text(call: dict[str, str]) -> str:
+    return ('<tool_call>{"name": ' + json.dumps(call["name"]) + ', "arguments": '
+            + call["arguments"] + "}</tool_call>")
+
+
+def _grammar_accepts(gbnf: str, text: str) -> bool:
+    """Whether the GBNF grammar takes ``text`` whole (llguidance, one token per byte)."""
+    import llguidance
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    class Bytes:
+        tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
+        special_token_ids = [256]
+        eos_token_id = 256
+        bos_token_id = None
+
+        def __call__(self, text: str) -> list[int]:
+            return list(text.encode())
+
+    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(Bytes()))
+    grammar = llguidance.LLMatcher.grammar_from_lark(gbnf_to_lark(gbnf))
+    matcher = llguidance.LLMatcher(tokenizer, grammar)
+    ok = matcher.consume_tokens(list(text.encode()))
+    return bool(ok) and not matcher.is_error() and matcher.is_accepting()
 
 
 def _unanswered_calls(messages: list[dict[str, Any]]) -> str | None:

@@ -25,7 +25,15 @@ from ._models import (
     CompatibleModel,
     openai_model,
 )
-from ._servers import PRESETS, Preset, ServerEntry, load_servers, preset_echo, raw_mentions
+from ._servers import (
+    PRESETS,
+    Preset,
+    ServerEntry,
+    default_tools,
+    load_servers,
+    preset_echo,
+    raw_mentions,
+)
 
 __all__ = ["register_commands", "register_models", "resolve_model"]
 
@@ -43,6 +51,8 @@ def _server_model(entry: ServerEntry) -> CompatibleModel:
         aliases=tuple(entry.aliases),
         schema_field=entry.schema_field,
         images=entry.images,
+        tools=entry.tool_mode(),
+        native_choices=entry.native_choices(),
     )
 
 
@@ -74,7 +84,7 @@ def resolve_model(name: str) -> Model | None:
                 name, model_name=rest, base_url=preset.base_url,
                 prefill_style=preset.prefill_style, echo_stream=echo, echo_complete=echo,
                 key_name=preset.key_name, key_env=preset.key_env,
-                schema_field=preset.schema_field,
+                schema_field=preset.schema_field, tools=default_tools(preset.schema_field),
             )
         return None
     # Servers added after the plugins were loaded (same process) are found here too.

@@ -19,7 +19,15 @@ from ._servers import (
     save_servers,
     servers_path,
 )
-from ._wire import PREFILL_STYLES, SCHEMA_FIELDS, EchoMode, PrefillStyle, capability_for
+from ._wire import (
+    PREFILL_STYLES,
+    SCHEMA_FIELDS,
+    TOOL_MODES,
+    EchoMode,
+    PrefillStyle,
+    capability_for,
+    takes_grammar,
+)
 
 __all__ = ["openai_servers"]
 
@@ -41,7 +49,8 @@ def _validation_problem(exc: Any) -> tuple[str, str]:
 #: Entry fields and the options that set them, for errors that name what the user typed.
 _OPTION_FOR = {"id": "ID", "model_name": "--model-name", "base_url": "--base-url",
                "prefill_style": "--prefill-style", "key_name": "--key-name",
-               "key_env": "--key-env", "aliases": "--alias", "echoes": "--echoes/--eats"}
+               "key_env": "--key-env", "aliases": "--alias", "echoes": "--echoes/--eats",
+               "tools": "--tools"}
 
 
 def _entry(values: dict[str, Any]) -> ServerEntry:
@@ -67,16 +76,18 @@ def _key_for(entry: ServerEntry) -> str | None:
     return key
 
 
-def _probe(entry: ServerEntry) -> ProbeRecord:
+def _probe(entry: ServerEntry, tools: bool) -> ProbeRecord:
     """Probe, or a ClickException that says why it could not (nothing is recorded then)."""
     from llmcli.config import scrub
 
     from ._probe import ProbeError, probe_server
 
-    click.echo(f"Probing {entry.base_url} ({entry.model_name}) for its prefill behaviour...",
+    what = "prefill and tool calling" if tools else "prefill"
+    click.echo(f"Probing {entry.base_url} ({entry.model_name}) for its {what} behaviour...",
                err=True)
     try:
-        return probe_server(entry.base_url, entry.model_name, _key_for(entry))
+        return probe_server(entry.base_url, entry.model_name, _key_for(entry), tools=tools,
+                            schema_field=entry.schema_field)
     except ProbeError as exc:
         raise click.ClickException(
             scrub(f"Cannot probe {entry.base_url}: {exc}")) from None
@@ -85,7 +96,19 @@ def _probe(entry: ServerEntry) -> ProbeRecord:
 def _describe_probe(record: ProbeRecord) -> str:
     parts = [f"{style}: stream {p.stream}, complete {p.complete}"
              for style, p in record.styles.items()]
+    if record.tools is not None:
+        choices = ", ".join(f"{kind} {outcome}" for kind, outcome in record.tools.choices.items())
+        parts.append(f"tools: {record.tools.chosen} ({choices})")
     return "; ".join(parts) + f" (probed {record.at})"
+
+
+def _tools_text(entry: ServerEntry) -> str:
+    mode = entry.tool_mode()
+    served = entry.native_choices()
+    if mode == "native" and set(served) != {"auto", "required", "named", "none"}:
+        others = "grammar" if takes_grammar(entry.schema_field) else "refused by the server"
+        return f"native for {', '.join(c for c in served if c != 'none')}, else {others}"
+    return mode
 
 
 def _support(entry: ServerEntry) -> str:
@@ -136,11 +159,16 @@ def openai_servers() -> None:
                    "preset's; none: ask for JSON in the prompt and validate the reply).")
 @click.option("--images", is_flag=True,
               help="The model sees images: -a sends them as image_url parts (data URLs).")
+@click.option("--tools", "tools", type=click.Choice([*TOOL_MODES, "auto"]),
+              help="How the server calls tools: native (tools/tool_choice, tool_calls back), "
+                   "grammar (the tools in the prompt, the reply constrained by the schema "
+                   "field's grammar), none. Default (auto): what the probe finds, else "
+                   "grammar where --schema-field takes one.")
 @click.option("--replace", is_flag=True, help="Overwrite an entry with the same ID.")
 def add(server_id: str, model_name: str, preset: str | None, base_url: str | None,
         prefill_style: str | None, echoes: bool | None, do_probe: bool, key_name: str | None,
         key_env: str | None, aliases: tuple[str, ...], schema_field: str | None,
-        replace: bool, images: bool = False) -> None:
+        replace: bool, images: bool = False, tools: str | None = None) -> None:
     """Add a model served by an OpenAI-compatible server, usable as -m ID.
 
     Without --prefill-style the server is probed: two tiny requests per style (streamed
@@ -163,8 +191,13 @@ def add(server_id: str, model_name: str, preset: str | None, base_url: str | Non
         "schema_field": (None if schema_field == "none" else schema_field) if schema_field
         else (chosen.schema_field if chosen else None),
         **({"images": True} if images else {}),
+        **({"tools": tools} if tools and tools != "auto" else {}),
     }
     entry = _entry(values)
+    if entry.tools == "grammar" and not takes_grammar(entry.schema_field):
+        raise click.BadParameter(
+            "grammar needs a server that takes a grammar (--schema-field json_schema for "
+            "llama-server, structured_outputs for vLLM)", param_hint="--tools")
     servers = _load()
     if servers.get(server_id) is not None and not replace:
         raise click.ClickException(
@@ -180,14 +213,15 @@ def add(server_id: str, model_name: str, preset: str | None, base_url: str | Non
         raise click.ClickException(_validation_problem(exc)[1]) from None
     path = save_servers(updated)
     click.echo(f"Added {server_id!r} ({entry.model_name} at {entry.base_url}, "
-               f"prefill {entry.prefill_style}: {_support(entry)}) to {path}")
+               f"prefill {entry.prefill_style}: {_support(entry)}, tools "
+               f"{_tools_text(entry)}) to {path}")
 
 
 def _with_probe(entry: ServerEntry, required: bool) -> ServerEntry:
     """The entry with a probe's record and chosen style. When the server cannot be asked,
     a preset's style is kept (with a warning) and no style is an error."""
     try:
-        record = _probe(entry)
+        record = _probe(entry, tools=entry.tools is None)
     except click.ClickException as exc:
         if required:
             raise click.ClickException(
@@ -205,21 +239,25 @@ def _with_probe(entry: ServerEntry, required: bool) -> ServerEntry:
 def probe(server_id: str) -> None:
     """Ask a configured server again what it does with a prefill, and record it.
 
-    The best style that works streamed and not is chosen; a --echoes/--eats given at
-    'add' is dropped in favour of what the server does now."""
+    The best style that works streamed and not is chosen, and how the server calls tools;
+    an --echoes/--eats or --tools given at 'add' is dropped in favour of what the server
+    does now."""
     servers = _load()
     entry = servers.get(server_id)
     if entry is None:
         raise click.ClickException(f"No server named {server_id!r} in {servers_path()}")
-    record = _probe(entry)
+    record = _probe(entry, tools=True)
     updated = entry.model_copy(update={"probe": record, "prefill_style": record.chosen,
-                                       "echoes": None})
+                                       "echoes": None, "tools": None})
     servers.servers = [updated if s.id == server_id else s for s in servers.servers]
     save_servers(servers)
     click.echo(f"{server_id}: {_describe_probe(record)}")
     for style, result in record.styles.items():
         click.echo(f"  {style}: {result.seen}")
-    click.echo(f"{server_id}: prefill {updated.prefill_style} ({_support(updated)})")
+    if record.tools is not None:
+        click.echo(f"  tools: {record.tools.seen}")
+    click.echo(f"{server_id}: prefill {updated.prefill_style} ({_support(updated)}), "
+               f"tools {_tools_text(updated)}")
 
 
 @openai_servers.command(name="list")
@@ -240,7 +278,8 @@ def list_(as_json: bool) -> None:
         if e.key_env and e.key_name:
             key = f"{e.key_name} / ${e.key_env}"
         click.echo(f"{e.id}: {e.model_name} at {e.base_url}  "
-                   f"prefill={e.prefill_style} ({_support(e)})  key={key}")
+                   f"prefill={e.prefill_style} ({_support(e)})  tools={_tools_text(e)}  "
+                   f"key={key}")
         if e.probe is not None:
             click.echo(f"  probe: {_describe_probe(e.probe)}")
 

@@ -19,6 +19,7 @@ from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, ReasoningPrefillOption, Request
 from llmcli.models import Options as BaseOptions
 from llmcli.remote import Call, HTTPFault, RemoteModel, RemoteOptions, WireRequest
+from llmcli.tooltext import read_reply
 
 from ._wire import (
     THINKING_PREFILL_REFUSED,
@@ -27,6 +28,7 @@ from ._wire import (
     EchoMode,
     PrefillStyle,
     SchemaField,
+    ToolMode,
     build_create_kwargs,
     capability_for,
     completion_events,
@@ -262,6 +264,8 @@ class CompatibleModel(_ChatCompletionsModel):
         aliases: tuple[str, ...] = (),
         schema_field: SchemaField | None = None,
         images: bool = False,
+        tools: ToolMode = "none",
+        native_choices: tuple[str, ...] | None = None,
     ) -> None:
         self.model_id = model_id
         # The server takes image_url parts (a vision model behind it): the user says so
@@ -280,9 +284,25 @@ class CompatibleModel(_ChatCompletionsModel):
             echo_stream=echo_stream,
             echo_complete=echo_complete,
             schema_field=schema_field,
+            tools=tools,
+            **({"native_choices": native_choices} if native_choices is not None else {}),
         )
+        #: Declared (``openai-servers add --tools``) or probed: see :data:`ToolMode`.
+        self.tool_support = ToolSupport(tools)
         # llama.cpp's server (schema in "json_schema") takes a GBNF grammar in "grammar".
         self.grammar_support = schema_field == "json_schema"
+
+    def read_complete(self, reply: Any, call: Call) -> Iterator[Chunk]:
+        events = super().read_complete(reply, call)
+        if self.backend.tools_as_text(call.request):
+            return read_reply(events, call.request.prefill)
+        return events
+
+    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
+        events = super().read_stream(stream, call)
+        if self.backend.tools_as_text(call.request):
+            return read_reply(events, call.request.prefill)
+        return events
 
     def key_hint(self) -> str:
         if self.needs_key is None:

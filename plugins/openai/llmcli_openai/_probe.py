@@ -12,7 +12,15 @@ sends, per prefill style, two tiny deterministic requests (streamed and not, tem
 * an HTTP error: **rejects** (the server refuses the form).
 
 Styles are tried in order until one works in both modes; that one is chosen, or ``none``
-(emulated) when none works. Transport failures (no server, timeout, 401) are not verdicts:
+(emulated) when none works.
+
+Tools (:func:`probe_tools`): one tiny request (not streamed, temperature 0) with one tool per
+``tool_choice`` kind: "required", the tool by name, then "auto". Parsed ``tool_calls`` back
+for "required" or the named tool: the server calls tools natively, for the kinds that did not
+fail (vLLM without ``--enable-auto-tool-choice`` refuses "auto" with a 400 and serves the
+other two by its own guided decoding). Refused or ignored (llama-server without ``--jinja``:
+``tools param requires --jinja flag``): the grammar method where the server takes a grammar,
+else none. Transport failures (no server, timeout, 401) are not verdicts:
 they raise :class:`ProbeError` and nothing is recorded.
 """
 
@@ -25,13 +33,14 @@ from typing import Any
 from llmcli.capabilities import PrefillSupport
 from llmcli.errors import ProbeError
 from llmcli.models import Request
+from llmcli.tools import Tool
 
 from ._models import ChatOptions
-from ._servers import ModeOutcome, ProbeRecord, StyleProbe
-from ._wire import Backend, PrefillStyle, build_create_kwargs
+from ._servers import ModeOutcome, ProbeRecord, StyleProbe, ToolOutcome, ToolProbe
+from ._wire import Backend, PrefillStyle, SchemaField, build_create_kwargs, takes_grammar
 
 __all__ = ["PROBE_NEXT_WORD", "PROBE_PREFILL", "PROBE_PROMPT", "ProbeError", "STYLE_ORDER",
-           "classify", "probe_server"]
+           "classify", "probe_server", "probe_tools"]
 
 #: A request the model would never answer with this text on its own (so an echo is
 #: unmistakable), and whose continuation is one obvious word (so a continuation is told
@@ -124,10 +133,63 @@ def _status_message(exc: Any) -> str:
     return str(getattr(exc, "message", exc))
 
 
+#: The tool probe's one tool and its question.
+PROBE_TOOL = Tool("get_weather", "Get the current weather in a city.", {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+PROBE_TOOL_PROMPT = "What is the weather in Paris? Use the get_weather tool."
+PROBE_TOOL_MAX_TOKENS = 48
+
+
+def _ask_tools(client: Any, model_name: str, choice: str) -> tuple[ToolOutcome, str]:
+    import openai
+
+    options = ChatOptions.model_validate(
+        {"max_tokens": PROBE_TOOL_MAX_TOKENS, "temperature": 0, "seed": 0})
+    request = Request(model_id="probe", prompt=PROBE_TOOL_PROMPT, system=None, history=[],
+                      prefill="", prefill_support=PrefillSupport.EMULATED, options=options,
+                      stream=False, tools=(PROBE_TOOL,), tool_choice=choice)
+    backend = Backend(provider="probe", api_model=model_name, base_url="-")
+    try:
+        reply = client.chat.completions.create(**build_create_kwargs(request, backend))
+    except (openai.AuthenticationError, openai.PermissionDeniedError,
+            openai.NotFoundError) as exc:
+        raise ProbeError(f"{exc.status_code} {_status_message(exc)}") from None
+    except openai.APIStatusError as exc:
+        return "rejects", f"{exc.status_code} {_short(_status_message(exc), 100)}"
+    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+        raise ProbeError(f"cannot reach the server ({type(exc).__name__})") from None
+    choices = reply.choices or []
+    message = choices[0].message if choices else None
+    calls = (getattr(message, "tool_calls", None) or []) if message is not None else []
+    if calls:
+        call = calls[0].function
+        return "calls", _short(f"{call.name}({call.arguments})")
+    return "text", repr(_short((message.content or "") if message is not None else ""))
+
+
+def probe_tools(client: Any, model_name: str, schema_field: SchemaField | None) -> ToolProbe:
+    """How the server calls tools (see the module's docstring)."""
+    probe = ToolProbe(chosen="none")
+    seen = []
+    for kind, choice in (("required", "required"), ("named", PROBE_TOOL.name),
+                         ("auto", "auto")):
+        outcome, text = _ask_tools(client, model_name, choice)
+        probe.choices[kind] = outcome
+        seen.append(f"{kind}: {text}")
+    probe.seen = "; ".join(seen)
+    if "calls" in (probe.choices["required"], probe.choices["named"]):
+        probe.chosen = "native"
+    elif takes_grammar(schema_field):
+        probe.chosen = "grammar"
+    return probe
+
+
 def probe_server(base_url: str, model_name: str, key: str | None = None,
                  styles: Sequence[PrefillStyle] = STYLE_ORDER,
-                 timeout: float = 60.0) -> ProbeRecord:
-    """Try ``styles`` in order; stop at the first that works streamed and not."""
+                 timeout: float = 60.0, *, tools: bool = False,
+                 schema_field: SchemaField | None = None) -> ProbeRecord:
+    """Try ``styles`` in order; stop at the first that works streamed and not. With
+    ``tools``, probe tool calling too (:func:`probe_tools`)."""
     import openai
 
     record = ProbeRecord(at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), chosen="none")
@@ -144,4 +206,6 @@ def probe_server(base_url: str, model_name: str, key: str | None = None,
             if result.works():
                 record.chosen = style
                 break
+        if tools:
+            record.tools = probe_tools(client, model_name, schema_field)
     return record

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llmcli import config
 from llmcli.errors import ConfigError
 
-from ._wire import EchoMode, PrefillStyle, SchemaField
+from ._wire import TOOL_CHOICES, EchoMode, PrefillStyle, SchemaField, ToolMode, takes_grammar
 
 __all__ = [
     "FILE_NAME",
@@ -45,6 +45,9 @@ __all__ = [
     "ProbeRecord",
     "ServerEntry",
     "StyleProbe",
+    "ToolOutcome",
+    "ToolProbe",
+    "default_tools",
     "ServersFile",
     "load_servers",
     "preset_echo",
@@ -76,6 +79,37 @@ class StyleProbe(BaseModel):
         return self.stream in ("eats", "echoes") and self.complete in ("eats", "echoes")
 
 
+#: What a probe saw a server do with one tool and one ``tool_choice``: parsed ``tool_calls``
+#: came back, a reply without them, or an HTTP error (the server refuses that choice).
+ToolOutcome = Literal["calls", "text", "rejects"]
+
+
+class ToolProbe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: Per ``tool_choice`` kind tried ("required", "named", "auto").
+    choices: dict[str, ToolOutcome] = Field(default_factory=dict)
+    #: The mode it picked (see :data:`._wire.ToolMode`).
+    chosen: ToolMode
+    #: What came back, shortened (the calls, the text, or the server's error).
+    seen: str = ""
+
+    def native_choices(self) -> tuple[str, ...]:
+        """The kinds the server's own tool calling serves: those that came back as calls;
+        "auto" also when it answered in text (a reply that needs no tool is one), and
+        "none"."""
+        served = [kind for kind in ("auto", "required", "named")
+                  if self.choices.get(kind) == "calls"
+                  or (kind == "auto" and self.choices.get(kind) == "text")]
+        return (*served, "none")
+
+
+def default_tools(schema_field: SchemaField | None) -> ToolMode:
+    """Unprobed and undeclared: the grammar where the server takes one (it needs no server
+    flag), else none."""
+    return "grammar" if takes_grammar(schema_field) else "none"
+
+
 class ProbeRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +118,8 @@ class ProbeRecord(BaseModel):
     #: The style it picked ("none" when no native style worked).
     chosen: PrefillStyle
     styles: dict[PrefillStyle, StyleProbe] = Field(default_factory=dict)
+    #: What the tool probe saw (absent: not probed for tools).
+    tools: ToolProbe | None = None
 
 
 class ServerEntry(BaseModel):
@@ -109,6 +145,23 @@ class ServerEntry(BaseModel):
     schema_field: SchemaField | None = None
     #: The model sees images: attachments go as ``image_url`` parts (``--images``).
     images: bool = False
+    #: The user's word on tool calling (``--tools``); None: the probe's, else
+    #: :func:`default_tools`.
+    tools: ToolMode | None = None
+
+    def tool_mode(self) -> ToolMode:
+        if self.tools is not None:
+            return self.tools
+        if self.probe is not None and self.probe.tools is not None:
+            return self.probe.tools.chosen
+        return default_tools(self.schema_field)
+
+    def native_choices(self) -> tuple[str, ...]:
+        """The ``tool_choice`` kinds served natively: all when the user said native, else
+        what the probe saw."""
+        if self.tools is None and self.probe is not None and self.probe.tools is not None:
+            return self.probe.tools.native_choices()
+        return TOOL_CHOICES
 
     def echo(self, stream: bool) -> EchoMode:
         """What this server returns with a native prefill in one stream mode."""

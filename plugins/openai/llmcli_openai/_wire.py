@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmcli import schema as schemas
+from llmcli import tooltext
 from llmcli.attachments import TYPES
 from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport, StopReason
 from llmcli.errors import ProviderError
@@ -35,7 +36,13 @@ __all__ = [
     "PrefillStyle",
     "SCHEMA_FIELDS",
     "SchemaField",
+    "TOOL_CHOICES",
+    "TOOL_MODES",
+    "ToolMode",
+    "choice_kind",
+    "grammar_fields",
     "schema_fields",
+    "takes_grammar",
     "build_create_kwargs",
     "capability_for",
     "completion_events",
@@ -69,6 +76,34 @@ SchemaField = Literal["response_format", "structured_outputs", "json_schema"]
 SCHEMA_FIELDS: tuple[str, ...] = ("response_format", "structured_outputs", "json_schema")
 
 
+#: How a server calls tools: its own tool calling ("native": ``tools``/``tool_choice`` on the
+#: wire, ``tool_calls`` back), the tools in the prompt and the reply constrained by the
+#: server's grammar field ("grammar": :mod:`llmcli.tooltext`), or not at all.
+ToolMode = Literal["native", "grammar", "none"]
+TOOL_MODES: tuple[str, ...] = ("native", "grammar", "none")
+#: The kinds of ``tool_choice``: a function's name is "named".
+TOOL_CHOICES: tuple[str, ...] = ("auto", "required", "named", "none")
+
+
+def choice_kind(choice: str) -> str:
+    return choice if choice in ("auto", "required", "none") else "named"
+
+
+def takes_grammar(field: SchemaField | None) -> bool:
+    """Whether a server taking a schema in ``field`` takes a GBNF grammar too:
+    llama-server's ``grammar``, vLLM's ``structured_outputs.grammar`` (xgrammar's EBNF)."""
+    return field in ("json_schema", "structured_outputs")
+
+
+def grammar_fields(grammar: str, field: SchemaField | None) -> dict[str, Any]:
+    """The request fields (``extra_body``) that carry a GBNF grammar to such a server."""
+    if field == "json_schema":
+        return {"grammar": grammar}
+    if field == "structured_outputs":
+        return {"structured_outputs": {"grammar": grammar}}
+    return {}
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where a model is served and how it takes a prefill."""
@@ -87,9 +122,25 @@ class Backend:
     reasoning: bool = False
     #: The request field a schema goes in (see :data:`SchemaField`).
     schema_field: SchemaField | None = None
+    #: How the server calls tools (see :data:`ToolMode`).
+    tools: ToolMode = "native"
+    #: Natively: the ``tool_choice`` kinds its own tool calling serves (vLLM without
+    #: ``--enable-auto-tool-choice`` serves "required" and a named function, not "auto");
+    #: a request asking for another goes through the grammar where the server takes one.
+    native_choices: tuple[str, ...] = TOOL_CHOICES
 
     def echo(self, stream: bool) -> EchoMode:
         return self.echo_stream if stream else self.echo_complete
+
+    def tools_as_text(self, request: Request) -> bool:
+        """Whether this request's tools go in the prompt, with the reply constrained by
+        the grammar (:mod:`llmcli.tooltext`), rather than on the wire."""
+        if not (request.tools or request.tool_results):
+            return False
+        if self.tools == "grammar":
+            return True
+        return (self.tools == "native" and takes_grammar(self.schema_field)
+                and choice_kind(request.tool_choice) not in self.native_choices)
 
 
 def capability_for(style: PrefillStyle, echo: EchoMode = "auto") -> PrefillSupport:
@@ -147,6 +198,10 @@ def _style(request: Request, backend: Backend) -> PrefillStyle:
 def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
     system = request.system
     style = _style(request, backend)
+    as_text = backend.tools_as_text(request)
+    if as_text and request.tools:
+        offer = tooltext.system_text(request.tools)
+        system = f"{system}\n\n{offer}" if system else offer
     if request.prefill and style == "none":
         instruction = openai_emulation_instruction(request.prefill)
         # Appended after the user's own system prompt: the last instruction wins ties.
@@ -158,7 +213,7 @@ def _messages(request: Request, backend: Backend) -> list[dict[str, Any]]:
         messages.append({"role": "developer" if backend.reasoning else "system",
                          "content": system})
     for message in request.messages():
-        messages.extend(_turn(message))
+        messages.extend(tooltext.text_turns(message) if as_text else _turn(message))
     if request.prefill and style != "none":
         final: dict[str, Any] = {"role": "assistant", "content": request.prefill}
         if style == "prefix":
@@ -200,7 +255,15 @@ def build_create_kwargs(request: Request, backend: Backend) -> dict[str, Any]:
                 kwargs[name] = value
             else:
                 kwargs.setdefault("extra_body", {})[name] = value
-    if request.tools:
+    if backend.tools_as_text(request):
+        # A text prefill commits the reply to text (as on the local runtime): the server's
+        # grammar would start after it, so none is sent and the reply is read as text.
+        grammar = None if request.prefill else tooltext.gbnf(request.tools,
+                                                            request.tool_choice)
+        if grammar is not None:
+            kwargs.setdefault("extra_body", {}).update(
+                grammar_fields(grammar, backend.schema_field))
+    elif request.tools:
         kwargs.update(tool_fields(request))
     return kwargs
 
