@@ -677,8 +677,11 @@ def test_add_probes_and_records(servers_file: Path, load_plugins: Callable[..., 
         recorded = {style: (r["stream"], r["complete"])
                     for style, r in entry["probe"]["styles"].items()}
         assert recorded == seen
-        requests = fake.chat_requests
+        # Then tool calling: one request per tool_choice kind (required, named, auto).
+        assert set(entry["probe"]["tools"]["choices"]) == {"required", "named", "auto"}
+        requests = [r for r in fake.chat_requests if "tools" not in r.body]
         assert len(requests) == 2 * len(seen)
+        assert len(fake.chat_requests) == 2 * len(seen) + 3
         for r in requests:
             assert r.body["max_tokens"] <= 3 and r.body["temperature"] == 0
         assert [r.body["stream"] for r in requests[:2]] == [True, False]

@@ -23,6 +23,7 @@ from llmcli.tooltext import read_reply
 
 from ._wire import (
     THINKING_PREFILL_REFUSED,
+    TOOL_CHOICES,
     Backend,
     ChunkReader,
     EchoMode,
@@ -285,7 +286,7 @@ class CompatibleModel(_ChatCompletionsModel):
             echo_complete=echo_complete,
             schema_field=schema_field,
             tools=tools,
-            **({"native_choices": native_choices} if native_choices is not None else {}),
+            native_choices=TOOL_CHOICES if native_choices is None else native_choices,
         )
         #: Declared (``openai-servers add --tools``) or probed: see :data:`ToolMode`.
         self.tool_support = ToolSupport(tools)
