@@ -1,0 +1,88 @@
+"""Tools on the real servers (SmolLM2): llama-server without ``--jinja`` through the grammar
+method and with it natively (llama.cpp's generic tool format: SmolLM2's template has no
+tools section), vLLM (the session's one server, no tool parser) through the grammar and
+natively for ``required``. Each: a call whose arguments validate against the schema,
+streamed and not, and a chain that completes with the result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from llmcli import Tool
+from tests.realserver.conftest import serve_llama
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+ADD = Tool.function(add)
+
+
+@pytest.fixture(scope="module")
+def llama_jinja(llama_server_binary: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from serve_llama(llama_server_binary, tmp_path_factory, "--jinja")
+
+
+def _model(base_url: str, tools: str, server: str) -> Any:
+    from llmcli_openai._models import CompatibleModel
+
+    if server == "vllm":
+        # No tool parser: "required" and named calls are its own, "auto" the grammar's.
+        return CompatibleModel("srv", model_name="smollm2", base_url=base_url,
+                               prefill_style="continue_final_message",
+                               schema_field="structured_outputs", tools=tools,  # type: ignore[arg-type]
+                               native_choices=("required", "named", "none"))
+    return CompatibleModel("srv", model_name="smollm2", base_url=base_url,
+                           prefill_style="trailing_assistant", schema_field="json_schema",
+                           tools=tools)  # type: ignore[arg-type]
+
+
+def _check_chain(model: Any, stream: bool) -> None:
+    chain = model.chain("What is 17 plus 25?", tools=[add], tool_choice="required",
+                        prefill_final="The answer is", stream=stream, max_tokens=60,
+                        temperature=0, log=False)
+    chain.text()
+    calls = chain.responses[0].tool_calls()
+    assert len(calls) == 1 and calls[0].name == "add"
+    jsonschema.validate(calls[0].arguments, dict(ADD.parameters))
+    assert chain.responses[1].request.tool_results[0].output == str(
+        calls[0].arguments["a"] + calls[0].arguments["b"])
+    assert chain.last.status == "complete"
+    assert chain.last.text().startswith("The answer is")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_llama_server_without_jinja_calls_through_the_grammar(llama_server: str,
+                                                             stream: bool) -> None:
+    _check_chain(_model(llama_server, "grammar", "llama"), stream)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_llama_server_with_jinja_calls_natively(llama_jinja: str, stream: bool) -> None:
+    _check_chain(_model(llama_jinja, "native", "llama"), stream)
+
+
+@pytest.mark.parametrize("tools", ["grammar", "native"])
+@pytest.mark.parametrize("stream", [True, False])
+def test_vllm_calls_tools(vllm_server: str, tools: str, stream: bool) -> None:
+    _check_chain(_model(vllm_server, tools, "vllm"), stream)
+
+
+def test_the_probe_reads_both_llama_servers(llama_server: str, llama_jinja: str) -> None:
+    from llmcli_openai._probe import probe_server
+
+    plain = probe_server(llama_server, "smollm2", styles=(), tools=True,
+                         schema_field="json_schema").tools
+    assert plain is not None and plain.chosen == "grammar", plain
+    assert "--jinja" in plain.seen
+    jinja = probe_server(llama_jinja, "smollm2", styles=(), tools=True,
+                         schema_field="json_schema").tools
+    assert jinja is not None and jinja.chosen == "native", jinja
