@@ -199,7 +199,12 @@ class FakeOpenAI(FakeServer):
         grammar = body.get("grammar") if self.mode == "llama-server" else (
             (body.get("structured_outputs") or {}).get("grammar") if self.mode == "vllm" else None)
         if body.get("tools") and self.tool_calls:
-            return self._calls(str(model), self.tool_calls.pop(0), body)
+            calls = self.tool_calls.pop(0)
+            named = body.get("tool_choice")
+            if isinstance(named, dict) and self.mode != "llama-server":
+                # A named choice forces that function (llama-server reads it as "auto").
+                calls = [{**c, "name": named["function"]["name"]} for c in calls]
+            return self._calls(str(model), calls, body)
         result = self._answer(request.path, body, stream=bool(body.get("stream")))
         if grammar is not None:
             self.grammars.append(grammar)

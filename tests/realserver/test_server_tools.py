@@ -1,8 +1,9 @@
-"""Tools on the real servers (SmolLM2): llama-server without ``--jinja`` through the grammar
-method and with it natively (llama.cpp's generic tool format: SmolLM2's template has no
-tools section), vLLM (the session's one server, no tool parser) through the grammar and
-natively for ``required``. Each: a call whose arguments validate against the schema,
-streamed and not, and a chain that completes with the result."""
+"""Tools on the real servers (SmolLM2): llama-server started with ``--no-jinja`` through the
+grammar method, and as the session starts it (jinja is on by default in this build) natively
+(llama.cpp's generic tool format: SmolLM2's template has no tools section); vLLM (the
+session's one server, no tool parser) through the grammar and natively for ``required``.
+Each: a call whose arguments validate against the schema, streamed and not, and a chain
+that completes with the result."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ ADD = Tool.function(add)
 
 
 @pytest.fixture(scope="module")
-def llama_jinja(llama_server_binary: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from serve_llama(llama_server_binary, tmp_path_factory, "--jinja")
+def llama_no_jinja(llama_server_binary: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from serve_llama(llama_server_binary, tmp_path_factory, "--no-jinja")
 
 
 def _model(base_url: str, tools: str, server: str) -> Any:
@@ -60,14 +61,14 @@ def _check_chain(model: Any, stream: bool) -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_llama_server_without_jinja_calls_through_the_grammar(llama_server: str,
+def test_llama_server_without_jinja_calls_through_the_grammar(llama_no_jinja: str,
                                                              stream: bool) -> None:
-    _check_chain(_model(llama_server, "grammar", "llama"), stream)
+    _check_chain(_model(llama_no_jinja, "grammar", "llama"), stream)
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_llama_server_with_jinja_calls_natively(llama_jinja: str, stream: bool) -> None:
-    _check_chain(_model(llama_jinja, "native", "llama"), stream)
+def test_llama_server_with_jinja_calls_natively(llama_server: str, stream: bool) -> None:
+    _check_chain(_model(llama_server, "native", "llama"), stream)
 
 
 @pytest.mark.parametrize("tools", ["grammar", "native"])
@@ -76,13 +77,13 @@ def test_vllm_calls_tools(vllm_server: str, tools: str, stream: bool) -> None:
     _check_chain(_model(vllm_server, tools, "vllm"), stream)
 
 
-def test_the_probe_reads_both_llama_servers(llama_server: str, llama_jinja: str) -> None:
+def test_the_probe_reads_both_llama_servers(llama_server: str, llama_no_jinja: str) -> None:
     from llmcli_openai._probe import probe_server
 
-    plain = probe_server(llama_server, "smollm2", styles=(), tools=True,
+    plain = probe_server(llama_no_jinja, "smollm2", styles=(), tools=True,
                          schema_field="json_schema").tools
     assert plain is not None and plain.chosen == "grammar", plain
     assert "--jinja" in plain.seen
-    jinja = probe_server(llama_jinja, "smollm2", styles=(), tools=True,
+    jinja = probe_server(llama_server, "smollm2", styles=(), tools=True,
                          schema_field="json_schema").tools
     assert jinja is not None and jinja.chosen == "native", jinja

@@ -14,12 +14,14 @@ sends, per prefill style, two tiny deterministic requests (streamed and not, tem
 Styles are tried in order until one works in both modes; that one is chosen, or ``none``
 (emulated) when none works.
 
-Tools (:func:`probe_tools`): one tiny request (not streamed, temperature 0) with one tool per
-``tool_choice`` kind: "required", the tool by name, then "auto". Parsed ``tool_calls`` back
+Tools (:func:`probe_tools`): one tiny request (not streamed, temperature 0) with two tools per
+``tool_choice`` kind: "required", the tool the question does not ask for by name (a server
+that ignores the name calls the other, or answers in text), then "auto". Parsed ``tool_calls`` back
 for "required" or the named tool: the server calls tools natively, for the kinds that did not
 fail (vLLM without ``--enable-auto-tool-choice`` refuses "auto" with a 400 and serves the
-other two by its own guided decoding). Refused or ignored (llama-server without ``--jinja``:
-``tools param requires --jinja flag``): the grammar method where the server takes a grammar,
+other two by its own guided decoding; llama-server reads a named choice as "auto").
+Refused or ignored (llama-server started with ``--no-jinja``: ``tools param requires --jinja
+flag``): the grammar method where the server takes a grammar,
 else none. Transport failures (no server, timeout, 401) are not verdicts:
 they raise :class:`ProbeError` and nothing is recorded.
 """
@@ -133,9 +135,15 @@ def _status_message(exc: Any) -> str:
     return str(getattr(exc, "message", exc))
 
 
-#: The tool probe's one tool and its question.
-PROBE_TOOL = Tool("get_weather", "Get the current weather in a city.", {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+#: The tool probe's tools and its question: the question asks for the first, a named
+#: ``tool_choice`` names the second, so a server that ignores the name (llama-server reads a
+#: ``tool_choice`` that is not a string as "auto") is told from one that honours it.
+PROBE_TOOLS = (
+    Tool("get_weather", "Get the current weather in a city.", {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+    Tool("get_time", "Get the current time in a city.", {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+)
 PROBE_TOOL_PROMPT = "What is the weather in Paris? Use the get_weather tool."
 PROBE_TOOL_MAX_TOKENS = 48
 
@@ -147,7 +155,7 @@ def _ask_tools(client: Any, model_name: str, choice: str) -> tuple[ToolOutcome, 
         {"max_tokens": PROBE_TOOL_MAX_TOKENS, "temperature": 0, "seed": 0})
     request = Request(model_id="probe", prompt=PROBE_TOOL_PROMPT, system=None, history=[],
                       prefill="", prefill_support=PrefillSupport.EMULATED, options=options,
-                      stream=False, tools=(PROBE_TOOL,), tool_choice=choice)
+                      stream=False, tools=PROBE_TOOLS, tool_choice=choice)
     backend = Backend(provider="probe", api_model=model_name, base_url="-")
     try:
         reply = client.chat.completions.create(**build_create_kwargs(request, backend))
@@ -163,7 +171,9 @@ def _ask_tools(client: Any, model_name: str, choice: str) -> tuple[ToolOutcome, 
     calls = (getattr(message, "tool_calls", None) or []) if message is not None else []
     if calls:
         call = calls[0].function
-        return "calls", _short(f"{call.name}({call.arguments})")
+        seen = _short(f"{call.name}({call.arguments})")
+        named = choice not in ("auto", "required", "none")
+        return ("ignores" if named and call.name != choice else "calls"), seen
     return "text", repr(_short((message.content or "") if message is not None else ""))
 
 
@@ -171,7 +181,7 @@ def probe_tools(client: Any, model_name: str, schema_field: SchemaField | None) 
     """How the server calls tools (see the module's docstring)."""
     probe = ToolProbe(chosen="none")
     seen = []
-    for kind, choice in (("required", "required"), ("named", PROBE_TOOL.name),
+    for kind, choice in (("required", "required"), ("named", PROBE_TOOLS[1].name),
                          ("auto", "auto")):
         outcome, text = _ask_tools(client, model_name, choice)
         probe.choices[kind] = outcome

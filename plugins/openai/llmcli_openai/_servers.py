@@ -79,9 +79,11 @@ class StyleProbe(BaseModel):
         return self.stream in ("eats", "echoes") and self.complete in ("eats", "echoes")
 
 
-#: What a probe saw a server do with one tool and one ``tool_choice``: parsed ``tool_calls``
-#: came back, a reply without them, or an HTTP error (the server refuses that choice).
-ToolOutcome = Literal["calls", "text", "rejects"]
+#: What a probe saw a server do with its tools and one ``tool_choice``: parsed ``tool_calls``
+#: came back (of the named tool, for a named choice), a call of another tool than the one
+#: named (the name is ignored), a reply without calls, or an HTTP error (the server refuses
+#: that choice).
+ToolOutcome = Literal["calls", "ignores", "text", "rejects"]
 
 
 class ToolProbe(BaseModel):
