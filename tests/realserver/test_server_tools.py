@@ -7,6 +7,7 @@ that completes with the result."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,48 @@ def test_the_probe_reads_both_llama_servers(llama_server: str, llama_no_jinja: s
     jinja = probe_server(llama_server, "smollm2", styles=(), tools=True,
                          schema_field="json_schema").tools
     assert jinja is not None and jinja.chosen == "native", jinja
+
+
+# -- llmcli serve in front, driven by the openai SDK's tool loop --------------------------------
+
+SDK_TOOLS: Any = [{"type": "function", "function": {
+    "name": "add", "description": "Add two integers.",
+    "parameters": dict(ADD.parameters)}}]
+
+
+@pytest.mark.parametrize("server", ["llama", "vllm"])
+def test_serve_in_front_runs_the_openai_sdk_tool_loop(server: str, request: pytest.FixtureRequest,
+                                                      tmp_path: Path) -> None:
+    import openai
+
+    from tests.serve.conftest import start_server
+
+    base_url = request.getfixturevalue("llama_no_jinja" if server == "llama" else "vllm_server")
+    user = tmp_path / "serve-user"
+    user.mkdir()
+    field, style = (("json_schema", "trailing_assistant") if server == "llama"
+                    else ("structured_outputs", "continue_final_message"))
+    (user / "openai-servers.json").write_text(json.dumps({"servers": [{
+        "id": "srv", "model_name": "smollm2", "base_url": base_url, "prefill_style": style,
+        "schema_field": field, "tools": "grammar"}]}))
+    running = start_server(user, plugins="llmcli-openai")
+    try:
+        client = openai.OpenAI(base_url=running.v1, api_key="unused", max_retries=0)
+        messages: Any = [{"role": "user", "content": "What is 17 plus 25?"}]
+        message = client.chat.completions.create(
+            model="srv", messages=messages, tools=SDK_TOOLS, tool_choice="required",
+            max_tokens=60, temperature=0).choices[0].message
+        (call,) = message.tool_calls or []
+        assert call.function.name == "add"
+        arguments = json.loads(call.function.arguments)
+        jsonschema.validate(arguments, dict(ADD.parameters))
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                     {"role": "tool", "tool_call_id": call.id,
+                      "content": str(add(**arguments))},
+                     {"role": "assistant", "content": "The answer is", "prefix": True}]
+        final = client.chat.completions.create(model="srv", messages=messages,
+                                               tools=SDK_TOOLS, max_tokens=12, temperature=0)
+        assert final.choices[0].message.tool_calls is None
+        assert final.choices[0].message.content  # the continuation after the prefill
+    finally:
+        running.stop()
