@@ -1,6 +1,6 @@
 """Tools on the real servers (SmolLM2): llama-server started with ``--no-jinja`` through the
-grammar method, and as the session starts it (jinja is on by default in this build) natively
-(llama.cpp's generic tool format: SmolLM2's template has no tools section); vLLM (the
+grammar method, and the probe's verdict on both llama-servers (jinja on by default in this
+build; SmolLM2's template has no tools section and "required" is not enforced); vLLM (the
 session's one server, no tool parser) through the grammar and natively for ``required``.
 Each: a call whose arguments validate against the schema, streamed and not, and a chain
 that completes with the result."""
@@ -67,11 +67,6 @@ def test_llama_server_without_jinja_calls_through_the_grammar(llama_no_jinja: st
     _check_chain(_model(llama_no_jinja, "grammar", "llama"), stream)
 
 
-@pytest.mark.parametrize("stream", [True, False])
-def test_llama_server_with_jinja_calls_natively(llama_server: str, stream: bool) -> None:
-    _check_chain(_model(llama_server, "native", "llama"), stream)
-
-
 @pytest.mark.parametrize("tools", ["grammar", "native"])
 @pytest.mark.parametrize("stream", [True, False])
 def test_vllm_calls_tools(vllm_server: str, tools: str, stream: bool) -> None:
@@ -85,9 +80,13 @@ def test_the_probe_reads_both_llama_servers(llama_server: str, llama_no_jinja: s
                          schema_field="json_schema").tools
     assert plain is not None and plain.chosen == "grammar", plain
     assert "--jinja" in plain.seen
+    # Jinja on (the default): tools are taken, but with SmolLM2's template (no tools
+    # section) "required" comes back as plain text (measured: '17 + 25 = 32.'), so the
+    # probe does not trust the server's own calling and picks the grammar.
     jinja = probe_server(llama_server, "smollm2", styles=(), tools=True,
                          schema_field="json_schema").tools
-    assert jinja is not None and jinja.chosen == "native", jinja
+    assert jinja is not None and jinja.choices["required"] == "text", jinja
+    assert jinja.chosen == "grammar", jinja
 
 
 # -- llmcli serve in front, driven by the openai SDK's tool loop --------------------------------
@@ -130,6 +129,7 @@ def test_serve_in_front_runs_the_openai_sdk_tool_loop(server: str, request: pyte
         final = client.chat.completions.create(model="srv", messages=messages,
                                                tools=SDK_TOOLS, max_tokens=12, temperature=0)
         assert final.choices[0].message.tool_calls is None
-        assert final.choices[0].message.content  # the continuation after the prefill
+        # The continuation after the prefill may be empty: SmolLM2 often ends right there.
+        assert final.choices[0].finish_reason in ("stop", "length")
     finally:
         running.stop()
