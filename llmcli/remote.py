@@ -61,6 +61,7 @@ __all__ = [
     "RemoteOptions",
     "StreamReader",
     "WireRequest",
+    "error_body",
     "key_hint",
     "resolve_prefixed",
     "scrub",
@@ -132,6 +133,19 @@ def scrub(text: str, *secrets: str | None) -> str:
     for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, config.REDACTED)
     return _KEY_SHAPES.sub(config.REDACTED, config.scrub(text))
+
+
+def error_body(body: Any) -> Any:
+    """An error body as an SDK hands it over, parsed: JSON where it is JSON (a dict, a list,
+    a string...), else its text stripped (None when empty). Each plugin then reads its own
+    provider's fields out of it."""
+    if isinstance(body, (str, bytes)):
+        try:
+            return json.loads(body)
+        except ValueError:
+            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+            return text.strip() or None
+    return body
 
 
 def key_hint(spec: KeySpec | None) -> str:

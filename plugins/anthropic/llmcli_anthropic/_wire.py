@@ -21,7 +21,7 @@ from llmcli.models import (
     Usage,
     emulation_instruction,
 )
-from llmcli.remote import HTTPFault, WireRequest
+from llmcli.remote import HTTPFault, WireRequest, error_body
 
 if TYPE_CHECKING:
     from llmcli_anthropic._models import ClaudeOptions
@@ -310,11 +310,9 @@ _TYPE_STATUS = {
 
 def error_message_from_body(body: Any) -> tuple[str | None, str | None]:
     """(error type, message) from an Anthropic error body, either part None when absent."""
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return None, body.strip() or None
+    body = error_body(body)
+    if body is None or isinstance(body, str):
+        return None, body
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):

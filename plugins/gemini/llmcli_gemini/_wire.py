@@ -4,14 +4,13 @@ objects are read by attribute)."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from llmcli.capabilities import PrefillSupport, SchemaSupport, StopReason
 from llmcli.models import Attachment, Chunk, Request, Usage, emulation_instruction
-from llmcli.remote import HTTPFault, WireRequest
+from llmcli.remote import HTTPFault, WireRequest, error_body
 
 if TYPE_CHECKING:
     from llmcli_gemini._models import GeminiOptions
@@ -170,12 +169,9 @@ def read_chunks(chunks: Iterable[Any]) -> Iterator[Chunk]:
 def error_message_from_body(body: Any) -> tuple[str | None, str | None]:
     """(status, message) from Google's error body ``{"error": {"code", "message",
     "status"}}``, either part None when absent."""
-    if isinstance(body, (str, bytes)):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-            return None, text.strip() or None
+    body = error_body(body)
+    if body is None or isinstance(body, str):
+        return None, body
     if isinstance(body, list) and body:
         body = body[0]  # a non-SSE stream's error arrives as a one-element array
     if not isinstance(body, dict):

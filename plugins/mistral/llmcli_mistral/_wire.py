@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from llmcli import schema as schemas
 from llmcli.capabilities import SchemaSupport, StopReason
 from llmcli.models import Chunk, Message, Request, ToolCall, Usage
-from llmcli.remote import HTTPFault, WireRequest
+from llmcli.remote import HTTPFault, WireRequest, error_body
 
 if TYPE_CHECKING:
     from llmcli_mistral._models import MistralOptions
@@ -262,12 +262,9 @@ def error_message_from_body(body: Any) -> tuple[str | None, str | None]:
 
     Bodies seen: ``{"object": "error", "message", "type", "param", "code"}``,
     ``{"message": "Unauthorized", "request_id"}``, ``{"detail": ...}`` (validation)."""
-    if isinstance(body, (str, bytes)):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-            return None, text.strip() or None
+    body = error_body(body)
+    if body is None or isinstance(body, str):
+        return None, body
     if not isinstance(body, dict):
         return None, None
     code = body.get("code") or body.get("type")
