@@ -45,7 +45,8 @@ assistant ``tool_calls`` message not followed by a ``role: tool`` message for ea
 Tool calling as the servers do it (``tool_parser`` False: llama-server without ``--jinja``,
 vLLM without ``--enable-auto-tool-choice``): ``llama-server`` mode refuses ``tools`` with
 llama.cpp's 500 ``tools param requires --jinja flag``; ``vllm`` mode refuses ``tool_choice``
-"auto" with its 400 and serves "required" and a named function (its guided decoding). A
+"auto" and "required" with its 400s (vLLM 0.32.0, measured) and serves a named function
+(its guided decoding). A
 request carrying a grammar (``grammar``: llama-server; ``structured_outputs.grammar``: vLLM)
 gets the next scripted calls written as ``<tool_call>`` text (or the usual text when none is
 scripted), and a 400 when the grammar (GBNF, read with llguidance) does not accept that text:
@@ -228,9 +229,14 @@ class FakeOpenAI(FakeServer):
             return None
         if self.mode == "llama-server":
             return error_reply(500, "tools param requires --jinja flag", type_="server_error")
-        if self.mode == "vllm" and body.get("tool_choice", "auto") == "auto":
+        choice = body.get("tool_choice", "auto")
+        if self.mode == "vllm" and choice == "auto":
             return error_reply(400, '"auto" tool choice requires --enable-auto-tool-choice '
                                "and --tool-call-parser to be set", type_="BadRequestError")
+        if self.mode == "vllm" and choice == "required":
+            # vLLM 0.32.0's CPU build, measured (tests/realserver/test_server_tools.py).
+            return error_reply(400, 'tool_choice="required" requires --tool-call-parser to be '
+                               "set", type_="BadRequestError")
         return None
 
     def _continue(self, prefill: str | None) -> str:

@@ -92,31 +92,37 @@ def test_native_tool_calls_come_back_parsed_streamed_and_not(
         assert grammar_of(first) is None
 
 
-def test_vllm_without_auto_tool_choice_is_native_for_required_and_grammar_for_auto(
+def test_vllm_without_a_tool_parser_is_native_for_named_and_grammar_for_the_rest(
         user_dir: Path, load_plugins: Callable[..., None]) -> None:
+    """vLLM without --tool-call-parser (0.32.0, measured): "required" and "auto" are 400s,
+    a named function its own guided decoding; the probe records that, and a "required" call
+    goes through the grammar."""
     with FakeOpenAI("vllm", continuation="Clear.") as fake:
         fake.tool_parser = False
-        fake.tool_calls = [CALL, CALL]  # what its guided decoding makes for the probe
+        fake.tool_calls = [CALL]  # what its guided decoding makes for the probe's named call
         load_plugins("llmcli-openai")
         result = CliRunner().invoke(_cli(), [
             "openai-servers", "add", "local", "--preset", "vllm", "--model-name", "served",
             "--base-url", fake.url + "/v1"])
         assert result.exit_code == 0, result.output
-        assert "tools native for required, named, else grammar" in result.output
+        assert "tools native for named, else grammar" in result.output
         entry = json.loads((user_dir / "openai-servers.json").read_text())["servers"][0]
         assert entry["probe"]["tools"]["choices"] == {
-            "required": "calls", "named": "calls", "auto": "rejects"}
-        assert "--enable-auto-tool-choice" in entry["probe"]["tools"]["seen"]
+            "required": "rejects", "named": "calls", "auto": "rejects"}
+        assert "--tool-call-parser" in entry["probe"]["tools"]["seen"]
         load_plugins("llmcli-openai")
         model = llmcli.get_model("local")
         fake.tool_calls = [CALL]
-        model.prompt("Weather?", tools=[get_weather], tool_choice="required", log=False).text()
-        assert fake.chat_requests[-1].body["tool_choice"] == "required"
-        fake.tool_calls = [CALL]
-        response = model.prompt("Weather?", tools=[get_weather], log=False)
+        response = model.prompt("Weather?", tools=[get_weather], tool_choice="required",
+                                log=False)
         response.text()
         assert "tools" not in fake.chat_requests[-1].body
         assert response.tool_calls()[0].arguments == {"city": "Paris"}
+        fake.tool_calls = [CALL]
+        model.prompt("Weather?", tools=[get_weather], tool_choice="get_weather",
+                     log=False).text()
+        assert fake.chat_requests[-1].body["tool_choice"] == {
+            "type": "function", "function": {"name": "get_weather"}}
 
 
 def _cli() -> Any:

@@ -37,14 +37,45 @@ def _model(base_url: str, tools: str, server: str) -> Any:
     from llmcli_openai._models import CompatibleModel
 
     if server == "vllm":
-        # No tool parser: "required" and named calls are its own, "auto" the grammar's.
+        # No tool parser: the choices the probe saw it call natively are its own (vLLM 0.32.0
+        # refuses "required" and "auto" without --tool-call-parser), the rest the grammar's.
         return CompatibleModel("srv", model_name="smollm2", base_url=base_url,
                                prefill_style="continue_final_message",
                                schema_field="structured_outputs", tools=tools,  # type: ignore[arg-type]
-                               native_choices=("required", "named", "none"))
+                               native_choices=_vllm_native(base_url))
     return CompatibleModel("srv", model_name="smollm2", base_url=base_url,
                            prefill_style="trailing_assistant", schema_field="json_schema",
                            tools=tools)  # type: ignore[arg-type]
+
+
+_probed: dict[str, Any] = {}
+
+
+def _vllm_tools(base_url: str) -> Any:
+    """What the probe finds on the session's vLLM (asked once)."""
+    from llmcli_openai._probe import probe_server
+
+    if base_url not in _probed:
+        _probed[base_url] = probe_server(base_url, "smollm2", styles=(), tools=True,
+                                         schema_field="structured_outputs").tools
+    return _probed[base_url]
+
+
+def _vllm_native(base_url: str) -> tuple[str, ...]:
+    probe = _vllm_tools(base_url)
+    return (*(kind for kind, seen in probe.choices.items() if seen == "calls"), "none")
+
+
+def test_the_probe_reads_vllm(vllm_server: str) -> None:
+    """vLLM 0.32.0's CPU build without a tool parser refuses "required" (400
+    'tool_choice="required" requires --tool-call-parser to be set') and "auto": the probe
+    sees both refusals and, since it takes a grammar, falls back to it unless a named
+    choice is called natively."""
+    probe = _vllm_tools(vllm_server)
+    assert probe.choices["required"] == "rejects", probe
+    assert probe.choices["auto"] == "rejects", probe
+    assert "--tool-call-parser" in probe.seen
+    assert probe.chosen == ("native" if probe.choices["named"] == "calls" else "grammar")
 
 
 def _check_chain(model: Any, stream: bool) -> None:
