@@ -375,10 +375,16 @@ def test_calibration_measures_the_passes_and_scales_the_fits() -> None:
                             verify_per_row=0.05, verify_per_token=0.02, draft_base=0.15,
                             draft_per_row=0.059)
     measure = Calibration()
-    assert measure.must_step_plainly()  # nothing timed yet: the unit first
-    measure.plain(0.010, fits.step(1), could_speculate=True)
-    assert measure.unit == pytest.approx(0.010)
-    assert not measure.must_step_plainly()
+    assert measure.must_step_plainly(True)  # nothing timed yet: the unit first
+    measure.plain(True, 0.010, fits.step(1), could_speculate=True)
+    assert measure.unit[True] == pytest.approx(0.010)
+    assert not measure.must_step_plainly(True)
+    # Several rows are weighed against their own plain step: one of 8 rows that took 3 one-row
+    # steps' time where the fits say 1.24 gives them a unit of their own, not the lone one's.
+    assert measure.must_step_plainly(False)
+    measure.plain(False, 0.030, fits.step(8), could_speculate=True)
+    assert measure.unit[False] == pytest.approx(0.030 / fits.step(8))
+    assert measure.unit[True] == pytest.approx(0.010)
     verify = (2 * 0.010 * fits.verify(1, 5), fits.verify(1, 5))  # twice the fits
     draft = (3 * 0.010 * 4 * fits.draft(1), 4 * fits.draft(1))  # three times
     for _ in range(CALIBRATION_ROUNDS - 1):
@@ -396,10 +402,11 @@ def test_calibration_measures_the_passes_and_scales_the_fits() -> None:
     # the policy steps plainly.
     for _ in range(REMEASURE - CALIBRATION_ROUNDS):
         measure.speculated(True, verify, draft)
-    assert measure.must_step_plainly()
+    assert measure.must_step_plainly(True)
+    assert not measure.must_step_plainly(False)
     before = measure.draft[True]
-    measure.plain(0.010, fits.step(1), could_speculate=True)
-    assert not measure.must_step_plainly()
+    measure.plain(True, 0.010, fits.step(1), could_speculate=True)
+    assert not measure.must_step_plainly(True)
     assert 1.0 < measure.draft[True] < before
 
 

@@ -117,20 +117,23 @@ class Calibration:
     costs more time than it saves, and goes on where it pays."""
 
     clock: Callable[[], float] = time.perf_counter
-    #: Seconds per unit of the fits (a one-row plain step is 1), from plain steps.
-    unit: float | None = None
+    #: Seconds per unit of the fits (a one-row plain step is 1), from the plain steps of a
+    #: lone row (True) and of several (False): each kind's proposals are weighed against its
+    #: own plain step, whose cost the fits may get wrong by row count (8 rows' step on two
+    #: threads is dearer than they say, which would make every pass of 8 rows look cheap).
+    unit: dict[bool, float | None] = field(default_factory=lambda: {True: None, False: None})
     #: Measured over modelled cost of verification passes and of the draft's steps, for a
     #: lone row (True) and for several (False).
     verify: dict[bool, float] = field(default_factory=lambda: {True: 1.0, False: 1.0})
     draft: dict[bool, float] = field(default_factory=lambda: {True: 1.0, False: 1.0})
     #: Timed rounds with proposals, per kind.
     rounds: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
-    #: Steps with proposals since the last plain one.
-    since_plain: int = 0
+    #: Steps with proposals since the last plain one, per kind.
+    since_plain: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
 
     def calibrated(self, lone: bool) -> bool:
         """Whether steps of this kind weigh proposals with measured costs yet."""
-        return self.unit is not None and self.rounds[lone] >= CALIBRATION_ROUNDS
+        return self.unit[lone] is not None and self.rounds[lone] >= CALIBRATION_ROUNDS
 
     def costs(self, fits: SpeculationCosts, lone: bool) -> SpeculationCosts:
         """``fits`` as measured here (``fits`` itself until :meth:`calibrated`)."""
@@ -138,14 +141,14 @@ class Calibration:
             return fits
         return fits.scaled(self.verify[lone], self.draft[lone])
 
-    def must_step_plainly(self) -> bool:
+    def must_step_plainly(self, lone: bool) -> bool:
         """Whether this step, which would speculate, steps plainly to time the unit."""
-        return self.unit is None or self.since_plain >= REMEASURE
+        return self.unit[lone] is None or self.since_plain[lone] >= REMEASURE
 
-    def plain(self, seconds: float, units: float, could_speculate: bool) -> None:
+    def plain(self, lone: bool, seconds: float, units: float, could_speculate: bool) -> None:
         """A plain step of ``units`` (the fits' ``step(rows)``) took ``seconds``."""
-        self.since_plain = 0
-        self.unit = _follow(self.unit, seconds / units)
+        self.since_plain[lone] = 0
+        self.unit[lone] = _follow(self.unit[lone], seconds / units)
         if could_speculate:
             for scales in (self.verify, self.draft):
                 for lone, scale in scales.items():
@@ -155,15 +158,16 @@ class Calibration:
                    draft: tuple[float, float] | None) -> None:
         """A step with proposals: its pass took ``verify[0]`` seconds for ``verify[1]``
         units of the fits, its draft ``draft[0]`` for ``draft[1]`` (None: a lookup)."""
-        self.since_plain += 1
-        if self.unit is None:
+        self.since_plain[lone] += 1
+        unit = self.unit[lone]
+        if unit is None:
             return
         self.rounds[lone] += 1
         seconds, units = verify
-        self.verify[lone] = _follow(self.verify[lone], seconds / (units * self.unit))
+        self.verify[lone] = _follow(self.verify[lone], seconds / (units * unit))
         if draft is not None and draft[1] > 0:
             seconds, units = draft
-            self.draft[lone] = _follow(self.draft[lone], seconds / (units * self.unit))
+            self.draft[lone] = _follow(self.draft[lone], seconds / (units * unit))
 
 
 def _follow(estimate: float | None, measured: float) -> float:
@@ -425,7 +429,7 @@ def step(backend: Backend[Any], rows: Sequence[Row], policy: Policy | None = Non
         policy.decide(rows, fits)
     else:
         policy.decide(rows, measure.costs(fits, lone), measured=measure.calibrated(lone))
-        if any(row.count for row in rows) and measure.must_step_plainly():
+        if any(row.count for row in rows) and measure.must_step_plainly(lone):
             for row in rows:
                 row.count, row.source = 0, ""
     clock = measure.clock if measure is not None else time.perf_counter
@@ -442,7 +446,7 @@ def step(backend: Backend[Any], rows: Sequence[Row], policy: Policy | None = Non
             logits = _plain(backend, rows, single)
             if measure is not None:
                 _synchronize(logits)
-                measure.plain(clock() - proposed, fits.step(len(rows)), could)
+                measure.plain(lone, clock() - proposed, fits.step(len(rows)), could)
             return
         policy.speculated += 1
         runs = [[row.token, *row.proposals] for row in rows]
