@@ -16,7 +16,7 @@ from llmcli import schema as schemas
 from llmcli.capabilities import SchemaSupport
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.mistral import FakeMistral
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import FRESH_TURN, FakeOpenAI
 from tests.providers.conftest import PROVIDERS, serving
 
 PERSON = {"type": "object",
@@ -125,8 +125,12 @@ def test_llama_server_takes_a_gbnf_grammar(user_dir: Path,
     with FakeOpenAI("llama-server") as fake:
         _compat(user_dir / "openai-servers.json", fake, "trailing_assistant", "json_schema")
         load_plugins("llmcli-openai")
-        llmcli.get_model("local").prompt("Yes?", grammar='root ::= "yes"', log=False).text()
-        assert body(fake)["grammar"] == 'root ::= "yes"'
+        # The fake answers only where the grammar accepts its reply (llguidance), as a real
+        # server's constrained decoding would.
+        grammar = f"root ::= {json.dumps(FRESH_TURN)}"
+        reply = llmcli.get_model("local").prompt("Yes?", grammar=grammar, log=False).text()
+        assert body(fake)["grammar"] == grammar
+        assert reply == FRESH_TURN
 
 
 def test_presets_name_their_fields(load_plugins: Callable[..., None]) -> None:
