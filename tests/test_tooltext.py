@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import llguidance
 import pytest
-from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from llmcli import Tool
 from llmcli.tooltext import gbnf, gbnf_schema, lark
+from tests.grammar import accepts
 
 
 def get_weather(city: str, unit: str = "celsius") -> dict[str, Any]:
@@ -25,27 +24,6 @@ def add(a: int, b: int) -> int:
 
 
 TOOLS = [Tool.function(get_weather), Tool.function(add)]
-
-
-class _Bytes:
-    """One token per byte, and an end-of-sequence token."""
-
-    tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
-    special_token_ids = [256]
-    eos_token_id = 256
-    bos_token_id = None
-
-    def __call__(self, text: str) -> list[int]:
-        return list(text.encode())
-
-
-def accepts(grammar: str, text: str, *, notation: str = "gbnf") -> bool:
-    """Whether llguidance's matcher takes ``text`` whole under ``grammar``."""
-    source = gbnf_to_lark(grammar) if notation == "gbnf" else grammar
-    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()))
-    matcher = llguidance.LLMatcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(source))
-    ok = matcher.consume_tokens(list(text.encode()))
-    return bool(ok) and not matcher.is_error() and matcher.is_accepting()
 
 
 CASES = [

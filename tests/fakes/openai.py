@@ -211,7 +211,9 @@ class FakeOpenAI(FakeServer):
             self.grammars.append(grammar)
             if self.tool_calls:
                 result = "".join(_call_text(c) for c in self.tool_calls.pop(0))
-            if isinstance(result, str) and not _grammar_accepts(grammar, result):
+            from tests.grammar import accepts  # llguidance, loaded only where a grammar comes
+
+            if isinstance(result, str) and not accepts(grammar, result):
                 return error_reply(400, f"the reply {result!r} does not match the grammar")
         if isinstance(result, Reply):
             return result
@@ -388,27 +390,6 @@ class FakeOpenAI(FakeServer):
 def _call_text(call: dict[str, str]) -> str:
     return ('<tool_call>{"name": ' + json.dumps(call["name"]) + ', "arguments": '
             + call["arguments"] + "}</tool_call>")
-
-
-def _grammar_accepts(gbnf: str, text: str) -> bool:
-    """Whether the GBNF grammar takes ``text`` whole (llguidance, one token per byte)."""
-    import llguidance
-    from llguidance.gbnf_to_lark import gbnf_to_lark
-
-    class Bytes:
-        tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
-        special_token_ids = [256]
-        eos_token_id = 256
-        bos_token_id = None
-
-        def __call__(self, text: str) -> list[int]:
-            return list(text.encode())
-
-    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(Bytes()))
-    grammar = llguidance.LLMatcher.grammar_from_lark(gbnf_to_lark(gbnf))
-    matcher = llguidance.LLMatcher(tokenizer, grammar)
-    ok = matcher.consume_tokens(list(text.encode()))
-    return bool(ok) and not matcher.is_error() and matcher.is_accepting()
 
 
 def _unanswered_calls(messages: list[dict[str, Any]]) -> str | None:

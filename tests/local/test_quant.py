@@ -230,7 +230,12 @@ def test_the_option_is_validated() -> None:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_smollm2_quantized_text_starts_with_the_prefill(smollm2: Any, scheme: str) -> None:
     """The real model: the reply starts with the prefill, the greedy text is a fluent list,
-    and the prompt pass's logits stay close to full precision."""
+    and the prompt pass's next-token distribution stays close to full precision.
+
+    Closeness is the KL divergence from the full-precision distribution (what llama.cpp's
+    quantization tooling reports), with the same greedy choice: a bound on the largest of
+    49,152 logit differences (1.5 for int8) swung between 1.37 and 1.58 on the same commit
+    with the distribution unchanged (KL 0.019)."""
     from llmcli_local import loader
 
     response = smollm2.prompt("Name three US states.", prefill="1.", quantize=scheme,
@@ -242,7 +247,11 @@ def test_smollm2_quantized_text_starts_with_the_prefill(smollm2: Any, scheme: st
     ids = full.encode(full.render([{"role": "user", "content": "Name three US states."}]))
     expected, _ = full.prompt(ids, len(ids))
     got, _ = quantized.prompt(ids, len(ids))
-    assert (got - expected).abs().max() < {"int8": 1.5, "int4": 4.0}[scheme]
+    full_log, quant_log = (torch.log_softmax(x.float(), -1) for x in (expected, got))
+    divergence = float((full_log.exp() * (full_log - quant_log)).sum())
+    # Measured 0.019 (int8) and 0.037 (int4) on 2026-12-07; a wrong scale or a misplaced
+    # group gives several nats.
+    assert divergence < {"int8": 0.05, "int4": 0.1}[scheme], divergence
     assert int(got.argmax()) == int(expected.argmax())
     loader.unload_all()
 

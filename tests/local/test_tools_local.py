@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import jsonschema
-import llguidance
 import pytest
 from llmcli_local import tools
 from llmcli_local.options import LocalOptions
@@ -16,6 +15,7 @@ from llmcli_local.options import LocalOptions
 from llmcli import Tool, ToolCall, ToolResult
 from llmcli.capabilities import PrefillSupport
 from llmcli.models import Message, Request, Usage
+from tests.grammar import accepts
 
 
 def get_weather(city: str, unit: str = "celsius") -> dict[str, Any]:
@@ -31,26 +31,6 @@ def add(a: int, b: int) -> int:
 TOOLS = [Tool.function(get_weather), Tool.function(add)]
 
 
-def _accepts(grammar_text: str, text: str) -> bool:
-    """Whether llguidance's matcher takes ``text`` whole (bytes, no tokenizer needed)."""
-    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()))
-    matcher = llguidance.LLMatcher(tokenizer, grammar_text)
-    ok = matcher.consume_tokens(list(text.encode()))
-    return bool(ok) and not matcher.is_error() and matcher.is_accepting()
-
-
-class _Bytes:
-    """One token per byte, and an end-of-sequence token."""
-
-    tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
-    special_token_ids = [256]
-    eos_token_id = 256
-    bos_token_id = None
-
-    def __call__(self, text: str) -> list[int]:
-        return list(text.encode())
-
-
 @pytest.mark.parametrize(("text", "auto", "required"), [
     ("It is sunny.", True, False),
     ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
@@ -64,12 +44,13 @@ class _Bytes:
      False, False),
 ])
 def test_the_grammar_is_text_or_a_valid_call(text: str, auto: bool, required: bool) -> None:
-    assert _accepts(tools.grammar(TOOLS, "auto").text, text) is auto  # type: ignore[union-attr]
-    assert _accepts(tools.grammar(TOOLS, "required").text,  # type: ignore[union-attr]
-                    text) is required
+    auto_text = tools.grammar(TOOLS, "auto").text  # type: ignore[union-attr]
+    required_text = tools.grammar(TOOLS, "required").text  # type: ignore[union-attr]
+    assert accepts(auto_text, text, notation="lark") is auto
+    assert accepts(required_text, text, notation="lark") is required
     assert tools.grammar(TOOLS, "none") is None
     only_add = tools.grammar(TOOLS, "add").text  # type: ignore[union-attr]
-    assert _accepts(only_add, text) is (required and '"add"' in text)
+    assert accepts(only_add, text, notation="lark") is (required and '"add"' in text)
 
 
 def _request(**changes: Any) -> Request:
