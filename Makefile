@@ -8,6 +8,8 @@ PIP     := $(PY) -m pip --disable-pip-version-check
 # plain `torch` requirement from pulling a multi-GB CUDA build. Override on a GPU machine.
 TORCH   ?= torch==2.13.0
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
+# CI prints the slowest tests, to keep it under its 45 minutes.
+PYTEST_ARGS ?= --durations=30
 PROMPT  ?= Reply with a JSON array of three US state names.
 PREFILL ?= ["Texas", "
 

@@ -153,7 +153,7 @@ def test_the_probe_measures_vllm(vllm_server: str, servers_file: Path, cont: str
                     vllm_server, "--model-name", "smollm2")
     assert added.exit_code == 0, added.output
     assert "Probe: continue_final_message: stream eats, complete eats" in added.output
-    assert "prefill continue_final_message: eats)" in added.output
+    assert "prefill continue_final_message: eats, tools " in added.output
     entry = json.loads(servers_file.read_text())["servers"][0]
     assert entry["prefill_style"] == "continue_final_message"
     assert entry["schema_field"] == "structured_outputs"  # the preset's
