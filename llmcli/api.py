@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from llmcli import config
 from llmcli.attachments import Attachment
@@ -19,18 +20,26 @@ from llmcli.chain import ChainResponse, ChainSettings
 from llmcli.contract import AsyncModel, Model
 from llmcli.errors import ConfigError, OptionsError, UnknownModelError
 from llmcli.plugins import load_plugins, registered_models, registered_tools
-from llmcli.prepare import prepare_attachments, prepare_response, resolve_key, validate_options
+from llmcli.prepare import (
+    prepare_async_response,
+    prepare_attachments,
+    prepare_response,
+    resolve_key,
+    validate_options,
+)
 from llmcli.record import ResponseRecord, history
-from llmcli.response import Conversation, Response
+from llmcli.response import AsyncResponse, BaseResponse, Conversation, Response
 from llmcli.spec import Logger, PromptSpec
 from llmcli.tools import Tool
 
 __all__ = ["get_models", "get_model", "get_async_model", "get_default_model", "prompt",
-           "validate_options", "resolve_key", "key_is_set", "load_conversation",
-           "continue_reply", "Logger", "PromptSpec", "check_attachment"]
+           "prompt_async", "validate_options", "resolve_key", "key_is_set",
+           "load_conversation", "continue_reply", "Logger", "PromptSpec", "check_attachment"]
 
 #: Preferred default when the user has not chosen one: the offline local model.
 FALLBACK_DEFAULT = "smollm2"
+
+_R = TypeVar("_R", bound=BaseResponse)
 
 
 def get_models() -> list[Model]:
@@ -195,10 +204,23 @@ def prompt(model: Model, prompt: str | PromptSpec, /, **fields: Any) -> Response
 
     The model's stored default options (``llmcli models options set``) apply beneath the
     spec's ``options``."""
-    spec = PromptSpec.of(prompt, **fields)
+    return _with_defaults(prepare_response, model, PromptSpec.of(prompt, **fields))
+
+
+def prompt_async(model: Model, prompt: str | PromptSpec, /, **fields: Any) -> AsyncResponse:
+    """:func:`prompt` for an event loop: the same checks, before any request, and the same
+    stored default options, in an :class:`~llmcli.response.AsyncResponse` over the model's
+    ``execute_async`` (nothing is sent until it is awaited or iterated)."""
+    return _with_defaults(prepare_async_response, model, PromptSpec.of(prompt, **fields))
+
+
+def _with_defaults(prepare: Callable[[Model, PromptSpec], _R], model: Model,
+                   spec: PromptSpec) -> _R:
+    """``prepare(model, spec)`` with the model's stored default options beneath the
+    spec's."""
     defaults = config.load_model_options().get(model.model_id, {})
     try:
-        return prepare_response(model, spec.replace(options={**defaults, **spec.options}))
+        return prepare(model, spec.replace(options={**defaults, **spec.options}))
     except OptionsError as exc:
         if not defaults:
             raise

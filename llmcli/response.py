@@ -255,6 +255,15 @@ class BaseResponse:
     def text_so_far(self) -> str:
         return "".join(self._chunks)
 
+    def usage_so_far(self) -> Usage:
+        """The usage the backend has reported so far (it runs nothing; once the response
+        has ended, its usage)."""
+        return self._usage
+
+    def tool_calls_so_far(self) -> list[ToolCall]:
+        """The tool calls that have arrived so far, in order (it runs nothing)."""
+        return list(self._tool_calls)
+
     @property
     def cancelled(self) -> bool:
         return self._cancellation.is_set()

@@ -3,6 +3,7 @@ beneath the options a call gives."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from llmcli import api
 from llmcli.cli import cli
+from llmcli.errors import OptionsError
 
 
 @pytest.fixture
@@ -38,6 +40,9 @@ def test_set_show_and_apply(run, test_models, user_dir: Path) -> None:
     assert run("-m", "test-echoes", "q").stdout == "reply to: q\n"  # other models: untouched
     # The API applies them, so the Python API and every command get them.
     assert api.prompt(api.get_model("test-eats"), "q", log=False).text() == "stored"
+    # And its async path (what llmcli serve runs), the same way.
+    response = api.prompt_async(api.get_model("test-eats"), "q", log=False)
+    assert asyncio.run(response.text()) == "stored"
     assert "  reply: str | none, set to 'stored' (llmcli models options)\n" in \
         run("models", "--options").stdout
 
@@ -82,6 +87,8 @@ def test_a_stale_default_names_where_it_comes_from(run, user_dir: Path) -> None:
     assert result.exit_code == 1
     assert "(stored defaults: llmcli models options show test-eats)" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+    with pytest.raises(OptionsError, match=r"\(stored defaults: llmcli models options show"):
+        api.prompt_async(api.get_model("test-eats"), "q", log=False)
     # A model no longer installed can still be cleared by its id.
     (user_dir / "model_options.json").write_text('{"gone-model": {"a": 1}}')
     assert run("models", "options", "clear", "gone-model").exit_code == 0

@@ -7,7 +7,8 @@
                   requests in flight, cutting them short; errors in the wire's shape
     openai_wire.py     /v1/chat/completions: its WIRE (parser, reply and stream rendering)
     anthropic_wire.py  /v1/messages: its WIRE (parser, reply and stream rendering)
-    exchange.py   a Response run on its own thread; cancellation; a model's slots
+    exchange.py   an AsyncResponse run in a task on the event loop; cancellation; a
+                  model's slots
     errors.py     llmcli's errors as HTTP statuses, in each wire's error shape
     guard.py      what a request must pass first (Host/Origin, JSON, body size and time,
                   concurrency); the model allowlist; a model that would call the server itself

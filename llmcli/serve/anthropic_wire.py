@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llmcli.request import Reasoning, Usage
-from llmcli.response import Response
+from llmcli.response import BaseResponse
 from llmcli.serve.errors import anthropic_body
 from llmcli.serve.protocol import AnthropicRequest, Chat, anthropic_chat, parse
 from llmcli.serve.runner import AfterPrefill, Run, Wire, cached_tokens, stream_failure, tokens
@@ -24,7 +24,7 @@ STOP = {"end_turn": "end_turn", "stop": "end_turn", "stop_sequence": "stop_seque
 def _message(run: Run, text: str) -> dict[str, Any]:
     """The whole reply as one Messages API message."""
     response = run.response
-    usage = response.usage()
+    usage = response.usage_so_far()
     return {
         "id": f"msg_{response.id}",
         "type": "message",
@@ -39,22 +39,22 @@ def _message(run: Run, text: str) -> dict[str, Any]:
     }
 
 
-def _tool_uses(response: Response) -> list[dict[str, Any]]:
+def _tool_uses(response: BaseResponse) -> list[dict[str, Any]]:
     """The reply's tool calls as ``tool_use`` blocks."""
     return [{"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
-            for call in response.tool_calls()]
+            for call in response.tool_calls_so_far()]
 
 
-def _content(response: Response, text: str) -> list[dict[str, Any]]:
+def _content(response: BaseResponse, text: str) -> list[dict[str, Any]]:
     """A text block (left out when the reply is only tool calls), then the tool_use blocks."""
     uses = _tool_uses(response)
     return ([{"type": "text", "text": text}] if text or not uses else []) + uses
 
 
-def _stop(response: Response) -> str:
-    if response.tool_calls():
+def _stop(response: BaseResponse) -> str:
+    if response.tool_calls_so_far():
         return "tool_use"
-    return STOP.get(response.usage().stop_reason or "", "end_turn")
+    return STOP.get(response.usage_so_far().stop_reason or "", "end_turn")
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -128,7 +128,7 @@ async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]
         yield event("content_block_stop", {"index": index})
     yield event("message_delta", {
         "delta": {"stop_reason": _stop(response), "stop_sequence": None},
-        "usage": _usage(response.usage())})
+        "usage": _usage(response.usage_so_far())})
     yield event("message_stop", {})
 
 

@@ -3,11 +3,11 @@
 Each wire is one module with its routes (:mod:`llmcli.serve.openai_wire`,
 :mod:`llmcli.serve.anthropic_wire`): parse the wire's request into a :class:`Chat`
 (:mod:`llmcli.serve.protocol`), start it through the shared :class:`Runner`
-(:mod:`llmcli.serve.runner`: authenticate, prepare through :func:`llmcli.api.prompt`, run on a
-thread) and render the normalized text in the wire's format. The reply's text is the
-continuation, computed from the normalized text, so every capability (eats, echoes, emulated)
-gives the same content. This module assembles them: the settings, the guard middleware, the
-lifespan, ``/v1/models``, ``/health`` and the errors for unknown paths.
+(:mod:`llmcli.serve.runner`: authenticate, prepare through :func:`llmcli.api.prompt_async`,
+run in a task on the event loop) and render the normalized text in the wire's format. The
+reply's text is the continuation, computed from the normalized text, so every capability
+(eats, echoes, emulated) gives the same content. This module assembles them: the settings, the
+guard middleware, the lifespan, ``/v1/models``, ``/health`` and the errors for unknown paths.
 """
 
 from __future__ import annotations

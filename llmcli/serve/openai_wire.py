@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llmcli.request import Reasoning
-from llmcli.response import Response
+from llmcli.response import BaseResponse
 from llmcli.serve.errors import openai_body
 from llmcli.serve.protocol import Chat, OpenAIRequest, openai_chat, parse
 from llmcli.serve.runner import AfterPrefill, Run, Wire, cached_tokens, stream_failure, tokens
@@ -24,7 +24,7 @@ FINISH = {"end_turn": "stop", "stop": "stop", "stop_sequence": "stop",
 def _completion(run: Run, text: str) -> dict[str, Any]:
     """The whole reply as one chat completion."""
     chat, response = run.chat, run.response
-    usage = response.usage()
+    usage = response.usage_so_far()
     message = _message(response, text if chat.echo else text[len(chat.prefill):])
     if (reasoning := response.reasoning_so_far()) is not None:
         message["reasoning_content"] = reasoning  # vLLM's and DeepSeek's field
@@ -44,20 +44,20 @@ def _completion(run: Run, text: str) -> dict[str, Any]:
     }
 
 
-def _tool_calls(response: Response) -> list[dict[str, Any]]:
+def _tool_calls(response: BaseResponse) -> list[dict[str, Any]]:
     """The reply's tool calls as OpenAI writes them (arguments as JSON text)."""
-    return [call.as_function() for call in response.tool_calls()]
+    return [call.as_function() for call in response.tool_calls_so_far()]
 
 
-def _message(response: Response, content: str) -> dict[str, Any]:
+def _message(response: BaseResponse, content: str) -> dict[str, Any]:
     calls = _tool_calls(response)
     if not calls:
         return {"role": "assistant", "content": content}
     return {"role": "assistant", "content": content or None, "tool_calls": calls}
 
 
-def _usage(response: Response) -> dict[str, Any]:
-    usage = response.usage()
+def _usage(response: BaseResponse) -> dict[str, Any]:
+    usage = response.usage_so_far()
     prompt, completion = tokens(usage.input_tokens), tokens(usage.output_tokens)
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
@@ -108,7 +108,7 @@ async def _events(run: Run, first: str | Reasoning | None) -> AsyncIterator[str]
         run.close()
     for index, call in enumerate(_tool_calls(response)):
         yield frame({"tool_calls": [{"index": index, **call}]})
-    stop = response.usage().stop_reason or ""
+    stop = response.usage_so_far().stop_reason or ""
     yield frame({}, FINISH.get(stop, "stop"))
     if chat.include_usage:
         yield frame(None, usage=_usage(response))

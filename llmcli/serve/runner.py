@@ -1,7 +1,8 @@
-"""What every wire shares: authentication, preparing a response through :func:`llmcli.api.prompt`
-(every check that needs no network, so a refused prefill is a 400 before any upstream call),
-running it on a thread (:mod:`llmcli.serve.exchange`), the requests in flight, cutting them
-short when the server stops, and turning a failure into the wire's error shape.
+"""What every wire shares: authentication, preparing an asynchronous response through
+:func:`llmcli.api.prompt_async` (every check that needs no network, so a refused prefill is a
+400 before any upstream call), running it in a task on the event loop
+(:mod:`llmcli.serve.exchange`), the requests in flight, cutting them short when the server
+stops, and turning a failure into the wire's error shape.
 
 The wire modules (:mod:`llmcli.serve.openai_wire`, :mod:`llmcli.serve.anthropic_wire`) parse
 their request into a :class:`Chat`, call :meth:`Runner.start` and render the normalized text.
@@ -29,7 +30,7 @@ from llmcli import api, config
 from llmcli.config import scrub
 from llmcli.contract import Model
 from llmcli.request import Reasoning, Usage
-from llmcli.response import Conversation, Response
+from llmcli.response import AsyncResponse, Conversation
 from llmcli.serve.errors import WireError, anthropic_body, from_exception, openai_body
 from llmcli.serve.exchange import STOP_WAIT, Exchange, model_slots, stop_all
 from llmcli.serve.guard import choose_model, refuse_loop
@@ -102,7 +103,7 @@ class Run:
 
     chat: Chat
     model: Model
-    response: Response
+    response: AsyncResponse
     exchange: Exchange
     chunks: AsyncIterator[str | Reasoning]
     watcher: asyncio.Task[None]
@@ -161,7 +162,7 @@ class Runner:
             return False
         return self.settings.log_to or True
 
-    def prepare(self, chat: Chat) -> tuple[Model, Response]:
+    def prepare(self, chat: Chat) -> tuple[Model, AsyncResponse]:
         """Every check that needs no network, on a worker thread (it may open the log)."""
         model = choose_model(self.settings, chat.model)
         fields = model.Options.model_fields
@@ -178,7 +179,7 @@ class Runner:
         conversation = Conversation(model, history=chat.history)
         # Always streamed from the backend, so a client that goes away stops generation at
         # once; the normalized text is the same either way.
-        response = api.prompt(model, PromptSpec(
+        response = api.prompt_async(model, PromptSpec(
             chat.prompt, system=chat.system, prefill=chat.prefill, stream=True,
             log=self.logger(), conversation=conversation, options=options,
             schema=chat.schema, attachments=chat.attachments, tools=chat.tools,
@@ -255,7 +256,7 @@ class Runner:
     def cut_short(self) -> None:
         """The grace period is over (:func:`llmcli.serve.server.serve` calls this): every
         request in flight ends now with SHUTTING_DOWN, a 503 or an error event closing its
-        stream, so each response completes; their threads are cancelled and log what
+        stream, so each response completes; their responses are cancelled and log what
         arrived as partial."""
         self.stopping.set()
         left = [exchange for exchange in list(self.in_flight) if not exchange.cancelled]

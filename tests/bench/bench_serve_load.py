@@ -179,7 +179,7 @@ def main() -> None:
             print(f"server peak: RSS {final['VmHWM']} MiB, {sampler.peak} threads")
             assert "Traceback" not in err, err[-2000:]
             stuck = sum("did not stop when cancelled" in line for line in errors)
-            print(f"exchanges logged by the shutdown itself (threads that had not ended): "
+            print(f"exchanges logged by the shutdown itself (tasks that had not ended): "
                   f"{stuck}")
         deadline = time.monotonic() + 10
         while upstream.in_flight and time.monotonic() < deadline:

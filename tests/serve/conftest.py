@@ -6,8 +6,10 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,3 +119,29 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15, interval: float 
             return value
         time.sleep(interval)
     raise AssertionError("timed out waiting")
+
+
+@contextmanager
+def serving(timeout: float = 60) -> Iterator[str]:
+    """The real application on uvicorn in this process, on a free port (so that a test can
+    look inside: a model's scheduler, the process's threads); its URL."""
+    import uvicorn
+
+    from llmcli.serve import ServeSettings, create_app
+    from llmcli.serve.server import bind
+
+    app = create_app(ServeSettings(say=lambda line: None))
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=5)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: uv.started or not thread.is_alive(), timeout=timeout, interval=0.05)
+        assert uv.started, "the server did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(60)
+        sock.close()

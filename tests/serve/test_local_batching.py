@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.fakes.mistral import FakeMistral
-from tests.serve.conftest import make_endless_model, register_local_model, wait_for
+from tests.serve.conftest import make_endless_model, register_local_model, serving, wait_for
 
 #: The local model on a loaded 2-core machine: a minute's deadline, polled often.
 SLOW: dict[str, float] = {"timeout": 60, "interval": 0.05}
@@ -68,30 +68,6 @@ def server(endless_dir: Path, user_dir: Path, mistral: FakeMistral,
     load_plugins("llmcli-local", "llmcli-mistral")
     with serving() as url:
         yield url
-
-
-@contextmanager
-def serving() -> Iterator[str]:
-    import uvicorn
-
-    from llmcli.serve import ServeSettings, create_app
-    from llmcli.serve.server import bind
-
-    app = create_app(ServeSettings(say=lambda line: None))
-    sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=5)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: uv.started or not thread.is_alive(), **SLOW)
-        assert uv.started, "the server did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(60)
-        sock.close()
 
 
 def body(prompt: str, prefill: str, options: dict[str, Any], *, model: str = MODEL,
@@ -239,77 +215,3 @@ def test_a_client_that_goes_away_stops_its_local_sequence(
     stepped = scheduler.batched_steps
     ask(server, *REQUESTS[0])
     assert scheduler.batched_steps == stepped
-
-
-def test_a_models_slots_are_its_declared_batch_concurrency() -> None:
-    from llmcli_testmodels import TestModel
-
-    from llmcli.capabilities import PrefillSupport
-    from llmcli.serve.exchange import model_slots
-
-    class Batched(TestModel):
-        batch_concurrency = 2
-
-    remote = TestModel("test-slots-remote", PrefillSupport.EATS_PREFIX)
-    assert model_slots(remote) is None  # no declared limit: as many as arrive
-    slots = model_slots(Batched("test-slots-batched", PrefillSupport.EATS_PREFIX))
-    assert slots is not None
-    # Shared by every request to the model, whichever object the request resolved to.
-    assert model_slots(Batched("test-slots-batched", PrefillSupport.EATS_PREFIX)) is slots
-    assert [slots.acquire(blocking=False) for _ in range(3)] == [True, True, False]
-    slots.release()
-    slots.release()
-
-
-class _Held:
-    """A response stand-in whose chunks wait for ``go``: what Exchange reads of one."""
-
-    def __init__(self, name: str) -> None:
-        self.id = name
-        self.go = threading.Event()
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self.go.set()
-
-    def parts(self) -> Iterator[str]:
-        """What Exchange iterates (a Response's text and reasoning in arrival order)."""
-        self.go.wait(10)
-        yield self.id
-
-
-def test_requests_beyond_a_models_slots_queue_without_a_thread() -> None:
-    """Beyond its declared slots, requests to a model wait on the event loop: no thread is
-    started for them until a slot is free, and one cancelled while queued never starts."""
-    import asyncio
-
-    from llmcli.serve.exchange import Exchange
-
-    async def until(condition: Callable[[], bool]) -> None:
-        for _ in range(500):
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("timed out")
-
-    async def scenario() -> None:
-        slots = threading.BoundedSemaphore(2)
-        held = [_Held(f"r{i}") for i in range(5)]
-        exchanges = [Exchange(h, slots).start() for h in held]  # type: ignore[arg-type]
-        await asyncio.sleep(0.1)
-        assert [e.thread.ident is not None for e in exchanges] == [True, True] + [False] * 3
-        exchanges[3].cancel()  # leaves the queue: never runs
-        held[0].go.set()
-        assert [c async for c in exchanges[0].chunks()] == ["r0"]
-        await until(lambda: exchanges[2].thread.ident is not None)
-        await asyncio.sleep(0.1)
-        assert exchanges[4].thread.ident is None  # r1 and r2 hold the two slots
-        for h in held:
-            h.go.set()
-        for i in (1, 2, 4):
-            assert [c async for c in exchanges[i].chunks()] == [f"r{i}"]
-        assert [c async for c in exchanges[3].chunks()] == []
-        assert exchanges[3].thread.ident is None  # never started
-
-    asyncio.run(scenario())
