@@ -39,7 +39,7 @@ __all__ = ["get_models", "get_model", "get_async_model", "get_default_model", "p
 #: Preferred default when the user has not chosen one: the offline local model.
 FALLBACK_DEFAULT = "smollm2"
 
-_R = TypeVar("_R", bound=BaseResponse)
+_R = TypeVar("_R", bound=BaseResponse | ChainResponse)
 
 
 def get_models() -> list[Model]:
@@ -251,6 +251,5 @@ def chain(model: Model, spec: PromptSpec, /, **settings: Any) -> ChainResponse:
     """The tool chain for ``spec`` (:class:`~llmcli.chain.ChainResponse`; ``settings``:
     ``chain_limit``, ``prefill_final``, ``before_call``, ``after_call``), with the model's
     stored default options beneath the spec's, as :func:`prompt` does."""
-    defaults = config.load_model_options().get(model.model_id, {})
-    return ChainResponse(model, spec.replace(options={**defaults, **spec.options}),
-                         ChainSettings(**settings))
+    chain_settings = ChainSettings(**settings)
+    return _with_defaults(lambda m, s: ChainResponse(m, s, chain_settings), model, spec)

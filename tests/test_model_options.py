@@ -89,6 +89,8 @@ def test_a_stale_default_names_where_it_comes_from(run, user_dir: Path) -> None:
     assert len(result.stderr.splitlines()) == 1
     with pytest.raises(OptionsError, match=r"\(stored defaults: llmcli models options show"):
         api.prompt_async(api.get_model("test-eats"), "q", log=False)
+    with pytest.raises(OptionsError, match=r"\(stored defaults: llmcli models options show"):
+        api.chain(api.get_model("test-eats"), api.PromptSpec.of("q", log=False)).text()
     # A model no longer installed can still be cleared by its id.
     (user_dir / "model_options.json").write_text('{"gone-model": {"a": 1}}')
     assert run("models", "options", "clear", "gone-model").exit_code == 0
