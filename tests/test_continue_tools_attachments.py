@@ -110,13 +110,29 @@ def _conversation_id(user_dir: Path) -> str:
                               "limit 1").fetchone()[0])
 
 
-def _check_resent(wire: Wire, data: str, prompt: str) -> None:
+def _check_resent(wire: Wire, data: str, prompt: str, tools: bool = True) -> None:
     """The last request: the image once, with the first prompt; the call and its result
-    after it; the reply after the tool; the new prompt last."""
+    after it; the reply after the tool; the new prompt last.
+
+    Anthropic refuses ``tool_use``/``tool_result`` blocks in a request without ``tools``
+    (400, as its fake does): continued without ``-T``, the call and the result go as text
+    in their turns; OpenAI takes them as they were either way."""
     messages = wire.messages()
     assert wire.images(messages) == [(0, data)]
     first = messages[0]["content"]
     assert any(p.get("text") == QUESTION for p in first)
+    if wire.name == "anthropic" and not tools:
+        assert wire.calls_and_results(messages) == []
+        call_turn = next(i for i, m in enumerate(messages) if isinstance(m["content"], str)
+                         and '<tool_call>{"name": "llmcli_version"' in m["content"])
+        assert messages[call_turn]["role"] == "assistant"
+        result_turn = messages[call_turn + 1]
+        assert result_turn["role"] == "user"
+        assert f'"output": "{version("llmcli")}"' in result_turn["content"]
+        assert messages[-2]["role"] == "assistant" and "It was llmcli." in json.dumps(
+            messages[-2])
+        assert messages[-1] == {"role": "user", "content": prompt}
+        return
     sent = wire.calls_and_results(messages)
     assert [(kind, call) for _, kind, call in sent] == [("call", CALL_ID), ("result", CALL_ID)]
     assert 0 < sent[0][0] < sent[1][0]
@@ -144,14 +160,16 @@ def test_continue_resends_the_attachment_and_the_tool_call(
     assert [k for _, k, _ in wire.calls_and_results(during)] == ["call", "result"]
     for args in (["-c", "And then?"], ["--cid", _conversation_id(user_dir), "Once more?"]):
         run(user_dir, wire, *args)
-        _check_resent(wire, data, args[-1])
+        _check_resent(wire, data, args[-1], tools=False)
+    run(user_dir, wire, "-c", "-T", "llmcli_version", "With the tool?")
+    _check_resent(wire, data, "With the tool?")
     # The Python API, from the log.
     for name, value in wire.env.items():
         monkeypatch.setenv(name, value)
     load_plugins(*wire.env["LLMCLI_LOAD_PLUGINS"].split(","))
     conversation = llmcli.load_conversation(_conversation_id(user_dir))
     assert conversation.prompt("From Python?", log=False).text()
-    _check_resent(wire, data, "From Python?")
+    _check_resent(wire, data, "From Python?", tools=False)
 
 
 def test_a_turn_with_tool_results_and_an_attachment_keeps_both(
@@ -175,18 +193,27 @@ def test_a_turn_with_tool_results_and_an_attachment_keeps_both(
     conversation.prompt("Here it is.", tools=[tool], tool_results=[result],
                         attachments=[llmcli.Attachment(path=str(image))]).text()
 
-    def check(prompt: str) -> None:
+    def check(prompt: str, tools: bool = True) -> None:
         messages = wire.messages()
+        assert messages[-1] == {"role": "user", "content": prompt}
+        if wire.name == "anthropic" and not tools:  # as text (see _check_resent)
+            assert wire.calls_and_results(messages) == []
+            [(turn, _)] = wire.images(messages)
+            [text] = [b["text"] for b in messages[turn]["content"] if b["type"] == "text"]
+            assert text.startswith('<tool_response>{"name": "llmcli_version", "output": '
+                                   '"\\"see the image\\""}</tool_response>')
+            return
         sent = wire.calls_and_results(messages)
         assert [(k, c) for _, k, c in sent] == [("call", CALL_ID), ("result", CALL_ID)]
         # The image is in the turn that carries the result.
         assert wire.images(messages) == [(sent[1][0] + (wire.name == "openai"), data)]
-        assert messages[-1] == {"role": "user", "content": prompt}
 
     conversation.prompt("In memory?", tools=[tool]).text()
     check("In memory?")
     run(user_dir, wire, "-c", "From the log?")
-    check("From the log?")
+    check("From the log?", tools=False)
+    run(user_dir, wire, "-c", "-T", "llmcli_version", "With a tool?")
+    check("With a tool?")
 
 
 def _screenshot() -> str:

@@ -12,7 +12,8 @@ Tools: a request with ``tools`` takes the next of ``fake.tool_uses`` (a list of
 ``{"id", "name", "input"}`` per reply): the reply's text, then those ``tool_use`` blocks
 (streamed as ``content_block_start`` with an empty input and ``input_json_delta`` pieces),
 stop reason ``tool_use``. As the API does, a ``tool_use`` not answered by a ``tool_result``
-in the next user message is a 400.
+in the next user message is a 400, and so is a request whose messages hold ``tool_use`` or
+``tool_result`` blocks without ``tools``.
 
 The model's text is scripted per test with ``fake.reply``; queued replies (``fake.queued``,
 see :func:`error`) are served first, one per request.
@@ -30,6 +31,8 @@ from tests.fakes.shapes import anthropic_problem
 #: The fake's own notion of which models reject prefill (deliberately not the plugin's code).
 _REJECTS_PREFILL = re.compile(r"^claude-(opus|sonnet|haiku)-(4-([6-9]|\d\d)|[5-9])")
 
+TOOLS_UNDECLARED = ("Requests which include `tool_use` or `tool_result` blocks must define "
+                    "tools.")
 TRAILING_WHITESPACE = "messages: final assistant content cannot end with trailing whitespace"
 NO_PREFILL = (
     "This model does not support assistant message prefill. "
@@ -114,6 +117,10 @@ class FakeAnthropic(ScriptedServer):
         unanswered = _unanswered_tool_use(messages)
         if unanswered:
             return error(400, "invalid_request_error", unanswered)
+        if not body.get("tools") and any(
+                isinstance(block, dict) and block.get("type") in ("tool_use", "tool_result")
+                for m in messages if isinstance(m.get("content"), list) for block in m["content"]):
+            return error(400, "invalid_request_error", TOOLS_UNDECLARED)
         text, stop_reason, stop_sequence = self._generate(body)
         calls = self.tool_uses.pop(0) if body.get("tools") and self.tool_uses else []
         if calls:

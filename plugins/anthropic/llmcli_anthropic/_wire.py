@@ -4,12 +4,14 @@ attribute), so it is cheap to import and testable without a network."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from llmcli import schema as schemas
+from llmcli import tooltext
 from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport
 from llmcli.models import (
     Attachment,
@@ -75,12 +77,21 @@ def _join_system(system: str | None, extra: str) -> str:
     return f"{system}\n\n{extra}" if system else extra
 
 
-def _message(message: Message) -> dict[str, Any]:
+def _message(message: Message, tools: bool = True) -> dict[str, Any]:
     """A turn on the wire: plain text, or (with attachments) content blocks, the images and
     documents first as Anthropic's vision guide recommends, then the text; a turn with tool
-    calls or results as :func:`_tool_message` writes it."""
+    calls or results as :func:`_tool_message` writes it where the request declares ``tools``.
+
+    Without them the API refuses ``tool_use`` and ``tool_result`` blocks (400 "Requests which
+    include `tool_use` or `tool_result` blocks must define tools."), so a conversation that
+    used tools and goes on without (``-c`` with no ``-T``) has its calls and results as text
+    (:func:`llmcli.tooltext.text_turns`)."""
     if message.tool_calls or message.tool_results:
-        return _tool_message(message)
+        if tools:
+            return _tool_message(message)
+        [turn] = tooltext.text_turns(message)
+        message = dataclasses.replace(message, content=turn["content"], tool_calls=(),
+                                      tool_results=())
     if not message.attachments:
         return {"role": message.role, "content": message.content}
     blocks = [attachment_block(a) for a in message.attachments]
@@ -105,7 +116,8 @@ def thinking_sent(options: ClaudeOptions, prefill: str) -> bool:
 def build_request(request: Request) -> WireRequest:
     """Keyword arguments for ``client.messages.create``, and the prefill as sent."""
     options: ClaudeOptions = request.options  # type: ignore[assignment]
-    messages: list[dict[str, Any]] = [_message(m) for m in request.messages()]
+    messages: list[dict[str, Any]] = [_message(m, bool(request.tools))
+                                      for m in request.messages()]
     system = request.system
     sent_prefill: str | None = None
     prefill = request.prefill
