@@ -42,12 +42,17 @@ class Server:
 
     def rows(self) -> list[dict[str, Any]]:
         """The log's responses, oldest first."""
-        path = self.user_dir / "logs.db"
-        if not path.exists():
-            return []
-        with sqlite3.connect(path) as db:
-            db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("select * from responses order by rowid")]
+        return logged_rows(self.user_dir)
+
+
+def logged_rows(user_dir: Path) -> list[dict[str, Any]]:
+    """The responses logged in ``user_dir``'s log, oldest first (none before it exists)."""
+    path = user_dir / "logs.db"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("select * from responses order by rowid")]
 
 
 def start_server(user_dir: Path, *args: str, plugins: str = "llmcli-testmodels",

@@ -12,27 +12,16 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes.silent import SilentUpstream, openai_chunk
 from tests.providers.conftest import PROVIDERS
+from tests.serve.conftest import logged_rows as logged
 from tests.serve.conftest import serving, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def logged(user_dir: Path) -> list[dict[str, Any]]:
-    import sqlite3
-
-    path = user_dir / "logs.db"
-    if not path.exists():
-        return []
-    with sqlite3.connect(path) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("select * from responses order by rowid")]
 
 
 def open_stream(url: str, model: str, prompt: str) -> socket.socket:

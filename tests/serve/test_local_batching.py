@@ -10,7 +10,6 @@ so a request with a large ``max_tokens`` stays in flight until its client leaves
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.fakes.mistral import FakeMistral
+from tests.serve.conftest import logged_rows as rows
 from tests.serve.conftest import make_endless_model, register_local_model, serving, wait_for
 
 #: The local model on a loaded 2-core machine: a minute's deadline, polled often.
@@ -93,15 +93,6 @@ def scheduler_of(directory: Path) -> Any:
 
     [backend] = [b for key, b in loader.loaded_models().items() if key[0] == str(directory)]
     return scheduler.shared(backend)
-
-
-def rows(user_dir: Path) -> list[dict[str, Any]]:
-    path = user_dir / "logs.db"
-    if not path.exists():
-        return []
-    with sqlite3.connect(path) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("select * from responses order by rowid")]
 
 
 class Endless:
