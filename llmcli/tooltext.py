@@ -29,8 +29,8 @@ from llmcli.request import Chunk, Usage
 from llmcli.schema import closed
 from llmcli.tools import Tool
 
-__all__ = ["CLOSE", "OPEN", "call_text", "gbnf", "gbnf_schema", "lark",
-           "parse_call", "read_reply", "system_text", "text_turns"]
+__all__ = ["CLOSE", "OPEN", "ReplyReader", "ToolTextStream", "call_text", "gbnf",
+           "gbnf_schema", "lark", "parse_call", "read_reply", "system_text", "text_turns"]
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -268,35 +268,71 @@ def parse_call(text: str) -> ToolCall | None:
     return ToolCall(f"call_{uuid.uuid4().hex[:24]}", str(data.get("name")), data["arguments"])
 
 
-def read_reply(events: Iterable[Chunk], prefill: str) -> Iterator[Chunk]:
-    """A backend's events with a reply that is a tool call turned into a
-    :class:`~llmcli.record.ToolCall` (text streams as it comes once it cannot be one; a
-    call cut short by the token limit stays text)."""
-    seen = prefill
-    held: list[str] = []
-    holding = True
-    for event in events:
+class ReplyReader:
+    """A backend's events, pushed one at a time, with a reply that is a tool call turned
+    into a :class:`~llmcli.record.ToolCall`: the text is held while it may still be the
+    start of a call, and streams as it comes once it cannot be one; a call cut short by the
+    token limit stays text. :func:`read_reply` pulls, :class:`ToolTextStream` wraps a
+    remote model's stream reader (the sync and the async templates feed the same one)."""
+
+    def __init__(self, prefill: str) -> None:
+        self.prefill = prefill
+        self._seen = prefill
+        self._held: list[str] = []
+        self._holding = True
+
+    def push(self, event: Chunk) -> list[Chunk]:
+        """What ``event`` lets out."""
         if not isinstance(event, str):
-            if isinstance(event, Usage) and holding and held:
-                call = parse_call("".join([prefill, *held]))
+            out: list[Chunk] = []
+            if isinstance(event, Usage) and self._holding and self._held:
+                call = parse_call("".join([self.prefill, *self._held]))
                 if call is not None:
-                    held = []
-                    yield call
+                    out.append(call)
                     event.stop_reason = "tool_use"
                 else:
-                    yield "".join(held)
-                    held = []
-            yield event
-            continue
-        if not holding:
-            yield event
-            continue
-        seen += event
-        held.append(event)
-        if not (OPEN.startswith(seen) or seen.startswith(OPEN)):
-            holding = False
-            yield "".join(held)
-            held = []
-    if held:
-        call = parse_call("".join([prefill, *held]))
-        yield call if call is not None else "".join(held)
+                    out.append("".join(self._held))
+                self._held = []
+            return [*out, event]
+        if not self._holding:
+            return [event]
+        self._seen += event
+        self._held.append(event)
+        if OPEN.startswith(self._seen) or self._seen.startswith(OPEN):
+            return []
+        self._holding = False
+        held, self._held = "".join(self._held), []
+        return [held]
+
+    def finish(self) -> list[Chunk]:
+        """The events have ended: what is still held."""
+        if not self._held:
+            return []
+        call = parse_call("".join([self.prefill, *self._held]))
+        held, self._held = "".join(self._held), []
+        return [call if call is not None else held]
+
+
+def read_reply(events: Iterable[Chunk], prefill: str) -> Iterator[Chunk]:
+    """``events`` through a :class:`ReplyReader`."""
+    reader = ReplyReader(prefill)
+    for event in events:
+        yield from reader.push(event)
+    yield from reader.finish()
+
+
+class ToolTextStream:
+    """A remote model's stream reader (:class:`llmcli.remote.StreamReader`) whose reply may
+    be a tool call written as text (the grammar method): its chunks go through a
+    :class:`ReplyReader`."""
+
+    def __init__(self, reader: Any, prefill: str) -> None:
+        self._reader = reader
+        self._reply = ReplyReader(prefill)
+
+    def feed(self, event: Any) -> list[Chunk]:
+        return [out for chunk in self._reader.feed(event) for out in self._reply.push(chunk)]
+
+    def end(self) -> list[Chunk]:
+        ended = [out for chunk in self._reader.end() for out in self._reply.push(chunk)]
+        return ended + self._reply.finish()

@@ -5,6 +5,7 @@ as ToolCalls) where it does not, the tool probe, and ``--tools`` in the servers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import llmcli
 from llmcli import ToolCall
 from llmcli.errors import ToolsUnsupportedError
 from tests.fakes.openai import FRESH_TURN, FakeOpenAI
-from tests.test_tooltext import accepts
+from tests.grammar import accepts
 
 
 def get_weather(city: str) -> dict[str, Any]:
@@ -73,6 +74,31 @@ def test_without_a_tool_parser_the_grammar_method_calls_and_the_chain_completes(
             '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')}
         assert second["messages"][-1]["content"].startswith("<tool_response>")
         assert accepts(str(grammar_of(second)), FRESH_TURN)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("mode", ["llama-server", "vllm"])
+def test_the_async_api_reads_the_grammar_method_s_call_streamed_and_not(
+        user_dir: Path, load_plugins: Callable[..., None], mode: str, stream: bool) -> None:
+    """The async template (``execute_async``, what ``llmcli serve`` runs) reads a reply
+    written as a ``<tool_call>`` back as a call, as the sync one does."""
+    with FakeOpenAI(mode, continuation="It is clear in Paris.") as fake:
+        fake.tool_parser = False
+        fake.tool_calls = [CALL]
+        add_server(user_dir / "openai-servers.json", fake)
+        load_plugins("llmcli-openai")
+
+        async def main() -> tuple[str, list[ToolCall], str | None]:
+            model = llmcli.get_async_model("local")
+            chain = model.chain("Weather in Paris?", tools=[get_weather], stream=stream,
+                                log=False)
+            text = await chain.text()
+            return text, await chain.tool_calls(), chain.responses[0].stop_reason
+
+        text, calls, stop_reason = asyncio.run(main())
+        assert text == FRESH_TURN
+        assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+        assert stop_reason == "tool_use"
 
 
 @pytest.mark.parametrize("stream", [True, False])

@@ -18,8 +18,8 @@ from llmcli.capabilities import PrefillSupport, ReasoningPrefill, SchemaSupport,
 from llmcli.errors import ProviderError
 from llmcli.models import Chunk, KeySpec, ReasoningPrefillOption, Request
 from llmcli.models import Options as BaseOptions
-from llmcli.remote import Call, HTTPFault, RemoteModel, RemoteOptions, WireRequest
-from llmcli.tooltext import read_reply
+from llmcli.remote import Call, HTTPFault, RemoteModel, RemoteOptions, StreamReader, WireRequest
+from llmcli.tooltext import ToolTextStream, read_reply
 
 from ._wire import (
     THINKING_PREFILL_REFUSED,
@@ -127,7 +127,7 @@ class _ChatCompletionsModel(RemoteModel):
     def read_complete(self, reply: Any, call: Call) -> Iterator[Chunk]:
         return completion_events(reply, self.provider_name)
 
-    def stream_reader(self, call: Call) -> ChunkReader:
+    def stream_reader(self, call: Call) -> StreamReader:
         return ChunkReader()
 
     def http_fault(self, exc: BaseException, call: Call) -> HTTPFault | ProviderError | None:
@@ -299,11 +299,13 @@ class CompatibleModel(_ChatCompletionsModel):
             return read_reply(events, call.request.prefill)
         return events
 
-    def read_stream(self, stream: Any, call: Call) -> Iterator[Chunk]:
-        events = super().read_stream(stream, call)
+    def stream_reader(self, call: Call) -> StreamReader:
+        # The reader both templates feed (execute and execute_async), so that a streamed
+        # reply through the grammar method is read back as a call on either.
+        reader = super().stream_reader(call)
         if self.backend.tools_as_text(call.request):
-            return read_reply(events, call.request.prefill)
-        return events
+            return ToolTextStream(reader, call.request.prefill)
+        return reader
 
     def key_hint(self) -> str:
         if self.needs_key is None:
