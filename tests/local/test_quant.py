@@ -16,8 +16,15 @@ from llmcli_local.backend import choose_backend  # noqa: E402
 from llmcli_local.config import RuntimeConfig  # noqa: E402
 from llmcli_local.lean import backend as lean_backend  # noqa: E402
 from llmcli_local.lean import quant  # noqa: E402
+from llmcli_local.lean import weights as weights_module  # noqa: E402
 from llmcli_local.lean.config import LeanConfig  # noqa: E402
-from llmcli_local.lean.weights import CpuLinear, Weights, load_weights  # noqa: E402
+from llmcli_local.lean.weights import (  # noqa: E402
+    CpuLinear,
+    Weights,
+    _onednn,
+    for_cpu,
+    load_weights,
+)
 
 from llmcli.errors import ConfigError  # noqa: E402
 from tests.local.conftest import configured  # noqa: E402
@@ -70,32 +77,77 @@ def test_kernel_matches_the_dequantized_weight(scheme: str) -> None:
 
 def test_full_precision_stays_the_default_and_untouched(tiny_model_dir: Path) -> None:
     """No quantization by default: every weight keeps the checkpoint's values. On CPU each
-    is a CpuLinear (its products' kernels chosen by the number of rows) and the tall ones
-    (gate, up, the output head) are stored transposed; tied embeddings stay one copy."""
+    is a CpuLinear packed for oneDNN, with no second copy: the layers keep only the packed
+    weight, and the tied head keeps the file's rows (its embeddings) beside it, not a copy."""
+    if not _onednn():
+        pytest.skip("this torch has no oneDNN linear: the unpacked layout is tested below")
     backend = lean_backend.load(tiny_model_dir, "cpu", torch.float32)
     weights: Weights = backend.decoder.weights
     assert RuntimeConfig().quantize == "none"
     raw = load_weights(tiny_model_dir, LeanConfig.read(tiny_model_dir), "cpu", torch.float32)
     head = weights.lm_head
-    assert isinstance(head, CpuLinear) and head.transposed
+    assert isinstance(head, CpuLinear) and head.packed is not None and head.stored is None
     assert torch.equal(head.weight, raw.lm_head)
     assert torch.equal(weights.embed, raw.embed)
-    assert weights.embed.data_ptr() == head.stored.data_ptr()  # tied: no second copy
+    assert weights.embed is head.weight  # tied: the file's tensor, no copy of it
     for layer, plain in zip(weights.layers, raw.layers, strict=True):
         for name in ("q", "k", "v", "out", "gate", "up", "down"):
             linear = getattr(layer, name)
             assert isinstance(linear, CpuLinear)
+            assert linear.packed is not None and linear.stored is None
+            assert linear._plain is None  # only the packed copy is held
+            assert torch.equal(linear.weight, getattr(plain, name))  # reordered back exactly
+    _products_agree(head, weights.layers[0].down, raw.lm_head, raw.layers[0].down)
+    ids = torch.tensor([[1, 5], [7, 2]])
+    assert torch.equal(quant.rows(head, ids), raw.lm_head[ids])
+
+
+def test_full_precision_unpacked_layout(tiny_model_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without oneDNN, and for an output head the file does not hold (a checkpoint converted
+    at load), the weights are not packed: the tall ones (gate, up, the head) are stored
+    transposed, MKL's kernels chosen by rows, and tied embeddings are a view of the head's
+    copy (one copy, not two)."""
+    raw = load_weights(tiny_model_dir, LeanConfig.read(tiny_model_dir), "cpu", torch.float32)
+
+    def copied() -> Weights:  # the tensors in anonymous memory, as a dtype conversion leaves them
+        weights = load_weights(tiny_model_dir, LeanConfig.read(tiny_model_dir), "cpu",
+                               torch.float32)
+        weights.embed = weights.lm_head = weights.embed.clone()
+        return weights
+
+    converted = copied()
+    for_cpu(converted)
+    head = converted.lm_head
+    assert isinstance(head, CpuLinear) and head.packed is None and head.transposed
+    assert converted.embed.data_ptr() == head.stored.data_ptr()  # tied: no second copy
+    assert torch.equal(converted.embed, raw.embed)
+    down = converted.layers[0].down
+    assert isinstance(down, CpuLinear) and (down.packed is not None) == _onednn()
+    _products_agree(head, down, raw.lm_head, raw.layers[0].down)
+
+    monkeypatch.setattr(weights_module, "_onednn", lambda: False)
+    unpacked = copied()
+    for_cpu(unpacked)
+    for layer, plain in zip(unpacked.layers, raw.layers, strict=True):
+        for name in ("q", "k", "v", "out", "gate", "up", "down"):
+            linear = getattr(layer, name)
+            assert isinstance(linear, CpuLinear) and linear.packed is None
             assert torch.equal(linear.weight, getattr(plain, name))
             assert linear.transposed == (name in ("gate", "up"))  # the tall ones
-    # One row, a batched step's rows, a long pass: three kernels, the same products.
+    _products_agree(unpacked.lm_head, unpacked.layers[0].down, raw.lm_head,
+                    raw.layers[0].down)
+
+
+def _products_agree(head: Any, down: Any, plain_head: Any, plain_down: Any) -> None:
+    """One row, a batched step's rows, a long pass: each kernel's products are F.linear's."""
     for rows in (1, 8, 200):
-        for linear, plain_weight in ((head, raw.lm_head),
-                                     (weights.layers[0].down, raw.layers[0].down)):
+        for linear, plain_weight in ((head, plain_head), (down, plain_down)):
             x = torch.randn(rows, plain_weight.shape[1])
             torch.testing.assert_close(quant.linear(x, linear),
                                        torch.nn.functional.linear(x, plain_weight))
-    ids = torch.tensor([[1, 5], [7, 2]])
-    assert torch.equal(quant.rows(head, ids), raw.lm_head[ids])
+            torch.testing.assert_close(quant.linear(x.unsqueeze(0), linear)[0],
+                                       torch.nn.functional.linear(x, plain_weight))
 
 
 @pytest.mark.parametrize("model", ["tiny_model_dir", "tiny_qwen2_dir"])

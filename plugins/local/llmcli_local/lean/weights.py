@@ -21,40 +21,74 @@ __all__ = ["CpuLinear", "Layer", "Weights", "for_cpu", "load_weights"]
 
 class CpuLinear:
     """A full-precision weight on CPU, of shape (out, in), with its matrix products chosen by
-    measurement (2-core AMD EPYC, torch 2.13's MKL and oneDNN; docs/benchmarks.md):
+    measurement (2-core AMD EPYC, torch 2.13's MKL and oneDNN; docs/benchmarks.md).
+
+    **Packed** (where this torch has oneDNN, :func:`_onednn`): the weight is reordered once,
+    at load, into oneDNN's blocked layout for its linear (``mkldnn._reorder_linear_weight``),
+    and every product, whatever its number of rows, is one ``mkldnn._linear_pointwise`` call
+    on it. Against the unpacked kernels below, one loaded SmolLM2 in one process, steps
+    interleaved: a 2-row and an 8-row batched step 0.71x and 0.69x the time, a pass over 5
+    tokens (a lone call's verification) 0.71x, 8 rows x 3 tokens 0.73x, a 201-token prompt
+    1.00x, a one-row step 1.06x. Unpacked, oneDNN reorders the weight on every call.
+
+    The packed copy replaces the weight: the checkpoint's (out, in) tensor is kept only
+    where something reads its rows (``keep``: the output head, for the exact prefill's
+    candidate gather and tied embeddings), and only when it lies in the file mapping, whose
+    pages are given back (:func:`for_cpu`); :attr:`weight` reorders the packed copy back
+    otherwise (exact: the values are the checkpoint's, only the order of the sums differs).
+
+    **Unpacked** (no oneDNN, or a kept head the file does not hold, which a copy would
+    double), the kernel is chosen by rows:
 
     - **one row** (a decode step of one sequence): a matrix-vector product, which MKL reads
       at 11 GB/s for a *tall* weight (more outputs than inputs: SmolLM2's gate and up,
-      1536 × 576, and its output head, 49152 × 576) in the usual layout and at 18–24 GB/s
+      1536 x 576, and its output head, 49152 x 576) in the usual layout and at 18-24 GB/s
       transposed. Tall weights are therefore stored transposed (in, out), contiguous, and
-      called as ``x @ t``; wide and square ones as ``F.linear``. A step: 56 → 41 ms.
+      called as ``x @ t``; wide and square ones as ``F.linear``. A step: 56 -> 41 ms.
     - **2 to 64 rows** (a batched decode step, a short pass): oneDNN's linear
-      (``mkldnn._linear_pointwise``), 1.3–2.6× MKL's speed here for every weight of the
-      model, in either layout; an 8-row step: 80 → 56 ms.
+      (``mkldnn._linear_pointwise``) where it exists, 1.3-2.6x MKL's speed here for every
+      weight of the model, in either layout; an 8-row step: 80 -> 56 ms.
     - **more rows** (a long prompt pass): MKL again, slightly faster there.
 
     The values are the checkpoint's; only the order of the sums, and so the last bits of a
     result, depend on the kernel (as between a batched step and a lone one)."""
 
-    def __init__(self, stored: torch.Tensor, transposed: bool) -> None:
-        self.stored = stored
-        self.transposed = transposed
-        #: The (out, in) weight: the stored tensor, or a view of its transpose (no copy).
-        self.weight = stored.t() if transposed else stored
-        self.shape = self.weight.shape
+    def __init__(self, weight: torch.Tensor, *, pack: bool, keep: bool = False) -> None:
+        self.shape = weight.shape
+        #: oneDNN's blocked copy (packed), else None.
+        self.packed: torch.Tensor | None = None
+        #: The unpacked weight as stored: (in, out) when ``transposed``.
+        self.stored: torch.Tensor | None = None
+        self.transposed = False
+        self._plain: torch.Tensor | None = None
+        if pack:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+            self._plain = weight if keep else None
+        elif weight.shape[0] > weight.shape[1]:
+            self.stored, self.transposed = weight.t().contiguous(), True
+        else:
+            self.stored = weight
 
-    @classmethod
-    def of(cls, weight: torch.Tensor) -> CpuLinear:
-        if weight.shape[0] > weight.shape[1]:
-            return cls(weight.t().contiguous(), True)
-        return cls(weight, False)
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (out, in) weight: the kept checkpoint tensor, a view of the stored one's
+        transpose (no copy), or the packed copy reordered back (a new tensor)."""
+        if self._plain is not None:
+            return self._plain
+        if self.stored is not None:
+            return self.stored.t() if self.transposed else self.stored
+        assert self.packed is not None
+        return self.packed.to_dense()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        assert self.stored is not None
         rows = x.numel() // x.shape[-1]
         if 1 < rows <= _ONEDNN_ROWS and _onednn():
             flat = x.reshape(rows, x.shape[-1])
             out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, None, "none", [], "")
-            return out.view(*x.shape[:-1], self.weight.shape[0])
+            return out.view(*x.shape[:-1], self.shape[0])
         return x @ self.stored if self.transposed else F.linear(x, self.stored)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -83,34 +117,42 @@ if TYPE_CHECKING:
 
 
 def for_cpu(weights: Weights) -> None:
-    """Full-precision weights on CPU become :class:`CpuLinear` (the tall ones transposed).
-    Tied embeddings become a view of the output head: no second copy.
+    """Full-precision weights on CPU become :class:`CpuLinear`: packed for oneDNN where this
+    torch has it, else the tall ones transposed. The output head keeps its checkpoint rows
+    (the exact prefill gathers them; tied embeddings are them), without a second copy: read
+    from the file when it holds them, else the head stays unpacked (transposed, and tied
+    embeddings a view of it).
 
     The weights are read from a memory-mapped safetensors file, which stays mapped while any
-    of its tensors lives: the pages a transposition read would stay resident beside the
-    copies (+316 MB for SmolLM2). They are handed back to the kernel (:func:`_drop_pages`)."""
+    of its tensors lives: the pages a copy was made from would stay resident beside it
+    (+316 MB for SmolLM2 for the transposed ones, the whole model for packed ones). They are
+    handed back to the kernel (:func:`_drop_pages`); a kept head's rows fault back in from
+    the file as they are read."""
     mapped = _file_mappings()
+    packs = _onednn()
 
-    def adopt(weight: Linear) -> Linear:
+    def adopt(weight: Linear, keep: bool = False) -> Linear:
         if not isinstance(weight, torch.Tensor):
             return weight
-        linear = CpuLinear.of(weight)
-        if linear.transposed:
+        linear = CpuLinear(weight, pack=packs and (not keep or _in(weight, mapped)), keep=keep)
+        if linear.packed is not None or linear.transposed:
             _drop_pages(weight, mapped)
         return linear
 
+    # The head first: the largest weight, whose file pages and copy are both resident until
+    # its pages are given back, meets none of the layers' copies yet (a lower peak).
+    head = weights.lm_head
+    if isinstance(head, torch.Tensor):
+        linear = adopt(head, keep=True)
+        assert isinstance(linear, CpuLinear)
+        if head is weights.embed:
+            weights.embed = linear.weight
+        weights.lm_head = linear
     for layer in weights.layers:
         for name in ("q", "k", "v", "out", "gate", "up", "down"):
             weight = getattr(layer, name)
             if weight is not None:
                 setattr(layer, name, adopt(weight))
-    head = weights.lm_head
-    if isinstance(head, torch.Tensor):
-        linear = adopt(head)
-        assert isinstance(linear, CpuLinear)
-        if head is weights.embed:
-            weights.embed = linear.weight
-        weights.lm_head = linear
 
 
 def _file_mappings() -> list[tuple[int, int]]:
@@ -118,6 +160,12 @@ def _file_mappings() -> list[tuple[int, int]]:
     from llmcli_local.openmp import mappings
 
     return [(start, end) for start, end, path in mappings() if path.endswith(".safetensors")]
+
+
+def _in(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> bool:
+    """Whether ``tensor``'s bytes lie inside one of the ``mapped`` address ranges."""
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
+    return any(low <= start and end <= high for low, high in mapped)
 
 
 def _drop_pages(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
@@ -128,9 +176,9 @@ def _drop_pages(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
     import ctypes
     import mmap
 
-    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
-    if not any(low <= start and end <= high for low, high in mapped):
+    if not _in(tensor, mapped):
         return
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
     page = mmap.PAGESIZE
     first, last = -(-start // page) * page, end // page * page
     if last > first:
