@@ -37,27 +37,26 @@ MIN_PARAMETERS = 50_000_000
 
 #: What the lean backend's passes cost on CPU, per weight kind and for one thread or more,
 #: in one-row steps of that model (SmolLM2-135M, 2-core AMD EPYC, torch 2.13;
-#: docs/benchmarks.md, "Speculation in the scheduler").
+#: docs/benchmarks.md, "Speculation in the scheduler" and "Packed full-precision weights").
 #:
-#: - One thread (measured here, interleaved, the machine shared): a full-precision step is
-#:   partly compute-bound, so a pass over 2 tokens costs 1.38 steps and over 9 1.59; 8 rows'
-#:   step 1.82, a pass over their 8 x 3 tokens 2.61, past 40 tokens steeply more; the int4
-#:   draft's step 0.32 (8 rows: 0.91).
-#: - Two threads (the default on 2 cores; a quiet machine's figures, docs/benchmarks.md's
-#:   one-layer table): a step reads every weight once and is bound by memory, so a pass over
-#:   8 tokens costs 0.86 of a step and 8 rows' step 1.25; the int4 draft's step 0.21 (8
-#:   rows: 0.62).
+#: - Full precision (``tests/bench/bench_pass_costs.py``, the weights packed for oneDNN, a
+#:   quiet machine, 2026-12-07; least-squares fits of its figures): with two threads (the
+#:   default on 2 cores) 8 rows' step costs 1.63 steps, a pass over 5 tokens 1.15 and over
+#:   8 rows x 3 tokens 2.79, and the int4 draft's step 0.49 (8 rows: 1.26); with one thread
+#:   1.96, 1.47, 3.56 and 0.59 (1.63). The draft is dear against a step that reads its
+#:   weights at the memory's speed: a lone row's 4 proposals pay only where the draft is
+#:   right about 4 times in 5 or more, and 8 rows' proposals almost never.
 #: - Quantized weights, either: their kernels' cost grows with the rows from the first
 #:   extra one (int8: a pass over 3 tokens 1.16 steps, over 5 1.6; int4 1.29 and 1.9), and
 #:   an int4 draft's step would cost 0.75 of an int8 step, so no model draft pays: they
 #:   draft by lookup, free, which proposes only where the text repeats itself.
 COSTS: dict[tuple[str, bool], SpeculationCosts] = {
-    ("none", False): SpeculationCosts(step_base=1.13, step_per_row=0.09, verify_base=1.1,
-                                      verify_per_row=0.1, verify_per_token=0.045, knee=40,
-                                      past_knee=0.1, draft_base=0.25, draft_per_row=0.08),
-    ("none", True): SpeculationCosts(step_base=1.0, step_per_row=0.03, verify_base=0.75,
-                                     verify_per_row=0.05, verify_per_token=0.02, knee=40,
-                                     past_knee=0.05, draft_base=0.15, draft_per_row=0.059),
+    ("none", False): SpeculationCosts(step_base=0.9, step_per_row=0.133, verify_base=0.96,
+                                      verify_per_row=0.068, verify_per_token=0.083,
+                                      draft_base=0.387, draft_per_row=0.15),
+    ("none", True): SpeculationCosts(step_base=0.86, step_per_row=0.096, verify_base=0.818,
+                                     verify_per_row=0.131, verify_per_token=0.044,
+                                     draft_base=0.341, draft_per_row=0.112),
     ("int8", False): SpeculationCosts(step_base=0.8, step_per_row=0.2, verify_base=0.55,
                                       verify_per_row=0.05, verify_per_token=0.2),
     ("int8", True): SpeculationCosts(step_base=0.75, step_per_row=0.24, verify_base=0.55,
