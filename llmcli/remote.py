@@ -48,7 +48,17 @@ from llmcli.errors import (
     ProviderStatusError,
     ProviderTimeoutError,
 )
-from llmcli.models import Chunk, KeySpec, Model, Options, PrefillSent, Request, Usage
+from llmcli.models import (
+    Chunk,
+    KeySpec,
+    Message,
+    Model,
+    Options,
+    PrefillSent,
+    Request,
+    ToolResult,
+    Usage,
+)
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -64,6 +74,7 @@ __all__ = [
     "error_body",
     "key_hint",
     "resolve_prefixed",
+    "result_turns",
     "scrub",
     "status_error",
     "transport_error",
@@ -133,6 +144,17 @@ def scrub(text: str, *secrets: str | None) -> str:
     for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, config.REDACTED)
     return _KEY_SHAPES.sub(config.REDACTED, config.scrub(text))
+
+
+def result_turns(message: Message, tool_message: Callable[[ToolResult], dict[str, Any]],
+                 text_message: Callable[[Message], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A turn that carries tool results, on a chat wire that takes each as a message of its
+    own (``role: tool``: OpenAI's and Mistral's): ``tool_message`` of every result, then the
+    turn's own text and attachments as ``text_message``, where it has any."""
+    turns = [tool_message(result) for result in message.tool_results]
+    if message.content or message.attachments:
+        turns.append(text_message(message))
+    return turns
 
 
 def error_body(body: Any) -> Any:

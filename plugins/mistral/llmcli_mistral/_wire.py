@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from llmcli import schema as schemas
 from llmcli.capabilities import SchemaSupport, StopReason
 from llmcli.models import Chunk, Message, Request, ToolCall, Usage
-from llmcli.remote import HTTPFault, WireRequest, error_body
+from llmcli.remote import HTTPFault, WireRequest, error_body, result_turns
 
 if TYPE_CHECKING:
     from llmcli_mistral._models import MistralOptions
@@ -88,12 +88,9 @@ def _turn(message: Message) -> list[dict[str, Any]]:
             turn["content"] = message.content
         return [turn]
     if message.tool_results:
-        turns: list[dict[str, Any]] = [
-            {"role": "tool", "tool_call_id": call_id(result.call_id), "name": result.name,
-             "content": result.output} for result in message.tool_results]
-        if message.content or message.attachments:
-            turns.append(_message(message))
-        return turns
+        return result_turns(message, lambda result: {
+            "role": "tool", "tool_call_id": call_id(result.call_id), "name": result.name,
+            "content": result.output}, _message)
     return [_message(message)]
 
 

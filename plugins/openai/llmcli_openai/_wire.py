@@ -27,6 +27,7 @@ from llmcli.models import (
     Usage,
     emulation_instruction,
 )
+from llmcli.remote import result_turns
 
 __all__ = [
     "ECHO_MODES",
@@ -278,12 +279,8 @@ def _turn(message: Message) -> list[dict[str, Any]]:
         return [{"role": "assistant", "content": message.content or None,
                  "tool_calls": [call.as_function() for call in message.tool_calls]}]
     if message.tool_results:
-        turns: list[dict[str, Any]] = [
-            {"role": "tool", "tool_call_id": result.call_id, "content": result.output}
-            for result in message.tool_results]
-        if message.content or message.attachments:
-            turns.append(_message(message))
-        return turns
+        return result_turns(message, lambda result: {
+            "role": "tool", "tool_call_id": result.call_id, "content": result.output}, _message)
     return [_message(message)]
 
 
