@@ -26,10 +26,11 @@ class CpuLinear:
     **Packed** (where this torch has oneDNN, :func:`_onednn`): the weight is reordered once,
     at load, into oneDNN's blocked layout for its linear (``mkldnn._reorder_linear_weight``),
     and every product, whatever its number of rows, is one ``mkldnn._linear_pointwise`` call
-    on it. Against the unpacked kernels below, one loaded SmolLM2 in one process, steps
-    interleaved: a 2-row and an 8-row batched step 0.71x and 0.69x the time, a pass over 5
-    tokens (a lone call's verification) 0.71x, 8 rows x 3 tokens 0.73x, a 201-token prompt
-    1.00x, a one-row step 1.06x. Unpacked, oneDNN reorders the weight on every call.
+    on it. Against the unpacked kernels below, one loaded SmolLM2 in one process, passes
+    interleaved, two runs (``tests/bench/bench_cpu_linear.py``): a 2-row and an 8-row
+    batched step 0.65-0.71x and 0.67-0.69x the time, a pass over 5 tokens (a lone call's
+    verification) 0.64-0.71x, 8 rows x 3 tokens 0.73-0.80x, a 201-token prompt 0.98-1.00x,
+    a one-row step 0.98-1.06x. Unpacked, oneDNN reorders the weight on every call.
 
     The packed copy replaces the weight: the checkpoint's (out, in) tensor is kept only
     where something reads its rows (``keep``: the output head, for the exact prefill's
