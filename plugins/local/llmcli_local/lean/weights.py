@@ -61,23 +61,24 @@ class CpuLinear:
         #: The unpacked weight as stored: (in, out) when ``transposed``.
         self.stored: torch.Tensor | None = None
         self.transposed = False
+        #: The (out, in) weight where one is held: the kept checkpoint tensor, or a view of
+        #: the stored one (no copy).
         self._plain: torch.Tensor | None = None
         if pack:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
             self._plain = weight if keep else None
         elif weight.shape[0] > weight.shape[1]:
             self.stored, self.transposed = weight.t().contiguous(), True
+            self._plain = self.stored.t()
         else:
-            self.stored = weight
+            self.stored = self._plain = weight
 
     @property
     def weight(self) -> torch.Tensor:
-        """The (out, in) weight: the kept checkpoint tensor, a view of the stored one's
-        transpose (no copy), or the packed copy reordered back (a new tensor)."""
+        """The (out, in) weight: the one held, else the packed copy reordered back (a new
+        tensor)."""
         if self._plain is not None:
             return self._plain
-        if self.stored is not None:
-            return self.stored.t() if self.transposed else self.stored
         assert self.packed is not None
         return self.packed.to_dense()
 
@@ -88,7 +89,7 @@ class CpuLinear:
         rows = x.numel() // x.shape[-1]
         if 1 < rows <= _ONEDNN_ROWS and _onednn():
             flat = x.reshape(rows, x.shape[-1])
-            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, None, "none", [], "")
+            out = torch.ops.mkldnn._linear_pointwise(flat, self._plain, None, "none", [], "")
             return out.view(*x.shape[:-1], self.shape[0])
         return x @ self.stored if self.transposed else F.linear(x, self.stored)
 
